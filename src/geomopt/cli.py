@@ -1,0 +1,141 @@
+"""Command line: ``geomopt train | reproduce | report``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+
+from geomopt.train.config import TrainConfig
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _parse_ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 256,256, got {text!r}") from None
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (``--batch-size``, ``--widths 256,256``, ...)."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "extra":
+            continue
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        base = next((a for a in args if a is not type(None)), hint) if args else hint
+        kind = {bool: _parse_bool, int: int, float: float, str: str}.get(base, _parse_ints)
+        if hint == tuple[int, ...]:
+            kind = _parse_ints
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
+                            help=f"(default: {f.default if f.default is not dataclasses.MISSING else '...'})")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from geomopt.train import NonFiniteLossError, TrainConfig, train
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if f.name != "extra" and getattr(args, f.name) is not None}
+    if args.resume:
+        out = Path(args.resume)
+        config = TrainConfig.load(out / "config.json").replace(**overrides) if (out / "config.json").exists() else None
+        if config is None:
+            print(f"geomopt train: --resume {out}: no config.json there; nothing to resume", file=sys.stderr)
+            return 2
+    else:
+        if args.out is None:
+            print("geomopt train: --out DIR is required (where config.json, metrics.jsonl and the checkpoint go)",
+                  file=sys.stderr)
+            return 2
+        base = TrainConfig.load(args.config) if args.config else TrainConfig()
+        config, out = base.replace(**overrides), Path(args.out)
+    try:
+        summary = train(config, out, resume=bool(args.resume), progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the last checkpoint in {out} is intact: continue with `geomopt train --resume {out}`",
+              file=sys.stderr)
+        return 130
+    except NonFiniteLossError as exc:
+        print(f"geomopt train: {exc}", file=sys.stderr)
+        return 3
+    print(f"{config.optimizer} on {config.model}/{config.data}: {summary['epochs']} epochs, {summary['steps']} steps, "
+          f"{summary['seconds']:.1f} s\n  train loss {summary['train_loss']:.4f}  acc {summary['train_acc']:.4f}\n"
+          f"  test  loss {summary['test_loss']:.4f}  acc {summary['test_acc']:.4f}\n  outputs in {out}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from geomopt.experiments import EXPERIMENTS
+    experiment = EXPERIMENTS[args.name]
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"geomopt reproduce: --set expects key=value, got {item!r}", file=sys.stderr)
+            return 2
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    section = experiment.reproduce(Path(args.out), quick=args.quick, jobs=args.jobs, overrides=overrides)
+    print(f"wrote {section}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from geomopt.report import build_report
+    path = build_report(Path(args.runs), Path(args.out) if args.out else Path(args.runs) / "report")
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from geomopt.experiments import EXPERIMENTS
+    parser = argparse.ArgumentParser(prog="geomopt", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one network with the geomopt engine")
+    _add_config_flags(p)
+    p.add_argument("--out", help="output directory (config.json, metrics.jsonl, checkpoint.pt, summary.json)")
+    p.add_argument("--config", help="a JSON file of TrainConfig fields; flags override it")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("reproduce", help="run one paper's headline experiment and write its report section")
+    p.add_argument("name", choices=sorted(EXPERIMENTS))
+    p.add_argument("--quick", action="store_true", help="CPU-scale protocol (minutes on 2 cores)")
+    p.add_argument("--out", default="runs", help="runs directory (default: runs)")
+    p.add_argument("--jobs", type=int, default=None, help="parallel runs (default: number of CPU cores, at most 4)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an experiment config field")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("report", help="build the self-contained HTML report from a runs directory")
+    p.add_argument("runs", nargs="?", default="runs")
+    p.add_argument("--out", help="report directory (default: RUNS/report)")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"geomopt {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Run many training configs in a local process pool, skipping the ones already finished."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from geomopt.train import NonFiniteLossError, TrainConfig, train
+
+
+def default_jobs() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _finished(config: TrainConfig, out: Path) -> dict[str, Any] | None:
+    summary, stored = out / "summary.json", out / "config.json"
+    if summary.is_file() and stored.is_file() and TrainConfig.load(stored) == config:
+        return json.loads(summary.read_text())
+    return None
+
+
+def run_one(config: TrainConfig, out: Path, threads: int | None = None) -> dict[str, Any]:
+    """Train one config into ``out`` (or return its stored summary); a divergence is a result, not an error."""
+    if threads is not None:
+        import torch
+        torch.set_num_threads(threads)
+    done = _finished(config, out)
+    if done is not None:
+        return done
+    if (out / "checkpoint.pt").is_file() and (out / "config.json").is_file() \
+            and TrainConfig.load(out / "config.json") == config:
+        resume = True
+    else:
+        resume = False
+    try:
+        return train(config, out, resume=resume, progress=False)
+    except NonFiniteLossError as exc:
+        summary = {"diverged": True, "error": str(exc), "train_loss": float("inf"), "train_acc": 0.0,
+                   "test_loss": float("inf"), "test_acc": 0.0}
+        (out / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+
+def run_all(jobs: list[tuple[TrainConfig, Path]], workers: int | None = None, desc: str = "runs") -> list[dict[str, Any]]:
+    """Run every (config, out_dir) pair; results in the same order. ``workers`` processes, one thread each."""
+    workers = workers or default_jobs()
+    results: list[dict[str, Any] | None] = [None] * len(jobs)
+    todo = []
+    for i, (config, out) in enumerate(jobs):
+        done = _finished(config, out)
+        if done is not None:
+            results[i] = done
+        else:
+            todo.append(i)
+    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, dynamic_ncols=True) as bar:
+        if workers == 1 or len(todo) <= 1:
+            for i in todo:
+                results[i] = run_one(*jobs[i])
+                bar.update(1)
+        else:
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                futures = {pool.submit(run_one, *jobs[i], 1): i for i in todo}
+                for fut in as_completed(futures):
+                    results[futures[fut]] = fut.result()
+                    bar.update(1)
+    return results  # type: ignore[return-value]

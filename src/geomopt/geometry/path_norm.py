@@ -1,0 +1,325 @@
+r"""Path norms and path scales of positively homogeneous networks, by the squared-network trick.
+
+For a ReLU network seen as a DAG (biases are edges from an always-on unit), the path
+regularizer is
+
+    pi_p(w) = sum over input->output paths P of prod_{e in P} |w_e|^p,
+
+and the path norm is ``pi_p(w) ** (1/p)``. The *scale* of an edge is
+
+    gamma_e(w) = d pi_p / d(|w_e|^p) = sum over paths through e of prod_{e' in P, e' != e} |w_e'|^p
+               = gamma_in(u) * gamma_out(v)     for e = u -> v.
+
+Squared-network trick (Neyshabur et al. 2015): replace every parameter by |w|^p, turn every
+pooling into the sum over its window with each fixed edge weight raised to the power p (max
+pooling: all paths on), feed an all-ones input and sum the outputs. With nonnegative weights
+every ReLU is the identity, so that number is pi_p and its gradient with respect to the
+powered parameters is gamma: one batch-1 forward and backward, no path enumeration.
+
+For a chain of Linear layers (an MLP) gamma of a weight matrix is the outer product
+``gamma_out (x) gamma_in``; :class:`PathScales` then keeps the two vectors
+(:class:`RankOneScale`) and never materializes gamma, so Path-SGD costs few passes over the
+weights.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+
+class UnsupportedModuleError(ValueError):
+    """A module or operation that is not positively homogeneous (or not supported) was found."""
+
+
+_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+_PASS_THROUGH = (nn.ReLU, nn.Identity, nn.Flatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+_FUNCTIONS = {operator.add, torch.add, torch.flatten, torch.relu, F.relu, torch.cat, operator.getitem}
+_METHODS = {"view", "reshape", "flatten", "size", "relu", "contiguous", "add", "squeeze", "unsqueeze"}
+
+
+@dataclass
+class RankOneScale:
+    """gamma = outer(out_scale, in_scale) for a Linear weight of shape (out, in), kept factored.
+
+    ``workspace`` is a scratch tensor of the weight's shape that the update may overwrite.
+    """
+
+    out_scale: Tensor
+    in_scale: Tensor
+    workspace: Tensor | None = None
+
+    def to_dense(self) -> Tensor:
+        return torch.outer(self.out_scale, self.in_scale)
+
+
+def _describe(name: str, module: nn.Module) -> str:
+    return f"module '{name or '<root>'}' ({type(module).__name__})"
+
+
+def _check_module(name: str, module: nn.Module) -> None:
+    if isinstance(module, _WEIGHTED):
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.padding_mode != "zeros":
+            raise UnsupportedModuleError(f"{_describe(name, module)}: padding_mode={module.padding_mode!r} "
+                                         "is not supported by path scales; use zero padding")
+        return
+    if isinstance(module, _PASS_THROUGH):
+        return
+    if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d)):
+        if module.return_indices or any(d != 1 for d in _tuple(module.dilation)):
+            raise UnsupportedModuleError(f"{_describe(name, module)}: dilation and return_indices are not supported")
+        return
+    if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d)):
+        divisor = getattr(module, "divisor_override", None)
+        if divisor is not None or module.ceil_mode or (not module.count_include_pad and any(_tuple(module.padding))):
+            raise UnsupportedModuleError(f"{_describe(name, module)}: only fixed-divisor average pooling "
+                                         "(no divisor_override, no ceil_mode, count_include_pad with padding) is supported")
+        return
+    if isinstance(module, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+        return
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        mode = "training" if module.training else "evaluation"
+        raise UnsupportedModuleError(
+            f"{_describe(name, module)} in {mode} mode is not positively homogeneous (it shifts by the batch or "
+            "running mean); path norms and Path-SGD need a network of Linear/Conv layers, ReLU, pooling and sums. "
+            "Remove it, or fold it into the preceding layer for evaluation.")
+    raise UnsupportedModuleError(
+        f"{_describe(name, module)} is not positively homogeneous or not supported by path scales. Supported: "
+        "Linear, Conv1d/2d, ReLU, Identity, Flatten, Dropout (off), Max/AvgPool1d/2d, AdaptiveAvgPool1d/2d, "
+        "and sums/concatenations of such blocks.")
+
+
+def _tuple(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,)
+
+
+def _sum_pool(x: Tensor, dims: int, kernel, stride, padding, ceil_mode: bool, edge_weight: float) -> Tensor:
+    """Sum over each pooling window (every edge on), times the powered fixed edge weight."""
+    if dims == 1:
+        k, s, pad = _tuple(kernel)[0], _tuple(stride)[0], _tuple(padding)[0]
+        y = F.avg_pool2d(x.unsqueeze(-2), (1, k), (1, s), (0, pad), ceil_mode, True, divisor_override=1).squeeze(-2)
+    else:
+        y = F.avg_pool2d(x, kernel, stride, padding, ceil_mode, True, divisor_override=1)
+    return y * edge_weight if edge_weight != 1.0 else y
+
+
+def _pool_node_fn(module: nn.Module, p: float):
+    """The squared-network replacement of a pooling module."""
+    dims = 1 if isinstance(module, (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)) else 2
+    if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)):
+        stride = module.stride if module.stride is not None else module.kernel_size
+        is_max = isinstance(module, (nn.MaxPool1d, nn.MaxPool2d))
+        kernel = _tuple(module.kernel_size) * (dims if len(_tuple(module.kernel_size)) == 1 else 1)
+        weight = 1.0 if is_max else math.prod(kernel) ** (-p)
+        ceil_mode = module.ceil_mode if is_max else False
+        return lambda x: _sum_pool(x, dims, module.kernel_size, stride, module.padding, ceil_mode, weight)
+
+    def adaptive(x: Tensor) -> Tensor:
+        spatial = tuple(x.shape[2:])
+        size = _tuple(module.output_size)
+        size = size * len(spatial) if len(size) == 1 else size
+        out = tuple(o if o is not None else s for o, s in zip(size, spatial))
+        if any(s % o for s, o in zip(spatial, out)):
+            raise UnsupportedModuleError(f"{type(module).__name__}: input size {spatial} is not a multiple "
+                                         f"of the output size {out}; windows of unequal size are not supported")
+        kernel = tuple(s // o for s, o in zip(spatial, out))
+        kernel_arg = kernel[0] if dims == 1 else kernel
+        return _sum_pool(x, dims, kernel_arg, kernel_arg, 0, False, math.prod(kernel) ** (-p))
+
+    return adaptive
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as exc:  # noqa: BLE001 - re-raised with context
+        raise UnsupportedModuleError(
+            f"{type(model).__name__} could not be traced by torch.fx ({exc}); path scales need a model whose "
+            "forward is a fixed graph of supported modules (no data-dependent control flow)") from exc
+
+
+def _squared_graph(model: nn.Module, p: float) -> tuple[fx.GraphModule, list[nn.Linear] | None]:
+    """Validate ``model`` and return (its squared-network GraphModule, the Linear chain if it is one)."""
+    gm = _trace(model)
+    modules = dict(gm.named_modules())
+    chain: list[nn.Linear] | None = []
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module":
+            module = modules[node.target]
+            _check_module(node.target, module)
+            if isinstance(module, nn.Linear):
+                if chain is not None:
+                    chain.append(module)
+            elif not isinstance(module, (nn.ReLU, nn.Flatten, nn.Identity, nn.Dropout)):
+                chain = None
+            if isinstance(module, _POOLS):
+                with gm.graph.inserting_after(node):
+                    new = gm.graph.call_function(_pool_node_fn(module, p), node.args, node.kwargs)
+                node.replace_all_uses_with(new)
+                gm.graph.erase_node(node)
+        elif node.op == "call_function":
+            if node.target not in _FUNCTIONS:
+                raise UnsupportedModuleError(
+                    f"{getattr(node.target, '__name__', node.target)} called in the forward of {type(model).__name__} "
+                    f"(node '{node.name}') is not positively homogeneous or not supported by path scales")
+            if node.target in (operator.add, torch.add) and ("alpha" in node.kwargs or not all(
+                    isinstance(a, fx.Node) for a in node.args)):
+                raise UnsupportedModuleError(f"node '{node.name}': only sums of two tensors are supported "
+                                             "(adding a constant is not positively homogeneous)")
+            chain = None if node.target not in (torch.flatten, torch.relu, F.relu) else chain
+        elif node.op == "call_method":
+            if node.target not in _METHODS:
+                raise UnsupportedModuleError(f"Tensor.{node.target} in the forward of {type(model).__name__} "
+                                             f"(node '{node.name}') is not supported by path scales")
+            if node.target == "add":
+                chain = None
+        elif node.op == "get_attr":
+            raise UnsupportedModuleError(f"{type(model).__name__} uses the tensor attribute '{node.target}' "
+                                         "directly in forward; wrap weights in nn.Linear/nn.Conv modules")
+    gm.graph.lint()
+    gm.recompile()
+    if chain is not None and not chain:
+        chain = None
+    return gm, chain
+
+
+def _infer_input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[int, ...]:
+    if input_shape is not None:
+        return tuple(input_shape)
+    if hasattr(model, "input_shape"):
+        return tuple(model.input_shape)
+    first = next((m for m in model.modules() if isinstance(m, _WEIGHTED)), None)
+    if isinstance(first, nn.Linear):
+        return (first.in_features,)
+    raise ValueError(f"path scales of {type(model).__name__} depend on the input size: pass input_shape=(C, H, W) "
+                     "(or give the model an `input_shape` attribute)")
+
+
+class PathScales:
+    """The path-scale preconditioner of a positively homogeneous network.
+
+    Built once (validates the model and traces its squared network); :meth:`compute` then
+    recomputes the scales from the *current* weights every time it is called: nothing is
+    accumulated across calls.
+
+    Args:
+        model: a network of Linear/Conv1d/Conv2d layers, ReLU, pooling, flatten, dropout (ignored)
+            and residual sums or concatenations of such blocks.
+        p: the exponent of the path norm (2 for Path-SGD).
+        input_shape: per-example input shape; inferred from ``model.input_shape`` or a first
+            Linear layer.
+
+    Raises:
+        UnsupportedModuleError: naming the first module or operation that is not positively
+            homogeneous (tanh, sigmoid, BatchNorm, LayerNorm, softmax, ...) or not supported.
+    """
+
+    def __init__(self, model: nn.Module, p: float = 2.0, input_shape: Sequence[int] | None = None):
+        if p <= 0:
+            raise ValueError(f"path norm exponent p must be positive, got {p}")
+        self.model = model
+        self.p = float(p)
+        self.input_shape = _infer_input_shape(model, input_shape)
+        self._graph, chain = _squared_graph(model, self.p)
+        self._names = {param: name for name, param in model.named_parameters()}
+        self._chain = chain if chain is not None and self._chain_is_consistent(chain) else None
+        self._workspaces: dict[str, Tensor] = {}
+
+    def _chain_is_consistent(self, chain: list[nn.Linear]) -> bool:
+        widths = [math.prod(self.input_shape)] + [layer.out_features for layer in chain[:-1]]
+        return all(layer.in_features == w for layer, w in zip(chain, widths))
+
+    @property
+    def factored(self) -> bool:
+        """Whether the scales are kept as rank-one factors (a plain chain of Linear layers)."""
+        return self._chain is not None
+
+    def _powered(self, t: Tensor, out: Tensor | None = None) -> Tensor:
+        if self.p == 2.0:
+            return torch.mul(t, t, out=out) if out is not None else t * t
+        res = torch.abs(t, out=out) if out is not None else t.abs()
+        return res.pow_(self.p)
+
+    @torch.no_grad()
+    def compute(self) -> dict[str, Tensor | RankOneScale]:
+        """gamma for every parameter, by name: dense tensors, or :class:`RankOneScale` for the
+        weights of a Linear chain."""
+        if self._chain is not None:
+            return self._compute_chain()
+        return self._compute_graph()
+
+    def dense(self) -> dict[str, Tensor]:
+        """gamma for every parameter, by name, as tensors of the parameters' shapes."""
+        return {k: v.to_dense() if isinstance(v, RankOneScale) else v for k, v in self.compute().items()}
+
+    def _compute_graph(self) -> dict[str, Tensor]:
+        params = dict(self.model.named_parameters())
+        powered = {k: self._powered(v.detach()).requires_grad_(True) for k, v in params.items()}
+        ref = next(iter(params.values()))
+        ones = torch.ones((1, *self.input_shape), dtype=ref.dtype, device=ref.device)
+        with torch.enable_grad():
+            pi = functional_call(self._graph, powered, (ones,)).sum()
+            grads = torch.autograd.grad(pi, list(powered.values()), allow_unused=True)
+        return {k: g if g is not None else torch.zeros_like(powered[k]) for k, g in zip(powered, grads)}
+
+    def _compute_chain(self) -> dict[str, Tensor | RankOneScale]:
+        chain = self._chain
+        assert chain is not None
+        weight = chain[0].weight
+        gamma_in = [torch.ones(chain[0].in_features, dtype=weight.dtype, device=weight.device)]
+        powered = []
+        for layer in chain:
+            name = self._names[layer.weight]
+            ws = self._workspaces.get(name)
+            if ws is None or ws.shape != layer.weight.shape or ws.dtype != layer.weight.dtype or ws.device != layer.weight.device:
+                ws = self._workspaces[name] = torch.empty_like(layer.weight)
+            s = self._powered(layer.weight, out=ws)
+            powered.append(s)
+            nxt = torch.mv(s, gamma_in[-1])
+            if layer.bias is not None:
+                nxt += self._powered(layer.bias)
+            gamma_in.append(nxt)
+        gamma_out = [torch.ones(chain[-1].out_features, dtype=weight.dtype, device=weight.device)]
+        for s in reversed(powered[1:]):
+            gamma_out.append(torch.mv(s.t(), gamma_out[-1]))
+        gamma_out.reverse()
+        scales: dict[str, Tensor | RankOneScale] = {}
+        for i, layer in enumerate(chain):
+            name = self._names[layer.weight]
+            scales[name] = RankOneScale(gamma_out[i], gamma_in[i], self._workspaces[name])
+            if layer.bias is not None:
+                scales[self._names[layer.bias]] = gamma_out[i]
+        return scales
+
+    @torch.no_grad()
+    def path_norm(self) -> Tensor:
+        """(sum over paths of prod |w|^p) ** (1/p), a scalar tensor."""
+        params = {k: self._powered(v.detach()) for k, v in self.model.named_parameters()}
+        ref = next(iter(params.values()))
+        ones = torch.ones((1, *self.input_shape), dtype=ref.dtype, device=ref.device)
+        return functional_call(self._graph, params, (ones,)).sum() ** (1.0 / self.p)
+
+
+def path_norm(model: nn.Module, p: float = 2.0, input_shape: Sequence[int] | None = None) -> Tensor:
+    """The l_p path norm ``(sum_paths prod_e |w_e|^p)^(1/p)`` of a positively homogeneous network.
+
+    Biases count as edges from an always-on unit. See :class:`PathScales` for what is supported.
+    """
+    return PathScales(model, p, input_shape).path_norm()
+
+
+def path_scales(model: nn.Module, p: float = 2.0, input_shape: Sequence[int] | None = None) -> dict[str, Tensor]:
+    """gamma_e = d pi_p / d(|w_e|^p) for every parameter, by name (same shapes as the parameters).
+
+    For p = 2 this is the Path-SGD scale: the update is ``w <- w - lr * grad / gamma``.
+    """
+    return PathScales(model, p, input_shape).dense()

@@ -1,0 +1,11 @@
+"""Figures and the self-contained HTML report.
+
+Each experiment writes a *section* into its own directory: ``section.json`` (title, text,
+tables, figure file names) beside its PNG figures and CSV/JSON numbers. ``build_report``
+gathers every section under a runs directory into one HTML file with the figures embedded.
+"""
+
+from geomopt.report.figures import plot_curves
+from geomopt.report.html import Section, build_report, write_section
+
+__all__ = ["Section", "write_section", "build_report", "plot_curves"]

@@ -1,0 +1,38 @@
+"""Matplotlib figures (PNG), headless."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_curves(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]], path: str | Path, *,
+                xlabel: str, ylabel: str, logy: bool = False, ncols: int = 4) -> Path:
+    """One subplot per panel, one line per label: ``panels[title][label] = (xs, ys)``. Saved as PNG."""
+    path = Path(path)
+    n = max(len(panels), 1)
+    ncols = min(ncols, n)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, (title, lines) in zip(axes.flat, panels.items()):
+        for label, (xs, ys) in lines.items():
+            ax.plot(xs, ys, label=label, linewidth=1.5)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

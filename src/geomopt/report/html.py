@@ -1,0 +1,97 @@
+"""Report sections (section.json) and the self-contained HTML report."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geomopt.train.checkpoint import atomic_write_bytes, write_json
+
+SECTION = "section.json"
+
+
+@dataclass
+class Section:
+    """One experiment's part of the report.
+
+    ``tables``: dicts with ``caption``, ``columns`` and ``rows`` (lists of cells);
+    ``figures``: dicts with ``file`` (relative to the section's directory) and ``caption``.
+    """
+
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[dict[str, Any]] = field(default_factory=list)
+    figures: list[dict[str, str]] = field(default_factory=list)
+    order: int = 100
+
+
+def write_section(directory: str | Path, section: Section) -> Path:
+    """Write ``section.json`` into ``directory``; figure files must already be there."""
+    directory = Path(directory)
+    for fig in section.figures:
+        if not (directory / fig["file"]).is_file():
+            raise FileNotFoundError(f"section {section.title!r}: figure {directory / fig['file']} does not exist")
+    path = directory / SECTION
+    write_json(path, asdict(section))
+    return path
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _render(section: dict[str, Any], directory: Path) -> str:
+    parts = [f"<section><h2>{html.escape(section['title'])}</h2>"]
+    parts += [f"<p>{html.escape(p)}</p>" for p in section.get("paragraphs", [])]
+    for table in section.get("tables", []):
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table["columns"])
+        rows = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in table["rows"])
+        parts.append(f"<table><caption>{html.escape(table.get('caption', ''))}</caption>"
+                     f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+    for fig in section.get("figures", []):
+        data = base64.b64encode((directory / fig["file"]).read_bytes()).decode()
+        mime = "image/svg+xml" if fig["file"].endswith(".svg") else "image/png"
+        parts.append(f"<figure><img alt=\"{html.escape(fig.get('caption', ''))}\" src=\"data:{mime};base64,{data}\">"
+                     f"<figcaption>{html.escape(fig.get('caption', ''))}</figcaption></figure>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}caption{text-align:left;font-weight:bold;padding:.3em 0}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f0f0f0}
+td:first-child,th:first-child{text-align:left}figure{margin:1em 0}img{max-width:100%}
+figcaption{font-size:.9em;color:#555}"""
+
+
+def build_report(runs_dir: str | Path, out_dir: str | Path) -> Path:
+    """Gather every ``section.json`` under ``runs_dir`` into ``out_dir/index.html`` (figures embedded)."""
+    runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    found = []
+    for path in sorted(runs_dir.rglob(SECTION)):
+        if out_dir.resolve() in path.resolve().parents:
+            continue
+        try:
+            found.append((json.loads(path.read_text()), path.parent))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"report: {path} is not valid JSON ({exc})") from exc
+    if not found:
+        raise FileNotFoundError(f"report: no {SECTION} under {runs_dir}; run `geomopt reproduce NAME --out {runs_dir}` first")
+    found.sort(key=lambda item: (item[0].get("order", 100), item[0]["title"]))
+    toc = "".join(f"<li>{html.escape(s['title'])}</li>" for s, _ in found)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    body = "\n".join(_render(s, d) for s, d in found)
+    page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>geomopt report</title>"
+            f"<style>{_STYLE}</style></head><body><h1>geomopt report</h1><p>Built {stamp} from "
+            f"{html.escape(str(runs_dir))}.</p><ul>{toc}</ul>{body}</body></html>\n")
+    out = out_dir / "index.html"
+    atomic_write_bytes(out, lambda f: f.write(page.encode()))
+    return out

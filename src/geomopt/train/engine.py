@@ -1,0 +1,223 @@
+"""The one training engine used by every geomopt experiment.
+
+``fit`` trains any ``nn.Module`` with any ``torch.optim.Optimizer`` on ``DataLoader``s and
+writes, into ``out_dir``:
+
+- ``metrics.jsonl``: one JSON object per line; ``{"kind": "step", "step", "epoch", "loss", "lr"}``
+  for every step and ``{"kind": "epoch", "epoch", "step", "train_loss", "train_acc",
+  "test_loss", "test_acc", "time"}`` after every epoch (and for epoch 0, before training);
+- ``checkpoint.pt``: model, optimizer, scheduler, RNG state and position, written atomically
+  at the end of every epoch (and every ``checkpoint_every`` steps).
+
+``fit(..., resume=True)`` continues from the checkpoint: data order is a pure function of
+(seed, epoch) through ``sampler.set_epoch`` and the RNG state is restored, so a resumed run
+ends with exactly the numbers of an uninterrupted one. A non-finite loss stops the run with
+:class:`NonFiniteLossError`; the last good checkpoint is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from geomopt.train.checkpoint import load_checkpoint, save_checkpoint
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss (or a parameter) became NaN or infinite; training stopped."""
+
+
+def accuracy(output: Tensor, target: Tensor) -> Tensor:
+    """Number of correct top-1 predictions (a count, summed over the batch)."""
+    return (output.argmax(dim=-1) == target).sum()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, loss_fn: Callable[[Tensor, Tensor], Tensor],
+             device: torch.device | str = "cpu",
+             metric: Callable[[Tensor, Tensor], Tensor] | None = accuracy) -> tuple[float, float]:
+    """Mean loss and mean metric (accuracy by default) of ``model`` over ``loader``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    total_loss, total_metric, count = 0.0, 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        out = model(x)
+        n = y.shape[0]
+        total_loss += loss_fn(out, y).item() * n
+        if metric is not None:
+            total_metric += float(metric(out, y))
+        count += n
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("evaluate: the loader yielded no examples")
+    return total_loss / count, (total_metric / count if metric is not None else float("nan"))
+
+
+def _set_epoch(loader: DataLoader, epoch: int) -> None:
+    for sampler in (loader.sampler, loader.batch_sampler):
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+
+def _truncate_metrics(path: Path, step: int, epoch: int) -> None:
+    """Drop the records written after the checkpoint at (``step``, ``epoch``)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if rec["kind"] == "step" and rec["step"] <= step or rec["kind"] == "epoch" and rec["epoch"] <= epoch:
+            kept.append(line)
+    path.write_text("".join(k + "\n" for k in kept))
+
+
+def _all_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLoader, test_loader: DataLoader,
+        *, epochs: int, out_dir: str | Path, loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, device: str | torch.device = "cpu",
+        metric: Callable[[Tensor, Tensor], Tensor] | None = accuracy, eval_train_loader: DataLoader | None = None,
+        resume: bool = False, checkpoint_every: int = 0, max_grad_norm: float | None = None,
+        progress: bool = True, extra_state: dict[str, Any] | None = None,
+        stop_after_steps: int | None = None) -> dict[str, Any]:
+    """Train ``model`` for ``epochs`` epochs; log, checkpoint, and return a summary dict.
+
+    Args:
+        model, optimizer, train_loader, test_loader: the usual PyTorch objects. The model must
+            already be on ``device``. ``scheduler`` is stepped once per optimizer step.
+        epochs: total number of epochs (a resumed run continues up to this number).
+        out_dir: where metrics.jsonl and checkpoint.pt go.
+        loss_fn: ``loss_fn(output, target)``, mean over the batch.
+        metric: per-batch count of correct predictions (accuracy), or None (e.g. regression).
+        eval_train_loader: loader for the per-epoch training metrics (default: ``train_loader``).
+        resume: continue from ``out_dir/checkpoint.pt``.
+        checkpoint_every: also checkpoint every this many steps (0: at epoch ends only).
+        max_grad_norm: clip the global gradient norm to this value (None: no clipping).
+        extra_state: stored in the checkpoint (e.g. the config), returned by resume.
+        stop_after_steps: stop (as if interrupted) after this many global steps; for tests.
+
+    Returns:
+        Summary: final train/test loss and accuracy, steps, epochs, seconds, out_dir.
+
+    Raises:
+        NonFiniteLossError: the loss or the parameters became NaN/inf.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, metrics_path = out_dir / CHECKPOINT, out_dir / METRICS
+    eval_train_loader = eval_train_loader or train_loader
+    epoch, batch_in_epoch, step, elapsed = 0, 0, 0, 0.0
+    if resume:
+        state = load_checkpoint(ckpt_path, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        if torch.cuda.is_available() and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        epoch, batch_in_epoch, step, elapsed = state["epoch"], state["batch"], state["step"], state["elapsed"]
+        _truncate_metrics(metrics_path, step, epoch)
+    else:
+        metrics_path.write_text("")
+
+    def checkpoint(ep: int, batch: int) -> None:
+        if not _all_finite(model):
+            raise NonFiniteLossError(f"a parameter became NaN/inf at step {step} (epoch {ep}); the last good "
+                                     f"checkpoint {ckpt_path} is kept; lower the learning rate")
+        save_checkpoint(ckpt_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "epoch": ep, "batch": batch, "step": step, "elapsed": elapsed + time.perf_counter() - start,
+            "extra": extra_state or {},
+        })
+
+    metrics_file = metrics_path.open("a")
+    start = time.perf_counter()
+
+    def log(record: dict[str, Any]) -> None:
+        metrics_file.write(json.dumps(record) + "\n")
+
+    def epoch_record(ep: int) -> dict[str, Any]:
+        train_loss, train_acc = evaluate(model, eval_train_loader, loss_fn, device, metric)
+        test_loss, test_acc = evaluate(model, test_loader, loss_fn, device, metric)
+        rec = {"kind": "epoch", "epoch": ep, "step": step, "train_loss": train_loss, "train_acc": train_acc,
+               "test_loss": test_loss, "test_acc": test_acc,
+               "time": round(elapsed + time.perf_counter() - start, 3)}
+        log(rec)
+        return rec
+
+    last = epoch_record(0) if epoch == 0 and batch_in_epoch == 0 else None
+    steps_per_epoch = len(train_loader)
+    bar = tqdm(total=epochs * steps_per_epoch, initial=step, disable=not progress, leave=False,
+               desc=str(out_dir.name), dynamic_ncols=True)
+    model.train()
+    try:
+        while epoch < epochs:
+            _set_epoch(train_loader, epoch)
+            for i, (x, y) in enumerate(train_loader):
+                if i < batch_in_epoch:
+                    continue
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x), y)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(
+                        f"the loss became {value} at step {step + 1} (epoch {epoch + 1}); the run stopped and the last "
+                        f"good checkpoint {ckpt_path} is kept; lower the learning rate or clip gradients")
+                loss.backward()
+                if max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+                optimizer.step()
+                lr = optimizer.param_groups[0]["lr"]
+                if scheduler is not None:
+                    scheduler.step()
+                step += 1
+                batch_in_epoch = i + 1
+                log({"kind": "step", "step": step, "epoch": epoch + 1, "loss": value, "lr": lr})
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}", refresh=False)
+                if checkpoint_every and step % checkpoint_every == 0 and batch_in_epoch < steps_per_epoch:
+                    metrics_file.flush()
+                    checkpoint(epoch, batch_in_epoch)
+                if stop_after_steps is not None and step >= stop_after_steps:
+                    raise KeyboardInterrupt
+            epoch += 1
+            batch_in_epoch = 0
+            last = epoch_record(epoch)
+            metrics_file.flush()
+            checkpoint(epoch, 0)
+    finally:
+        bar.close()
+        metrics_file.close()
+    if last is None:  # resumed a finished run: report its stored final epoch
+        last = [r for r in read_metrics(out_dir) if r["kind"] == "epoch"][-1]
+    return {"epochs": epoch, "steps": step, "seconds": round(elapsed + time.perf_counter() - start, 3),
+            "train_loss": last["train_loss"], "train_acc": last["train_acc"],
+            "test_loss": last["test_loss"], "test_acc": last["test_acc"], "out_dir": str(out_dir)}
+
+
+def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of ``out_dir/metrics.jsonl``."""
+    path = Path(out_dir) / METRICS
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

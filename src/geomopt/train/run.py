@@ -1,0 +1,83 @@
+"""Build everything a :class:`TrainConfig` names and train it with :func:`fit`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geomopt.data import load_dataset, make_loader
+from geomopt.nn import build_model
+from geomopt.optim import build_optimizer
+from geomopt.train.checkpoint import write_json
+from geomopt.train.config import TrainConfig
+from geomopt.train.engine import fit
+
+SCHEDULES = ("constant", "cosine", "step")
+CONFIG = "config.json"
+
+
+def lr_factor(schedule: str, total_steps: int):
+    """Multiplier of the base learning rate at a given step (picklable, for LambdaLR)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
+    return _Schedule(schedule, max(total_steps, 1))
+
+
+class _Schedule:
+    def __init__(self, kind: str, total: int):
+        self.kind, self.total = kind, total
+
+    def __call__(self, step: int) -> float:
+        if self.kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(step, self.total) / self.total))
+        if self.kind == "step":
+            return 0.1 ** ((step >= 0.5 * self.total) + (step >= 0.75 * self.total))
+        return 1.0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``, with a clear error when CUDA is absent."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch.cuda.is_available() is False on this machine")
+    return device
+
+
+def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          stop_after_steps: int | None = None) -> dict[str, Any]:
+    """Train the run ``config`` describes into ``out_dir`` (config.json, metrics.jsonl, checkpoint.pt).
+
+    With ``resume=True`` the stored config.json is used and must equal ``config``.
+    """
+    out_dir = Path(out_dir)
+    if resume:
+        stored = TrainConfig.load(out_dir / CONFIG)
+        if stored != config:
+            diff = {k: (v, config.to_dict()[k]) for k, v in stored.to_dict().items() if config.to_dict()[k] != v}
+            raise ValueError(f"--resume {out_dir}: the config differs from the stored one: {diff} (stored, given)")
+    device = resolve_device(config.device)
+    bundle = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, train_size=config.train_size,
+                          label_noise=config.label_noise)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, bundle.input_shape, bundle.num_classes, widths=config.widths,
+                        bias=config.bias, dropout=config.dropout, init=config.init, seed=config.seed).to(device)
+    optimizer = build_optimizer(config.optimizer, model, lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    train_loader = make_loader(bundle.train, config.batch_size, shuffle=True, seed=config.seed)
+    eval_batch = max(config.batch_size, 1000)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.schedule, config.epochs * len(train_loader)))
+    if not resume:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / CONFIG, config.to_dict())
+    summary = fit(model, optimizer, train_loader, make_loader(bundle.test, eval_batch, shuffle=False),
+                  epochs=config.epochs, out_dir=out_dir, scheduler=scheduler, device=device,
+                  eval_train_loader=make_loader(bundle.train, eval_batch, shuffle=False), resume=resume,
+                  checkpoint_every=config.checkpoint_every, max_grad_norm=config.max_grad_norm,
+                  progress=progress, extra_state={"config": config.to_dict()}, stop_after_steps=stop_after_steps)
+    write_json(out_dir / "summary.json", summary)
+    return summary
