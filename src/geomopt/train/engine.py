@@ -67,7 +67,7 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: Callable[[Tensor, Te
 
 
 def _set_epoch(loader: DataLoader, epoch: int) -> None:
-    for sampler in (loader.sampler, loader.batch_sampler):
+    for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
 
@@ -84,6 +84,12 @@ def _truncate_metrics(path: Path, step: int, epoch: int) -> None:
         if rec["kind"] == "step" and rec["step"] <= step or rec["kind"] == "epoch" and rec["epoch"] <= epoch:
             kept.append(line)
     path.write_text("".join(k + "\n" for k in kept))
+
+
+def _kept(ckpt_path: Path) -> str:
+    if ckpt_path.exists():
+        return f"the last good checkpoint {ckpt_path} is kept"
+    return "no checkpoint had been written yet"
 
 
 def _all_finite(model: nn.Module) -> bool:
@@ -140,8 +146,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
 
     def checkpoint(ep: int, batch: int) -> None:
         if not _all_finite(model):
-            raise NonFiniteLossError(f"a parameter became NaN/inf at step {step} (epoch {ep}); the last good "
-                                     f"checkpoint {ckpt_path} is kept; lower the learning rate")
+            raise NonFiniteLossError(f"a parameter became NaN/inf at step {step} (epoch {ep}); {_kept(ckpt_path)}; "
+                                     "lower the learning rate")
         save_checkpoint(ckpt_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -174,7 +180,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
     try:
         while epoch < epochs:
             _set_epoch(train_loader, epoch)
-            for i, (x, y) in enumerate(train_loader):
+            with torch.random.fork_rng(devices=[]):  # DataLoader.__iter__ draws a seed from the global RNG
+                batches = iter(train_loader)
+            for i, (x, y) in enumerate(batches):
                 if i < batch_in_epoch:
                     continue
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -183,8 +191,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
                 value = loss.item()
                 if not math.isfinite(value):
                     raise NonFiniteLossError(
-                        f"the loss became {value} at step {step + 1} (epoch {epoch + 1}); the run stopped and the last "
-                        f"good checkpoint {ckpt_path} is kept; lower the learning rate or clip gradients")
+                        f"the loss became {value} at step {step + 1} (epoch {epoch + 1}); the run stopped; "
+                        f"{_kept(ckpt_path)}; lower the learning rate or clip gradients")
                 loss.backward()
                 if max_grad_norm is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
