@@ -173,8 +173,6 @@ def test_dropout_in_training_mode_factored_scales():
     assert_scales_equal(scales.compute(), reference_gamma_by_name(linears(model), 2.0), model)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: in training mode the squared network applies Dropout "
-                   "(random zeros, x1/(1-p)), so path_norm and _compute_graph are random")
 def test_dropout_in_training_mode_path_norm_and_graph_scales():
     model, ref = _dropout_mlp_and_reference()
     model.train()
@@ -224,8 +222,6 @@ def test_unit_with_zero_incoming_weights_factored_path():
     assert_scales_equal(PathScales(model).compute(), ref_gamma, model)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: the squared network keeps the ReLU, and relu'(0) = 0 "
-                   "zeroes gamma of the incoming edges of a unit whose incoming weights and bias are all 0")
 def test_unit_with_zero_incoming_weights_graph_path():
     model = _mlp_with_zeros(dead_unit=True)
     ref_gamma = reference_gamma_by_name(linears(model), 2.0)

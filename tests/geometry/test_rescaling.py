@@ -135,8 +135,8 @@ def test_weighted_layers_in_forward_order():
     lambda init: MLP((1, 4, 4), (8, 6, 5), 3, init=init, seed=7),
     lambda init: CNN((1, 8, 8), (2, 3), 3, hidden=(4,), init=init, seed=8),
 ], ids=["mlp", "cnn"])
-def test_unbalanced_init_is_a_layerwise_rescaling_of_kaiming(build):
-    balanced, unbalanced = build("kaiming"), build("unbalanced")
+def test_unbalanced_layer_init_is_a_layerwise_rescaling_of_kaiming(build):
+    balanced, unbalanced = build("kaiming"), build("unbalanced-layer")
     x = _inputs(balanced).float()
     with torch.no_grad():
         torch.testing.assert_close(unbalanced(x), balanced(x), rtol=1e-4, atol=1e-5)
@@ -148,3 +148,21 @@ def test_unbalanced_init_is_a_layerwise_rescaling_of_kaiming(build):
         torch.testing.assert_close(ratio, torch.full_like(ratio, factors[-1]), rtol=1e-5, atol=0)
     assert math.isclose(math.prod(factors), 1.0, rel_tol=1e-5)
     assert max(abs(math.log(c)) for c in factors) > 0.1, f"the layers were not rescaled: {factors}"
+
+
+@pytest.mark.parametrize("build", [
+    lambda init: MLP((1, 4, 4), (8, 6, 5), 3, init=init, seed=7),
+    lambda init: CNN((1, 8, 8), (8, 3), 3, hidden=(4,), init=init, seed=8),
+], ids=["mlp", "cnn"])
+def test_unbalanced_init_is_a_unitwise_rescaling_of_kaiming(build):
+    """Same function and path norm; every hidden unit's incoming weights scaled by its own factor."""
+    balanced, unbalanced = build("kaiming"), build("unbalanced")
+    x = _inputs(balanced).float()
+    with torch.no_grad():
+        torch.testing.assert_close(unbalanced(x), balanced(x), rtol=1e-4, atol=1e-5)
+    assert math.isclose(float(path_norm(unbalanced)), float(path_norm(balanced)), rel_tol=1e-5)
+    first_b, first_u = weighted_layers(balanced)[0], weighted_layers(unbalanced)[0]
+    ratio = (first_u.weight.detach().double() / first_b.weight.detach().double()).flatten(1)
+    per_unit = ratio[:, 0]
+    torch.testing.assert_close(ratio, per_unit[:, None].expand_as(ratio), rtol=1e-5, atol=0)
+    assert per_unit.max() / per_unit.min() > 2, "units were not rescaled by different factors"

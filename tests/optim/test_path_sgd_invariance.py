@@ -165,8 +165,6 @@ def test_path_sgd_step_on_cnn_equals_grad_over_path_scales_reference():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: PathScales' squared network applies Dropout in training "
-                   "mode, so PathSGD divides by random (sometimes zero) scales")
 def test_path_sgd_with_dropout_in_training_mode_uses_deterministic_scales():
     model = CNN((1, 8, 8), (2, 3), NUM_CLASSES, hidden=(6,), dropout=0.5, init="torch", seed=6).to(DTYPE)
     model.train()

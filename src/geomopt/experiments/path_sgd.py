@@ -4,7 +4,7 @@ Neyshabur, Salakhutdinov & Srebro, "Path-SGD: Path-Normalized Optimization in De
 Networks", NeurIPS 2015. Protocol: an MLP with two hidden ReLU layers, batch 100, each
 optimizer with its learning rate chosen from a small grid (lowest final training loss, mean
 over seeds), from a balanced (He) and an unbalanced (same function, layers rescaled by random
-factors) initialization. The paper's claim: Path-SGD optimizes faster and generalizes better
+factors per hidden unit) initialization. The paper's claim: Path-SGD optimizes faster and generalizes better
 than SGD and AdaGrad, most clearly from the unbalanced start, to which it is invariant.
 
 ``--quick``: 256-256 hidden units on MNIST-1D and digits (minutes on 2 cores). Full protocol:
@@ -153,8 +153,9 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
         f"Protocol: MLP {'-'.join(map(str, exp.widths))} hidden ReLU units, batch {exp.batch_size}, {exp.epochs} epochs, "
         f"datasets {', '.join(exp.datasets)}, seeds {list(exp.seeds)}; learning rate per optimizer chosen from "
         f"{json.dumps({o: exp.lrs[o] for o in exp.optimizers})} by the lowest mean final training loss. "
-        "The unbalanced initialization is the balanced (He) one with each layer rescaled by a random factor "
-        "(log-uniform in [0.1, 10], product 1, biases adjusted): the same function, badly scaled layers.",
+        "The unbalanced initialization is the balanced (He) one with every hidden unit rescaled by its own random "
+        "factor (incoming weights times c, outgoing divided by c, c log-uniform in [0.1, 10]): the same function, "
+        "badly scaled units.",
         "Paper: " + PAPER_CLAIM,
         "Our result: " + _verdict(exp, best, rows),
     ]

@@ -147,6 +147,14 @@ def _trace(model: nn.Module) -> fx.GraphModule:
             "forward is a fixed graph of supported modules (no data-dependent control flow)") from exc
 
 
+def _bypass(gm: fx.GraphModule, node: fx.Node) -> None:
+    """Replace ``node`` by its first input (the squared network has no ReLU and no dropout: with
+    nonnegative weights and inputs every unit is on, and relu'(0) = 0 would cut paths through
+    units whose incoming weights are all zero)."""
+    node.replace_all_uses_with(node.args[0])
+    gm.graph.erase_node(node)
+
+
 def _squared_graph(model: nn.Module, p: float) -> tuple[fx.GraphModule, list[nn.Linear] | None]:
     """Validate ``model`` and return (its squared-network GraphModule, the Linear chain if it is one)."""
     gm = _trace(model)
@@ -161,6 +169,9 @@ def _squared_graph(model: nn.Module, p: float) -> tuple[fx.GraphModule, list[nn.
                     chain.append(module)
             elif not isinstance(module, (nn.ReLU, nn.Flatten, nn.Identity, nn.Dropout)):
                 chain = None
+            if isinstance(module, _PASS_THROUGH) and not isinstance(module, nn.Flatten):
+                _bypass(gm, node)  # ReLU is the identity on nonnegative inputs; dropout is off
+                continue
             if isinstance(module, _POOLS):
                 with gm.graph.inserting_after(node):
                     new = gm.graph.call_function(_pool_node_fn(module, p), node.args, node.kwargs)
@@ -176,12 +187,16 @@ def _squared_graph(model: nn.Module, p: float) -> tuple[fx.GraphModule, list[nn.
                 raise UnsupportedModuleError(f"node '{node.name}': only sums of two tensors are supported "
                                              "(adding a constant is not positively homogeneous)")
             chain = None if node.target not in (torch.flatten, torch.relu, F.relu) else chain
+            if node.target in (torch.relu, F.relu):
+                _bypass(gm, node)
         elif node.op == "call_method":
             if node.target not in _METHODS:
                 raise UnsupportedModuleError(f"Tensor.{node.target} in the forward of {type(model).__name__} "
                                              f"(node '{node.name}') is not supported by path scales")
             if node.target == "add":
                 chain = None
+            if node.target == "relu":
+                _bypass(gm, node)
         elif node.op == "get_attr":
             raise UnsupportedModuleError(f"{type(model).__name__} uses the tensor attribute '{node.target}' "
                                          "directly in forward; wrap weights in nn.Linear/nn.Conv modules")

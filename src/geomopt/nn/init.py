@@ -1,11 +1,15 @@
-"""Initializations, including the deliberately unbalanced one of the Path-SGD paper.
+"""Initializations, including the deliberately unbalanced ones of the Path-SGD paper.
 
-Neyshabur, Salakhutdinov & Srebro (2015) compare optimizers from a *balanced* start and
-from an *unbalanced* one that computes the same function but whose layers have very
-different scales. Node rescaling leaves a ReLU network's function unchanged: multiply the
-incoming weights and bias of every unit of layer i by c_i and divide the next layer's
-weights by c_i. Applied layer-wise with random factors c_i, SGD sees a badly conditioned
+Neyshabur, Salakhutdinov & Srebro (2015) compare optimizers from a *balanced* start (the
+norms of the incoming weights of all units are about equal) and from an *unbalanced* one that
+computes the same function with very different unit scales. Node rescaling leaves a ReLU
+network's function unchanged: multiply the incoming weights and bias of a hidden unit by
+c > 0 and divide its outgoing weights by c. With random factors, SGD sees a badly conditioned
 problem while Path-SGD, being invariant to rescaling, follows exactly the same trajectory.
+
+- ``"unbalanced"``: every hidden unit rescaled by its own factor, log-uniform in [1/u, u];
+- ``"unbalanced-layer"``: every layer's weights multiplied by one random factor c_i
+  (log-uniform in [1/u, u], renormalized so that prod c_i = 1; biases adjusted).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-INITS = ("torch", "kaiming", "unbalanced")
+from geomopt.geometry.rescaling import random_node_rescaling
+
+INITS = ("torch", "kaiming", "unbalanced", "unbalanced-layer")
 
 
 def _weighted_layers(model: nn.Module) -> list[nn.Module]:
@@ -58,10 +64,10 @@ def initialize(model: nn.Module, init: str, generator: torch.Generator, unbalanc
 
     Args:
         model: the network.
-        init: ``"torch"`` (PyTorch's default), ``"kaiming"`` (He normal weights, zero biases), or
-            ``"unbalanced"`` (kaiming, then layer-wise rescaling by factors c_i with
-            log10 c_i ~ U(-log10 u, log10 u), renormalized to product 1: same function, badly
-            scaled layers).
+        init: ``"torch"`` (PyTorch's default), ``"kaiming"`` (He normal weights, zero biases),
+            ``"unbalanced"`` (kaiming, then every hidden unit rescaled by a random factor,
+            log-uniform in [1/u, u]) or ``"unbalanced-layer"`` (kaiming, then layer-wise factors
+            with product 1). Both unbalanced inits compute the same function as kaiming.
         generator: the source of randomness (seeded by the caller).
         unbalance: u, the spread of the unbalanced factors.
     """
@@ -79,9 +85,11 @@ def initialize(model: nn.Module, init: str, generator: torch.Generator, unbalanc
             layer.weight.normal_(0.0, std, generator=generator)
             if layer.bias is not None:
                 layer.bias.zero_()
-    if init == "unbalanced" and len(layers) > 1:
-        if unbalance < 1:
-            raise ValueError(f"unbalance must be >= 1, got {unbalance}")
+    if init.startswith("unbalanced") and unbalance < 1:
+        raise ValueError(f"unbalance must be >= 1, got {unbalance}")
+    if init == "unbalanced":
+        random_node_rescaling(model, generator, 1.0 / unbalance, unbalance)
+    if init == "unbalanced-layer" and len(layers) > 1:
         span = math.log(unbalance)
         logs = (torch.rand(len(layers), generator=generator, dtype=torch.float64) * 2 - 1) * span
         logs -= logs.mean()
