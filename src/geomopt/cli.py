@@ -49,6 +49,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                  if f.name != "extra" and getattr(args, f.name) is not None}
     if args.resume:
         out = Path(args.resume)
+        if args.config or (args.out is not None and Path(args.out) != out):
+            print(f"geomopt train: --resume {out} continues that run with its stored config.json; "
+                  "drop --config and --out (a changed config is refused)", file=sys.stderr)
+            return 2
         config = TrainConfig.load(out / "config.json").replace(**overrides) if (out / "config.json").exists() else None
         if config is None:
             print(f"geomopt train: --resume {out}: no config.json there; nothing to resume", file=sys.stderr)
@@ -63,8 +67,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         summary = train(config, out, resume=bool(args.resume), progress=not args.no_progress)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; the last checkpoint in {out} is intact: continue with `geomopt train --resume {out}`",
-              file=sys.stderr)
+        if (out / "checkpoint.pt").is_file():
+            print(f"\ninterrupted; the last checkpoint in {out} is intact: "
+                  f"continue with `geomopt train --resume {out}`", file=sys.stderr)
+        else:
+            print(f"\ninterrupted before the first checkpoint was written; nothing in {out} to resume: "
+                  "start the run again (same command, or lower --checkpoint-every)", file=sys.stderr)
         return 130
     except NonFiniteLossError as exc:
         print(f"geomopt train: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from geomopt.train import NonFiniteLossError, TrainConfig, train
@@ -25,11 +26,20 @@ def _finished(config: TrainConfig, out: Path) -> dict[str, Any] | None:
     return None
 
 
-def run_one(config: TrainConfig, out: Path, threads: int | None = None) -> dict[str, Any]:
-    """Train one config into ``out`` (or return its stored summary); a divergence is a result, not an error."""
-    if threads is not None:
-        import torch
+def run_one(config: TrainConfig, out: Path) -> dict[str, Any]:
+    """Train one config into ``out`` (or return its stored summary); a divergence is a result, not an error.
+
+    Runs use one thread, so that the numbers do not depend on how many run side by side.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_one(config, out)
+    finally:
         torch.set_num_threads(threads)
+
+
+def _run_one(config: TrainConfig, out: Path) -> dict[str, Any]:
     done = _finished(config, out)
     if done is not None:
         return done
@@ -48,7 +58,8 @@ def run_one(config: TrainConfig, out: Path, threads: int | None = None) -> dict[
 
 
 def run_all(jobs: list[tuple[TrainConfig, Path]], workers: int | None = None, desc: str = "runs") -> list[dict[str, Any]]:
-    """Run every (config, out_dir) pair; results in the same order. ``workers`` processes, one thread each."""
+    """Run every (config, out_dir) pair in a local process pool (``workers`` processes, one thread
+    each); results in the same order, identical whatever ``workers`` is."""
     workers = workers or default_jobs()
     results: list[dict[str, Any] | None] = [None] * len(jobs)
     todo = []
@@ -65,7 +76,7 @@ def run_all(jobs: list[tuple[TrainConfig, Path]], workers: int | None = None, de
                 bar.update(1)
         else:
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-                futures = {pool.submit(run_one, *jobs[i], 1): i for i in todo}
+                futures = {pool.submit(run_one, *jobs[i]): i for i in todo}
                 for fut in as_completed(futures):
                     results[futures[fut]] = fut.result()
                     bar.update(1)

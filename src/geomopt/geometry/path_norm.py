@@ -47,16 +47,16 @@ _FUNCTIONS = {operator.add, torch.add, torch.flatten, torch.relu, F.relu, torch.
 _METHODS = {"view", "reshape", "flatten", "size", "relu", "contiguous", "add", "squeeze", "unsqueeze"}
 
 
+# Rows of a weight matrix processed at once on CPU: 2^18 elements (1 MiB in float32) stay in cache.
+BLOCK_ELEMENTS = 1 << 18
+
+
 @dataclass
 class RankOneScale:
-    """gamma = outer(out_scale, in_scale) for a Linear weight of shape (out, in), kept factored.
-
-    ``workspace`` is a scratch tensor of the weight's shape that the update may overwrite.
-    """
+    """gamma = outer(out_scale, in_scale) for a Linear weight of shape (out, in), kept factored."""
 
     out_scale: Tensor
     in_scale: Tensor
-    workspace: Tensor | None = None
 
     def to_dense(self) -> Tensor:
         return torch.outer(self.out_scale, self.in_scale)
@@ -232,13 +232,16 @@ class PathScales:
         p: the exponent of the path norm (2 for Path-SGD).
         input_shape: per-example input shape; inferred from ``model.input_shape`` or a first
             Linear layer.
+        factored: keep the scales of a plain Linear chain as rank-one factors (fast); False
+            always uses the generic squared-network autograd pass (the reference).
 
     Raises:
         UnsupportedModuleError: naming the first module or operation that is not positively
             homogeneous (tanh, sigmoid, BatchNorm, LayerNorm, softmax, ...) or not supported.
     """
 
-    def __init__(self, model: nn.Module, p: float = 2.0, input_shape: Sequence[int] | None = None):
+    def __init__(self, model: nn.Module, p: float = 2.0, input_shape: Sequence[int] | None = None,
+                 factored: bool = True):
         if p <= 0:
             raise ValueError(f"path norm exponent p must be positive, got {p}")
         self.model = model
@@ -246,8 +249,8 @@ class PathScales:
         self.input_shape = _infer_input_shape(model, input_shape)
         self._graph, chain = _squared_graph(model, self.p)
         self._names = {param: name for name, param in model.named_parameters()}
-        self._chain = chain if chain is not None and self._chain_is_consistent(chain) else None
-        self._workspaces: dict[str, Tensor] = {}
+        self._chain = chain if factored and chain is not None and self._chain_is_consistent(chain) else None
+        self._scratch: Tensor | None = None
 
     def _chain_is_consistent(self, chain: list[nn.Linear]) -> bool:
         widths = [math.prod(self.input_shape)] + [layer.out_features for layer in chain[:-1]]
@@ -286,31 +289,70 @@ class PathScales:
             grads = torch.autograd.grad(pi, list(powered.values()), allow_unused=True)
         return {k: g if g is not None else torch.zeros_like(powered[k]) for k, g in zip(powered, grads)}
 
+    def _contract(self, weight: Tensor, vin: Tensor | None, vout: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """``(|W|^p @ vin, |W|^p^T @ vout)`` reading W once: row blocks small enough to stay in cache
+        are powered into a scratch buffer (on CPU; one block on GPUs), so |W|^p is never stored."""
+        rows, cols = weight.shape
+        block = rows if weight.device.type != "cpu" else max(1, min(rows, BLOCK_ELEMENTS // cols))
+        if self._scratch is None or self._scratch.numel() < block * cols or self._scratch.dtype != weight.dtype \
+                or self._scratch.device != weight.device:
+            self._scratch = torch.empty(block * cols, dtype=weight.dtype, device=weight.device)
+        fwd = torch.empty(rows, dtype=weight.dtype, device=weight.device) if vin is not None else None
+        bwd = torch.zeros(cols, dtype=weight.dtype, device=weight.device) if vout is not None else None
+        for r0 in range(0, rows, block):
+            part = weight[r0:r0 + block]
+            powered = self._powered(part, out=self._scratch[:part.numel()].view_as(part))
+            if fwd is not None:
+                torch.mv(powered, vin, out=fwd[r0:r0 + part.shape[0]])
+            if bwd is not None:
+                bwd.addmv_(powered.t(), vout[r0:r0 + part.shape[0]])
+        return fwd, bwd
+
     def _compute_chain(self) -> dict[str, Tensor | RankOneScale]:
+        """gamma_in[l+1] = |W_l|^p gamma_in[l] + |b_l|^p (gamma_in[0] = 1) and
+        gamma_out[l-1] = |W_l|^p^T gamma_out[l] (gamma_out[L-1] = 1); gamma(W_l) = gamma_out[l] (x) gamma_in[l].
+
+        Sweeps forward below and backward above the largest inner layer, which is then read
+        once for both of its contractions.
+        """
         chain = self._chain
         assert chain is not None
+        n = len(chain)
         weight = chain[0].weight
-        gamma_in = [torch.ones(chain[0].in_features, dtype=weight.dtype, device=weight.device)]
-        powered = []
-        for layer in chain:
-            name = self._names[layer.weight]
-            ws = self._workspaces.get(name)
-            if ws is None or ws.shape != layer.weight.shape or ws.dtype != layer.weight.dtype or ws.device != layer.weight.device:
-                ws = self._workspaces[name] = torch.empty_like(layer.weight)
-            s = self._powered(layer.weight, out=ws)
-            powered.append(s)
-            nxt = torch.mv(s, gamma_in[-1])
-            if layer.bias is not None:
-                nxt += self._powered(layer.bias)
-            gamma_in.append(nxt)
-        gamma_out = [torch.ones(chain[-1].out_features, dtype=weight.dtype, device=weight.device)]
-        for s in reversed(powered[1:]):
-            gamma_out.append(torch.mv(s.t(), gamma_out[-1]))
-        gamma_out.reverse()
+        gamma_in: list[Tensor | None] = [None] * n
+        gamma_out: list[Tensor | None] = [None] * n
+        gamma_in[0] = torch.ones(chain[0].in_features, dtype=weight.dtype, device=weight.device)
+        gamma_out[n - 1] = torch.ones(chain[-1].out_features, dtype=weight.dtype, device=weight.device)
+
+        def forward(i: int, fwd: Tensor) -> None:
+            if chain[i].bias is not None:
+                fwd += self._powered(chain[i].bias.detach())
+            gamma_in[i + 1] = fwd
+
+        def sweep_forward(layers: range) -> None:
+            for i in layers:
+                forward(i, self._contract(chain[i].weight.detach(), gamma_in[i], None)[0])
+
+        def sweep_backward(layers: range) -> None:
+            for i in layers:
+                gamma_out[i - 1] = self._contract(chain[i].weight.detach(), None, gamma_out[i])[1]
+
+        inner = range(1, n - 1)
+        if len(inner):
+            m = max(inner, key=lambda i: chain[i].weight.numel())
+            sweep_forward(range(0, m))
+            sweep_backward(range(n - 1, m, -1))
+            fwd, bwd = self._contract(chain[m].weight.detach(), gamma_in[m], gamma_out[m])
+            forward(m, fwd)
+            gamma_out[m - 1] = bwd
+            sweep_forward(range(m + 1, n - 1))
+            sweep_backward(range(m - 1, 0, -1))
+        else:
+            sweep_forward(range(0, n - 1))
+            sweep_backward(range(n - 1, 0, -1))
         scales: dict[str, Tensor | RankOneScale] = {}
         for i, layer in enumerate(chain):
-            name = self._names[layer.weight]
-            scales[name] = RankOneScale(gamma_out[i], gamma_in[i], self._workspaces[name])
+            scales[self._names[layer.weight]] = RankOneScale(gamma_out[i], gamma_in[i])
             if layer.bias is not None:
                 scales[self._names[layer.bias]] = gamma_out[i]
         return scales

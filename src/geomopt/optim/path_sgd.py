@@ -22,7 +22,40 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from geomopt.geometry.path_norm import PathScales, RankOneScale
+from geomopt.geometry.path_norm import BLOCK_ELEMENTS, PathScales, RankOneScale
+
+
+def _rank_one_update_(param: Tensor, grad: Tensor, scale: RankOneScale, buf: Tensor | None, *, lr: float,
+                      momentum: float, weight_decay: float, eps: float) -> Tensor | None:
+    """``d = (g + wd w) * (1/gamma_out) (x) (1/gamma_in)``, applied in row blocks that stay in cache,
+    so the update reads and writes the weight once, as SGD's does. Returns the momentum buffer."""
+    floor = eps ** 0.5
+    inv_rows = scale.out_scale.clamp_min(floor).reciprocal_()
+    inv_cols = scale.in_scale.clamp_min(floor).reciprocal_().unsqueeze(0)
+    rows, cols = param.shape
+    block = rows if param.device.type != "cpu" else max(1, min(rows, BLOCK_ELEMENTS // cols))
+    scratch = torch.empty(block * cols, dtype=param.dtype, device=param.device)
+    first = buf is None and momentum != 0
+    if first:
+        buf = torch.empty_like(param)
+    for r0 in range(0, rows, block):
+        w, g = param[r0:r0 + block], grad[r0:r0 + block]
+        tmp = scratch[:w.numel()].view_as(w)
+        if weight_decay != 0:
+            torch.add(g, w, alpha=weight_decay, out=tmp)
+            tmp.mul_(inv_rows[r0:r0 + block].unsqueeze(1))
+        else:
+            torch.mul(g, inv_rows[r0:r0 + block].unsqueeze(1), out=tmp)
+        if momentum == 0:
+            w.addcmul_(tmp, inv_cols, value=-lr)
+            continue
+        b = buf[r0:r0 + block]
+        if first:
+            torch.mul(tmp, inv_cols, out=b)
+        else:
+            b.mul_(momentum).addcmul_(tmp, inv_cols)
+        w.add_(b, alpha=-lr)
+    return buf
 
 
 def path_sgd_(params: Sequence[Tensor], grads: Sequence[Tensor], scales: Sequence[Tensor | RankOneScale],
@@ -31,31 +64,24 @@ def path_sgd_(params: Sequence[Tensor], grads: Sequence[Tensor], scales: Sequenc
     """The functional core: update ``params`` in place with ``grad / gamma``.
 
     For each parameter: ``d = (g + weight_decay * w) / max(gamma, eps)``; with momentum
-    ``buf = momentum * buf + d`` and ``w -= lr * buf``, else ``w -= lr * d``. A
-    :class:`RankOneScale` gamma = out (x) in is applied as row and column scalings, without
-    forming gamma (eps then floors each factor at sqrt(eps)).
+    ``buf = momentum * buf + d`` (``buf = d`` at the first step) and ``w -= lr * buf``, else
+    ``w -= lr * d``. A :class:`RankOneScale` gamma = out (x) in is applied as row and column
+    scalings without forming gamma (eps then floors each factor at sqrt(eps)).
     """
     for i, (param, grad, scale) in enumerate(zip(params, grads, scales)):
+        if isinstance(scale, RankOneScale):
+            momentum_buffers[i] = _rank_one_update_(param, grad, scale, momentum_buffers[i], lr=lr,
+                                                    momentum=momentum, weight_decay=weight_decay, eps=eps)
+            continue
         if weight_decay != 0:
             grad = grad.add(param, alpha=weight_decay)
-        if isinstance(scale, RankOneScale):
-            floor = eps ** 0.5
-            inv_rows = scale.out_scale.clamp_min(floor).reciprocal_().unsqueeze(1)
-            inv_cols = scale.in_scale.clamp_min(floor).reciprocal_().unsqueeze(0)
-            work = scale.workspace if scale.workspace is not None else torch.empty_like(param)
-            torch.mul(grad, inv_rows, out=work)
-            if momentum == 0:
-                param.addcmul_(work, inv_cols, value=-lr)
-                continue
-            direction = work.mul_(inv_cols)
-        else:
-            direction = grad / scale.clamp_min(eps)
+        direction = grad / scale.clamp_min(eps)
         if momentum == 0:
             param.add_(direction, alpha=-lr)
             continue
         buf = momentum_buffers[i]
         if buf is None:
-            momentum_buffers[i] = buf = direction.clone()
+            momentum_buffers[i] = buf = direction
         else:
             buf.mul_(momentum).add_(direction)
         param.add_(buf, alpha=-lr)

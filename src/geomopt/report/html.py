@@ -56,7 +56,10 @@ def _render(section: dict[str, Any], directory: Path) -> str:
         parts.append(f"<table><caption>{html.escape(table.get('caption', ''))}</caption>"
                      f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
     for fig in section.get("figures", []):
-        data = base64.b64encode((directory / fig["file"]).read_bytes()).decode()
+        path = directory / fig["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"report: section {section['title']!r}: figure {path} does not exist")
+        data = base64.b64encode(path.read_bytes()).decode()
         mime = "image/svg+xml" if fig["file"].endswith(".svg") else "image/png"
         parts.append(f"<figure><img alt=\"{html.escape(fig.get('caption', ''))}\" src=\"data:{mime};base64,{data}\">"
                      f"<figcaption>{html.escape(fig.get('caption', ''))}</figcaption></figure>")
@@ -80,9 +83,13 @@ def build_report(runs_dir: str | Path, out_dir: str | Path) -> Path:
         if out_dir.resolve() in path.resolve().parents:
             continue
         try:
-            found.append((json.loads(path.read_text()), path.parent))
+            section = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"report: {path} is not valid JSON ({exc})") from exc
+        if not isinstance(section, dict) or not isinstance(section.get("title"), str):
+            raise ValueError(f"report: {path} is not a section: expected a JSON object with a string \"title\" "
+                             "(write it with geomopt.report.write_section)")
+        found.append((section, path.parent))
     if not found:
         raise FileNotFoundError(f"report: no {SECTION} under {runs_dir}; run `geomopt reproduce NAME --out {runs_dir}` first")
     found.sort(key=lambda item: (item[0].get("order", 100), item[0]["title"]))

@@ -141,7 +141,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         epoch, batch_in_epoch, step, elapsed = state["epoch"], state["batch"], state["step"], state["elapsed"]
         _truncate_metrics(metrics_path, step, epoch)
-    else:
+    else:  # a fresh run: nothing of an earlier run in this directory may be resumed by mistake
+        ckpt_path.unlink(missing_ok=True)
         metrics_path.write_text("")
 
     def checkpoint(ep: int, batch: int) -> None:

@@ -1,0 +1,144 @@
+"""The Path-SGD reproduction on a tiny grid: outputs, the invariance, skipping, process pool.
+
+References: the invariance of Path-SGD to node rescaling (Neyshabur et al. 2015, Sec. 3): the
+unbalanced init computes the same function as the kaiming one, so Path-SGD's training loss
+must agree between them at every epoch up to float32 rounding, while SGD's must not; the
+jobs=1 run (the process pool must give the same numbers).
+
+``PathSGDExperiment`` has no training-subset field, so the runs use all 1437 digits training
+examples; with 16 hidden units and 2 epochs a run takes about 0.1 s.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+
+import pytest
+
+import geomopt.experiments.sweep
+from geomopt.cli import main
+from geomopt.experiments.path_sgd import NAME, reproduce
+from geomopt.train import read_metrics
+
+TINY = {"datasets": ["digits"], "widths": [16], "epochs": 2, "optimizers": ["sgd", "path-sgd"],
+        "inits": ["kaiming", "unbalanced"], "lrs": {"sgd": [0.1], "path-sgd": [0.1]}, "seeds": [0]}
+NUMBERS = ("train_loss", "train_err", "test_err")
+
+
+def _results(root):
+    with (root / "results.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _row(rows, init, optimizer):
+    (row,) = [r for r in rows if (r["init"], r["optimizer"]) == (init, optimizer)]
+    return row
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("path_sgd")
+    section = reproduce(out, quick=True, jobs=1, overrides=TINY)
+    return out, section
+
+
+def test_outputs(tiny):
+    out, section = tiny
+    root = out / NAME
+    assert section == root / "section.json"
+    for name in ("results.csv", "table.csv", "train_loss.png", "test_error.png", "section.json", "experiment.json"):
+        assert (root / name).is_file(), name
+    for name in ("train_loss.png", "test_error.png"):
+        assert (root / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    experiment = json.loads((root / "experiment.json").read_text())
+    assert experiment["widths"] == [16] and experiment["epochs"] == 2 and experiment["datasets"] == ["digits"]
+    rows = _results(root)
+    assert len(rows) == 4
+    for row in rows:
+        run = out / NAME / "runs" / "digits" / row["init"] / row["optimizer"] / "lr0.1" / "seed0"
+        assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"}
+        assert row["diverged"] == "False"
+
+
+def test_table_has_one_row_per_setting(tiny):
+    out, _ = tiny
+    with (out / NAME / "table.csv").open() as f:
+        header, *rows = list(csv.reader(f))
+    assert header[:4] == ["dataset", "init", "optimizer", "chosen lr"]
+    keys = [tuple(r[:3]) for r in rows]
+    assert sorted(keys) == sorted(itertools.product(["digits"], TINY["inits"], TINY["optimizers"]))
+    assert all(float(r[3]) == 0.1 for r in rows)
+    results = _results(out / NAME)
+    for r in rows:
+        assert float(r[4]) == float(_row(results, r[1], r[2])["train_loss"])
+
+
+def test_section_verdict_and_figures(tiny):
+    _, section = tiny
+    data = json.loads(section.read_text())
+    assert "Path-SGD" in data["title"]
+    assert "invariant" in data["paragraphs"][-1]
+    assert [f["file"] for f in data["figures"]] == ["train_loss.png", "test_error.png"]
+    (table,) = data["tables"]
+    assert len(table["rows"]) == 4
+
+
+def test_path_sgd_is_invariant_to_unbalanced_init_and_sgd_is_not(tiny):
+    out, _ = tiny
+    rows = _results(out / NAME)
+
+    def curve(init, optimizer):
+        return [r["train_loss"] for r in read_metrics(_row(rows, init, optimizer)["dir"]) if r["kind"] == "epoch"]
+
+    path_k, path_u = curve("kaiming", "path-sgd"), curve("unbalanced", "path-sgd")
+    sgd_k, sgd_u = curve("kaiming", "sgd"), curve("unbalanced", "sgd")
+    assert len(path_k) == len(path_u) == 3  # epochs 0, 1, 2
+    # epoch 0: the two inits are the same function, so every optimizer starts from the same loss
+    assert sgd_k[0] == pytest.approx(sgd_u[0], rel=1e-5)
+    for a, b in zip(path_k, path_u):
+        assert a == pytest.approx(b, rel=1e-4)
+    assert float(_row(rows, "kaiming", "path-sgd")["train_loss"]) == pytest.approx(
+        float(_row(rows, "unbalanced", "path-sgd")["train_loss"]), rel=1e-4)
+    assert abs(sgd_k[-1] - sgd_u[-1]) / sgd_k[-1] > 1e-2
+
+
+def test_rerun_skips_finished_runs(tiny, monkeypatch, capsys):
+    """The second call, through the CLI's --set parsing, trains nothing and rewrites the same numbers."""
+    out, _ = tiny
+    root = out / NAME
+    before = _results(root)
+    mtimes = {p: p.stat().st_mtime_ns for p in (root / "runs").rglob("*") if p.is_file()}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(geomopt.experiments.sweep, "train", refuse)
+    sets = [f"{key}={json.dumps(value)}" for key, value in TINY.items()]
+    argv = ["reproduce", "path-sgd", "--quick", "--out", str(out), "--jobs", "1"]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    assert str(root / "section.json") in capsys.readouterr().out
+    assert _results(root) == before
+    assert {p: p.stat().st_mtime_ns for p in (root / "runs").rglob("*") if p.is_file()} == mtimes
+
+
+def test_process_pool_gives_the_same_numbers(tmp_path):
+    """jobs=2 (spawned workers, one thread each) against jobs=1 (in process).
+
+    Equal to float32 rounding, not bit for bit: the in-process run keeps torch's default
+    thread count, which changes the summation order of the evaluation matmuls.
+    """
+    grid = {**TINY, "optimizers": ["sgd"], "lrs": {"sgd": [0.1]}, "epochs": 1}
+    reproduce(tmp_path / "serial", quick=True, jobs=1, overrides=grid)
+    reproduce(tmp_path / "pool", quick=True, jobs=2, overrides=grid)
+    serial, pool = _results(tmp_path / "serial" / NAME), _results(tmp_path / "pool" / NAME)
+    assert len(serial) == len(pool) == 2
+    for a, b in zip(serial, pool):
+        assert [a[k] for k in ("dataset", "init", "optimizer", "lr", "seed", "diverged")] == \
+               [b[k] for k in ("dataset", "init", "optimizer", "lr", "seed", "diverged")]
+        for key in NUMBERS:
+            assert math.isclose(float(a[key]), float(b[key]), rel_tol=1e-6, abs_tol=1e-9), key
