@@ -31,8 +31,6 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (``--batch-size``, ``--widths 256,256``, ...)."""
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        if f.name == "extra":
-            continue
         hint = hints[f.name]
         args = typing.get_args(hint)
         base = next((a for a in args if a is not type(None)), hint) if args else hint
@@ -46,7 +44,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from geomopt.train import NonFiniteLossError, TrainConfig, train
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if f.name != "extra" and getattr(args, f.name) is not None}
+                 if getattr(args, f.name) is not None}
     if args.resume:
         out = Path(args.resume)
         if args.config or (args.out is not None and Path(args.out) != out):

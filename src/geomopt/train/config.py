@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ class TrainConfig:
     label_noise: float = 0.0
     optimizer: str = "sgd"
     lr: float = 0.05
-    momentum: float = 0.9
+    momentum: float | None = None
     weight_decay: float = 0.0
     schedule: str = "constant"
     epochs: int = 20
@@ -33,7 +33,6 @@ class TrainConfig:
     device: str = "cpu"
     checkpoint_every: int = 0
     max_grad_norm: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -1,0 +1,26 @@
+"""Optimizers by name: each name builds what it says, with the documented momentum defaults."""
+
+import pytest
+import torch
+
+from geomopt.nn import MLP
+from geomopt.optim import OPTIMIZERS, PathSGD, build_optimizer
+
+
+def test_names_build_the_documented_optimizers():
+    model = MLP((4,), (3,), 2)
+    built = {name: build_optimizer(name, model, lr=0.1) for name in OPTIMIZERS}
+    assert type(built["sgd"]) is torch.optim.SGD and built["sgd"].defaults["momentum"] == 0
+    assert type(built["momentum"]) is torch.optim.SGD and built["momentum"].defaults["momentum"] == 0.9
+    assert type(built["adam"]) is torch.optim.Adam
+    assert type(built["adagrad"]) is torch.optim.Adagrad
+    assert type(built["path-sgd"]) is PathSGD and built["path-sgd"].defaults["momentum"] == 0
+    assert build_optimizer("path-sgd", model, lr=0.1, momentum=0.5).defaults["momentum"] == 0.5
+
+
+def test_bad_names_and_options():
+    model = MLP((4,), (3,), 2)
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        build_optimizer("rmsprop", model, lr=0.1)
+    with pytest.raises(ValueError, match="adam.*no momentum"):
+        build_optimizer("adam", model, lr=0.1, momentum=0.9)
