@@ -80,7 +80,7 @@ def test_section_verdict_and_figures(tiny):
     _, section = tiny
     data = json.loads(section.read_text())
     assert "Path-SGD" in data["title"]
-    assert "invariant" in data["paragraphs"][-1]
+    assert "Path-SGD is invariant" in data["paragraphs"][-1]
     assert [f["file"] for f in data["figures"]] == ["train_loss.png", "test_error.png"]
     (table,) = data["tables"]
     assert len(table["rows"]) == 4

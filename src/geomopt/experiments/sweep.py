@@ -21,9 +21,17 @@ def default_jobs() -> int:
 
 def _finished(config: TrainConfig, out: Path) -> dict[str, Any] | None:
     summary, stored = out / "summary.json", out / "config.json"
-    if summary.is_file() and stored.is_file() and TrainConfig.load(stored) == config:
+    if summary.is_file() and _same_config(stored, config):
         return json.loads(summary.read_text())
     return None
+
+
+def _same_config(stored: Path, config: TrainConfig) -> bool:
+    """Whether ``stored`` holds ``config`` (a config of an older geomopt that no longer loads does not)."""
+    try:
+        return stored.is_file() and TrainConfig.load(stored) == config
+    except ValueError:
+        return False
 
 
 def run_one(config: TrainConfig, out: Path) -> dict[str, Any]:
@@ -43,11 +51,7 @@ def _run_one(config: TrainConfig, out: Path) -> dict[str, Any]:
     done = _finished(config, out)
     if done is not None:
         return done
-    if (out / "checkpoint.pt").is_file() and (out / "config.json").is_file() \
-            and TrainConfig.load(out / "config.json") == config:
-        resume = True
-    else:
-        resume = False
+    resume = (out / "checkpoint.pt").is_file() and _same_config(out / "config.json", config)
     try:
         return train(config, out, resume=resume, progress=False)
     except NonFiniteLossError as exc:
