@@ -20,12 +20,6 @@ from geomopt.nn import CNN, MLP
 DTYPE = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _models() -> dict[str, nn.Module]:

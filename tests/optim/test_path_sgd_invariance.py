@@ -26,12 +26,6 @@ DTYPE = torch.float64
 NUM_CLASSES = 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 MODELS = {

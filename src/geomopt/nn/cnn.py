@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from geomopt.nn.init import initialize
+from geomopt.nn.mlp import relu_head
 
 
 class CNN(nn.Sequential):
@@ -50,12 +51,6 @@ class CNN(nn.Sequential):
         width = c
         for s in size:
             width *= s
-        for h in hidden:
-            layers += [nn.Linear(width, h, bias=bias), nn.ReLU()]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = h
-        layers.append(nn.Linear(width, num_outputs, bias=bias))
-        super().__init__(*layers)
+        super().__init__(*layers, *relu_head(width, hidden, num_outputs, bias, dropout))
         self.input_shape = input_shape
         initialize(self, init, torch.Generator().manual_seed(seed))

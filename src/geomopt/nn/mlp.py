@@ -11,6 +11,18 @@ from torch import nn
 from geomopt.nn.init import initialize
 
 
+def relu_head(width: int, hidden: Sequence[int], num_outputs: int, bias: bool, dropout: float) -> list[nn.Module]:
+    """(Linear, ReLU[, Dropout]) per hidden width, then the output Linear."""
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(width, h, bias=bias), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    layers.append(nn.Linear(width, num_outputs, bias=bias))
+    return layers
+
+
 class MLP(nn.Sequential):
     """ReLU multilayer perceptron.
 
@@ -29,14 +41,6 @@ class MLP(nn.Sequential):
         input_shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
         if any(w <= 0 for w in hidden) or num_outputs <= 0:
             raise ValueError(f"MLP widths must be positive, got hidden={tuple(hidden)}, num_outputs={num_outputs}")
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = math.prod(input_shape)
-        for h in hidden:
-            layers += [nn.Linear(width, h, bias=bias), nn.ReLU()]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = h
-        layers.append(nn.Linear(width, num_outputs, bias=bias))
-        super().__init__(*layers)
+        super().__init__(nn.Flatten(), *relu_head(math.prod(input_shape), hidden, num_outputs, bias, dropout))
         self.input_shape = input_shape
         initialize(self, init, torch.Generator().manual_seed(seed))
