@@ -1,0 +1,334 @@
+r"""Batch-normalized recurrent networks.
+
+Cooijmans, Ballas, Laurent, Gulcehre & Courville, "Recurrent Batch Normalization", ICLR 2017
+(arXiv 2016). BN-LSTM, for every time step t:
+
+    (f, i, o, g) = BN(W_h h_{t-1}; gamma_h, 0) + BN(W_x x_t; gamma_x, 0) + b
+    c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
+    h_t = sigmoid(o) * tanh(BN(c_t; gamma_c, beta_c))
+
+with separate statistics per time step t < T_max (later steps reuse those of T_max - 1) and
+gamma initialized to 0.1. Laurent, Pereyra, Brakel, Zhang & Bengio, "Batch Normalized Recurrent
+Neural Networks", ICASSP 2016, normalize only the input-to-hidden term,
+
+    h_t = phi(W_h h_{t-1} + BN(W_x x_t) + b),
+
+with frame-wise (per step) or sequence-wise (over all steps) statistics.
+
+All modules are batch-first, multi-layer, and take optional ``lengths`` for variable-length
+batches: statistics are computed over the valid entries of each step only, and the state of a
+sequence stops changing after its last step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class StepBatchNorm(nn.Module):
+    """Batch normalization with separate statistics for each time step.
+
+    Args:
+        num_features: F, the normalized dimension of inputs ``(batch, F)`` or ``(batch, T, F)``.
+        max_steps: T_max, the number of time steps with their own statistics; ``1`` with
+            ``sequence_wise=True`` gives one set of statistics shared by all steps.
+        gamma: initial scale (0.1 in Cooijmans et al.).
+        beta: whether there is a learned shift (BN-LSTM's h and x terms have none).
+        reuse_last: steps t >= T_max use the statistics of step T_max - 1; if False they are an error.
+        momentum, eps: as in ``nn.BatchNorm1d``.
+    """
+
+    def __init__(self, num_features: int, max_steps: int, *, gamma: float = 0.1, beta: bool = True,
+                 reuse_last: bool = True, sequence_wise: bool = False, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        if max_steps < 1:
+            raise ValueError(f"StepBatchNorm: max_steps must be >= 1, got {max_steps}")
+        self.num_features, self.max_steps = num_features, 1 if sequence_wise else max_steps
+        self.reuse_last, self.sequence_wise, self.momentum, self.eps = reuse_last, sequence_wise, momentum, eps
+        self.weight = nn.Parameter(torch.full((num_features,), float(gamma)))
+        self.bias = nn.Parameter(torch.zeros(num_features)) if beta else None
+        self.register_buffer("running_mean", torch.zeros(self.max_steps, num_features))
+        self.register_buffer("running_var", torch.ones(self.max_steps, num_features))
+        self.register_buffer("steps_tracked", torch.zeros(self.max_steps, dtype=torch.long))
+
+    def _slots(self, first: int, count: int) -> Tensor:
+        """Index of the statistics used by steps first .. first+count-1."""
+        last = first + count - 1
+        if self.sequence_wise:
+            return torch.zeros(count, dtype=torch.long)
+        if last >= self.max_steps and not self.reuse_last:
+            raise ValueError(f"StepBatchNorm: step {last} is beyond T_max = {self.max_steps} and reuse_last=False; "
+                             "raise max_steps or allow reusing the last step's statistics")
+        return torch.arange(first, first + count).clamp_max(self.max_steps - 1)
+
+    def forward(self, x: Tensor, step: int = 0, mask: Tensor | None = None) -> Tensor:
+        """Normalize ``x``: ``(batch, F)`` at time ``step``, or ``(batch, T, F)`` for steps
+        ``step .. step+T-1``. ``mask``: ``(batch,)`` or ``(batch, T)`` booleans, the valid entries."""
+        single = x.dim() == 2
+        if single:
+            x = x.unsqueeze(1)
+            mask = None if mask is None else mask.unsqueeze(1)
+        batch, steps, _ = x.shape
+        slots = self._slots(step, steps).to(x.device)
+        valid = (torch.ones(batch, steps, dtype=torch.bool, device=x.device) if mask is None else mask).to(x.dtype)
+        if self.training:
+            w = valid.unsqueeze(-1)
+            if self.sequence_wise:
+                count = w.sum().clamp_min(1)
+                mean = (x * w).sum((0, 1)) / count
+                var = (((x - mean) ** 2) * w).sum((0, 1)) / count
+                mean, var, counts = mean.expand(steps, -1), var.expand(steps, -1), count.expand(steps)
+            else:
+                counts = w.sum(0).squeeze(-1).clamp_min(1)  # (T,)
+                mean = (x * w).sum(0) / counts.unsqueeze(-1)
+                var = (((x - mean) ** 2) * w).sum(0) / counts.unsqueeze(-1)
+            self._update(slots, mean.detach(), var.detach(), counts.detach(), valid.sum(0) > 0)
+        else:
+            if bool((self.steps_tracked[slots] == 0).any()):
+                missing = sorted(set(slots[self.steps_tracked[slots] == 0].tolist()))
+                raise RuntimeError(f"StepBatchNorm in eval mode has no population statistics for step(s) {missing}: "
+                                   "train (in train mode) on sequences of that length first")
+            mean, var = self.running_mean[slots], self.running_var[slots]
+        out = (x - mean) * torch.rsqrt(var + self.eps) * self.weight
+        if self.bias is not None:
+            out = out + self.bias
+        return out.squeeze(1) if single else out
+
+    @torch.no_grad()
+    def _update(self, slots: Tensor, mean: Tensor, var: Tensor, counts: Tensor, present: Tensor) -> None:
+        """Running averages of the statistics of the steps that have their own slot (unbiased variance)."""
+        if self.sequence_wise:  # one pooled estimate, stored in the single slot
+            keep = torch.zeros_like(present)
+            keep[0] = present.any()
+        else:  # steps beyond T_max reuse the last slot: only its own step updates it
+            keep = present.clone()
+            keep[1:] &= slots[1:] != slots[:-1]
+        idx = slots[keep]
+        if idx.numel() == 0:
+            return
+        n = counts[keep].to(var.dtype).unsqueeze(-1)
+        unbiased = var[keep] * n / (n - 1).clamp_min(1)
+        m = self.momentum
+        self.running_mean[idx] = (1 - m) * self.running_mean[idx] + m * mean[keep]
+        self.running_var[idx] = (1 - m) * self.running_var[idx] + m * unbiased
+        self.steps_tracked[idx] += 1
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, max_steps={self.max_steps}, sequence_wise={self.sequence_wise}, "
+                f"reuse_last={self.reuse_last}")
+
+
+def _mask(lengths: Tensor | None, batch: int, steps: int, device: torch.device) -> Tensor | None:
+    if lengths is None:
+        return None
+    lengths = torch.as_tensor(lengths, device=device)
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths must have shape ({batch},), got {tuple(lengths.shape)}")
+    if bool((lengths < 1).any()) or bool((lengths > steps).any()):
+        raise ValueError(f"lengths must be in [1, {steps}] (the padded length), got {lengths.tolist()}")
+    return torch.arange(steps, device=device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def _check_input(name: str, x: Tensor, input_size: int) -> None:
+    if x.dim() != 3 or x.shape[-1] != input_size:
+        raise ValueError(f"{name} expects input of shape (batch, time, {input_size}), got {tuple(x.shape)}")
+
+
+class BNLSTM(nn.Module):
+    """Batch-normalized LSTM (Cooijmans et al.), batch-first, multi-layer.
+
+    Args:
+        input_size, hidden_size, num_layers: as in ``nn.LSTM``.
+        max_steps: T_max, the number of time steps with their own BN statistics.
+        reuse_last: steps beyond T_max reuse the statistics of the last one (else an error).
+        gamma: initial BN scale of the h, x and c terms (0.1 in the paper).
+        momentum: running-average momentum of the population statistics.
+
+    Forward: ``output, (h_n, c_n) = bnlstm(x, lengths=None, state=None)`` with ``x`` of shape
+    ``(batch, T, input_size)``, ``output`` ``(batch, T, hidden)`` (zeros after each sequence's end),
+    ``h_n, c_n`` ``(num_layers, batch, hidden)`` at each sequence's last valid step.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, max_steps: int = 784,
+                 reuse_last: bool = True, gamma: float = 0.1, momentum: float = 0.1):
+        super().__init__()
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.max_steps = max_steps
+        self.cells = nn.ModuleList()
+        for layer in range(num_layers):
+            fan_in = input_size if layer == 0 else hidden_size
+            cell = nn.Module()
+            cell.weight_x = nn.Parameter(torch.empty(4 * hidden_size, fan_in))
+            cell.weight_h = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+            cell.bias = nn.Parameter(torch.zeros(4 * hidden_size))
+            cell.bn_x = StepBatchNorm(4 * hidden_size, max_steps, gamma=gamma, beta=False, reuse_last=reuse_last,
+                                      momentum=momentum)
+            cell.bn_h = StepBatchNorm(4 * hidden_size, max_steps, gamma=gamma, beta=False, reuse_last=reuse_last,
+                                      momentum=momentum)
+            cell.bn_c = StepBatchNorm(hidden_size, max_steps, gamma=gamma, beta=True, reuse_last=reuse_last,
+                                      momentum=momentum)
+            nn.init.orthogonal_(cell.weight_x)
+            with torch.no_grad():  # identity-like recurrent init, as in the paper's code: orthogonal blocks
+                for k in range(4):
+                    nn.init.orthogonal_(cell.weight_h[k * hidden_size:(k + 1) * hidden_size])
+                cell.bias[hidden_size:2 * hidden_size].fill_(1.0)  # forget-gate bias 1 (gate order i, f, g, o)
+            self.cells.append(cell)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None,
+                state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        _check_input("BNLSTM", x, self.input_size)
+        batch, steps, _ = x.shape
+        mask = _mask(lengths, batch, steps, x.device)
+        hs, cs = [], []
+        H = self.hidden_size
+        for layer, cell in enumerate(self.cells):
+            if state is None:
+                h = x.new_zeros(batch, H)
+                c = x.new_zeros(batch, H)
+            else:
+                h, c = state[0][layer], state[1][layer]
+            wx = cell.bn_x(x @ cell.weight_x.t(), 0, mask)  # all steps at once: (batch, T, 4H)
+            outputs = []
+            for t in range(steps):
+                m = None if mask is None else mask[:, t]
+                gates = cell.bn_h(h @ cell.weight_h.t(), t, m) + wx[:, t] + cell.bias
+                i, f, g, o = gates.chunk(4, dim=1)
+                c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h_new = torch.sigmoid(o) * torch.tanh(cell.bn_c(c_new, t, m))
+                if m is not None:
+                    keep = m.unsqueeze(1)
+                    c, h = torch.where(keep, c_new, c), torch.where(keep, h_new, h)
+                    outputs.append(h_new * keep)
+                else:
+                    c, h = c_new, h_new
+                    outputs.append(h_new)
+            x = torch.stack(outputs, dim=1)
+            hs.append(h)
+            cs.append(c)
+        return x, (torch.stack(hs), torch.stack(cs))
+
+
+class BNRNN(nn.Module):
+    """Batch-normalized vanilla RNN, batch-first, multi-layer.
+
+    ``h_t = phi(BN_h(W_h h_{t-1}) + BN_x(W_x x_t) + b)`` (recurrent BN, Cooijmans et al.) or,
+    with ``recurrent_bn=False``, ``h_t = phi(W_h h_{t-1} + BN_x(W_x x_t) + b)`` (Laurent et al.).
+
+    Args:
+        nonlinearity: ``"relu"`` or ``"tanh"``.
+        stats: ``"frame"`` (BN_x statistics per time step) or ``"sequence"`` (one set over all
+            steps and the batch).
+        max_steps, reuse_last, gamma, momentum: as in :class:`BNLSTM`.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, nonlinearity: str = "relu",
+                 recurrent_bn: bool = True, stats: str = "frame", max_steps: int = 784, reuse_last: bool = True,
+                 gamma: float = 0.1, momentum: float = 0.1):
+        super().__init__()
+        if nonlinearity not in ("relu", "tanh"):
+            raise ValueError(f"BNRNN nonlinearity must be 'relu' or 'tanh', got {nonlinearity!r}")
+        if stats not in ("frame", "sequence"):
+            raise ValueError(f"BNRNN stats must be 'frame' or 'sequence', got {stats!r}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.phi = torch.relu if nonlinearity == "relu" else torch.tanh
+        self.cells = nn.ModuleList()
+        for layer in range(num_layers):
+            fan_in = input_size if layer == 0 else hidden_size
+            cell = nn.Module()
+            cell.weight_x = nn.Parameter(torch.empty(hidden_size, fan_in))
+            cell.weight_h = nn.Parameter(torch.eye(hidden_size) if nonlinearity == "relu" else torch.empty(hidden_size,
+                                                                                                      hidden_size))
+            cell.bias = nn.Parameter(torch.zeros(hidden_size))
+            nn.init.orthogonal_(cell.weight_x)
+            if nonlinearity == "tanh":
+                nn.init.orthogonal_(cell.weight_h)
+            cell.bn_x = StepBatchNorm(hidden_size, max_steps, gamma=gamma, beta=False, reuse_last=reuse_last,
+                                      sequence_wise=stats == "sequence", momentum=momentum)
+            cell.bn_h = (StepBatchNorm(hidden_size, max_steps, gamma=gamma, beta=False, reuse_last=reuse_last,
+                                       momentum=momentum) if recurrent_bn else None)
+            self.cells.append(cell)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None,
+                state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        _check_input("BNRNN", x, self.input_size)
+        batch, steps, _ = x.shape
+        mask = _mask(lengths, batch, steps, x.device)
+        hs = []
+        for layer, cell in enumerate(self.cells):
+            h = x.new_zeros(batch, self.hidden_size) if state is None else state[layer]
+            wx = cell.bn_x(x @ cell.weight_x.t(), 0, mask) + cell.bias
+            outputs = []
+            for t in range(steps):
+                m = None if mask is None else mask[:, t]
+                rec = h @ cell.weight_h.t()
+                if cell.bn_h is not None:
+                    rec = cell.bn_h(rec, t, m)
+                h_new = self.phi(rec + wx[:, t])
+                if m is not None:
+                    keep = m.unsqueeze(1)
+                    h = torch.where(keep, h_new, h)
+                    outputs.append(h_new * keep)
+                else:
+                    h = h_new
+                    outputs.append(h_new)
+            x = torch.stack(outputs, dim=1)
+            hs.append(h)
+        return x, torch.stack(hs)
+
+
+class BNInputLSTM(nn.Module):
+    """LSTM with batch normalization of the input-to-hidden term only (Laurent et al. 2016):
+    ``gates = W_h h_{t-1} + BN(W_x x_t) + b``, frame-wise or sequence-wise statistics."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, stats: str = "frame",
+                 max_steps: int = 784, reuse_last: bool = True, gamma: float = 0.1, momentum: float = 0.1):
+        super().__init__()
+        if stats not in ("frame", "sequence"):
+            raise ValueError(f"BNInputLSTM stats must be 'frame' or 'sequence', got {stats!r}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.cells = nn.ModuleList()
+        for layer in range(num_layers):
+            fan_in = input_size if layer == 0 else hidden_size
+            cell = nn.Module()
+            cell.weight_x = nn.Parameter(torch.empty(4 * hidden_size, fan_in))
+            cell.weight_h = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+            cell.bias = nn.Parameter(torch.zeros(4 * hidden_size))
+            nn.init.orthogonal_(cell.weight_x)
+            with torch.no_grad():
+                for k in range(4):
+                    nn.init.orthogonal_(cell.weight_h[k * hidden_size:(k + 1) * hidden_size])
+                cell.bias[hidden_size:2 * hidden_size].fill_(1.0)
+            cell.bn_x = StepBatchNorm(4 * hidden_size, max_steps, gamma=gamma, beta=False, reuse_last=reuse_last,
+                                      sequence_wise=stats == "sequence", momentum=momentum)
+            self.cells.append(cell)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None,
+                state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        _check_input("BNInputLSTM", x, self.input_size)
+        batch, steps, _ = x.shape
+        mask = _mask(lengths, batch, steps, x.device)
+        hs, cs = [], []
+        for layer, cell in enumerate(self.cells):
+            if state is None:
+                h, c = x.new_zeros(batch, self.hidden_size), x.new_zeros(batch, self.hidden_size)
+            else:
+                h, c = state[0][layer], state[1][layer]
+            wx = cell.bn_x(x @ cell.weight_x.t(), 0, mask) + cell.bias
+            outputs = []
+            for t in range(steps):
+                m = None if mask is None else mask[:, t]
+                i, f, g, o = (h @ cell.weight_h.t() + wx[:, t]).chunk(4, dim=1)
+                c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h_new = torch.sigmoid(o) * torch.tanh(c_new)
+                if m is not None:
+                    keep = m.unsqueeze(1)
+                    c, h = torch.where(keep, c_new, c), torch.where(keep, h_new, h)
+                    outputs.append(h_new * keep)
+                else:
+                    c, h = c_new, h_new
+                    outputs.append(h_new)
+            x = torch.stack(outputs, dim=1)
+            hs.append(h)
+            cs.append(c)
+        return x, (torch.stack(hs), torch.stack(cs))

@@ -1,0 +1,177 @@
+"""Batch-normalized RNNs against a hand-written float64 transcription of the papers' equations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geomopt.nn.bn_rnn import BNLSTM, BNRNN, BNInputLSTM, StepBatchNorm
+
+EPS = 1e-5
+
+
+def _bn(z, gamma, beta=None, stats=None):
+    """BN of z (batch, F): batch statistics (biased variance), or given (mean, var)."""
+    mean, var = (z.mean(0), z.var(0, unbiased=False)) if stats is None else stats
+    out = (z - mean) / torch.sqrt(var + EPS) * gamma
+    return out if beta is None else out + beta
+
+
+def reference_bnlstm(cell, x, h, c, stats=None):
+    """Cooijmans et al. eqs., one layer, step by step; ``stats[t]`` = dict of (mean, var) or None (batch stats)."""
+    H = h.shape[1]
+    outs = []
+    for t in range(x.shape[1]):
+        st = stats[t] if stats is not None else {}
+        gates = (_bn(h @ cell.weight_h.T, cell.bn_h.weight, stats=st.get("h"))
+                 + _bn(x[:, t] @ cell.weight_x.T, cell.bn_x.weight, stats=st.get("x")) + cell.bias)
+        i, f, g, o = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(_bn(c, cell.bn_c.weight, cell.bn_c.bias, stats=st.get("c")))
+        outs.append(h)
+    return torch.stack(outs, 1), h, c
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    m = BNLSTM(3, 4, **kw).double()
+    with torch.no_grad():  # move away from the default gamma/beta so that they matter
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return m
+
+
+def test_bnlstm_train_mode_equals_paper_equations():
+    m = _model(max_steps=5)
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    out, (h_n, c_n) = m(x)
+    cell = m.cells[0]
+    ref, h, c = reference_bnlstm(cell, x, torch.zeros(6, 4, dtype=torch.float64), torch.zeros(6, 4, dtype=torch.float64))
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(h_n[0], h)
+    torch.testing.assert_close(c_n[0], c)
+
+
+def test_eval_mode_uses_population_statistics_per_step():
+    m = _model(max_steps=3, momentum=1.0)  # momentum 1: the running stats are the last batch's (unbiased var)
+    x = torch.randn(7, 3, 3, dtype=torch.float64)
+    m(x)
+    m.eval()
+    cell = m.cells[0]
+    stats = [{k: (getattr(cell, f"bn_{k}").running_mean[t], getattr(cell, f"bn_{k}").running_var[t]) for k in "hxc"}
+             for t in range(3)]
+    # population statistics: one example's output does not depend on the rest of the batch
+    y = torch.randn(5, 3, 3, dtype=torch.float64)
+    out_batch, _ = m(y)
+    out_single, _ = m(y[:1])
+    torch.testing.assert_close(out_batch[:1], out_single)
+    ref, _, _ = reference_bnlstm(cell, y, torch.zeros(5, 4, dtype=torch.float64), torch.zeros(5, 4, dtype=torch.float64),
+                                 stats)
+    torch.testing.assert_close(out_batch, ref, rtol=1e-10, atol=1e-12)
+    # the running variance is the unbiased batch variance of the last training batch (step 0, x term)
+    wx = x[:, 0] @ cell.weight_x.T
+    torch.testing.assert_close(cell.bn_x.running_var[0], wx.var(0, unbiased=True))
+
+
+def test_statistics_are_separate_per_time_step():
+    """Changing the inputs at step 3 changes nothing at steps 0..2 (per-step statistics); with
+    sequence-wise statistics it does (contrast: the test can fail)."""
+    x = torch.randn(8, 5, 3, dtype=torch.float64)
+    x2 = x.clone()
+    x2[:, 3] += 5 * torch.randn(8, 3, dtype=torch.float64)
+    for model, separate in [(_model(max_steps=5), True),
+                            (BNRNN(3, 4, stats="sequence", recurrent_bn=False).double(), False)]:
+        a, _ = model(x)
+        b, _ = model(x2)
+        same = torch.allclose(a[:, :3], b[:, :3])
+        assert same is separate
+        assert not torch.allclose(a[:, 3:], b[:, 3:])
+
+
+def test_beyond_t_max():
+    m = _model(max_steps=2, momentum=1.0)
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    m(x)  # trains slots 0 and 1; steps 2, 3 use batch statistics in training
+    m.eval()
+    cell = m.cells[0]
+    last = {k: (getattr(cell, f"bn_{k}").running_mean[1], getattr(cell, f"bn_{k}").running_var[1]) for k in "hxc"}
+    first = {k: (getattr(cell, f"bn_{k}").running_mean[0], getattr(cell, f"bn_{k}").running_var[0]) for k in "hxc"}
+    out, _ = m(x)
+    ref, _, _ = reference_bnlstm(cell, x, torch.zeros(6, 4, dtype=torch.float64), torch.zeros(6, 4, dtype=torch.float64),
+                                 [first, last, last, last])
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    strict = _model(max_steps=2, reuse_last=False)
+    with pytest.raises(ValueError, match="beyond T_max = 2"):
+        strict(x)
+
+
+def test_eval_without_population_statistics_is_an_error():
+    m = _model(max_steps=4).eval()
+    with pytest.raises(RuntimeError, match="no population statistics"):
+        m(torch.randn(2, 3, 3, dtype=torch.float64))
+
+
+def test_variable_lengths_match_separate_runs_in_eval():
+    m = _model(max_steps=6)
+    m(torch.randn(8, 6, 3, dtype=torch.float64))
+    m.eval()
+    x = torch.randn(3, 6, 3, dtype=torch.float64)
+    lengths = torch.tensor([6, 2, 4])
+    out, (h_n, c_n) = m(x, lengths=lengths)
+    for b, n in enumerate(lengths.tolist()):
+        alone, (h1, c1) = m(x[b:b + 1, :n])
+        torch.testing.assert_close(out[b, :n], alone[0])
+        assert bool((out[b, n:] == 0).all())
+        torch.testing.assert_close(h_n[0, b], h1[0, 0])
+        torch.testing.assert_close(c_n[0, b], c1[0, 0])
+
+
+def test_masked_statistics_ignore_padding():
+    """In training, padded entries do not enter the statistics: padding values do not matter."""
+    m = _model(max_steps=4)
+    x = torch.randn(5, 4, 3, dtype=torch.float64)
+    lengths = torch.tensor([4, 1, 2, 4, 3])
+    x2 = x.clone()
+    for b, n in enumerate(lengths.tolist()):
+        x2[b, n:] = 100.0
+    a, _ = m(x, lengths=lengths)
+    b, _ = m(x2, lengths=lengths)
+    torch.testing.assert_close(a, b)
+
+
+def test_gradcheck_tiny_cells():
+    torch.manual_seed(1)
+    x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
+    for m in (BNLSTM(2, 2, max_steps=3), BNRNN(2, 2, nonlinearity="tanh"), BNInputLSTM(2, 2, stats="sequence")):
+        m = m.double()
+        assert torch.autograd.gradcheck(lambda inp: m(inp)[0].sum(-1), (x,), eps=1e-6, atol=1e-5)
+
+
+def test_bnrnn_laurent_variant_equals_equations():
+    torch.manual_seed(2)
+    m = BNRNN(3, 4, nonlinearity="relu", recurrent_bn=False, stats="sequence").double()
+    x = torch.randn(5, 6, 3, dtype=torch.float64)
+    out, h_n = m(x)
+    cell = m.cells[0]
+    wx = x @ cell.weight_x.T
+    flat = wx.reshape(-1, 4)
+    wx = (wx - flat.mean(0)) / torch.sqrt(flat.var(0, unbiased=False) + EPS) * cell.bn_x.weight + cell.bias
+    h = torch.zeros(5, 4, dtype=torch.float64)
+    for t in range(6):
+        h = torch.relu(h @ cell.weight_h.T + wx[:, t])
+        torch.testing.assert_close(out[:, t], h)
+    torch.testing.assert_close(h_n[0], h)
+
+
+def test_multilayer_and_errors():
+    m = BNLSTM(3, 4, num_layers=2, max_steps=5)
+    out, (h, c) = m(torch.randn(2, 5, 3))
+    assert out.shape == (2, 5, 4) and h.shape == (2, 2, 4) and c.shape == (2, 2, 4)
+    with pytest.raises(ValueError, match=r"\(batch, time, 3\)"):
+        m(torch.randn(2, 5))
+    with pytest.raises(ValueError, match="lengths"):
+        m(torch.randn(2, 5, 3), lengths=torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="nonlinearity"):
+        BNRNN(3, 4, nonlinearity="gelu")
+    with pytest.raises(ValueError, match="max_steps"):
+        StepBatchNorm(4, 0)
