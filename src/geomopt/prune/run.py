@@ -1,0 +1,116 @@
+"""Prune a trained network step by step, measure each loss model against the real loss change,
+then fine-tune with the mask through the training engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from geomopt.prune.masks import count_prunable, prune_lowest, schedule_counts, sparsity
+from geomopt.prune.scores import loss_statistics, predicted_loss_change, scores
+
+
+@dataclass
+class PruneStep:
+    """One pruning step: what the loss model predicted and what happened (on the score examples)."""
+
+    step: int
+    removed: int
+    sparsity: float
+    loss_before: float
+    loss_after: float
+    predicted_change: float | None
+
+    @property
+    def actual_change(self) -> float:
+        return self.loss_after - self.loss_before
+
+
+def prune_model(model: nn.Module, loader: Iterable, *, criterion: str, target_sparsity: float, steps: int = 1,
+                n_examples: int = 1000, locality: float = 0.0, progress: bool = True) -> list[PruneStep]:
+    """Globally prune ``target_sparsity`` of the Linear/Conv weights of ``model`` in ``steps`` steps.
+
+    Each step recomputes the loss statistics (mean gradient, Gauss-Newton diagonal) on the
+    masked network from the first ``n_examples`` of ``loader``, scores the remaining weights
+    with ``criterion`` (see :mod:`geomopt.prune.scores`) and removes
+    r = 1 - (1 - p)^(1/steps) of what is left; the last step reaches exactly the target.
+    """
+    counts = schedule_counts(count_prunable(model), target_sparsity, steps)
+    need_curvature = criterion in ("qm", "obd")
+    history = []
+    for j, count in enumerate(tqdm(counts, desc=f"prune {criterion}", disable=not progress, leave=False), start=1):
+        stats = loss_statistics(model, loader, n_examples=n_examples, curvature=need_curvature)
+        weights = {k: v.detach().clone() for k, v in _effective(model).items()}
+        removed = prune_lowest(model, scores(model, criterion, stats if criterion != "mp" else None,
+                                             locality=locality), count)
+        after = loss_statistics(model, loader, n_examples=n_examples, curvature=False)["loss"]
+        predicted = predicted_loss_change(criterion, stats, removed, weights) if criterion != "mp" else None
+        history.append(PruneStep(j, count, sparsity(model), stats["loss"], after, predicted))
+    return history
+
+
+def _effective(model: nn.Module) -> dict[str, torch.Tensor]:
+    from geomopt.prune.scores import _effective_weights
+    return _effective_weights(model)
+
+
+def history_records(history: list[PruneStep]) -> list[dict[str, Any]]:
+    return [{**asdict(h), "actual_change": h.actual_change} for h in history]
+
+
+def prune_run(run_dir: str | Path, *, criterion: str, target_sparsity: float, steps: int, finetune_epochs: int,
+              n_examples: int = 1000, locality: float = 0.0, lr: float | None = None, out: str | Path | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Prune the final checkpoint of a ``geomopt train`` run and fine-tune it with its own config.
+
+    Writes ``prune.json`` (per-step predicted vs actual loss change, accuracies before and after
+    pruning and after fine-tuning) and the fine-tuning run (metrics.jsonl, checkpoint) into ``out``
+    (default ``RUN_DIR/prune-{criterion}-{sparsity}-{steps}``).
+    """
+    from geomopt.data import load_dataset, make_loader
+    from geomopt.nn import build_model
+    from geomopt.optim import build_optimizer
+    from geomopt.train import TrainConfig, evaluate, fit, load_checkpoint, resolve_device, write_json
+
+    run_dir = Path(run_dir)
+    config = TrainConfig.load(run_dir / "config.json")
+    out = Path(out) if out else run_dir / f"prune-{criterion}-{target_sparsity:g}-{steps}"
+    device = resolve_device(config.device)
+    bundle = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, train_size=config.train_size,
+                          label_noise=config.label_noise)
+    model = build_model(config.model, bundle.input_shape, bundle.num_classes, widths=config.widths, bias=config.bias,
+                        dropout=config.dropout, init=config.init, seed=config.seed).to(device)
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt", map_location=device)["model"])
+    train_eval = make_loader(bundle.train, 1000, shuffle=False)
+    test_loader = make_loader(bundle.test, 1000, shuffle=False)
+    loss_fn = nn.functional.cross_entropy
+    dense = evaluate(model, test_loader, loss_fn, device)
+    history = prune_model(model, make_loader(bundle.train, 256, shuffle=True, seed=config.seed), criterion=criterion,
+                          target_sparsity=target_sparsity, steps=steps, n_examples=n_examples, locality=locality,
+                          progress=progress)
+    pruned_train = evaluate(model, train_eval, loss_fn, device)
+    pruned_test = evaluate(model, test_loader, loss_fn, device)
+    record: dict[str, Any] = {
+        "run_dir": str(run_dir), "criterion": criterion, "sparsity": target_sparsity, "steps": steps,
+        "n_examples": n_examples, "locality": locality, "achieved_sparsity": sparsity(model),
+        "dense_test_loss": dense[0], "dense_test_acc": dense[1],
+        "pruned_train_loss": pruned_train[0], "pruned_test_loss": pruned_test[0], "pruned_test_acc": pruned_test[1],
+        "history": history_records(history),
+    }
+    if finetune_epochs > 0:
+        optimizer = build_optimizer(config.optimizer, model, lr=lr if lr is not None else config.lr,
+                                    momentum=config.momentum, weight_decay=config.weight_decay)
+        summary = fit(model, optimizer, make_loader(bundle.train, config.batch_size, shuffle=True, seed=config.seed),
+                      test_loader, epochs=finetune_epochs, out_dir=out, device=device, eval_train_loader=train_eval,
+                      progress=progress)
+        record.update(finetuned_test_loss=summary["test_loss"], finetuned_test_acc=summary["test_acc"],
+                      finetuned_sparsity=sparsity(model))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "prune.json", record)
+    return record
