@@ -99,6 +99,19 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from geomopt.prune import prune_run
+    record = prune_run(args.run_dir, criterion=args.criterion, target_sparsity=args.sparsity, steps=args.steps,
+                       finetune_epochs=args.finetune_epochs, n_examples=args.examples, locality=args.locality,
+                       lr=args.lr, out=args.out, progress=not args.no_progress)
+    line = (f"{args.criterion}: sparsity {record['achieved_sparsity']:.4f} in {args.steps} step(s); test acc "
+            f"{record['dense_test_acc']:.4f} dense -> {record['pruned_test_acc']:.4f} pruned")
+    if "finetuned_test_acc" in record:
+        line += f" -> {record['finetuned_test_acc']:.4f} after {args.finetune_epochs} fine-tuning epoch(s)"
+    print(line)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from geomopt.report import build_report
     path = build_report(Path(args.runs), Path(args.out) if args.out else Path(args.runs) / "report")
@@ -126,6 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None, help="parallel runs (default: number of CPU cores, at most 4)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an experiment config field")
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("prune", help="prune a trained run by a loss-model criterion, then fine-tune with the mask")
+    p.add_argument("run_dir", help="a `geomopt train` output directory (config.json, checkpoint.pt)")
+    p.add_argument("--criterion", default="qm", choices=["mp", "lm", "qm", "obd"])
+    p.add_argument("--sparsity", type=float, required=True, help="fraction of Linear/Conv weights to remove")
+    p.add_argument("--steps", type=int, default=1, help="pruning steps (scores recomputed on the masked net)")
+    p.add_argument("--finetune-epochs", type=int, default=0)
+    p.add_argument("--examples", type=int, default=1000, help="examples to estimate gradient and curvature on")
+    p.add_argument("--locality", type=float, default=0.0, help="lambda of the 0.5 lambda theta^2 penalty")
+    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: the run's)")
+    p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/prune-CRITERION-SPARSITY-STEPS)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("report", help="build the self-contained HTML report from a runs directory")
     p.add_argument("runs", nargs="?", default="runs")

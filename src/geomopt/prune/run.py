@@ -45,11 +45,12 @@ def prune_model(model: nn.Module, loader: Iterable, *, criterion: str, target_sp
     need_curvature = criterion in ("qm", "obd")
     history = []
     for j, count in enumerate(tqdm(counts, desc=f"prune {criterion}", disable=not progress, leave=False), start=1):
-        stats = loss_statistics(model, loader, n_examples=n_examples, curvature=need_curvature)
+        stats = loss_statistics(model, loader, n_examples=n_examples, gradient=criterion != "mp",
+                                curvature=need_curvature)
         weights = {k: v.detach().clone() for k, v in _effective(model).items()}
         removed = prune_lowest(model, scores(model, criterion, stats if criterion != "mp" else None,
                                              locality=locality), count)
-        after = loss_statistics(model, loader, n_examples=n_examples, curvature=False)["loss"]
+        after = loss_statistics(model, loader, n_examples=n_examples, gradient=False, curvature=False)["loss"]
         predicted = predicted_loss_change(criterion, stats, removed, weights) if criterion != "mp" else None
         history.append(PruneStep(j, count, sparsity(model), stats["loss"], after, predicted))
     return history
@@ -79,6 +80,8 @@ def prune_run(run_dir: str | Path, *, criterion: str, target_sparsity: float, st
     from geomopt.train import TrainConfig, evaluate, fit, load_checkpoint, resolve_device, write_json
 
     run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file() or not (run_dir / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a `geomopt train` run: it needs config.json and checkpoint.pt")
     config = TrainConfig.load(run_dir / "config.json")
     out = Path(out) if out else run_dir / f"prune-{criterion}-{target_sparsity:g}-{steps}"
     device = resolve_device(config.device)

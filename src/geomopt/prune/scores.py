@@ -63,13 +63,13 @@ def _softmax_hessian_factor(logits: Tensor) -> Tensor:
     return torch.diag_embed(sqrt_p) - sqrt_p.unsqueeze(-1) * p.unsqueeze(-2)
 
 
-def loss_statistics(model: nn.Module, loader: Iterable, *, n_examples: int = 1000, curvature: bool = True,
-                    chunk: int = 32) -> dict[str, Any]:
+def loss_statistics(model: nn.Module, loader: Iterable, *, n_examples: int = 1000, gradient: bool = True,
+                    curvature: bool = True, chunk: int = 32) -> dict[str, Any]:
     """Mean loss, mean gradient and (optionally) the exact Gauss-Newton diagonal of the mean
     cross-entropy over the first ``n_examples`` of ``loader``.
 
     Returns:
-        ``{"loss": float, "grad": {name: Tensor}, "ggn_diag": {name: Tensor} or None, "n": int}``,
+        ``{"loss": float, "grad": {name: Tensor} or None, "ggn_diag": {name: Tensor} or None, "n": int}``,
         for the parameters of :func:`prunable_parameters` (masked weights included: their
         effective value is 0).
     """
@@ -77,6 +77,12 @@ def loss_statistics(model: nn.Module, loader: Iterable, *, n_examples: int = 100
     x, y = _take(loader, n_examples, device)
     was_training = model.training
     model.eval()
+    if not gradient and not curvature:
+        with torch.no_grad():
+            loss = sum(nn.functional.cross_entropy(model(x[i:i + 256]), y[i:i + 256], reduction="sum").item()
+                       for i in range(0, len(y), 256))
+        model.train(was_training)
+        return {"loss": loss / len(y), "grad": None, "ggn_diag": None, "n": len(y)}
     names = prunable_parameters(model)
     params = {k: v.detach() for k, v in model.named_parameters()}
     effective = _effective_weights(model)

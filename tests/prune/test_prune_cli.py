@@ -1,0 +1,59 @@
+"""`geomopt prune` and `geomopt reproduce pruning` end to end on tiny runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from geomopt.cli import main
+from geomopt.experiments import pruning
+from geomopt.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dense")
+    train(TrainConfig(widths=(16, 8), epochs=3, train_size=300, lr=0.1), out, progress=False)
+    return out
+
+
+def test_prune_cli_writes_record_and_keeps_mask(run_dir, tmp_path, capsys):
+    out = tmp_path / "p"
+    code = main(["prune", str(run_dir), "--criterion", "obd", "--sparsity", "0.8", "--steps", "3",
+                 "--finetune-epochs", "2", "--examples", "200", "--out", str(out), "--no-progress"])
+    assert code == 0
+    record = json.loads((out / "prune.json").read_text())
+    assert record["achieved_sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert record["finetuned_sparsity"] == pytest.approx(record["achieved_sparsity"])
+    assert [h["step"] for h in record["history"]] == [1, 2, 3]
+    assert all(h["predicted_change"] is not None for h in record["history"])
+    assert "obd: sparsity 0.8" in capsys.readouterr().out
+    state = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    for key, mask in state.items():
+        if key.endswith("weight_mask"):
+            w = state[key.replace("weight_mask", "weight_orig")] * mask
+            assert bool((w[mask == 0] == 0).all())
+
+
+def test_prune_cli_errors(tmp_path, capsys):
+    assert main(["prune", str(tmp_path), "--sparsity", "0.5"]) == 2
+    assert "not a `geomopt train` run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["prune", str(tmp_path), "--criterion", "snip", "--sparsity", "0.5"])
+
+
+def test_reproduce_pruning_tiny(tmp_path):
+    section = pruning.reproduce(tmp_path, quick=True, jobs=1, overrides={
+        "datasets": ["digits"], "widths": [16], "train_epochs": 2, "criteria": ["mp", "qm"], "steps": [1, 3],
+        "examples": 200, "finetune_epochs": 1, "sparsity": 0.8})
+    root = tmp_path / "pruning"
+    rows = list(csv.DictReader((root / "table.csv").open()))
+    assert [(r["criterion"], r["steps k"]) for r in rows] == [("mp", "1"), ("mp", "3"), ("qm", "1"), ("qm", "3")]
+    data = json.loads(section.read_text())
+    assert "Locality" in data["paragraphs"][-1]
+    assert (root / "predicted_vs_actual.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="unknown experiment key"):
+        pruning.reproduce(tmp_path, quick=True, overrides={"sparsty": 0.5})
