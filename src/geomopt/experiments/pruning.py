@@ -178,7 +178,9 @@ def _verdict(exp: PruningExperiment, table: list[list[Any]]) -> str:
                 total += 1
                 better += row[many][3] < row[few][3]
         parts.append(f"Locality: pruning in {many} steps left a lower training loss right after pruning than in "
-                     f"{few} step(s) for {better}/{total} (dataset, criterion) pairs.")
+                     f"{few} step(s) for {better}/{total} (dataset, criterion) pairs"
+                     + (" (magnitude pruning removes the same weights whatever the number of steps, since nothing "
+                        "changes the weights between steps)." if "mp" in exp.criteria else "."))
     for data in exp.datasets:
         k = max(exp.steps)
         rows = {r[1]: r for r in table if r[0] == data and r[2] == k}
