@@ -175,3 +175,18 @@ def test_multilayer_and_errors():
         BNRNN(3, 4, nonlinearity="gelu")
     with pytest.raises(ValueError, match="max_steps"):
         StepBatchNorm(4, 0)
+
+
+def test_sequence_model_wrapper_reads_out_last_or_all_steps():
+    from geomopt.nn.bn_rnn import BNSequenceModel
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, 3)
+    last = BNSequenceModel("bnlstm", 3, 5, 2, output="last", seq_len=6)
+    hs, _ = last.rnn(x)
+    torch.testing.assert_close(last(x), last.output(hs[:, -1]))
+    every = BNSequenceModel("bnrnn", 3, 5, 2, output="all", seq_len=6)
+    assert every(x).shape == (4, 6, 2)
+    tokens = BNSequenceModel("bninput-lstm", 7, 5, 7, output="all", seq_len=6)
+    assert tokens(torch.randint(0, 7, (4, 6))).shape == (4, 6, 7)
+    with pytest.raises(ValueError, match="core"):
+        BNSequenceModel("gru", 3, 5, 2)

@@ -332,3 +332,44 @@ class BNInputLSTM(nn.Module):
             hs.append(h)
             cs.append(c)
         return x, (torch.stack(hs), torch.stack(cs))
+
+
+class BNSequenceModel(nn.Module):
+    """A batch-normalized recurrent core with a linear read-out, for the training engine.
+
+    Same interface as :class:`geomopt.nn.relu_rnn.ReLURNN`: input ``(batch, T, input_size)``
+    (token inputs ``(batch, T)`` are one-hot encoded); ``output="last"`` gives ``(batch, d_out)``
+    from the last state, ``"all"`` gives ``(batch, T, d_out)``.
+
+    Args:
+        core: ``"bnlstm"`` (:class:`BNLSTM`), ``"bnrnn"`` (:class:`BNRNN`, ReLU, recurrent BN) or
+            ``"bninput-lstm"`` (:class:`BNInputLSTM`, frame-wise).
+        max_steps: T_max of the per-step statistics (default: ``seq_len``, else 784).
+    """
+
+    CORES = ("bnlstm", "bnrnn", "bninput-lstm")
+
+    def __init__(self, core: str, input_size: int, hidden_size: int, output_size: int, *, output: str = "last",
+                 seed: int = 0, seq_len: int | None = None, max_steps: int | None = None):
+        super().__init__()
+        if core not in self.CORES:
+            raise ValueError(f"BNSequenceModel: core must be one of {self.CORES}, got {core!r}")
+        if output not in ("last", "all"):
+            raise ValueError(f"BNSequenceModel: output must be 'last' or 'all', got {output!r}")
+        self.input_size, self.output_mode, self.seq_len = input_size, output, seq_len
+        steps = max_steps or seq_len or 784
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if core == "bnlstm":
+                self.rnn = BNLSTM(input_size, hidden_size, max_steps=steps)
+            elif core == "bnrnn":
+                self.rnn = BNRNN(input_size, hidden_size, max_steps=steps)
+            else:
+                self.rnn = BNInputLSTM(input_size, hidden_size, max_steps=steps)
+            self.output = nn.Linear(hidden_size, output_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not x.is_floating_point():
+            x = nn.functional.one_hot(x, self.input_size).to(self.output.weight.dtype)
+        hs, _ = self.rnn(x)
+        return self.output(hs[:, -1] if self.output_mode == "last" else hs)
