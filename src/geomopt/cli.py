@@ -112,6 +112,48 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_measure(args: argparse.Namespace) -> int:
+    from geomopt.measures.runs import measure_run
+    options = {"margin_quantile": args.margin_quantile, "sharpness_alpha": args.sharpness_alpha,
+               "flatness_threshold": args.flatness_threshold, "flatness_samples": args.flatness_samples,
+               "seed": args.seed}
+    measures = args.measures.split(",") if args.measures != "all" else "all"
+    result = measure_run(args.run_dir, measures=measures, progress=not args.no_progress, overwrite=args.overwrite,
+                         **options)
+    keys = ["margin", "train_error", "test_error", "gap", "log_spectral_product", "l2_path", "l2_path_over_margin",
+            "bartlett_bound", "pac_bayes_spectral_bound", "sharpness", "pacbayes_sigma", "pacbayes_mag_sigma"]
+    for k in keys:
+        if k in result:
+            print(f"  {k:28s} {result[k]:.6g}")
+    for w in result.get("warnings", []):
+        print(f"  warning: {w}", file=sys.stderr)
+    print(f"wrote {Path(args.run_dir) / 'measures.json'}")
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from geomopt.experiments.zoo import train_zoo
+    try:
+        results = train_zoo(args.grid, args.out, workers=args.jobs, backend=args.backend)
+    except RuntimeError as exc:
+        print(f"geomopt zoo: {exc}", file=sys.stderr)
+        return 2
+    diverged = sum(bool(r.get("diverged")) for r in results)
+    print(f"{len(results)} runs in {args.out} ({diverged} diverged); next: geomopt correlate {args.out}")
+    return 0
+
+
+def cmd_correlate(args: argparse.Namespace) -> int:
+    from geomopt.experiments.zoo import correlate, measure_zoo
+    measure_zoo(args.zoo, workers=args.jobs)
+    rows = correlate(args.zoo, args.out, min_train_acc=args.min_train_acc)
+    print(f"{'measure':40s} {'models':>6s} {'tau':>7s} {'granulated':>10s}")
+    for r in rows:
+        print(f"{r['measure']:40s} {r['models']:6d} {r['kendall_tau']:7.3f} {r['granulated']:10.3f}")
+    print(f"wrote {Path(args.out or args.zoo) / 'correlation.csv'} and correlation.png")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from geomopt.report import build_report
     path = build_report(Path(args.runs), Path(args.out) if args.out else Path(args.runs) / "report")
@@ -152,6 +194,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/prune-CRITERION-SPARSITY-STEPS)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("measure", help="generalization measures of a trained run (writes RUN_DIR/measures.json)")
+    p.add_argument("run_dir", help="a `geomopt train` output directory (config.json, checkpoint.pt)")
+    p.add_argument("--measures", default="all",
+                   help="'all' or comma-separated groups: margin,norms,path,bounds,sharpness,flatness")
+    p.add_argument("--margin-quantile", type=float, default=0.05, help="quantile of the signed training margins")
+    p.add_argument("--sharpness-alpha", type=float, default=5e-4, help="box |nu| <= alpha (|w| + 1)")
+    p.add_argument("--flatness-threshold", type=float, default=0.1, help="largest expected loss increase")
+    p.add_argument("--flatness-samples", type=int, default=10, help="Monte-Carlo draws per sigma")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="recompute even if measures.json is up to date")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_measure)
+
+    p = sub.add_parser("zoo", help="train a grid of small networks (a model zoo) from a TOML file")
+    p.add_argument("--grid", required=True, help="zoo.toml with [base], [grid] and optional [measure] tables")
+    p.add_argument("--out", default="runs/zoo", help="zoo directory (default: runs/zoo)")
+    p.add_argument("--jobs", type=int, default=None, help="parallel runs (local backend)")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local process pool (default) or a Ray cluster (pip install 'geomopt[ray]')")
+    p.set_defaults(func=cmd_zoo)
+
+    p = sub.add_parser("correlate", help="rank correlation of every measure with the generalization gap over a zoo")
+    p.add_argument("zoo", help="a `geomopt zoo` output directory")
+    p.add_argument("--out", default=None, help="where correlation.csv/png go (default: the zoo directory)")
+    p.add_argument("--min-train-acc", type=float, default=0.99, help="keep runs with this training accuracy")
+    p.add_argument("--jobs", type=int, default=None, help="parallel measure computations")
+    p.set_defaults(func=cmd_correlate)
+
+    from geomopt.implicit.cli import add_implicit_parser
+    add_implicit_parser(sub)  # geomopt implicit sensing | completion | deep-linear
 
     p = sub.add_parser("report", help="build the self-contained HTML report from a runs directory")
     p.add_argument("runs", nargs="?", default="runs")

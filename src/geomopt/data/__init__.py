@@ -6,7 +6,11 @@
 - ``"digits"``: scikit-learn's 8x8 digits, seeded stratified 80/20 split, ``(1, 8, 8)``;
 - ``"mnist1d"``: MNIST-1D (Greydanus, 2020) generated locally and cached, ``(1, 40)``;
 - ``"mnist"``: MNIST from local IDX files (raw or ``.gz``), ``(1, 28, 28)``;
-- ``"cifar10"``: CIFAR-10 from the local python pickle batches, ``(3, 32, 32)``.
+- ``"cifar10"``: CIFAR-10 from the local python pickle batches, ``(3, 32, 32)``;
+- sequence tasks for recurrent nets (``geomopt.data.sequences``; ``seq_len=`` where the length
+  is free): ``"adding"`` (regression), ``"copy"`` and ``"chars"`` (one label per step),
+  ``"seq-digits"``, ``"seq-mnist1d"``, ``"seq-mnist"`` and their ``-perm`` versions (pixel by pixel).
+  ``DatasetBundle.task`` tells the engine which loss to use.
 
 Nothing is downloaded. Optional seeded subsampling (``train_size``) and label noise
 (``label_noise``, Zhang et al. 2017: a fraction ``p`` of training labels redrawn uniformly,
@@ -17,11 +21,13 @@ list index; call ``loader.sampler.set_epoch(epoch)`` each epoch so that the orde
 function of ``(seed, epoch)`` and a resumed run sees the same batches.
 """
 
-from .core import DataFormatError, DatasetBundle, EpochBatchSampler, corrupt_labels, make_loader
-from .registry import DATASETS, load_dataset
+from .core import TASKS, DataFormatError, DatasetBundle, EpochBatchSampler, corrupt_labels, make_loader
+from .registry import DATASETS, SEQUENCE_DATASETS, load_dataset
 
 __all__ = [
     "DATASETS",
+    "SEQUENCE_DATASETS",
+    "TASKS",
     "DataFormatError",
     "DatasetBundle",
     "EpochBatchSampler",

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 __all__ = [
+    "TASKS",
     "DataFormatError",
     "DatasetBundle",
     "EpochBatchSampler",
@@ -59,7 +60,16 @@ class DatasetBundle:
         test: Test set, same layout as ``train``.
         input_shape: Per-example shape, e.g. ``(1, 8, 8)`` for digits, ``(1, 40)`` for
             MNIST-1D, ``(1, 28, 28)`` for MNIST, ``(3, 32, 32)`` for CIFAR-10.
-        num_classes: Number of classes; labels lie in ``0 .. num_classes - 1``.
+        num_classes: Number of classes; labels lie in ``0 .. num_classes - 1``. For a
+            ``"regression"`` task: the number of regression outputs.
+        task: What the targets are, and so which loss the engine uses (``TASKS``):
+            ``"classification"`` (``y`` int64 ``(n,)``, cross-entropy, accuracy);
+            ``"regression"`` (``y`` float32 ``(n, num_classes)``, mean squared error; e.g. the
+            adding problem); ``"sequence"`` (one label per step, ``y`` int64 ``(n, T)``,
+            cross-entropy averaged over steps, per-step accuracy; ``input_shape`` is ``(T, d)``
+            and ``x`` is float32 ``(n, T, d)`` or int64 token indices ``(n, T)`` in ``[0, d)``,
+            e.g. character-level language modelling, bits per character = loss / ln 2).
+        valid: Optional validation split, same layout (e.g. the language-model text's middle part).
 
     Raises:
         ValueError: At construction, if a split's tensors do not have this layout.
@@ -70,13 +80,56 @@ class DatasetBundle:
     test: TensorDataset
     input_shape: tuple[int, ...]
     num_classes: int
+    task: str = "classification"
+    valid: TensorDataset | None = None
 
     def __post_init__(self) -> None:
         self.input_shape = tuple(int(d) for d in self.input_shape)
         if self.num_classes < 1:
             raise ValueError(f"{self.name}: num_classes must be >= 1, got {self.num_classes}")
-        for split, ds in (("train", self.train), ("test", self.test)):
-            _check_split(self.name, split, ds, self.input_shape, self.num_classes)
+        if self.task not in TASKS:
+            raise ValueError(f"{self.name}: unknown task {self.task!r}; choose one of {TASKS}")
+        splits = (("train", self.train), ("test", self.test)) + ((("valid", self.valid),) if self.valid is not None else ())
+        for split, ds in splits:
+            if self.task == "classification":
+                _check_split(self.name, split, ds, self.input_shape, self.num_classes)
+            else:
+                _check_task_split(self.name, split, ds, self.input_shape, self.num_classes, self.task)
+
+
+TASKS = ("classification", "regression", "sequence")
+
+
+def _check_task_split(
+    name: str, split: str, ds: TensorDataset, input_shape: tuple[int, ...], num_classes: int, task: str
+) -> None:
+    """Check the layout of a ``"regression"`` or ``"sequence"`` split (see ``DatasetBundle``)."""
+    where = f"DatasetBundle {name!r} ({task}), {split} split"
+    if not isinstance(ds, TensorDataset) or len(ds.tensors) != 2:
+        raise ValueError(f"{where}: expected a TensorDataset of (x, y), got {type(ds).__name__}")
+    x, y = ds.tensors
+    tokens = task == "sequence" and x.dtype == torch.int64
+    if tokens:
+        if len(input_shape) != 2 or tuple(x.shape[1:]) != input_shape[:1]:
+            raise ValueError(f"{where}: token input must be int64 of shape (n, T) with input_shape (T, vocab), "
+                             f"got {tuple(x.shape)} for input_shape {input_shape}")
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= input_shape[1]):
+            raise ValueError(f"{where}: token indices must lie in 0..{input_shape[1] - 1}")
+    elif x.dtype != torch.float32 or tuple(x.shape[1:]) != input_shape:
+        raise ValueError(f"{where}: x must be float32 of shape (n, {', '.join(map(str, input_shape))}), "
+                         f"got {x.dtype} of shape {tuple(x.shape)}")
+    if task == "regression":
+        if y.dtype != torch.float32 or tuple(y.shape) != (len(x), num_classes):
+            raise ValueError(f"{where}: y must be float32 of shape ({len(x)}, {num_classes}), "
+                             f"got {y.dtype} of shape {tuple(y.shape)}")
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError(f"{where}: y has NaN or infinite targets")
+        return
+    if y.dtype != torch.int64 or tuple(y.shape) != (len(x), input_shape[0]):
+        raise ValueError(f"{where}: y must be int64 of shape ({len(x)}, {input_shape[0]}) (one label per step), "
+                         f"got {y.dtype} of shape {tuple(y.shape)}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"{where}: labels must lie in 0..{num_classes - 1}, got range {int(y.min())}..{int(y.max())}")
 
 
 def _check_split(

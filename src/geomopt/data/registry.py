@@ -26,8 +26,9 @@ from .core import (
 from .digits import load_digits
 from .mnist import load_mnist
 from .mnist1d import load_mnist1d
+from .sequences import load_adding, load_chars, load_copy, sequential_bundle
 
-__all__ = ["DATASETS", "load_dataset"]
+__all__ = ["DATASETS", "SEQUENCE_DATASETS", "load_dataset"]
 
 # Each loader takes (data_dir, seed, cache_dir) and returns the full, clean bundle.
 _Loader = Callable[[str | Path | None, int, str | Path | None], DatasetBundle]
@@ -38,7 +39,24 @@ _LOADERS: dict[str, _Loader] = {
     "cifar10": lambda data_dir, seed, cache_dir: load_cifar10(resolve_data_dir(data_dir, "cifar10")),
 }
 
+# Sequence datasets (recurrent models): (data_dir, seed, cache_dir, seq_len, train_size) -> bundle.
+# The synthetic tasks generate exactly ``train_size`` training sequences; the others have a fixed length.
+_SeqLoader = Callable[[str | Path | None, int, str | Path | None, int | None, int | None], DatasetBundle]
+_SEQUENCE_LOADERS: dict[str, _SeqLoader] = {
+    "adding": lambda data_dir, seed, cache_dir, seq_len, n: load_adding(seq_len, seed, n),
+    "copy": lambda data_dir, seed, cache_dir, seq_len, n: load_copy(seq_len, seed, n),
+    "chars": lambda data_dir, seed, cache_dir, seq_len, n: load_chars(resolve_data_dir(data_dir, "chars"), seq_len),
+}
+_GENERATED = ("adding", "copy")
+_VARIABLE_LENGTH = ("adding", "copy", "chars")
+for _base in ("digits", "mnist1d", "mnist"):
+    for _perm in (False, True):
+        _SEQUENCE_LOADERS[f"seq-{_base}{'-perm' if _perm else ''}"] = (
+            lambda data_dir, seed, cache_dir, seq_len, n, _b=_base, _p=_perm:
+            sequential_bundle(_LOADERS[_b](data_dir, seed, cache_dir), permuted=_p))
+
 DATASETS: tuple[str, ...] = tuple(_LOADERS)
+SEQUENCE_DATASETS: tuple[str, ...] = tuple(_SEQUENCE_LOADERS)
 
 
 def load_dataset(
@@ -49,11 +67,13 @@ def load_dataset(
     train_size: int | None = None,
     label_noise: float = 0.0,
     cache_dir: str | Path | None = None,
+    seq_len: int | None = None,
 ) -> DatasetBundle:
-    """Load a classification dataset as in-memory train/test tensors.
+    """Load a dataset as in-memory train/test tensors.
 
     Args:
-        name: One of ``DATASETS``: ``"digits"``, ``"mnist1d"``, ``"mnist"``, ``"cifar10"``.
+        name: One of ``DATASETS`` (``"digits"``, ``"mnist1d"``, ``"mnist"``, ``"cifar10"``) or
+            ``SEQUENCE_DATASETS`` (see :mod:`geomopt.data.sequences`).
         data_dir: Folder with the local files of ``"mnist"`` / ``"cifar10"``; default
             ``$GEOMOPT_DATA``. Unused by ``"digits"`` and ``"mnist1d"``.
         seed: Non-negative seed of the digits train/test split, the subsample and the
@@ -64,6 +84,11 @@ def load_dataset(
             uniformly random labels (``corrupt_labels``); test labels are never changed.
         cache_dir: Cache folder for generated data (MNIST-1D); default ``$GEOMOPT_CACHE``
             or ``~/.cache/geomopt``.
+        seq_len: Sequence length T of ``"adding"`` / ``"copy"`` (delay) / ``"chars"`` (window),
+            default 100. The pixel-by-pixel tasks (``"seq-digits"``, ``"seq-mnist1d"``,
+            ``"seq-mnist"`` and their ``-perm`` versions) have a fixed length (64, 40, 784):
+            ``seq_len`` must then be None or that length. Other datasets reject it.
+            See :mod:`geomopt.data.sequences`.
 
     Returns:
         The ``DatasetBundle``.
@@ -73,8 +98,14 @@ def load_dataset(
             directory for a dataset that needs one.
         DataFormatError: A data file is missing or malformed.
     """
-    if name not in _LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; valid names are: {', '.join(DATASETS)}")
+    if name not in _LOADERS and name not in _SEQUENCE_LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; valid names are: {', '.join(DATASETS)} "
+                         f"(sequences: {', '.join(SEQUENCE_DATASETS)})")
+    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1):
+        raise ValueError(f"seq_len must be a positive integer or None, got {seq_len!r}")
+    if seq_len is not None and name not in _SEQUENCE_LOADERS:
+        raise ValueError(f"dataset {name!r} is not a sequence dataset and takes no seq_len; sequence datasets: "
+                         f"{', '.join(_SEQUENCE_LOADERS)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if not (isinstance(label_noise, (int, float)) and math.isfinite(label_noise) and 0 <= label_noise <= 1):
@@ -84,7 +115,17 @@ def load_dataset(
     ):
         raise ValueError(f"train_size must be a positive integer or None, got {train_size!r}")
 
-    bundle = _LOADERS[name](data_dir, seed, cache_dir)
+    if name in _SEQUENCE_LOADERS:
+        bundle = _SEQUENCE_LOADERS[name](data_dir, seed, cache_dir, seq_len, train_size)
+        if name not in _VARIABLE_LENGTH and seq_len is not None and seq_len != bundle.input_shape[0]:
+            raise ValueError(f"dataset {name!r} has sequences of fixed length {bundle.input_shape[0]}, "
+                             f"but seq_len={seq_len} was asked for; drop --seq-len")
+        if label_noise > 0 and bundle.task != "classification":
+            raise ValueError(f"label_noise applies to classification datasets; {name!r} is a {bundle.task} task")
+        if name in _GENERATED:
+            return bundle  # exactly train_size sequences were generated
+    else:
+        bundle = _LOADERS[name](data_dir, seed, cache_dir)
     train = bundle.train
     if train_size is not None:
         train = subsample(train, train_size, derive_seed(seed, SUBSAMPLE_STREAM))

@@ -1,7 +1,13 @@
 """One module per reproduced paper; each exposes ``reproduce(out, quick, jobs, overrides) -> section path``."""
 
-from geomopt.experiments import path_sgd
+from geomopt.experiments import exploring_generalization, path_sgd, path_sgd_rnn, pruning
+from geomopt.experiments import ekfac  # noqa: E402  (K-FAC/EKFAC, issue 4)
 
-EXPERIMENTS = {"path-sgd": path_sgd}
+EXPERIMENTS = {"path-sgd": path_sgd, "ekfac": ekfac, "path-sgd-rnn": path_sgd_rnn, "pruning": pruning,
+               "exploring-generalization": exploring_generalization}
+
+from geomopt.experiments import deep_mf, implicit_mf  # noqa: E402  (implicit regularization lab, issue 6)
+
+EXPERIMENTS.update({"implicit-mf": implicit_mf, "deep-mf": deep_mf})
 
 __all__ = ["EXPERIMENTS"]

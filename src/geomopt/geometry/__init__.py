@@ -12,6 +12,14 @@ from geomopt.geometry.path_norm import (
     path_scales,
 )
 from geomopt.geometry.rescaling import random_node_rescaling, rescale_unit, weighted_layers
+from geomopt.geometry.rnn_path import (
+    RNNPathScales,
+    is_relu_rnn,
+    random_rnn_rescaling,
+    rescale_rnn_units,
+    rnn_path_norm,
+    rnn_path_scales,
+)
 
 __all__ = [
     "PathScales",
@@ -22,4 +30,10 @@ __all__ = [
     "rescale_unit",
     "random_node_rescaling",
     "weighted_layers",
+    "RNNPathScales",
+    "is_relu_rnn",
+    "rnn_path_scales",
+    "rnn_path_norm",
+    "rescale_rnn_units",
+    "random_rnn_rescaling",
 ]

@@ -4,5 +4,6 @@ from geomopt.nn.cnn import CNN
 from geomopt.nn.init import INITS, initialize, layerwise_rescale
 from geomopt.nn.mlp import MLP
 from geomopt.nn.registry import MODELS, build_model
+from geomopt.nn.relu_rnn import RNN_INITS, LSTMBaseline, ReLURNN
 
-__all__ = ["MLP", "CNN", "INITS", "initialize", "layerwise_rescale", "MODELS", "build_model"]
+__all__ = ["MLP", "CNN", "INITS", "initialize", "layerwise_rescale", "MODELS", "build_model", "ReLURNN", "LSTMBaseline", "RNN_INITS"]

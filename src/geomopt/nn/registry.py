@@ -8,18 +8,47 @@ from torch import nn
 
 from geomopt.nn.cnn import CNN
 from geomopt.nn.mlp import MLP
+from geomopt.nn.relu_rnn import LSTMBaseline, ReLURNN, sequence_sizes
 
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn", "relu-rnn", "lstm")
 
 
 def build_model(name: str, input_shape: Sequence[int], num_outputs: int, *, widths: Sequence[int],
-                bias: bool = True, dropout: float = 0.0, init: str = "kaiming", seed: int = 0) -> nn.Module:
+                bias: bool = True, dropout: float = 0.0, init: str = "kaiming", seed: int = 0,
+                task: str = "classification") -> nn.Module:
     """Build a model by name.
 
     ``widths`` are the hidden widths of an ``mlp`` and the conv channels of a ``cnn``.
+    ``relu-rnn`` (:class:`ReLURNN`) and ``lstm`` (:class:`LSTMBaseline`) take sequence data of
+    per-example shape ``(T, features)``, one hidden size ``widths=(n,)``, and output at every step
+    when ``task == "sequence"`` (else from the last state). ``relu-rnn`` inits: ``irnn``,
+    ``np-rnn``, ``orthogonal``, ``gaussian``; the feedforward default ``kaiming`` selects ``irnn``.
     """
+    if name in ("relu-rnn", "lstm"):
+        return _recurrent(name, input_shape, num_outputs, widths, bias, dropout, init, seed, task)
+    if task == "sequence":
+        raise ValueError(f"model {name!r} gives one output per example; the per-step (sequence) task needs "
+                         "relu-rnn or lstm")
     if name == "mlp":
         return MLP(input_shape, widths, num_outputs, bias=bias, dropout=dropout, init=init, seed=seed)
     if name == "cnn":
         return CNN(input_shape, widths, num_outputs, bias=bias, dropout=dropout, init=init, seed=seed)
     raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
+
+
+def _recurrent(name: str, input_shape: Sequence[int], num_outputs: int, widths: Sequence[int], bias: bool,
+               dropout: float, init: str, seed: int, task: str) -> nn.Module:
+    T, features = sequence_sizes(input_shape)
+    if len(tuple(widths)) != 1:
+        raise ValueError(f"{name} has one recurrent layer: pass one hidden size, e.g. --widths 100, got {tuple(widths)}")
+    if not bias:
+        raise ValueError(f"{name} always has biases; drop --bias false")
+    if dropout:
+        raise ValueError(f"{name} has no dropout; drop --dropout")
+    output = "all" if task == "sequence" else "last"
+    if name == "lstm":
+        if init not in ("kaiming", "torch"):
+            raise ValueError(f"lstm uses PyTorch's LSTM initialization; drop --init {init}")
+        return LSTMBaseline(features, widths[0], num_outputs, output=output, seed=seed, seq_len=T)
+    return ReLURNN(features, widths[0], num_outputs, output=output, init="irnn" if init == "kaiming" else init,
+                   seed=seed, seq_len=T)

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from geomopt.geometry.path_norm import BLOCK_ELEMENTS, PathScales, RankOneScale
+from geomopt.geometry.path_norm import BLOCK_ELEMENTS, PathScales, RankOneScale, UnsupportedModuleError
+from geomopt.geometry.rnn_path import RNNPathScales, is_relu_rnn
 
 
 def _rank_one_update_(param: Tensor, grad: Tensor, scale: RankOneScale, buf: Tensor | None, *, lr: float,
@@ -87,8 +88,40 @@ def path_sgd_(params: Sequence[Tensor], grads: Sequence[Tensor], scales: Sequenc
         param.add_(buf, alpha=-lr)
 
 
+def _recurrent_cells(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.RNNBase, nn.RNNCellBase))]
+
+
+def _build_scales(model: nn.Module, p: float, input_shape: Sequence[int] | None, seq_len: int | None,
+                  include_kappa2: bool) -> PathScales | RNNPathScales:
+    """The preconditioner: :class:`RNNPathScales` for a ReLU RNN, :class:`PathScales` otherwise."""
+    cells = _recurrent_cells(model)
+    if cells:
+        name, cell = cells[0]
+        kind = type(cell).__name__
+        if isinstance(cell, (nn.RNN, nn.RNNCell)):
+            kind += f" (nonlinearity={cell.nonlinearity!r})"
+        raise UnsupportedModuleError(
+            f"PathSGD: module '{name or '<root>'}' is a {kind} recurrent cell, not a ReLU RNN with the layout of "
+            "geomopt.nn.ReLURNN. Path-SGD needs a positively homogeneous network: LSTM, GRU and tanh RNNs are not; "
+            "use geomopt.nn.ReLURNN (for torch.nn.RNN(nonlinearity='relu'), copy its weights into one) or train "
+            "this model with sgd/adam.")
+    if is_relu_rnn(model):
+        if p != 2.0:
+            raise ValueError(f"PathSGD: RNN path scales are implemented for p = 2 only, got p={p}")
+        T = seq_len if seq_len is not None else getattr(model, "seq_len", None)
+        if T is None:
+            raise ValueError(f"PathSGD: {type(model).__name__} is a ReLU RNN and its path scales depend on the "
+                             "sequence length: pass seq_len=T (or build the model with seq_len=T)")
+        return RNNPathScales(model, T, include_kappa2=include_kappa2)
+    if seq_len is not None or include_kappa2:
+        raise ValueError(f"PathSGD: seq_len/include_kappa2 apply to ReLU RNNs only; {type(model).__name__} is not "
+                         "one (see geomopt.geometry.is_relu_rnn)")
+    return PathScales(model, p=p, input_shape=input_shape)
+
+
 class PathSGD(Optimizer):
-    r"""Path-normalized SGD for feedforward and convolutional ReLU networks.
+    r"""Path-normalized SGD for feedforward, convolutional and recurrent (ReLU RNN) networks.
 
     Update (Neyshabur, Salakhutdinov & Srebro 2015), for every weight or bias w_e::
 
@@ -109,19 +142,31 @@ class PathSGD(Optimizer):
         input_shape: per-example input shape, if the model has no ``input_shape`` attribute.
         param_groups: optional parameter groups (dicts with ``params`` and per-group options);
             default: all of ``model.parameters()``.
+        seq_len: for a ReLU RNN (:class:`geomopt.nn.ReLURNN`): the number of unrolled steps T of
+            the scales (default: ``model.seq_len``). Recurrent models are detected by their layout.
+        include_kappa2: for a ReLU RNN: use kappa1 + kappa2 (exact, costly: O(T n^3 + T^2 n^2) per
+            step) instead of kappa1 alone (the paper's choice, the default).
+
+    Recurrent nets (Neyshabur, Wu, Salakhutdinov & Srebro 2016): the unrolled network shares its
+    weights across steps; the scale of a shared weight is kappa = kappa1 (+ kappa2), see
+    :mod:`geomopt.geometry.rnn_path`, and the update is ``w <- w - lr * grad / kappa``.
 
     Raises:
-        UnsupportedModuleError: the model has a layer that is not positively homogeneous.
-        ValueError: a bad hyperparameter, or a parameter that is not the model's.
+        UnsupportedModuleError: the model has a layer that is not positively homogeneous, or a
+            recurrent cell that is not a ReLU RNN (LSTM, GRU, tanh RNN, torch.nn.RNN).
+        ValueError: a bad hyperparameter, a parameter that is not the model's, a ReLU RNN without
+            a sequence length, or RNN options for a feedforward model.
 
     Example:
         >>> opt = PathSGD(model, lr=0.05)
         >>> loss.backward(); opt.step(); opt.zero_grad()
+        >>> rnn_opt = PathSGD(ReLURNN(2, 100, 1, init="irnn"), lr=1e-4, seq_len=100)  # RNN-Path, kappa1
     """
 
     def __init__(self, model: nn.Module, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
                  eps: float = 1e-12, p: float = 2.0, input_shape: Sequence[int] | None = None,
-                 param_groups: Iterable[dict[str, Any]] | None = None):
+                 param_groups: Iterable[dict[str, Any]] | None = None, seq_len: int | None = None,
+                 include_kappa2: bool = False):
         if lr < 0:
             raise ValueError(f"PathSGD: invalid learning rate {lr}")
         if not 0 <= momentum < 1:
@@ -132,7 +177,7 @@ class PathSGD(Optimizer):
             raise ValueError(f"PathSGD: eps must be positive, got {eps}")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eps=eps)
         super().__init__(list(param_groups) if param_groups is not None else model.parameters(), defaults)
-        self.scales = PathScales(model, p=p, input_shape=input_shape)
+        self.scales = _build_scales(model, p, input_shape, seq_len, include_kappa2)
         self._names = {param: name for name, param in model.named_parameters()}
         for group in self.param_groups:
             for param in group["params"]:

@@ -5,18 +5,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from geomopt.optim.kfac import EKFAC, KFAC
 from geomopt.optim.path_sgd import PathSGD
 
-OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad", "path-sgd")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad", "path-sgd", "kfac", "ekfac")
+KRONECKER_OPTIONS = ("damping", "factor_decay", "update_freq", "inv_freq", "fisher", "kl_clip")
 
 
 def build_optimizer(name: str, model: nn.Module, *, lr: float, momentum: float | None = None,
-                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
+                    weight_decay: float = 0.0, **kronecker) -> torch.optim.Optimizer:
     """Build an optimizer by name.
 
     ``momentum``: for ``momentum`` (SGD with heavy ball) default 0.9; for ``sgd`` and
-    ``path-sgd`` default 0 (``path-sgd`` takes any value in [0, 1)); ``adam``/``adagrad`` reject it.
+    ``path-sgd`` default 0 (``path-sgd`` takes any value in [0, 1)); ``adam``/``adagrad`` reject it;
+    ``kfac``/``ekfac`` default 0.9. ``kronecker``: options of :class:`KFAC`/:class:`EKFAC`
+    (``damping``, ``factor_decay``, ``update_freq``, ``inv_freq``, ``fisher``, ``kl_clip``), for
+    those two only.
     """
+    unknown = sorted(set(kronecker) - set(KRONECKER_OPTIONS))
+    if unknown:
+        raise ValueError(f"build_optimizer: unknown option(s) {unknown}; valid: {KRONECKER_OPTIONS}")
+    if kronecker and name not in ("kfac", "ekfac"):
+        raise ValueError(f"options {sorted(kronecker)} are for kfac/ekfac, not {name!r}")
     if momentum is not None and name in ("adam", "adagrad"):
         raise ValueError(f"optimizer {name!r} takes no momentum; drop --momentum")
     params = model.parameters()
@@ -31,4 +41,8 @@ def build_optimizer(name: str, model: nn.Module, *, lr: float, momentum: float |
         return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
     if name == "path-sgd":
         return PathSGD(model, lr=lr, momentum=momentum or 0.0, weight_decay=weight_decay)
+    if name in ("kfac", "ekfac"):
+        cls = KFAC if name == "kfac" else EKFAC
+        return cls(model, lr=lr, momentum=0.9 if momentum is None else momentum, weight_decay=weight_decay,
+                   **kronecker)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")

@@ -33,6 +33,16 @@ class TrainConfig:
     device: str = "cpu"
     checkpoint_every: int = 0
     max_grad_norm: float | None = None
+    target_train_loss: float | None = None  # stop at the end of the first epoch with train loss <= this
+    # sequence datasets only (adding, copy, chars): the sequence length T (None: the dataset's default)
+    seq_len: int | None = None
+    # kfac / ekfac only (geomopt.optim.KFAC, EKFAC)
+    damping: float = 1e-3
+    factor_decay: float = 0.95
+    update_freq: int = 10
+    inv_freq: int = 100
+    fisher: str = "empirical"
+    kl_clip: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

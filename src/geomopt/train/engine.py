@@ -81,7 +81,10 @@ def _truncate_metrics(path: Path, step: int, epoch: int) -> None:
         if not line.strip():
             continue
         rec = json.loads(line)
-        if rec["kind"] == "step" and rec["step"] <= step or rec["kind"] == "epoch" and rec["epoch"] <= epoch:
+        if rec["kind"] == "epoch":
+            if rec["epoch"] <= epoch:
+                kept.append(line)
+        elif rec.get("step", 0) <= step:  # "step" records and step_callback records
             kept.append(line)
     path.write_text("".join(k + "\n" for k in kept))
 
@@ -102,7 +105,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
         metric: Callable[[Tensor, Tensor], Tensor] | None = accuracy, eval_train_loader: DataLoader | None = None,
         resume: bool = False, checkpoint_every: int = 0, max_grad_norm: float | None = None,
         progress: bool = True, extra_state: dict[str, Any] | None = None,
-        stop_after_steps: int | None = None) -> dict[str, Any]:
+        stop_after_steps: int | None = None,
+        step_callback: Callable[[int, nn.Module], dict[str, Any] | None] | None = None,
+        target_train_loss: float | None = None) -> dict[str, Any]:
     """Train ``model`` for ``epochs`` epochs; log, checkpoint, and return a summary dict.
 
     Args:
@@ -118,6 +123,12 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
         max_grad_norm: clip the global gradient norm to this value (None: no clipping).
         extra_state: stored in the checkpoint (e.g. the config), returned by resume.
         stop_after_steps: stop (as if interrupted) after this many global steps; for tests.
+        step_callback: ``step_callback(step, model)`` called before training (step 0) and after
+            every optimizer step; a returned dict is logged as ``{"kind": "callback", "step", ...}``
+            (e.g. :class:`geomopt.measures.TrajectoryComplexity`). If it has ``state_dict`` /
+            ``load_state_dict`` its state is checkpointed and restored on resume.
+        target_train_loss: stop at the end of the first epoch whose training loss (evaluated
+            on ``eval_train_loader``) is at most this value (None: train all ``epochs``).
 
     Returns:
         Summary: final train/test loss and accuracy, steps, epochs, seconds, out_dir.
@@ -140,6 +151,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
         if torch.cuda.is_available() and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         epoch, batch_in_epoch, step, elapsed = state["epoch"], state["batch"], state["step"], state["elapsed"]
+        if hasattr(step_callback, "load_state_dict") and state.get("callback") is not None:
+            step_callback.load_state_dict(state["callback"])
         _truncate_metrics(metrics_path, step, epoch)
     else:  # a fresh run: nothing of an earlier run in this directory may be resumed by mistake
         ckpt_path.unlink(missing_ok=True)
@@ -156,6 +169,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "epoch": ep, "batch": batch, "step": step, "elapsed": elapsed + time.perf_counter() - start,
             "extra": extra_state or {},
+            "callback": step_callback.state_dict() if hasattr(step_callback, "state_dict") else None,
         })
 
     metrics_file = metrics_path.open("a")
@@ -174,6 +188,22 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
         return rec
 
     last = epoch_record(0) if epoch == 0 and batch_in_epoch == 0 else None
+
+    def callback() -> None:
+        if step_callback is not None:
+            rec = step_callback(step, model)
+            if rec is not None:
+                log({"kind": "callback", "step": step, **rec})
+
+    def reached(rec: dict[str, Any] | None) -> bool:
+        return target_train_loss is not None and rec is not None and rec["train_loss"] <= target_train_loss
+
+    if last is not None:
+        callback()
+    if resume and target_train_loss is not None and batch_in_epoch == 0 and epoch > 0:
+        done = [r for r in read_metrics(out_dir) if r["kind"] == "epoch" and r["epoch"] == epoch]
+        if done and reached(done[-1]):
+            epochs = epoch  # the resumed run had already reached its target
     steps_per_epoch = len(train_loader)
     bar = tqdm(total=epochs * steps_per_epoch, initial=step, disable=not progress, leave=False,
                desc=str(out_dir.name), dynamic_ncols=True)
@@ -197,13 +227,20 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
                 loss.backward()
                 if max_grad_norm is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-                optimizer.step()
+                try:
+                    optimizer.step()
+                except FloatingPointError as exc:  # e.g. K-FAC factors with NaN/inf: a divergence, not a crash
+                    if isinstance(exc, NonFiniteLossError):
+                        raise
+                    raise NonFiniteLossError(f"the optimizer met non-finite values at step {step + 1} (epoch "
+                                             f"{epoch + 1}): {exc}; {_kept(ckpt_path)}") from exc
                 lr = optimizer.param_groups[0]["lr"]
                 if scheduler is not None:
                     scheduler.step()
                 step += 1
                 batch_in_epoch = i + 1
                 log({"kind": "step", "step": step, "epoch": epoch + 1, "loss": value, "lr": lr})
+                callback()
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}", refresh=False)
                 if checkpoint_every and step % checkpoint_every == 0 and batch_in_epoch < steps_per_epoch:
@@ -216,14 +253,19 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
             last = epoch_record(epoch)
             metrics_file.flush()
             checkpoint(epoch, 0)
+            if reached(last):
+                break
     finally:
         bar.close()
         metrics_file.close()
     if last is None:  # resumed a finished run: report its stored final epoch
         last = [r for r in read_metrics(out_dir) if r["kind"] == "epoch"][-1]
-    return {"epochs": epoch, "steps": step, "seconds": round(elapsed + time.perf_counter() - start, 3),
-            "train_loss": last["train_loss"], "train_acc": last["train_acc"],
-            "test_loss": last["test_loss"], "test_acc": last["test_acc"], "out_dir": str(out_dir)}
+    summary = {"epochs": epoch, "steps": step, "seconds": round(elapsed + time.perf_counter() - start, 3),
+               "train_loss": last["train_loss"], "train_acc": last["train_acc"],
+               "test_loss": last["test_loss"], "test_acc": last["test_acc"], "out_dir": str(out_dir)}
+    if target_train_loss is not None:
+        summary["reached_target"] = reached(last)
+    return summary
 
 
 def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:

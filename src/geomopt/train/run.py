@@ -11,9 +11,11 @@ import torch
 from geomopt.data import load_dataset, make_loader
 from geomopt.nn import build_model
 from geomopt.optim import build_optimizer
+from geomopt.optim.registry import KRONECKER_OPTIONS
 from geomopt.train.checkpoint import write_json
 from geomopt.train.config import TrainConfig
-from geomopt.train.engine import fit
+from geomopt.train.engine import evaluate, fit
+from geomopt.train.tasks import bits, task_objective
 
 SCHEDULES = ("constant", "cosine", "step")
 CONFIG = "config.json"
@@ -62,12 +64,15 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             raise ValueError(f"--resume {out_dir}: the config differs from the stored one: {diff} (stored, given)")
     device = resolve_device(config.device)
     bundle = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, train_size=config.train_size,
-                          label_noise=config.label_noise)
+                          label_noise=config.label_noise, seq_len=config.seq_len)
     torch.manual_seed(config.seed)
     model = build_model(config.model, bundle.input_shape, bundle.num_classes, widths=config.widths,
-                        bias=config.bias, dropout=config.dropout, init=config.init, seed=config.seed).to(device)
+                        bias=config.bias, dropout=config.dropout, init=config.init, seed=config.seed,
+                        task=bundle.task).to(device)
+    loss_fn, metric = task_objective(bundle.task)
+    kronecker = {k: getattr(config, k) for k in KRONECKER_OPTIONS} if config.optimizer in ("kfac", "ekfac") else {}
     optimizer = build_optimizer(config.optimizer, model, lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+                                weight_decay=config.weight_decay, **kronecker)
     train_loader = make_loader(bundle.train, config.batch_size, shuffle=True, seed=config.seed)
     eval_batch = max(config.batch_size, 1000)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.schedule, config.epochs * len(train_loader)))
@@ -76,8 +81,16 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         write_json(out_dir / CONFIG, config.to_dict())
     summary = fit(model, optimizer, train_loader, make_loader(bundle.test, eval_batch, shuffle=False),
                   epochs=config.epochs, out_dir=out_dir, scheduler=scheduler, device=device,
+                  loss_fn=loss_fn, metric=metric,
                   eval_train_loader=make_loader(bundle.train, eval_batch, shuffle=False), resume=resume,
                   checkpoint_every=config.checkpoint_every, max_grad_norm=config.max_grad_norm,
-                  progress=progress, extra_state={"config": config.to_dict()}, stop_after_steps=stop_after_steps)
+                  progress=progress, extra_state={"config": config.to_dict()}, stop_after_steps=stop_after_steps,
+                  target_train_loss=config.target_train_loss)
+    if bundle.valid is not None:
+        summary["valid_loss"], summary["valid_acc"] = evaluate(model, make_loader(bundle.valid, eval_batch, shuffle=False),
+                                                               loss_fn, device, metric)
+    if bundle.task == "sequence":  # per-step cross-entropy in bits (bits per character for a language model)
+        summary.update({f"{k}_bits": bits(summary[f"{k}_loss"]) for k in ("train", "test", "valid")
+                        if f"{k}_loss" in summary})
     write_json(out_dir / "summary.json", summary)
     return summary

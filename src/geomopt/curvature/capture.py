@@ -1,0 +1,217 @@
+r"""Collect layer inputs ``a`` and output gradients ``g`` of supported layers, by module hooks.
+
+One mechanism for every Kronecker-factored object: a forward hook on each supported layer stores
+its expanded input ``a`` (``(N, T, d_in)``, see :mod:`geomopt.curvature.layers`) and registers a
+tensor hook on the layer's output, which stores the gradient flowing into it during the next
+backward pass(es) as ``g`` (``(N, T, d_out)``). Tensor hooks (not the deprecated module backward
+hooks) also fire under ``torch.autograd.grad``, so several backward passes through one forward
+(the Monte-Carlo or exact GGN passes of :func:`backprop_output_grads`) each record their ``g``.
+
+Conventions. With ``K`` backward passes per forward, :meth:`Capture.get` returns ``a`` of shape
+``(N, T, d_in)`` and ``g`` of shape ``(K, N, T, d_out)`` such that the per-example gradient of the
+combined matrix ``[W | b]`` is ``M_nk = sum_t g_nkt a_nt^T`` and the curvature being approximated is
+
+    F = (1/N) sum_n sum_k vec(M_nk) vec(M_nk)^T.
+
+A loss that is a *mean* over the batch gives ``(1/N)``-scaled output gradients; ``grad_scale=None``
+(the default) multiplies them back by ``N`` so that ``F`` is the empirical Fisher of the per-example
+losses, as in the EKFAC authors' code ("batch-size-scaled" gradients).
+
+Likelihoods (the loss is ``-log p(y | f)`` of the network output ``f``, summed over output units):
+``categorical`` (softmax cross-entropy on ``(N, C)`` logits), ``gaussian`` (``0.5 ||y - f||^2``),
+``bernoulli`` (sigmoid cross-entropy on logits). :func:`backprop_output_grads` makes the
+backward passes for ``fisher``:
+
+- ``empirical``: one pass with the observed targets;
+- ``true``: ``mc_samples`` passes with targets sampled from ``p(y | f)`` (scaled by ``1/sqrt(mc)``);
+- ``ggn``: one pass per column of a square root of the loss Hessian w.r.t. ``f`` (``K = C``
+  passes; exact expectation of the true Fisher, the generalized Gauss-Newton).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from geomopt.curvature.layers import LayerHandler
+
+LIKELIHOODS = ("categorical", "gaussian", "bernoulli")
+FISHERS = ("empirical", "true", "ggn")
+
+
+class Capture:
+    """Hooks that record ``a`` and ``g`` of the given layers while :attr:`active` is true.
+
+    Args:
+        layers: ``(name, module, handler)`` triples, e.g. from
+            :func:`geomopt.curvature.layers.supported_layers`.
+        grad_scale: factor applied to recorded output gradients; ``None`` multiplies by the batch
+            size ``N`` (right for a loss averaged over the batch).
+
+    Use as a context manager, or call :meth:`attach` / :meth:`remove`. Recording happens only in
+    forwards with gradients enabled (never inside ``torch.no_grad()`` evaluation).
+    """
+
+    def __init__(self, layers: Sequence[tuple[str, nn.Module, LayerHandler]], grad_scale: float | None = None):
+        self.layers = list(layers)
+        self.grad_scale = grad_scale
+        self.active = True
+        self._handles: list = []
+        self._calls: dict[str, list[dict]] = {name: [] for name, _, _ in self.layers}
+
+    def attach(self) -> Capture:
+        if not self._handles:
+            for name, module, handler in self.layers:
+                self._handles.append(module.register_forward_hook(self._make_hook(name, handler)))
+        return self
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> Capture:
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def clear(self) -> None:
+        for calls in self._calls.values():
+            calls.clear()
+
+    def _make_hook(self, name: str, handler: LayerHandler):
+        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+            if not self.active or not torch.is_grad_enabled():
+                return
+            record = {"a": handler.inputs(module, inputs[0].detach()), "g": []}
+            self._calls[name].append(record)
+            if isinstance(output, Tensor) and output.requires_grad:
+                def grad_hook(grad: Tensor) -> None:
+                    record["g"].append(handler.output_grads(module, grad.detach()))
+                output.register_hook(grad_hook)
+        return hook
+
+    def names(self) -> list[str]:
+        """Layers that have a complete record (inputs and at least one output gradient)."""
+        return [n for n, calls in self._calls.items() if calls and all(c["g"] for c in calls)]
+
+    def get(self, name: str) -> tuple[Tensor, Tensor]:
+        """``a`` ``(N, T, d_in)`` and ``g`` ``(K, N, T, d_out)`` of layer ``name``.
+
+        A layer called several times between two :meth:`clear` calls (weight sharing) has its
+        calls concatenated along the position axis ``T`` (the KFC/"expand" treatment of shared
+        weights); clear between independent batches.
+
+        Raises:
+            RuntimeError: nothing recorded for ``name``, or calls with unequal batch sizes or
+                numbers of passes.
+        """
+        calls = self._calls.get(name)
+        if not calls or not all(c["g"] for c in calls):
+            raise RuntimeError(f"Capture: no complete forward/backward record for layer {name!r}; run a forward "
+                               "with gradients enabled and a backward through its output first")
+        ks = {len(c["g"]) for c in calls}
+        if len(ks) != 1:
+            raise RuntimeError(f"Capture: layer {name!r} has calls with different numbers of backward passes {ks}")
+        a_list, g_list = [], []
+        for c in calls:
+            g = torch.stack(c["g"])  # (K, N, T, d_out)
+            scale = c["a"].shape[0] if self.grad_scale is None else self.grad_scale
+            a_list.append(c["a"])
+            g_list.append(g * scale if scale != 1 else g)
+        if len(calls) == 1:
+            return a_list[0], g_list[0]
+        if any(a.shape[0] != a_list[0].shape[0] for a in a_list):
+            raise RuntimeError(f"Capture: layer {name!r} was called {len(calls)} times with different batch sizes "
+                               f"{[a.shape[0] for a in a_list]}; call clear() between independent batches")
+        return torch.cat(a_list, dim=1), torch.cat(g_list, dim=2)
+
+
+def _check_likelihood(likelihood: str) -> None:
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")
+
+
+def sample_targets(output: Tensor, likelihood: str, generator: torch.Generator | None = None) -> Tensor:
+    """Targets drawn from the model's predictive distribution ``p(y | f = output)``."""
+    _check_likelihood(likelihood)
+    f = output.detach()
+    if likelihood == "categorical":
+        probs = torch.softmax(f.reshape(-1, f.shape[-1]).double(), dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).reshape(f.shape[:-1])
+    if likelihood == "gaussian":
+        return f + torch.randn(f.shape, generator=generator, dtype=f.dtype, device=f.device)
+    return torch.bernoulli(torch.sigmoid(f), generator=generator)
+
+
+def nll_grad(output: Tensor, target: Tensor, likelihood: str) -> Tensor:
+    """``d/d f [-log p(target | f)]`` per example, closed form, shaped like ``output``."""
+    _check_likelihood(likelihood)
+    f = output.detach()
+    if likelihood == "categorical":
+        if target.shape != f.shape[:-1]:
+            raise ValueError(f"categorical likelihood: targets of shape {tuple(target.shape)} do not match "
+                             f"logits of shape {tuple(f.shape)} (expected {tuple(f.shape[:-1])})")
+        return torch.softmax(f, dim=-1) - nn.functional.one_hot(target.long(), f.shape[-1]).to(f.dtype)
+    if target.shape != f.shape:
+        raise ValueError(f"{likelihood} likelihood: targets of shape {tuple(target.shape)} do not match "
+                         f"outputs of shape {tuple(f.shape)}")
+    if likelihood == "gaussian":
+        return f - target.to(f.dtype)
+    return torch.sigmoid(f) - target.to(f.dtype)
+
+
+def hessian_sqrt_columns(output: Tensor, likelihood: str) -> Tensor:
+    """``S`` of shape ``(K, *output.shape)`` with ``sum_k S_k S_k^T`` = Hessian of the NLL w.r.t. ``f``
+    per example (categorical: ``diag(p) - p p^T = S S^T`` with ``S = diag(sqrt p) - p sqrt(p)^T``)."""
+    _check_likelihood(likelihood)
+    f = output.detach()
+    c = f.shape[-1]
+    if likelihood == "gaussian":
+        eye = torch.eye(f[0].numel(), dtype=f.dtype, device=f.device)
+        return eye.reshape((-1, 1) + f.shape[1:]).expand((-1,) + f.shape).clone()
+    if likelihood == "bernoulli":
+        p = torch.sigmoid(f).flatten(1)
+        d = (p * (1 - p)).sqrt()
+        cols = torch.diag_embed(d).permute(2, 0, 1)  # (D, N, D)
+        return cols.reshape((-1,) + f.shape)
+    p = torch.softmax(f, dim=-1)
+    sq = p.sqrt()
+    s = torch.diag_embed(sq) - p.unsqueeze(-1) * sq.unsqueeze(-2)  # (..., C out-unit, C column)
+    return s.movedim(-1, 0)  # (C, ..., C)
+
+
+def backprop_output_grads(output: Tensor, params: Sequence[Tensor], *, fisher: str, likelihood: str,
+                          target: Tensor | None = None, generator: torch.Generator | None = None,
+                          mc_samples: int = 1) -> int:
+    """Backward passes from ``output`` that make a :class:`Capture` record ``g`` for ``fisher``.
+
+    The cotangents are per-example (summed loss, not averaged): use ``Capture(grad_scale=1)``.
+    Gradients are taken with ``torch.autograd.grad`` and discarded (``.grad`` is not touched).
+
+    Returns:
+        the number of passes ``K``.
+    """
+    if fisher not in FISHERS:
+        raise ValueError(f"unknown fisher {fisher!r}; choose one of {FISHERS}")
+    if mc_samples < 1:
+        raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+    params = [p for p in params if p.requires_grad]
+    if fisher == "empirical":
+        if target is None:
+            raise ValueError("fisher='empirical' needs the observed targets")
+        cotangents = [nll_grad(output, target, likelihood)]
+    elif fisher == "true":
+        scale = 1.0 / math.sqrt(mc_samples)
+        cotangents = [nll_grad(output, sample_targets(output, likelihood, generator), likelihood) * scale
+                      for _ in range(mc_samples)]
+    else:
+        cotangents = list(hessian_sqrt_columns(output, likelihood))
+    for k, cot in enumerate(cotangents):
+        torch.autograd.grad(output, params, grad_outputs=cot, retain_graph=k < len(cotangents) - 1,
+                            allow_unused=True)
+    return len(cotangents)

@@ -1,0 +1,163 @@
+r"""The one registry of layers that Kronecker-factored curvature supports.
+
+A supported layer ``s = W a`` (per position ``t``: a linear layer has one position per example and
+per leading index; a 2-d convolution has one per output pixel) is described to the curvature code by
+a :class:`LayerHandler`, which turns
+
+- the module's input ``x`` into the *expanded inputs* ``a`` of shape ``(N, T, d_in)``, with a column
+  of ones appended when the layer has a bias (KFC patches for convolutions, Grosse & Martens 2016),
+- the gradient with respect to the module's output into ``g`` of shape ``(N, T, d_out)``,
+- the parameters' gradients into one matrix ``[W | b]`` of shape ``(d_out, d_in)``, and back.
+
+With these, the per-example gradient of the combined matrix is ``M_n = sum_t g_nt a_nt^T``.
+
+Adding a layer type = one :class:`LayerHandler` subclass + one :func:`register_layer` call.
+``layer_handler(module)`` returns the handler or ``None`` (with the reason in
+:func:`unsupported_reason`) for layers that are not supported, such as grouped convolutions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class LayerHandler:
+    """How one layer type maps to ``(a, g, [W | b])``; see the module docstring."""
+
+    def unsupported(self, module: nn.Module) -> str | None:
+        """Why this instance cannot be handled (``None`` if it can)."""
+        return None
+
+    def inputs(self, module: nn.Module, x: Tensor) -> Tensor:
+        """Expanded inputs ``(N, T, d_in)`` (ones column last when the layer has a bias)."""
+        raise NotImplementedError
+
+    def output_grads(self, module: nn.Module, grad_output: Tensor) -> Tensor:
+        """Output gradients ``(N, T, d_out)``."""
+        raise NotImplementedError
+
+    def params(self, module: nn.Module) -> list[nn.Parameter]:
+        """The parameters the Kronecker block covers: ``[weight]`` or ``[weight, bias]``."""
+        return [module.weight] + ([module.bias] if module.bias is not None else [])
+
+    def shape(self, module: nn.Module) -> tuple[int, int]:
+        """``(d_out, d_in)`` of the combined matrix ``[W | b]``."""
+        w = module.weight
+        return w.shape[0], w[0].numel() + (module.bias is not None)
+
+    def to_matrix(self, module: nn.Module, tensors: list[Tensor]) -> Tensor:
+        """Combine tensors shaped like :meth:`params` (e.g. gradients) into ``(d_out, d_in)``."""
+        w = tensors[0].reshape(tensors[0].shape[0], -1)
+        if len(tensors) == 1:
+            return w
+        return torch.cat([w, tensors[1].reshape(-1, 1)], dim=1)
+
+    def from_matrix(self, module: nn.Module, matrix: Tensor) -> list[Tensor]:
+        """Split ``(d_out, d_in)`` into tensors shaped like :meth:`params`."""
+        w = module.weight
+        if module.bias is None:
+            return [matrix.reshape(w.shape)]
+        return [matrix[:, :-1].reshape(w.shape), matrix[:, -1].reshape(module.bias.shape)]
+
+
+def _append_ones(a: Tensor) -> Tensor:
+    return torch.cat([a, a.new_ones(a.shape[:-1] + (1,))], dim=-1)
+
+
+class LinearHandler(LayerHandler):
+    """``nn.Linear``: inputs ``(N, *, d_in)``; the ``*`` dimensions become positions ``T``."""
+
+    def inputs(self, module: nn.Linear, x: Tensor) -> Tensor:
+        a = x.reshape(x.shape[0], -1, x.shape[-1]) if x.dim() > 1 else x.reshape(1, 1, -1)
+        return _append_ones(a) if module.bias is not None else a
+
+    def output_grads(self, module: nn.Linear, grad_output: Tensor) -> Tensor:
+        g = grad_output
+        return g.reshape(g.shape[0], -1, g.shape[-1]) if g.dim() > 1 else g.reshape(1, 1, -1)
+
+
+class Conv2dHandler(LayerHandler):
+    """``nn.Conv2d`` (groups=1, zero padding): KFC patches ``(N, H_out W_out, C_in k_h k_w [+1])``."""
+
+    def unsupported(self, module: nn.Conv2d) -> str | None:
+        if module.groups != 1:
+            return f"grouped convolution (groups={module.groups})"
+        if module.padding_mode != "zeros":
+            return f"padding_mode={module.padding_mode!r} (only 'zeros')"
+        if isinstance(module.padding, str) and module.padding == "same":
+            if any((d * (k - 1)) % 2 for d, k in zip(module.dilation, module.kernel_size)):
+                return "padding='same' with an even effective kernel size"
+        return None
+
+    def _padding(self, module: nn.Conv2d) -> tuple[int, int]:
+        if isinstance(module.padding, str):
+            if module.padding == "valid":
+                return (0, 0)
+            return tuple(d * (k - 1) // 2 for d, k in zip(module.dilation, module.kernel_size))
+        return tuple(module.padding)
+
+    def inputs(self, module: nn.Conv2d, x: Tensor) -> Tensor:
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        patches = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=self._padding(module),
+                           stride=module.stride)  # (N, C k_h k_w, L)
+        a = patches.transpose(1, 2)
+        return _append_ones(a) if module.bias is not None else a
+
+    def output_grads(self, module: nn.Conv2d, grad_output: Tensor) -> Tensor:
+        g = grad_output if grad_output.dim() == 4 else grad_output.unsqueeze(0)
+        return g.flatten(2).transpose(1, 2)  # (N, H_out W_out, C_out)
+
+
+SUPPORTED_LAYERS: dict[type[nn.Module], LayerHandler] = {}
+
+
+def register_layer(cls: type[nn.Module], handler: LayerHandler) -> None:
+    """Declare ``handler`` for modules of type ``cls`` (exact type or subclasses)."""
+    SUPPORTED_LAYERS[cls] = handler
+
+
+register_layer(nn.Linear, LinearHandler())
+register_layer(nn.Conv2d, Conv2dHandler())
+
+
+def _lookup(module: nn.Module) -> LayerHandler | None:
+    for cls in type(module).__mro__:
+        if cls in SUPPORTED_LAYERS:
+            return SUPPORTED_LAYERS[cls]
+    return None
+
+
+def unsupported_reason(module: nn.Module) -> str | None:
+    """``None`` if ``module`` is supported, else why not (type not registered, or an option)."""
+    handler = _lookup(module)
+    if handler is None:
+        return f"{type(module).__name__} is not in the registry of supported layers ({names_of_supported()})"
+    return handler.unsupported(module)
+
+
+def layer_handler(module: nn.Module) -> LayerHandler | None:
+    """The handler of ``module``, or ``None`` if its type or options are not supported."""
+    handler = _lookup(module)
+    if handler is None or handler.unsupported(module) is not None:
+        return None
+    return handler
+
+
+def names_of_supported() -> str:
+    return ", ".join(cls.__name__ for cls in SUPPORTED_LAYERS)
+
+
+def supported_layers(model: nn.Module, include: Callable[[nn.Module], bool] | None = None
+                     ) -> list[tuple[str, nn.Module, LayerHandler]]:
+    """``(name, module, handler)`` for every supported layer of ``model``, in module order."""
+    out = []
+    for name, module in model.named_modules():
+        handler = layer_handler(module)
+        if handler is not None and (include is None or include(module)):
+            out.append((name or type(module).__name__, module, handler))
+    return out

@@ -1,0 +1,97 @@
+"""Deep linear regression: overparameterization as acceleration, balancedness, deficiency margin.
+
+Arora, Cohen & Hazan, "On the Optimization of Deep Networks: Implicit Acceleration by
+Overparameterization", ICML 2018; Arora, Cohen, Golowich & Hu, "A Convergence Analysis of
+Gradient Descent for Deep Linear Neural Networks", ICLR 2019.
+
+- l_p regression of a linear map ``W (k, d)`` on data ``x_i (d,)``, ``y_i (k,)``:
+  ``L(W) = 1/(p n) sum_i ||W x_i - y_i||_p^p``, ``grad L = 1/n sum_i sign(r_i)|r_i|^(p-1) x_i^T``.
+  A depth-N linear network is ``W = W_N ... W_1`` trained by :func:`run_factorized`.
+- Under gradient flow from a balanced init the end-to-end matrix follows
+  ``dW/dt = -sum_j (W W^T)^((j-1)/N) grad L(W) (W^T W)^((N-j)/N)``
+  (:func:`geomopt.implicit.factorized.end_to_end_direction`).
+- delta-balancedness: ``max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F``.
+- Deficiency margin of ``W`` w.r.t. a target ``Phi`` (loss ``0.5 ||W - Phi||_F^2``):
+  ``c = sigma_min(Phi) - ||W - Phi||_F``; with ``c > 0`` and a balanced init, GD converges
+  linearly, ``loss(t) <= loss(0) (1 - eta c^(2(N-1)/N))^t`` for a small enough step
+  (Arora, Cohen, Golowich & Hu 2019, Theorem 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+class RegressionObjective:
+    """``L(W) = 1/(p n) sum_i ||W x_i - y_i||_p^p`` for a batch of ``W (B, k, d)``.
+
+    Args:
+        X: inputs ``(n, d)``. Y: targets ``(n, k)``. p: the exponent (>= 2 keeps L smooth).
+
+    Raises:
+        ValueError: shape mismatch, NaN/inf in the data, or ``p < 1``.
+    """
+
+    def __init__(self, X: Tensor, Y: Tensor, p: float = 2.0) -> None:
+        if X.dim() != 2 or Y.dim() != 2 or X.shape[0] != Y.shape[0]:
+            raise ValueError(f"RegressionObjective: X must be (n, d) and Y (n, k) with the same n, got "
+                             f"{tuple(X.shape)} and {tuple(Y.shape)}")
+        if not (torch.isfinite(X).all() and torch.isfinite(Y).all()):
+            raise ValueError("RegressionObjective: X or Y contains NaN or inf")
+        if not p >= 1:
+            raise ValueError(f"RegressionObjective: p must be >= 1, got {p}")
+        self.X, self.Y, self.p = X, Y, float(p)
+        self.shape = (Y.shape[1], X.shape[1])
+
+    def residual(self, W: Tensor) -> Tensor:
+        return self.X.to(W.dtype) @ W.transpose(-1, -2) - self.Y.to(W.dtype)  # (B, n, k)
+
+    def loss_and_grad(self, W: Tensor) -> tuple[Tensor, Tensor]:
+        r = self.residual(W)
+        n = r.shape[-2]
+        a = r.abs()
+        loss = (a ** self.p).sum((-1, -2)) / (self.p * n)
+        dr = torch.sign(r) * a ** (self.p - 1)
+        return loss, dr.transpose(-1, -2) @ self.X.to(W.dtype) / n
+
+
+def balancedness(factors: Sequence[Tensor]) -> Tensor:
+    """``max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F`` per run, factors ``(B, d_out, d_in)`` -> ``(B,)``."""
+    if len(factors) < 2:
+        return torch.zeros(factors[0].shape[:-2], dtype=factors[0].dtype)
+    gaps = [torch.linalg.matrix_norm(b.transpose(-1, -2) @ b - a @ a.transpose(-1, -2))
+            for a, b in zip(factors[:-1], factors[1:])]
+    return torch.stack(gaps).amax(0)
+
+
+def deficiency_margin(W: Tensor, Phi: Tensor) -> Tensor:
+    """``sigma_min(Phi) - ||W - Phi||_F`` (Arora, Cohen, Golowich & Hu 2019, Def. 2); ``(..., k, d)``."""
+    if W.shape[-2:] != Phi.shape[-2:]:
+        raise ValueError(f"deficiency_margin: W {tuple(W.shape)} and Phi {tuple(Phi.shape)} differ in shape")
+    return torch.linalg.svdvals(Phi)[..., -1] - torch.linalg.matrix_norm(W - Phi)
+
+
+def convergence_bound(loss0: float, lr: float, margin: float, depth: int, steps: int) -> float:
+    """``loss0 (1 - lr c^(2(N-1)/N))^t``: the linear rate guaranteed by a positive deficiency margin."""
+    if margin <= 0:
+        return math.inf
+    rate = lr * margin ** (2 * (depth - 1) / depth)
+    return loss0 * max(1 - rate, 0.0) ** steps
+
+
+def synthetic_regression(n: int, d: int, *, k: int = 1, seed: int = 0, condition: float = 10.0,
+                         noise: float = 0.0, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor]:
+    """Ill-conditioned linear regression data: ``X (n, d)`` with singular values spaced log-uniformly over
+    ``[1/condition, 1] * sqrt(n)``, ``Y = X W*^T + noise``, ``W* (k, d)`` Gaussian. Returns ``(X, Y, W*)``."""
+    g = torch.Generator().manual_seed(seed)
+    q1, _ = torch.linalg.qr(torch.randn(n, d, generator=g, dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    s = torch.logspace(0, -math.log10(condition), d, dtype=torch.float64) * math.sqrt(n)
+    X = (q1 * s) @ q2.T
+    W = torch.randn(k, d, generator=g, dtype=torch.float64)
+    Y = X @ W.T + noise * torch.randn(n, k, generator=g, dtype=torch.float64)
+    return X.to(dtype), Y.to(dtype), W.to(dtype)

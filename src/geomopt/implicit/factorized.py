@@ -1,0 +1,426 @@
+"""Factorized gradient descent of any depth, many runs at once.
+
+Gunasekar et al. (2017); Arora, Cohen, Hu & Luo (2019); Arora, Cohen & Hazan (2018).
+
+The end-to-end matrix is ``W = W_N ... W_1`` (depth N; N = 1 is plain gradient descent on W),
+or ``X = U U^T`` in the symmetric depth-2 case of Gunasekar et al. An *objective* gives the loss
+``L(W)`` and its gradient ``G = grad L(W)`` for a batch of end-to-end matrices; the chain rule
+gives each factor's gradient
+
+    dL/dW_j = (W_N ... W_{j+1})^T  G  (W_{j-1} ... W_1)^T,        dL/dU = (G + G^T) U,
+
+and gradient descent updates every factor, ``W_j <- W_j - eta * dL/dW_j``. All runs of a batch
+(different init scales alpha, seeds, step sizes, targets) share the factor tensors
+``(B, d_out, d_in)`` and advance together with batched matmuls (no Python loop over runs).
+
+Initialization: every factor is ``alpha^(1/N) * M_j`` with ``M_j`` Gaussian (``N(0, 1/d_in)``,
+so ``||W(0)||_F ~ alpha sqrt(n)`` as in Arora et al. 2019), orthogonal or identity; or
+``balanced``: ``W(0) = alpha * G`` (G Gaussian) split into balanced factors
+(``W_{j+1}^T W_{j+1} = W_j W_j^T``) through its SVD and random orthogonal hidden bases.
+
+Gradient flow is approximated by small steps; ``adaptive=True`` controls the step of each run
+so that no factor changes by more than ``rel_step`` of its norm in a step, up to ``lr``, and
+halves that run's cap whenever its loss goes up (the cap then regrows by 5% a step, up to ``lr``). ``time`` accumulates the steps (flow time).
+
+Objectives: ``SensingObjective`` (``L = 1/(2m) ||A(W) - y||^2``) here, ``RegressionObjective``
+(l_p regression) in :mod:`geomopt.implicit.deep_linear`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from geomopt.implicit.operators import MeasurementOperator
+from geomopt.implicit.spectral import effective_rank_from_sv, psd_power
+
+INITS = ("gaussian", "orthogonal", "identity", "balanced")
+
+
+class Objective(Protocol):
+    """A loss of the end-to-end matrix: ``loss_and_grad(W (B, n1, n2)) -> (loss (B,), grad (B, n1, n2))``."""
+
+    shape: tuple[int, int]
+
+    def loss_and_grad(self, W: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+class SensingObjective:
+    """``L(W) = 1/(2m) ||A(W) - y||^2``, ``grad L = A*(A(W) - y) / m``.
+
+    Args:
+        op: the measurement operator.
+        y: measurements ``(m,)`` shared by all runs, or ``(B, m)``, one row per run.
+    """
+
+    def __init__(self, op: MeasurementOperator, y: Tensor) -> None:
+        if y.dim() not in (1, 2) or y.shape[-1] != op.m:
+            raise ValueError(f"SensingObjective: y must have shape (m,) or (B, m) with m={op.m}, got {tuple(y.shape)}")
+        if not torch.isfinite(y).all():
+            raise ValueError("SensingObjective: y contains NaN or inf")
+        self.op, self.y, self.shape = op, y, op.shape
+
+    def loss_and_grad(self, W: Tensor) -> tuple[Tensor, Tensor]:
+        r = self.op.forward(W) - self.y.to(W.dtype)
+        return 0.5 * (r * r).mean(-1), self.op.adjoint(r) / self.op.m
+
+    def loss(self, W: Tensor) -> Tensor:
+        r = self.op.forward(W) - self.y.to(W.dtype)
+        return 0.5 * (r * r).mean(-1)
+
+
+# ----------------------------------------------------------------------------- factors
+
+def factor_shapes(shape: tuple[int, int], depth: int, width: int | None = None) -> list[tuple[int, int]]:
+    """Shapes ``(d_out, d_in)`` of ``W_1 .. W_N`` for an end-to-end ``(n1, n2)`` matrix; hidden width ``width``."""
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    n1, n2 = shape
+    h = width if width is not None else min(n1, n2)
+    if h < 1:
+        raise ValueError(f"width must be >= 1, got {h}")
+    if depth == 1:
+        return [(n1, n2)]
+    return [(h, n2)] + [(h, h)] * (depth - 2) + [(n1, h)]
+
+
+def _orthogonal(rows: int, cols: int, g: torch.Generator) -> Tensor:
+    a = torch.randn(max(rows, cols), min(rows, cols), generator=g, dtype=torch.float64)
+    q, r = torch.linalg.qr(a)
+    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+    return q if rows >= cols else q.T
+
+
+def _init_one(shape: tuple[int, int], depth: int, width: int | None, alpha: float, init: str, seed: int,
+              symmetric: bool) -> list[Tensor]:
+    g = torch.Generator().manual_seed(int(seed))
+    if symmetric:
+        n, h = shape[0], width if width is not None else shape[0]
+        if init == "gaussian":
+            m = torch.randn(n, h, generator=g, dtype=torch.float64) / math.sqrt(h)
+        elif init == "orthogonal":
+            m = _orthogonal(n, h, g)
+        elif init == "identity":
+            m = torch.eye(n, h, dtype=torch.float64)
+        else:
+            raise ValueError(f"symmetric factorization: init must be gaussian, orthogonal or identity, got {init!r}")
+        return [math.sqrt(alpha) * m]
+    shapes = factor_shapes(shape, depth, width)
+    if init == "balanced":
+        n1, n2 = shape
+        w0 = alpha * torch.randn(n1, n2, generator=g, dtype=torch.float64) / math.sqrt(n2)
+        return balanced_factors(w0, depth, width, seed=int(seed) + 1)
+    out = []
+    s = alpha ** (1.0 / depth)
+    for d_out, d_in in shapes:
+        if init == "gaussian":
+            m = torch.randn(d_out, d_in, generator=g, dtype=torch.float64) / math.sqrt(d_in)
+        elif init == "orthogonal":
+            m = _orthogonal(d_out, d_in, g)
+        elif init == "identity":
+            m = torch.eye(d_out, d_in, dtype=torch.float64)
+        else:
+            raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
+        out.append(s * m)
+    return out
+
+
+def balanced_factors(W: Tensor, depth: int, width: int | None = None, *, seed: int = 0) -> list[Tensor]:
+    """Split ``W (n1, n2)`` into ``depth`` balanced factors with ``W_N ... W_1 = W``.
+
+    With ``W = U S V^T`` (thin SVD, rank k = min(n1, n2)): ``W_1 = Q_1 S^(1/N) V^T``,
+    ``W_j = Q_j S^(1/N) Q_{j-1}^T``, ``W_N = U S^(1/N) Q_{N-1}^T`` with random orthonormal
+    ``Q_j (width, k)``; then ``W_{j+1}^T W_{j+1} = W_j W_j^T`` (Arora, Cohen & Hazan 2018).
+
+    Raises:
+        ValueError: when ``width < min(n1, n2)`` (the factors could not represent W).
+    """
+    if W.dim() != 2:
+        raise ValueError(f"balanced_factors: expected one matrix (n1, n2), got shape {tuple(W.shape)}")
+    n1, n2 = W.shape
+    k = min(n1, n2)
+    h = width if width is not None else k
+    if depth == 1:
+        return [W.clone()]
+    if h < k:
+        raise ValueError(f"balanced_factors: width {h} < min(n1, n2) = {k}")
+    u, s, vh = torch.linalg.svd(W, full_matrices=False)
+    root = torch.diag(s ** (1.0 / depth))
+    g = torch.Generator().manual_seed(seed)
+    qs = [_orthogonal(h, k, g).to(W.dtype) for _ in range(depth - 1)]
+    factors = [qs[0] @ root @ vh]
+    for j in range(1, depth - 1):
+        factors.append(qs[j] @ root @ qs[j - 1].T)
+    factors.append(u @ root @ qs[-1].T)
+    return factors
+
+
+def init_factors(shape: tuple[int, int], depth: int, *, alphas: Sequence[float], seeds: Sequence[int],
+                 init: str = "gaussian", width: int | None = None, symmetric: bool = False,
+                 dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> list[Tensor]:
+    """Initial factors for a batch of runs, run b with scale ``alphas[b]`` and seed ``seeds[b]``.
+
+    Returns:
+        ``[W_1, ..., W_N]``, each ``(B, d_out, d_in)`` (or ``[U]`` ``(B, n, width)`` when ``symmetric``).
+
+    Raises:
+        ValueError: bad init, depth, lengths, non-positive alpha, or ``symmetric`` with depth != 2 / non-square.
+    """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
+    if len(alphas) != len(seeds) or len(alphas) == 0:
+        raise ValueError(f"init_factors: alphas and seeds must be equally long and non-empty, got {len(alphas)} "
+                         f"and {len(seeds)}")
+    if any(not (a >= 0 and math.isfinite(a)) for a in alphas):
+        raise ValueError(f"init_factors: alphas must be finite and >= 0, got {list(alphas)}")
+    if symmetric and (depth != 2 or shape[0] != shape[1]):
+        raise ValueError(f"symmetric factorization X = U U^T needs depth 2 and a square matrix, got depth {depth}, "
+                         f"shape {shape}")
+    runs = [_init_one(shape, depth, width, float(a), init, int(s), symmetric) for a, s in zip(alphas, seeds)]
+    return [torch.stack([r[j] for r in runs]).to(dtype=dtype, device=device) for j in range(len(runs[0]))]
+
+
+def end_to_end(factors: Sequence[Tensor], symmetric: bool = False) -> Tensor:
+    """``W_N ... W_1`` (or ``U U^T``) for factors ``(B, d_out, d_in)``."""
+    if symmetric:
+        (u,) = factors
+        return u @ u.transpose(-1, -2)
+    w = factors[0]
+    for f in factors[1:]:
+        w = f @ w
+    return w
+
+
+def factor_grads(factors: Sequence[Tensor], G: Tensor, symmetric: bool = False) -> list[Tensor]:
+    """Gradients of ``L(W_N...W_1)`` w.r.t. each factor given ``G = grad L(W)`` (module docstring)."""
+    if symmetric:
+        (u,) = factors
+        return [(G + G.transpose(-1, -2)) @ u]
+    n = len(factors)
+    if n == 1:
+        return [G]
+    prefix = [factors[0]]  # prefix[j] = W_{j+1} ... W_1 (0-based)
+    for f in factors[1:-1]:
+        prefix.append(f @ prefix[-1])
+    suffix_t = [G]  # (W_N ... W_{j+1})^T G, built from the top
+    for f in reversed(factors[1:]):
+        suffix_t.append(f.transpose(-1, -2) @ suffix_t[-1])
+    suffix_t.reverse()  # suffix_t[j] = (W_N ... W_{j+2})^T G for 0-based factor j
+    grads = [suffix_t[0]]
+    for j in range(1, n):
+        grads.append(suffix_t[j] @ prefix[j - 1].transpose(-1, -2))
+    return grads
+
+
+# ----------------------------------------------------------------------------- dynamics
+
+@dataclass
+class FactorizedResult:
+    """Outcome of a batch of runs.
+
+    Attributes:
+        factors: final factors, each ``(B, d_out, d_in)``.
+        W: final end-to-end matrices ``(B, n1, n2)``.
+        steps: logged step indices ``(T,)``.
+        history: ``loss``, ``time`` (flow time), ``nuclear``, ``erank``, ``dist`` (relative distance to the
+            reference, if given) as ``(T, B)``; ``sv`` as ``(T, B, k)``; values after a run stopped repeat its last.
+        steps_taken: per run, the steps it made ``(B,)``; converged / diverged flags ``(B,)``.
+    """
+
+    factors: list[Tensor]
+    W: Tensor
+    steps: Tensor
+    history: dict[str, Tensor]
+    steps_taken: Tensor
+    converged: Tensor
+    diverged: Tensor
+    final_loss: Tensor
+    meta: dict = field(default_factory=dict)
+
+
+def _as_batch(x: float | Sequence[float] | Tensor, batch: int, name: str, dtype, device) -> Tensor:
+    t = torch.as_tensor(x, dtype=dtype, device=device)
+    if t.dim() == 0:
+        t = t.expand(batch).clone()
+    if t.shape != (batch,):
+        raise ValueError(f"{name}: expected a scalar or {batch} values (one per run), got shape {tuple(t.shape)}")
+    if not (torch.isfinite(t).all() and (t > 0).all()):
+        raise ValueError(f"{name}: must be finite and > 0, got {t.tolist()}")
+    return t
+
+
+def run_factorized(objective: Objective, factors: Sequence[Tensor], *, lr: float | Sequence[float] | Tensor,
+                   steps: int, symmetric: bool = False, adaptive: bool = False, rel_step: float = 0.01,
+                   tol: float | None = None, log_every: int = 100, reference: Tensor | None = None,
+                   track_sv: int = 0, progress: bool = False, desc: str = "factorized GD") -> FactorizedResult:
+    """Gradient descent on the factors of a batch of runs.
+
+    Args:
+        objective: gives ``(loss (B,), grad (B, n1, n2))`` of the end-to-end matrices.
+        factors: initial factors (see :func:`init_factors`); not modified.
+        lr: step size, one for all runs or one per run ``(B,)``; the cap of the step when ``adaptive``.
+        steps: maximal number of steps.
+        symmetric: factors are ``[U]`` with ``X = U U^T``.
+        adaptive: step control for gradient flow (module docstring).
+        rel_step: the largest relative change of a factor in one step when ``adaptive``.
+        tol: a run stops (is frozen) once its loss is at most ``tol``.
+        log_every: record the trackers every this many steps (and at the first and last).
+        reference: ``(n1, n2)`` or ``(B, n1, n2)``; ``history['dist']`` is ``||W - ref||_F / ||ref||_F``.
+        track_sv: record the top ``track_sv`` singular values.
+        progress: show a tqdm bar.
+
+    Returns:
+        A :class:`FactorizedResult`. Runs whose loss becomes NaN/inf are frozen and flagged ``diverged``.
+
+    Raises:
+        ValueError: on bad shapes or hyperparameters.
+    """
+    factors = [f.clone() for f in factors]
+    if not factors or any(f.dim() != 3 or f.shape[0] != factors[0].shape[0] for f in factors):
+        raise ValueError("run_factorized: factors must be a non-empty list of (B, d_out, d_in) tensors with one B; "
+                         f"got shapes {[tuple(f.shape) for f in factors]}")
+    if steps < 0 or log_every < 1:
+        raise ValueError(f"run_factorized: steps must be >= 0 and log_every >= 1, got {steps}, {log_every}")
+    if adaptive and not rel_step > 0:
+        raise ValueError(f"run_factorized: rel_step must be > 0, got {rel_step}")
+    B, dtype, device = factors[0].shape[0], factors[0].dtype, factors[0].device
+    W = end_to_end(factors, symmetric)
+    if tuple(W.shape[1:]) != tuple(objective.shape):
+        raise ValueError(f"run_factorized: the factors give {tuple(W.shape[1:])} matrices, the objective expects "
+                         f"{tuple(objective.shape)}")
+    cap = _as_batch(lr, B, "lr", dtype, device)
+    lr_max = cap.clone()
+    if reference is not None:
+        reference = reference.to(dtype=dtype, device=device)
+        ref_norm = torch.linalg.matrix_norm(reference).clamp(min=torch.finfo(dtype).tiny)
+    active = torch.ones(B, dtype=torch.bool, device=device)
+    converged = torch.zeros_like(active)
+    diverged = torch.zeros_like(active)
+    taken = torch.zeros(B, dtype=torch.long, device=device)
+    time = torch.zeros(B, dtype=dtype, device=device)
+    prev_loss = torch.full((B,), math.inf, dtype=dtype, device=device)
+    logs: dict[str, list[Tensor]] = {k: [] for k in ("loss", "time", "nuclear", "erank", "dist", "sv")}
+    logged_steps: list[int] = []
+
+    def record(step: int, loss: Tensor, W: Tensor) -> None:
+        sv = torch.linalg.svdvals(W)
+        logged_steps.append(step)
+        logs["loss"].append(loss.clone())
+        logs["time"].append(time.clone())
+        logs["nuclear"].append(sv.sum(-1))
+        logs["erank"].append(effective_rank_from_sv(sv))
+        if reference is not None:
+            logs["dist"].append(torch.linalg.matrix_norm(W - reference) / ref_norm)
+        if track_sv:
+            logs["sv"].append(sv[:, :track_sv].clone())
+
+    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
+    step = 0
+    loss, G = objective.loss_and_grad(W)
+    while True:
+        bad = ~torch.isfinite(loss)
+        diverged |= bad & active
+        active &= ~bad
+        if tol is not None:
+            done = active & (loss <= tol)
+            converged |= done
+            active &= ~done
+        if step % log_every == 0 or step == steps or not active.any():
+            record(step, loss, W)
+        if step >= steps or not active.any():
+            break
+        grads = factor_grads(factors, G, symmetric)
+        eta = cap.clone()
+        if adaptive:
+            # the cap halves for runs whose loss went up; the step keeps relative factor changes <= rel_step
+            cap = torch.where(active & (loss > prev_loss), cap / 2, torch.minimum(cap * 1.05, lr_max))
+            ratio = torch.stack([torch.linalg.matrix_norm(g) / torch.linalg.matrix_norm(f).clamp(min=1e-300)
+                                 for f, g in zip(factors, grads)]).amax(0)
+            eta = torch.minimum(cap, rel_step / ratio.clamp(min=1e-300))
+        eta = torch.where(active, eta, torch.zeros_like(eta))
+        e = eta.view(B, 1, 1)
+        factors = [torch.where(active.view(B, 1, 1), f - e * g, f) for f, g in zip(factors, grads)]
+        time += eta
+        taken += active.long()
+        prev_loss = torch.where(active, loss, prev_loss)
+        step += 1
+        bar.update(1)
+        W = end_to_end(factors, symmetric)
+        loss, G = objective.loss_and_grad(W)
+    bar.close()
+    history = {k: torch.stack(v) for k, v in logs.items() if v}
+    return FactorizedResult(factors=factors, W=W, steps=torch.tensor(logged_steps), history=history,
+                            steps_taken=taken, converged=converged, diverged=diverged, final_loss=loss,
+                            meta={"symmetric": symmetric, "adaptive": adaptive})
+
+
+# ----------------------------------------------------------------------------- end-to-end dynamics
+
+def end_to_end_direction(W: Tensor, G: Tensor, depth: int) -> Tensor:
+    """``sum_{j=1..N} (W W^T)^((j-1)/N) G (W^T W)^((N-j)/N)`` for ``(..., n1, n2)`` (Arora, Cohen & Hazan 2018).
+
+    Under gradient flow from a balanced init, ``dW/dt = -end_to_end_direction(W, grad L(W), N)``.
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    if depth == 1:
+        return G.clone()
+    wwt = W @ W.transpose(-1, -2)
+    wtw = W.transpose(-1, -2) @ W
+    out = torch.zeros_like(G)
+    for j in range(1, depth + 1):
+        out = out + psd_power(wwt, (j - 1) / depth) @ G @ psd_power(wtw, (depth - j) / depth)
+    return out
+
+
+def end_to_end_step(W: Tensor, G: Tensor, depth: int, lr: float) -> Tensor:
+    """One step of the end-to-end update rule: ``W - lr * end_to_end_direction(W, G, depth)``."""
+    return W - lr * end_to_end_direction(W, G, depth)
+
+
+def end_to_end_vector_step(w: Tensor, g: Tensor, depth: int, lr: float) -> Tensor:
+    """Single-output closed form (Arora, Cohen & Hazan 2018, Eq. 9 / Thm. 2):
+    ``w <- w - lr ||w||^(2 - 2/N) (g + (N - 1) Pr_w g)`` with ``Pr_w g = (w . g) w / ||w||^2``; ``w, g (..., d)``."""
+    norm2 = (w * w).sum(-1, keepdim=True)
+    proj = (w * g).sum(-1, keepdim=True) * w / norm2.clamp(min=torch.finfo(w.dtype).tiny)
+    return w - lr * norm2 ** (1 - 1 / depth) * (g + (depth - 1) * proj)
+
+
+def run_end_to_end(objective: Objective, W0: Tensor, depth: int, *, lr: float, steps: int,
+                   log_every: int = 1) -> tuple[Tensor, Tensor]:
+    """Iterate :func:`end_to_end_step` from ``W0 (B, n1, n2)``; returns ``(W_final, loss history (T, B))``."""
+    W = W0.clone()
+    losses = []
+    for step in range(steps + 1):
+        loss, G = objective.loss_and_grad(W)
+        if step % log_every == 0 or step == steps:
+            losses.append(loss)
+        if step == steps:
+            break
+        W = end_to_end_step(W, G, depth, lr)
+    return W, torch.stack(losses)
+
+
+def run_sweep(objective: Objective, *, depths: Sequence[int], alphas: Sequence[float], seeds: Sequence[int],
+              init: str = "gaussian", width: int | None = None, symmetric: bool = False,
+              dtype: torch.dtype = torch.float64, device: torch.device | str | None = None,
+              progress: bool = False, **run_kwargs) -> dict[int, tuple[list[tuple[float, int]], FactorizedResult]]:
+    """Every (alpha, seed) run of each depth in one batch: ``len(alphas) * len(seeds)`` runs per depth.
+
+    Returns:
+        ``{depth: ([(alpha, seed) of each run, in batch order], FactorizedResult)}``.
+    """
+    out = {}
+    runs = [(float(a), int(s)) for a in alphas for s in seeds]
+    for depth in depths:
+        factors = init_factors(objective.shape, depth, alphas=[a for a, _ in runs], seeds=[s for _, s in runs],
+                               init=init, width=width, symmetric=symmetric, dtype=dtype, device=device)
+        out[depth] = (runs, run_factorized(objective, factors, symmetric=symmetric, progress=progress,
+                                           desc=f"depth {depth}", **run_kwargs))
+    return out

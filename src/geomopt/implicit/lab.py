@@ -1,0 +1,282 @@
+"""The lab behind ``geomopt implicit``: one problem, a grid of (depth, alpha, seed) runs, the convex
+baseline, a table (CSV + JSON) and PNG figures.
+
+Normalization (Arora, Cohen, Hu & Luo 2019): the target has ``||W*||_F = n`` (entries of order 1),
+Gaussian sensing matrices have entries ``N(0, 1/n^2)``, so ``y`` is of order 1 for both sensing and
+completion. The default step is ``lr_factor / (N lambda_max(A*A/m) ||W*||_2^(2 - 2/N))``, the
+inverse of the curvature of the loss at the target, with adaptive step control on top.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geomopt.implicit.deep_linear import RegressionObjective, synthetic_regression
+from geomopt.implicit.factorized import SensingObjective, init_factors, run_factorized
+from geomopt.implicit.nuclear import min_nuclear_norm
+from geomopt.implicit.operators import Completion, GaussianSensing, MeasurementOperator, random_low_rank, random_psd
+from geomopt.implicit.spectral import effective_rank, nuclear_norm, relative_distance
+from geomopt.report import plot_curves
+
+
+@dataclass
+class MatrixLabConfig:
+    """A sensing or completion problem and the grid of runs on it."""
+
+    kind: str = "sensing"  # sensing | completion
+    n: int = 50
+    rank: int = 2
+    m: int = 400
+    depths: tuple[int, ...] = (2,)
+    alphas: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
+    seeds: tuple[int, ...] = (0,)
+    psd: bool = False  # PSD truth, symmetric sensing, U U^T at depth 2, PSD baseline (Gunasekar et al.)
+    init: str = "gaussian"
+    lr_factor: float = 0.5
+    steps: int = 20000
+    adaptive: bool = True
+    rel_step: float = 0.01
+    tol: float = 1e-10  # stop a run at this training loss (relative to the loss at W = 0)
+    problem_seed: int = 0
+    solver: str = "auto"  # nuclear-norm baseline: auto | cvxpy | admm | none
+    log_every: int = 50
+    dtype: str = "float64"
+
+    def validate(self) -> None:
+        if self.kind not in ("sensing", "completion"):
+            raise ValueError(f"implicit: kind must be sensing or completion, got {self.kind!r}")
+        if not 1 <= self.rank <= self.n:
+            raise ValueError(f"implicit: need 1 <= rank <= n, got rank={self.rank}, n={self.n}")
+        if self.kind == "completion" and not 1 <= self.m <= self.n * self.n:
+            raise ValueError(f"implicit completion: need 1 <= m <= n^2 = {self.n ** 2}, got m={self.m}")
+        if self.psd and any(d != 2 for d in self.depths if d > 1):
+            raise ValueError("implicit: psd=True uses X = U U^T, so depths must be 1 or 2")
+        if not self.depths or min(self.depths) < 1 or not self.alphas or not self.seeds:
+            raise ValueError("implicit: depths (>= 1), alphas and seeds must be non-empty")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"implicit: dtype must be float32 or float64, got {self.dtype!r}")
+
+
+def build_problem(cfg: MatrixLabConfig) -> tuple[MeasurementOperator, torch.Tensor, torch.Tensor]:
+    """``(operator, target W*, measurements y)`` for the config (all float64)."""
+    cfg.validate()
+    n = cfg.n
+    if cfg.psd:
+        target = random_psd(n, cfg.rank, seed=cfg.problem_seed, fro_norm=float(n))
+    else:
+        target = random_low_rank(n, n, cfg.rank, seed=cfg.problem_seed, fro_norm=float(n))
+    if cfg.kind == "sensing":
+        op = GaussianSensing(n, n, cfg.m, seed=cfg.problem_seed + 1, symmetric=cfg.psd, scale=1.0 / n)
+    else:
+        op = Completion.random(n, n, cfg.m, seed=cfg.problem_seed + 1, symmetric=cfg.psd)
+    return op, target, op(target)
+
+
+def operator_norm2(op: MeasurementOperator, iters: int = 50, seed: int = 0) -> float:
+    """``lambda_max(A* A)`` by power iteration on the operator."""
+    x = torch.randn(*op.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    lam = 0.0
+    for _ in range(iters):
+        x = op.adjoint(op(x))
+        lam = float(torch.linalg.matrix_norm(x))
+        x = x / max(lam, 1e-300)
+    return lam
+
+
+def default_lr(op: MeasurementOperator, target: torch.Tensor, depth: int, factor: float) -> float:
+    sigma = float(torch.linalg.matrix_norm(target, ord=2))
+    return factor / (depth * operator_norm2(op) / op.m * sigma ** (2 - 2 / depth))
+
+
+def _write_table(rows: list[dict[str, Any]], out: Path, stem: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    with (out / f"{stem}.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    (out / f"{stem}.json").write_text(json.dumps(rows, indent=1))
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run with ``n`` torch threads and restore the previous count (small matrices run fastest on 1)."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def run_matrix_lab(cfg: MatrixLabConfig, out: Path | None = None, *, progress: bool = False,
+                   threads: int | None = 1) -> dict[str, Any]:
+    """Run the grid, the baseline, write ``table.csv/json``, ``config.json`` and figures into ``out``.
+
+    ``threads``: torch threads during the run (1 is fastest below n ~ 200; None keeps the current setting).
+
+    Returns:
+        ``{"rows": [...], "baseline": {...} or None, "histories": {depth: (runs, FactorizedResult)}}``.
+    """
+    with torch_threads(threads):
+        return _run_matrix_lab(cfg, out, progress)
+
+
+def _run_matrix_lab(cfg: MatrixLabConfig, out: Path | None, progress: bool) -> dict[str, Any]:
+    cfg.validate()
+    dtype = getattr(torch, cfg.dtype)
+    op, target, y = build_problem(cfg)
+    baseline = None
+    if cfg.solver != "none":
+        t0 = time.perf_counter()
+        res = min_nuclear_norm(op, y, psd=cfg.psd, solver=cfg.solver)
+        baseline = {"X": res.X, "solver": res.solver, "seconds": time.perf_counter() - t0,
+                    "nuclear": res.nuclear_norm, "err": float(relative_distance(res.X, target) ** 2),
+                    "erank": float(effective_rank(res.X)), "residual": res.residual}
+    objective = SensingObjective(op.to(dtype=dtype), y.to(dtype))
+    loss_zero = float(0.5 * (y * y).mean())
+    rows, histories = [], {}
+    runs = [(float(a), int(s)) for a in cfg.alphas for s in cfg.seeds]
+    for depth in cfg.depths:
+        lr = default_lr(op, target, depth, cfg.lr_factor)
+        symmetric = cfg.psd and depth == 2
+        factors = init_factors(op.shape, depth, alphas=[a for a, _ in runs], seeds=[s for _, s in runs],
+                               init=cfg.init, symmetric=symmetric, dtype=dtype)
+        t0 = time.perf_counter()
+        result = run_factorized(objective, factors, lr=lr, steps=cfg.steps, symmetric=symmetric,
+                                adaptive=cfg.adaptive, rel_step=cfg.rel_step, tol=cfg.tol * loss_zero,
+                                log_every=cfg.log_every, reference=None if baseline is None else baseline["X"],
+                                track_sv=min(10, cfg.n), progress=progress, desc=f"{cfg.kind} depth {depth}")
+        seconds = time.perf_counter() - t0
+        histories[depth] = (runs, result)
+        W = result.W.double()
+        err = relative_distance(W, target) ** 2
+        for b, (alpha, seed) in enumerate(runs):
+            row = {"depth": depth, "alpha": alpha, "seed": seed, "lr": lr, "steps": int(result.steps_taken[b]),
+                   "train_loss": float(result.final_loss[b]), "converged": bool(result.converged[b]),
+                   "diverged": bool(result.diverged[b]), "err": float(err[b]),
+                   "nuclear": float(nuclear_norm(W[b])), "erank": float(effective_rank(W[b])),
+                   "seconds_batch": seconds}
+            if baseline is not None:
+                row["dist_nuc"] = float(relative_distance(W[b], baseline["X"]))
+            rows.append(row)
+    if baseline is not None:
+        rows.append({"depth": "nuclear", "alpha": "", "seed": "", "lr": "", "steps": "", "train_loss": "",
+                     "converged": True, "diverged": False, "err": baseline["err"], "nuclear": baseline["nuclear"],
+                     "erank": baseline["erank"], "seconds_batch": baseline["seconds"], "dist_nuc": 0.0})
+    if out is not None:
+        out = Path(out)
+        _write_table(rows, out, "table")
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        _matrix_figures(cfg, rows, histories, baseline, out)
+    return {"rows": rows, "baseline": baseline, "histories": histories, "target": target}
+
+
+def _matrix_figures(cfg, rows, histories, baseline, out: Path) -> list[str]:
+    files = []
+    if baseline is not None:
+        panels = {f"{cfg.kind}: distance to min-nuclear-norm solution": {}}
+        for depth in cfg.depths:
+            xs, ys = [], []
+            for a in cfg.alphas:
+                ds = [r["dist_nuc"] for r in rows if r["depth"] == depth and r["alpha"] == a]
+                xs.append(a)
+                ys.append(sum(ds) / len(ds))
+            panels[next(iter(panels))][f"depth {depth}"] = (xs, ys)
+        _loglog(panels, out / "dist_vs_alpha.png", "alpha (init scale)", "||W - W_nuc||_F / ||W_nuc||_F")
+        files.append("dist_vs_alpha.png")
+    for key, fname, label in [("loss", "loss.png", "training loss"), ("erank", "erank.png", "effective rank")]:
+        panels = {}
+        for depth, (runs, res) in histories.items():
+            panels[f"depth {depth}"] = {f"alpha {a:g}, seed {s}": (res.steps.tolist(), res.history[key][:, b].tolist())
+                                        for b, (a, s) in enumerate(runs)}
+        plot_curves(panels, out / fname, xlabel="step", ylabel=label, logy=key == "loss")
+        files.append(fname)
+    return files
+
+
+def _loglog(panels, path: Path, xlabel: str, ylabel: str) -> None:
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for title, lines in panels.items():
+        for label, (xs, ys) in lines.items():
+            ax.plot(xs, ys, marker="o", label=label)
+        ax.set_title(title, fontsize=10)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@dataclass
+class DeepLinearLabConfig:
+    """l_p regression with depth-N linear networks (balanced init from the same end-to-end W(0))."""
+
+    n: int = 512
+    d: int = 32
+    k: int = 1
+    p: float = 4.0
+    depths: tuple[int, ...] = (1, 2, 3)
+    lr: float = 1e-3
+    steps: int = 5000
+    init_scale: float = 1.0  # ||W(0)||_F
+    width: int | None = None  # hidden width (default d)
+    condition: float = 10.0
+    seed: int = 0
+    log_every: int = 10
+    target_loss: float | None = None  # steps to reach it are reported (default: 1.5x depth 1's final loss)
+
+    def validate(self) -> None:
+        if min(self.n, self.d, self.k, self.steps) < 1 or not self.depths or min(self.depths) < 1:
+            raise ValueError("deep-linear: n, d, k, steps and depths must be positive")
+        if not self.p >= 1 or not self.lr > 0:
+            raise ValueError(f"deep-linear: need p >= 1 and lr > 0, got p={self.p}, lr={self.lr}")
+
+
+def run_deep_linear_lab(cfg: DeepLinearLabConfig, out: Path | None = None, *, progress: bool = False,
+                        threads: int | None = 1) -> dict:
+    """Train each depth from the same end-to-end start with the same lr; rows + loss curves."""
+    with torch_threads(threads):
+        return _run_deep_linear_lab(cfg, out, progress)
+
+
+def _run_deep_linear_lab(cfg: DeepLinearLabConfig, out: Path | None, progress: bool) -> dict:
+    cfg.validate()
+    X, Y, _ = synthetic_regression(cfg.n, cfg.d, k=cfg.k, seed=cfg.seed, condition=cfg.condition)
+    objective = RegressionObjective(X, Y, cfg.p)
+    curves, rows = {}, []
+    for depth in cfg.depths:
+        factors = init_factors(objective.shape, depth, alphas=[cfg.init_scale / math.sqrt(cfg.k)], seeds=[cfg.seed], init="balanced",
+                               width=cfg.width or cfg.d)
+        res = run_factorized(objective, factors, lr=cfg.lr, steps=cfg.steps, log_every=cfg.log_every,
+                             progress=progress, desc=f"deep-linear depth {depth}")
+        curves[depth] = (res.steps.tolist(), res.history["loss"][:, 0].tolist(), bool(res.diverged[0]))
+    base_final = curves[min(cfg.depths)][1][-1]
+    target = cfg.target_loss if cfg.target_loss is not None else 1.5 * base_final
+    for depth, (steps, losses, diverged) in curves.items():
+        hit = next((s for s, v in zip(steps, losses) if v <= target), None)
+        rows.append({"depth": depth, "p": cfg.p, "lr": cfg.lr, "initial_loss": losses[0], "final_loss": losses[-1],
+                     "target_loss": target, "steps_to_target": hit if hit is not None else "", "diverged": diverged})
+    if out is not None:
+        out = Path(out)
+        _write_table(rows, out, "table")
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        plot_curves({f"l{cfg.p:g} regression, lr {cfg.lr:g}": {f"depth {d}": (s, v) for d, (s, v, _) in
+                                                               curves.items()}},
+                    out / "loss.png", xlabel="step", ylabel=f"l{cfg.p:g} loss", logy=True)
+    return {"rows": rows, "curves": curves}

@@ -1,0 +1,65 @@
+"""Spectral measures of a (batch of) matrices: nuclear norm, effective rank, distances.
+
+Effective rank (Roy & Vetterli, "The effective rank: a measure of effective dimensionality",
+EUSIPCO 2007): with singular values ``sigma_1..sigma_k`` and ``p_i = sigma_i / sum_j sigma_j``,
+``erank = exp(H(p))``, ``H(p) = -sum_i p_i log p_i`` (``0 log 0 = 0``). It equals k for k equal
+non-zero singular values and lies in ``[1, rank]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _check_matrix(name: str, X: Tensor) -> None:
+    if not isinstance(X, Tensor) or X.dim() < 2:
+        raise ValueError(f"{name}: expected a matrix or a batch of matrices (..., n1, n2), got "
+                         f"{tuple(X.shape) if isinstance(X, Tensor) else type(X).__name__}")
+
+
+def singular_values(X: Tensor) -> Tensor:
+    """``(..., n1, n2) -> (..., min(n1, n2))``, descending."""
+    _check_matrix("singular_values", X)
+    return torch.linalg.svdvals(X)
+
+
+def nuclear_norm(X: Tensor) -> Tensor:
+    """Sum of singular values, ``(..., n1, n2) -> (...)``."""
+    return singular_values(X).sum(-1)
+
+
+def effective_rank_from_sv(sv: Tensor, eps: float = 0.0) -> Tensor:
+    """Roy & Vetterli's effective rank from singular values ``(..., k)``; 0 for the zero matrix."""
+    sv = sv.clamp(min=0)
+    total = sv.sum(-1, keepdim=True)
+    p = sv / total.clamp(min=torch.finfo(sv.dtype).tiny)
+    ent = -torch.where(p > eps, p * torch.log(p.clamp(min=torch.finfo(sv.dtype).tiny)), torch.zeros_like(p)).sum(-1)
+    return torch.where(total.squeeze(-1) > 0, torch.exp(ent), torch.zeros_like(ent))
+
+
+def effective_rank(X: Tensor) -> Tensor:
+    """Roy & Vetterli's effective rank of ``(..., n1, n2)`` matrices, ``-> (...)``."""
+    return effective_rank_from_sv(singular_values(X))
+
+
+def relative_distance(X: Tensor, ref: Tensor) -> Tensor:
+    """``||X - ref||_F / ||ref||_F`` over the last two dimensions (``ref`` broadcasts)."""
+    _check_matrix("relative_distance", X)
+    return torch.linalg.matrix_norm(X - ref) / torch.linalg.matrix_norm(ref).clamp(min=torch.finfo(X.dtype).tiny)
+
+
+def psd_power(M: Tensor, p: float) -> Tensor:
+    """``M^p`` of symmetric PSD matrices ``(..., n, n)`` by eigendecomposition (eigenvalues below
+    ``n * eps * max eigenvalue`` -> 0).
+
+    ``p = 0`` returns the identity (the convention ``(W W^T)^0 = I`` of the end-to-end dynamics).
+    """
+    _check_matrix("psd_power", M)
+    if p == 0:
+        return torch.eye(M.shape[-1], dtype=M.dtype, device=M.device).expand_as(M).clone()
+    evals, evecs = torch.linalg.eigh((M + M.transpose(-1, -2)) / 2)
+    # eigenvalues at rounding level are zeros of a rank-deficient M: (1e-16)^(1/3) would not be negligible
+    cut = M.shape[-1] * torch.finfo(M.dtype).eps * evals.abs().amax(-1, keepdim=True)
+    evals = torch.where(evals > cut, evals, torch.zeros_like(evals)) ** p
+    return (evecs * evals.unsqueeze(-2)) @ evecs.transpose(-1, -2)

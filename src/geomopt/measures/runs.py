@@ -1,0 +1,76 @@
+"""Measures of a trained run directory (``geomopt measure RUN_DIR``).
+
+A run directory is what :func:`geomopt.train.train` writes (config.json, checkpoint.pt,
+summary.json). The initial network is rebuilt from the config (initialization is a pure function
+of the seed), so distances to init and the PAC-Bayes prior mean need nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geomopt.data import load_dataset, make_loader
+from geomopt.measures.core import compute
+from geomopt.nn import build_model
+from geomopt.train.checkpoint import load_checkpoint, write_json
+from geomopt.train.config import TrainConfig
+
+MEASURES_FILE = "measures.json"
+
+
+def _build(config: TrainConfig, bundle) -> torch.nn.Module:
+    kwargs = {"task": bundle.task} if getattr(bundle, "task", None) is not None else {}
+    return build_model(config.model, bundle.input_shape, bundle.num_classes, widths=config.widths, bias=config.bias,
+                       dropout=config.dropout, init=config.init, seed=config.seed, **kwargs)
+
+
+def load_run(run_dir: str | Path):
+    """(config, trained model, initial model, DatasetBundle) of a run directory."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.json; pass a `geomopt train` output directory")
+    config = TrainConfig.load(run_dir / "config.json")
+    bundle = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, train_size=config.train_size,
+                          label_noise=config.label_noise)
+    if getattr(bundle, "task", "classification") not in (None, "classification"):
+        raise ValueError(f"{run_dir}: generalization measures need a classification run, got task {bundle.task!r}")
+    init = _build(config, bundle)
+    model = _build(config, bundle)
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    model.load_state_dict(state["model"])
+    return config, model.eval(), init.eval(), bundle
+
+
+def measure_run(run_dir: str | Path, *, measures: str | list[str] = "all", progress: bool = True,
+                overwrite: bool = False, **options: Any) -> dict[str, Any]:
+    """Compute the measures of a trained run and write ``RUN_DIR/measures.json``.
+
+    The stored result also holds the run's final train/test error and loss and the
+    generalization gap (test error - train error). An existing measures.json computed with the
+    same options and config, newer than the checkpoint, is returned unless ``overwrite``.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / MEASURES_FILE
+    key = {"measures": measures, **options}
+    if path.is_file() and not overwrite:
+        stored = json.loads(path.read_text())
+        current = json.loads((run_dir / "config.json").read_text())
+        ckpt = run_dir / "checkpoint.pt"
+        if (stored.get("options") == json.loads(json.dumps(key)) and stored.get("config") == current
+                and ckpt.is_file() and ckpt.stat().st_mtime <= path.stat().st_mtime):
+            return stored
+    config, model, init, bundle = load_run(run_dir)
+    train = make_loader(bundle.train, 1000, shuffle=False)
+    result = compute(model, train, init_model=init, measures=measures, progress=progress, **options)
+    from geomopt.train.engine import evaluate
+    test_loss, test_acc = evaluate(model, make_loader(bundle.test, 1000, shuffle=False),
+                                   torch.nn.functional.cross_entropy)
+    result.update({"test_loss": test_loss, "test_error": 1 - test_acc,
+                   "gap": (1 - test_acc) - result["train_error"], "loss_gap": test_loss - result["train_loss"],
+                   "options": key, "config": config.to_dict()})
+    write_json(path, result)
+    return result

@@ -1,0 +1,460 @@
+r"""K-FAC and EKFAC optimizers: Kronecker-factored natural gradient.
+
+K-FAC: Martens & Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate
+Curvature", ICML 2015; convolutions by KFC, Grosse & Martens, ICML 2016.
+EKFAC: George, Laurent, Bouthillier, Ballas & Vincent, "Fast Approximate Natural Gradient Descent
+in a Kronecker-factored Eigenbasis", NeurIPS 2018.
+
+For every supported layer (``nn.Linear``, ``nn.Conv2d``; see :mod:`geomopt.curvature.layers`)
+with gradient matrix ``M = [dW | db]`` (``(d_out, d_in)``) and running-average factors
+``A = E[a a^T]``, ``G = E[g g^T]`` (updated every ``update_freq`` steps with
+``X <- factor_decay X + (1 - factor_decay) X_batch``):
+
+- K-FAC (every ``inv_freq`` steps ``A_inv, G_inv`` are recomputed with pi-damping,
+  :func:`geomopt.curvature.pi_split`)::
+
+      D = (G + sqrt(l)/pi I)^{-1} (M + wd [W | b]) (A + pi sqrt(l) I)^{-1}
+
+- EKFAC (every ``inv_freq`` steps the eigenbases ``U_A, U_G`` are recomputed and the diagonal
+  reset to ``e_G e_A^T``, as in the authors' code; *every* step the diagonal is re-estimated from
+  the batch's per-example gradients in the eigenbasis,
+  ``s <- factor_decay s + (1 - factor_decay) mean_n (U_G^T M_n U_A)^2``)::
+
+      D = U_G ((U_G^T (M + wd [W | b]) U_A) / (s + l)) U_A^T
+
+then optional KL clipping (Ba, Grosse & Martens 2017): ``D <- nu D`` with
+``nu = min(1, sqrt(kl_clip / (lr^2 sum_layers <D, M>)))``, heavy-ball momentum
+``buf <- momentum buf + D`` and ``[W | b] <- [W | b] - lr buf``. Parameters of layers that are not
+supported (BatchNorm, embeddings, grouped convolutions, ...) get the same momentum-SGD update with
+the plain gradient; a warning names them once, at construction.
+
+Statistics are gathered by forward hooks on the supported layers and tensor hooks on their outputs
+(:class:`geomopt.curvature.Capture`) during the ordinary ``loss.backward()``:
+
+- ``fisher='empirical'``: the gradients of *your* loss, which must be a mean over the batch (as
+  ``F.cross_entropy`` and ``F.mse_loss`` are by default); nothing else to do.
+- ``fisher='true'`` (or ``'ggn'``): the optimizer also records the model's inputs (a forward
+  pre-hook on ``model``) and, inside :meth:`step` on the steps that need statistics (every
+  ``update_freq`` steps for K-FAC, every step for EKFAC), runs one more forward and backward pass
+  with targets sampled from the model's predictive distribution (``likelihood``: ``categorical``
+  for logits, ``gaussian`` for regression outputs, ``bernoulli`` for logits of binary outputs),
+  or with the columns of the loss-Hessian square root (``ggn``: exact expectation, ``C`` passes).
+  ``.grad`` is left untouched by that pass. Usage is unchanged:
+  ``loss = loss_fn(model(x), y); loss.backward(); opt.step()``.
+
+Statistics are recorded only in forwards with gradients enabled and only on steps that need them;
+call :meth:`zero_grad` (or :meth:`step`) between batches. Eigendecompositions run in the factors' precision
+with a jitter retry (:func:`geomopt.curvature.symeig`; K-FAC's damped inverses by float64 Cholesky,
+:func:`geomopt.curvature.damped_inverse`); a NaN/inf factor raises
+``FloatingPointError`` naming the layer instead of producing NaN parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from geomopt.curvature.capture import FISHERS, LIKELIHOODS, Capture, backprop_output_grads
+from geomopt.curvature.kronecker import damped_inverse, eigenbasis_diagonal, kronecker_factors, pi_split, symeig
+from geomopt.curvature.layers import names_of_supported, supported_layers, unsupported_reason
+
+
+# ---------------------------------------------------------------- functional core
+def kfac_direction(grad_matrix: Tensor, a_inv: Tensor, g_inv: Tensor) -> Tensor:
+    """``G_inv M A_inv`` for ``M`` ``(d_out, d_in)``."""
+    return g_inv @ grad_matrix @ a_inv
+
+
+def ekfac_direction(grad_matrix: Tensor, u_a: Tensor, u_g: Tensor, diag: Tensor, damping: float) -> Tensor:
+    """``U_G ((U_G^T M U_A) / (s + damping)) U_A^T``."""
+    return u_g @ ((u_g.T @ grad_matrix @ u_a) / (diag + damping)) @ u_a.T
+
+
+def momentum_step_(params: Sequence[Tensor], directions: Sequence[Tensor], buffers: list[Tensor | None], *,
+                   lr: float, momentum: float) -> None:
+    """``buf = momentum buf + d`` (``buf = d`` at first), ``p -= lr buf``; ``p -= lr d`` without momentum."""
+    for i, (p, d) in enumerate(zip(params, directions)):
+        if momentum == 0:
+            p.add_(d, alpha=-lr)
+            continue
+        if buffers[i] is None:
+            buffers[i] = d.clone()
+        else:
+            buffers[i].mul_(momentum).add_(d)
+        p.add_(buffers[i], alpha=-lr)
+
+
+def kl_clip_factor(directions: Sequence[Tensor], grads: Sequence[Tensor], lrs: Sequence[float], kl_clip: float) -> float:
+    """``nu = min(1, sqrt(kl_clip / sum lr^2 <d, g>))`` (1 when the sum is not positive)."""
+    vg = sum(lr * lr * float((d * g).sum()) for d, g, lr in zip(directions, grads, lrs))
+    if not math.isfinite(vg):
+        raise FloatingPointError(f"KL clipping: the preconditioned gradient's inner product is {vg}")
+    return min(1.0, math.sqrt(kl_clip / vg)) if vg > 0 else 1.0
+
+
+# ---------------------------------------------------------------- optimizer classes
+class _KroneckerOptimizer(Optimizer):
+    _name = "K-FAC"
+    _stats_every_step = False
+
+    def __init__(self, model: nn.Module, lr: float, damping: float, momentum: float, weight_decay: float,
+                 factor_decay: float, update_freq: int, inv_freq: int, fisher: str, likelihood: str,
+                 kl_clip: float | None, mc_samples: int, param_groups: Iterable[dict[str, Any]] | None):
+        n = self._name
+        if not lr >= 0:
+            raise ValueError(f"{n}: invalid learning rate {lr}")
+        if not damping > 0:
+            raise ValueError(f"{n}: damping must be positive, got {damping}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"{n}: momentum must be in [0, 1), got {momentum}")
+        if weight_decay < 0:
+            raise ValueError(f"{n}: invalid weight_decay {weight_decay}")
+        if not 0 <= factor_decay < 1:
+            raise ValueError(f"{n}: factor_decay must be in [0, 1), got {factor_decay}")
+        if int(update_freq) != update_freq or update_freq < 1 or int(inv_freq) != inv_freq or inv_freq < 1:
+            raise ValueError(f"{n}: update_freq and inv_freq must be positive integers, got {update_freq}, {inv_freq}")
+        if fisher not in FISHERS:
+            raise ValueError(f"{n}: fisher must be one of {FISHERS}, got {fisher!r}")
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"{n}: likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        if kl_clip is not None and not kl_clip > 0:
+            raise ValueError(f"{n}: kl_clip must be positive or None, got {kl_clip}")
+        if int(mc_samples) != mc_samples or mc_samples < 1:
+            raise ValueError(f"{n}: mc_samples must be a positive integer, got {mc_samples}")
+        defaults = dict(lr=lr, damping=damping, momentum=momentum, weight_decay=weight_decay)
+        super().__init__(list(param_groups) if param_groups is not None else model.parameters(), defaults)
+        self.factor_decay, self.update_freq, self.inv_freq = factor_decay, int(update_freq), int(inv_freq)
+        self.fisher, self.likelihood, self.kl_clip, self.mc_samples = fisher, likelihood, kl_clip, int(mc_samples)
+        self.model = model
+        names = {p: name for name, p in model.named_parameters()}
+        optimized = {p for g in self.param_groups for p in g["params"]}
+        for p in optimized:
+            if p not in names:
+                raise ValueError(f"{n}: a parameter of shape {tuple(p.shape)} is not a parameter of "
+                                 f"{type(model).__name__}; Kronecker factors are defined by the model's layers")
+        self.layers = supported_layers(model, include=lambda m: m.weight in optimized)
+        if not self.layers:
+            raise ValueError(f"{n}: {type(model).__name__} has no optimized layer that {n} supports "
+                             f"(supported: {names_of_supported()}; grouped convolutions are not); use SGD or Adam")
+        covered = {p for _, m, h in self.layers for p in h.params(m)}
+        fallback = [names[p] for g in self.param_groups for p in g["params"] if p not in covered]
+        if fallback:
+            reasons = {}
+            for mname, module in model.named_modules():
+                if any(p in optimized and p not in covered for p in module.parameters(recurse=False)):
+                    reasons[mname or type(module).__name__] = unsupported_reason(module) or "not supported"
+            warnings.warn(f"{n}: {len(fallback)} parameter(s) of layers it does not support get the plain gradient "
+                          f"(momentum SGD): {', '.join(fallback)}; " +
+                          "; ".join(f"{k}: {v}" for k, v in reasons.items()), stacklevel=3)
+        self.fallback_params = fallback
+        self._group_of = {p: g for g in self.param_groups for p in g["params"]}
+        self._step_count = 0
+        self._inputs: tuple | None = None
+        self._in_fisher_pass = False
+        self._capture = Capture(self.layers, grad_scale=None if fisher == "empirical" else 1.0).attach()
+        self._pre_hook = model.register_forward_pre_hook(self._record_inputs, with_kwargs=True) \
+            if fisher != "empirical" else None
+        self._arm()
+
+    # -- bookkeeping
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("damping", 1e-3)
+            group.setdefault("momentum", 0.0)
+            group.setdefault("weight_decay", 0.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["kronecker"] = {"step": self._step_count}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("kronecker", {"step": 0})
+        super().load_state_dict(state_dict)
+        self._step_count = int(extra["step"])
+        self._capture.clear()
+        self._arm()
+
+    def remove_hooks(self) -> None:
+        """Detach the hooks from the model (the optimizer then only takes plain steps' statistics no more)."""
+        self._capture.active = False
+        self._capture.remove()
+        if self._pre_hook is not None:
+            self._pre_hook.remove()
+            self._pre_hook = None
+
+    def __del__(self) -> None:
+        try:
+            self.remove_hooks()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def _needs_stats(self, k: int) -> bool:
+        return self._stats_every_step or k % self.update_freq == 0
+
+    def _arm(self) -> None:
+        """Record in the next forward only if the next step needs statistics from it."""
+        need = self._needs_stats(self._step_count)
+        self._capture.active = need and self.fisher == "empirical"
+        self._want_inputs = need and self.fisher != "empirical"
+
+    def _record_inputs(self, module, args, kwargs):
+        if self._want_inputs and not self._in_fisher_pass and torch.is_grad_enabled():
+            self._inputs = (tuple(a.detach() if isinstance(a, Tensor) else a for a in args),
+                            {k: v.detach() if isinstance(v, Tensor) else v for k, v in kwargs.items()})
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Also drops statistics recorded since the last step."""
+        self._capture.clear()
+        super().zero_grad(set_to_none=set_to_none)
+
+    def _fisher_pass(self) -> None:
+        if self._inputs is None:
+            return
+        args, kwargs = self._inputs
+        self._capture.clear()
+        self._capture.active, self._in_fisher_pass = True, True
+        try:
+            with torch.enable_grad():
+                out = self.model(*args, **kwargs)
+                params = [p for _, m, h in self.layers for p in h.params(m)]
+                backprop_output_grads(out, params, fisher=self.fisher, likelihood=self.likelihood,
+                                      mc_samples=self.mc_samples)
+        finally:
+            self._capture.active, self._in_fisher_pass = False, False
+            self._inputs = None
+
+    @staticmethod
+    def _running(state: dict, key: str, value: Tensor, decay: float) -> None:
+        if key in state:
+            state[key].mul_(decay).add_(value, alpha=1 - decay)
+        else:
+            state[key] = value.clone()
+
+    # -- the step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """One update. ``closure`` (optional) re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        k = self._step_count
+        self._group_of = {p: g for g in self.param_groups for p in g["params"]}  # groups change on load_state_dict
+        if self._needs_stats(k):
+            if self.fisher != "empirical":
+                self._fisher_pass()
+            recorded = set(self._capture.names())
+            if not recorded and not getattr(self, "_warned_empty", False):
+                self._warned_empty = True
+                warnings.warn(f"{self._name}: step {k} needed statistics but no forward/backward through the model's "
+                              "layers was recorded since the optimizer was built or zero_grad() was called (build the "
+                              "optimizer before the forward pass); layers without factors take plain gradient steps",
+                              stacklevel=3)
+            for name, module, handler in self.layers:
+                if name in recorded:
+                    a, g = self._capture.get(name)
+                    self._update_stats(name, module, handler, a, g, k)
+        if k % self.inv_freq == 0:
+            for name, module, handler in self.layers:
+                self._invert(name, module, handler)
+        self._after_stats()
+        self._capture.clear()
+
+        directions, grads_wd, lrs, targets = [], [], [], []
+        covered = set()
+        for name, module, handler in self.layers:
+            params = handler.params(module)
+            covered.update(params)
+            state = self.state[module.weight]
+            if any(p.grad is None for p in params) or not self._ready(state):
+                continue
+            group = self._group_of[module.weight]
+            m = handler.to_matrix(module, [p.grad for p in params])
+            if group["weight_decay"] != 0:
+                m = m + group["weight_decay"] * handler.to_matrix(module, [p.detach() for p in params])
+            d = self._direction(state, m, group)
+            directions.append(d)
+            grads_wd.append(m)
+            lrs.append(group["lr"])
+            targets.append((module, handler, params, group))
+        nu = kl_clip_factor(directions, grads_wd, lrs, self.kl_clip) if self.kl_clip is not None and directions else 1.0
+        for d, (module, handler, params, group) in zip(directions, targets):
+            parts = handler.from_matrix(module, d * nu if nu != 1.0 else d)
+            self._apply(params, parts, group)
+        for group in self.param_groups:  # plain gradient: unsupported layers (and layers without factors yet)
+            for p in group["params"]:
+                if p.grad is None or (p in covered and self._ready(self.state[self._weight_of(p)])):
+                    continue
+                d = p.grad if group["weight_decay"] == 0 else p.grad.add(p, alpha=group["weight_decay"])
+                self._apply([p], [d], group)
+        self._step_count += 1
+        self._arm()
+        return loss
+
+    def _weight_of(self, p: Tensor) -> Tensor:
+        if not hasattr(self, "_weight_map"):
+            self._weight_map = {q: m.weight for _, m, h in self.layers for q in h.params(m)}
+        return self._weight_map[p]
+
+    def _apply(self, params: list[Tensor], directions: list[Tensor], group: dict) -> None:
+        bufs = [self.state[p].get("momentum_buffer") for p in params]
+        momentum_step_(params, directions, bufs, lr=group["lr"], momentum=group["momentum"])
+        if group["momentum"] != 0:
+            for p, b in zip(params, bufs):
+                self.state[p]["momentum_buffer"] = b
+
+    def _update_factors(self, name: str, state: dict, a: Tensor, g: Tensor) -> None:
+        fa, fg = kronecker_factors(a, g)
+        if not (bool(torch.isfinite(fa).all()) and bool(torch.isfinite(fg).all())):
+            raise FloatingPointError(f"{self._name}: layer {name!r}: NaN/inf in its inputs or output gradients; "
+                                     "lower the learning rate or raise the damping")
+        self._running(state, "A", fa, self.factor_decay)
+        self._running(state, "G", fg, self.factor_decay)
+
+    # subclass hooks
+    def _after_stats(self) -> None:
+        pass
+
+    def _update_stats(self, name, module, handler, a, g, k) -> None:
+        raise NotImplementedError
+
+    def _invert(self, name, module, handler) -> None:
+        raise NotImplementedError
+
+    def _ready(self, state: dict) -> bool:
+        raise NotImplementedError
+
+    def _direction(self, state: dict, m: Tensor, group: dict) -> Tensor:
+        raise NotImplementedError
+
+
+_ARGS_DOC = """
+    Args:
+        model: the network; statistics come from hooks on its ``nn.Linear`` / ``nn.Conv2d`` layers.
+        lr: learning rate.
+        damping: Tikhonov damping lambda added to the curvature (per parameter group).
+        momentum: heavy-ball momentum on the preconditioned direction (0 = none).
+        weight_decay: L2 coefficient, added to the gradient before preconditioning.
+        factor_decay: running-average decay of the Kronecker factors (and of EKFAC's diagonal).
+        update_freq: update the factors every this many steps.
+        inv_freq: recompute inverses / eigenbases every this many steps.
+        fisher: ``empirical`` (your loss's gradients), ``true`` (targets sampled from the model),
+            or ``ggn`` (exact expectation, one backward pass per output).
+        likelihood: the model's predictive distribution for ``true``/``ggn``:
+            ``categorical`` | ``gaussian`` | ``bernoulli``.
+        kl_clip: KL clipping bound (None: off).
+        mc_samples: sampled targets per example for ``fisher='true'``.
+        param_groups: optional parameter groups (dicts with ``params`` and per-group ``lr``,
+            ``damping``, ``momentum``, ``weight_decay``); default: all of ``model.parameters()``.
+            A layer uses the group of its weight.
+
+    Raises:
+        ValueError: a bad hyperparameter, a parameter that is not the model's, or a model without
+            any supported layer.
+"""
+
+
+class KFAC(_KroneckerOptimizer):
+    __doc__ = r"""K-FAC natural-gradient optimizer with pi-damping (a ``torch.optim.Optimizer``).
+
+    See :mod:`geomopt.optim.kfac` for the update rule and how statistics are gathered.
+    """ + _ARGS_DOC + r"""
+    Example:
+        >>> opt = KFAC(model, lr=0.01, damping=1e-3, momentum=0.9, update_freq=10, inv_freq=100)
+        >>> loss = F.cross_entropy(model(x), y); loss.backward(); opt.step(); opt.zero_grad()
+    """
+
+    _name = "KFAC"
+
+    def __init__(self, model: nn.Module, lr: float = 0.01, damping: float = 1e-3, momentum: float = 0.0,
+                 weight_decay: float = 0.0, factor_decay: float = 0.95, update_freq: int = 10, inv_freq: int = 100,
+                 fisher: str = "empirical", likelihood: str = "categorical", kl_clip: float | None = None,
+                 mc_samples: int = 1, param_groups: Iterable[dict[str, Any]] | None = None):
+        super().__init__(model, lr, damping, momentum, weight_decay, factor_decay, update_freq, inv_freq, fisher,
+                         likelihood, kl_clip, mc_samples, param_groups)
+
+    def _update_stats(self, name, module, handler, a, g, k) -> None:
+        self._update_factors(name, self.state[module.weight], a, g)
+
+    def _invert(self, name, module, handler) -> None:
+        state = self.state[module.weight]
+        if "A" not in state:
+            return
+        damping = self._group_of[module.weight]["damping"]
+        ca, cg = pi_split(state["A"], state["G"], damping)
+        state["A_inv"] = damped_inverse(state["A"], ca, name=f"{self._name} layer {name!r} factor A")
+        state["G_inv"] = damped_inverse(state["G"], cg, name=f"{self._name} layer {name!r} factor G")
+
+    def _ready(self, state: dict) -> bool:
+        return "A_inv" in state
+
+    def _direction(self, state: dict, m: Tensor, group: dict) -> Tensor:
+        return kfac_direction(m, state["A_inv"], state["G_inv"])
+
+
+class EKFAC(_KroneckerOptimizer):
+    __doc__ = r"""EKFAC: K-FAC in the Kronecker eigenbasis with a diagonal re-estimated every step.
+
+    See :mod:`geomopt.optim.kfac` for the update rule. Every step records per-example layer
+    inputs and output gradients (with ``fisher='true'``, one extra forward/backward per step).
+    """ + _ARGS_DOC + r"""
+    Example:
+        >>> opt = EKFAC(model, lr=0.01, damping=1e-3, momentum=0.9, update_freq=10, inv_freq=100)
+        >>> loss = F.cross_entropy(model(x), y); loss.backward(); opt.step(); opt.zero_grad()
+    """
+
+    _name = "EKFAC"
+    _stats_every_step = True
+
+    def __init__(self, model: nn.Module, lr: float = 0.01, damping: float = 1e-3, momentum: float = 0.0,
+                 weight_decay: float = 0.0, factor_decay: float = 0.95, update_freq: int = 10, inv_freq: int = 100,
+                 fisher: str = "empirical", likelihood: str = "categorical", kl_clip: float | None = None,
+                 mc_samples: int = 1, param_groups: Iterable[dict[str, Any]] | None = None):
+        super().__init__(model, lr, damping, momentum, weight_decay, factor_decay, update_freq, inv_freq, fisher,
+                         likelihood, kl_clip, mc_samples, param_groups)
+        self._pending: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def _update_stats(self, name, module, handler, a, g, k) -> None:
+        state = self.state[module.weight]
+        if k % self.update_freq == 0:
+            self._update_factors(name, state, a, g)
+        self._pending[name] = (a, g)  # the diagonal is updated after a possible new eigenbasis
+
+    def _invert(self, name, module, handler) -> None:
+        state = self.state[module.weight]
+        if "A" not in state:
+            return
+        ea, ua = symeig(state["A"], name=f"{self._name} layer {name!r} factor A")
+        eg, ug = symeig(state["G"], name=f"{self._name} layer {name!r} factor G")
+        state["U_A"], state["U_G"] = ua, ug
+        state["S"] = eg[:, None] * ea[None, :]
+
+    def _ready(self, state: dict) -> bool:
+        return "S" in state
+
+    def _direction(self, state: dict, m: Tensor, group: dict) -> Tensor:
+        return ekfac_direction(m, state["U_A"], state["U_G"], state["S"], group["damping"])
+
+    def _after_stats(self) -> None:
+        for name, module, _ in self.layers:
+            if name not in self._pending:
+                continue
+            a, g = self._pending.pop(name)
+            state = self.state[module.weight]
+            if "U_A" not in state:
+                continue
+            s = eigenbasis_diagonal(a, g, state["U_A"], state["U_G"])
+            if not bool(torch.isfinite(s).all()):
+                raise FloatingPointError(f"EKFAC: layer {name!r}: NaN/inf in the eigenbasis diagonal; "
+                                         "lower the learning rate or raise the damping")
+            self._running(state, "S", s, self.factor_decay)
+        self._pending.clear()

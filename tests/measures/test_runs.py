@@ -1,0 +1,84 @@
+"""`geomopt measure`, `geomopt zoo`, `geomopt correlate` on tiny runs; the TOML grid; the Ray error."""
+
+import csv
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from geomopt.cli import main
+from geomopt.experiments.zoo import correlate, load_grid, measure_zoo, train_zoo
+from geomopt.measures.runs import load_run
+from geomopt.train import TrainConfig, train
+
+FAST = {"sharpness_steps": 2, "sharpness_restarts": 1, "flatness_samples": 2}
+
+
+def test_measure_cli_writes_measures_json(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(TrainConfig(data="digits", model="mlp", widths=(16,), epochs=3, train_size=200, lr=0.2), run,
+          progress=False)
+    _, model, init, _ = load_run(run)
+    from geomopt.nn import MLP
+    fresh = MLP((1, 8, 8), (16,), 10, seed=0)
+    for p, q in zip(init.parameters(), fresh.parameters()):  # the init is rebuilt from the seed
+        torch.testing.assert_close(p, q)
+    assert main(["measure", str(run), "--measures", "margin,norms,path,bounds", "--no-progress"]) == 0
+    res = json.loads((run / "measures.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    assert res["gap"] == pytest.approx((1 - summary["test_acc"]) - (1 - summary["train_acc"]), abs=1e-6)
+    assert res["dist_init"] > 0 and res["l2_path"] > 0 and "sharpness" not in res
+    assert "wrote" in capsys.readouterr().out
+    assert main(["measure", str(tmp_path / "nothing")]) == 2
+
+
+GRID = """
+[base]
+data = "digits"
+model = "mlp"
+widths = [32]
+epochs = 3
+target_train_loss = 0.5
+train_size = 150
+[grid]
+width = [8, 16]
+lr = [0.1, 0.3]
+[measure]
+sharpness_steps = 2
+sharpness_restarts = 1
+flatness_samples = 2
+"""
+
+
+def test_zoo_grid_train_measure_correlate(tmp_path):
+    grid = tmp_path / "zoo.toml"
+    grid.write_text(GRID)
+    runs, options = load_grid(grid, tmp_path / "zoo")
+    assert len(runs) == 4 and options == FAST
+    assert {r[0].widths for r in runs} == {(8,), (16,)} and all(r[0].target_train_loss == 0.5 for r in runs)
+    train_zoo(grid, tmp_path / "zoo", workers=1)
+    measure_zoo(tmp_path / "zoo", workers=1)
+    rows = correlate(tmp_path / "zoo", min_train_acc=0.0)
+    assert {r["measure"] for r in rows} >= {"sharpness", "l2_path", "log_spectral_product"}
+    assert (tmp_path / "zoo" / "correlation.png").is_file()
+    with (tmp_path / "zoo" / "correlation.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    mtime = (runs[0][1] / "checkpoint.pt").stat().st_mtime
+    train_zoo(grid, tmp_path / "zoo", workers=1)  # finished runs are skipped
+    assert (runs[0][1] / "checkpoint.pt").stat().st_mtime == mtime
+
+
+def test_bad_grid_key(tmp_path):
+    grid = tmp_path / "zoo.toml"
+    grid.write_text("[grid]\nwidht = [1]\n")
+    with pytest.raises(ValueError, match="widht"):
+        load_grid(grid, tmp_path)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is not None, reason="ray is installed")
+def test_ray_backend_without_ray_is_a_clear_error(tmp_path, capsys):
+    grid = tmp_path / "zoo.toml"
+    grid.write_text(GRID)
+    assert main(["zoo", "--grid", str(grid), "--out", str(tmp_path / "z"), "--backend", "ray"]) == 2
+    assert "geomopt[ray]" in capsys.readouterr().err

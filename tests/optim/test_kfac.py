@@ -1,0 +1,275 @@
+"""K-FAC / EKFAC optimizers against independent references: one step equals the dense damped
+inverse (built from per-example gradients by torch.func and explicit Kronecker products) times
+the gradient; running averages by hand; state_dict round trips; exact resume through
+geomopt.train; warnings and errors."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from geomopt.curvature import compute_ekfac, compute_kfac
+from geomopt.optim import EKFAC, KFAC, build_optimizer
+from geomopt.train import TrainConfig, read_metrics, train
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def net(seed=0, conv=False):
+    torch.manual_seed(seed)
+    if conv:
+        return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 16, 3))
+    return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+
+
+def data(conv=False, n=6, seed=1):
+    torch.manual_seed(seed)
+    x = torch.randn(n, 1, 4, 4) if conv else torch.randn(n, 4)
+    return x, torch.randint(0, 3, (n,))
+
+
+def flat_grad(model, x, y):
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+
+def dense_empirical_fisher(model, x, y):
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    g = vmap(grad(lambda p, xi, yi: F.cross_entropy(functional_call(model, p, (xi[None],)), yi[None])),
+             in_dims=(None, 0, 0))(params, x, y)
+    flat = torch.cat([g[k].reshape(x.shape[0], -1) for k in params], dim=1)
+    return flat.T @ flat / x.shape[0]
+
+
+def pi_damped_dense(model, x, y, damping):
+    """blockdiag((A + pi sqrt(l)) (x) (G + sqrt(l)/pi)) in parameter order, from K-FAC factors."""
+    kfac = compute_kfac(model, (x, y))
+    blocks = []
+    for b, (A, G) in zip(kfac.blocks, kfac.factors):
+        pi = (float(A.diagonal().mean()) / float(G.diagonal().mean())) ** 0.5
+        d = torch.kron(G + damping ** 0.5 / pi * torch.eye(len(G)), A + pi * damping ** 0.5 * torch.eye(len(A)))
+        perm = b.permutation()
+        blocks.append(d[perm][:, perm])
+    return torch.block_diag(*blocks)
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_kfac_first_step_is_pi_damped_natural_gradient(conv):
+    model, (x, y) = net(conv=conv), data(conv)
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    dense = pi_damped_dense(model, x, y, 0.1)
+    opt = KFAC(model, lr=0.5, damping=0.1, factor_decay=0.0, update_freq=1, inv_freq=1)
+    g = flat_grad(model, x, y)
+    opt.step()
+    new = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(new, theta - 0.5 * torch.linalg.solve(dense, g))
+
+
+def test_ekfac_first_step_uses_exact_eigenbasis_diagonal():
+    """factor_decay=0: after one step the diagonal is the batch's (reset, then replaced)."""
+    model, (x, y) = net(), data()
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    ekfac = compute_ekfac(model, (x, y)).to_dense()
+    fisher = dense_empirical_fisher(model, x, y)
+    opt = EKFAC(model, lr=0.3, damping=0.05, factor_decay=0.0, update_freq=1, inv_freq=1)
+    g = flat_grad(model, x, y)
+    opt.step()
+    new = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(new, theta - 0.3 * torch.linalg.solve(ekfac + 0.05 * torch.eye(len(g)), g))
+    assert torch.linalg.norm(ekfac - fisher) > 0  # sanity: EKFAC is an approximation here
+
+
+def test_running_averages_and_frequencies():
+    model, (x, y) = net(), data(n=8)
+    opt = EKFAC(model, lr=0.01, damping=0.1, factor_decay=0.6, update_freq=2, inv_freq=4)
+    seen, diags = [], []
+    for i in range(5):
+        xi, yi = x[i % 4 * 2:(i % 4) * 2 + 2], y[i % 4 * 2:(i % 4) * 2 + 2]
+        if i % 2 == 0:
+            seen.append(compute_kfac(model, (xi, yi)).factors[1])
+        basis_before = opt.state[model[2].weight].get("U_A")
+        diags.append((xi, yi))
+        opt.zero_grad()
+        F.cross_entropy(model(xi), yi).backward()
+        opt.step()
+        st = opt.state[model[2].weight]
+        if i in (1, 2, 3):  # basis recomputed at steps 0 and 4 only
+            assert torch.equal(st["U_A"], basis_before)
+    A_ref = seen[0][0]
+    for A, _ in seen[1:]:
+        A_ref = 0.6 * A_ref + 0.4 * A
+    torch.testing.assert_close(opt.state[model[2].weight]["A"], A_ref)
+
+
+def test_state_dict_round_trip_and_continuation():
+    for cls in (KFAC, EKFAC):
+        model, (x, y) = net(), data()
+        opt = cls(model, lr=0.1, damping=0.1, momentum=0.9, update_freq=2, inv_freq=3)
+        for _ in range(4):
+            opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()
+        sd = copy.deepcopy(opt.state_dict())  # as saved to disk (torch shares tensors in memory)
+        assert sd["kronecker"]["step"] == 4 and "A" in sd["state"][0] and "G" in sd["state"][0]
+        clone = net()
+        clone.load_state_dict(model.state_dict())
+        opt2 = cls(clone, lr=0.1, damping=0.1, momentum=0.9, update_freq=2, inv_freq=3)
+        opt2.load_state_dict(sd)
+        sd2 = opt2.state_dict()
+        for k, v in sd["state"].items():
+            for key, t in v.items():
+                assert torch.equal(t, sd2["state"][k][key]), key
+        for _ in range(4):
+            for m, o in ((model, opt), (clone, opt2)):
+                o.zero_grad(); F.cross_entropy(m(x), y).backward(); o.step()
+        for p, q in zip(model.parameters(), clone.parameters()):
+            assert torch.equal(p, q)
+
+
+def test_scheduler_and_param_groups():
+    model, (x, y) = net(), data()
+    opt = KFAC(model, lr=0.1, damping=0.1, param_groups=[{"params": model[0].parameters(), "lr": 0.0},
+                                                         {"params": model[2].parameters()}])
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step(); sched.step()
+    after = list(model.parameters())
+    assert torch.equal(before[0], after[0]) and not torch.equal(before[2], after[2])
+    assert opt.param_groups[1]["lr"] == 0.05
+
+
+def test_kl_clip_bounds_the_step():
+    model, (x, y) = net(), data()
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    dense = pi_damped_dense(model, x, y, 0.1)
+    g = flat_grad(model, x, y)
+    d = torch.linalg.solve(dense, g)
+    lr, clip = 0.5, 1e-4
+    nu = min(1.0, (clip / (lr ** 2 * float(d @ g))) ** 0.5)
+    assert nu < 1
+    opt = KFAC(model, lr=lr, damping=0.1, factor_decay=0.0, update_freq=1, inv_freq=1, kl_clip=clip)
+    flat_grad(model, x, y)
+    opt.step()
+    new = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(new, theta - lr * nu * d)
+
+
+@pytest.mark.parametrize("cls", [KFAC, EKFAC])
+@pytest.mark.parametrize("fisher", ["true", "ggn"])
+def test_true_fisher_pass_leaves_grads_and_uses_sampled_targets(cls, fisher):
+    model, (x, y) = net(), data()
+    opt = cls(model, lr=0.1, damping=0.1, fisher=fisher, update_freq=1, inv_freq=1, factor_decay=0.0)
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    torch.manual_seed(0)
+    opt.step()
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+    if fisher == "ggn" and cls is KFAC:  # factors are the exact GGN ones, whatever the observed targets
+        A, G = opt.state[model[2].weight]["A"], opt.state[model[2].weight]["G"]
+        clone = net()
+        ref = compute_kfac(clone, (x, y), fisher="ggn").factors[1]
+        torch.testing.assert_close(A, ref[0])
+        torch.testing.assert_close(G, ref[1])
+
+
+def test_unsupported_layers_fall_back_with_one_warning():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3))
+    x, y = data()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt = EKFAC(model, lr=0.1, damping=0.1)
+        for _ in range(3):
+            opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()
+    relevant = [w for w in caught if "plain gradient" in str(w.message)]
+    assert len(relevant) == 1 and "1.weight" in str(relevant[0].message) and "BatchNorm1d" in str(relevant[0].message)
+    # the BatchNorm parameters took SGD steps
+    bn_w = model[1].weight.detach().clone()
+    opt.zero_grad(); F.cross_entropy(model(x), y).backward()
+    expected = bn_w - 0.1 * model[1].weight.grad
+    opt.step()
+    torch.testing.assert_close(model[1].weight.detach(), expected)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="no optimized layer"):
+        KFAC(nn.Sequential(nn.BatchNorm1d(3)), lr=0.1)
+    with pytest.raises(ValueError, match="damping"):
+        KFAC(net(), damping=0.0)
+    with pytest.raises(ValueError, match="fisher"):
+        EKFAC(net(), fisher="exact")
+    with pytest.raises(ValueError, match="update_freq"):
+        EKFAC(net(), update_freq=0)
+    with pytest.raises(ValueError, match="not a parameter"):
+        KFAC(net(), param_groups=[{"params": [nn.Parameter(torch.zeros(2))]}])
+    model, (x, y) = net(), data()
+    opt = KFAC(model, lr=0.1)
+    opt.zero_grad(); F.cross_entropy(model(x), y).backward()
+    model[0].weight.grad = None
+    with torch.no_grad():
+        x_bad = x.clone(); x_bad[0, 0] = float("nan")
+    opt.zero_grad(); F.cross_entropy(model(x_bad), y).backward()
+    with pytest.raises(FloatingPointError, match="NaN"):
+        opt.step()
+    late = KFAC(net(), lr=0.1)  # built after the backward: one warning, plain gradient step
+    with pytest.warns(UserWarning, match="no forward/backward"):
+        late.step()
+
+
+def test_registry_builds_kronecker_optimizers():
+    opt = build_optimizer("ekfac", net(), lr=0.1, damping=0.01, update_freq=5, inv_freq=50, fisher="true")
+    assert isinstance(opt, EKFAC) and opt.param_groups[0]["momentum"] == 0.9 and opt.inv_freq == 50
+    with pytest.raises(ValueError, match="kfac/ekfac"):
+        build_optimizer("sgd", net(), lr=0.1, damping=0.01)
+
+
+@pytest.mark.parametrize("optimizer", ["kfac", "ekfac"])
+def test_resume_through_engine_gives_identical_metrics(tmp_path, optimizer):
+    torch.set_default_dtype(torch.float32)
+    cfg = TrainConfig(optimizer=optimizer, widths=(16,), epochs=2, batch_size=64, lr=0.02, train_size=300,
+                      damping=0.03, update_freq=2, inv_freq=3, dropout=0.1, checkpoint_every=3)
+    full = train(cfg, tmp_path / "full", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", progress=False, stop_after_steps=7)
+    resumed = train(cfg, tmp_path / "cut", resume=True, progress=False)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "full")) == strip(read_metrics(tmp_path / "cut"))
+    assert full["train_loss"] == resumed["train_loss"] and full["train_loss"] < 2.0
+
+
+def test_cli_trains_with_ekfac(tmp_path, capsys):
+    from geomopt.cli import main
+    torch.set_default_dtype(torch.float32)
+    rc = main(["train", "--model", "cnn", "--widths", "4", "--data", "digits", "--train-size", "200", "--epochs", "1",
+               "--batch-size", "50", "--optimizer", "ekfac", "--lr", "0.02", "--damping", "0.03", "--update-freq", "2",
+               "--inv-freq", "2", "--fisher", "true", "--kl-clip", "0.01", "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    cfg = TrainConfig.load(tmp_path / "config.json")
+    assert (cfg.optimizer, cfg.damping, cfg.update_freq, cfg.fisher, cfg.kl_clip) == ("ekfac", 0.03, 2, "true", 0.01)
+    assert "ekfac on cnn/digits" in capsys.readouterr().out
+
+
+def test_engine_turns_optimizer_floating_point_error_into_stopped_run(tmp_path):
+    from geomopt.train import NonFiniteLossError, fit
+    torch.set_default_dtype(torch.float32)
+
+    class Failing(torch.optim.SGD):
+        def step(self, closure=None):
+            raise FloatingPointError("KFAC: layer '0': NaN/inf in its inputs")
+
+    model = nn.Linear(4, 3)
+    loader = [(torch.randn(5, 4), torch.randint(0, 3, (5,)))]
+    with pytest.raises(NonFiniteLossError, match="layer '0'"):
+        fit(model, Failing(model.parameters(), lr=0.1), loader, loader, epochs=1, out_dir=tmp_path, progress=False)
