@@ -25,8 +25,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Peers (nngeometry, curvlinops, backpack) declare torchvision, which would replace the CPU torch
+# with a CUDA build: they are installed without dependencies (none of the code we call imports it).
 bench: $(STAMP)
+	$(PY) -m pip install -q --no-deps -r benchmarks/requirements-peers.txt
 	$(PY) benchmarks/bench_path_sgd.py
+	$(PY) benchmarks/bench_rnn.py
+	$(PY) benchmarks/bench_kfac.py
+	$(PY) benchmarks/bench_measures.py
+	$(PY) benchmarks/bench_implicit.py
+	$(PY) benchmarks/bench_prune.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

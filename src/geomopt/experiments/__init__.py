@@ -10,4 +10,8 @@ from geomopt.experiments import deep_mf, implicit_mf  # noqa: E402  (implicit re
 
 EXPERIMENTS.update({"implicit-mf": implicit_mf, "deep-mf": deep_mf})
 
+from geomopt.experiments import bn_lstm  # noqa: E402  (recurrent batch normalization, issue 8)
+
+EXPERIMENTS["bn-lstm"] = bn_lstm
+
 __all__ = ["EXPERIMENTS"]

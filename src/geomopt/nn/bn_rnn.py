@@ -37,11 +37,17 @@ class StepBatchNorm(nn.Module):
         beta: whether there is a learned shift (BN-LSTM's h and x terms have none).
         reuse_last: steps t >= T_max use the statistics of step T_max - 1; if False they are an error.
         momentum, eps: as in ``nn.BatchNorm1d``.
+        missing_stats: what eval mode does for a step without population statistics (never trained
+            on): ``"error"`` (raise) or ``"batch"`` (normalize with the batch's statistics, not stored).
     """
 
     def __init__(self, num_features: int, max_steps: int, *, gamma: float = 0.1, beta: bool = True,
-                 reuse_last: bool = True, sequence_wise: bool = False, momentum: float = 0.1, eps: float = 1e-5):
+                 reuse_last: bool = True, sequence_wise: bool = False, momentum: float = 0.1, eps: float = 1e-5,
+                 missing_stats: str = "error"):
         super().__init__()
+        if missing_stats not in ("error", "batch"):
+            raise ValueError(f"StepBatchNorm: missing_stats must be 'error' or 'batch', got {missing_stats!r}")
+        self.missing_stats = missing_stats
         if max_steps < 1:
             raise ValueError(f"StepBatchNorm: max_steps must be >= 1, got {max_steps}")
         self.num_features, self.max_steps = num_features, 1 if sequence_wise else max_steps
@@ -72,7 +78,12 @@ class StepBatchNorm(nn.Module):
         batch, steps, _ = x.shape
         slots = self._slots(step, steps).to(x.device)
         valid = (torch.ones(batch, steps, dtype=torch.bool, device=x.device) if mask is None else mask).to(x.dtype)
-        if self.training:
+        missing = not self.training and bool((self.steps_tracked[slots] == 0).any())
+        if missing and self.missing_stats == "error":
+            absent = sorted(set(slots[self.steps_tracked[slots] == 0].tolist()))
+            raise RuntimeError(f"StepBatchNorm in eval mode has no population statistics for step(s) {absent}: "
+                               "train (in train mode) on sequences of that length first")
+        if self.training or missing:  # missing with missing_stats="batch": this batch's statistics, not stored
             w = valid.unsqueeze(-1)
             if self.sequence_wise:
                 count = w.sum().clamp_min(1)
@@ -83,12 +94,9 @@ class StepBatchNorm(nn.Module):
                 counts = w.sum(0).squeeze(-1).clamp_min(1)  # (T,)
                 mean = (x * w).sum(0) / counts.unsqueeze(-1)
                 var = (((x - mean) ** 2) * w).sum(0) / counts.unsqueeze(-1)
-            self._update(slots, mean.detach(), var.detach(), counts.detach(), valid.sum(0) > 0)
+            if self.training:
+                self._update(slots, mean.detach(), var.detach(), counts.detach(), valid.sum(0) > 0)
         else:
-            if bool((self.steps_tracked[slots] == 0).any()):
-                missing = sorted(set(slots[self.steps_tracked[slots] == 0].tolist()))
-                raise RuntimeError(f"StepBatchNorm in eval mode has no population statistics for step(s) {missing}: "
-                                   "train (in train mode) on sequences of that length first")
             mean, var = self.running_mean[slots], self.running_var[slots]
         out = (x - mean) * torch.rsqrt(var + self.eps) * self.weight
         if self.bias is not None:
@@ -151,10 +159,11 @@ class BNLSTM(nn.Module):
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, max_steps: int = 784,
-                 reuse_last: bool = True, gamma: float = 0.1, momentum: float = 0.1):
+                 reuse_last: bool = True, gamma: float = 0.1, momentum: float = 0.1, missing_stats: str = "error"):
         super().__init__()
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.max_steps = max_steps
+        bn = dict(reuse_last=reuse_last, momentum=momentum, missing_stats=missing_stats)
         self.cells = nn.ModuleList()
         for layer in range(num_layers):
             fan_in = input_size if layer == 0 else hidden_size
@@ -162,12 +171,9 @@ class BNLSTM(nn.Module):
             cell.weight_x = nn.Parameter(torch.empty(4 * hidden_size, fan_in))
             cell.weight_h = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
             cell.bias = nn.Parameter(torch.zeros(4 * hidden_size))
-            cell.bn_x = StepBatchNorm(4 * hidden_size, max_steps, gamma=gamma, beta=False, reuse_last=reuse_last,
-                                      momentum=momentum)
-            cell.bn_h = StepBatchNorm(4 * hidden_size, max_steps, gamma=gamma, beta=False, reuse_last=reuse_last,
-                                      momentum=momentum)
-            cell.bn_c = StepBatchNorm(hidden_size, max_steps, gamma=gamma, beta=True, reuse_last=reuse_last,
-                                      momentum=momentum)
+            cell.bn_x = StepBatchNorm(4 * hidden_size, max_steps, gamma=gamma, beta=False, **bn)
+            cell.bn_h = StepBatchNorm(4 * hidden_size, max_steps, gamma=gamma, beta=False, **bn)
+            cell.bn_c = StepBatchNorm(hidden_size, max_steps, gamma=gamma, beta=True, **bn)
             nn.init.orthogonal_(cell.weight_x)
             with torch.no_grad():  # identity-like recurrent init, as in the paper's code: orthogonal blocks
                 for k in range(4):
@@ -224,8 +230,9 @@ class BNRNN(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, nonlinearity: str = "relu",
                  recurrent_bn: bool = True, stats: str = "frame", max_steps: int = 784, reuse_last: bool = True,
-                 gamma: float = 0.1, momentum: float = 0.1):
+                 gamma: float = 0.1, momentum: float = 0.1, missing_stats: str = "error"):
         super().__init__()
+        bn = dict(reuse_last=reuse_last, momentum=momentum, missing_stats=missing_stats)
         if nonlinearity not in ("relu", "tanh"):
             raise ValueError(f"BNRNN nonlinearity must be 'relu' or 'tanh', got {nonlinearity!r}")
         if stats not in ("frame", "sequence"):
@@ -243,10 +250,9 @@ class BNRNN(nn.Module):
             nn.init.orthogonal_(cell.weight_x)
             if nonlinearity == "tanh":
                 nn.init.orthogonal_(cell.weight_h)
-            cell.bn_x = StepBatchNorm(hidden_size, max_steps, gamma=gamma, beta=False, reuse_last=reuse_last,
-                                      sequence_wise=stats == "sequence", momentum=momentum)
-            cell.bn_h = (StepBatchNorm(hidden_size, max_steps, gamma=gamma, beta=False, reuse_last=reuse_last,
-                                       momentum=momentum) if recurrent_bn else None)
+            cell.bn_x = StepBatchNorm(hidden_size, max_steps, gamma=gamma, beta=False,
+                                      sequence_wise=stats == "sequence", **bn)
+            cell.bn_h = StepBatchNorm(hidden_size, max_steps, gamma=gamma, beta=False, **bn) if recurrent_bn else None
             self.cells.append(cell)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None,
@@ -282,7 +288,8 @@ class BNInputLSTM(nn.Module):
     ``gates = W_h h_{t-1} + BN(W_x x_t) + b``, frame-wise or sequence-wise statistics."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, stats: str = "frame",
-                 max_steps: int = 784, reuse_last: bool = True, gamma: float = 0.1, momentum: float = 0.1):
+                 max_steps: int = 784, reuse_last: bool = True, gamma: float = 0.1, momentum: float = 0.1,
+                 missing_stats: str = "error"):
         super().__init__()
         if stats not in ("frame", "sequence"):
             raise ValueError(f"BNInputLSTM stats must be 'frame' or 'sequence', got {stats!r}")
@@ -300,7 +307,8 @@ class BNInputLSTM(nn.Module):
                     nn.init.orthogonal_(cell.weight_h[k * hidden_size:(k + 1) * hidden_size])
                 cell.bias[hidden_size:2 * hidden_size].fill_(1.0)
             cell.bn_x = StepBatchNorm(4 * hidden_size, max_steps, gamma=gamma, beta=False, reuse_last=reuse_last,
-                                      sequence_wise=stats == "sequence", momentum=momentum)
+                                      sequence_wise=stats == "sequence", momentum=momentum,
+                                      missing_stats=missing_stats)
             self.cells.append(cell)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None,
@@ -345,6 +353,9 @@ class BNSequenceModel(nn.Module):
         core: ``"bnlstm"`` (:class:`BNLSTM`), ``"bnrnn"`` (:class:`BNRNN`, ReLU, recurrent BN) or
             ``"bninput-lstm"`` (:class:`BNInputLSTM`, frame-wise).
         max_steps: T_max of the per-step statistics (default: ``seq_len``, else 784).
+
+    Before any training step, eval mode normalizes with the batch's statistics
+    (``missing_stats="batch"``), so that the engine can evaluate the untrained model.
     """
 
     CORES = ("bnlstm", "bnrnn", "bninput-lstm")
@@ -360,12 +371,8 @@ class BNSequenceModel(nn.Module):
         steps = max_steps or seq_len or 784
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            if core == "bnlstm":
-                self.rnn = BNLSTM(input_size, hidden_size, max_steps=steps)
-            elif core == "bnrnn":
-                self.rnn = BNRNN(input_size, hidden_size, max_steps=steps)
-            else:
-                self.rnn = BNInputLSTM(input_size, hidden_size, max_steps=steps)
+            cls = {"bnlstm": BNLSTM, "bnrnn": BNRNN, "bninput-lstm": BNInputLSTM}[core]
+            self.rnn = cls(input_size, hidden_size, max_steps=steps, missing_stats="batch")
             self.output = nn.Linear(hidden_size, output_size)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -8,9 +8,10 @@ from torch import nn
 
 from geomopt.nn.cnn import CNN
 from geomopt.nn.mlp import MLP
+from geomopt.nn.bn_rnn import BNSequenceModel
 from geomopt.nn.relu_rnn import LSTMBaseline, ReLURNN, sequence_sizes
 
-MODELS = ("mlp", "cnn", "relu-rnn", "lstm")
+MODELS = ("mlp", "cnn", "relu-rnn", "lstm", "bnlstm", "bnrnn")
 
 
 def build_model(name: str, input_shape: Sequence[int], num_outputs: int, *, widths: Sequence[int],
@@ -19,12 +20,13 @@ def build_model(name: str, input_shape: Sequence[int], num_outputs: int, *, widt
     """Build a model by name.
 
     ``widths`` are the hidden widths of an ``mlp`` and the conv channels of a ``cnn``.
-    ``relu-rnn`` (:class:`ReLURNN`) and ``lstm`` (:class:`LSTMBaseline`) take sequence data of
+    ``relu-rnn`` (:class:`ReLURNN`), ``lstm`` (:class:`LSTMBaseline`), ``bnlstm`` and ``bnrnn``
+    (:class:`geomopt.nn.bn_rnn.BNSequenceModel`, per-step statistics up to T) take sequence data of
     per-example shape ``(T, features)``, one hidden size ``widths=(n,)``, and output at every step
     when ``task == "sequence"`` (else from the last state). ``relu-rnn`` inits: ``irnn``,
     ``np-rnn``, ``orthogonal``, ``gaussian``; the feedforward default ``kaiming`` selects ``irnn``.
     """
-    if name in ("relu-rnn", "lstm"):
+    if name in ("relu-rnn", "lstm", "bnlstm", "bnrnn"):
         return _recurrent(name, input_shape, num_outputs, widths, bias, dropout, init, seed, task)
     if task == "sequence":
         raise ValueError(f"model {name!r} gives one output per example; the per-step (sequence) task needs "
@@ -46,6 +48,10 @@ def _recurrent(name: str, input_shape: Sequence[int], num_outputs: int, widths: 
     if dropout:
         raise ValueError(f"{name} has no dropout; drop --dropout")
     output = "all" if task == "sequence" else "last"
+    if name in ("bnlstm", "bnrnn"):
+        if init not in ("kaiming", "torch"):
+            raise ValueError(f"{name} uses its paper's initialization (orthogonal, BN gamma 0.1); drop --init {init}")
+        return BNSequenceModel(name, features, widths[0], num_outputs, output=output, seed=seed, seq_len=T)
     if name == "lstm":
         if init not in ("kaiming", "torch"):
             raise ValueError(f"lstm uses PyTorch's LSTM initialization; drop --init {init}")

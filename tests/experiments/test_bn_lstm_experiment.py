@@ -1,0 +1,32 @@
+"""`geomopt reproduce bn-lstm` and `geomopt train --model bnlstm` on tiny settings."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from geomopt.experiments import EXPERIMENTS, bn_lstm
+from geomopt.train import TrainConfig, read_metrics, train
+
+
+def test_train_bnlstm_through_the_engine(tmp_path):
+    summary = train(TrainConfig(model="bnlstm", widths=(8,), data="seq-digits", optimizer="adam", lr=3e-3,
+                                epochs=2, train_size=200, batch_size=50), tmp_path, progress=False)
+    epochs = [r for r in read_metrics(tmp_path) if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [0, 1, 2]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert 0 <= summary["test_acc"] <= 1
+
+
+def test_reproduce_bn_lstm_tiny(tmp_path):
+    assert EXPERIMENTS["bn-lstm"] is bn_lstm
+    section = bn_lstm.reproduce(tmp_path, quick=True, jobs=1, overrides={
+        "datasets": ["seq-digits"], "models": ["lstm", "bnlstm"], "hidden": 8, "epochs": 1, "train_size": 200})
+    rows = list(csv.DictReader((tmp_path / "bn-lstm" / "table.csv").open()))
+    assert [(r["dataset"], r["model"]) for r in rows] == [("seq-digits", "lstm"), ("seq-digits", "bnlstm")]
+    text = json.loads(section.read_text())["paragraphs"][-1]
+    assert "BN-LSTM beat LSTM on" in text and "/1 datasets" in text
+    with pytest.raises(ValueError, match="unknown experiment key"):
+        bn_lstm.reproduce(tmp_path, quick=True, overrides={"hiden": 8})
