@@ -14,7 +14,6 @@ Usage: python benchmarks/bench_implicit.py [--steps 20] [--reps 3] [--threads 2]
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -31,15 +30,7 @@ from geomopt.implicit import (
     run_factorized,
 )
 
-
-def describe_machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+from machine import describe_machine
 
 
 def sweep_bench(kind: str, steps: int, reps: int, dtype: torch.dtype) -> dict[str, float]:

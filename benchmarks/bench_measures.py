@@ -19,7 +19,6 @@ Usage: python benchmarks/bench_measures.py [--repeats 3] [--threads N] [--sizes 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -30,15 +29,7 @@ from geomopt.data import load_dataset, make_loader
 from geomopt.measures import DatasetObjective, bisection_sigma, compute, ntk_gram, search_sigma
 from geomopt.nn import CNN
 
-
-def describe_machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+from machine import describe_machine
 
 
 def trained_cnn(bundle, epochs: int = 8):

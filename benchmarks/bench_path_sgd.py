@@ -16,7 +16,6 @@ Usage: python benchmarks/bench_path_sgd.py [--device cpu|cuda] [--steps 30] [--t
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -27,18 +26,7 @@ from geomopt.geometry import PathScales
 from geomopt.nn import CNN, MLP
 from geomopt.optim import PathSGD
 
-
-def describe_machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    text = f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-    if device.type == "cuda":
-        text += f", GPU {torch.cuda.get_device_name(device)}"
-    return text
+from machine import describe_machine
 
 
 def make_optimizer(kind: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:

@@ -20,7 +20,7 @@ from torch import nn
 from geomopt.nn import CNN, MLP
 from geomopt.prune import CRITERIA, loss_statistics, scores
 
-from bench_path_sgd import describe_machine
+from machine import describe_machine
 
 
 def loop_ggn_diag(model: nn.Module, x: torch.Tensor) -> float:

@@ -10,15 +10,16 @@ Side by side in one process, contenders alternating step by step, medians report
      over T steps), the reference implementation.
 2. Model speed: forward + backward (no optimizer) of geomopt.nn.ReLURNN against
    torch.nn.RNN(nonlinearity='relu', batch_first=True) + the same Linear read-out, same sizes.
+3. With --bnlstm: training steps per second (forward + backward) of geomopt.nn.BNLSTM against
+   torch.nn.LSTM (fused kernels) at hidden 100 and 1000, T = 100 and 784, batch --batch.
 
-Usage: python benchmarks/bench_rnn.py [--steps 20] [--threads N] [--lengths 100,400,750]
+Usage: python benchmarks/bench_rnn.py [--steps 20] [--threads N] [--lengths 100,400,750] [--bnlstm]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
@@ -31,17 +32,7 @@ from geomopt.geometry import RNNPathScales
 from geomopt.nn import ReLURNN
 from geomopt.optim import PathSGD
 
-
-def describe_machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-            f"1-min load average at start {load:.2f}")
+from machine import describe_machine
 
 
 class TorchRNN(nn.Module):
@@ -96,17 +87,46 @@ def bench_models(T: int, batch: int, steps: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def bench_bnlstm(hidden: int, T: int, batch: int, steps: int) -> dict[str, float]:
+    """Median forward+backward seconds of BNLSTM and torch.nn.LSTM, alternating."""
+    from geomopt.nn import BNLSTM
+    torch.manual_seed(0)
+    x = torch.randn(batch, T, 1)
+    models = {"BNLSTM": BNLSTM(1, hidden, max_steps=T), "torch.nn.LSTM": nn.LSTM(1, hidden, batch_first=True)}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for i in range(steps + 1):
+        for k, m in models.items():
+            t0 = time.perf_counter()
+            out, _ = m(x)
+            out[:, -1].sum().backward()
+            if i:  # first round is warm-up
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lengths", default="100,400,750")
+    parser.add_argument("--bnlstm", action="store_true", help="only the BN-LSTM vs torch.nn.LSTM comparison")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     lengths = [int(t) for t in args.lengths.split(",")]
     print(f"Machine: {describe_machine()}")
+    if args.bnlstm:
+        print(f"\n| hidden | T | model | median forward+backward (ms) | steps/s | ratio to torch.nn.LSTM |"
+              "\n|---|---|---|---|---|---|")
+        for hidden in (100, 1000):
+            for T in (100, 784):
+                med = bench_bnlstm(hidden, T, args.batch, args.steps)
+                for k, v in med.items():
+                    print(f"| {hidden} | {T} | {k} | {1e3 * v:.1f} | {1 / v:.2f} | {v / med['torch.nn.LSTM']:.2f} |",
+                          flush=True)
+        print(f"\n1-min load average at end {os.getloadavg()[0]:.2f}")
+        return
     print(f"\n| T | contender | median step (ms) | ratio to SGD |\n|---|---|---|---|")
     kinds = ["sgd", "rnn-path", "rnn-path (autograd)"]
     for T in lengths:
