@@ -71,6 +71,8 @@ class StepBatchNorm(nn.Module):
     def forward(self, x: Tensor, step: int = 0, mask: Tensor | None = None) -> Tensor:
         """Normalize ``x``: ``(batch, F)`` at time ``step``, or ``(batch, T, F)`` for steps
         ``step .. step+T-1``. ``mask``: ``(batch,)`` or ``(batch, T)`` booleans, the valid entries."""
+        if x.dim() == 2 and mask is None and not self.sequence_wise:
+            return self._one_step(x, step)
         single = x.dim() == 2
         if single:
             x = x.unsqueeze(1)
@@ -102,6 +104,27 @@ class StepBatchNorm(nn.Module):
         if self.bias is not None:
             out = out + self.bias
         return out.squeeze(1) if single else out
+
+    def _one_step(self, x: Tensor, step: int) -> Tensor:
+        """The common case of a recurrent cell, one unmasked step: the same computation as the
+        general path with a handful of operations (it runs T times per sequence)."""
+        slot = int(self._slots(step, 1)[0])
+        tracked = int(self.steps_tracked[slot]) > 0
+        if self.training or not tracked:
+            if not self.training and self.missing_stats == "error":
+                raise RuntimeError(f"StepBatchNorm in eval mode has no population statistics for step(s) [{slot}]: "
+                                   "train (in train mode) on sequences of that length first")
+            mean, var = x.mean(0), x.var(0, unbiased=False)
+            if self.training and slot == step:  # steps beyond T_max do not update the last slot
+                with torch.no_grad():
+                    n = x.shape[0]
+                    self.running_mean[slot].mul_(1 - self.momentum).add_(mean, alpha=self.momentum)
+                    self.running_var[slot].mul_(1 - self.momentum).add_(var, alpha=self.momentum * n / max(n - 1, 1))
+                    self.steps_tracked[slot] += 1
+        else:
+            mean, var = self.running_mean[slot], self.running_var[slot]
+        out = (x - mean) * torch.rsqrt(var + self.eps) * self.weight
+        return out + self.bias if self.bias is not None else out
 
     @torch.no_grad()
     def _update(self, slots: Tensor, mean: Tensor, var: Tensor, counts: Tensor, present: Tensor) -> None:
@@ -194,11 +217,11 @@ class BNLSTM(nn.Module):
                 c = x.new_zeros(batch, H)
             else:
                 h, c = state[0][layer], state[1][layer]
-            wx = cell.bn_x(x @ cell.weight_x.t(), 0, mask)  # all steps at once: (batch, T, 4H)
+            wx = cell.bn_x(x @ cell.weight_x.t(), 0, mask).unbind(1)  # all steps at once; unbind: O(T) backward
             outputs = []
             for t in range(steps):
                 m = None if mask is None else mask[:, t]
-                gates = cell.bn_h(h @ cell.weight_h.t(), t, m) + wx[:, t] + cell.bias
+                gates = cell.bn_h(h @ cell.weight_h.t(), t, m) + wx[t] + cell.bias
                 i, f, g, o = gates.chunk(4, dim=1)
                 c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
                 h_new = torch.sigmoid(o) * torch.tanh(cell.bn_c(c_new, t, m))
@@ -263,14 +286,14 @@ class BNRNN(nn.Module):
         hs = []
         for layer, cell in enumerate(self.cells):
             h = x.new_zeros(batch, self.hidden_size) if state is None else state[layer]
-            wx = cell.bn_x(x @ cell.weight_x.t(), 0, mask) + cell.bias
+            wx = (cell.bn_x(x @ cell.weight_x.t(), 0, mask) + cell.bias).unbind(1)
             outputs = []
             for t in range(steps):
                 m = None if mask is None else mask[:, t]
                 rec = h @ cell.weight_h.t()
                 if cell.bn_h is not None:
                     rec = cell.bn_h(rec, t, m)
-                h_new = self.phi(rec + wx[:, t])
+                h_new = self.phi(rec + wx[t])
                 if m is not None:
                     keep = m.unsqueeze(1)
                     h = torch.where(keep, h_new, h)
@@ -322,11 +345,11 @@ class BNInputLSTM(nn.Module):
                 h, c = x.new_zeros(batch, self.hidden_size), x.new_zeros(batch, self.hidden_size)
             else:
                 h, c = state[0][layer], state[1][layer]
-            wx = cell.bn_x(x @ cell.weight_x.t(), 0, mask) + cell.bias
+            wx = (cell.bn_x(x @ cell.weight_x.t(), 0, mask) + cell.bias).unbind(1)
             outputs = []
             for t in range(steps):
                 m = None if mask is None else mask[:, t]
-                i, f, g, o = (h @ cell.weight_h.t() + wx[:, t]).chunk(4, dim=1)
+                i, f, g, o = (h @ cell.weight_h.t() + wx[t]).chunk(4, dim=1)
                 c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
                 h_new = torch.sigmoid(o) * torch.tanh(c_new)
                 if m is not None:
