@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from geomopt.experiments.config import merge_overrides
 from geomopt.experiments.sweep import run_all
 from geomopt.report import Section, plot_curves, write_section
 from geomopt.train import TrainConfig, read_metrics
@@ -56,13 +57,7 @@ class BNLSTMExperiment:
         return cls(datasets=("seq-digits", "seq-digits-perm", "seq-mnist1d"), epochs=8)
 
     def replace(self, overrides: dict[str, Any]) -> BNLSTMExperiment:
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise ValueError(f"{NAME}: unknown experiment key(s) {unknown}; valid keys: {sorted(names)}")
-        d = dataclasses.asdict(self) | overrides
-        for key in ("datasets", "models", "seeds"):
-            d[key] = tuple(d[key]) if isinstance(d[key], (list, tuple)) else (d[key],)
+        d = merge_overrides(self, overrides, NAME)
         return BNLSTMExperiment(**d)
 
 

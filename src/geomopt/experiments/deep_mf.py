@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from geomopt.experiments.config import merge_overrides
 from geomopt.implicit.lab import DeepLinearLabConfig, MatrixLabConfig, run_deep_linear_lab, run_matrix_lab
 from geomopt.report import Section, plot_curves, write_section
 
@@ -69,13 +70,7 @@ class DeepMFExperiment:
                    reg_lr=1e-3, reg_steps=3000)
 
     def replace(self, overrides: dict[str, Any]) -> DeepMFExperiment:
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise ValueError(f"{NAME}: unknown experiment key(s) {unknown}; valid keys: {sorted(names)}")
-        d = dataclasses.asdict(self) | overrides
-        for key in ("ms", "depths", "alphas", "seeds"):
-            d[key] = tuple(d[key]) if isinstance(d[key], (list, tuple)) else (d[key],)
+        d = merge_overrides(self, overrides, NAME)
         return DeepMFExperiment(**d)
 
 

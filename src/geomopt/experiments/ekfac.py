@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from geomopt.data import load_dataset, make_loader
+from geomopt.experiments.config import merge_overrides
 from geomopt.experiments.sweep import default_jobs, run_all
 from geomopt.optim import EKFAC, KFAC, build_optimizer
 from geomopt.report import Section, plot_curves, write_section
@@ -78,13 +79,7 @@ class EKFACExperiment:
                         "ekfac": [0.03, 0.1, 0.3]}, dampings=[0.3, 1.0], cnn_widths=(8, 16), cnn_epochs=8)
 
     def replace(self, overrides: dict[str, Any]) -> EKFACExperiment:
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise ValueError(f"{NAME}: unknown experiment key(s) {unknown}; valid keys: {sorted(names)}")
-        d = dataclasses.asdict(self) | overrides
-        for key in ("widths", "optimizers", "cnn_widths"):
-            d[key] = tuple(d[key]) if isinstance(d[key], (list, tuple)) else (d[key],)
+        d = merge_overrides(self, overrides, NAME)
         missing = [o for o in d["optimizers"] if o not in d["lrs"]]
         if missing:
             raise ValueError(f"{NAME}: no learning-rate grid in `lrs` for optimizer(s) {missing}")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from geomopt.experiments.config import merge_overrides
 from geomopt.experiments.sweep import run_all
 from geomopt.experiments.zoo import ZOO_KEY, correlate, measure_zoo
 from geomopt.measures.runs import MEASURES_FILE
@@ -85,14 +86,7 @@ class ExploringGeneralizationExperiment:
                    measure={"sharpness_steps": 5, "sharpness_restarts": 1, "flatness_samples": 3})
 
     def replace(self, overrides: dict[str, Any]) -> ExploringGeneralizationExperiment:
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise ValueError(f"{NAME}: unknown experiment key(s) {unknown}; valid keys: {sorted(names)}")
-        d = dataclasses.asdict(self) | overrides
-        for key in ("widths", "sizes", "zoo_widths", "zoo_depths", "zoo_lrs", "zoo_batch_sizes",
-                    "zoo_weight_decays", "zoo_dropouts"):
-            d[key] = tuple(d[key]) if isinstance(d[key], (list, tuple)) else (d[key],)
+        d = merge_overrides(self, overrides, NAME)
         return ExploringGeneralizationExperiment(**d)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from geomopt.experiments.config import merge_overrides
 from geomopt.implicit.lab import MatrixLabConfig, run_matrix_lab
 from geomopt.report import Section, write_section
 
@@ -50,13 +51,7 @@ class ImplicitMFExperiment:
                    steps=20000)
 
     def replace(self, overrides: dict[str, Any]) -> ImplicitMFExperiment:
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise ValueError(f"{NAME}: unknown experiment key(s) {unknown}; valid keys: {sorted(names)}")
-        d = dataclasses.asdict(self) | overrides
-        for key in ("alphas", "seeds"):
-            d[key] = tuple(d[key]) if isinstance(d[key], (list, tuple)) else (d[key],)
+        d = merge_overrides(self, overrides, NAME)
         return ImplicitMFExperiment(**d)
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from geomopt.experiments.config import merge_overrides
 from geomopt.experiments.sweep import run_all
 from geomopt.report import Section, plot_curves, write_section
 from geomopt.train import TrainConfig, read_metrics
@@ -63,13 +64,7 @@ class PathSGDExperiment:
         })
 
     def replace(self, overrides: dict[str, Any]) -> PathSGDExperiment:
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise ValueError(f"{NAME}: unknown experiment key(s) {unknown}; valid keys: {sorted(names)}")
-        d = dataclasses.asdict(self) | overrides
-        for key in ("datasets", "widths", "optimizers", "inits", "seeds"):
-            d[key] = tuple(d[key]) if isinstance(d[key], (list, tuple)) else (d[key],)
+        d = merge_overrides(self, overrides, NAME)
         missing = [o for o in d["optimizers"] if o not in d["lrs"]]
         if missing:
             raise ValueError(f"{NAME}: no learning-rate grid in `lrs` for optimizer(s) {missing}")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from geomopt.data.sequences import ADDING_BASELINE_MSE
+from geomopt.experiments.config import merge_overrides
 from geomopt.experiments.sweep import run_all
 from geomopt.report import Section, plot_curves, write_section
 from geomopt.train import TrainConfig, read_metrics
@@ -88,13 +89,7 @@ class PathSGDRNNExperiment:
                    })
 
     def replace(self, overrides: dict[str, Any]) -> PathSGDRNNExperiment:
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise ValueError(f"{NAME}: unknown experiment key(s) {unknown}; valid keys: {sorted(names)}")
-        d = dataclasses.asdict(self) | overrides
-        for key in ("lengths", "sequential", "methods", "seeds"):
-            d[key] = tuple(d[key]) if isinstance(d[key], (list, tuple)) else (d[key],)
+        d = merge_overrides(self, overrides, NAME)
         bad = [m for m in d["methods"] if m not in METHODS]
         if bad:
             raise ValueError(f"{NAME}: unknown method(s) {bad}; choose from {sorted(METHODS)}")

@@ -24,6 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from geomopt.experiments.config import merge_overrides
 from geomopt.experiments.sweep import run_all
 from geomopt.prune import prune_run
 from geomopt.report import Section, write_section
@@ -61,13 +62,7 @@ class PruningExperiment:
                    finetune_epochs=5, seeds=(0,))
 
     def replace(self, overrides: dict[str, Any]) -> PruningExperiment:
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise ValueError(f"{NAME}: unknown experiment key(s) {unknown}; valid keys: {sorted(names)}")
-        d = dataclasses.asdict(self) | overrides
-        for key in ("datasets", "widths", "criteria", "steps", "seeds"):
-            d[key] = tuple(d[key]) if isinstance(d[key], (list, tuple)) else (d[key],)
+        d = merge_overrides(self, overrides, NAME)
         return PruningExperiment(**d)
 
 
