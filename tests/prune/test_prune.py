@@ -44,11 +44,18 @@ def _loss(model, x, y):
     return nn.functional.cross_entropy(model(x), y)
 
 
-def test_ggn_diagonal_equals_dense_gauss_newton():
+@pytest.mark.parametrize("kind,method", [("mlp", "hooks"), ("mlp", "vmap"), ("cnn", "vmap"), ("cnn", "auto")])
+def test_ggn_diagonal_equals_dense_gauss_newton(kind, method):
     """diag(mean_n J_n^T (diag p - p p^T) J_n) from an explicit Jacobian (jacrev) and dense products."""
-    model = _model()
-    x, y = _data()
-    stats = loss_statistics(model, [(x, y)], n_examples=12, chunk=5)
+    if kind == "mlp":
+        model = _model()
+        x, y = _data()
+    else:
+        from geomopt.nn import CNN
+        model = CNN((1, 4, 4), (2,), 3, hidden=(3,), seed=0).double()
+        x = torch.randn(12, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        y = torch.randint(0, 3, (12,), generator=torch.Generator().manual_seed(1))
+    stats = loss_statistics(model, [(x, y)], n_examples=12, chunk=5, method=method)
     names = [n for n, _ in model.named_parameters()]
     params = {n: p.detach() for n, p in model.named_parameters()}
     for name in stats["ggn_diag"]:
@@ -229,3 +236,10 @@ def test_prune_lowest_refuses_more_than_available():
     s = scores(model, "mp")
     with pytest.raises(ValueError, match="only"):
         prune_lowest(model, s, count_prunable(model) + 1)
+
+
+def test_hooks_method_refuses_conv_layers():
+    from geomopt.nn import CNN
+    model = CNN((1, 4, 4), (2,), 3, seed=0)
+    with pytest.raises(ValueError, match="method='vmap'"):
+        loss_statistics(model, [(torch.randn(4, 1, 4, 4), torch.tensor([0, 1, 2, 0]))], n_examples=4, method="hooks")

@@ -63,10 +63,54 @@ def _softmax_hessian_factor(logits: Tensor) -> Tensor:
     return torch.diag_embed(sqrt_p) - sqrt_p.unsqueeze(-1) * p.unsqueeze(-2)
 
 
+def _linear_ggn_diag(model: nn.Module, names: Iterable[str], x: Tensor, chunk: int) -> dict[str, Tensor] | None:
+    """Sum over examples of the Gauss-Newton diagonal when every prunable layer is an nn.Linear on
+    (batch, features) inputs: for each class column s_c of the loss-Hessian square root, one
+    backward pass gives each layer's output gradients g (N, out); with inputs a (N, in),
+    diag += (g^2)^T (a^2). None when some layer does not fit (then the vmap path is used)."""
+    layers = {n: model.get_submodule(n[:-len(".weight")]) if n != "weight" else model for n in names}
+    if not all(isinstance(m, nn.Linear) for m in layers.values()):
+        return None
+    store: dict[str, dict[str, Any]] = {}
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            store[name] = {"a": inputs[0].detach(), "g": []}
+            output.register_hook(lambda g: store[name]["g"].append(g.detach()))
+        return hook
+
+    handles = [m.register_forward_hook(make_hook(n)) for n, m in layers.items()]
+    diag = {n: torch.zeros_like(getattr(m, "weight_orig", m.weight)) for n, m in layers.items()}
+    leaves = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for start in range(0, len(x), chunk):
+            with torch.enable_grad():
+                logits = model(x[start:start + chunk])
+                if any(store[n]["a"].dim() != 2 for n in layers):
+                    return None
+                factor = _softmax_hessian_factor(logits.detach())  # (N, C, C): rows s_c per example
+                classes = logits.shape[-1]
+                for c in range(classes):
+                    torch.autograd.grad(logits, leaves, grad_outputs=factor[:, c, :], retain_graph=c < classes - 1,
+                                        allow_unused=True)
+            for n in layers:
+                a2 = store[n]["a"] ** 2
+                for g in store[n]["g"]:
+                    diag[n] += (g ** 2).T @ a2
+    finally:
+        for h in handles:
+            h.remove()
+    return diag
+
+
 def loss_statistics(model: nn.Module, loader: Iterable, *, n_examples: int = 1000, gradient: bool = True,
-                    curvature: bool = True, chunk: int = 32) -> dict[str, Any]:
+                    curvature: bool = True, chunk: int = 32, method: str = "auto") -> dict[str, Any]:
     """Mean loss, mean gradient and (optionally) the exact Gauss-Newton diagonal of the mean
     cross-entropy over the first ``n_examples`` of ``loader``.
+
+    ``method``: how the Gauss-Newton diagonal is computed: ``"hooks"`` (Linear layers only: one
+    forward and C backward passes per chunk, diag = sum (g^2)^T (a^2)), ``"vmap"`` (any layer:
+    per-example, per-class gradients by ``torch.func.vmap``), or ``"auto"`` (hooks when possible).
 
     Returns:
         ``{"loss": float, "grad": {name: Tensor} or None, "ggn_diag": {name: Tensor} or None, "n": int}``,
@@ -94,8 +138,17 @@ def loss_statistics(model: nn.Module, loader: Iterable, *, n_examples: int = 100
         with _masks_off(model):
             return functional_call(model, {**others, **buffers, **weights}, (inputs,))
 
+    if method not in ("auto", "hooks", "vmap"):
+        raise ValueError(f"loss_statistics: method must be 'auto', 'hooks' or 'vmap', got {method!r}")
     grads = {k: torch.zeros_like(v) for k, v in target.items()}
     diag = {k: torch.zeros_like(v) for k, v in target.items()} if curvature else None
+    if curvature and method != "vmap":
+        fast = _linear_ggn_diag(model, list(target), x, max(chunk, 256))
+        if fast is None and method == "hooks":
+            raise ValueError("loss_statistics(method='hooks') needs every prunable layer to be an nn.Linear on "
+                             "(batch, features) inputs; use method='vmap'")
+        if fast is not None:
+            diag, curvature = fast, False  # computed: skip the vmap pass below
     total = 0.0
     n = len(y)
     for start in range(0, n, chunk):
@@ -107,7 +160,7 @@ def loss_statistics(model: nn.Module, loader: Iterable, *, n_examples: int = 100
         total += loss.item()
         for k, gk in zip(weights, g):
             grads[k] += gk
-        if diag is not None:
+        if curvature:
             def per_example(xi: Tensor) -> dict[str, Tensor]:
                 out, pullback = vjp(lambda w: logits_fn(w, xi.unsqueeze(0))[0], target)
                 factor = _softmax_hessian_factor(out.detach())  # (C, C), rows s_c
