@@ -243,3 +243,42 @@ def test_hooks_method_refuses_conv_layers():
     model = CNN((1, 4, 4), (2,), 3, seed=0)
     with pytest.raises(ValueError, match="method='vmap'"):
         loss_statistics(model, [(torch.randn(4, 1, 4, 4), torch.tensor([0, 1, 2, 0]))], n_examples=4, method="hooks")
+
+
+def test_kronecker_factors_are_exact_for_one_example():
+    """With one example, K-FAC of a Linear layer is exact: GGN = (a a^T) (x) sum_c g_c g_c^T, so the
+    exact Gauss-Newton diagonal equals outer(diag G, diag A); and A is the input second moment."""
+    model = _model(10)
+    x, y = _data(n=1, seed=10)
+    stats = loss_statistics(model, [(x, y)], n_examples=1, kronecker=True)
+    for name, (A, G) in stats["kfac"].items():
+        torch.testing.assert_close(stats["ggn_diag"][name], torch.outer(torch.diagonal(G), torch.diagonal(A)))
+    x, y = _data(n=12, seed=11)
+    A = loss_statistics(model, [(x, y)], n_examples=12, kronecker=True)["kfac"]["1.weight"][0]
+    torch.testing.assert_close(A, x.T @ x / 12)
+
+
+def test_kobs_prunes_to_target_with_compensation():
+    model = _model(12)
+    x, y = _data(n=30, seed=12)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    history = prune_model(model, [(x, y)], criterion="kobs", target_sparsity=0.6, steps=2, n_examples=30,
+                          compensate=True, progress=False)
+    total = count_prunable(model)
+    assert sparsity(model) == pytest.approx(round(0.6 * total) / total)
+    assert all(h.predicted_change is not None and h.predicted_change >= 0 for h in history)
+    # the surviving weights moved (the OBS compensation), pruned ones are exactly zero
+    w, mask = model[1].weight, model[1].weight_mask.bool()
+    assert not torch.allclose(w[mask], before["1.weight"][mask])
+    assert bool((w[~mask] == 0).all())
+    with pytest.raises(ValueError, match="kronecker=True"):
+        scores(model, "kobs", loss_statistics(model, [(x, y)], n_examples=30))
+
+
+def test_kobs_without_compensation_leaves_surviving_weights():
+    model = _model(13)
+    x, y = _data(n=30, seed=13)
+    before = model[1].weight.detach().clone()
+    prune_model(model, [(x, y)], criterion="kobs", target_sparsity=0.5, steps=1, n_examples=30, progress=False)
+    mask = model[1].weight_mask.bool()
+    torch.testing.assert_close(model[1].weight[mask], before[mask])

@@ -2,7 +2,7 @@
 
 Laurent, Ballas, George, Schwartz & Vincent, "Revisiting Loss Modelling for Unstructured
 Pruning", 2020. Protocol: an MLP 300-100 trained to convergence, pruned globally to high
-sparsity by magnitude (MP), the linear (LM) and quadratic (QM) loss models and OBD, in
+sparsity by magnitude (MP), the linear (LM) and quadratic (QM) loss models, OBD and Kronecker-factored OBS (kobs), in
 k = 1, 14, 140 steps (each removing r = 1 - (1 - p)^(1/k) of what is left, scores recomputed on
 the masked network from 1000 examples), then fine-tuned with the mask. The paper's findings:
 locality (many small steps) is crucial; first- and second-order models end up similar; a better
@@ -49,7 +49,7 @@ class PruningExperiment:
     lr: float = 0.1
     batch_size: int = 100
     sparsity: float = 0.9885
-    criteria: tuple[str, ...] = ("mp", "lm", "qm", "obd")
+    criteria: tuple[str, ...] = ("mp", "lm", "qm", "obd", "kobs")
     steps: tuple[int, ...] = (1, 14, 140)
     examples: int = 1000
     locality: float = 0.0

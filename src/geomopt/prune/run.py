@@ -33,27 +33,49 @@ class PruneStep:
 
 
 def prune_model(model: nn.Module, loader: Iterable, *, criterion: str, target_sparsity: float, steps: int = 1,
-                n_examples: int = 1000, locality: float = 0.0, progress: bool = True) -> list[PruneStep]:
+                n_examples: int = 1000, locality: float = 0.0, compensate: bool = False,
+                progress: bool = True) -> list[PruneStep]:
     """Globally prune ``target_sparsity`` of the Linear/Conv weights of ``model`` in ``steps`` steps.
 
     Each step recomputes the loss statistics (mean gradient, Gauss-Newton diagonal) on the
     masked network from the first ``n_examples`` of ``loader``, scores the remaining weights
     with ``criterion`` (see :mod:`geomopt.prune.scores`) and removes
     r = 1 - (1 - p)^(1/steps) of what is left; the last step reaches exactly the target.
+
+    ``compensate`` (kobs only): after each step, move the remaining weights by the sum of the
+    single-weight OBS compensations of the removed ones. Summing them ignores the interactions
+    between removals; with hundreds of removals per step it can hurt (see the pruning docs), so it
+    is off by default.
     """
     counts = schedule_counts(count_prunable(model), target_sparsity, steps)
-    need_curvature = criterion in ("qm", "obd")
+    need_curvature = criterion in ("qm", "obd", "kobs")
     history = []
     for j, count in enumerate(tqdm(counts, desc=f"prune {criterion}", disable=not progress, leave=False), start=1):
         stats = loss_statistics(model, loader, n_examples=n_examples, gradient=criterion != "mp",
-                                curvature=need_curvature)
+                                curvature=need_curvature, kronecker=criterion == "kobs")
         weights = {k: v.detach().clone() for k, v in _effective(model).items()}
         removed = prune_lowest(model, scores(model, criterion, stats if criterion != "mp" else None,
                                              locality=locality), count)
+        if criterion == "kobs" and compensate:
+            _compensate(model, stats, weights, removed)
         after = loss_statistics(model, loader, n_examples=n_examples, gradient=False, curvature=False)["loss"]
         predicted = predicted_loss_change(criterion, stats, removed, weights) if criterion != "mp" else None
         history.append(PruneStep(j, count, sparsity(model), stats["loss"], after, predicted))
     return history
+
+
+@torch.no_grad()
+def _compensate(model: nn.Module, stats: dict[str, Any], weights: dict[str, torch.Tensor],
+                removed: dict[str, torch.Tensor]) -> None:
+    """Kronecker OBS: move the remaining weights by the sum of the single-weight compensations of
+    the removed ones (the mask keeps removed and earlier-pruned weights at zero)."""
+    from geomopt.prune.scores import kfac_inverses, kronecker_obs_update
+    for name, rm in removed.items():
+        if not bool(rm.any()):
+            continue
+        a_inv, g_inv = kfac_inverses(stats["kfac"][name], 1e-3)
+        module = model.get_submodule(name[:-len(".weight")]) if name != "weight" else model
+        getattr(module, "weight_orig", module.weight).add_(kronecker_obs_update(weights[name], rm, a_inv, g_inv))
 
 
 def _effective(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -67,7 +89,7 @@ def history_records(history: list[PruneStep]) -> list[dict[str, Any]]:
 
 def prune_run(run_dir: str | Path, *, criterion: str, target_sparsity: float, steps: int, finetune_epochs: int,
               n_examples: int = 1000, locality: float = 0.0, lr: float | None = None, out: str | Path | None = None,
-              progress: bool = True) -> dict[str, Any]:
+              compensate: bool = False, progress: bool = True) -> dict[str, Any]:
     """Prune the final checkpoint of a ``geomopt train`` run and fine-tune it with its own config.
 
     Writes ``prune.json`` (per-step predicted vs actual loss change, accuracies before and after
@@ -96,12 +118,13 @@ def prune_run(run_dir: str | Path, *, criterion: str, target_sparsity: float, st
     dense = evaluate(model, test_loader, loss_fn, device)
     history = prune_model(model, make_loader(bundle.train, 256, shuffle=True, seed=config.seed), criterion=criterion,
                           target_sparsity=target_sparsity, steps=steps, n_examples=n_examples, locality=locality,
-                          progress=progress)
+                          compensate=compensate, progress=progress)
     pruned_train = evaluate(model, train_eval, loss_fn, device)
     pruned_test = evaluate(model, test_loader, loss_fn, device)
     record: dict[str, Any] = {
         "run_dir": str(run_dir), "criterion": criterion, "sparsity": target_sparsity, "steps": steps,
-        "n_examples": n_examples, "locality": locality, "achieved_sparsity": sparsity(model),
+        "n_examples": n_examples, "locality": locality, "compensate": compensate,
+        "achieved_sparsity": sparsity(model),
         "dense_test_loss": dense[0], "dense_test_acc": dense[1],
         "pruned_train_loss": pruned_train[0], "pruned_test_loss": pruned_test[0], "pruned_test_acc": pruned_test[1],
         "history": history_records(history),

@@ -12,7 +12,9 @@ weight, lowest pruned first, is
 
 where the locality penalty lambda keeps each pruning step small. Criteria:
 ``mp`` (magnitude: g = 0, d = 1), ``lm`` (linear model: d = 0), ``qm`` (quadratic model),
-``obd`` (Optimal Brain Damage: g = 0). The exact diagonal of the Gauss-Newton matrix
+``obd`` (Optimal Brain Damage: g = 0), and ``kobs`` (Optimal Brain Surgeon with the K-FAC
+approximation H ~ A (x) G of the same Gauss-Newton matrix: saliency theta^2 / (2 [H^-1]_qq) and a
+compensating update of the remaining weights; Linear layers). The exact diagonal of the Gauss-Newton matrix
 G = sum_n J_n^T H_n J_n (H_n the Hessian of the loss in the network outputs) is computed from
 per-example, per-class backward passes vectorized with ``torch.func.vmap``: with
 H_n = sum_c s_c s_c^T, diag(G) = sum_n sum_c (J_n^T s_c)^2.
@@ -27,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 
-CRITERIA = ("mp", "lm", "qm", "obd")
+CRITERIA = ("mp", "lm", "qm", "obd", "kobs")
 
 
 def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -63,7 +65,8 @@ def _softmax_hessian_factor(logits: Tensor) -> Tensor:
     return torch.diag_embed(sqrt_p) - sqrt_p.unsqueeze(-1) * p.unsqueeze(-2)
 
 
-def _linear_ggn_diag(model: nn.Module, names: Iterable[str], x: Tensor, chunk: int) -> dict[str, Tensor] | None:
+def _linear_ggn_diag(model: nn.Module, names: Iterable[str], x: Tensor, chunk: int,
+                     factors: dict[str, list[Tensor]] | None = None) -> dict[str, Tensor] | None:
     """Sum over examples of the Gauss-Newton diagonal when every prunable layer is an nn.Linear on
     (batch, features) inputs: for each class column s_c of the loss-Hessian square root, one
     backward pass gives each layer's output gradients g (N, out); with inputs a (N, in),
@@ -94,9 +97,17 @@ def _linear_ggn_diag(model: nn.Module, names: Iterable[str], x: Tensor, chunk: i
                     torch.autograd.grad(logits, leaves, grad_outputs=factor[:, c, :], retain_graph=c < classes - 1,
                                         allow_unused=True)
             for n in layers:
-                a2 = store[n]["a"] ** 2
+                a = store[n]["a"]
+                a2 = a ** 2
                 for g in store[n]["g"]:
                     diag[n] += (g ** 2).T @ a2
+                if factors is not None:  # Kronecker factors of the same Gauss-Newton: sums of a a^T and g g^T
+                    gs = torch.cat(store[n]["g"])
+                    if n not in factors:
+                        factors[n] = [torch.zeros(a.shape[1], a.shape[1], dtype=a.dtype, device=a.device),
+                                      torch.zeros(gs.shape[1], gs.shape[1], dtype=a.dtype, device=a.device)]
+                    factors[n][0] += a.T @ a
+                    factors[n][1] += gs.T @ gs
     finally:
         for h in handles:
             h.remove()
@@ -104,13 +115,17 @@ def _linear_ggn_diag(model: nn.Module, names: Iterable[str], x: Tensor, chunk: i
 
 
 def loss_statistics(model: nn.Module, loader: Iterable, *, n_examples: int = 1000, gradient: bool = True,
-                    curvature: bool = True, chunk: int = 32, method: str = "auto") -> dict[str, Any]:
+                    curvature: bool = True, chunk: int = 32, method: str = "auto",
+                    kronecker: bool = False) -> dict[str, Any]:
     """Mean loss, mean gradient and (optionally) the exact Gauss-Newton diagonal of the mean
     cross-entropy over the first ``n_examples`` of ``loader``.
 
     ``method``: how the Gauss-Newton diagonal is computed: ``"hooks"`` (Linear layers only: one
     forward and C backward passes per chunk, diag = sum (g^2)^T (a^2)), ``"vmap"`` (any layer:
     per-example, per-class gradients by ``torch.func.vmap``), or ``"auto"`` (hooks when possible).
+    ``kronecker``: also return ``"kfac"``: {name: (A, G)}, the K-FAC factors of the same Gauss-Newton
+    matrix (A = E[a a^T] over layer inputs, G = E[sum_c g_c g_c^T] over output gradients; Linear
+    layers only), for the Kronecker OBS criterion.
 
     Returns:
         ``{"loss": float, "grad": {name: Tensor} or None, "ggn_diag": {name: Tensor} or None, "n": int}``,
@@ -142,8 +157,14 @@ def loss_statistics(model: nn.Module, loader: Iterable, *, n_examples: int = 100
         raise ValueError(f"loss_statistics: method must be 'auto', 'hooks' or 'vmap', got {method!r}")
     grads = {k: torch.zeros_like(v) for k, v in target.items()}
     diag = {k: torch.zeros_like(v) for k, v in target.items()} if curvature else None
+    kfac: dict[str, list[Tensor]] | None = {} if kronecker else None
+    if kronecker and (not curvature or method == "vmap"):
+        raise ValueError("loss_statistics(kronecker=True) needs curvature=True and the hooks method")
     if curvature and method != "vmap":
-        fast = _linear_ggn_diag(model, list(target), x, max(chunk, 256))
+        fast = _linear_ggn_diag(model, list(target), x, max(chunk, 256), kfac)
+        if fast is None and kronecker:
+            raise ValueError("Kronecker factors (kobs) need every prunable layer to be an nn.Linear on (batch, features) "
+                             "inputs")
         if fast is None and method == "hooks":
             raise ValueError("loss_statistics(method='hooks') needs every prunable layer to be an nn.Linear on "
                              "(batch, features) inputs; use method='vmap'")
@@ -170,12 +191,14 @@ def loss_statistics(model: nn.Module, loader: Iterable, *, n_examples: int = 100
             for k, v in vmap(per_example)(xb).items():
                 diag[k] += v.sum(0)
     model.train(was_training)
-    return {"loss": total / n, "grad": {k: v / n for k, v in grads.items()},
+    if kfac is not None:
+        kfac = {k: (a / n, g / n) for k, (a, g) in kfac.items()}
+    return {"loss": total / n, "kfac": kfac, "grad": {k: v / n for k, v in grads.items()},
             "ggn_diag": None if diag is None else {k: v / n for k, v in diag.items()}, "n": n}
 
 
-def scores(model: nn.Module, criterion: str, stats: dict[str, Any] | None = None, *, locality: float = 0.0
-           ) -> dict[str, Tensor]:
+def scores(model: nn.Module, criterion: str, stats: dict[str, Any] | None = None, *, locality: float = 0.0,
+           damping: float = 1e-3) -> dict[str, Tensor]:
     """r_i = |-g_i theta_i + 0.5 d_i theta_i^2| + 0.5 lambda theta_i^2 for every prunable weight.
 
     Args:
@@ -183,6 +206,7 @@ def scores(model: nn.Module, criterion: str, stats: dict[str, Any] | None = None
         criterion: ``mp``, ``lm``, ``qm`` or ``obd``.
         stats: :func:`loss_statistics` output (needed by lm, qm, obd).
         locality: lambda, the penalty on large weights (0 = none).
+        damping: kobs only: each factor gets damping * (its mean eigenvalue) added to its diagonal.
 
     Already-pruned weights get score +inf so that they are never counted twice.
     """
@@ -192,11 +216,20 @@ def scores(model: nn.Module, criterion: str, stats: dict[str, Any] | None = None
         raise ValueError(f"criterion {criterion!r} needs the gradient/curvature statistics (loss_statistics)")
     if criterion in ("qm", "obd") and stats["ggn_diag"] is None:
         raise ValueError(f"criterion {criterion!r} needs the curvature: loss_statistics(..., curvature=True)")
+    if criterion == "kobs" and not stats.get("kfac"):
+        raise ValueError("criterion 'kobs' needs the Kronecker factors: loss_statistics(..., kronecker=True)")
     effective = _effective_weights(model)
     masks = _masks(model)
     out = {}
     for name in prunable_parameters(model):
         theta = effective[name].detach()
+        if criterion == "kobs":
+            a_inv, g_inv = kfac_inverses(stats["kfac"][name], damping)
+            r = kronecker_obs(theta, a_inv, g_inv)[0] + 0.5 * locality * theta ** 2
+            if name in masks:
+                r = torch.where(masks[name].bool(), r, torch.full_like(r, float("inf")))
+            out[name] = r
+            continue
         if criterion == "mp":
             g, d = torch.zeros_like(theta), torch.ones_like(theta)
         else:
@@ -216,6 +249,9 @@ def predicted_loss_change(criterion: str, stats: dict[str, Any], removed: dict[s
     ``None`` for magnitude pruning, which models no loss."""
     if criterion == "mp":
         return None
+    if criterion == "kobs":  # sum of single-weight OBS saliencies (ignores interactions between removals)
+        return float(sum(kronecker_obs(weights[k], *kfac_inverses(stats["kfac"][k], 1e-3))[0][rm].sum()
+                         for k, rm in removed.items()))
     total = 0.0
     for name, rm in removed.items():
         theta = weights[name][rm]
@@ -300,3 +336,14 @@ def kronecker_obs_update(weight: Tensor, removed: Tensor, a_inverse: Tensor, g_i
     inv_diag = torch.outer(torch.diagonal(g_inverse), torch.diagonal(a_inverse))
     scaled = torch.where(removed, weight / inv_diag, torch.zeros_like(weight))
     return -(g_inverse @ scaled @ a_inverse)
+
+
+def kfac_inverses(factors: tuple[Tensor, Tensor], damping: float) -> tuple[Tensor, Tensor]:
+    """Damped inverses (A + d_A I)^-1, (G + d_G I)^-1 with d = damping * mean eigenvalue (float64)."""
+    out = []
+    for f in factors:
+        f64 = f.double()
+        eye = torch.eye(f.shape[0], dtype=torch.float64, device=f.device)
+        shift = damping * max(float(torch.trace(f64)) / f.shape[0], 1e-12)
+        out.append(torch.linalg.inv(f64 + shift * eye).to(f.dtype))
+    return out[0], out[1]
