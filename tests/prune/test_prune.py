@@ -282,3 +282,24 @@ def test_kobs_without_compensation_leaves_surviving_weights():
     prune_model(model, [(x, y)], criterion="kobs", target_sparsity=0.5, steps=1, n_examples=30, progress=False)
     mask = model[1].weight_mask.bool()
     torch.testing.assert_close(model[1].weight[mask], before[mask])
+
+
+def test_gradual_pruning_during_training_follows_the_cubic_schedule(tmp_path):
+    from geomopt.prune import GradualPruner, gradual_sparsity
+    from geomopt.train import fit, read_metrics
+    torch.manual_seed(0)
+    model = _model(14)
+    x, y = _data(n=40, seed=14)
+    batches = [(x[i:i + 10], y[i:i + 10]) for i in range(0, 40, 10)]
+    pruner = GradualPruner(batches, criterion="qm", final_sparsity=0.7, start_step=2, end_step=10, every=2,
+                           n_examples=40)
+    fit(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), batches, batches, epochs=3,
+        out_dir=tmp_path, step_callback=pruner, progress=False)
+    total = count_prunable(model)
+    assert sparsity(model) == pytest.approx(round(0.7 * total) / total)
+    logged = [r for r in read_metrics(tmp_path) if r["kind"] == "callback"]
+    assert [r["step"] for r in logged] == [4, 6, 8, 10]  # step 2: schedule still at 0
+    for r in logged:
+        assert r["sparsity"] == pytest.approx(round(total * gradual_sparsity(r["step"], 2, 10, 0.7)) / total)
+    for module in (model[1], model[3], model[5]):
+        assert bool((module.weight[~module.weight_mask.bool()] == 0).all())

@@ -140,3 +140,43 @@ def prune_run(run_dir: str | Path, *, criterion: str, target_sparsity: float, st
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "prune.json", record)
     return record
+
+
+class GradualPruner:
+    """Gradual pruning during training (Zhu & Gupta 2017): a ``step_callback`` for
+    :func:`geomopt.train.fit` that, every ``every`` steps between ``start_step`` and ``end_step``,
+    removes weights by ``criterion`` until the sparsity follows the cubic schedule
+    s(t) = s_f + (s_i - s_f) (1 - (t - t_0) / (t_1 - t_0))^3 (:func:`gradual_sparsity`).
+
+    The masks are torch.nn.utils.prune masks, so the optimizer keeps updating ``weight_orig`` while
+    pruned weights stay zero. Resuming such a run needs the masks attached before loading
+    (:func:`geomopt.prune.apply_masks`); ``fit(resume=True)`` does not do it.
+    """
+
+    def __init__(self, loader: Iterable, *, criterion: str, final_sparsity: float, start_step: int, end_step: int,
+                 every: int = 100, n_examples: int = 1000, locality: float = 0.0):
+        if not 0 <= start_step < end_step or every < 1:
+            raise ValueError(f"GradualPruner: need 0 <= start_step < end_step and every >= 1, got "
+                             f"{start_step}, {end_step}, {every}")
+        self.loader, self.criterion, self.final = loader, criterion, final_sparsity
+        self.start, self.end, self.every, self.n_examples, self.locality = start_step, end_step, every, n_examples, \
+            locality
+
+    def __call__(self, step: int, model: nn.Module) -> dict[str, Any] | None:
+        due = step == self.end or (self.start <= step < self.end and (step - self.start) % self.every == 0)
+        if not due:
+            return None
+        from geomopt.prune.masks import gradual_sparsity, masks_from_state_dict
+        total = count_prunable(model)
+        pruned = sum(int((m == 0).sum()) for m in masks_from_state_dict(model.state_dict()).values())
+        count = round(total * gradual_sparsity(step, self.start, self.end, self.final)) - pruned
+        if count <= 0:
+            return None
+        stats = None
+        if self.criterion != "mp":
+            stats = loss_statistics(model, self.loader, n_examples=self.n_examples,
+                                    curvature=self.criterion in ("qm", "obd", "kobs"),
+                                    kronecker=self.criterion == "kobs")
+        prune_lowest(model, scores(model, self.criterion, stats, locality=self.locality), count)
+        model.train()
+        return {"pruned": count, "sparsity": (pruned + count) / total}
