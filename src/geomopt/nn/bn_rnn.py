@@ -166,6 +166,44 @@ def _check_input(name: str, x: Tensor, input_size: int) -> None:
         raise ValueError(f"{name} expects input of shape (batch, time, {input_size}), got {tuple(x.shape)}")
 
 
+def _advance(valid: Tensor | None, new: Tensor, old: Tensor) -> Tensor:
+    """The next state: ``new`` for sequences still running at this step, ``old`` for ended ones."""
+    return new if valid is None else torch.where(valid.unsqueeze(1), new, old)
+
+
+def _emit(valid: Tensor | None, h: Tensor) -> Tensor:
+    """The output at this step: zeros after a sequence's end."""
+    return h if valid is None else h * valid.unsqueeze(1)
+
+
+def _lstm_forward(cells: nn.ModuleList, hidden: int, x: Tensor, lengths: Tensor | None,
+                  state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Multi-layer LSTM over time; a cell's ``bn_h`` / ``bn_c`` (per-step BN of W_h h and of c_t)
+    may be None (BN-input LSTM), its ``bn_x`` normalizes W_x x for all steps at once."""
+    batch, steps, _ = x.shape
+    mask = _mask(lengths, batch, steps, x.device)
+    hs, cs = [], []
+    for layer, cell in enumerate(cells):
+        h, c = (x.new_zeros(batch, hidden), x.new_zeros(batch, hidden)) if state is None else \
+            (state[0][layer], state[1][layer])
+        wx = (cell.bn_x(x @ cell.weight_x.t(), 0, mask) + cell.bias).unbind(1)  # unbind: O(T) backward
+        outputs = []
+        for t in range(steps):
+            m = None if mask is None else mask[:, t]
+            rec = h @ cell.weight_h.t()
+            if cell.bn_h is not None:
+                rec = cell.bn_h(rec, t, m)
+            i, f, g, o = (rec + wx[t]).chunk(4, dim=1)
+            c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h_new = torch.sigmoid(o) * torch.tanh(c_new if cell.bn_c is None else cell.bn_c(c_new, t, m))
+            c, h = _advance(m, c_new, c), _advance(m, h_new, h)
+            outputs.append(_emit(m, h_new))
+        x = torch.stack(outputs, dim=1)
+        hs.append(h)
+        cs.append(c)
+    return x, (torch.stack(hs), torch.stack(cs))
+
+
 class BNLSTM(nn.Module):
     """Batch-normalized LSTM (Cooijmans et al.), batch-first, multi-layer.
 
@@ -207,35 +245,7 @@ class BNLSTM(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor | None = None,
                 state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         _check_input("BNLSTM", x, self.input_size)
-        batch, steps, _ = x.shape
-        mask = _mask(lengths, batch, steps, x.device)
-        hs, cs = [], []
-        H = self.hidden_size
-        for layer, cell in enumerate(self.cells):
-            if state is None:
-                h = x.new_zeros(batch, H)
-                c = x.new_zeros(batch, H)
-            else:
-                h, c = state[0][layer], state[1][layer]
-            wx = cell.bn_x(x @ cell.weight_x.t(), 0, mask).unbind(1)  # all steps at once; unbind: O(T) backward
-            outputs = []
-            for t in range(steps):
-                m = None if mask is None else mask[:, t]
-                gates = cell.bn_h(h @ cell.weight_h.t(), t, m) + wx[t] + cell.bias
-                i, f, g, o = gates.chunk(4, dim=1)
-                c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h_new = torch.sigmoid(o) * torch.tanh(cell.bn_c(c_new, t, m))
-                if m is not None:
-                    keep = m.unsqueeze(1)
-                    c, h = torch.where(keep, c_new, c), torch.where(keep, h_new, h)
-                    outputs.append(h_new * keep)
-                else:
-                    c, h = c_new, h_new
-                    outputs.append(h_new)
-            x = torch.stack(outputs, dim=1)
-            hs.append(h)
-            cs.append(c)
-        return x, (torch.stack(hs), torch.stack(cs))
+        return _lstm_forward(self.cells, self.hidden_size, x, lengths, state)
 
 
 class BNRNN(nn.Module):
@@ -294,13 +304,8 @@ class BNRNN(nn.Module):
                 if cell.bn_h is not None:
                     rec = cell.bn_h(rec, t, m)
                 h_new = self.phi(rec + wx[t])
-                if m is not None:
-                    keep = m.unsqueeze(1)
-                    h = torch.where(keep, h_new, h)
-                    outputs.append(h_new * keep)
-                else:
-                    h = h_new
-                    outputs.append(h_new)
+                h = _advance(m, h_new, h)
+                outputs.append(_emit(m, h_new))
             x = torch.stack(outputs, dim=1)
             hs.append(h)
         return x, torch.stack(hs)
@@ -332,37 +337,13 @@ class BNInputLSTM(nn.Module):
             cell.bn_x = StepBatchNorm(4 * hidden_size, max_steps, gamma=gamma, beta=False, reuse_last=reuse_last,
                                       sequence_wise=stats == "sequence", momentum=momentum,
                                       missing_stats=missing_stats)
+            cell.bn_h = cell.bn_c = None  # only the input-to-hidden term is normalized
             self.cells.append(cell)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None,
                 state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         _check_input("BNInputLSTM", x, self.input_size)
-        batch, steps, _ = x.shape
-        mask = _mask(lengths, batch, steps, x.device)
-        hs, cs = [], []
-        for layer, cell in enumerate(self.cells):
-            if state is None:
-                h, c = x.new_zeros(batch, self.hidden_size), x.new_zeros(batch, self.hidden_size)
-            else:
-                h, c = state[0][layer], state[1][layer]
-            wx = (cell.bn_x(x @ cell.weight_x.t(), 0, mask) + cell.bias).unbind(1)
-            outputs = []
-            for t in range(steps):
-                m = None if mask is None else mask[:, t]
-                i, f, g, o = (h @ cell.weight_h.t() + wx[t]).chunk(4, dim=1)
-                c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h_new = torch.sigmoid(o) * torch.tanh(c_new)
-                if m is not None:
-                    keep = m.unsqueeze(1)
-                    c, h = torch.where(keep, c_new, c), torch.where(keep, h_new, h)
-                    outputs.append(h_new * keep)
-                else:
-                    c, h = c_new, h_new
-                    outputs.append(h_new)
-            x = torch.stack(outputs, dim=1)
-            hs.append(h)
-            cs.append(c)
-        return x, (torch.stack(hs), torch.stack(cs))
+        return _lstm_forward(self.cells, self.hidden_size, x, lengths, state)
 
 
 class BNSequenceModel(nn.Module):
