@@ -14,14 +14,12 @@ units, Adam 1e-3, a few epochs. Full protocol: sequential and permuted MNIST (78
 from __future__ import annotations
 
 import csv
-import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geomopt.experiments.config import merge_overrides
+from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.experiments.sweep import run_all
 from geomopt.report import Section, plot_curves, write_section
 from geomopt.train import TrainConfig, read_metrics
@@ -81,9 +79,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
               overrides: dict[str, Any] | None = None) -> Path:
     """Train every (dataset, model, seed) (skipping finished runs) and write the report section."""
     exp = (BNLSTMExperiment.quick() if quick else BNLSTMExperiment()).replace(overrides or {})
-    root = Path(out) / NAME
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "experiment.json").write_text(json.dumps(dataclasses.asdict(exp), indent=2))
+    root = experiment_dir(out, NAME, exp)
     planned = _jobs(exp, root)
     summaries = run_all([(c, o) for c, o, _ in planned], jobs, desc=NAME)
 

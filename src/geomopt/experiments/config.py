@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 
@@ -23,3 +25,11 @@ def merge_overrides(config: Any, overrides: dict[str, Any], name: str) -> dict[s
             value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
         merged[key] = value
     return merged
+
+
+def experiment_dir(out: str | Path, name: str, config: Any) -> Path:
+    """``out/name``, created, with the experiment's resolved config written as experiment.json."""
+    root = Path(out) / name
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "experiment.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    return root

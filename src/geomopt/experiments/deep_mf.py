@@ -18,13 +18,11 @@ the paper is not shipped (nothing is downloaded): we use ill-conditioned synthet
 from __future__ import annotations
 
 import csv
-import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geomopt.experiments.config import merge_overrides
+from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.implicit.lab import DeepLinearLabConfig, MatrixLabConfig, run_deep_linear_lab, run_matrix_lab
 from geomopt.report import Section, plot_curves, write_section
 
@@ -81,9 +79,7 @@ def _mean(xs: list[float]) -> float:
 def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
               overrides: dict[str, Any] | None = None) -> Path:
     exp = (DeepMFExperiment.quick() if quick else DeepMFExperiment()).replace(overrides or {})
-    root = Path(out) / NAME
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "experiment.json").write_text(json.dumps(dataclasses.asdict(exp), indent=2))
+    root = experiment_dir(out, NAME, exp)
     rows, summary, figures = [], {}, []
     sv_panels, erank_panels = {}, {}
     for m in exp.ms:

@@ -18,7 +18,6 @@ a few minutes on 2 cores. Full protocol: MNIST from ``data_dir`` with 784-1000-5
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import multiprocessing as mp
@@ -33,7 +32,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from geomopt.data import load_dataset, make_loader
-from geomopt.experiments.config import merge_overrides
+from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.experiments.sweep import default_jobs, run_all
 from geomopt.optim import EKFAC, KFAC, build_optimizer
 from geomopt.report import Section, plot_curves, write_section
@@ -234,9 +233,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
               overrides: dict[str, Any] | None = None) -> Path:
     """Run both grids (skipping finished runs), then write results.csv, table.csv, figures, section.json."""
     exp = (EKFACExperiment.quick() if quick else EKFACExperiment()).replace(overrides or {})
-    root = Path(out) / NAME
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "experiment.json").write_text(json.dumps(dataclasses.asdict(exp), indent=2))
+    root = experiment_dir(out, NAME, exp)
     grid = _grid(exp, root)
     workers = jobs or default_jobs()
     if workers == 1:

@@ -17,14 +17,13 @@ Full: MNIST-1D, 2 hidden layers of 512, sizes up to 4000 and a 48-model zoo.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geomopt.experiments.config import merge_overrides
+from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.experiments.sweep import run_all
 from geomopt.experiments.zoo import ZOO_KEY, correlate, measure_zoo
 from geomopt.measures.runs import MEASURES_FILE
@@ -134,9 +133,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
     """Train both parts (finished runs skipped), compute measures, write tables, figures and the section."""
     exp = (ExploringGeneralizationExperiment.quick() if quick else ExploringGeneralizationExperiment()).replace(
         overrides or {})
-    root = Path(out) / NAME
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "experiment.json").write_text(json.dumps(dataclasses.asdict(exp), indent=2))
+    root = experiment_dir(out, NAME, exp)
     labels, zoo = _labels_runs(exp, root), _zoo_runs(exp, root)
     for _, run_dir, hp in labels + zoo:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -12,13 +12,11 @@ minimum nuclear norm (trace) solution; we report ``||X_gd - X_nuc||_F / ||X_nuc|
 from __future__ import annotations
 
 import csv
-import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geomopt.experiments.config import merge_overrides
+from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.implicit.lab import MatrixLabConfig, run_matrix_lab
 from geomopt.report import Section, write_section
 
@@ -65,9 +63,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
               overrides: dict[str, Any] | None = None) -> Path:
     """Both problems, the alpha grid batched, the baseline; results.csv, table.csv, figures, section.json."""
     exp = (ImplicitMFExperiment.quick() if quick else ImplicitMFExperiment()).replace(overrides or {})
-    root = Path(out) / NAME
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "experiment.json").write_text(json.dumps(dataclasses.asdict(exp), indent=2))
+    root = experiment_dir(out, NAME, exp)
     rows, table_rows, figures, verdicts = [], [], [], []
     for kind, m in (("sensing", exp.m_sensing), ("completion", exp.m_completion)):
         cfg = MatrixLabConfig(kind=kind, n=exp.n, rank=exp.rank, m=m, depths=(2,), alphas=exp.alphas, seeds=exp.seeds,

@@ -14,14 +14,13 @@ than SGD and AdaGrad, most clearly from the unbalanced start, to which it is inv
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geomopt.experiments.config import merge_overrides
+from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.experiments.sweep import run_all
 from geomopt.report import Section, plot_curves, write_section
 from geomopt.train import TrainConfig, read_metrics
@@ -99,9 +98,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
               overrides: dict[str, Any] | None = None) -> Path:
     """Run the grid (skipping finished runs), then write tables, figures and the report section."""
     exp = (PathSGDExperiment.quick() if quick else PathSGDExperiment()).replace(overrides or {})
-    root = Path(out) / NAME
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "experiment.json").write_text(json.dumps(dataclasses.asdict(exp), indent=2))
+    root = experiment_dir(out, NAME, exp)
     planned = _configs(exp, root)
     summaries = run_all([(c, o) for c, o, _ in planned], jobs, desc=NAME)
 

@@ -18,7 +18,6 @@ the trivial baseline.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from geomopt.data.sequences import ADDING_BASELINE_MSE
-from geomopt.experiments.config import merge_overrides
+from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.experiments.sweep import run_all
 from geomopt.report import Section, plot_curves, write_section
 from geomopt.train import TrainConfig, read_metrics
@@ -144,9 +143,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
               overrides: dict[str, Any] | None = None) -> Path:
     """Run the grid (skipping finished runs), then write tables, figures and the report section."""
     exp = (PathSGDRNNExperiment.quick() if quick else PathSGDRNNExperiment()).replace(overrides or {})
-    root = Path(out) / NAME
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "experiment.json").write_text(json.dumps(dataclasses.asdict(exp), indent=2))
+    root = experiment_dir(out, NAME, exp)
     planned = _configs(exp, root)
     summaries = run_all([(c, o) for c, o, _ in planned], jobs, desc=NAME)
 

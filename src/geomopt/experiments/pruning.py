@@ -15,7 +15,6 @@ MNIST from ``data_dir`` at 98.85% sparsity, k in {1, 14, 140}.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from geomopt.experiments.config import merge_overrides
+from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.experiments.sweep import run_all
 from geomopt.prune import prune_run
 from geomopt.report import Section, write_section
@@ -71,9 +70,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
     """Train the dense networks (skipping finished ones), prune each with every criterion and
     number of steps (skipping finished prunings), then write the table, figure and section."""
     exp = (PruningExperiment.quick() if quick else PruningExperiment()).replace(overrides or {})
-    root = Path(out) / NAME
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "experiment.json").write_text(json.dumps(dataclasses.asdict(exp), indent=2))
+    root = experiment_dir(out, NAME, exp)
     dense = {(d, s): root / "dense" / d / f"seed{s}" for d in exp.datasets for s in exp.seeds}
     configs = {key: TrainConfig(model="mlp", widths=exp.widths, data=key[0], data_dir=exp.data_dir, optimizer="sgd",
                                 lr=exp.lr, epochs=exp.train_epochs, batch_size=exp.batch_size, seed=key[1])
