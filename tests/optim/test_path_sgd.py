@@ -28,7 +28,10 @@ def _grads(model):
 
 
 @pytest.mark.parametrize("make", [lambda: MLP((5,), (4, 3), 3, seed=1).double(),
-                                  lambda: CNN((1, 6, 6), (2, 3), 3, seed=1).double()])
+                                  lambda: CNN((1, 6, 6), (2, 3), 3, seed=1).double(),
+                                  # a 520 x 510 weight exceeds one cache block: the blocked rank-one update
+                                  lambda: MLP((5,), (510, 520), 3, seed=1).double()],
+                         ids=["mlp", "cnn", "mlp-blocked"])
 @pytest.mark.parametrize("momentum,weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.0, 0.01), (0.5, 0.1)])
 def test_step_equals_dense_formula(make, momentum, weight_decay):
     """Two steps of PathSGD == w - lr * buf, buf = m * buf + (g + wd w) / gamma, gamma from path_scales."""

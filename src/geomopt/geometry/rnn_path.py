@@ -78,24 +78,32 @@ def _check_T(seq_len: int) -> int:
 
 
 def _squares(rnn: nn.Module, dtype: torch.dtype) -> dict[str, Tensor]:
+    """The squared parameters ``v = w^2`` in ``dtype`` (a missing bias squares to zeros), in one foreach call."""
     inp, rec, out = _parts(rnn)
+    parts = {"in_w": inp.weight, "in_b": inp.bias, "rec": rec.weight, "out_w": out.weight, "out_b": out.bias}
+    present = [k for k, t in parts.items() if t is not None]
+    ws = [parts[k].detach().to(dtype) for k in present]
+    v = dict(zip(present, torch._foreach_mul(ws, ws)))
+    for key, like in (("in_b", inp.weight), ("out_b", out.weight)):
+        if key not in v:
+            v[key] = torch.zeros(like.shape[0], dtype=dtype, device=like.device)
+    return v
 
-    def sq(t: Tensor | None, like: Tensor) -> Tensor:
-        if t is None:
-            return torch.zeros(like.shape[0], dtype=dtype, device=like.device)
-        t = t.detach().to(dtype)
-        return t * t
 
-    return {"in_w": sq(inp.weight, inp.weight), "in_b": sq(inp.bias, inp.weight), "rec": sq(rec.weight, rec.weight),
-            "out_w": sq(out.weight, out.weight), "out_b": sq(out.bias, out.weight)}
-
-
-def _names(rnn: nn.Module) -> dict[str, str | None]:
+def _named_parts(rnn: nn.Module) -> dict[str, tuple[str, nn.Parameter]]:
+    """``{part: (parameter name, parameter)}`` for the parts the RNN has (biases are optional)."""
     inp, rec, out = _parts(rnn)
     names = {id(p): n for n, p in rnn.named_parameters()}
-    return {"in_w": names[id(inp.weight)], "in_b": names[id(inp.bias)] if inp.bias is not None else None,
-            "rec": names[id(rec.weight)], "out_w": names[id(out.weight)],
-            "out_b": names[id(out.bias)] if out.bias is not None else None}
+    parts = {"in_w": inp.weight, "in_b": inp.bias, "rec": rec.weight, "out_w": out.weight, "out_b": out.bias}
+    return {key: (names[id(p)], p) for key, p in parts.items() if p is not None}
+
+
+def _all_finite(kappa: dict[str, Tensor | RankOneScale]) -> bool:
+    """One host sync: every entry is >= 0, so the sum of all of them is finite iff each is (each distinct
+    tensor summed once: kappa1 shares dsum between W_in and b, and the constant ones)."""
+    tensors = {id(t): t for k in kappa.values() for t in ((k.out_scale, k.in_scale) if isinstance(k, RankOneScale)
+                                                          else (k,))}
+    return math.isfinite(float(torch.stack([t.sum() for t in tensors.values()]).sum()))
 
 
 class RNNPathScales:
@@ -118,26 +126,31 @@ class RNNPathScales:
 
     def __init__(self, rnn: nn.Module, seq_len: int, include_kappa2: bool = False, method: str = "fast",
                  dtype: torch.dtype | None = None):
-        _parts(rnn)
+        self._params = _named_parts(rnn)
         if method not in METHODS:
             raise ValueError(f"RNN path scales: method must be one of {METHODS}, got {method!r}")
         self.rnn, self.seq_len, self.include_kappa2, self.method, self.dtype = \
             rnn, _check_T(seq_len), bool(include_kappa2), method, dtype
         self.many_to_many = rnn.output_mode == "all"
+        self._cache_key: tuple | None = None
+        self._cache: tuple[Tensor, Tensor, Tensor] = ()
 
     # -- the squared unrolled network -------------------------------------------------------------
     def _states(self, v: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """States ``h_1..h_T`` and sensitivities ``delta_1..delta_T = d pi / d h_t`` (rows), by doubling."""
+        """States and sensitivities ``delta_t = d pi / d h_t`` as rows in *reversed* time, by doubling:
+        ``hs[i] = h_{T-i}``, ``ds[i] = delta_{T-i}`` (reversed, both sweeps fill contiguous blocks and
+        kappa1(W_rec) pairs ``ds[i]`` with ``hs[i+1]`` without a flip)."""
         T = self.seq_len
         V = v["rec"]
-        hs = V.new_empty(T, V.shape[0])  # rows h_1 .. h_T
-        ds = V.new_empty(T, V.shape[0])  # rows delta_T .. delta_1 (reversed time)
-        torch.add(v["in_w"].sum(1), v["in_b"], out=hs[0])  # h_1 = c
+        hs = V.new_empty(T, V.shape[0])
+        ds = V.new_empty(T, V.shape[0])
+        torch.add(v["in_w"].sum(1), v["in_b"], out=hs[T - 1])  # h_1 = c
         torch.sum(v["out_w"], 0, out=ds[0])  # delta_T = g
         power, m = V, 1  # V^m; the sensitivities use (V^T)^m = power^T, so one power serves both sweeps
         while m < T:
             take = min(m, T - m)
-            torch.addmm(hs[m - 1], hs[:take], power.T, out=hs[m:m + take])  # h_{m+j} = h_m + V^m h_j
+            # h_{m+j} = h_m + V^m h_j (j = 1..take): rows T-m-take .. T-m-1 from rows T-take .. T-1
+            torch.addmm(hs[T - m], hs[T - take:], power.T, out=hs[T - m - take:T - m])
             if self.many_to_many:  # delta_{T-m-j} = delta_{T-m} + (V^T)^m delta_{T-j}, as rows
                 torch.addmm(ds[m - 1], ds[:take], power, out=ds[m:m + take])
             else:  # delta_{T-m-j} = (V^T)^m delta_{T-j}
@@ -145,25 +158,34 @@ class RNNPathScales:
             m += take
             if m < T:
                 power = power @ power
-        return hs, ds.flip(0)
+        return hs, ds
 
     def _pi_from(self, v: dict[str, Tensor], hs: Tensor) -> Tensor:
         g = v["out_w"].sum(0)
         if self.many_to_many:
             return hs.sum(0) @ g + self.seq_len * v["out_b"].sum()
-        return hs[-1] @ g + v["out_b"].sum()
+        return hs[0] @ g + v["out_b"].sum()
 
     def _kappa1_fast(self, v: dict[str, Tensor]) -> dict[str, Tensor | RankOneScale]:
-        hs, deltas = self._states(v)
-        dsum = deltas.sum(0)
-        hout = hs.sum(0) if self.many_to_many else hs[-1]
-        n_out = v["out_w"].shape[0]
-        ones_in = torch.ones(v["in_w"].shape[1], dtype=dsum.dtype, device=dsum.device)
-        ones_out = torch.ones(n_out, dtype=dsum.dtype, device=dsum.device)
-        rec = deltas[1:].T @ hs[:-1] if self.seq_len > 1 else torch.zeros_like(v["rec"])
+        hs, ds = self._states(v)
+        dsum = ds.sum(0)
+        hout = hs.sum(0) if self.many_to_many else hs[0]
+        ones_in, ones_out, out_b = self._constants(v["in_w"].shape[1], v["out_w"].shape[0], dsum)
+        # kappa1(W_rec) = sum_{t=2..T} delta_t h_{t-1}^T = sum_i ds[i] hs[i+1]^T
+        rec = ds[:-1].T @ hs[1:] if self.seq_len > 1 else torch.zeros_like(v["rec"])
         return {"in_w": RankOneScale(dsum, ones_in), "in_b": dsum, "rec": rec,
-                "out_w": RankOneScale(ones_out, hout),
-                "out_b": ones_out * (self.seq_len if self.many_to_many else 1)}
+                "out_w": RankOneScale(ones_out, hout), "out_b": out_b}
+
+    def _constants(self, n_in: int, n_out: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """gamma_in = 1 of every input unit, gamma_out = 1 of every output unit, and kappa of b_out (1, or
+        T with an output at every step); cached per shape, dtype and device (fresh tensors cost a few us each)."""
+        key = (n_in, n_out, like.dtype, like.device)
+        if self._cache_key != key:
+            ones_out = torch.ones(n_out, dtype=like.dtype, device=like.device)
+            self._cache_key = key
+            self._cache = (torch.ones(n_in, dtype=like.dtype, device=like.device), ones_out,
+                           ones_out * (self.seq_len if self.many_to_many else 1))
+        return self._cache
 
     def _pi_autograd(self, v: dict[str, Tensor]) -> Tensor:
         """pi by running the squared network step by step (all-ones input, no ReLU)."""
@@ -189,7 +211,7 @@ class RNNPathScales:
         """kappa2 of W_rec: 2 v o d^2 pi / d v^2 = 4 v o sum_k (V^k)^T o C_k (see the module docstring)."""
         T = self.seq_len
         V = v["rec"]
-        hs, deltas = self._states(v)
+        hs, deltas = (x.flip(0) for x in self._states(v))  # forward time: h_1 .. h_T, delta_1 .. delta_T
         acc = torch.zeros_like(V)
         power = torch.eye(V.shape[0], dtype=V.dtype, device=V.device)
         for k in range(0, T - 2):
@@ -209,29 +231,21 @@ class RNNPathScales:
         """kappa (kappa1, plus kappa2 if asked) for every parameter, by name: tensors, or
         :class:`RankOneScale` for W_in and W_out; in each parameter's dtype."""
         dtype = self._dtype()
-        out = self._compute(dtype)
-        if dtype != torch.float64 and self.dtype is None and not all(
-                bool(torch.isfinite(t).all()) for v in out.values()
-                for t in ((v.out_scale, v.in_scale) if isinstance(v, RankOneScale) else (v,))):
-            out = self._compute(torch.float64)  # the squared network overflowed float32
+        kappa = self._kappa(dtype)
+        if dtype != torch.float64 and self.dtype is None and not _all_finite(kappa):
+            kappa = self._kappa(torch.float64)  # the squared network overflowed float32
+        out: dict[str, Tensor | RankOneScale] = {}
+        for key, (name, param) in self._params.items():
+            dt, k = param.dtype, kappa[key]
+            out[name] = RankOneScale(k.out_scale.to(dt), k.in_scale.to(dt)) if isinstance(k, RankOneScale) else k.to(dt)
         return out
 
-    def _compute(self, dtype: torch.dtype) -> dict[str, Tensor | RankOneScale]:
+    def _kappa(self, dtype: torch.dtype) -> dict[str, Tensor | RankOneScale]:
         v = _squares(self.rnn, dtype)
         kappa = self._kappa1_fast(v) if self.method == "fast" else self._kappa1_autograd(v)
         if self.include_kappa2:
-            rec = kappa["rec"]
-            kappa["rec"] = rec + self._kappa2_rec(v)
-        names = _names(self.rnn)
-        params = dict(self.rnn.named_parameters())
-        out: dict[str, Tensor | RankOneScale] = {}
-        for key, name in names.items():
-            if name is None:
-                continue
-            dt = params[name].dtype
-            k = kappa[key]
-            out[name] = RankOneScale(k.out_scale.to(dt), k.in_scale.to(dt)) if isinstance(k, RankOneScale) else k.to(dt)
-        return out
+            kappa["rec"] = kappa["rec"] + self._kappa2_rec(v)
+        return kappa
 
     def dense(self) -> dict[str, Tensor]:
         """kappa for every parameter, by name, as tensors of the parameters' shapes."""

@@ -66,26 +66,43 @@ def path_sgd_(params: Sequence[Tensor], grads: Sequence[Tensor], scales: Sequenc
 
     For each parameter: ``d = (g + weight_decay * w) / max(gamma, eps)``; with momentum
     ``buf = momentum * buf + d`` (``buf = d`` at the first step) and ``w -= lr * buf``, else
-    ``w -= lr * d``. A :class:`RankOneScale` gamma = out (x) in is applied as row and column
-    scalings without forming gamma (eps then floors each factor at sqrt(eps)).
+    ``w -= lr * d``. A :class:`RankOneScale` gamma = out (x) in is applied with each factor floored at
+    sqrt(eps): weights larger than one cache block as row and column scalings without forming gamma;
+    the others, with every dense gamma, in a few multi-tensor (``torch._foreach_*``) calls.
     """
-    for i, (param, grad, scale) in enumerate(zip(params, grads, scales)):
-        if isinstance(scale, RankOneScale):
-            momentum_buffers[i] = _rank_one_update_(param, grad, scale, momentum_buffers[i], lr=lr,
-                                                    momentum=momentum, weight_decay=weight_decay, eps=eps)
-            continue
-        if weight_decay != 0:
-            grad = grad.add(param, alpha=weight_decay)
-        direction = grad / scale.clamp_min(eps)
-        if momentum == 0:
-            param.add_(direction, alpha=-lr)
-            continue
-        buf = momentum_buffers[i]
-        if buf is None:
-            momentum_buffers[i] = buf = direction
+    small: list[int] = []
+    dense: list[Tensor] = []
+    for i, (param, scale) in enumerate(zip(params, scales)):
+        if not isinstance(scale, RankOneScale):
+            small.append(i)
+            dense.append(scale.clamp_min(eps))
+        elif param.numel() <= BLOCK_ELEMENTS or param.device.type != "cpu":
+            floor = eps ** 0.5
+            small.append(i)
+            dense.append(torch.outer(scale.out_scale.clamp_min(floor), scale.in_scale.clamp_min(floor)))
         else:
-            buf.mul_(momentum).add_(direction)
-        param.add_(buf, alpha=-lr)
+            momentum_buffers[i] = _rank_one_update_(param, grads[i], scale, momentum_buffers[i], lr=lr,
+                                                    momentum=momentum, weight_decay=weight_decay, eps=eps)
+    if not small:
+        return
+    ps, gs = [params[i] for i in small], [grads[i] for i in small]
+    if weight_decay != 0:
+        gs = torch._foreach_add(gs, ps, alpha=weight_decay)
+    directions = torch._foreach_div(gs, dense)
+    if momentum == 0:
+        torch._foreach_add_(ps, directions, alpha=-lr)
+        return
+    bufs = [momentum_buffers[i] for i in small]
+    if all(b is not None for b in bufs):
+        torch._foreach_mul_(bufs, momentum)
+        torch._foreach_add_(bufs, directions)
+    else:
+        for k, i in enumerate(small):
+            if momentum_buffers[i] is None:
+                bufs[k] = momentum_buffers[i] = directions[k]
+            else:
+                bufs[k].mul_(momentum).add_(directions[k])
+    torch._foreach_add_(ps, bufs, alpha=-lr)
 
 
 def _recurrent_cells(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -200,17 +217,15 @@ class PathSGD(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         gamma = self.scales.compute()
+        names, state = self._names, self.state
         for group in self.param_groups:
-            params, grads, scales, buffers = [], [], [], []
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if param.grad.is_sparse:
-                    raise RuntimeError("PathSGD does not support sparse gradients")
-                params.append(param)
-                grads.append(param.grad)
-                scales.append(gamma[self._names[param]])
-                buffers.append(self.state[param].get("momentum_buffer"))
+            params = [param for param in group["params"] if param.grad is not None]
+            grads = [param.grad for param in params]
+            if any(grad.is_sparse for grad in grads):
+                raise RuntimeError("PathSGD does not support sparse gradients")
+            scales = [gamma[names[param]] for param in params]
+            buffers = [state[param].get("momentum_buffer") for param in params] if group["momentum"] != 0 \
+                else [None] * len(params)
             path_sgd_(params, grads, scales, buffers, lr=group["lr"], momentum=group["momentum"],
                       weight_decay=group["weight_decay"], eps=group["eps"])
             if group["momentum"] != 0:
