@@ -13,15 +13,25 @@ on the same model and batch, against the public implementations (installed by th
 - nngeometry `FIM(representation=PMatEKFAC)` (exact expectation over classes, C backward passes)
   + `solvePVec`; geomopt's counterpart there is `fisher='ggn'`.
 
-Usage: python benchmarks/bench_kfac.py [--threads 1] [--blocks 3]
+Part 1b -- the MLP over batch sizes (`--batches`, default 128,512,2048), with the arithmetic lower
+bound of the ratio beside the measured one: multiply-adds that every step of the algorithm must do
+over SGD's forward + backward (~3 B d_out d_in per layer). K-FAC: `G^-1 M A^-1`, `d_out d_in (d_out +
+d_in)`, plus the factors every `update_freq` steps, `B (d_in^2 + d_out^2) / update_freq`; EKFAC: the
+back-rotation `U_G X U_A^T`, `d_out d_in (d_out + d_in)`, plus the every-step eigenbasis diagonal,
+`B (d_in^2 + d_out^2 + d_out d_in)` (the rotation of the gradient into the eigenbasis is left out:
+it is formed from the diagonal's rotated per-example quantities when that is cheaper). Eigendecompositions and
+inverses (every `inv_freq` steps) and elementwise work are left out, so the bound is optimistic.
+
+Usage: python benchmarks/bench_kfac.py [--threads 1] [--blocks 3] [--batches 128,512,2048] [--sweep-blocks 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,17 +41,18 @@ from geomopt.curvature import compute_ekfac, compute_kfac
 from geomopt.nn import CNN, MLP
 from geomopt.optim import EKFAC, KFAC
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe_machine  # noqa: E402
 
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    with open("/proc/loadavg") as f:
-        load = f.read().split()[:3]
-    return f"{cpu}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, load average {' '.join(load)}"
+
+def lower_bounds(model: nn.Module, batch: int, update_freq: int = 10) -> dict[str, float]:
+    """Arithmetic lower bounds of the K-FAC / EKFAC step-time ratio to SGD (see the module docstring)."""
+    shapes = [(m.out_features, m.in_features + (m.bias is not None)) for m in model.modules() if isinstance(m, nn.Linear)]
+    sgd = sum(3 * batch * o * i for o, i in shapes)
+    rot = sum(o * i * (o + i) for o, i in shapes)
+    factors = sum(batch * (o * o + i * i) for o, i in shapes)
+    diag = sum(batch * (o * o + i * i + o * i) for o, i in shapes)
+    return {"sgd": 1.0, "kfac": 1 + (rot + factors / update_freq) / sgd, "ekfac": 1 + (rot + diag) / sgd}
 
 
 def cases():
@@ -139,14 +150,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--blocks", type=int, default=3)
+    parser.add_argument("--batches", default="128,512,2048", help="MLP batch sizes of part 1b ('' to skip)")
+    parser.add_argument("--sweep-blocks", type=int, default=1, help="timed blocks per batch size in part 1b")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"Machine: {machine()}\n")
+    print(f"Machine: {describe_machine()}\n")
     print("| model | optimizer | amortized step (ms) | ratio to SGD |\n|---|---|---|---|")
     for name, model, x, y in cases():
         t = step_times(model, x, y, args.blocks)
         for opt, v in t.items():
             print(f"| {name} | {opt} | {1000 * v:.2f} | {v / t['sgd']:.3f} |", flush=True)
+    batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    if batches:
+        print("\n| MLP 784-512-512-10 batch | optimizer | amortized step (ms) | ratio to SGD | arithmetic lower bound |"
+              "\n|---|---|---|---|---|")
+    for batch in batches:
+        torch.manual_seed(0)
+        model = MLP((1, 28, 28), (512, 512), 10, seed=0)
+        x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+        t = step_times(model, x, y, args.sweep_blocks)
+        bounds = lower_bounds(model, batch)
+        for opt, v in t.items():
+            print(f"| {batch} | {opt} | {1000 * v:.2f} | {v / t['sgd']:.3f} | {bounds[opt]:.2f} |", flush=True)
     print("\n| model | implementation | build curvature (ms) | build + preconditioned gradient (ms) |\n|---|---|---|---|")
     for name, model, x, y in cases():
         for lib, v in libraries(model, x, y).items():
@@ -154,7 +179,7 @@ def main() -> None:
                 print(f"| {name} | {lib} | {v} | |", flush=True)
             else:
                 print(f"| {name} | {lib} | {1000 * v[0]:.1f} | {1000 * v[1]:.1f} |", flush=True)
-    print(f"\nMachine after: {machine()}")
+    print(f"\nMachine after: {describe_machine()}")
 
 
 if __name__ == "__main__":

@@ -278,3 +278,121 @@ def test_damped_inverse_matches_dense_and_survives_singular_factors():
     torch.testing.assert_close(damped_inverse(m, 0.1), torch.linalg.inv(m + 0.1 * torch.eye(5)))
     with pytest.raises(FloatingPointError, match="NaN"):
         damped_inverse(m * float("inf"), 0.1)
+
+
+# ---------------------------------------------------------------- fast paths (precision, solves, factored rotation)
+def spd(d, seed, dtype=torch.float32, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(3 * d, d, generator=g, dtype=torch.float64)
+    return (scale * v.T @ v / (3 * d)).to(dtype)
+
+
+def test_damped_inverse_float32_path_matches_float64_reference():
+    from geomopt.curvature.kronecker import damped_inverse, damped_solve, factor_precision
+    m = spd(40, 0)
+    assert factor_precision(m, 0.1) == torch.float32
+    ref = torch.linalg.inv(m.double() + 0.1 * torch.eye(40, dtype=torch.float64))
+    inv = damped_inverse(m, 0.1)
+    assert inv.dtype == torch.float32
+    torch.testing.assert_close(inv.double(), ref, rtol=1e-4, atol=1e-5)
+    rhs = torch.randn(7, 40).float()
+    torch.testing.assert_close(damped_solve(m, 0.1, rhs).double(), rhs.double() @ ref, rtol=1e-4, atol=1e-5)
+    rhs64 = rhs.double()
+    torch.testing.assert_close(damped_solve(m.double(), 0.1, rhs64), rhs64 @ ref)
+
+
+def test_ill_conditioned_float32_factor_is_factorized_in_float64():
+    """Shift 1e-6 of the norm: a float32 Cholesky inverse is visibly wrong (checked), ours is not."""
+    from geomopt.curvature.kronecker import damped_inverse, factor_precision
+    d = 60
+    q, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))
+    m64 = (q * torch.logspace(0, -8, d, dtype=torch.float64)) @ q.T
+    m = m64.float()
+    shift = 1e-6
+    assert factor_precision(m, shift) == torch.float64
+    ref = torch.linalg.inv(m.double() + shift * torch.eye(d, dtype=torch.float64))
+    err = lambda x: float(torch.linalg.norm(x.double() - ref) / torch.linalg.norm(ref))  # noqa: E731
+    naive = torch.cholesky_inverse(torch.linalg.cholesky(m + shift * torch.eye(d, dtype=torch.float32)))
+    assert err(naive) > 1e-4  # float32 would not do (so the test can fail)
+    assert err(damped_inverse(m, shift)) < 1e-6
+
+
+def test_indefinite_and_nonfinite_factors():
+    from geomopt.curvature.kronecker import damped_inverse, damped_solve
+    q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64))
+    evals = torch.tensor([-1.0, 0.0, 0.5, 1.0, 2.0], dtype=torch.float64)
+    m = (q * evals) @ q.T  # indefinite: Cholesky fails in float32 and float64
+    ref = (q / (evals.clamp_min(0) + 0.1)) @ q.T  # the PSD projection, damped
+    for dtype in (torch.float32, torch.float64):
+        inv = damped_inverse(m.to(dtype), 0.1, name="layer 'x' factor A")
+        assert inv.dtype == dtype and torch.isfinite(inv).all()
+        torch.testing.assert_close(inv.double(), ref, rtol=1e-4, atol=1e-4)
+        rhs = torch.randn(3, 5, dtype=dtype)
+        torch.testing.assert_close(damped_solve(m.to(dtype), 0.1, rhs).double(), rhs.double() @ ref, rtol=1e-4, atol=1e-4)
+    bad = m.clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(FloatingPointError, match="layer 'x' factor A.*NaN"):
+        damped_inverse(bad, 0.1, name="layer 'x' factor A")
+    with pytest.raises(FloatingPointError, match="layer 'x' factor A.*NaN"):
+        damped_solve(bad.float(), 0.1, torch.randn(2, 5), name="layer 'x' factor A")
+    with pytest.raises(ValueError, match="positive shift"):
+        damped_inverse(m, 0.0)
+
+
+def test_factored_solve_of_columns_equals_column_by_column():
+    model = mlp(3, 4, 3, seed=3)
+    x, y = torch.randn(6, 3), torch.randint(0, 3, (6,))
+    kfac = compute_kfac(model, (x, y))
+    v = torch.randn(sum(p.numel() for p in kfac.params), 3)
+    cols = torch.stack([kfac.solve(v[:, j], 0.05, factored=True) for j in range(3)], dim=1)
+    torch.testing.assert_close(kfac.solve(v, 0.05, factored=True), cols)
+    torch.testing.assert_close(kfac.solve(v, 0.05), torch.stack([kfac.solve(v[:, j], 0.05) for j in range(3)], 1))
+
+
+@pytest.mark.parametrize("t,d_out,d_in", [(1, 3, 4), (2, 5, 6), (7, 3, 9), (7, 9, 3), (12, 4, 5)])
+def test_eigenbasis_diagonal_every_contraction_order_equals_brute_force(t, d_out, d_in):
+    from geomopt.curvature import eigenbasis_diagonal
+    torch.manual_seed(t)
+    a, g = torch.randn(5, t, d_in), torch.randn(2, 5, t, d_out)
+    ua, _ = torch.linalg.qr(torch.randn(d_in, d_in))
+    ug, _ = torch.linalg.qr(torch.randn(d_out, d_out))
+    ref = sum((ug.T @ sum(torch.outer(g[k, n, s], a[n, s]) for s in range(t)) @ ua) ** 2
+              for k in range(2) for n in range(5)) / 5
+    torch.testing.assert_close(eigenbasis_diagonal(a, g, ua, ug), ref)
+    torch.testing.assert_close(eigenbasis_diagonal(a.transpose(1, 2).contiguous().transpose(1, 2), g, ua, ug), ref)
+
+
+def test_factored_rotation_is_the_dense_rotation_or_refuses():
+    from geomopt.curvature.kronecker import factored_rotation
+    torch.manual_seed(0)
+    n, d_out, d_in = 4, 6, 7
+    a, g = torch.randn(n, 1, d_in), torch.randn(1, n, 1, d_out)
+    ua, _ = torch.linalg.qr(torch.randn(d_in, d_in))
+    ug, _ = torch.linalg.qr(torch.randn(d_out, d_out))
+    m = sum(torch.outer(g[0, i, 0], a[i, 0]) for i in range(n)) / n  # the gradient those records produce
+    ga, aa = g @ ug, a @ ua
+    torch.testing.assert_close(factored_rotation(m, a, g, ga, aa), ug.T @ m @ ua)
+    torch.testing.assert_close(factored_rotation(0.3 * m, a, g, ga, aa), ug.T @ (0.3 * m) @ ua)  # clipped gradient
+    other = torch.randn(d_out, d_in)
+    assert factored_rotation(m + 1e-6 * other, a, g, ga, aa) is None  # e.g. an L2 term: rotate densely
+    g2 = torch.cat([g, g])
+    assert factored_rotation(2 * m, a, g2, g2 @ ug, aa) is None  # several backward passes
+    assert factored_rotation(m * float("nan"), a, g, ga, aa) is None
+
+
+def test_inplace_activation_after_layer_backpropagates_to_parameters():
+    """Capture.output_tensors refuses outputs modified in place; the factors stay exact."""
+    torch.manual_seed(4)
+    lin1, lin2 = nn.Linear(3, 5), nn.Linear(5, 2)
+    inplace = nn.Sequential(lin1, nn.ReLU(inplace=True), lin2)
+    plain = nn.Sequential(lin1, nn.ReLU(), lin2)
+    x, y = torch.randn(6, 3), torch.randint(0, 2, (6,))
+    for (A, G), (A2, G2) in zip(compute_kfac(inplace, (x, y)).factors, compute_kfac(plain, (x, y)).factors):
+        torch.testing.assert_close(A, A2)
+        torch.testing.assert_close(G, G2)
+    with Capture(supported_layers(inplace), keep_outputs=True) as cap:
+        inplace(x)
+        assert cap.output_tensors() is None
+    with Capture(supported_layers(plain), keep_outputs=True) as cap:
+        plain(x)
+        assert len(cap.output_tensors()) == 2

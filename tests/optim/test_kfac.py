@@ -273,3 +273,34 @@ def test_engine_turns_optimizer_floating_point_error_into_stopped_run(tmp_path):
     loader = [(torch.randn(5, 4), torch.randint(0, 3, (5,)))]
     with pytest.raises(NonFiniteLossError, match="layer '0'"):
         fit(model, Failing(model.parameters(), lr=0.1), loader, loader, epochs=1, out_dir=tmp_path, progress=False)
+
+
+def wide_net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 5))
+
+
+@pytest.mark.parametrize("case", ["plain", "clipped", "weight_decay", "l2_in_loss"])
+def test_ekfac_factored_rotation_step_equals_dense_reference(case):
+    """Small batch, wide layers: the gradient is rotated into the eigenbasis from the per-example
+    quantities (factored_layers) when it is exactly the captured one (also when clipped), densely
+    otherwise; the step equals the EKFAC operator's dense solve either way."""
+    model = wide_net()
+    x, y = torch.randn(4, 12), torch.randint(0, 5, (4,))
+    wd = 0.01 if case == "weight_decay" else 0.0
+    ekfac = compute_ekfac(model, (x, y))
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    opt = EKFAC(model, lr=0.3, damping=0.05, factor_decay=0.0, update_freq=1, inv_freq=1, weight_decay=wd)
+    opt.zero_grad()
+    loss = F.cross_entropy(model(x), y)
+    if case == "l2_in_loss":
+        loss = loss + 1e-3 * sum((p ** 2).sum() for p in model.parameters())
+    loss.backward()
+    if case == "clipped":
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01)
+    g = torch.cat([p.grad.reshape(-1) for p in model.parameters()]) + wd * theta
+    opt.step()
+    new = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(new, theta - 0.3 * ekfac.solve(g, 0.05))
+    expected = {"0", "2"} if case in ("plain", "clipped") else set()
+    assert opt.factored_layers == expected

@@ -51,13 +51,18 @@ class Capture:
         grad_scale: factor applied to recorded output gradients; ``None`` multiplies by the batch
             size ``N`` (right for a loss averaged over the batch).
 
+        keep_outputs: also keep the layers' output tensors (until :meth:`clear`), for
+            :meth:`output_tensors`.
+
     Use as a context manager, or call :meth:`attach` / :meth:`remove`. Recording happens only in
     forwards with gradients enabled (never inside ``torch.no_grad()`` evaluation).
     """
 
-    def __init__(self, layers: Sequence[tuple[str, nn.Module, LayerHandler]], grad_scale: float | None = None):
+    def __init__(self, layers: Sequence[tuple[str, nn.Module, LayerHandler]], grad_scale: float | None = None,
+                 keep_outputs: bool = False):
         self.layers = list(layers)
         self.grad_scale = grad_scale
+        self.keep_outputs = keep_outputs
         self.active = True
         self._handles: list = []
         self._calls: dict[str, list[dict]] = {name: [] for name, _, _ in self.layers}
@@ -93,7 +98,22 @@ class Capture:
                 def grad_hook(grad: Tensor) -> None:
                     record["g"].append(handler.output_grads(module, grad.detach()))
                 output.register_hook(grad_hook)
+                if self.keep_outputs:
+                    record["out"] = (output, output._version)
         return hook
+
+    def output_tensors(self) -> list[Tensor] | None:
+        """The recorded layers' outputs (``keep_outputs=True``): backpropagating to them (``inputs=`` of
+        ``torch.autograd.grad``) makes every ``g`` recorded without computing any parameter gradient.
+        ``None`` when one was not kept or was modified in place since (then the gradient it would
+        receive is not the layer output's, so backpropagate to the parameters instead)."""
+        outs = []
+        for calls in self._calls.values():
+            for c in calls:
+                if "out" not in c or c["out"][0]._version != c["out"][1]:
+                    return None
+                outs.append(c["out"][0])
+        return outs or None
 
     def names(self) -> list[str]:
         """Layers that have a complete record (inputs and at least one output gradient)."""
@@ -119,7 +139,7 @@ class Capture:
             raise RuntimeError(f"Capture: layer {name!r} has calls with different numbers of backward passes {ks}")
         a_list, g_list = [], []
         for c in calls:
-            g = torch.stack(c["g"])  # (K, N, T, d_out)
+            g = c["g"][0].unsqueeze(0) if len(c["g"]) == 1 else torch.stack(c["g"])  # (K, N, T, d_out)
             scale = c["a"].shape[0] if self.grad_scale is None else self.grad_scale
             a_list.append(c["a"])
             g_list.append(g * scale if scale != 1 else g)
@@ -191,7 +211,9 @@ def backprop_output_grads(output: Tensor, params: Sequence[Tensor], *, fisher: s
     """Backward passes from ``output`` that make a :class:`Capture` record ``g`` for ``fisher``.
 
     The cotangents are per-example (summed loss, not averaged): use ``Capture(grad_scale=1)``.
-    Gradients are taken with ``torch.autograd.grad`` and discarded (``.grad`` is not touched).
+    Gradients are taken with ``torch.autograd.grad`` with respect to ``params`` (the parameters, or
+    cheaper, the layers' outputs from :meth:`Capture.output_tensors`) and discarded (``.grad`` is
+    not touched).
 
     Returns:
         the number of passes ``K``.

@@ -42,34 +42,96 @@ def kronecker_factors(a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
     n, t, d_in = a.shape
     a2 = a.reshape(-1, d_in)
     g2 = g.reshape(-1, g.shape[-1])
-    return a2.T @ a2 / (n * t), g2.T @ g2 / n
+    return (a2.T @ a2).div_(n * t), (g2.T @ g2).div_(n)
 
 
 def eigenbasis_diagonal(a: Tensor, g: Tensor, u_a: Tensor, u_g: Tensor) -> Tensor:
     """``s = (1/N) sum_{n,k} (U_G^T M_nk U_A)^2`` ``(d_out, d_in)``, ``M_nk = sum_t g_nkt a_nt^T``.
 
-    One position per example (T = 1): ``s = sum_k (g_k U_G)^2^T (a U_A)^2 / N``, two matmuls;
-    otherwise the rotated per-example gradients are formed in chunks of examples.
+    One position per example (T = 1): ``s = sum_k (g_k U_G)^2^T (a U_A)^2 / N``, two matmuls
+    (:func:`diagonal_from_rotated`). Otherwise the rotated per-example gradients are formed in chunks
+    of examples, each side rotated in the cheaper order: before forming them (``a U_A``: ``N T d_in^2``
+    multiply-adds; ``g U_G``: ``N T d_out^2``) or after (``M_n U_A``: ``N d_out d_in^2``;
+    ``U_G^T M_n``: ``N d_in d_out^2``), i.e. before iff ``T`` is at most the other side's width.
     """
     k, n, t, d_out = g.shape
-    ga = g @ u_g  # (K, N, T, d_out)
-    aa = a @ u_a  # (N, T, d_in)
-    d_in = aa.shape[-1]
+    d_in = a.shape[-1]
     if t == 1:
-        a2 = aa[:, 0].square()
-        g2 = ga[:, :, 0].square().sum(0)
-        return g2.T @ a2 / n
+        return diagonal_from_rotated(g @ u_g, a @ u_a)
+    a_first, g_first = t <= d_out, t <= d_in
+    aa = a @ u_a if a_first else a  # (N, T, d_in)
+    ga = g @ u_g if g_first else g  # (K, N, T, d_out)
     s = torch.zeros(d_out, d_in, dtype=a.dtype, device=a.device)
     step = max(1, CHUNK_ELEMENTS // max(1, k * d_out * d_in))
     for i in range(0, n, step):
-        m = torch.einsum("knto,nti->knoi", ga[:, i:i + step], aa[i:i + step])
+        m = torch.einsum("knto,nti->knoi", ga[:, i:i + step], aa[i:i + step])  # (K, n_i, d_out, d_in)
+        if not a_first:
+            m = m @ u_a
+        if not g_first:
+            m = u_g.T @ m
         s += m.square().sum((0, 1))
-    return s / n
+    return s.div_(n)
+
+
+def diagonal_from_rotated(ga: Tensor, aa: Tensor) -> Tensor:
+    """The eigenbasis diagonal for one position per example from ``ga = g U_G`` ``(K, N, 1, d_out)`` and
+    ``aa = a U_A`` ``(N, 1, d_in)``: ``sum_k (ga_k^2)^T (aa^2) / N``."""
+    n = aa.shape[0]
+    return (ga[:, :, 0].square().sum(0).T @ aa[:, 0].square()).div_(n)
+
+
+def factored_rotation(grad_matrix: Tensor, a: Tensor, g: Tensor, ga: Tensor, aa: Tensor) -> Tensor | None:
+    """``U_G^T M U_A`` of a gradient matrix ``M`` ``(d_out, d_in)`` from the per-example quantities that
+    produced it, without the two dense rotations.
+
+    ``a`` ``(N, T, d_in)`` and ``g`` ``(1, N, T, d_out)`` are a :class:`~geomopt.curvature.Capture` record
+    of one backward pass with a loss averaged over the batch (``g`` multiplied by ``N``), and
+    ``ga = g U_G``, ``aa = a U_A``. When ``M = c g^T a / N`` (``c`` = 1 for the gradient of that loss;
+    any ``c`` for a clipped or rescaled gradient), ``U_G^T M U_A = c ga^T aa / N``: ``2 N T d_out d_in``
+    flops instead of ``2 d_out d_in (d_out + d_in)``.
+
+    The identity is checked, never assumed: ``M_cap = g^T a / N`` is formed, ``c`` is the
+    least-squares scale of ``M`` on it, and the residual must be at rounding level,
+    ``||M - c M_cap||_F <= 4 sqrt(N T) eps ||g||_F ||a||_F / N`` (``eps`` of the dtype; the rounding
+    of a length-``N T`` sum of products is about ``sqrt(N T) eps`` times ``||g||_F ||a||_F / N``).
+    Otherwise -- an L2 term in the loss, a parameter also used outside the layer, a gradient hook, an
+    uncaptured second backward, several passes (``K > 1``) -- returns ``None``: rotate ``M`` densely.
+    """
+    if g.shape[0] != 1 or not all_finite(grad_matrix):
+        return None
+    n, t, d_in = a.shape
+    d_out = g.shape[-1]
+    a2, g2 = a.reshape(n * t, d_in), g.reshape(n * t, d_out)
+    m_cap = (g2.T @ a2).div_(n)
+    mm = float(torch.dot(m_cap.reshape(-1), m_cap.reshape(-1)))
+    c = float(torch.dot(grad_matrix.reshape(-1), m_cap.reshape(-1))) / mm if mm > 0 else 1.0
+    if not math.isfinite(c):
+        return None
+    residual = float(torch.linalg.vector_norm(grad_matrix - m_cap.mul_(c)))
+    eps = torch.finfo(grad_matrix.dtype).eps
+    tol = 4 * math.sqrt(n * t) * eps * float(torch.linalg.vector_norm(g2)) * float(torch.linalg.vector_norm(a2)) / n
+    if not residual <= tol * abs(c):
+        return None
+    rotated = ga.reshape(n * t, d_out).T @ aa.reshape(n * t, d_in)
+    return rotated.mul_(c / n)
 
 
 def per_example_gradients(a: Tensor, g: Tensor) -> Tensor:
     """``M_nk = sum_t g_nkt a_nt^T``: ``(K, N, d_out, d_in)`` (memory ``K N d_out d_in``)."""
     return torch.einsum("knto,nti->knoi", g, a)
+
+
+def all_finite(t: Tensor) -> bool:
+    """Whether every entry of ``t`` is finite, by one reduction: a NaN/inf entry makes the sum
+    non-finite; only when the sum is non-finite (or overflowed) are the entries checked one by one."""
+    if t.numel() == 0 or bool(torch.isfinite(t.sum())):
+        return True
+    return bool(torch.isfinite(t).all())
+
+
+def _nonfinite_factor(name: str) -> FloatingPointError:
+    return FloatingPointError(f"{name}: the Kronecker factor has NaN/inf entries (a NaN/inf gradient or "
+                              "activation reached it); lower the learning rate or raise the damping")
 
 
 def symeig(matrix: Tensor, *, name: str = "factor", max_tries: int = 4) -> tuple[Tensor, Tensor]:
@@ -83,9 +145,8 @@ def symeig(matrix: Tensor, *, name: str = "factor", max_tries: int = 4) -> tuple
     Raises:
         FloatingPointError: ``matrix`` has NaN/inf entries, or every try failed (naming ``name``).
     """
-    if not bool(torch.isfinite(matrix).all()):
-        raise FloatingPointError(f"{name}: the Kronecker factor has NaN/inf entries (a NaN/inf gradient or "
-                                 "activation reached it); lower the learning rate or raise the damping")
+    if not all_finite(matrix):
+        raise _nonfinite_factor(name)
     last: Exception | None = None
     dtypes = [matrix.dtype] if matrix.dtype in (torch.float32, torch.float64) else []
     if torch.float64 not in dtypes:
@@ -99,7 +160,7 @@ def symeig(matrix: Tensor, *, name: str = "factor", max_tries: int = 4) -> tuple
                 jitter = 0.0 if i == 0 else 1e-10 * scale * 10 ** i
                 evals, evecs = torch.linalg.eigh(m + jitter * torch.eye(m.shape[0], dtype=m.dtype, device=m.device)
                                                  if jitter else m)
-                if bool(torch.isfinite(evals).all()) and bool(torch.isfinite(evecs).all()):
+                if all_finite(evals) and all_finite(evecs):
                     return (evals - jitter).clamp_min(0).to(matrix.dtype), evecs.to(matrix.dtype)
             except RuntimeError as exc:  # torch.linalg.LinAlgError subclasses RuntimeError
                 last = exc
@@ -107,25 +168,99 @@ def symeig(matrix: Tensor, *, name: str = "factor", max_tries: int = 4) -> tuple
                              + (f" ({last})" if last else ""))
 
 
+#: Largest upper bound on the condition number of ``matrix + shift I`` for which a float32 (or
+#: lower-precision) factor is factorized in float32: the Cholesky inverse's relative error is about
+#: ``cond * eps_32`` (``eps_32 = 6e-8``), i.e. at most ~1e-2 here, and usually far less because the
+#: bound (the Frobenius norm for ``lambda_max``) is pessimistic. Worse-conditioned factors are
+#: factorized in float64.
+FLOAT32_MAX_CONDITION = 1e5
+
+
+def factor_precision(matrix: Tensor, shift: float) -> torch.dtype:
+    """The precision in which :func:`damped_inverse` factorizes ``matrix + shift I``: float64 for a
+    float64 ``matrix``, else float32 when ``(||matrix||_F + shift) / shift <= FLOAT32_MAX_CONDITION``
+    (the Frobenius norm bounds the largest eigenvalue; a non-finite norm gives float64)."""
+    if matrix.dtype == torch.float64:
+        return torch.float64
+    bound = float(torch.linalg.vector_norm(matrix.float())) if matrix.numel() else 0.0
+    return torch.float32 if (bound + shift) / shift <= FLOAT32_MAX_CONDITION else torch.float64
+
+
+def damped_cholesky(matrix: Tensor, shift: float, *, dtype: torch.dtype | None = None) -> Tensor | None:
+    """Lower Cholesky factor of ``matrix + shift I`` (lower triangle of ``matrix`` read) in ``dtype``
+    (default :func:`factor_precision`), retried in float64 when that fails; ``None`` when the
+    float64 factorization fails too (an indefinite ``matrix``) or gives non-finite values."""
+    dtype = dtype or factor_precision(matrix, shift)
+    for dt in ([dtype] if dtype == torch.float64 else [dtype, torch.float64]):
+        m = matrix.to(dt, copy=True)
+        m.diagonal().add_(shift)
+        chol, info = torch.linalg.cholesky_ex(m)
+        if int(info) == 0 and all_finite(chol.diagonal()):
+            return chol
+    return None
+
+
+def _eigen_damped_inverse(matrix: Tensor, shift: float, name: str) -> Tensor:
+    evals, evecs = symeig(matrix.double(), name=name)  # eigenvalues clamped at 0: a PSD projection
+    inv = (evecs / (evals + shift)) @ evecs.T
+    if not all_finite(inv):
+        raise FloatingPointError(f"{name}: the damped inverse is not finite (shift {shift})")
+    return inv.to(matrix.dtype)
+
+
 def damped_inverse(matrix: Tensor, shift: float, *, name: str = "factor") -> Tensor:
-    """``(matrix + shift I)^{-1}`` of a symmetric PSD ``matrix`` (``shift > 0``) by a float64
-    Cholesky factorization; falls back to :func:`symeig` when the factorization fails.
+    """``(matrix + shift I)^{-1}`` of a symmetric PSD ``matrix`` (``shift > 0``), in ``matrix.dtype``.
+
+    By a Cholesky factorization in the factor's precision when ``matrix + shift I`` is well enough
+    conditioned for it (:func:`factor_precision`; float64 otherwise), retried in float64 when the
+    factorization fails or its inverse is not finite; a factor that is not PSD even in float64 (an
+    indefinite input) falls back to the float64 eigendecomposition with eigenvalues clamped at 0
+    (:func:`symeig`). Never returns NaN/inf silently.
 
     Raises:
-        FloatingPointError: NaN/inf entries (naming ``name``).
+        FloatingPointError: NaN/inf entries (naming ``name``), or a non-finite result.
     """
-    if not bool(torch.isfinite(matrix).all()):
-        raise FloatingPointError(f"{name}: the Kronecker factor has NaN/inf entries (a NaN/inf gradient or "
-                                 "activation reached it); lower the learning rate or raise the damping")
-    m = matrix.to(torch.float64)
-    m = (m + m.T) / 2 + shift * torch.eye(m.shape[0], dtype=m.dtype, device=m.device)
-    chol, info = torch.linalg.cholesky_ex(m)
-    if int(info) == 0:
+    if not shift > 0:
+        raise ValueError(f"{name}: damped_inverse needs a positive shift, got {shift}")
+    if not all_finite(matrix):
+        raise _nonfinite_factor(name)
+    dtype = factor_precision(matrix, shift)
+    chol = damped_cholesky(matrix, shift, dtype=dtype)
+    if chol is not None:
         inv = torch.cholesky_inverse(chol)
-        if bool(torch.isfinite(inv).all()):
+        if not all_finite(inv) and chol.dtype != torch.float64:
+            chol = damped_cholesky(matrix, shift, dtype=torch.float64)
+            inv = torch.cholesky_inverse(chol) if chol is not None else inv
+        if all_finite(inv):
             return inv.to(matrix.dtype)
-    evals, evecs = symeig(matrix, name=name)
-    return ((evecs / (evals + shift)) @ evecs.T).to(matrix.dtype)
+    return _eigen_damped_inverse(matrix, shift, name)
+
+
+def damped_solve(matrix: Tensor, shift: float, rhs: Tensor, *, name: str = "factor") -> Tensor:
+    """``rhs (matrix + shift I)^{-1}`` for ``rhs`` of shape ``(r, d)`` (rows), in ``rhs.dtype``.
+
+    Two triangular solves with the Cholesky factor of :func:`damped_cholesky` (the precision policy
+    of :func:`damped_inverse`; cheaper than forming the inverse, ``~d^3/3 + 2 r d^2`` flops against
+    ``~d^3 + 2 r d^2``, for a one-off product); a non-finite result is retried in float64, and a
+    factor that is not PSD even in float64 falls back to :func:`damped_inverse`.
+
+    Raises:
+        ValueError: ``shift <= 0``. FloatingPointError: NaN/inf entries (naming ``name``).
+    """
+    if not shift > 0:
+        raise ValueError(f"{name}: damped_solve needs a positive shift, got {shift}")
+    if not all_finite(matrix):
+        raise _nonfinite_factor(name)
+    dtype = factor_precision(matrix, shift)
+    for dt in ([dtype] if dtype == torch.float64 else [dtype, torch.float64]):
+        chol = damped_cholesky(matrix, shift, dtype=dt)
+        if chol is None:
+            break
+        x = torch.linalg.solve_triangular(chol.mT, rhs.to(chol.dtype).contiguous(), upper=True, left=False)
+        x = torch.linalg.solve_triangular(chol, x, upper=False, left=False)  # rhs L^-T L^-1 = rhs (L L^T)^-1
+        if all_finite(x):
+            return x.to(rhs.dtype)
+    return rhs @ damped_inverse(matrix, shift, name=name).to(rhs.dtype)
 
 
 def pi_split(a_mat: Tensor, g_mat: Tensor, damping: float) -> tuple[float, float]:
@@ -282,16 +417,24 @@ class KFAC(_Kronecker):
         """
         if damping < 0:
             raise ValueError(f"damping must be >= 0, got {damping}")
-
-        def fn(i, m):
-            a, g = self.factors[i]
+        mats, flat = self._split(v)
+        res = []
+        for b, (a, g), m in zip(self.blocks, self.factors, mats):
+            cols = m.dim() == 3
+            mk = m.movedim(-1, 0) if cols else m[None]  # (k, d_out, d_in): each factor once for all columns
+            k, d_out, d_in = mk.shape
             if factored:
                 ca, cg = pi_split(a, g, damping)
-                return damped_inverse(g, cg) @ m @ damped_inverse(a, ca)
-            ea, ua = symeig(a, name=self.blocks[i].name + ".A")
-            eg, ug = symeig(g, name=self.blocks[i].name + ".G")
-            return ug @ ((ug.T @ m @ ua) / (eg[:, None] * ea[None, :] + damping)) @ ua.T
-        return self._apply(v, fn)
+                # (G + c_G)^-1 M = (M^T (G + c_G)^-1)^T, then times (A + c_A)^-1 on the right
+                left = damped_solve(g, cg, mk.mT.reshape(k * d_in, d_out), name=f"{b.name}.G")
+                left = left.reshape(k, d_in, d_out).mT.reshape(k * d_out, d_in)
+                out = damped_solve(a, ca, left, name=f"{b.name}.A").reshape(k, d_out, d_in)
+            else:
+                ea, ua = symeig(a, name=b.name + ".A")
+                eg, ug = symeig(g, name=b.name + ".G")
+                out = ug @ ((ug.T @ mk @ ua) / (eg[:, None] * ea[None, :] + damping)) @ ua.T
+            res.append(out.movedim(0, -1) if cols else out[0])
+        return self._join(res, flat)
 
     def to_dense(self) -> Tensor:
         """Dense ``(P, P)`` matrix in the order of :attr:`params` (row-major block ``kron(G, A)``)."""
@@ -365,16 +508,20 @@ def _layers_or_raise(model: nn.Module) -> list[tuple[str, nn.Module, LayerHandle
 
 def _records(model, data, layers, *, fisher, likelihood, generator, mc_samples, device):
     params = [p for _, m, h in layers for p in h.params(m)]
-    capture = Capture(layers, grad_scale=1.0)
+    capture = Capture(layers, grad_scale=1.0, keep_outputs=True)
     with capture:
         for x, y in _batches(data):
             x, y = x.to(device), y.to(device)
             capture.clear()
             with torch.enable_grad():
                 out = model(x)
-                backprop_output_grads(out, params, fisher=fisher, likelihood=likelihood, target=y,
+                # backpropagate to the layers' outputs (no parameter gradient is needed), unless one was
+                # modified in place after the layer (then to the parameters, which also records every g)
+                targets = capture.output_tensors() or params
+                backprop_output_grads(out, targets, fisher=fisher, likelihood=likelihood, target=y,
                                       generator=generator, mc_samples=mc_samples)
             yield {name: capture.get(name) for name, _, _ in layers}
+            capture.clear()
 
 
 def compute_kfac(model: nn.Module, data, *, fisher: str = "empirical", likelihood: str = "categorical",
@@ -396,15 +543,16 @@ def compute_kfac(model: nn.Module, data, *, fisher: str = "empirical", likelihoo
         n = next(iter(rec.values()))[0].shape[0]
         for name, (a, g) in rec.items():
             fa, fg = kronecker_factors(a, g)
-            if name in sums:
-                sums[name][0] += fa * n
-                sums[name][1] += fg * n
+            if name in sums:  # running mean weighted by batch sizes (nothing to rescale for one batch)
+                w = n / (count + n)
+                sums[name][0].mul_(1 - w).add_(fa, alpha=w)
+                sums[name][1].mul_(1 - w).add_(fg, alpha=w)
             else:
-                sums[name] = [fa * n, fg * n]
+                sums[name] = [fa, fg]
         count += n
     if count == 0:
         raise ValueError("compute_kfac: no data")
-    return KFAC(layers, [(sums[n][0] / count, sums[n][1] / count) for n, _, _ in layers])
+    return KFAC(layers, [(sums[n][0], sums[n][1]) for n, _, _ in layers])
 
 
 def compute_ekfac(model: nn.Module, data, *, fisher: str = "empirical", likelihood: str = "categorical",

@@ -105,8 +105,9 @@ class Conv2dHandler(LayerHandler):
             x = x.unsqueeze(0)
         patches = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=self._padding(module),
                            stride=module.stride)  # (N, C k_h k_w, L)
-        a = patches.transpose(1, 2)
-        return _append_ones(a) if module.bias is not None else a
+        if module.bias is not None:  # ones appended as a row of (N, d_in, L): a plain copy, no transposition
+            patches = torch.cat([patches, patches.new_ones(patches.shape[0], 1, patches.shape[2])], dim=1)
+        return patches.transpose(1, 2)  # a (N, L, d_in) view, as the gradients (N, L, C_out) below
 
     def output_grads(self, module: nn.Conv2d, grad_output: Tensor) -> Tensor:
         g = grad_output if grad_output.dim() == 4 else grad_output.unsqueeze(0)

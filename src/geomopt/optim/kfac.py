@@ -44,9 +44,17 @@ Statistics are gathered by forward hooks on the supported layers and tensor hook
 
 Statistics are recorded only in forwards with gradients enabled and only on steps that need them;
 call :meth:`zero_grad` (or :meth:`step`) between batches. Eigendecompositions run in the factors' precision
-with a jitter retry (:func:`geomopt.curvature.symeig`; K-FAC's damped inverses by float64 Cholesky,
-:func:`geomopt.curvature.damped_inverse`); a NaN/inf factor raises
-``FloatingPointError`` naming the layer instead of producing NaN parameters.
+with a jitter retry (:func:`geomopt.curvature.symeig`); K-FAC's damped inverses by Cholesky in the factors'
+precision when the damped factor is well enough conditioned for it, else (or when that fails) in float64, and
+by a clamped eigendecomposition for a factor that is not PSD (:func:`geomopt.curvature.damped_inverse`); a
+NaN/inf factor raises ``FloatingPointError`` naming the layer instead of producing NaN parameters.
+
+EKFAC rotates ``M`` into the eigenbasis from the rotated per-example quantities of the diagonal
+estimate, ``U_G^T M U_A = (g U_G)^T (a U_A) / N`` (:func:`geomopt.curvature.factored_rotation`), on
+``nn.Linear`` layers with one position per example where that is cheaper (``2 N < d_out + d_in``),
+with ``fisher='empirical'`` and no weight decay -- and only after checking that ``.grad`` is that
+captured gradient (or a multiple of it, as after clipping) up to rounding; otherwise it rotates
+densely. :attr:`EKFAC.factored_layers` names the layers that took the factored path in the last step.
 """
 
 from __future__ import annotations
@@ -61,7 +69,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from geomopt.curvature.capture import FISHERS, LIKELIHOODS, Capture, backprop_output_grads
-from geomopt.curvature.kronecker import damped_inverse, eigenbasis_diagonal, kronecker_factors, pi_split, symeig
+from geomopt.curvature.kronecker import (all_finite, damped_inverse, diagonal_from_rotated, eigenbasis_diagonal,
+                                         factored_rotation, kronecker_factors, pi_split, symeig)
 from geomopt.curvature.layers import names_of_supported, supported_layers, unsupported_reason
 
 
@@ -221,15 +230,16 @@ class _KroneckerOptimizer(Optimizer):
             return
         args, kwargs = self._inputs
         self._capture.clear()
-        self._capture.active, self._in_fisher_pass = True, True
+        self._capture.active, self._in_fisher_pass, self._capture.keep_outputs = True, True, True
         try:
             with torch.enable_grad():
                 out = self.model(*args, **kwargs)
-                params = [p for _, m, h in self.layers for p in h.params(m)]
-                backprop_output_grads(out, params, fisher=self.fisher, likelihood=self.likelihood,
+                # to the layers' outputs (no parameter gradient needed), unless one was modified in place
+                targets = self._capture.output_tensors() or [p for _, m, h in self.layers for p in h.params(m)]
+                backprop_output_grads(out, targets, fisher=self.fisher, likelihood=self.likelihood,
                                       mc_samples=self.mc_samples)
         finally:
-            self._capture.active, self._in_fisher_pass = False, False
+            self._capture.active, self._in_fisher_pass, self._capture.keep_outputs = False, False, False
             self._inputs = None
 
     @staticmethod
@@ -281,11 +291,12 @@ class _KroneckerOptimizer(Optimizer):
             m = handler.to_matrix(module, [p.grad for p in params])
             if group["weight_decay"] != 0:
                 m = m + group["weight_decay"] * handler.to_matrix(module, [p.detach() for p in params])
-            d = self._direction(state, m, group)
+            d = self._direction(name, state, m, group)
             directions.append(d)
             grads_wd.append(m)
             lrs.append(group["lr"])
             targets.append((module, handler, params, group))
+        self._after_directions()
         nu = kl_clip_factor(directions, grads_wd, lrs, self.kl_clip) if self.kl_clip is not None and directions else 1.0
         for d, (module, handler, params, group) in zip(directions, targets):
             parts = handler.from_matrix(module, d * nu if nu != 1.0 else d)
@@ -314,7 +325,7 @@ class _KroneckerOptimizer(Optimizer):
 
     def _update_factors(self, name: str, state: dict, a: Tensor, g: Tensor) -> None:
         fa, fg = kronecker_factors(a, g)
-        if not (bool(torch.isfinite(fa).all()) and bool(torch.isfinite(fg).all())):
+        if not (all_finite(fa) and all_finite(fg)):
             raise FloatingPointError(f"{self._name}: layer {name!r}: NaN/inf in its inputs or output gradients; "
                                      "lower the learning rate or raise the damping")
         self._running(state, "A", fa, self.factor_decay)
@@ -322,6 +333,9 @@ class _KroneckerOptimizer(Optimizer):
 
     # subclass hooks
     def _after_stats(self) -> None:
+        pass
+
+    def _after_directions(self) -> None:
         pass
 
     def _update_stats(self, name, module, handler, a, g, k) -> None:
@@ -333,7 +347,7 @@ class _KroneckerOptimizer(Optimizer):
     def _ready(self, state: dict) -> bool:
         raise NotImplementedError
 
-    def _direction(self, state: dict, m: Tensor, group: dict) -> Tensor:
+    def _direction(self, name: str, state: dict, m: Tensor, group: dict) -> Tensor:
         raise NotImplementedError
 
 
@@ -397,7 +411,7 @@ class KFAC(_KroneckerOptimizer):
     def _ready(self, state: dict) -> bool:
         return "A_inv" in state
 
-    def _direction(self, state: dict, m: Tensor, group: dict) -> Tensor:
+    def _direction(self, name: str, state: dict, m: Tensor, group: dict) -> Tensor:
         return kfac_direction(m, state["A_inv"], state["G_inv"])
 
 
@@ -422,6 +436,10 @@ class EKFAC(_KroneckerOptimizer):
         super().__init__(model, lr, damping, momentum, weight_decay, factor_decay, update_freq, inv_freq, fisher,
                          likelihood, kl_clip, mc_samples, param_groups)
         self._pending: dict[str, tuple[Tensor, Tensor]] = {}
+        self._rotated: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+        #: layers whose gradient was rotated into the eigenbasis from the per-example quantities in the
+        #: last step (:func:`geomopt.curvature.factored_rotation`); the others were rotated densely
+        self.factored_layers: set[str] = set()
 
     def _update_stats(self, name, module, handler, a, g, k) -> None:
         state = self.state[module.weight]
@@ -441,10 +459,24 @@ class EKFAC(_KroneckerOptimizer):
     def _ready(self, state: dict) -> bool:
         return "S" in state
 
-    def _direction(self, state: dict, m: Tensor, group: dict) -> Tensor:
-        return ekfac_direction(m, state["U_A"], state["U_G"], state["S"], group["damping"])
+    def _direction(self, name: str, state: dict, m: Tensor, group: dict) -> Tensor:
+        u_a, u_g = state["U_A"], state["U_G"]
+        cached = self._rotated.pop(name, None)
+        rotated = None
+        if cached is not None and group["weight_decay"] == 0:  # weight decay would need W rotated densely
+            rotated = factored_rotation(m, *cached)  # None unless m is exactly the captured gradient
+        if rotated is None:
+            rotated = u_g.T @ m @ u_a
+        else:
+            self.factored_layers.add(name)
+        return u_g @ rotated.div_(state["S"] + group["damping"]) @ u_a.T
+
+    def _after_directions(self) -> None:
+        self._rotated.clear()
 
     def _after_stats(self) -> None:
+        self.factored_layers = set()
+        self._rotated.clear()
         for name, module, _ in self.layers:
             if name not in self._pending:
                 continue
@@ -452,8 +484,16 @@ class EKFAC(_KroneckerOptimizer):
             state = self.state[module.weight]
             if "U_A" not in state:
                 continue
-            s = eigenbasis_diagonal(a, g, state["U_A"], state["U_G"])
-            if not bool(torch.isfinite(s).all()):
+            k, n, t, d_out = g.shape
+            if t == 1:  # Linear on (N, d_in) inputs: keep the rotated per-example quantities for the direction
+                ga, aa = g @ state["U_G"], a @ state["U_A"]
+                s = diagonal_from_rotated(ga, aa)
+                # factored rotation 4 N d_out d_in (with its exactness check) vs dense 2 d_out d_in (d_out + d_in)
+                if self.fisher == "empirical" and k == 1 and 2 * n < d_out + a.shape[-1]:
+                    self._rotated[name] = (a, g, ga, aa)
+            else:
+                s = eigenbasis_diagonal(a, g, state["U_A"], state["U_G"])
+            if not all_finite(s):
                 raise FloatingPointError(f"EKFAC: layer {name!r}: NaN/inf in the eigenbasis diagonal; "
                                          "lower the learning rate or raise the damping")
             self._running(state, "S", s, self.factor_decay)
