@@ -88,6 +88,26 @@ def test_symmetric_gradient_equals_finite_differences_and_autograd():
     torch.testing.assert_close(g, U_.grad)
 
 
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_run_factorized_steps_equal_autograd_gradient_descent(depth):
+    """run_factorized (prefix products shared by W and the gradients) vs plain GD with autograd."""
+    objective = _objective("completion", 4, 3, seed=3)
+    factors = init_factors((4, 3), depth, alphas=[0.7], seeds=[5], width=3)
+    lr, steps = 0.3, 4
+    result = run_factorized(objective, factors, lr=lr, steps=steps)
+    ref = [f.clone().requires_grad_(True) for f in factors]
+    for _ in range(steps):
+        W = ref[0]
+        for f in ref[1:]:
+            W = f @ W
+        grads = torch.autograd.grad(objective.loss_and_grad(W)[0].sum(), ref)
+        with torch.no_grad():
+            for f, g in zip(ref, grads):
+                f -= lr * g
+    for got, want in zip(result.factors, ref):
+        torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+
+
 def test_depth1_completion_from_zero_matches_closed_form():
     n, m, lr, steps = 6, 14, 0.9, 25
     op = Completion.random(n, n, m, seed=4)

@@ -186,28 +186,34 @@ def init_factors(shape: tuple[int, int], depth: int, *, alphas: Sequence[float],
     return [torch.stack([r[j] for r in runs]).to(dtype=dtype, device=device) for j in range(len(runs[0]))]
 
 
+def prefix_products(factors: Sequence[Tensor]) -> list[Tensor]:
+    """``[W_1, W_2 W_1, ..., W_N ... W_1]``: the last is the end-to-end matrix, the others serve the gradients."""
+    prefix = [factors[0]]
+    for f in factors[1:]:
+        prefix.append(f @ prefix[-1])
+    return prefix
+
+
 def end_to_end(factors: Sequence[Tensor], symmetric: bool = False) -> Tensor:
     """``W_N ... W_1`` (or ``U U^T``) for factors ``(B, d_out, d_in)``."""
     if symmetric:
         (u,) = factors
         return u @ u.transpose(-1, -2)
-    w = factors[0]
-    for f in factors[1:]:
-        w = f @ w
-    return w
+    return prefix_products(factors)[-1]
 
 
-def factor_grads(factors: Sequence[Tensor], G: Tensor, symmetric: bool = False) -> list[Tensor]:
-    """Gradients of ``L(W_N...W_1)`` w.r.t. each factor given ``G = grad L(W)`` (module docstring)."""
+def factor_grads(factors: Sequence[Tensor], G: Tensor, symmetric: bool = False,
+                 prefix: Sequence[Tensor] | None = None) -> list[Tensor]:
+    """Gradients of ``L(W_N...W_1)`` w.r.t. each factor given ``G = grad L(W)`` (module docstring);
+    ``prefix``: :func:`prefix_products` of ``factors`` when already computed (saves N - 2 matmuls)."""
     if symmetric:
         (u,) = factors
         return [(G + G.transpose(-1, -2)) @ u]
     n = len(factors)
     if n == 1:
         return [G]
-    prefix = [factors[0]]  # prefix[j] = W_{j+1} ... W_1 (0-based)
-    for f in factors[1:-1]:
-        prefix.append(f @ prefix[-1])
+    if prefix is None:
+        prefix = prefix_products(factors[:-1])  # prefix[j] = W_{j+1} ... W_1 (0-based)
     suffix_t = [G]  # (W_N ... W_{j+1})^T G, built from the top
     for f in reversed(factors[1:]):
         suffix_t.append(f.transpose(-1, -2) @ suffix_t[-1])
@@ -290,7 +296,14 @@ def run_factorized(objective: Objective, factors: Sequence[Tensor], *, lr: float
     if adaptive and not rel_step > 0:
         raise ValueError(f"run_factorized: rel_step must be > 0, got {rel_step}")
     B, dtype, device = factors[0].shape[0], factors[0].dtype, factors[0].device
-    W = end_to_end(factors, symmetric)
+
+    def forward(factors: list[Tensor]) -> tuple[Tensor, list[Tensor] | None]:
+        if symmetric:
+            return end_to_end(factors, True), None
+        prefix = prefix_products(factors)
+        return prefix[-1], prefix
+
+    W, prefix = forward(factors)
     if tuple(W.shape[1:]) != tuple(objective.shape):
         raise ValueError(f"run_factorized: the factors give {tuple(W.shape[1:])} matrices, the objective expects "
                          f"{tuple(objective.shape)}")
@@ -335,7 +348,7 @@ def run_factorized(objective: Objective, factors: Sequence[Tensor], *, lr: float
             record(step, loss, W)
         if step >= steps or not active.any():
             break
-        grads = factor_grads(factors, G, symmetric)
+        grads = factor_grads(factors, G, symmetric, prefix)
         eta = cap.clone()
         if adaptive:
             # the cap halves for runs whose loss went up; the step keeps relative factor changes <= rel_step
@@ -351,7 +364,7 @@ def run_factorized(objective: Objective, factors: Sequence[Tensor], *, lr: float
         prev_loss = torch.where(active, loss, prev_loss)
         step += 1
         bar.update(1)
-        W = end_to_end(factors, symmetric)
+        W, prefix = forward(factors)
         loss, G = objective.loss_and_grad(W)
     bar.close()
     history = {k: torch.stack(v) for k, v in logs.items() if v}
