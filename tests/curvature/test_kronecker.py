@@ -295,10 +295,11 @@ def test_damped_inverse_float32_path_matches_float64_reference():
     inv = damped_inverse(m, 0.1)
     assert inv.dtype == torch.float32
     torch.testing.assert_close(inv.double(), ref, rtol=1e-4, atol=1e-5)
-    rhs = torch.randn(7, 40).float()
-    torch.testing.assert_close(damped_solve(m, 0.1, rhs).double(), rhs.double() @ ref, rtol=1e-4, atol=1e-5)
-    rhs64 = rhs.double()
-    torch.testing.assert_close(damped_solve(m.double(), 0.1, rhs64), rhs64 @ ref)
+    for rows in (7, 90):  # fewer rows than the factor's size: triangular solves; more: inverse and GEMM
+        rhs = torch.randn(rows, 40).float()
+        torch.testing.assert_close(damped_solve(m, 0.1, rhs).double(), rhs.double() @ ref, rtol=1e-4, atol=1e-5)
+        rhs64 = rhs.double()
+        torch.testing.assert_close(damped_solve(m.double(), 0.1, rhs64), rhs64 @ ref)
 
 
 def test_ill_conditioned_float32_factor_is_factorized_in_float64():
