@@ -5,11 +5,13 @@
    alternating repetitions; checks that both give the same matrices. Matrix completion (m = 2000)
    and Gaussian sensing (m = 2000, the dense operator is 2000 x 10^4).
 2. Time to solution of the minimum nuclear norm baseline: ADMM (``solver="admm"``, tol 1e-8) vs
-   cvxpy (Clarabel) at n = 50 and n = 100, completion, and sensing at n = 50 (sensing at n = 100
-   is out of cvxpy's reach on this machine: papers.md measured > 280 s and 12 GB with SCS).
+   cvxpy at n = 50 and n = 100, completion, and sensing at n = 50 (Clarabel; SCS for 100 x 100
+   completion, where Clarabel needed > 20 GB; sensing at n = 100 is out of cvxpy's reach on this
+   machine: papers.md measured > 280 s and 12 GB with SCS, so ADMM runs alone there).
 
 Usage: python benchmarks/bench_implicit.py [--steps 20] [--reps 3] [--threads 2] [--skip-cvxpy]
-       [--part all|sweep|convex] [--admm-max-iter 50000]
+       [--part all|sweep|convex] [--admm-max-iter 50000] [--cvxpy-solver SCS|CLARABEL]
+       [--rows completion:50,completion:100,sensing:50,sensing:100]
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from geomopt.implicit import (
     run_factorized,
 )
 
+from geomopt.implicit.nuclear import solve_cvxpy
 from machine import describe_machine
 
 
@@ -74,7 +77,8 @@ def peak_gflops(dtype: torch.dtype) -> float:
     return 2 * 6400 * 100 * 100 / best / 1e9
 
 
-def convex_bench(kind: str, n: int, m: int, use_cvxpy: bool, max_iter: int) -> dict[str, float | str]:
+def convex_bench(kind: str, n: int, m: int, use_cvxpy: bool, max_iter: int,
+                 cvxpy_solver: str | None = None) -> dict[str, float | str]:
     target = random_low_rank(n, n, 2, seed=0, fro_norm=float(n))
     op = GaussianSensing(n, n, m, seed=1, scale=1.0 / n) if kind == "sensing" else Completion.random(n, n, m, seed=1)
     y = op(target)
@@ -85,7 +89,7 @@ def convex_bench(kind: str, n: int, m: int, use_cvxpy: bool, max_iter: int) -> d
     out: dict[str, float | str] = {"admm_s": admm.seconds, "admm_iters": admm.iterations,
                                    "admm_nuclear": admm.nuclear_norm, "admm_err": float(relative_distance(admm.X, target))}
     if use_cvxpy:
-        ref = min_nuclear_norm(op, y, solver="cvxpy")
+        ref = solve_cvxpy(op, y, solver=cvxpy_solver)
         out |= {"cvxpy_s": ref.seconds, "cvxpy_solver": ref.solver, "cvxpy_nuclear": ref.nuclear_norm,
                 "rel_gap_nuclear": abs(admm.nuclear_norm - ref.nuclear_norm) / ref.nuclear_norm,
                 "rel_dist_X": float(relative_distance(admm.X, ref.X)), "ratio": ref.seconds / admm.seconds}
@@ -101,6 +105,8 @@ def main() -> None:
     parser.add_argument("--skip-cvxpy", action="store_true")
     parser.add_argument("--part", default="all", choices=["all", "sweep", "convex"])
     parser.add_argument("--admm-max-iter", type=int, default=50000)
+    parser.add_argument("--cvxpy-solver", default=None, help="SCS or CLARABEL (default: CLARABEL when installed)")
+    parser.add_argument("--rows", default=None, help="convex rows to run, e.g. 'completion:100,sensing:50'")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,9 +134,15 @@ def main() -> None:
     print("\nMinimum nuclear norm, rank-2 target: ADMM (tol 1e-8) vs cvxpy")
     print("| problem | ADMM s (iters) | cvxpy s | cvxpy/ADMM | rel. gap in ||X||_* | ||X_admm - X_cvx|| / ||X_cvx|| |")
     print("|---|---|---|---|---|---|")
-    for kind, n, m, with_cvx in [("completion", 50, 1000, True), ("completion", 100, 2000, True),
-                                 ("sensing", 50, 750, True), ("sensing", 100, 2000, False)]:
-        r = convex_bench(kind, n, m, use_cvxpy and with_cvx, args.admm_max_iter)
+    # cvxpy's solver per row: Clarabel (interior point) where it fits in memory; SCS for 100 x 100
+    # completion, where Clarabel went past 20 GB; sensing at n = 100 is out of cvxpy's reach (papers.md)
+    rows = [("completion", 50, 1000, True, None), ("completion", 100, 2000, True, "SCS"),
+            ("sensing", 50, 750, True, None), ("sensing", 100, 2000, False, None)]
+    for kind, n, m, with_cvx, row_solver in rows:
+        if args.rows and f"{kind}:{n}" not in args.rows.split(","):
+            continue
+        r = convex_bench(kind, n, m, use_cvxpy and with_cvx, args.admm_max_iter, args.cvxpy_solver or row_solver)
+        kind = f"{kind} ({r['cvxpy_solver']})" if "cvxpy_solver" in r else kind
         if "admm_failed" in r:
             print(f"| {kind} n={n} m={m} | {r['admm_failed']} | | | | |", flush=True)
         elif "cvxpy_s" in r:

@@ -101,6 +101,20 @@ def test_clear_error_without_cvxpy(monkeypatch):
     assert min_nuclear_norm(op, y, solver="auto").solver == "admm"
 
 
+def test_auto_hands_only_small_problems_to_cvxpy(monkeypatch):
+    """cvxpy + Clarabel on 100 x 100 completion took > 20 GB: "auto" must route large completion to ADMM."""
+    pytest.importorskip("cvxpy")
+    import geomopt.implicit.nuclear as nuclear
+    target = random_low_rank(5, 5, 1, seed=0)
+    op = Completion.random(5, 5, 20, seed=1)
+    assert min_nuclear_norm(op, op(target), solver="auto").solver.startswith("cvxpy")
+    monkeypatch.setattr(nuclear, "CVXPY_AUTO_COMPLETION_LIMIT", 24)  # 5 x 5 = 25 cells: now "large"
+    assert min_nuclear_norm(op, op(target), solver="auto").solver == "admm"
+    sensing = GaussianSensing(5, 5, 12, seed=2)
+    monkeypatch.setattr(nuclear, "CVXPY_AUTO_LIMIT", 5 * 5 * 12 - 1)
+    assert min_nuclear_norm(sensing, sensing(target), solver="auto").solver == "admm"
+
+
 def test_bad_arguments():
     op = Completion.random(4, 3, 5, seed=0)
     with pytest.raises(ValueError, match="solver"):

@@ -12,11 +12,12 @@ Two solvers:
   (papers.md section 4 measures 31 s and 1.3 GB at n = 50, m = 750).
 - ``"admm"``: first-order, works on A as an operator (``A``, ``A*`` and one Cholesky factor of
   the m x m Gram matrix ``A A*``, the identity for completion). ADMM on ``min ||X||_* + 1{A(Z)=y}``
-  s.t. ``X = Z`` (Boyd et al. 2011, Sec. 3; residual-balancing penalty):
+  s.t. ``X = Z`` (Boyd et al. 2011, Sec. 3; over-relaxed, residual-balancing penalty):
 
       X <- SVT_{1/rho}(Z - U)                  (singular value soft-thresholding; eigenvalues for PSD)
-      Z <- P_{A(Z)=y}(X + U) = V - A*((AA*)^-1 (A(V) - y)),  V = X + U
-      U <- U + X - Z
+      X' = 1.6 X + (1 - 1.6) Z                 (over-relaxation)
+      Z <- P_{A(Z)=y}(X' + U) = V - A*((AA*)^-1 (A(V) - y)),  V = X' + U
+      U <- U + X' - Z
 
   stopped when the primal ``||X - Z||_F`` and dual ``rho ||Z - Z_prev||_F`` residuals fall below
   ``tol`` relative to ``max(||X||_F, ||Z||_F)`` and ``rho ||U||_F``. The answer returned is Z
@@ -35,8 +36,15 @@ from torch import Tensor
 from geomopt.implicit.operators import Completion, MeasurementOperator
 
 SOLVERS = ("auto", "cvxpy", "admm")
-# largest number of scalar unknowns (n1 * n2 * m for sensing) that "auto" hands to cvxpy
+# ADMM over-relaxation, with residual balancing at a factor-3 imbalance (every 10 iterations): against
+# plain ADMM with the textbook factor-10 rule, 1.9x fewer iterations on 100 x 100 completion at tol 1e-7
+# (12434 -> 6649) and 2.3x fewer in total on 14 small sensing/completion problems at tol 1e-8, one of
+# which the textbook rule did not solve in 20000 iterations
+RELAXATION = 1.6
+# largest sizes "auto" hands to cvxpy: n1 * n2 * m (dense sensing constraints) and, for completion,
+# n1 * n2 (at 100 x 100 cvxpy + Clarabel went past 20 GB of memory on the benchmark machine)
 CVXPY_AUTO_LIMIT = 3_000_000
+CVXPY_AUTO_COMPLETION_LIMIT = 2_500
 
 INSTALL_HINT = ("cvxpy is not installed; the convex nuclear-norm baseline with solver='cvxpy' needs it: "
                 "pip install 'geomopt[convex]' (or pip install cvxpy). solver='admm' needs nothing extra.")
@@ -144,8 +152,9 @@ def solve_admm(op: MeasurementOperator, y: Tensor, *, psd: bool = False, tol: fl
     for it in range(1, max_iter + 1):
         X = _prox_nuclear(Z - U, 1.0 / rho, psd)
         Z_prev = Z
-        Z = op64.project(X + U, y)
-        U = U + X - Z
+        X_relaxed = RELAXATION * X + (1 - RELAXATION) * Z_prev  # over-relaxation (Boyd et al. 2011, Sec. 3.4.3)
+        Z = op64.project(X_relaxed + U, y)
+        U = U + X_relaxed - Z
         r = float(torch.linalg.matrix_norm(X - Z))
         s = rho * float(torch.linalg.matrix_norm(Z - Z_prev))
         scale_p = max(float(torch.linalg.matrix_norm(X)), float(torch.linalg.matrix_norm(Z)), 1e-300)
@@ -156,9 +165,9 @@ def solve_admm(op: MeasurementOperator, y: Tensor, *, psd: bool = False, tol: fl
             raise RuntimeError(f"min_nuclear_norm (admm): non-finite residuals at iteration {it}")
         # residual balancing (Boyd et al. 2011, Sec. 3.4.1); U is the scaled dual, rescale it with rho
         if it % 10 == 0:
-            if r / scale_p > 10 * s / scale_d:
+            if r / scale_p > 3 * s / scale_d:
                 rho, U = rho * 2, U / 2
-            elif s / scale_d > 10 * r / scale_p:
+            elif s / scale_d > 3 * r / scale_p:
                 rho, U = rho / 2, U * 2
     raise RuntimeError(f"min_nuclear_norm (admm): no convergence in {max_iter} iterations (relative primal "
                        f"residual {r / scale_p:.2e}, dual {s / scale_d:.2e}, tol {tol:g}); raise max_iter or tol")
@@ -173,7 +182,8 @@ def min_nuclear_norm(op: MeasurementOperator, y: Tensor, *, psd: bool = False, s
         y: measurements ``(m,)``.
         psd: restrict to PSD matrices (Gunasekar et al.'s symmetric setting).
         solver: ``"cvxpy"``, ``"admm"``, or ``"auto"`` (cvxpy when installed and the problem is small:
-            completion, or sensing with ``n1 * n2 * m <= CVXPY_AUTO_LIMIT``; ADMM otherwise).
+            completion with ``n1 * n2 <= CVXPY_AUTO_COMPLETION_LIMIT`` (50 x 50), or sensing with
+            ``n1 * n2 * m <= CVXPY_AUTO_LIMIT``; ADMM otherwise).
         **kwargs: passed to :func:`solve_cvxpy` or :func:`solve_admm`.
 
     Raises:
@@ -187,7 +197,8 @@ def min_nuclear_norm(op: MeasurementOperator, y: Tensor, *, psd: bool = False, s
             have = True
         except ImportError:
             have = False
-        small = isinstance(op, Completion) or op.shape[0] * op.shape[1] * op.m <= CVXPY_AUTO_LIMIT
+        cells = op.shape[0] * op.shape[1]
+        small = cells <= CVXPY_AUTO_COMPLETION_LIMIT if isinstance(op, Completion) else cells * op.m <= CVXPY_AUTO_LIMIT
         solver = "cvxpy" if have and small else "admm"
     if solver == "cvxpy":
         return solve_cvxpy(op, y, psd=psd, **kwargs)
