@@ -23,7 +23,7 @@ column-stacking ``vec`` of the papers), and ``(A (x) G) vec(M) = vec(G M A)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -186,17 +186,27 @@ def factor_precision(matrix: Tensor, shift: float) -> torch.dtype:
     return torch.float32 if (bound + shift) / shift <= FLOAT32_MAX_CONDITION else torch.float64
 
 
-def damped_cholesky(matrix: Tensor, shift: float, *, dtype: torch.dtype | None = None) -> Tensor | None:
-    """Lower Cholesky factor of ``matrix + shift I`` (lower triangle of ``matrix`` read) in ``dtype``
-    (default :func:`factor_precision`), retried in float64 when that fails; ``None`` when the
-    float64 factorization fails too (an indefinite ``matrix``) or gives non-finite values."""
-    dtype = dtype or factor_precision(matrix, shift)
+def _checked(matrix: Tensor, shift: float, name: str, caller: str) -> None:
+    if not shift > 0:
+        raise ValueError(f"{name}: {caller} needs a positive shift, got {shift}")
+    if not all_finite(matrix):
+        raise _nonfinite_factor(name)
+
+
+def _with_cholesky(matrix: Tensor, shift: float, apply: Callable[[Tensor], Tensor]) -> Tensor | None:
+    """``apply(L)`` for the lower Cholesky factor ``L`` of ``matrix + shift I`` (lower triangle of
+    ``matrix`` read), factorized in :func:`factor_precision` and again in float64 when that
+    factorization fails or ``apply`` gives non-finite values; ``None`` when float64 fails too (an
+    indefinite ``matrix``)."""
+    dtype = factor_precision(matrix, shift)
     for dt in ([dtype] if dtype == torch.float64 else [dtype, torch.float64]):
         m = matrix.to(dt, copy=True)
         m.diagonal().add_(shift)
         chol, info = torch.linalg.cholesky_ex(m)
         if int(info) == 0 and all_finite(chol.diagonal()):
-            return chol
+            out = apply(chol)
+            if all_finite(out):
+                return out
     return None
 
 
@@ -218,54 +228,36 @@ def damped_inverse(matrix: Tensor, shift: float, *, name: str = "factor") -> Ten
     (:func:`symeig`). Never returns NaN/inf silently.
 
     Raises:
-        FloatingPointError: NaN/inf entries (naming ``name``), or a non-finite result.
+        ValueError: ``shift <= 0``. FloatingPointError: NaN/inf entries (naming ``name``), or a non-finite result.
     """
-    if not shift > 0:
-        raise ValueError(f"{name}: damped_inverse needs a positive shift, got {shift}")
-    if not all_finite(matrix):
-        raise _nonfinite_factor(name)
-    dtype = factor_precision(matrix, shift)
-    chol = damped_cholesky(matrix, shift, dtype=dtype)
-    if chol is not None:
-        inv = torch.cholesky_inverse(chol)
-        if not all_finite(inv) and chol.dtype != torch.float64:
-            chol = damped_cholesky(matrix, shift, dtype=torch.float64)
-            inv = torch.cholesky_inverse(chol) if chol is not None else inv
-        if all_finite(inv):
-            return inv.to(matrix.dtype)
-    return _eigen_damped_inverse(matrix, shift, name)
+    _checked(matrix, shift, name, "damped_inverse")
+    inv = _with_cholesky(matrix, shift, torch.cholesky_inverse)
+    return inv.to(matrix.dtype) if inv is not None else _eigen_damped_inverse(matrix, shift, name)
 
 
 def damped_solve(matrix: Tensor, shift: float, rhs: Tensor, *, name: str = "factor") -> Tensor:
     """``rhs (matrix + shift I)^{-1}`` for ``rhs`` of shape ``(r, d)`` (rows), in ``rhs.dtype``.
 
-    Two triangular solves with the Cholesky factor of :func:`damped_cholesky` (the precision policy
-    of :func:`damped_inverse`; cheaper than forming the inverse, ``~d^3/3 + 2 r d^2`` flops against
+    Two triangular solves with the Cholesky factor (the precision policy and float64 retry of
+    :func:`damped_inverse`; cheaper than forming the inverse, ``~d^3/3 + 2 r d^2`` flops against
     ``~d^3 + 2 r d^2``, when ``r < d``; with ``r >= d`` rows the inverse and one matrix product are
-    faster in practice, GEMM running several times faster than TRSM per flop); a non-finite result is retried in float64, and a
-    factor that is not PSD even in float64 falls back to :func:`damped_inverse`.
+    faster in practice, GEMM running several times faster than TRSM per flop); a factor that is not
+    PSD even in float64 falls back to :func:`damped_inverse`.
 
     Raises:
         ValueError: ``shift <= 0``. FloatingPointError: NaN/inf entries (naming ``name``).
     """
-    if not shift > 0:
-        raise ValueError(f"{name}: damped_solve needs a positive shift, got {shift}")
-    if not all_finite(matrix):
-        raise _nonfinite_factor(name)
-    dtype = factor_precision(matrix, shift)
-    for dt in ([dtype] if dtype == torch.float64 else [dtype, torch.float64]):
-        chol = damped_cholesky(matrix, shift, dtype=dt)
-        if chol is None:
-            break
+    _checked(matrix, shift, name, "damped_solve")
+
+    def solve(chol: Tensor) -> Tensor:
         r = rhs.to(chol.dtype)
         if r.shape[0] >= chol.shape[0]:  # many rows: forming the inverse and one GEMM beats two TRSMs
-            x = r @ torch.cholesky_inverse(chol)
-        else:
-            x = torch.linalg.solve_triangular(chol.mT, r.contiguous(), upper=True, left=False)
-            x = torch.linalg.solve_triangular(chol, x, upper=False, left=False)  # rhs L^-T L^-1 = rhs (L L^T)^-1
-        if all_finite(x):
-            return x.to(rhs.dtype)
-    return rhs @ damped_inverse(matrix, shift, name=name).to(rhs.dtype)
+            return r @ torch.cholesky_inverse(chol)
+        x = torch.linalg.solve_triangular(chol.mT, r.contiguous(), upper=True, left=False)
+        return torch.linalg.solve_triangular(chol, x, upper=False, left=False)  # rhs L^-T L^-1 = rhs (L L^T)^-1
+
+    x = _with_cholesky(matrix, shift, solve)
+    return x.to(rhs.dtype) if x is not None else rhs @ damped_inverse(matrix, shift, name=name).to(rhs.dtype)
 
 
 def pi_split(a_mat: Tensor, g_mat: Tensor, damping: float) -> tuple[float, float]:

@@ -77,30 +77,33 @@ def _check_T(seq_len: int) -> int:
     return seq_len
 
 
-def _squares(rnn: nn.Module, dtype: torch.dtype) -> dict[str, Tensor]:
-    """The squared parameters ``v = w^2`` in ``dtype`` (a missing bias squares to zeros), in one foreach call."""
+def _present_parts(rnn: nn.Module) -> dict[str, nn.Parameter]:
+    """``{part: parameter}`` for the parts the RNN has: in_w, in_b, rec, out_w, out_b (biases are optional)."""
     inp, rec, out = _parts(rnn)
     parts = {"in_w": inp.weight, "in_b": inp.bias, "rec": rec.weight, "out_w": out.weight, "out_b": out.bias}
-    present = [k for k, t in parts.items() if t is not None]
-    ws = [parts[k].detach().to(dtype) for k in present]
+    return {key: p for key, p in parts.items() if p is not None}
+
+
+def _squares(rnn: nn.Module, dtype: torch.dtype) -> dict[str, Tensor]:
+    """The squared parameters ``v = w^2`` in ``dtype`` (a missing bias squares to zeros), in one foreach call."""
+    present = _present_parts(rnn)
+    ws = [p.detach().to(dtype) for p in present.values()]
     v = dict(zip(present, torch._foreach_mul(ws, ws)))
-    for key, like in (("in_b", inp.weight), ("out_b", out.weight)):
-        if key not in v:
-            v[key] = torch.zeros(like.shape[0], dtype=dtype, device=like.device)
+    for bias, weight in (("in_b", "in_w"), ("out_b", "out_w")):
+        if bias not in v:
+            v[bias] = torch.zeros(v[weight].shape[0], dtype=dtype, device=v[weight].device)
     return v
 
 
 def _named_parts(rnn: nn.Module) -> dict[str, tuple[str, nn.Parameter]]:
-    """``{part: (parameter name, parameter)}`` for the parts the RNN has (biases are optional)."""
-    inp, rec, out = _parts(rnn)
+    """``{part: (parameter name, parameter)}`` for the parts the RNN has."""
     names = {id(p): n for n, p in rnn.named_parameters()}
-    parts = {"in_w": inp.weight, "in_b": inp.bias, "rec": rec.weight, "out_w": out.weight, "out_b": out.bias}
-    return {key: (names[id(p)], p) for key, p in parts.items() if p is not None}
+    return {key: (names[id(p)], p) for key, p in _present_parts(rnn).items()}
 
 
 def _all_finite(kappa: dict[str, Tensor | RankOneScale]) -> bool:
     """One host sync: every entry is >= 0, so the sum of all of them is finite iff each is (each distinct
-    tensor summed once: kappa1 shares dsum between W_in and b, and the constant ones)."""
+    tensor summed once: kappa1 shares dsum between W_in and b)."""
     tensors = {id(t): t for k in kappa.values() for t in ((k.out_scale, k.in_scale) if isinstance(k, RankOneScale)
                                                           else (k,))}
     return math.isfinite(float(torch.stack([t.sum() for t in tensors.values()]).sum()))
@@ -132,8 +135,6 @@ class RNNPathScales:
         self.rnn, self.seq_len, self.include_kappa2, self.method, self.dtype = \
             rnn, _check_T(seq_len), bool(include_kappa2), method, dtype
         self.many_to_many = rnn.output_mode == "all"
-        self._cache_key: tuple | None = None
-        self._cache: tuple[Tensor, Tensor, Tensor] = ()
 
     # -- the squared unrolled network -------------------------------------------------------------
     def _states(self, v: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -170,22 +171,13 @@ class RNNPathScales:
         hs, ds = self._states(v)
         dsum = ds.sum(0)
         hout = hs.sum(0) if self.many_to_many else hs[0]
-        ones_in, ones_out, out_b = self._constants(v["in_w"].shape[1], v["out_w"].shape[0], dsum)
+        ones_in = torch.ones(v["in_w"].shape[1], dtype=dsum.dtype, device=dsum.device)
+        ones_out = torch.ones(v["out_w"].shape[0], dtype=dsum.dtype, device=dsum.device)
         # kappa1(W_rec) = sum_{t=2..T} delta_t h_{t-1}^T = sum_i ds[i] hs[i+1]^T
         rec = ds[:-1].T @ hs[1:] if self.seq_len > 1 else torch.zeros_like(v["rec"])
         return {"in_w": RankOneScale(dsum, ones_in), "in_b": dsum, "rec": rec,
-                "out_w": RankOneScale(ones_out, hout), "out_b": out_b}
-
-    def _constants(self, n_in: int, n_out: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """gamma_in = 1 of every input unit, gamma_out = 1 of every output unit, and kappa of b_out (1, or
-        T with an output at every step); cached per shape, dtype and device (fresh tensors cost a few us each)."""
-        key = (n_in, n_out, like.dtype, like.device)
-        if self._cache_key != key:
-            ones_out = torch.ones(n_out, dtype=like.dtype, device=like.device)
-            self._cache_key = key
-            self._cache = (torch.ones(n_in, dtype=like.dtype, device=like.device), ones_out,
-                           ones_out * (self.seq_len if self.many_to_many else 1))
-        return self._cache
+                "out_w": RankOneScale(ones_out, hout),
+                "out_b": ones_out * (self.seq_len if self.many_to_many else 1)}
 
     def _pi_autograd(self, v: dict[str, Tensor]) -> Tensor:
         """pi by running the squared network step by step (all-ones input, no ReLU)."""

@@ -80,9 +80,13 @@ def kfac_direction(grad_matrix: Tensor, a_inv: Tensor, g_inv: Tensor) -> Tensor:
     return g_inv @ grad_matrix @ a_inv
 
 
-def ekfac_direction(grad_matrix: Tensor, u_a: Tensor, u_g: Tensor, diag: Tensor, damping: float) -> Tensor:
-    """``U_G ((U_G^T M U_A) / (s + damping)) U_A^T``."""
-    return u_g @ ((u_g.T @ grad_matrix @ u_a) / (diag + damping)) @ u_a.T
+def ekfac_direction(grad_matrix: Tensor, u_a: Tensor, u_g: Tensor, diag: Tensor, damping: float,
+                    rotated: Tensor | None = None) -> Tensor:
+    """``U_G ((U_G^T M U_A) / (s + damping)) U_A^T``; ``rotated``: ``U_G^T M U_A`` when already known
+    (:func:`geomopt.curvature.factored_rotation`; it is overwritten)."""
+    if rotated is None:
+        rotated = u_g.T @ grad_matrix @ u_a
+    return u_g @ rotated.div_(diag + damping) @ u_a.T
 
 
 def momentum_step_(params: Sequence[Tensor], directions: Sequence[Tensor], buffers: list[Tensor | None], *,
@@ -460,16 +464,13 @@ class EKFAC(_KroneckerOptimizer):
         return "S" in state
 
     def _direction(self, name: str, state: dict, m: Tensor, group: dict) -> Tensor:
-        u_a, u_g = state["U_A"], state["U_G"]
         cached = self._rotated.pop(name, None)
         rotated = None
         if cached is not None and group["weight_decay"] == 0:  # weight decay would need W rotated densely
             rotated = factored_rotation(m, *cached)  # None unless m is exactly the captured gradient
-        if rotated is None:
-            rotated = u_g.T @ m @ u_a
-        else:
+        if rotated is not None:
             self.factored_layers.add(name)
-        return u_g @ rotated.div_(state["S"] + group["damping"]) @ u_a.T
+        return ekfac_direction(m, state["U_A"], state["U_G"], state["S"], group["damping"], rotated)
 
     def _after_directions(self) -> None:
         self._rotated.clear()
