@@ -6,24 +6,21 @@ import argparse
 from pathlib import Path
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        vals = tuple(float(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1e-3,1e-2, got {text!r}") from None
-    if not vals:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return vals
+def _numbers(kind: type, noun: str, example: str):
+    """An argparse type for a non-empty comma-separated list of ``kind`` (``noun``s such as ``example``)."""
+    def parse(text: str) -> tuple:
+        try:
+            vals = tuple(kind(t) for t in text.split(",") if t.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {noun}s such as {example}, got {text!r}") from None
+        if not vals:
+            raise argparse.ArgumentTypeError(f"expected at least one {noun}")
+        return vals
+    return parse
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 2,3, got {text!r}") from None
-    if not vals:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return vals
+_floats = _numbers(float, "number", "1e-3,1e-2")
+_ints = _numbers(int, "integer", "2,3")
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:

@@ -97,21 +97,27 @@ def _orthogonal(rows: int, cols: int, g: torch.Generator) -> Tensor:
     return q if rows >= cols else q.T
 
 
+def _base_matrix(init: str, rows: int, cols: int, g: torch.Generator) -> Tensor | None:
+    """A ``(rows, cols)`` float64 factor before scaling: Gaussian ``N(0, 1/cols)``, orthogonal or identity;
+    ``None`` for any other ``init``."""
+    if init == "gaussian":
+        return torch.randn(rows, cols, generator=g, dtype=torch.float64) / math.sqrt(cols)
+    if init == "orthogonal":
+        return _orthogonal(rows, cols, g)
+    if init == "identity":
+        return torch.eye(rows, cols, dtype=torch.float64)
+    return None
+
+
 def _init_one(shape: tuple[int, int], depth: int, width: int | None, alpha: float, init: str, seed: int,
               symmetric: bool) -> list[Tensor]:
     g = torch.Generator().manual_seed(int(seed))
     if symmetric:
-        n, h = shape[0], width if width is not None else shape[0]
-        if init == "gaussian":
-            m = torch.randn(n, h, generator=g, dtype=torch.float64) / math.sqrt(h)
-        elif init == "orthogonal":
-            m = _orthogonal(n, h, g)
-        elif init == "identity":
-            m = torch.eye(n, h, dtype=torch.float64)
-        else:
+        m = _base_matrix(init, shape[0], width if width is not None else shape[0], g)
+        if m is None:
             raise ValueError(f"symmetric factorization: init must be gaussian, orthogonal or identity, got {init!r}")
         return [math.sqrt(alpha) * m]
-    shapes = factor_shapes(shape, depth, width)
+    shapes = factor_shapes(shape, depth, width)  # validates depth and width for every init
     if init == "balanced":
         n1, n2 = shape
         w0 = alpha * torch.randn(n1, n2, generator=g, dtype=torch.float64) / math.sqrt(n2)
@@ -119,13 +125,8 @@ def _init_one(shape: tuple[int, int], depth: int, width: int | None, alpha: floa
     out = []
     s = alpha ** (1.0 / depth)
     for d_out, d_in in shapes:
-        if init == "gaussian":
-            m = torch.randn(d_out, d_in, generator=g, dtype=torch.float64) / math.sqrt(d_in)
-        elif init == "orthogonal":
-            m = _orthogonal(d_out, d_in, g)
-        elif init == "identity":
-            m = torch.eye(d_out, d_in, dtype=torch.float64)
-        else:
+        m = _base_matrix(init, d_out, d_in, g)
+        if m is None:
             raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
         out.append(s * m)
     return out
