@@ -190,7 +190,6 @@ def hessian_sqrt_columns(output: Tensor, likelihood: str) -> Tensor:
     per example (categorical: ``diag(p) - p p^T = S S^T`` with ``S = diag(sqrt p) - p sqrt(p)^T``)."""
     _check_likelihood(likelihood)
     f = output.detach()
-    c = f.shape[-1]
     if likelihood == "gaussian":
         eye = torch.eye(f[0].numel(), dtype=f.dtype, device=f.device)
         return eye.reshape((-1, 1) + f.shape[1:]).expand((-1,) + f.shape).clone()

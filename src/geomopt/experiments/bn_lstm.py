@@ -13,7 +13,6 @@ units, Adam 1e-3, a few epochs. Full protocol: sequential and permuted MNIST (78
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.experiments.sweep import run_all
-from geomopt.report import Section, plot_curves, write_section
+from geomopt.report import Section, plot_curves, write_records, write_section, write_tables
 from geomopt.train import TrainConfig, read_metrics
 
 NAME = "bn-lstm"
@@ -91,10 +90,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
         rows.append({**key, "final": final, "metric": "test bits/char" if chars else "test accuracy %",
                      "epochs_to_90pct": _epochs_to(epochs, 0.9) if not chars else None,
                      "diverged": bool(s.get("diverged", False)), "dir": str(run_dir)})
-    with (root / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "dir"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_records(root / "results.csv", rows, exclude=["dir"])
 
     table, panels = [], {}
     for data in dict.fromkeys(r["dataset"] for r in rows):
@@ -110,10 +106,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
                 panels.setdefault(data, {})[model] = ([r["epoch"] for r in recs], ys)
     columns = ["dataset", "model", "metric", "ours (final)", "first epoch with train acc >= 90% of best",
                "paper (Cooijmans et al. 2016)"]
-    with (root / "table.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        writer.writerows(table)
+    write_tables(root / "table.csv", (columns, table))
     plot_curves(panels, root / "test_curves.png", xlabel="epoch", ylabel="test error (bits/char for chars)")
     paragraphs = [
         f"Protocol: {exp.hidden} hidden units, {exp.optimizer} lr {exp.lr}, batch {exp.batch_size}, {exp.epochs} "

@@ -17,14 +17,13 @@ the paper is not shipped (nothing is downloaded): we use ill-conditioned synthet
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.implicit.lab import DeepLinearLabConfig, MatrixLabConfig, run_deep_linear_lab, run_matrix_lab
-from geomopt.report import Section, plot_curves, write_section
+from geomopt.report import Section, plot_curves, write_records, write_section, write_tables
 
 NAME = "deep-mf"
 # papers.md section 4 (read off the authors' code and notebook; completion, n = 100, rank 5)
@@ -103,10 +102,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
         if res["baseline"] is not None:
             b = res["baseline"]
             summary[m, "nuclear"] = {"err": b["err"], "err_min": b["err"], "err_max": b["err"], "erank": b["erank"]}
-    with (root / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_records(root / "results.csv", rows)
 
     # figures: error vs m, effective rank over training, singular value trajectories
     methods = list(exp.depths) + (["nuclear"] if (exp.ms[0], "nuclear") in summary else [])
@@ -146,13 +142,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
     reg_columns = ["loss", "depth", "initial loss", "final loss", "steps to target", "target"]
     reg_rows = [[f"l{p:g}", r["depth"], r["initial_loss"], r["final_loss"], r["steps_to_target"], r["target_loss"]]
                 for p in reg for r in reg[p]["rows"]]
-    with (root / "table.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        writer.writerows(table_rows)
-        writer.writerow([])
-        writer.writerow(reg_columns)
-        writer.writerows(reg_rows)
+    write_tables(root / "table.csv", (columns, table_rows), (reg_columns, reg_rows))
 
     paragraphs = [
         f"Protocol: completion of a rank-{exp.rank} {exp.n} x {exp.n} matrix (W* = U V^T / sqrt(r), ||W*||_F = n) "

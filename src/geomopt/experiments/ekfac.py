@@ -17,7 +17,6 @@ a few minutes on 2 cores. Full protocol: MNIST from ``data_dir`` with 784-1000-5
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import multiprocessing as mp
@@ -35,7 +34,7 @@ from geomopt.data import load_dataset, make_loader
 from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.experiments.sweep import default_jobs, run_all
 from geomopt.optim import EKFAC, KFAC, build_optimizer
-from geomopt.report import Section, plot_curves, write_section
+from geomopt.report import Section, plot_curves, write_records, write_section, write_tables
 from geomopt.train import NonFiniteLossError, TrainConfig, fit, read_metrics
 from geomopt.train.checkpoint import write_json
 
@@ -252,10 +251,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
                      "diverged": bool(r.get("diverged", False)), "dir": str(o)} for (c, o, key), r in zip(cnn, results)]
         rows = rows + cnn_rows
         studies.append(("cnn", cnn_rows))
-    with (root / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_records(root / "results.csv", rows)
 
     columns = ["study", "optimizer", "chosen lr", "damping", "final train loss", "final test loss",
                "epochs to target", "seconds to target", "seconds per epoch"]
@@ -267,10 +263,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
                                                 f"(right, including the per-epoch evaluation), best setting of each "
                                                 f"optimizer; target loss {target:.4g}."})
         verdicts.append(_verdict(name, best, target))
-    with (root / "table.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        writer.writerows(table_rows)
+    write_tables(root / "table.csv", (columns, table_rows))
     paragraphs = [
         f"Protocol: autoencoder {exp.dataset} {'-'.join(map(str, exp.widths))} (tanh, binary cross-entropy summed "
         f"over pixels), batch {exp.batch_size}, {exp.epochs} epochs; CNN {'-'.join(map(str, exp.cnn_widths))} on "

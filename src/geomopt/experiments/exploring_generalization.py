@@ -16,7 +16,6 @@ Full: MNIST-1D, 2 hidden layers of 512, sizes up to 4000 and a 48-model zoo.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.experiments.sweep import run_all
 from geomopt.experiments.zoo import ZOO_KEY, correlate, measure_zoo
 from geomopt.measures.runs import MEASURES_FILE
-from geomopt.report import Section, plot_curves, write_section
+from geomopt.report import Section, plot_curves, write_records, write_section
 from geomopt.train import TrainConfig
 from geomopt.train.checkpoint import write_json
 
@@ -121,13 +120,6 @@ def _zoo_runs(exp, root: Path) -> list[tuple[TrainConfig, Path, dict[str, Any]]]
     return runs
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
               overrides: dict[str, Any] | None = None) -> Path:
     """Train both parts (finished runs skipped), compute measures, write tables, figures and the section."""
@@ -150,7 +142,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
         rows.append({**hp, "train_error": res.get("train_error", math.nan),
                      "test_error": res.get("test_error", math.nan),
                      **{k: res.get(k, math.nan) for k, _ in PANEL_MEASURES if k != "test_error"}})
-    _write_csv(root / "labels.csv", rows)
+    write_records(root / "labels.csv", rows)
     panels: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
     for key, label in PANEL_MEASURES:
         for kind in ("true", "random"):

@@ -11,14 +11,13 @@ minimum nuclear norm (trace) solution; we report ``||X_gd - X_nuc||_F / ||X_nuc|
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.implicit.lab import MatrixLabConfig, run_matrix_lab
-from geomopt.report import Section, write_section
+from geomopt.report import Section, write_records, write_section, write_tables
 
 NAME = "implicit-mf"
 PAPER_CLAIM = ("Gunasekar et al. (2017), matrix sensing and completion with X = U U^T, U full n x n: as the "
@@ -100,16 +99,10 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
                f"(the last directions converge slowly), which limits the smallest distances."
                if unconverged else "")
             + f" X_nuc vs X*: relative error {base['err']:.2g} ({base['solver']}).")
-    with (root / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_records(root / "results.csv", rows)
     columns = ["problem", "m", "alpha", "||X-X_nuc||/||X_nuc|| (ours)", "err ||X-X*||^2/||X*||^2 (ours)",
                "effective rank (ours)", "final train loss", "converged / solver"]
-    with (root / "table.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        writer.writerows(table_rows)
+    write_tables(root / "table.csv", (columns, table_rows))
     paragraphs = [
         f"Protocol: PSD target of rank {exp.rank}, n = {exp.n}, ||X*||_F = n; sensing with m = {exp.m_sensing} "
         f"symmetrized Gaussian measurements (entries N(0, 1/n^2)), completion with about {exp.m_completion} "

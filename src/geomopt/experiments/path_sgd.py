@@ -13,7 +13,6 @@ than SGD and AdaGrad, most clearly from the unbalanced start, to which it is inv
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any
 
 from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.experiments.sweep import run_all
-from geomopt.report import Section, plot_curves, write_section
+from geomopt.report import Section, plot_curves, write_records, write_section, write_tables
 from geomopt.train import TrainConfig, read_metrics
 
 NAME = "path-sgd"
@@ -106,10 +105,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
     for (cfg, run_dir, key), s in zip(planned, summaries):
         rows.append({**key, "train_loss": s["train_loss"], "train_err": 1 - s["train_acc"],
                      "test_err": 1 - s["test_acc"], "diverged": bool(s.get("diverged", False)), "dir": str(run_dir)})
-    with (root / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_records(root / "results.csv", rows)
 
     # choose each optimizer's learning rate by the lowest mean final training loss
     best: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -127,10 +123,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
     table_rows = [[data, init, opt, b["lr"], b["train_loss"], 100 * b["train_err"], 100 * b["test_err"]]
                   for (data, init, opt), b in best.items()]
     columns = ["dataset", "init", "optimizer", "chosen lr", "final train loss", "train error %", "test error %"]
-    with (root / "table.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        writer.writerows(table_rows)
+    write_tables(root / "table.csv", (columns, table_rows))
 
     figures = []
     for field_name, label, fname in [("train_loss", "training cross-entropy", "train_loss.png"),

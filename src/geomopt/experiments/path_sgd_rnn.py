@@ -17,7 +17,6 @@ the trivial baseline.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from typing import Any
 from geomopt.data.sequences import ADDING_BASELINE_MSE
 from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.experiments.sweep import run_all
-from geomopt.report import Section, plot_curves, write_section
+from geomopt.report import Section, plot_curves, write_records, write_section, write_tables
 from geomopt.train import TrainConfig, read_metrics
 
 NAME = "path-sgd-rnn"
@@ -152,10 +151,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
         rows.append({**key, "train_loss": s["train_loss"], "test_loss": s["test_loss"],
                      "test_err": 1 - s["test_acc"] if not key["task"].startswith("adding") else math.nan,
                      "diverged": bool(s.get("diverged", False)), "dir": str(run_dir)})
-    with (root / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_records(root / "results.csv", rows)
 
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for label, _, _ in _tasks(exp):
@@ -183,13 +179,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
     add_cols = ["task", "method", "chosen lr", "test MSE", "test MSE / 0.167", f"solved (MSE <= {solved_at:.4f})",
                 "paper (approx)"]
     seq_cols = ["task", "method", "chosen lr", "final train loss", "test error %", "paper test error (seq. MNIST)"]
-    with (root / "table.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(add_cols)
-        writer.writerows(adding_rows)
-        writer.writerow([])
-        writer.writerow(seq_cols)
-        writer.writerows(seq_rows)
+    write_tables(root / "table.csv", (add_cols, adding_rows), (seq_cols, seq_rows))
 
     figures = []
     panels: dict[str, dict[str, tuple[list[float], list[float]]]] = {}

@@ -14,7 +14,6 @@ MNIST from ``data_dir`` at 98.85% sparsity, k in {1, 14, 140}.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.experiments.sweep import run_all
 from geomopt.prune import prune_run
-from geomopt.report import Section, write_section
+from geomopt.report import Section, write_records, write_section, write_tables
 from geomopt.report.figures import plt
 from geomopt.train import TrainConfig
 
@@ -91,11 +90,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
                      "pruned_test_acc": record["pruned_test_acc"],
                      "finetuned_test_acc": record.get("finetuned_test_acc", math.nan),
                      "history": record["history"]})
-    with (root / "results.csv").open("w", newline="") as f:
-        keys = [k for k in rows[0] if k != "history"]
-        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_records(root / "results.csv", rows, exclude=["history"])
 
     table = []
     for data in exp.datasets:
@@ -108,10 +103,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
                               100 * _mean(r["dense_test_acc"] for r in rs)])
     columns = ["dataset", "criterion", "steps k", "train loss after pruning", "test acc % after pruning",
                "test acc % after fine-tuning", "dense test acc %"]
-    with (root / "table.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        writer.writerows(table)
+    write_tables(root / "table.csv", (columns, table))
     _figure(rows, root / "predicted_vs_actual.png")
     paragraphs = [
         f"Protocol: MLP {'-'.join(map(str, exp.widths))} trained with SGD (lr {exp.lr}, {exp.train_epochs} epochs), "

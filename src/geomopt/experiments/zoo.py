@@ -31,7 +31,6 @@ Any other key of ``[grid]`` must be a TrainConfig field.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import itertools
 import json
@@ -48,6 +47,7 @@ from tqdm.auto import tqdm
 from geomopt.experiments.sweep import default_jobs, run_all, run_one
 from geomopt.measures.rank import granulated_kendall, kendall_tau
 from geomopt.measures.runs import MEASURES_FILE, measure_run
+from geomopt.report import write_records
 from geomopt.train.checkpoint import write_json
 from geomopt.train.config import TrainConfig
 
@@ -187,10 +187,7 @@ def correlate(zoo: str | Path, out: str | Path | None = None, *, min_train_acc: 
     if rows:
         fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("measure", "models", "kendall_tau",
                                                                                "granulated"), k))
-        with (out / "correlation.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
+        write_records(out / "correlation.csv", rows, fields=fields)
         plot_correlation(rows, out / "correlation.png")
     return rows
 

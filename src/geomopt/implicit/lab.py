@@ -9,7 +9,6 @@ inverse of the curvature of the loss at the target, with adaptive step control o
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -25,7 +24,7 @@ from geomopt.implicit.factorized import SensingObjective, init_factors, run_fact
 from geomopt.implicit.nuclear import min_nuclear_norm
 from geomopt.implicit.operators import Completion, GaussianSensing, MeasurementOperator, random_low_rank, random_psd
 from geomopt.implicit.spectral import effective_rank, nuclear_norm, relative_distance
-from geomopt.report import plot_curves
+from geomopt.report import plot_curves, write_records
 
 
 @dataclass
@@ -99,11 +98,7 @@ def default_lr(op: MeasurementOperator, target: torch.Tensor, depth: int, factor
 
 def _write_table(rows: list[dict[str, Any]], out: Path, stem: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    with (out / f"{stem}.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
+    write_records(out / f"{stem}.csv", rows)
     (out / f"{stem}.json").write_text(json.dumps(rows, indent=1))
 
 

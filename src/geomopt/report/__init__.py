@@ -7,5 +7,6 @@ gathers every section under a runs directory into one HTML file with the figures
 
 from geomopt.report.figures import plot_curves
 from geomopt.report.html import Section, build_report, write_section
+from geomopt.report.tables import write_records, write_tables
 
-__all__ = ["Section", "write_section", "build_report", "plot_curves"]
+__all__ = ["Section", "write_section", "build_report", "plot_curves", "write_records", "write_tables"]
