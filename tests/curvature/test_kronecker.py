@@ -13,15 +13,7 @@ from torch.func import functional_call, grad, vmap
 from geomopt.curvature import (EKFAC, KFAC, Capture, compute_ekfac, compute_kfac, hessian_sqrt_columns,
                                supported_layers, symeig)
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("float64_default")]
 
 
 def mlp(d_in, hidden, d_out, seed, bias=True):

@@ -19,12 +19,7 @@ from geomopt.optim import EKFAC, KFAC, build_optimizer
 from geomopt.train import TrainConfig, read_metrics, train
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def net(seed=0, conv=False):

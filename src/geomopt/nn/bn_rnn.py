@@ -204,6 +204,22 @@ def _lstm_forward(cells: nn.ModuleList, hidden: int, x: Tensor, lengths: Tensor 
     return x, (torch.stack(hs), torch.stack(cs))
 
 
+def _lstm_cell(fan_in: int, hidden_size: int) -> nn.Module:
+    """LSTM weights ``weight_x (4H, fan_in)``, ``weight_h (4H, H)``, ``bias (4H,)`` with the paper code's init:
+    orthogonal input weights, identity-like recurrent weights (an orthogonal block per gate), forget-gate
+    bias 1 (gate order i, f, g, o)."""
+    cell = nn.Module()
+    cell.weight_x = nn.Parameter(torch.empty(4 * hidden_size, fan_in))
+    cell.weight_h = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+    cell.bias = nn.Parameter(torch.zeros(4 * hidden_size))
+    nn.init.orthogonal_(cell.weight_x)
+    with torch.no_grad():
+        for k in range(4):
+            nn.init.orthogonal_(cell.weight_h[k * hidden_size:(k + 1) * hidden_size])
+        cell.bias[hidden_size:2 * hidden_size].fill_(1.0)
+    return cell
+
+
 class BNLSTM(nn.Module):
     """Batch-normalized LSTM (Cooijmans et al.), batch-first, multi-layer.
 
@@ -228,18 +244,10 @@ class BNLSTM(nn.Module):
         self.cells = nn.ModuleList()
         for layer in range(num_layers):
             fan_in = input_size if layer == 0 else hidden_size
-            cell = nn.Module()
-            cell.weight_x = nn.Parameter(torch.empty(4 * hidden_size, fan_in))
-            cell.weight_h = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
-            cell.bias = nn.Parameter(torch.zeros(4 * hidden_size))
+            cell = _lstm_cell(fan_in, hidden_size)
             cell.bn_x = StepBatchNorm(4 * hidden_size, max_steps, gamma=gamma, beta=False, **bn)
             cell.bn_h = StepBatchNorm(4 * hidden_size, max_steps, gamma=gamma, beta=False, **bn)
             cell.bn_c = StepBatchNorm(hidden_size, max_steps, gamma=gamma, beta=True, **bn)
-            nn.init.orthogonal_(cell.weight_x)
-            with torch.no_grad():  # identity-like recurrent init, as in the paper's code: orthogonal blocks
-                for k in range(4):
-                    nn.init.orthogonal_(cell.weight_h[k * hidden_size:(k + 1) * hidden_size])
-                cell.bias[hidden_size:2 * hidden_size].fill_(1.0)  # forget-gate bias 1 (gate order i, f, g, o)
             self.cells.append(cell)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None,
@@ -325,15 +333,7 @@ class BNInputLSTM(nn.Module):
         self.cells = nn.ModuleList()
         for layer in range(num_layers):
             fan_in = input_size if layer == 0 else hidden_size
-            cell = nn.Module()
-            cell.weight_x = nn.Parameter(torch.empty(4 * hidden_size, fan_in))
-            cell.weight_h = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
-            cell.bias = nn.Parameter(torch.zeros(4 * hidden_size))
-            nn.init.orthogonal_(cell.weight_x)
-            with torch.no_grad():
-                for k in range(4):
-                    nn.init.orthogonal_(cell.weight_h[k * hidden_size:(k + 1) * hidden_size])
-                cell.bias[hidden_size:2 * hidden_size].fill_(1.0)
+            cell = _lstm_cell(fan_in, hidden_size)
             cell.bn_x = StepBatchNorm(4 * hidden_size, max_steps, gamma=gamma, beta=False, reuse_last=reuse_last,
                                       sequence_wise=stats == "sequence", momentum=momentum,
                                       missing_stats=missing_stats)
