@@ -4,13 +4,15 @@
    ``run_factorized`` call vs a Python loop of 64 single-run calls, same steps, same process,
    alternating repetitions; checks that both give the same matrices. Matrix completion (m = 2000)
    and Gaussian sensing (m = 2000, the dense operator is 2000 x 10^4).
-2. Time to solution of the minimum nuclear norm baseline: ADMM (``solver="admm"``, tol 1e-8) vs
+2. (--part admm) Iterations of the default ADMM rule against plain ADMM with the textbook
+   residual-balancing rule, on 14 small problems and on 100 x 100 completion.
+3. Time to solution of the minimum nuclear norm baseline: ADMM (``solver="admm"``, tol 1e-8) vs
    cvxpy at n = 50 and n = 100, completion, and sensing at n = 50 (Clarabel; SCS for 100 x 100
    completion, where Clarabel needed > 20 GB; sensing at n = 100 is out of cvxpy's reach on this
    machine: papers.md measured > 280 s and 12 GB with SCS, so ADMM runs alone there).
 
 Usage: python benchmarks/bench_implicit.py [--steps 20] [--reps 3] [--threads 2] [--skip-cvxpy]
-       [--part all|sweep|convex] [--admm-max-iter 50000] [--cvxpy-solver SCS|CLARABEL]
+       [--part all|sweep|convex|admm] [--admm-max-iter 50000] [--cvxpy-solver SCS|CLARABEL]
        [--rows completion:50,completion:100,sensing:50,sensing:100]
 """
 
@@ -65,6 +67,40 @@ def sweep_bench(kind: str, steps: int, reps: int, dtype: torch.dtype) -> dict[st
             "batched_s": tb, "loop_s": tl, "gflops": flops / tb / 1e9}
 
 
+def admm_rules_bench(max_iter: int) -> list[tuple[str, str, list[int | None], float]]:
+    """Iterations of the default ADMM (over-relaxed, balance 3) vs plain ADMM with the textbook rule
+    (relaxation 1, balance 10): 14 small problems at tol 1e-8 (8 completions 8 x 8 rank 1 with 30
+    entries, 3 sensings 20 x 20 rank 2 with m = 150, 3 completions 30 x 30 rank 2 with 300 entries),
+    and 100 x 100 completion (rank 2, 2000 entries) at tol 1e-7. ``None``: no convergence."""
+    problems = []
+    for seed in range(8):
+        op = Completion.random(8, 8, 30, seed=seed + 100)
+        problems.append((op, op(random_low_rank(8, 8, 1, seed=seed, fro_norm=8.0)), 1e-8))
+    for seed in range(3):
+        op = GaussianSensing(20, 20, 150, seed=seed, scale=1 / 20)
+        problems.append((op, op(random_low_rank(20, 20, 2, seed=seed, fro_norm=20.0)), 1e-8))
+        op = Completion.random(30, 30, 300, seed=seed)
+        problems.append((op, op(random_low_rank(30, 30, 2, seed=seed, fro_norm=30.0)), 1e-8))
+    big = Completion.random(100, 100, 2000, seed=1)
+    big_y = big(random_low_rank(100, 100, 2, seed=0, fro_norm=100.0))
+    out = []
+    for label, rule in [("default (relaxation 1.6, balance 3)", {}),
+                        ("plain (relaxation 1.0, balance 10)", {"relaxation": 1.0, "balance": 10.0})]:
+        its = []
+        for op, y, tol in problems:
+            try:
+                its.append(min_nuclear_norm(op, y, solver="admm", tol=tol, max_iter=max_iter, **rule).iterations)
+            except RuntimeError:
+                its.append(None)
+        t0 = time.perf_counter()
+        try:
+            big_its = str(min_nuclear_norm(big, big_y, solver="admm", tol=1e-7, max_iter=max_iter, **rule).iterations)
+        except RuntimeError:
+            big_its = "no convergence"
+        out.append((label, big_its, its, time.perf_counter() - t0))
+    return out
+
+
 def peak_gflops(dtype: torch.dtype) -> float:
     """Matmul throughput on large, well-shaped operands: the ceiling for any batched sweep of n x n products."""
     a, b = torch.randn(6400, 100, dtype=dtype), torch.randn(100, 100, dtype=dtype)
@@ -103,7 +139,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     parser.add_argument("--skip-cvxpy", action="store_true")
-    parser.add_argument("--part", default="all", choices=["all", "sweep", "convex"])
+    parser.add_argument("--part", default="all", choices=["all", "sweep", "convex", "admm"])
     parser.add_argument("--admm-max-iter", type=int, default=50000)
     parser.add_argument("--cvxpy-solver", default=None, help="SCS or CLARABEL (default: CLARABEL when installed)")
     parser.add_argument("--rows", default=None, help="convex rows to run, e.g. 'completion:100,sensing:50'")
@@ -123,6 +159,16 @@ def main() -> None:
         print(f"Peak of this machine for the same arithmetic: {peak_gflops(dtype):.1f} GFLOP/s (one (6400, 100) x "
               "(100, 100) matmul)", flush=True)
     if args.part == "sweep":
+        return
+    if args.part in ("all", "admm"):
+        print("\nADMM rules: iterations on 14 small problems (tol 1e-8, max 20000) and on 100 x 100 completion "
+              "(tol 1e-7)")
+        print("| rule | small: solved | small: total iterations (unsolved counted as 20000) | 100 x 100: iterations "
+              "| 100 x 100: s |\n|---|---|---|---|---|", flush=True)
+        for label, big_its, its, secs in admm_rules_bench(20000):
+            print(f"| {label} | {sum(i is not None for i in its)}/{len(its)} | {sum(i or 20000 for i in its)} | "
+                  f"{big_its} | {secs:.1f} |", flush=True)
+    if args.part == "admm":
         return
     use_cvxpy = not args.skip_cvxpy
     if use_cvxpy:

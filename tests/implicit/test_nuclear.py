@@ -70,15 +70,17 @@ def test_no_feasible_point_has_smaller_nuclear_norm(solved, seed, scale):
         assert float(nuclear_norm(F)) >= res.nuclear_norm * (1 - 1e-5)
 
 
-def test_admm_matches_cvxpy_when_the_minimizer_is_not_the_truth():
-    """Few measurements: the minimum nuclear norm solution differs from X*; both solvers must agree."""
+@pytest.mark.parametrize("rule", [{}, {"relaxation": 1.0, "balance": 10.0}], ids=["default", "plain-admm"])
+def test_admm_matches_cvxpy_when_the_minimizer_is_not_the_truth(rule):
+    """Few measurements: the minimum nuclear norm solution differs from X*; both solvers must agree
+    (over-relaxed ADMM, the default, and plain ADMM with the textbook balancing rule)."""
     X = random_low_rank(7, 6, 2, seed=5)
     for op, psd in [(GaussianSensing(7, 6, 20, seed=6), False), (Completion.random(7, 6, 20, seed=7), False),
                     (GaussianSensing(7, 7, 16, seed=8, symmetric=True), True)]:
         target = random_psd(7, 2, seed=9) if psd else X
         y = op(target)
         ref = min_nuclear_norm(op, y, psd=psd, solver="cvxpy")
-        ours = min_nuclear_norm(op, y, psd=psd, solver="admm", tol=1e-10)
+        ours = min_nuclear_norm(op, y, psd=psd, solver="admm", tol=1e-10, **rule)
         assert ours.residual < 1e-9
         assert abs(ours.nuclear_norm - ref.nuclear_norm) < 1e-5 * ref.nuclear_norm
         assert float(relative_distance(ours.X, ref.X)) < 1e-3
@@ -123,3 +125,6 @@ def test_bad_arguments():
         min_nuclear_norm(op, torch.zeros(6))
     with pytest.raises(ValueError, match="psd"):
         min_nuclear_norm(op, torch.zeros(5), psd=True)
+    for kwargs in ({"relaxation": 2.0}, {"relaxation": 0.0}, {"balance": 1.0}):
+        with pytest.raises(ValueError, match="relaxation"):
+            min_nuclear_norm(op, torch.zeros(5), solver="admm", **kwargs)

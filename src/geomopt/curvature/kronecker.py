@@ -240,8 +240,8 @@ def damped_solve(matrix: Tensor, shift: float, rhs: Tensor, *, name: str = "fact
 
     Two triangular solves with the Cholesky factor (the precision policy and float64 retry of
     :func:`damped_inverse`; cheaper than forming the inverse, ``~d^3/3 + 2 r d^2`` flops against
-    ``~d^3 + 2 r d^2``, when ``r < d``; with ``r >= d`` rows the inverse and one matrix product are
-    faster in practice, GEMM running several times faster than TRSM per flop); a factor that is not
+    ``~d^3 + 2 r d^2``, when ``r < d``; with ``r >= d`` rows the inverse and one matrix product were
+    faster on the benchmark machine, GEMM running faster than TRSM per flop); a factor that is not
     PSD even in float64 falls back to :func:`damped_inverse`.
 
     Raises:

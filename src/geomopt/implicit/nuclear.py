@@ -36,11 +36,11 @@ from torch import Tensor
 from geomopt.implicit.operators import Completion, MeasurementOperator
 
 SOLVERS = ("auto", "cvxpy", "admm")
-# ADMM over-relaxation, with residual balancing at a factor-3 imbalance (every 10 iterations): against
-# plain ADMM with the textbook factor-10 rule, 1.9x fewer iterations on 100 x 100 completion at tol 1e-7
-# (12434 -> 6649) and 2.3x fewer in total on 14 small sensing/completion problems at tol 1e-8, one of
-# which the textbook rule did not solve in 20000 iterations
+# ADMM defaults: over-relaxation 1.6 and residual balancing at a factor-3 imbalance (every 10 iterations),
+# against plain ADMM with the textbook factor-10 rule (relaxation=1.0, balance=10.0): fewer iterations and
+# one more small problem solved (`python benchmarks/bench_implicit.py --part admm`, benchmarks/RESULTS.md)
 RELAXATION = 1.6
+BALANCE = 3.0
 # largest sizes "auto" hands to cvxpy: n1 * n2 * m (dense sensing constraints) and, for completion,
 # n1 * n2 (at 100 x 100 cvxpy + Clarabel went past 20 GB of memory on the benchmark machine)
 CVXPY_AUTO_LIMIT = 3_000_000
@@ -136,12 +136,19 @@ def _prox_nuclear(V: Tensor, tau: float, psd: bool) -> Tensor:
 
 
 def solve_admm(op: MeasurementOperator, y: Tensor, *, psd: bool = False, tol: float = 1e-8, max_iter: int = 20000,
-               rho: float | None = None, X0: Tensor | None = None) -> NuclearResult:
+               rho: float | None = None, X0: Tensor | None = None, relaxation: float = RELAXATION,
+               balance: float = BALANCE) -> NuclearResult:
     """ADMM for ``min ||X||_* s.t. A(X) = y`` (module docstring), in float64.
+
+    ``relaxation`` in (0, 2) weighs the new X against Z (1 = plain ADMM); every 10 iterations the
+    penalty rho doubles or halves when one relative residual exceeds ``balance`` times the other.
 
     Raises:
         RuntimeError: no convergence in ``max_iter`` iterations (the message gives the residuals).
     """
+    if not (0 < relaxation < 2 and balance > 1):
+        raise ValueError(f"min_nuclear_norm (admm): need 0 < relaxation < 2 and balance > 1, got relaxation="
+                         f"{relaxation}, balance={balance}")
     y = _check(op, y, psd)
     t0 = time.perf_counter()
     op64 = op.to(dtype=torch.float64)
@@ -152,7 +159,7 @@ def solve_admm(op: MeasurementOperator, y: Tensor, *, psd: bool = False, tol: fl
     for it in range(1, max_iter + 1):
         X = _prox_nuclear(Z - U, 1.0 / rho, psd)
         Z_prev = Z
-        X_relaxed = RELAXATION * X + (1 - RELAXATION) * Z_prev  # over-relaxation (Boyd et al. 2011, Sec. 3.4.3)
+        X_relaxed = relaxation * X + (1 - relaxation) * Z_prev  # over-relaxation (Boyd et al. 2011, Sec. 3.4.3)
         Z = op64.project(X_relaxed + U, y)
         U = U + X_relaxed - Z
         r = float(torch.linalg.matrix_norm(X - Z))
@@ -165,9 +172,9 @@ def solve_admm(op: MeasurementOperator, y: Tensor, *, psd: bool = False, tol: fl
             raise RuntimeError(f"min_nuclear_norm (admm): non-finite residuals at iteration {it}")
         # residual balancing (Boyd et al. 2011, Sec. 3.4.1); U is the scaled dual, rescale it with rho
         if it % 10 == 0:
-            if r / scale_p > 3 * s / scale_d:
+            if r / scale_p > balance * s / scale_d:
                 rho, U = rho * 2, U / 2
-            elif s / scale_d > 3 * r / scale_p:
+            elif s / scale_d > balance * r / scale_p:
                 rho, U = rho / 2, U * 2
     raise RuntimeError(f"min_nuclear_norm (admm): no convergence in {max_iter} iterations (relative primal "
                        f"residual {r / scale_p:.2e}, dual {s / scale_d:.2e}, tol {tol:g}); raise max_iter or tol")
