@@ -3,7 +3,8 @@
 Part 1 -- per-step time over SGD. A step = zero_grad + forward + cross-entropy + backward +
 optimizer.step() (statistics hooks included). update_freq=10, inv_freq=100; the contenders alternate
 in blocks of `inv_freq` steps on the same model and batch, so one block holds exactly one inversion
-and ten factor updates: the mean step over whole blocks is the amortized cost.
+and ten factor updates: the mean step over whole blocks is the amortized cost. Contenders: SGD with
+momentum, K-FAC, EKFAC (the paper's algorithm: diagonal every step), EKFAC with `diag_freq=10`.
 
 Part 2 -- time to build the curvature on one batch and to compute the preconditioned gradient,
 on the same model and batch, against the public implementations (installed by the `bench` extra):
@@ -13,14 +14,23 @@ on the same model and batch, against the public implementations (installed by th
 - nngeometry `FIM(representation=PMatEKFAC)` (exact expectation over classes, C backward passes)
   + `solvePVec`; geomopt's counterpart there is `fisher='ggn'`.
 
-Part 1b -- the MLP over batch sizes (`--batches`, default 128,512,2048), with the arithmetic lower
-bound of the ratio beside the measured one: multiply-adds that every step of the algorithm must do
-over SGD's forward + backward (~3 B d_out d_in per layer). K-FAC: `G^-1 M A^-1`, `d_out d_in (d_out +
-d_in)`, plus the factors every `update_freq` steps, `B (d_in^2 + d_out^2) / update_freq`; EKFAC: the
-back-rotation `U_G X U_A^T`, `d_out d_in (d_out + d_in)`, plus the every-step eigenbasis diagonal,
-`B (d_in^2 + d_out^2 + d_out d_in)` (the rotation of the gradient into the eigenbasis is left out:
-it is formed from the diagonal's rotated per-example quantities when that is cheaper). Eigendecompositions and
-inverses (every `inv_freq` steps) and elementwise work are left out, so the bound is optimistic.
+Part 1 and 1b (the MLP over batch sizes, `--batches`, default 128,512,2048) print beside each
+measured ratio what the algorithm cannot avoid: the multiply-adds every step must do besides SGD's
+forward + backward (`3 B T d_out d_in` per layer, `T` positions per example: 1 for a Linear layer,
+output pixels for a convolution), as a ratio to SGD's, and the floor of the time ratio they imply
+at this machine's peak matmul rate, `1 + extra / (peak * SGD step time)` (no kernel beats the peak,
+so no implementation of the algorithm can go below it). Counted per layer (`d_in` with the bias):
+- K-FAC: `G^-1 M A^-1`, `d_out d_in (d_out + d_in)`, plus the factors every `update_freq` steps,
+  `B T (d_in^2 + d_out^2) / update_freq`;
+- EKFAC: the back-rotation `U_G X U_A^T`, `d_out d_in (d_out + d_in)`, the factors as K-FAC, the
+  every-step eigenbasis diagonal (Linear: `a U_A`, `g U_G` and the product of their squares,
+  `B (d_in^2 + d_out^2 + d_out d_in)`; convolution: the per-example gradients `B T d_out d_in` and
+  each side's rotation in the cheaper order, as `eigenbasis_diagonal`), and the rotation into the
+  eigenbasis (Linear: `min(B d_out d_in, d_out d_in (d_out + d_in))`, from the diagonal's rotated
+  examples; convolution: dense);
+- EKFAC with `diag_freq=10`: the diagonal and its rotation on one step in ten, dense rotations on the others.
+Eigendecompositions and inverses (every `inv_freq` steps) and elementwise work are left out, so the
+floors are optimistic.
 
 Usage: python benchmarks/bench_kfac.py [--threads 1] [--blocks 3] [--rounds 3] [--batches 128,512,2048] [--sweep-blocks 1]
 """
@@ -35,9 +45,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from geomopt.curvature import compute_ekfac, compute_kfac
+from geomopt.curvature import compute_ekfac, compute_kfac, layer_handler
 from geomopt.nn import CNN, MLP
 from geomopt.optim import EKFAC, KFAC
 
@@ -45,14 +55,64 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine  # noqa: E402
 
 
-def lower_bounds(model: nn.Module, batch: int, update_freq: int = 10) -> dict[str, float]:
-    """Arithmetic lower bounds of the K-FAC / EKFAC step-time ratio to SGD (see the module docstring)."""
-    shapes = [(m.out_features, m.in_features + (m.bias is not None)) for m in model.modules() if isinstance(m, nn.Linear)]
-    sgd = sum(3 * batch * o * i for o, i in shapes)
-    rot = sum(o * i * (o + i) for o, i in shapes)
-    factors = sum(batch * (o * o + i * i) for o, i in shapes)
-    diag = sum(batch * (o * o + i * i + o * i) for o, i in shapes)
-    return {"sgd": 1.0, "kfac": 1 + (rot + factors / update_freq) / sgd, "ekfac": 1 + (rot + diag) / sgd}
+def layer_shapes(model: nn.Module, x: Tensor) -> list[tuple[int, int, int]]:
+    """``(d_out, d_in, T)`` of every supported layer (``d_in`` with the bias column, ``T`` positions per
+    example), from one forward pass."""
+    shapes = []
+
+    def hook(module, inputs, output):
+        d_out, d_in = layer_handler(module).shape(module)
+        shapes.append((d_out, d_in, output[0, 0].numel() if output.dim() == 4 else 1))
+    handles = [m.register_forward_hook(hook) for m in model.modules() if layer_handler(m) is not None]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return shapes
+
+
+def extra_macs(shapes: list[tuple[int, int, int]], batch: int, update_freq: int = 10) -> dict[str, float]:
+    """Multiply-adds per step that each algorithm must do besides SGD's forward + backward
+    (``3 B T d_out d_in`` per layer, under "sgd_macs"); see the module docstring."""
+    out = {n: 0.0 for n in STEP_MAKERS}
+    sgd = 0.0
+    for d_out, d_in, t in shapes:
+        b = batch
+        sgd += 3 * b * t * d_out * d_in
+        solve = d_out * d_in * (d_out + d_in)  # G^-1 M A^-1, or one dense rotation (U_G^T M U_A or back)
+        factors = b * t * (d_in * d_in + d_out * d_out) / update_freq
+        if t == 1:  # rotated examples (a U_A, g U_G), their squares' product; rotation in from them
+            diag = b * (d_in * d_in + d_out * d_out + d_out * d_in)
+            rotate_in = min(b * d_out * d_in, solve)
+        else:  # per-example gradients, each side rotated in the cheaper order (eigenbasis_diagonal)
+            diag = (b * t * d_out * d_in + (b * t * d_in * d_in if t <= d_out else b * d_out * d_in * d_in)
+                    + (b * t * d_out * d_out if t <= d_in else b * d_in * d_out * d_out))
+            rotate_in = solve
+        out["kfac"] += solve + factors
+        for name, diag_freq in (("ekfac", 1), ("ekfac diag_freq=10", 10)):
+            # back-rotation every step; on diagonal steps the diagonal (and the cheaper rotation in), else dense
+            out[name] += solve + factors + ((diag_freq - 1) * solve + rotate_in + diag) / diag_freq
+    return {"sgd_macs": sgd, **out}
+
+
+def peak_mac_rate(repeats: int = 5) -> float:
+    """Multiply-adds per second of float32 matmuls on this machine: the best of square and tall shapes
+    (best of ``repeats`` each; the rate drifts by tens of percent with the machine's load, so it is
+    measured again before every table and the largest value so far is used)."""
+    rates = []
+    for m, k, n in ((1024, 1024, 1024), (2048, 2048, 2048), (512, 2048, 784)):
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        rates.append(m * k * n / best_of(lambda: a @ b, repeats))
+    return max(rates)
+
+
+def floors(model: nn.Module, x: Tensor, sgd_seconds: float, peak: float) -> dict[str, tuple[float, float]]:
+    """Per contender: (extra multiply-adds / SGD's, floor of the step-time ratio at the peak GEMM rate =
+    1 + extra multiply-adds / (peak * SGD's measured step time)); the peak is at least SGD's own rate."""
+    macs = extra_macs(layer_shapes(model, x), x.shape[0])
+    sgd = macs.pop("sgd_macs")
+    peak = max(peak, sgd / sgd_seconds)
+    return {k: (v / sgd, 1 + v / (peak * sgd_seconds)) for k, v in macs.items()}
 
 
 def cases():
@@ -63,18 +123,22 @@ def cases():
            torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,)))
 
 
+STEP_MAKERS = {
+    "sgd": lambda m, f: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9),
+    "kfac": lambda m, f: KFAC(m, lr=1e-4, momentum=0.9, damping=0.1, update_freq=10, inv_freq=f),
+    "ekfac": lambda m, f: EKFAC(m, lr=1e-4, momentum=0.9, damping=0.1, update_freq=10, inv_freq=f),
+    "ekfac diag_freq=10": lambda m, f: EKFAC(m, lr=1e-4, momentum=0.9, damping=0.1, update_freq=10, inv_freq=f,
+                                             diag_freq=10),
+}
+
+
 def step_times(model, x, y, blocks: int, inv_freq: int = 100):
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    makers = {
-        "sgd": lambda m: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9),
-        "kfac": lambda m: KFAC(m, lr=1e-4, momentum=0.9, damping=0.1, update_freq=10, inv_freq=inv_freq),
-        "ekfac": lambda m: EKFAC(m, lr=1e-4, momentum=0.9, damping=0.1, update_freq=10, inv_freq=inv_freq),
-    }
     opts = {}
-    for name, make in makers.items():
+    for name, make in STEP_MAKERS.items():
         model.load_state_dict(state)
-        opts[name] = make(model)  # every optimizer hooks the model; only the active one's hooks record
-    times = {n: [] for n in makers}
+        opts[name] = make(model, inv_freq)  # every optimizer hooks the model; only the active one's hooks record
+    times = {n: [] for n in STEP_MAKERS}
     for _ in range(blocks + 1):  # the first block is a warm-up
         for name, opt in opts.items():
             for other, o in opts.items():
@@ -91,6 +155,17 @@ def step_times(model, x, y, blocks: int, inv_freq: int = 100):
         if hasattr(o, "remove_hooks"):
             o.remove_hooks()
     return {n: statistics.median(t[1:]) for n, t in times.items()}
+
+
+def print_step_table(label: str, model, x, y, blocks: int, peak: float) -> float:
+    """Print one table's rows; returns the peak rate used (at least ``peak``)."""
+    peak = max(peak, peak_mac_rate())
+    t = step_times(model, x, y, blocks)
+    bounds = floors(model, x, t["sgd"], peak)
+    for opt, v in t.items():
+        mac, floor = bounds[opt]
+        print(f"| {label} | {opt} | {1000 * v:.2f} | {v / t['sgd']:.3f} | {mac:.2f} | {floor:.2f} |", flush=True)
+    return peak
 
 
 def best_of(fn, repeats=3):
@@ -156,23 +231,20 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"Machine: {describe_machine()}\n")
-    print("| model | optimizer | amortized step (ms) | ratio to SGD |\n|---|---|---|---|")
+    peak = 0.0
+    header = ("| {} | optimizer | amortized step (ms) | ratio to SGD | extra multiply-adds / SGD's | "
+              "floor of the ratio at peak rate |\n|---|---|---|---|---|---|")
+    print(header.format("model"))
     for name, model, x, y in cases():
-        t = step_times(model, x, y, args.blocks)
-        for opt, v in t.items():
-            print(f"| {name} | {opt} | {1000 * v:.2f} | {v / t['sgd']:.3f} |", flush=True)
+        peak = print_step_table(name, model, x, y, args.blocks, peak)
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
     if batches:
-        print("\n| MLP 784-512-512-10 batch | optimizer | amortized step (ms) | ratio to SGD | arithmetic lower bound |"
-              "\n|---|---|---|---|---|")
+        print("\n" + header.format("MLP 784-512-512-10 batch"))
     for batch in batches:
         torch.manual_seed(0)
         model = MLP((1, 28, 28), (512, 512), 10, seed=0)
         x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
-        t = step_times(model, x, y, args.sweep_blocks)
-        bounds = lower_bounds(model, batch)
-        for opt, v in t.items():
-            print(f"| {batch} | {opt} | {1000 * v:.2f} | {v / t['sgd']:.3f} | {bounds[opt]:.2f} |", flush=True)
+        peak = print_step_table(str(batch), model, x, y, args.sweep_blocks, peak)
     print("\n| model | implementation | build curvature (ms) | build + preconditioned gradient (ms) |\n|---|---|---|---|")
     for name, model, x, y in cases():
         # rounds of all contenders, best per contender: the first round in a process pays one-off costs
@@ -185,7 +257,8 @@ def main() -> None:
                 print(f"| {name} | {lib} | {v} | |", flush=True)
             else:
                 print(f"| {name} | {lib} | {1000 * v[0]:.1f} | {1000 * v[1]:.1f} |", flush=True)
-    print(f"\nMachine after: {describe_machine()}")
+    print(f"\nPeak float32 matmul rate used for the floors: {2 * peak / 1e9:.1f} GFLOP/s ({args.threads} thread(s))")
+    print(f"Machine after: {describe_machine()}")
 
 
 if __name__ == "__main__":

@@ -389,3 +389,85 @@ def test_inplace_activation_after_layer_backpropagates_to_parameters():
     with Capture(supported_layers(plain), keep_outputs=True) as cap:
         plain(x)
         assert len(cap.output_tensors()) == 2
+
+
+@settings(max_examples=8, deadline=None)
+@given(stride=st.integers(1, 2), padding=st.sampled_from([0, 1, "same"]), dilation=st.integers(1, 2),
+       bias=st.booleans(), shared=st.booleans(), seed=st.integers(0, 10**6))
+def test_conv2d_per_example_gradients_equal_torch_func(stride, padding, dilation, bias, shared, seed):
+    """The grouped-convolution per-example gradients (no patches) are torch.func's, also for a layer
+    called twice (shared weights: summed over calls) and for the einsum of patches."""
+    from geomopt.curvature import per_example_gradients
+    if padding == "same":
+        stride = 1  # torch allows 'same' only with stride 1
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(2, 2, 3, stride=stride, padding=padding, dilation=dilation, bias=bias)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = conv, nn.LazyLinear(2)
+
+        def forward(self, x):
+            h = self.conv(x)
+            if shared:  # the same weights on a second input: per-example gradients add up
+                h = h + self.conv(x.flip(-1))
+            return self.head(torch.relu(h).flatten(1))
+    model = Net()
+    x, y = torch.randn(4, 2, 7, 7), torch.randint(0, 2, (4,))
+    model(x)  # materialize the lazy head
+    _, per_example = empirical_fisher(model, x, y)
+    d_out = conv.weight.shape[0]
+    ref = per_example[:, :conv.weight.numel()].reshape(4, d_out, -1)
+    if bias:
+        ref = torch.cat([ref, per_example[:, conv.weight.numel():conv.weight.numel() + d_out, None]], -1)
+    with Capture(supported_layers(model, include=lambda m: m is conv)) as cap:
+        F.cross_entropy(model(x), y).backward()
+        m = cap.per_example_gradients("conv")
+        torch.testing.assert_close(m[0], ref)
+        torch.testing.assert_close(cap.per_example_gradients("conv", 1, 3)[0], ref[1:3])
+        if not shared:
+            a, g = cap.get("conv")
+            torch.testing.assert_close(per_example_gradients(a, g)[0], ref)
+
+
+def test_capture_refuses_an_input_modified_in_place_after_the_backward():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 16, 2))
+    x, y = torch.randn(3, 1, 6, 6), torch.randint(0, 2, (3,))
+    with Capture(supported_layers(model)) as cap:
+        F.cross_entropy(model(x), y).backward()
+        x.mul_(2)
+        with pytest.raises(RuntimeError, match="layer '0'.*modified in place"):
+            cap.inputs("0")
+        with pytest.raises(RuntimeError, match="layer '0'.*modified in place"):
+            cap.per_example_gradients("0")
+        cap.inputs("2")  # the other layer's input is intact
+
+
+@pytest.mark.parametrize("t,d_out,d_in", [(7, 3, 4), (12, 4, 5)])
+def test_eigenbasis_diagonal_takes_per_example_gradients_without_inputs(t, d_out, d_in):
+    """When both sides rotate after forming M_n, a given per-example rule replaces the inputs entirely
+    (they are not even expanded), chunk by chunk."""
+    from geomopt.curvature import eigenbasis_diagonal, per_example_gradients
+    from geomopt.curvature import kronecker
+    torch.manual_seed(t)
+    a, g = torch.randn(5, t, d_in), torch.randn(1, 5, t, d_out)
+    ua, _ = torch.linalg.qr(torch.randn(d_in, d_in))
+    ug, _ = torch.linalg.qr(torch.randn(d_out, d_out))
+    chunks = []
+
+    def rule(i, j):
+        chunks.append((i, j))
+        return per_example_gradients(a[i:j], g[:, i:j])
+
+    def no_inputs():
+        raise AssertionError("the inputs were expanded")
+    old = kronecker.CHUNK_ELEMENTS
+    kronecker.CHUNK_ELEMENTS = 2 * d_out * d_in  # two examples per chunk
+    try:
+        s = eigenbasis_diagonal(no_inputs, g, ua, ug, per_example=rule)
+    finally:
+        kronecker.CHUNK_ELEMENTS = old
+    assert chunks == [(0, 2), (2, 4), (4, 6)]
+    torch.testing.assert_close(s, eigenbasis_diagonal(a, g, ua, ug))

@@ -249,10 +249,12 @@ def test_cli_trains_with_ekfac(tmp_path, capsys):
     torch.set_default_dtype(torch.float32)
     rc = main(["train", "--model", "cnn", "--widths", "4", "--data", "digits", "--train-size", "200", "--epochs", "1",
                "--batch-size", "50", "--optimizer", "ekfac", "--lr", "0.02", "--damping", "0.03", "--update-freq", "2",
-               "--inv-freq", "2", "--fisher", "true", "--kl-clip", "0.01", "--out", str(tmp_path), "--no-progress"])
+               "--inv-freq", "2", "--fisher", "true", "--kl-clip", "0.01", "--diag-freq", "3", "--out", str(tmp_path),
+               "--no-progress"])
     assert rc == 0
     cfg = TrainConfig.load(tmp_path / "config.json")
-    assert (cfg.optimizer, cfg.damping, cfg.update_freq, cfg.fisher, cfg.kl_clip) == ("ekfac", 0.03, 2, "true", 0.01)
+    assert (cfg.optimizer, cfg.damping, cfg.update_freq, cfg.fisher, cfg.kl_clip, cfg.diag_freq) == (
+        "ekfac", 0.03, 2, "true", 0.01, 3)
     assert "ekfac on cnn/digits" in capsys.readouterr().out
 
 
@@ -299,3 +301,31 @@ def test_ekfac_factored_rotation_step_equals_dense_reference(case):
     torch.testing.assert_close(new, theta - 0.3 * ekfac.solve(g, 0.05))
     expected = {"0", "2"} if case in ("plain", "clipped") else set()
     assert opt.factored_layers == expected
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_ekfac_diag_freq_re_estimates_the_diagonal_only_on_its_steps(conv):
+    """With lr = 0 every step sees the same statistics s, so after the reset to e_G e_A^T at step 0 the
+    running diagonal is decay^u S_0 + (1 - decay^u) s after u updates: diag_freq=3 after steps 0..3
+    (updates at 0 and 3) equals diag_freq=1 after steps 0..1, and the steps in between record nothing."""
+    x, y = data(conv)
+    states = {}
+    for diag_freq, steps in [(3, 4), (1, 2), (1, 4)]:
+        model = net(conv=conv)
+        opt = EKFAC(model, lr=0.0, damping=0.1, factor_decay=0.5, update_freq=100, inv_freq=100, diag_freq=diag_freq)
+        armed = []
+        for _ in range(steps):
+            armed.append(opt._capture.active)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        states[diag_freq, steps] = [opt.state[m.weight]["S"].clone() for _, m, _ in opt.layers]
+        if diag_freq == 3:
+            assert armed == [True, False, False, True]
+    for a, b, c in zip(states[3, 4], states[1, 2], states[1, 4]):
+        torch.testing.assert_close(a, b)
+        assert (a - c).abs().max() > 1e-3 * c.abs().max()  # two more updates do change it
+    with pytest.raises(ValueError, match="diag_freq"):
+        EKFAC(net(), diag_freq=0)
+    with pytest.raises(ValueError, match="EKFAC option"):
+        build_optimizer("kfac", net(), lr=0.1, diag_freq=2)

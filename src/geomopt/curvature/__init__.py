@@ -9,7 +9,8 @@ Example:
 
 from geomopt.curvature.capture import (FISHERS, LIKELIHOODS, Capture, backprop_output_grads,
                                        hessian_sqrt_columns, nll_grad, sample_targets)
-from geomopt.curvature.kronecker import (EKFAC, KFAC, compute_ekfac, compute_kfac, damped_inverse, damped_solve,
+from geomopt.curvature.kronecker import (EKFAC, KFAC, captured_diagonal, compute_ekfac, compute_kfac, damped_inverse,
+                                         damped_solve,
                                          diagonal_from_rotated, eigenbasis_diagonal, factor_precision,
                                          factored_rotation, kronecker_factors, per_example_gradients, pi_split, symeig)
 from geomopt.curvature.layers import (SUPPORTED_LAYERS, Conv2dHandler, LayerHandler, LinearHandler, layer_handler,
@@ -17,7 +18,7 @@ from geomopt.curvature.layers import (SUPPORTED_LAYERS, Conv2dHandler, LayerHand
 
 __all__ = ["Capture", "backprop_output_grads", "sample_targets", "nll_grad", "hessian_sqrt_columns", "FISHERS",
            "LIKELIHOODS", "KFAC", "EKFAC", "compute_kfac", "compute_ekfac", "kronecker_factors",
-           "eigenbasis_diagonal", "per_example_gradients", "pi_split", "symeig", "damped_inverse", "damped_solve",
+           "eigenbasis_diagonal", "captured_diagonal", "per_example_gradients", "pi_split", "symeig", "damped_inverse", "damped_solve",
            "factor_precision", "factored_rotation", "diagonal_from_rotated", "SUPPORTED_LAYERS",
            "LayerHandler", "LinearHandler", "Conv2dHandler", "register_layer", "layer_handler",
            "supported_layers", "unsupported_reason"]

@@ -66,6 +66,7 @@ class Capture:
         self.active = True
         self._handles: list = []
         self._calls: dict[str, list[dict]] = {name: [] for name, _, _ in self.layers}
+        self._layer = {name: (name, module, handler) for name, module, handler in self.layers}
 
     def attach(self) -> Capture:
         if not self._handles:
@@ -92,11 +93,12 @@ class Capture:
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
             if not self.active or not torch.is_grad_enabled():
                 return
-            record = {"a": handler.inputs(module, inputs[0].detach()), "g": []}
+            x = handler.batched(module, inputs[0].detach())  # expanded (patches) only when asked: inputs()
+            record = {"x": x, "x_version": x._version, "a": None, "g": []}
             self._calls[name].append(record)
             if isinstance(output, Tensor) and output.requires_grad:
                 def grad_hook(grad: Tensor) -> None:
-                    record["g"].append(handler.output_grads(module, grad.detach()))
+                    record["g"].append(handler.batched(module, grad.detach()))
                 output.register_hook(grad_hook)
                 if self.keep_outputs:
                     record["out"] = (output, output._version)
@@ -120,16 +122,20 @@ class Capture:
         return [n for n, calls in self._calls.items() if calls and all(c["g"] for c in calls)]
 
     def get(self, name: str) -> tuple[Tensor, Tensor]:
-        """``a`` ``(N, T, d_in)`` and ``g`` ``(K, N, T, d_out)`` of layer ``name``.
+        """``a`` ``(N, T, d_in)`` and ``g`` ``(K, N, T, d_out)`` of layer ``name``: :meth:`inputs` and
+        :meth:`output_grads`.
 
         A layer called several times between two :meth:`clear` calls (weight sharing) has its
         calls concatenated along the position axis ``T`` (the KFC/"expand" treatment of shared
         weights); clear between independent batches.
 
         Raises:
-            RuntimeError: nothing recorded for ``name``, or calls with unequal batch sizes or
-                numbers of passes.
+            RuntimeError: nothing recorded for ``name``, calls with unequal batch sizes or
+                numbers of passes, or an input modified in place since its forward.
         """
+        return self.inputs(name), self.output_grads(name)
+
+    def _complete_calls(self, name: str) -> list[dict]:
         calls = self._calls.get(name)
         if not calls or not all(c["g"] for c in calls):
             raise RuntimeError(f"Capture: no complete forward/backward record for layer {name!r}; run a forward "
@@ -137,18 +143,53 @@ class Capture:
         ks = {len(c["g"]) for c in calls}
         if len(ks) != 1:
             raise RuntimeError(f"Capture: layer {name!r} has calls with different numbers of backward passes {ks}")
-        a_list, g_list = [], []
-        for c in calls:
-            g = c["g"][0].unsqueeze(0) if len(c["g"]) == 1 else torch.stack(c["g"])  # (K, N, T, d_out)
-            scale = c["a"].shape[0] if self.grad_scale is None else self.grad_scale
-            a_list.append(c["a"])
-            g_list.append(g * scale if scale != 1 else g)
-        if len(calls) == 1:
-            return a_list[0], g_list[0]
-        if any(a.shape[0] != a_list[0].shape[0] for a in a_list):
+        if len(calls) > 1 and len({c["x"].shape[0] for c in calls}) != 1:
             raise RuntimeError(f"Capture: layer {name!r} was called {len(calls)} times with different batch sizes "
-                               f"{[a.shape[0] for a in a_list]}; call clear() between independent batches")
-        return torch.cat(a_list, dim=1), torch.cat(g_list, dim=2)
+                               f"{[c['x'].shape[0] for c in calls]}; call clear() between independent batches")
+        return calls
+
+    def _scale(self, record: dict) -> float:
+        return record["x"].shape[0] if self.grad_scale is None else self.grad_scale
+
+    def inputs(self, name: str) -> Tensor:
+        """Expanded inputs ``a`` ``(N, T, d_in)`` (KFC patches for convolutions), formed on the first
+        call after the backward pass and kept until :meth:`clear`."""
+        _, module, handler = self._layer[name]
+        a_list = []
+        for c in self._complete_calls(name):
+            if c["a"] is None:
+                if c["x"]._version != c["x_version"]:
+                    raise RuntimeError(f"Capture: the input of layer {name!r} was modified in place after its "
+                                       "forward; its statistics cannot be formed")
+                c["a"] = handler.inputs(module, c["x"])
+            a_list.append(c["a"])
+        return a_list[0] if len(a_list) == 1 else torch.cat(a_list, dim=1)
+
+    def output_grads(self, name: str) -> Tensor:
+        """Output gradients ``g`` ``(K, N, T, d_out)`` (multiplied by the batch size for ``grad_scale=None``)."""
+        _, module, handler = self._layer[name]
+        g_list = []
+        for c in self._complete_calls(name):
+            scale = self._scale(c)  # on the raw gradient: contiguous, cheaper than on the (N, T, d_out) view
+            gs = [handler.output_grads(module, g * scale if scale != 1 else g) for g in c["g"]]
+            g_list.append(gs[0].unsqueeze(0) if len(gs) == 1 else torch.stack(gs))  # (K, N, T, d_out)
+        return g_list[0] if len(g_list) == 1 else torch.cat(g_list, dim=2)
+
+    def per_example_gradients(self, name: str, start: int = 0, stop: int | None = None) -> Tensor:
+        """``M_nk = sum_t g_nkt a_nt^T`` of examples ``start:stop``, ``(K, n, d_out, d_in)``, by the
+        layer's own per-example rule (:meth:`LayerHandler.per_example_gradients`: for convolutions a
+        grouped weight-gradient convolution, no patches), summed over the layer's calls."""
+        _, module, handler = self._layer[name]
+        total = None
+        for c in self._complete_calls(name):
+            if c["x"]._version != c["x_version"]:
+                raise RuntimeError(f"Capture: the input of layer {name!r} was modified in place after its forward")
+            x = c["x"][start:stop]
+            m = torch.stack([handler.per_example_gradients(module, x, g[start:stop]) for g in c["g"]])
+            scale = self._scale(c)
+            m = m.mul_(scale) if scale != 1 else m
+            total = m if total is None else total.add_(m)
+        return total
 
 
 def _check_likelihood(likelihood: str) -> None:

@@ -45,7 +45,8 @@ def kronecker_factors(a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
     return (a2.T @ a2).div_(n * t), (g2.T @ g2).div_(n)
 
 
-def eigenbasis_diagonal(a: Tensor, g: Tensor, u_a: Tensor, u_g: Tensor) -> Tensor:
+def eigenbasis_diagonal(a: Tensor | Callable[[], Tensor], g: Tensor, u_a: Tensor, u_g: Tensor, *,
+                        per_example: Callable[[int, int], Tensor] | None = None) -> Tensor:
     """``s = (1/N) sum_{n,k} (U_G^T M_nk U_A)^2`` ``(d_out, d_in)``, ``M_nk = sum_t g_nkt a_nt^T``.
 
     One position per example (T = 1): ``s = sum_k (g_k U_G)^2^T (a U_A)^2 / N``, two matmuls
@@ -53,24 +54,43 @@ def eigenbasis_diagonal(a: Tensor, g: Tensor, u_a: Tensor, u_g: Tensor) -> Tenso
     of examples, each side rotated in the cheaper order: before forming them (``a U_A``: ``N T d_in^2``
     multiply-adds; ``g U_G``: ``N T d_out^2``) or after (``M_n U_A``: ``N d_out d_in^2``;
     ``U_G^T M_n``: ``N d_in d_out^2``), i.e. before iff ``T`` is at most the other side's width.
+
+    ``per_example(i, j)``, when given, returns ``M_nk`` of examples ``i:j`` ``(K, j - i, d_out, d_in)``
+    (e.g. :meth:`Capture.per_example_gradients`, which for a convolution needs no patches); it is
+    used when both sides rotate after. ``a`` may be a function returning the inputs, called only if
+    they are needed.
     """
     k, n, t, d_out = g.shape
-    d_in = a.shape[-1]
+    d_in = u_a.shape[0]
+    a_first, g_first = t <= d_out, t <= d_in
+    if t == 1 or a_first or g_first or per_example is None:
+        a = a() if callable(a) else a
     if t == 1:
         return diagonal_from_rotated(g @ u_g, a @ u_a)
-    a_first, g_first = t <= d_out, t <= d_in
-    aa = a @ u_a if a_first else a  # (N, T, d_in)
+    aa = a @ u_a if a_first else None  # (N, T, d_in)
     ga = g @ u_g if g_first else g  # (K, N, T, d_out)
-    s = torch.zeros(d_out, d_in, dtype=a.dtype, device=a.device)
+    s = torch.zeros(d_out, d_in, dtype=g.dtype, device=g.device)
     step = max(1, CHUNK_ELEMENTS // max(1, k * d_out * d_in))
     for i in range(0, n, step):
-        m = torch.einsum("knto,nti->knoi", ga[:, i:i + step], aa[i:i + step])  # (K, n_i, d_out, d_in)
+        if a_first or g_first:
+            m = per_example_gradients(aa[i:i + step] if a_first else a[i:i + step], ga[:, i:i + step])
+        elif per_example is not None:
+            m = per_example(i, i + step)
+        else:
+            m = per_example_gradients(a[i:i + step], g[:, i:i + step])  # (K, n_i, d_out, d_in)
         if not a_first:
             m = m @ u_a
         if not g_first:
             m = u_g.T @ m
         s += m.square().sum((0, 1))
     return s.div_(n)
+
+
+def captured_diagonal(capture: Capture, name: str, u_a: Tensor, u_g: Tensor) -> Tensor:
+    """:func:`eigenbasis_diagonal` of layer ``name`` recorded by ``capture``: per-example gradients by the
+    layer's own rule (:meth:`Capture.per_example_gradients`), inputs expanded only if the order needs them."""
+    return eigenbasis_diagonal(lambda: capture.inputs(name), capture.output_grads(name), u_a, u_g,
+                               per_example=lambda i, j: capture.per_example_gradients(name, i, j))
 
 
 def diagonal_from_rotated(ga: Tensor, aa: Tensor) -> Tensor:
@@ -517,7 +537,7 @@ def _records(model, data, layers, *, fisher, likelihood, generator, mc_samples, 
                 targets = capture.output_tensors() or params
                 backprop_output_grads(out, targets, fisher=fisher, likelihood=likelihood, target=y,
                                       generator=generator, mc_samples=mc_samples)
-            yield {name: capture.get(name) for name, _, _ in layers}
+            yield capture
             capture.clear()
 
 
@@ -535,11 +555,11 @@ def compute_kfac(model: nn.Module, data, *, fisher: str = "empirical", likelihoo
     device = next(model.parameters()).device
     sums: dict[str, list] = {}
     count = 0
-    for rec in _records(model, data, layers, fisher=fisher, likelihood=likelihood, generator=generator,
-                        mc_samples=mc_samples, device=device):
-        n = next(iter(rec.values()))[0].shape[0]
-        for name, (a, g) in rec.items():
-            fa, fg = kronecker_factors(a, g)
+    for capture in _records(model, data, layers, fisher=fisher, likelihood=likelihood, generator=generator,
+                            mc_samples=mc_samples, device=device):
+        n = capture.output_grads(layers[0][0]).shape[1]
+        for name, _, _ in layers:
+            fa, fg = kronecker_factors(*capture.get(name))
             if name in sums:  # running mean weighted by batch sizes (nothing to rescale for one batch)
                 w = n / (count + n)
                 sums[name][0].mul_(1 - w).add_(fa, alpha=w)
@@ -561,25 +581,25 @@ def compute_ekfac(model: nn.Module, data, *, fisher: str = "empirical", likeliho
     single = isinstance(data, list) and len(data) == 1
     if single:  # one batch: one forward/backward serves both the factors and the diagonal
         layers = _layers_or_raise(model)
-        rec = next(iter(_records(model, data, layers, fisher=fisher, likelihood=likelihood, generator=generator,
-                                 mc_samples=mc_samples, device=next(model.parameters()).device)))
-        kfac = KFAC(layers, [kronecker_factors(*rec[n]) for n, _, _ in layers])
+        records = _records(model, data, layers, fisher=fisher, likelihood=likelihood, generator=generator,
+                           mc_samples=mc_samples, device=next(model.parameters()).device)
+        capture = next(iter(records))
+        kfac = KFAC(layers, [kronecker_factors(*capture.get(n)) for n, _, _ in layers])
     else:
         kfac = compute_kfac(model, data, fisher=fisher, likelihood=likelihood, generator=generator,
                             mc_samples=mc_samples)
     base = kfac.to_ekfac()
     if single:
-        return EKFAC([(b.name, b.module, b.handler) for b in kfac.blocks], base.bases,
-                     [eigenbasis_diagonal(*rec[b.name], *base.bases[i]) for i, b in enumerate(kfac.blocks)])
+        diagonals = [captured_diagonal(capture, b.name, *base.bases[i]) for i, b in enumerate(kfac.blocks)]
+        records.close()  # removes the hooks
+        return EKFAC([(b.name, b.module, b.handler) for b in kfac.blocks], base.bases, diagonals)
     layers = [(b.name, b.module, b.handler) for b in kfac.blocks]
     sums = [torch.zeros_like(s) for s in base.diagonals]
     count = 0
-    for rec in _records(model, data, layers, fisher=fisher, likelihood=likelihood, generator=generator,
-                        mc_samples=mc_samples, device=sums[0].device):
-        n = next(iter(rec.values()))[0].shape[0]
+    for capture in _records(model, data, layers, fisher=fisher, likelihood=likelihood, generator=generator,
+                            mc_samples=mc_samples, device=sums[0].device):
+        n = capture.output_grads(layers[0][0]).shape[1]
         for i, (name, _, _) in enumerate(layers):
-            a, g = rec[name]
-            ua, ug = base.bases[i]
-            sums[i] += eigenbasis_diagonal(a, g, ua, ug) * n
+            sums[i] += captured_diagonal(capture, name, *base.bases[i]) * n
         count += n
     return EKFAC(layers, base.bases, [s / count for s in sums])

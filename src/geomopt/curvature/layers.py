@@ -32,9 +32,17 @@ class LayerHandler:
         """Why this instance cannot be handled (``None`` if it can)."""
         return None
 
+    def batched(self, module: nn.Module, t: Tensor) -> Tensor:
+        """The module's input or output gradient with a leading batch dimension (unbatched calls get N = 1)."""
+        return t
+
     def inputs(self, module: nn.Module, x: Tensor) -> Tensor:
-        """Expanded inputs ``(N, T, d_in)`` (ones column last when the layer has a bias)."""
+        """Expanded inputs ``(N, T, d_in)`` (ones column last when the layer has a bias) of a batched input."""
         raise NotImplementedError
+
+    def per_example_gradients(self, module: nn.Module, x: Tensor, grad_output: Tensor) -> Tensor:
+        """``M_n = sum_t g_nt a_nt^T`` ``(N, d_out, d_in)`` from the batched input and output gradient."""
+        return torch.einsum("nto,nti->noi", self.output_grads(module, grad_output), self.inputs(module, x))
 
     def output_grads(self, module: nn.Module, grad_output: Tensor) -> Tensor:
         """Output gradients ``(N, T, d_out)``."""
@@ -71,13 +79,15 @@ def _append_ones(a: Tensor) -> Tensor:
 class LinearHandler(LayerHandler):
     """``nn.Linear``: inputs ``(N, *, d_in)``; the ``*`` dimensions become positions ``T``."""
 
+    def batched(self, module: nn.Linear, t: Tensor) -> Tensor:
+        return t if t.dim() > 1 else t.unsqueeze(0)
+
     def inputs(self, module: nn.Linear, x: Tensor) -> Tensor:
-        a = x.reshape(x.shape[0], -1, x.shape[-1]) if x.dim() > 1 else x.reshape(1, 1, -1)
+        a = x.reshape(x.shape[0], -1, x.shape[-1])
         return _append_ones(a) if module.bias is not None else a
 
     def output_grads(self, module: nn.Linear, grad_output: Tensor) -> Tensor:
-        g = grad_output
-        return g.reshape(g.shape[0], -1, g.shape[-1]) if g.dim() > 1 else g.reshape(1, 1, -1)
+        return grad_output.reshape(grad_output.shape[0], -1, grad_output.shape[-1])
 
 
 class Conv2dHandler(LayerHandler):
@@ -100,9 +110,10 @@ class Conv2dHandler(LayerHandler):
             return tuple(d * (k - 1) // 2 for d, k in zip(module.dilation, module.kernel_size))
         return tuple(module.padding)
 
+    def batched(self, module: nn.Conv2d, t: Tensor) -> Tensor:
+        return t if t.dim() == 4 else t.unsqueeze(0)
+
     def inputs(self, module: nn.Conv2d, x: Tensor) -> Tensor:
-        if x.dim() == 3:
-            x = x.unsqueeze(0)
         patches = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=self._padding(module),
                            stride=module.stride)  # (N, C k_h k_w, L)
         if module.bias is not None:  # ones appended as a row of (N, d_in, L): a plain copy, no transposition
@@ -110,8 +121,19 @@ class Conv2dHandler(LayerHandler):
         return patches.transpose(1, 2)  # a (N, L, d_in) view, as the gradients (N, L, C_out) below
 
     def output_grads(self, module: nn.Conv2d, grad_output: Tensor) -> Tensor:
-        g = grad_output if grad_output.dim() == 4 else grad_output.unsqueeze(0)
-        return g.flatten(2).transpose(1, 2)  # (N, H_out W_out, C_out)
+        return grad_output.flatten(2).transpose(1, 2)  # (N, H_out W_out, C_out)
+
+    def per_example_gradients(self, module: nn.Conv2d, x: Tensor, grad_output: Tensor) -> Tensor:
+        """The weight gradient of every example at once: a convolution with ``groups = N`` over the
+        examples stacked as channels (the patches are never formed), bias column ``sum_t g_nt``."""
+        n, c_out = grad_output.shape[:2]
+        w = torch.nn.grad.conv2d_weight(x.reshape(1, -1, *x.shape[2:]), (n * c_out,) + tuple(module.weight.shape[1:]),
+                                        grad_output.reshape(1, -1, *grad_output.shape[2:]), stride=module.stride,
+                                        padding=self._padding(module), dilation=module.dilation, groups=n)
+        w = w.reshape(n, c_out, -1)
+        if module.bias is None:
+            return w
+        return torch.cat([w, grad_output.sum((2, 3)).unsqueeze(-1)], dim=-1)
 
 
 SUPPORTED_LAYERS: dict[type[nn.Module], LayerHandler] = {}

@@ -16,9 +16,10 @@ with gradient matrix ``M = [dW | db]`` (``(d_out, d_in)``) and running-average f
       D = (G + sqrt(l)/pi I)^{-1} (M + wd [W | b]) (A + pi sqrt(l) I)^{-1}
 
 - EKFAC (every ``inv_freq`` steps the eigenbases ``U_A, U_G`` are recomputed and the diagonal
-  reset to ``e_G e_A^T``, as in the authors' code; *every* step the diagonal is re-estimated from
-  the batch's per-example gradients in the eigenbasis,
-  ``s <- factor_decay s + (1 - factor_decay) mean_n (U_G^T M_n U_A)^2``)::
+  reset to ``e_G e_A^T``, as in the authors' code; *every* step (every ``diag_freq`` steps if asked)
+  the diagonal is re-estimated from the batch's per-example gradients in the eigenbasis,
+  ``s <- factor_decay s + (1 - factor_decay) mean_n (U_G^T M_n U_A)^2``; a convolution's per-example
+  gradients come from one grouped weight-gradient convolution, without patches)::
 
       D = U_G ((U_G^T (M + wd [W | b]) U_A) / (s + l)) U_A^T
 
@@ -69,7 +70,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from geomopt.curvature.capture import FISHERS, LIKELIHOODS, Capture, backprop_output_grads
-from geomopt.curvature.kronecker import (all_finite, damped_inverse, diagonal_from_rotated, eigenbasis_diagonal,
+from geomopt.curvature.kronecker import (all_finite, captured_diagonal, damped_inverse, diagonal_from_rotated,
                                          factored_rotation, kronecker_factors, pi_split, symeig)
 from geomopt.curvature.layers import names_of_supported, supported_layers, unsupported_reason
 
@@ -114,7 +115,6 @@ def kl_clip_factor(directions: Sequence[Tensor], grads: Sequence[Tensor], lrs: S
 # ---------------------------------------------------------------- optimizer classes
 class _KroneckerOptimizer(Optimizer):
     _name = "K-FAC"
-    _stats_every_step = False
 
     def __init__(self, model: nn.Module, lr: float, damping: float, momentum: float, weight_decay: float,
                  factor_decay: float, update_freq: int, inv_freq: int, fisher: str, likelihood: str,
@@ -211,7 +211,7 @@ class _KroneckerOptimizer(Optimizer):
             pass
 
     def _needs_stats(self, k: int) -> bool:
-        return self._stats_every_step or k % self.update_freq == 0
+        return k % self.update_freq == 0
 
     def _arm(self) -> None:
         """Record in the next forward only if the next step needs statistics from it."""
@@ -275,8 +275,7 @@ class _KroneckerOptimizer(Optimizer):
                               stacklevel=3)
             for name, module, handler in self.layers:
                 if name in recorded:
-                    a, g = self._capture.get(name)
-                    self._update_stats(name, module, handler, a, g, k)
+                    self._update_stats(name, module, handler, k)
         if k % self.inv_freq == 0:
             for name, module, handler in self.layers:
                 self._invert(name, module, handler)
@@ -342,7 +341,8 @@ class _KroneckerOptimizer(Optimizer):
     def _after_directions(self) -> None:
         pass
 
-    def _update_stats(self, name, module, handler, a, g, k) -> None:
+    def _update_stats(self, name, module, handler, k) -> None:
+        """Use the statistics recorded for layer ``name`` (``self._capture``) at step ``k``."""
         raise NotImplementedError
 
     def _invert(self, name, module, handler) -> None:
@@ -400,8 +400,8 @@ class KFAC(_KroneckerOptimizer):
         super().__init__(model, lr, damping, momentum, weight_decay, factor_decay, update_freq, inv_freq, fisher,
                          likelihood, kl_clip, mc_samples, param_groups)
 
-    def _update_stats(self, name, module, handler, a, g, k) -> None:
-        self._update_factors(name, self.state[module.weight], a, g)
+    def _update_stats(self, name, module, handler, k) -> None:
+        self._update_factors(name, self.state[module.weight], *self._capture.get(name))
 
     def _invert(self, name, module, handler) -> None:
         state = self.state[module.weight]
@@ -422,34 +422,44 @@ class KFAC(_KroneckerOptimizer):
 class EKFAC(_KroneckerOptimizer):
     __doc__ = r"""EKFAC: K-FAC in the Kronecker eigenbasis with a diagonal re-estimated every step.
 
-    See :mod:`geomopt.optim.kfac` for the update rule. Every step records per-example layer
-    inputs and output gradients (with ``fisher='true'``, one extra forward/backward per step).
-    """ + _ARGS_DOC + r"""
+    See :mod:`geomopt.optim.kfac` for the update rule. Every ``diag_freq`` steps (default: every
+    step, as in the paper) it records per-example layer inputs and output gradients (with
+    ``fisher='true'``, one extra forward/backward) and re-estimates the diagonal.
+    """ + _ARGS_DOC.replace("\n    Raises:", """        diag_freq: re-estimate the eigenbasis diagonal every this many steps (1: every step, the
+            paper's algorithm; larger values amortize its per-example cost as ``update_freq`` does
+            for the factors; on the steps in between the gradient is rotated densely).
+
+    Raises:""") + r"""
     Example:
         >>> opt = EKFAC(model, lr=0.01, damping=1e-3, momentum=0.9, update_freq=10, inv_freq=100)
         >>> loss = F.cross_entropy(model(x), y); loss.backward(); opt.step(); opt.zero_grad()
     """
 
     _name = "EKFAC"
-    _stats_every_step = True
 
     def __init__(self, model: nn.Module, lr: float = 0.01, damping: float = 1e-3, momentum: float = 0.0,
                  weight_decay: float = 0.0, factor_decay: float = 0.95, update_freq: int = 10, inv_freq: int = 100,
                  fisher: str = "empirical", likelihood: str = "categorical", kl_clip: float | None = None,
-                 mc_samples: int = 1, param_groups: Iterable[dict[str, Any]] | None = None):
+                 mc_samples: int = 1, param_groups: Iterable[dict[str, Any]] | None = None, diag_freq: int = 1):
+        if int(diag_freq) != diag_freq or diag_freq < 1:
+            raise ValueError(f"EKFAC: diag_freq must be a positive integer, got {diag_freq}")
+        self.diag_freq = int(diag_freq)  # before the base class arms the hooks for step 0
         super().__init__(model, lr, damping, momentum, weight_decay, factor_decay, update_freq, inv_freq, fisher,
                          likelihood, kl_clip, mc_samples, param_groups)
-        self._pending: dict[str, tuple[Tensor, Tensor]] = {}
+        self._pending: set[str] = set()
         self._rotated: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
         #: layers whose gradient was rotated into the eigenbasis from the per-example quantities in the
         #: last step (:func:`geomopt.curvature.factored_rotation`); the others were rotated densely
         self.factored_layers: set[str] = set()
 
-    def _update_stats(self, name, module, handler, a, g, k) -> None:
-        state = self.state[module.weight]
+    def _needs_stats(self, k: int) -> bool:
+        return k % self.update_freq == 0 or k % self.diag_freq == 0
+
+    def _update_stats(self, name, module, handler, k) -> None:
         if k % self.update_freq == 0:
-            self._update_factors(name, state, a, g)
-        self._pending[name] = (a, g)  # the diagonal is updated after a possible new eigenbasis
+            self._update_factors(name, self.state[module.weight], *self._capture.get(name))
+        if k % self.diag_freq == 0:
+            self._pending.add(name)  # the diagonal is updated after a possible new eigenbasis
 
     def _invert(self, name, module, handler) -> None:
         state = self.state[module.weight]
@@ -479,21 +489,20 @@ class EKFAC(_KroneckerOptimizer):
         self.factored_layers = set()
         self._rotated.clear()
         for name, module, _ in self.layers:
-            if name not in self._pending:
-                continue
-            a, g = self._pending.pop(name)
             state = self.state[module.weight]
-            if "U_A" not in state:
+            if name not in self._pending or "U_A" not in state:
                 continue
+            g = self._capture.output_grads(name)
             k, n, t, d_out = g.shape
             if t == 1:  # Linear on (N, d_in) inputs: keep the rotated per-example quantities for the direction
+                a = self._capture.inputs(name)
                 ga, aa = g @ state["U_G"], a @ state["U_A"]
                 s = diagonal_from_rotated(ga, aa)
                 # factored rotation 4 N d_out d_in (with its exactness check) vs dense 2 d_out d_in (d_out + d_in)
                 if self.fisher == "empirical" and k == 1 and 2 * n < d_out + a.shape[-1]:
                     self._rotated[name] = (a, g, ga, aa)
             else:
-                s = eigenbasis_diagonal(a, g, state["U_A"], state["U_G"])
+                s = captured_diagonal(self._capture, name, state["U_A"], state["U_G"])  # conv: no patches
             if not all_finite(s):
                 raise FloatingPointError(f"EKFAC: layer {name!r}: NaN/inf in the eigenbasis diagonal; "
                                          "lower the learning rate or raise the damping")

@@ -9,7 +9,7 @@ from geomopt.optim.kfac import EKFAC, KFAC
 from geomopt.optim.path_sgd import PathSGD
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad", "path-sgd", "kfac", "ekfac")
-KRONECKER_OPTIONS = ("damping", "factor_decay", "update_freq", "inv_freq", "fisher", "kl_clip")
+KRONECKER_OPTIONS = ("damping", "factor_decay", "update_freq", "inv_freq", "fisher", "kl_clip", "diag_freq")
 
 
 def build_optimizer(name: str, model: nn.Module, *, lr: float, momentum: float | None = None,
@@ -19,8 +19,8 @@ def build_optimizer(name: str, model: nn.Module, *, lr: float, momentum: float |
     ``momentum``: for ``momentum`` (SGD with heavy ball) default 0.9; for ``sgd`` and
     ``path-sgd`` default 0 (``path-sgd`` takes any value in [0, 1)); ``adam``/``adagrad`` reject it;
     ``kfac``/``ekfac`` default 0.9. ``kronecker``: options of :class:`KFAC`/:class:`EKFAC`
-    (``damping``, ``factor_decay``, ``update_freq``, ``inv_freq``, ``fisher``, ``kl_clip``), for
-    those two only.
+    (``damping``, ``factor_decay``, ``update_freq``, ``inv_freq``, ``fisher``, ``kl_clip``; ``diag_freq``
+    for ``ekfac`` only), for those two only.
     """
     unknown = sorted(set(kronecker) - set(KRONECKER_OPTIONS))
     if unknown:
@@ -41,6 +41,8 @@ def build_optimizer(name: str, model: nn.Module, *, lr: float, momentum: float |
         return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
     if name == "path-sgd":
         return PathSGD(model, lr=lr, momentum=momentum or 0.0, weight_decay=weight_decay)
+    if name == "kfac" and kronecker.pop("diag_freq", 1) != 1:
+        raise ValueError("diag_freq is an EKFAC option (K-FAC has no eigenbasis diagonal); use --optimizer ekfac")
     if name in ("kfac", "ekfac"):
         cls = KFAC if name == "kfac" else EKFAC
         return cls(model, lr=lr, momentum=0.9 if momentum is None else momentum, weight_decay=weight_decay,

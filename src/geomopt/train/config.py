@@ -43,6 +43,7 @@ class TrainConfig:
     inv_freq: int = 100
     fisher: str = "empirical"
     kl_clip: float | None = None
+    diag_freq: int = 1  # ekfac only: re-estimate the eigenbasis diagonal every this many steps
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
