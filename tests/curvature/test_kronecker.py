@@ -471,3 +471,20 @@ def test_eigenbasis_diagonal_takes_per_example_gradients_without_inputs(t, d_out
         kronecker.CHUNK_ELEMENTS = old
     assert chunks == [(0, 2), (2, 4), (4, 6)]
     torch.testing.assert_close(s, eigenbasis_diagonal(a, g, ua, ug))
+
+
+@pytest.mark.parametrize("stride,dilation,bias", [(1, 1, True), (2, 1, False), (1, 2, True)])
+def test_conv2d_grouped_per_example_gradients_of_several_passes_equal_patch_products(stride, dilation, bias):
+    """K backward passes at once (the true-Fisher / GGN passes): the grouped convolution equals the
+    products of the explicit patches (LayerHandler's generic rule) for every pass."""
+    from geomopt.curvature import Conv2dHandler, LayerHandler
+    torch.manual_seed(stride + 2 * dilation)
+    conv = nn.Conv2d(3, 4, 3, stride=stride, padding=1, dilation=dilation, bias=bias)
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        out_shape = conv(x).shape
+    grads = torch.randn(3, *out_shape)  # K = 3
+    handler = Conv2dHandler()
+    fast = handler.per_example_gradients(conv, x, grads)
+    torch.testing.assert_close(fast, LayerHandler.per_example_gradients(handler, conv, x, grads))
+    assert fast.shape == (3, 5, 4, 27 + bias)

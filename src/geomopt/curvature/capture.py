@@ -1,10 +1,12 @@
 r"""Collect layer inputs ``a`` and output gradients ``g`` of supported layers, by module hooks.
 
 One mechanism for every Kronecker-factored object: a forward hook on each supported layer stores
-its expanded input ``a`` (``(N, T, d_in)``, see :mod:`geomopt.curvature.layers`) and registers a
-tensor hook on the layer's output, which stores the gradient flowing into it during the next
-backward pass(es) as ``g`` (``(N, T, d_out)``). Tensor hooks (not the deprecated module backward
-hooks) also fire under ``torch.autograd.grad``, so several backward passes through one forward
+its input and registers a tensor hook on the layer's output, which stores the gradient flowing into
+it during the next backward pass(es). From these, on demand: the expanded inputs ``a``
+(``(N, T, d_in)``, see :mod:`geomopt.curvature.layers`; formed once, so a convolution's patches cost
+nothing on steps that do not ask for them), the output gradients ``g`` (``(N, T, d_out)``), and the
+per-example gradients by the layer's own rule (:meth:`Capture.per_example_gradients`). Tensor hooks
+(not the deprecated module backward hooks) also fire under ``torch.autograd.grad``, so several backward passes through one forward
 (the Monte-Carlo or exact GGN passes of :func:`backprop_output_grads`) each record their ``g``.
 
 Conventions. With ``K`` backward passes per forward, :meth:`Capture.get` returns ``a`` of shape
@@ -184,8 +186,8 @@ class Capture:
         for c in self._complete_calls(name):
             if c["x"]._version != c["x_version"]:
                 raise RuntimeError(f"Capture: the input of layer {name!r} was modified in place after its forward")
-            x = c["x"][start:stop]
-            m = torch.stack([handler.per_example_gradients(module, x, g[start:stop]) for g in c["g"]])
+            gs = [g[start:stop] for g in c["g"]]
+            m = handler.per_example_gradients(module, c["x"][start:stop], gs[0][None] if len(gs) == 1 else torch.stack(gs))
             scale = self._scale(c)
             m = m.mul_(scale) if scale != 1 else m
             total = m if total is None else total.add_(m)

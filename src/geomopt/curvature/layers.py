@@ -40,9 +40,11 @@ class LayerHandler:
         """Expanded inputs ``(N, T, d_in)`` (ones column last when the layer has a bias) of a batched input."""
         raise NotImplementedError
 
-    def per_example_gradients(self, module: nn.Module, x: Tensor, grad_output: Tensor) -> Tensor:
-        """``M_n = sum_t g_nt a_nt^T`` ``(N, d_out, d_in)`` from the batched input and output gradient."""
-        return torch.einsum("nto,nti->noi", self.output_grads(module, grad_output), self.inputs(module, x))
+    def per_example_gradients(self, module: nn.Module, x: Tensor, grad_outputs: Tensor) -> Tensor:
+        """``M_nk = sum_t g_nkt a_nt^T`` ``(K, N, d_out, d_in)`` from the batched input and the output
+        gradients of ``K`` backward passes stacked, ``(K, N, ...)``."""
+        g = torch.stack([self.output_grads(module, go) for go in grad_outputs])
+        return torch.einsum("knto,nti->knoi", g, self.inputs(module, x))
 
     def output_grads(self, module: nn.Module, grad_output: Tensor) -> Tensor:
         """Output gradients ``(N, T, d_out)``."""
@@ -123,17 +125,19 @@ class Conv2dHandler(LayerHandler):
     def output_grads(self, module: nn.Conv2d, grad_output: Tensor) -> Tensor:
         return grad_output.flatten(2).transpose(1, 2)  # (N, H_out W_out, C_out)
 
-    def per_example_gradients(self, module: nn.Conv2d, x: Tensor, grad_output: Tensor) -> Tensor:
-        """The weight gradient of every example at once: a convolution with ``groups = N`` over the
-        examples stacked as channels (the patches are never formed), bias column ``sum_t g_nt``."""
-        n, c_out = grad_output.shape[:2]
-        w = torch.nn.grad.conv2d_weight(x.reshape(1, -1, *x.shape[2:]), (n * c_out,) + tuple(module.weight.shape[1:]),
-                                        grad_output.reshape(1, -1, *grad_output.shape[2:]), stride=module.stride,
-                                        padding=self._padding(module), dilation=module.dilation, groups=n)
-        w = w.reshape(n, c_out, -1)
+    def per_example_gradients(self, module: nn.Conv2d, x: Tensor, grad_outputs: Tensor) -> Tensor:
+        """The weight gradients of every example and pass at once: one convolution with ``groups = N``,
+        the examples stacked as channels and each example's ``K C_out`` output-gradient channels as its
+        group's outputs (the patches are never formed); bias column ``sum_t g_nkt``."""
+        k, n, c_out = grad_outputs.shape[:3]
+        go = grad_outputs.transpose(0, 1).reshape(1, n * k * c_out, *grad_outputs.shape[3:])  # (n, k, c) order
+        w = torch.nn.grad.conv2d_weight(x.reshape(1, -1, *x.shape[2:]), (n * k * c_out,) + tuple(module.weight.shape[1:]),
+                                        go, stride=module.stride, padding=self._padding(module),
+                                        dilation=module.dilation, groups=n)
+        w = w.reshape(n, k, c_out, -1).transpose(0, 1)  # (K, N, C_out, C_in k_h k_w)
         if module.bias is None:
             return w
-        return torch.cat([w, grad_output.sum((2, 3)).unsqueeze(-1)], dim=-1)
+        return torch.cat([w, grad_outputs.sum((3, 4)).unsqueeze(-1)], dim=-1)
 
 
 SUPPORTED_LAYERS: dict[type[nn.Module], LayerHandler] = {}

@@ -485,24 +485,38 @@ class EKFAC(_KroneckerOptimizer):
     def _after_directions(self) -> None:
         self._rotated.clear()
 
+    def _arm(self) -> None:
+        super()._arm()
+        if self.fisher == "empirical":  # cheap (inputs are expanded only when used), so on every step: Linear
+            self._capture.active = True  # layers rotate from their examples between diagonal steps too
+
     def _after_stats(self) -> None:
         self.factored_layers = set()
         self._rotated.clear()
+        recorded = set(self._capture.names()) if self.fisher == "empirical" else set()
         for name, module, _ in self.layers:
             state = self.state[module.weight]
-            if name not in self._pending or "U_A" not in state:
+            diag = name in self._pending
+            if "U_A" not in state or not (diag or name in recorded):
                 continue
             g = self._capture.output_grads(name)
             k, n, t, d_out = g.shape
-            if t == 1:  # Linear on (N, d_in) inputs: keep the rotated per-example quantities for the direction
+            if t == 1:  # Linear on (N, d_in) inputs: the rotated examples serve the diagonal and the rotation
+                # factored rotation 4 N d_out d_in (with its exactness check) vs dense 2 d_out d_in (d_out + d_in)
+                factored = self.fisher == "empirical" and k == 1 and 2 * n < d_out + state["U_A"].shape[0]
+                if not (diag or factored):
+                    continue
                 a = self._capture.inputs(name)
                 ga, aa = g @ state["U_G"], a @ state["U_A"]
-                s = diagonal_from_rotated(ga, aa)
-                # factored rotation 4 N d_out d_in (with its exactness check) vs dense 2 d_out d_in (d_out + d_in)
-                if self.fisher == "empirical" and k == 1 and 2 * n < d_out + a.shape[-1]:
+                if factored:
                     self._rotated[name] = (a, g, ga, aa)
-            else:
+                if not diag:
+                    continue
+                s = diagonal_from_rotated(ga, aa)
+            elif diag:
                 s = captured_diagonal(self._capture, name, state["U_A"], state["U_G"])  # conv: no patches
+            else:
+                continue
             if not all_finite(s):
                 raise FloatingPointError(f"EKFAC: layer {name!r}: NaN/inf in the eigenbasis diagonal; "
                                          "lower the learning rate or raise the damping")
