@@ -1,9 +1,11 @@
 """K-FAC / EKFAC cost, side by side in one process.
 
 Part 1 -- per-step time over SGD. A step = zero_grad + forward + cross-entropy + backward +
-optimizer.step() (statistics hooks included). update_freq=10, inv_freq=100; the contenders alternate
-in blocks of `inv_freq` steps on the same model and batch, so one block holds exactly one inversion
-and ten factor updates: the mean step over whole blocks is the amortized cost. Contenders: SGD with
+optimizer.step() (statistics hooks included). update_freq=10, inv_freq=100: a cycle of `inv_freq`
+steps holds exactly one inversion and ten factor updates, so the mean step over whole cycles is the
+amortized cost. The contenders run on the same model and batch and take turns every 10 steps
+within a cycle (this 2-core virtual machine's speed drifts by tens of percent over minutes; taking
+turns puts the drift on all contenders alike); median over `--blocks` cycles. Contenders: SGD with
 momentum, K-FAC, EKFAC (the paper's algorithm: diagonal every step), EKFAC with `diag_freq=10`.
 
 Part 2 -- time to build the curvature on one batch and to compute the preconditioned gradient,
@@ -28,7 +30,8 @@ so no implementation of the algorithm can go below it). Counted per layer (`d_in
   each side's rotation in the cheaper order, as `eigenbasis_diagonal`), and the rotation into the
   eigenbasis (Linear: `min(B d_out d_in, d_out d_in (d_out + d_in))`, from the diagonal's rotated
   examples; convolution: dense);
-- EKFAC with `diag_freq=10`: the diagonal and its rotation on one step in ten, dense rotations on the others.
+- EKFAC with `diag_freq=10`: the diagonal on one step in ten; on the others the rotation in is dense,
+  or for a Linear layer, if cheaper, from its rotated examples `B (d_in^2 + d_out^2 + d_out d_in)`.
 Eigendecompositions and inverses (every `inv_freq` steps) and elementwise work are left out, so the
 floors are optimistic.
 
@@ -82,16 +85,18 @@ def extra_macs(shapes: list[tuple[int, int, int]], batch: int, update_freq: int 
         solve = d_out * d_in * (d_out + d_in)  # G^-1 M A^-1, or one dense rotation (U_G^T M U_A or back)
         factors = b * t * (d_in * d_in + d_out * d_out) / update_freq
         if t == 1:  # rotated examples (a U_A, g U_G), their squares' product; rotation in from them
-            diag = b * (d_in * d_in + d_out * d_out + d_out * d_in)
-            rotate_in = min(b * d_out * d_in, solve)
+            rotated = b * (d_in * d_in + d_out * d_out)
+            diag = rotated + b * d_out * d_in
+            rotate_in = min(b * d_out * d_in, solve)  # on diagonal steps, from the rotated examples
+            rotate_off = min(rotated + b * d_out * d_in, solve)  # between them, rotating the examples first
         else:  # per-example gradients, each side rotated in the cheaper order (eigenbasis_diagonal)
             diag = (b * t * d_out * d_in + (b * t * d_in * d_in if t <= d_out else b * d_out * d_in * d_in)
                     + (b * t * d_out * d_out if t <= d_in else b * d_in * d_out * d_out))
-            rotate_in = solve
+            rotate_in = rotate_off = solve
         out["kfac"] += solve + factors
         for name, diag_freq in (("ekfac", 1), ("ekfac diag_freq=10", 10)):
-            # back-rotation every step; on diagonal steps the diagonal (and the cheaper rotation in), else dense
-            out[name] += solve + factors + ((diag_freq - 1) * solve + rotate_in + diag) / diag_freq
+            # back-rotation every step; the diagonal and the rotation in on diagonal steps, the rotation between
+            out[name] += solve + factors + ((diag_freq - 1) * rotate_off + rotate_in + diag) / diag_freq
     return {"sgd_macs": sgd, **out}
 
 
@@ -132,24 +137,33 @@ STEP_MAKERS = {
 }
 
 
-def step_times(model, x, y, blocks: int, inv_freq: int = 100):
+def step_times(model, x, y, blocks: int, inv_freq: int = 100, chunk: int = 10):
+    """Amortized step time per contender: median over ``blocks`` cycles of ``inv_freq`` steps (after a
+    warm-up cycle). Within a cycle the contenders take turns every ``chunk`` steps, so a slow or fast
+    spell of a shared machine falls on all of them alike."""
     state = {k: v.clone() for k, v in model.state_dict().items()}
     opts = {}
     for name, make in STEP_MAKERS.items():
         model.load_state_dict(state)
         opts[name] = make(model, inv_freq)  # every optimizer hooks the model; only the active one's hooks record
     times = {n: [] for n in STEP_MAKERS}
-    for _ in range(blocks + 1):  # the first block is a warm-up
-        for name, opt in opts.items():
-            for other, o in opts.items():
-                if hasattr(o, "_capture"):
-                    o._capture.active = other == name and o._needs_stats(o._step_count)
-            t = time.perf_counter()
-            for _ in range(inv_freq):
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(model(x), y).backward()
-                opt.step()
-            times[name].append((time.perf_counter() - t) / inv_freq)
+    for _ in range(blocks + 1):  # the first cycle is a warm-up
+        spent = dict.fromkeys(opts, 0.0)
+        for _ in range(inv_freq // chunk):
+            for name, opt in opts.items():
+                for o in opts.values():
+                    if hasattr(o, "_capture"):
+                        o._capture.active = False
+                if hasattr(opt, "_arm"):
+                    opt._arm()  # records exactly when its next step needs statistics
+                t = time.perf_counter()
+                for _ in range(chunk):
+                    opt.zero_grad(set_to_none=True)
+                    F.cross_entropy(model(x), y).backward()
+                    opt.step()
+                spent[name] += time.perf_counter() - t
+        for name in opts:
+            times[name].append(spent[name] / (inv_freq // chunk * chunk))
         model.load_state_dict(state)
     for o in opts.values():
         if hasattr(o, "remove_hooks"):
@@ -224,7 +238,7 @@ def libraries(model, x, y, damping=0.1):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of part 2 (best per contender)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of part 2 (best per contender; 0 skips it)")
     parser.add_argument("--blocks", type=int, default=3)
     parser.add_argument("--batches", default="128,512,2048", help="MLP batch sizes of part 1b ('' to skip)")
     parser.add_argument("--sweep-blocks", type=int, default=1, help="timed blocks per batch size in part 1b")
@@ -245,8 +259,9 @@ def main() -> None:
         model = MLP((1, 28, 28), (512, 512), 10, seed=0)
         x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
         peak = print_step_table(str(batch), model, x, y, args.sweep_blocks, peak)
-    print("\n| model | implementation | build curvature (ms) | build + preconditioned gradient (ms) |\n|---|---|---|---|")
-    for name, model, x, y in cases():
+    if args.rounds:
+        print("\n| model | implementation | build curvature (ms) | build + preconditioned gradient (ms) |\n|---|---|---|---|")
+    for name, model, x, y in cases() if args.rounds else ():
         # rounds of all contenders, best per contender: the first round in a process pays one-off costs
         # (allocator growth, library initialization) that would fall on whichever contender runs first
         rounds = [libraries(model, x, y) for _ in range(args.rounds)]

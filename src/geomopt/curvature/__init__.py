@@ -18,7 +18,8 @@ from geomopt.curvature.layers import (SUPPORTED_LAYERS, Conv2dHandler, LayerHand
 
 __all__ = ["Capture", "backprop_output_grads", "sample_targets", "nll_grad", "hessian_sqrt_columns", "FISHERS",
            "LIKELIHOODS", "KFAC", "EKFAC", "compute_kfac", "compute_ekfac", "kronecker_factors",
-           "eigenbasis_diagonal", "captured_diagonal", "per_example_gradients", "pi_split", "symeig", "damped_inverse", "damped_solve",
+           "eigenbasis_diagonal", "captured_diagonal", "per_example_gradients", "pi_split", "symeig",
+           "damped_inverse", "damped_solve",
            "factor_precision", "factored_rotation", "diagonal_from_rotated", "SUPPORTED_LAYERS",
            "LayerHandler", "LinearHandler", "Conv2dHandler", "register_layer", "layer_handler",
            "supported_layers", "unsupported_reason"]

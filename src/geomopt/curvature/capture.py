@@ -6,8 +6,9 @@ it during the next backward pass(es). From these, on demand: the expanded inputs
 (``(N, T, d_in)``, see :mod:`geomopt.curvature.layers`; formed once, so a convolution's patches cost
 nothing on steps that do not ask for them), the output gradients ``g`` (``(N, T, d_out)``), and the
 per-example gradients by the layer's own rule (:meth:`Capture.per_example_gradients`). Tensor hooks
-(not the deprecated module backward hooks) also fire under ``torch.autograd.grad``, so several backward passes through one forward
-(the Monte-Carlo or exact GGN passes of :func:`backprop_output_grads`) each record their ``g``.
+(not the deprecated module backward hooks) also fire under ``torch.autograd.grad``, so several
+backward passes through one forward (the Monte-Carlo or exact GGN passes of
+:func:`backprop_output_grads`) each record their ``g``.
 
 Conventions. With ``K`` backward passes per forward, :meth:`Capture.get` returns ``a`` of shape
 ``(N, T, d_in)`` and ``g`` of shape ``(K, N, T, d_out)`` such that the per-example gradient of the
@@ -68,7 +69,7 @@ class Capture:
         self.active = True
         self._handles: list = []
         self._calls: dict[str, list[dict]] = {name: [] for name, _, _ in self.layers}
-        self._layer = {name: (name, module, handler) for name, module, handler in self.layers}
+        self._layer = {name: (module, handler) for name, module, handler in self.layers}
 
     def attach(self) -> Capture:
         if not self._handles:
@@ -153,23 +154,27 @@ class Capture:
     def _scale(self, record: dict) -> float:
         return record["x"].shape[0] if self.grad_scale is None else self.grad_scale
 
+    @staticmethod
+    def _input(record: dict, name: str) -> Tensor:
+        if record["x"]._version != record["x_version"]:
+            raise RuntimeError(f"Capture: the input of layer {name!r} was modified in place after its forward; "
+                               "its statistics cannot be formed")
+        return record["x"]
+
     def inputs(self, name: str) -> Tensor:
         """Expanded inputs ``a`` ``(N, T, d_in)`` (KFC patches for convolutions), formed on the first
         call after the backward pass and kept until :meth:`clear`."""
-        _, module, handler = self._layer[name]
+        module, handler = self._layer[name]
         a_list = []
         for c in self._complete_calls(name):
             if c["a"] is None:
-                if c["x"]._version != c["x_version"]:
-                    raise RuntimeError(f"Capture: the input of layer {name!r} was modified in place after its "
-                                       "forward; its statistics cannot be formed")
-                c["a"] = handler.inputs(module, c["x"])
+                c["a"] = handler.inputs(module, self._input(c, name))
             a_list.append(c["a"])
         return a_list[0] if len(a_list) == 1 else torch.cat(a_list, dim=1)
 
     def output_grads(self, name: str) -> Tensor:
         """Output gradients ``g`` ``(K, N, T, d_out)`` (multiplied by the batch size for ``grad_scale=None``)."""
-        _, module, handler = self._layer[name]
+        module, handler = self._layer[name]
         g_list = []
         for c in self._complete_calls(name):
             scale = self._scale(c)  # on the raw gradient: contiguous, cheaper than on the (N, T, d_out) view
@@ -177,17 +182,23 @@ class Capture:
             g_list.append(gs[0].unsqueeze(0) if len(gs) == 1 else torch.stack(gs))  # (K, N, T, d_out)
         return g_list[0] if len(g_list) == 1 else torch.cat(g_list, dim=2)
 
+    def grad_shape(self, name: str) -> torch.Size:
+        """The shape ``(K, N, T, d_out)`` of :meth:`output_grads`, without forming it."""
+        module, handler = self._layer[name]
+        calls = self._complete_calls(name)
+        shapes = [handler.output_grads(module, c["g"][0]).shape for c in calls]  # views: nothing copied
+        return torch.Size((len(calls[0]["g"]), shapes[0][0], sum(s[1] for s in shapes), shapes[0][2]))
+
     def per_example_gradients(self, name: str, start: int = 0, stop: int | None = None) -> Tensor:
         """``M_nk = sum_t g_nkt a_nt^T`` of examples ``start:stop``, ``(K, n, d_out, d_in)``, by the
         layer's own per-example rule (:meth:`LayerHandler.per_example_gradients`: for convolutions a
         grouped weight-gradient convolution, no patches), summed over the layer's calls."""
-        _, module, handler = self._layer[name]
+        module, handler = self._layer[name]
         total = None
         for c in self._complete_calls(name):
-            if c["x"]._version != c["x_version"]:
-                raise RuntimeError(f"Capture: the input of layer {name!r} was modified in place after its forward")
             gs = [g[start:stop] for g in c["g"]]
-            m = handler.per_example_gradients(module, c["x"][start:stop], gs[0][None] if len(gs) == 1 else torch.stack(gs))
+            m = handler.per_example_gradients(module, self._input(c, name)[start:stop],
+                                              gs[0][None] if len(gs) == 1 else torch.stack(gs))
             scale = self._scale(c)
             m = m.mul_(scale) if scale != 1 else m
             total = m if total is None else total.add_(m)

@@ -7,7 +7,9 @@ a :class:`LayerHandler`, which turns
 - the module's input ``x`` into the *expanded inputs* ``a`` of shape ``(N, T, d_in)``, with a column
   of ones appended when the layer has a bias (KFC patches for convolutions, Grosse & Martens 2016),
 - the gradient with respect to the module's output into ``g`` of shape ``(N, T, d_out)``,
-- the parameters' gradients into one matrix ``[W | b]`` of shape ``(d_out, d_in)``, and back.
+- the parameters' gradients into one matrix ``[W | b]`` of shape ``(d_out, d_in)``, and back,
+- the input and output gradients into per-example gradients ``M_n`` (generic: from ``a`` and ``g``;
+  convolutions: one grouped weight-gradient convolution, without patches).
 
 With these, the per-example gradient of the combined matrix is ``M_n = sum_t g_nt a_nt^T``.
 
@@ -131,9 +133,9 @@ class Conv2dHandler(LayerHandler):
         group's outputs (the patches are never formed); bias column ``sum_t g_nkt``."""
         k, n, c_out = grad_outputs.shape[:3]
         go = grad_outputs.transpose(0, 1).reshape(1, n * k * c_out, *grad_outputs.shape[3:])  # (n, k, c) order
-        w = torch.nn.grad.conv2d_weight(x.reshape(1, -1, *x.shape[2:]), (n * k * c_out,) + tuple(module.weight.shape[1:]),
-                                        go, stride=module.stride, padding=self._padding(module),
-                                        dilation=module.dilation, groups=n)
+        w = torch.nn.grad.conv2d_weight(x.reshape(1, -1, *x.shape[2:]), (n * k * c_out, *module.weight.shape[1:]), go,
+                                        stride=module.stride, padding=self._padding(module), dilation=module.dilation,
+                                        groups=n)
         w = w.reshape(n, k, c_out, -1).transpose(0, 1)  # (K, N, C_out, C_in k_h k_w)
         if module.bias is None:
             return w

@@ -52,8 +52,9 @@ NaN/inf factor raises ``FloatingPointError`` naming the layer instead of produci
 
 EKFAC rotates ``M`` into the eigenbasis from the rotated per-example quantities of the diagonal
 estimate, ``U_G^T M U_A = (g U_G)^T (a U_A) / N`` (:func:`geomopt.curvature.factored_rotation`), on
-``nn.Linear`` layers with one position per example where that is cheaper (``2 N < d_out + d_in``),
-with ``fisher='empirical'`` and no weight decay -- and only after checking that ``.grad`` is that
+``nn.Linear`` layers with one position per example where that is cheaper (``2 N < d_out + d_in`` on
+diagonal steps; between them, with ``diag_freq > 1``, the examples must be rotated first, so
+``N (d_in^2 + d_out^2 + 2 d_out d_in) < d_out d_in (d_out + d_in)``), with ``fisher='empirical'`` and no weight decay -- and only after checking that ``.grad`` is that
 captured gradient (or a multiple of it, as after clipping) up to rounding; otherwise it rotates
 densely. :attr:`EKFAC.factored_layers` names the layers that took the factored path in the last step.
 """
@@ -419,17 +420,19 @@ class KFAC(_KroneckerOptimizer):
         return kfac_direction(m, state["A_inv"], state["G_inv"])
 
 
+_DIAG_FREQ_DOC = """        diag_freq: re-estimate the eigenbasis diagonal every this many steps (1: every step, the
+            paper's algorithm; larger values amortize its per-example cost as ``update_freq`` does
+            for the factors).
+"""
+
+
 class EKFAC(_KroneckerOptimizer):
     __doc__ = r"""EKFAC: K-FAC in the Kronecker eigenbasis with a diagonal re-estimated every step.
 
     See :mod:`geomopt.optim.kfac` for the update rule. Every ``diag_freq`` steps (default: every
     step, as in the paper) it records per-example layer inputs and output gradients (with
     ``fisher='true'``, one extra forward/backward) and re-estimates the diagonal.
-    """ + _ARGS_DOC.replace("\n    Raises:", """        diag_freq: re-estimate the eigenbasis diagonal every this many steps (1: every step, the
-            paper's algorithm; larger values amortize its per-example cost as ``update_freq`` does
-            for the factors; on the steps in between the gradient is rotated densely).
-
-    Raises:""") + r"""
+    """ + _ARGS_DOC.replace("\n    Raises:", _DIAG_FREQ_DOC + "\n    Raises:") + r"""
     Example:
         >>> opt = EKFAC(model, lr=0.01, damping=1e-3, momentum=0.9, update_freq=10, inv_freq=100)
         >>> loss = F.cross_entropy(model(x), y); loss.backward(); opt.step(); opt.zero_grad()
@@ -499,14 +502,16 @@ class EKFAC(_KroneckerOptimizer):
             diag = name in self._pending
             if "U_A" not in state or not (diag or name in recorded):
                 continue
-            g = self._capture.output_grads(name)
-            k, n, t, d_out = g.shape
+            k, n, t, d_out = self._capture.grad_shape(name)
+            d_in = state["U_A"].shape[0]
             if t == 1:  # Linear on (N, d_in) inputs: the rotated examples serve the diagonal and the rotation
-                # factored rotation 4 N d_out d_in (with its exactness check) vs dense 2 d_out d_in (d_out + d_in)
-                factored = self.fisher == "empirical" and k == 1 and 2 * n < d_out + state["U_A"].shape[0]
+                # multiply-adds of the factored rotation (with its exactness check) vs the dense d_out d_in (d_out +
+                # d_in): 2 N d_out d_in when the diagonal rotates the examples anyway, else N (d_in^2 + d_out^2) more
+                cost = 2 * n * d_out * d_in + (0 if diag else n * (d_in * d_in + d_out * d_out))
+                factored = self.fisher == "empirical" and k == 1 and cost < d_out * d_in * (d_out + d_in)
                 if not (diag or factored):
                     continue
-                a = self._capture.inputs(name)
+                g, a = self._capture.output_grads(name), self._capture.inputs(name)
                 ga, aa = g @ state["U_G"], a @ state["U_A"]
                 if factored:
                     self._rotated[name] = (a, g, ga, aa)
