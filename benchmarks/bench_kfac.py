@@ -3,9 +3,9 @@
 Part 1 -- per-step time over SGD. A step = zero_grad + forward + cross-entropy + backward +
 optimizer.step() (statistics hooks included). update_freq=10, inv_freq=100: a cycle of `inv_freq`
 steps holds exactly one inversion and ten factor updates, so the mean step over whole cycles is the
-amortized cost. The contenders run on the same model and batch and take turns every 10 steps
-within a cycle (this 2-core virtual machine's speed drifts by tens of percent over minutes; taking
-turns puts the drift on all contenders alike); median over `--blocks` cycles. Contenders: SGD with
+amortized cost. The contenders run on the same model and batch and take turns cycle by cycle; median
+over `--blocks` cycles each (this 2-core virtual machine's speed drifts by tens of percent over
+minutes, so ratios move by about 10% from run to run: compare code versions by alternating runs). Contenders: SGD with
 momentum, K-FAC, EKFAC (the paper's algorithm: diagonal every step), EKFAC with `diag_freq=10`.
 
 Part 2 -- time to build the curvature on one batch and to compute the preconditioned gradient,
@@ -35,7 +35,8 @@ so no implementation of the algorithm can go below it). Counted per layer (`d_in
 Eigendecompositions and inverses (every `inv_freq` steps) and elementwise work are left out, so the
 floors are optimistic.
 
-Usage: python benchmarks/bench_kfac.py [--threads 1] [--blocks 3] [--rounds 3] [--batches 128,512,2048] [--sweep-blocks 1]
+Usage: python benchmarks/bench_kfac.py [--threads 1] [--blocks 3] [--rounds 3] [--batches 128,512,2048]
+       [--sweep-blocks 1] [--models mlp,cnn] [--contenders sgd,kfac,ekfac,...]
 """
 
 from __future__ import annotations
@@ -137,33 +138,31 @@ STEP_MAKERS = {
 }
 
 
-def step_times(model, x, y, blocks: int, inv_freq: int = 100, chunk: int = 10):
+def step_times(model, x, y, blocks: int, inv_freq: int = 100, contenders=None):
     """Amortized step time per contender: median over ``blocks`` cycles of ``inv_freq`` steps (after a
-    warm-up cycle). Within a cycle the contenders take turns every ``chunk`` steps, so a slow or fast
-    spell of a shared machine falls on all of them alike."""
+    warm-up cycle), the contenders taking turns cycle by cycle. (Turns of 10 steps instead gave the same
+    ratios within this machine's run-to-run noise, and are further from real use.)"""
     state = {k: v.clone() for k, v in model.state_dict().items()}
     opts = {}
     for name, make in STEP_MAKERS.items():
+        if contenders and name not in contenders:
+            continue
         model.load_state_dict(state)
         opts[name] = make(model, inv_freq)  # every optimizer hooks the model; only the active one's hooks record
-    times = {n: [] for n in STEP_MAKERS}
+    times = {n: [] for n in opts}
     for _ in range(blocks + 1):  # the first cycle is a warm-up
-        spent = dict.fromkeys(opts, 0.0)
-        for _ in range(inv_freq // chunk):
-            for name, opt in opts.items():
-                for o in opts.values():
-                    if hasattr(o, "_capture"):
-                        o._capture.active = False
-                if hasattr(opt, "_arm"):
-                    opt._arm()  # records exactly when its next step needs statistics
-                t = time.perf_counter()
-                for _ in range(chunk):
-                    opt.zero_grad(set_to_none=True)
-                    F.cross_entropy(model(x), y).backward()
-                    opt.step()
-                spent[name] += time.perf_counter() - t
-        for name in opts:
-            times[name].append(spent[name] / (inv_freq // chunk * chunk))
+        for name, opt in opts.items():
+            for o in opts.values():
+                if hasattr(o, "_capture"):
+                    o._capture.active = False
+            if hasattr(opt, "_arm"):
+                opt._arm()  # records exactly when its next step needs statistics
+            t = time.perf_counter()
+            for _ in range(inv_freq):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+            times[name].append((time.perf_counter() - t) / inv_freq)
         model.load_state_dict(state)
     for o in opts.values():
         if hasattr(o, "remove_hooks"):
@@ -171,10 +170,10 @@ def step_times(model, x, y, blocks: int, inv_freq: int = 100, chunk: int = 10):
     return {n: statistics.median(t[1:]) for n, t in times.items()}
 
 
-def print_step_table(label: str, model, x, y, blocks: int, peak: float) -> float:
+def print_step_table(label: str, model, x, y, blocks: int, peak: float, contenders=None) -> float:
     """Print one table's rows; returns the peak rate used (at least ``peak``)."""
     peak = max(peak, peak_mac_rate())
-    t = step_times(model, x, y, blocks)
+    t = step_times(model, x, y, blocks, contenders=contenders)
     bounds = floors(model, x, t["sgd"], peak)
     for opt, v in t.items():
         mac, floor = bounds[opt]
@@ -240,6 +239,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of part 2 (best per contender; 0 skips it)")
     parser.add_argument("--blocks", type=int, default=3)
+    parser.add_argument("--models", default="mlp,cnn", help="models of part 1 (mlp, cnn)")
+    parser.add_argument("--contenders", default=",".join(STEP_MAKERS),
+                        help="optimizers of part 1 and 1b (sgd always runs; e.g. 'sgd,ekfac' to time another "
+                             "checkout's code through PYTHONPATH)")
     parser.add_argument("--batches", default="128,512,2048", help="MLP batch sizes of part 1b ('' to skip)")
     parser.add_argument("--sweep-blocks", type=int, default=1, help="timed blocks per batch size in part 1b")
     args = parser.parse_args()
@@ -249,8 +252,14 @@ def main() -> None:
     header = ("| {} | optimizer | amortized step (ms) | ratio to SGD | extra multiply-adds / SGD's | "
               "floor of the ratio at peak rate |\n|---|---|---|---|---|---|")
     print(header.format("model"))
+    contenders = {"sgd", *args.contenders.split(",")}
+    unknown = contenders - set(STEP_MAKERS)
+    if unknown:
+        parser.error(f"unknown contender(s) {sorted(unknown)}; choose from {list(STEP_MAKERS)}")
+    models = set(args.models.split(","))
     for name, model, x, y in cases():
-        peak = print_step_table(name, model, x, y, args.blocks, peak)
+        if name.split()[0].lower() in models:
+            peak = print_step_table(name, model, x, y, args.blocks, peak, contenders)
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
     if batches:
         print("\n" + header.format("MLP 784-512-512-10 batch"))
@@ -258,7 +267,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = MLP((1, 28, 28), (512, 512), 10, seed=0)
         x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
-        peak = print_step_table(str(batch), model, x, y, args.sweep_blocks, peak)
+        peak = print_step_table(str(batch), model, x, y, args.sweep_blocks, peak, contenders)
     if args.rounds:
         print("\n| model | implementation | build curvature (ms) | build + preconditioned gradient (ms) |\n|---|---|---|---|")
     for name, model, x, y in cases() if args.rounds else ():
