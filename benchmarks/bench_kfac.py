@@ -5,8 +5,9 @@ optimizer.step() (statistics hooks included). update_freq=10, inv_freq=100: a cy
 steps holds exactly one inversion and ten factor updates, so the mean step over whole cycles is the
 amortized cost. The contenders run on the same model and batch and take turns cycle by cycle; median
 over `--blocks` cycles each (this 2-core virtual machine's speed drifts by tens of percent over
-minutes, so ratios move by about 10% from run to run: compare code versions by alternating runs). Contenders: SGD with
-momentum, K-FAC, EKFAC (the paper's algorithm: diagonal every step), EKFAC with `diag_freq=10`.
+minutes, so ratios move by about 10% from run to run: compare code versions by alternating runs).
+Contenders: SGD with momentum, K-FAC, EKFAC (the paper's algorithm: diagonal every step), EKFAC with
+`diag_freq=10`.
 
 Part 2 -- time to build the curvature on one batch and to compute the preconditioned gradient,
 on the same model and batch, against the public implementations (installed by the `bench` extra):
