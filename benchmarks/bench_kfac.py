@@ -81,8 +81,8 @@ def extra_macs(shapes: list[tuple[int, int, int]], batch: int, update_freq: int 
     (``3 B T d_out d_in`` per layer, under "sgd_macs"); see the module docstring."""
     out = {n: 0.0 for n in STEP_MAKERS}
     sgd = 0.0
+    b = batch
     for d_out, d_in, t in shapes:
-        b = batch
         sgd += 3 * b * t * d_out * d_in
         solve = d_out * d_in * (d_out + d_in)  # G^-1 M A^-1, or one dense rotation (U_G^T M U_A or back)
         factors = b * t * (d_in * d_in + d_out * d_out) / update_freq

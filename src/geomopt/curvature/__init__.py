@@ -10,11 +10,10 @@ Example:
 from geomopt.curvature.capture import (FISHERS, LIKELIHOODS, Capture, backprop_output_grads,
                                        hessian_sqrt_columns, nll_grad, sample_targets)
 from geomopt.curvature.kronecker import (EKFAC, KFAC, captured_diagonal, compute_ekfac, compute_kfac, damped_inverse,
-                                         damped_solve,
-                                         diagonal_from_rotated, eigenbasis_diagonal, factor_precision,
-                                         factored_rotation, kronecker_factors, per_example_gradients, pi_split, symeig)
+                                         damped_solve, diagonal_from_rotated, eigenbasis_diagonal, factor_precision,
+                                         factored_rotation, kronecker_factors, pi_split, symeig)
 from geomopt.curvature.layers import (SUPPORTED_LAYERS, Conv2dHandler, LayerHandler, LinearHandler, layer_handler,
-                                      register_layer, supported_layers, unsupported_reason)
+                                      per_example_gradients, register_layer, supported_layers, unsupported_reason)
 
 __all__ = ["Capture", "backprop_output_grads", "sample_targets", "nll_grad", "hessian_sqrt_columns", "FISHERS",
            "LIKELIHOODS", "KFAC", "EKFAC", "compute_kfac", "compute_ekfac", "kronecker_factors",

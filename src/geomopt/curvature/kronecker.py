@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from geomopt.curvature.capture import Capture, backprop_output_grads
-from geomopt.curvature.layers import LayerHandler, names_of_supported, supported_layers
+from geomopt.curvature.layers import LayerHandler, names_of_supported, per_example_gradients, supported_layers
 
 CHUNK_ELEMENTS = 1 << 22
 
@@ -134,11 +134,6 @@ def factored_rotation(grad_matrix: Tensor, a: Tensor, g: Tensor, ga: Tensor, aa:
         return None
     rotated = ga.reshape(n * t, d_out).T @ aa.reshape(n * t, d_in)
     return rotated.mul_(c / n)
-
-
-def per_example_gradients(a: Tensor, g: Tensor) -> Tensor:
-    """``M_nk = sum_t g_nkt a_nt^T``: ``(K, N, d_out, d_in)`` (memory ``K N d_out d_in``)."""
-    return torch.einsum("knto,nti->knoi", g, a)
 
 
 def all_finite(t: Tensor) -> bool:
@@ -557,7 +552,7 @@ def compute_kfac(model: nn.Module, data, *, fisher: str = "empirical", likelihoo
     count = 0
     for capture in _records(model, data, layers, fisher=fisher, likelihood=likelihood, generator=generator,
                             mc_samples=mc_samples, device=device):
-        n = capture.output_grads(layers[0][0]).shape[1]
+        n = capture.grad_shape(layers[0][0])[1]
         for name, _, _ in layers:
             fa, fg = kronecker_factors(*capture.get(name))
             if name in sums:  # running mean weighted by batch sizes (nothing to rescale for one batch)
@@ -598,7 +593,7 @@ def compute_ekfac(model: nn.Module, data, *, fisher: str = "empirical", likeliho
     count = 0
     for capture in _records(model, data, layers, fisher=fisher, likelihood=likelihood, generator=generator,
                             mc_samples=mc_samples, device=sums[0].device):
-        n = capture.output_grads(layers[0][0]).shape[1]
+        n = capture.grad_shape(layers[0][0])[1]
         for i, (name, _, _) in enumerate(layers):
             sums[i] += captured_diagonal(capture, name, *base.bases[i]) * n
         count += n

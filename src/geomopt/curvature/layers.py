@@ -27,6 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def per_example_gradients(a: Tensor, g: Tensor) -> Tensor:
+    """``M_nk = sum_t g_nkt a_nt^T``: ``(K, N, d_out, d_in)`` (memory ``K N d_out d_in``) from ``a``
+    ``(N, T, d_in)`` and ``g`` ``(K, N, T, d_out)``."""
+    return torch.einsum("knto,nti->knoi", g, a)
+
+
 class LayerHandler:
     """How one layer type maps to ``(a, g, [W | b])``; see the module docstring."""
 
@@ -46,7 +52,7 @@ class LayerHandler:
         """``M_nk = sum_t g_nkt a_nt^T`` ``(K, N, d_out, d_in)`` from the batched input and the output
         gradients of ``K`` backward passes stacked, ``(K, N, ...)``."""
         g = torch.stack([self.output_grads(module, go) for go in grad_outputs])
-        return torch.einsum("knto,nti->knoi", g, self.inputs(module, x))
+        return per_example_gradients(self.inputs(module, x), g)
 
     def output_grads(self, module: nn.Module, grad_output: Tensor) -> Tensor:
         """Output gradients ``(N, T, d_out)``."""

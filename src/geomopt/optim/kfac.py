@@ -54,9 +54,10 @@ EKFAC rotates ``M`` into the eigenbasis from the rotated per-example quantities 
 estimate, ``U_G^T M U_A = (g U_G)^T (a U_A) / N`` (:func:`geomopt.curvature.factored_rotation`), on
 ``nn.Linear`` layers with one position per example where that is cheaper (``2 N < d_out + d_in`` on
 diagonal steps; between them, with ``diag_freq > 1``, the examples must be rotated first, so
-``N (d_in^2 + d_out^2 + 2 d_out d_in) < d_out d_in (d_out + d_in)``), with ``fisher='empirical'`` and no weight decay -- and only after checking that ``.grad`` is that
-captured gradient (or a multiple of it, as after clipping) up to rounding; otherwise it rotates
-densely. :attr:`EKFAC.factored_layers` names the layers that took the factored path in the last step.
+``N (d_in^2 + d_out^2 + 2 d_out d_in) < d_out d_in (d_out + d_in)``), with ``fisher='empirical'``
+and no weight decay -- and only after checking that ``.grad`` is that captured gradient (or a
+multiple of it, as after clipping) up to rounding; otherwise it rotates densely.
+:attr:`EKFAC.factored_layers` names the layers that took the factored path in the last step.
 """
 
 from __future__ import annotations
@@ -430,8 +431,8 @@ class EKFAC(_KroneckerOptimizer):
     __doc__ = r"""EKFAC: K-FAC in the Kronecker eigenbasis with a diagonal re-estimated every step.
 
     See :mod:`geomopt.optim.kfac` for the update rule. Every ``diag_freq`` steps (default: every
-    step, as in the paper) it records per-example layer inputs and output gradients (with
-    ``fisher='true'``, one extra forward/backward) and re-estimates the diagonal.
+    step, as in the paper) it re-estimates the diagonal from per-example layer inputs and output
+    gradients (with ``fisher='true'``, recorded in one extra forward/backward).
     """ + _ARGS_DOC.replace("\n    Raises:", _DIAG_FREQ_DOC + "\n    Raises:") + r"""
     Example:
         >>> opt = EKFAC(model, lr=0.01, damping=1e-3, momentum=0.9, update_freq=10, inv_freq=100)
