@@ -176,6 +176,17 @@ def _emit(valid: Tensor | None, h: Tensor) -> Tensor:
     return h if valid is None else h * valid.unsqueeze(1)
 
 
+def _input_terms(cell: nn.Module, x: Tensor, mask: Tensor | None) -> tuple[Tensor, ...]:
+    """``BN(W_x x_t) + b`` of every step, normalized at once and unbound over time (O(T) backward)."""
+    return (cell.bn_x(x @ cell.weight_x.t(), 0, mask) + cell.bias).unbind(1)
+
+
+def _recurrent_term(cell: nn.Module, h: Tensor, t: int, m: Tensor | None) -> Tensor:
+    """``W_h h``, batch-normalized with step ``t``'s statistics when the cell has ``bn_h``."""
+    rec = h @ cell.weight_h.t()
+    return rec if cell.bn_h is None else cell.bn_h(rec, t, m)
+
+
 def _lstm_forward(cells: nn.ModuleList, hidden: int, x: Tensor, lengths: Tensor | None,
                   state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """Multi-layer LSTM over time; a cell's ``bn_h`` / ``bn_c`` (per-step BN of W_h h and of c_t)
@@ -186,14 +197,11 @@ def _lstm_forward(cells: nn.ModuleList, hidden: int, x: Tensor, lengths: Tensor 
     for layer, cell in enumerate(cells):
         h, c = (x.new_zeros(batch, hidden), x.new_zeros(batch, hidden)) if state is None else \
             (state[0][layer], state[1][layer])
-        wx = (cell.bn_x(x @ cell.weight_x.t(), 0, mask) + cell.bias).unbind(1)  # unbind: O(T) backward
+        wx = _input_terms(cell, x, mask)
         outputs = []
         for t in range(steps):
             m = None if mask is None else mask[:, t]
-            rec = h @ cell.weight_h.t()
-            if cell.bn_h is not None:
-                rec = cell.bn_h(rec, t, m)
-            i, f, g, o = (rec + wx[t]).chunk(4, dim=1)
+            i, f, g, o = (_recurrent_term(cell, h, t, m) + wx[t]).chunk(4, dim=1)
             c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h_new = torch.sigmoid(o) * torch.tanh(c_new if cell.bn_c is None else cell.bn_c(c_new, t, m))
             c, h = _advance(m, c_new, c), _advance(m, h_new, h)
@@ -304,14 +312,11 @@ class BNRNN(nn.Module):
         hs = []
         for layer, cell in enumerate(self.cells):
             h = x.new_zeros(batch, self.hidden_size) if state is None else state[layer]
-            wx = (cell.bn_x(x @ cell.weight_x.t(), 0, mask) + cell.bias).unbind(1)
+            wx = _input_terms(cell, x, mask)
             outputs = []
             for t in range(steps):
                 m = None if mask is None else mask[:, t]
-                rec = h @ cell.weight_h.t()
-                if cell.bn_h is not None:
-                    rec = cell.bn_h(rec, t, m)
-                h_new = self.phi(rec + wx[t])
+                h_new = self.phi(_recurrent_term(cell, h, t, m) + wx[t])
                 h = _advance(m, h_new, h)
                 outputs.append(_emit(m, h_new))
             x = torch.stack(outputs, dim=1)
