@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +49,15 @@ _METHODS = {"view", "reshape", "flatten", "size", "relu", "contiguous", "add", "
 
 # Rows of a weight matrix processed at once on CPU: 2^18 elements (1 MiB in float32) stay in cache.
 BLOCK_ELEMENTS = 1 << 18
+
+BlockVisitor = Callable[[int, int], None]
+"""``visit(r0, r1)``: called on rows ``[r0, r1)`` of a weight matrix during a blocked pass over it."""
+
+
+def row_block(weight: Tensor) -> int:
+    """Rows of ``weight`` (out, in) handled at once: a cache-sized block on CPU, all rows elsewhere."""
+    rows, cols = weight.shape
+    return rows if weight.device.type != "cpu" else max(1, min(rows, BLOCK_ELEMENTS // max(cols, 1)))
 
 
 @dataclass
@@ -268,11 +277,21 @@ class PathScales:
         return res.pow_(self.p)
 
     @torch.no_grad()
-    def compute(self) -> dict[str, Tensor | RankOneScale]:
+    def compute(self, visitors: Mapping[str, BlockVisitor] | None = None) -> dict[str, Tensor | RankOneScale]:
         """gamma for every parameter, by name: dense tensors, or :class:`RankOneScale` for the
-        weights of a Linear chain."""
+        weights of a Linear chain.
+
+        Args:
+            visitors: for a factored chain only: ``{weight name: visit(r0, r1)}``, each called once on
+                every row block ``[r0, r1)`` of that weight right before the block is read, so a caller
+                can change the weight (PathSGD's update) in the same pass over memory; the scales
+                returned are those of the weights after the visits.
+        """
         if self._chain is not None:
-            return self._compute_chain()
+            return self._compute_chain(visitors or {})
+        if visitors:
+            raise ValueError("PathScales.compute: row-block visitors need the factored scales of a Linear chain; "
+                             f"{type(self.model).__name__} is not one (see PathScales.factored)")
         return self._compute_graph()
 
     def dense(self) -> dict[str, Tensor]:
@@ -289,31 +308,39 @@ class PathScales:
             grads = torch.autograd.grad(pi, list(powered.values()), allow_unused=True)
         return {k: g if g is not None else torch.zeros_like(powered[k]) for k, g in zip(powered, grads)}
 
-    def _contract(self, weight: Tensor, vin: Tensor | None, vout: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    def _contract(self, weight: Tensor, vin: Tensor | None, vout: Tensor | None,
+                  visit: BlockVisitor | None = None) -> tuple[Tensor | None, Tensor | None]:
         """``(|W|^p @ vin, |W|^p^T @ vout)`` reading W once: row blocks small enough to stay in cache
-        are powered into a scratch buffer (on CPU; one block on GPUs), so |W|^p is never stored."""
+        are powered into a scratch buffer (on CPU; one block on GPUs), so |W|^p is never stored.
+        ``visit(r0, r1)``, when given, is called on each row block before it is read (PathSGD updates
+        the block there, so the contraction sees the new weights while they are still in cache)."""
         rows, cols = weight.shape
-        block = rows if weight.device.type != "cpu" else max(1, min(rows, BLOCK_ELEMENTS // cols))
+        block = row_block(weight)
         if self._scratch is None or self._scratch.numel() < block * cols or self._scratch.dtype != weight.dtype \
                 or self._scratch.device != weight.device:
             self._scratch = torch.empty(block * cols, dtype=weight.dtype, device=weight.device)
         fwd = torch.empty(rows, dtype=weight.dtype, device=weight.device) if vin is not None else None
         bwd = torch.zeros(cols, dtype=weight.dtype, device=weight.device) if vout is not None else None
         for r0 in range(0, rows, block):
-            part = weight[r0:r0 + block]
+            r1 = min(rows, r0 + block)
+            if visit is not None:
+                visit(r0, r1)
+            part = weight[r0:r1]
             powered = self._powered(part, out=self._scratch[:part.numel()].view_as(part))
             if fwd is not None:
-                torch.mv(powered, vin, out=fwd[r0:r0 + part.shape[0]])
+                torch.mv(powered, vin, out=fwd[r0:r1])
             if bwd is not None:
-                bwd.addmv_(powered.t(), vout[r0:r0 + part.shape[0]])
+                bwd.addmv_(powered.t(), vout[r0:r1])
         return fwd, bwd
 
-    def _compute_chain(self) -> dict[str, Tensor | RankOneScale]:
+    def _compute_chain(self, visitors: Mapping[str, BlockVisitor]) -> dict[str, Tensor | RankOneScale]:
         """gamma_in[l+1] = |W_l|^p gamma_in[l] + |b_l|^p (gamma_in[0] = 1) and
         gamma_out[l-1] = |W_l|^p^T gamma_out[l] (gamma_out[L-1] = 1); gamma(W_l) = gamma_out[l] (x) gamma_in[l].
 
-        Sweeps forward below and backward above the largest inner layer, which is then read
-        once for both of its contractions.
+        Sweeps forward below and backward above the largest inner layer m, which is then read once
+        for both of its contractions; layers above m are read again forward, layers below m again
+        backward (for a 3-layer MLP: every weight read exactly once). Each weight's visitor runs in
+        its first read.
         """
         chain = self._chain
         assert chain is not None
@@ -323,6 +350,11 @@ class PathScales:
         gamma_out: list[Tensor | None] = [None] * n
         gamma_in[0] = torch.ones(chain[0].in_features, dtype=weight.dtype, device=weight.device)
         gamma_out[n - 1] = torch.ones(chain[-1].out_features, dtype=weight.dtype, device=weight.device)
+        pending = {i: visitors[self._names[layer.weight]] for i, layer in enumerate(chain)
+                   if self._names[layer.weight] in visitors}
+
+        def contract(i: int, vin: Tensor | None, vout: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+            return self._contract(chain[i].weight.detach(), vin, vout, pending.pop(i, None))
 
         def forward(i: int, fwd: Tensor) -> None:
             if chain[i].bias is not None:
@@ -331,18 +363,18 @@ class PathScales:
 
         def sweep_forward(layers: range) -> None:
             for i in layers:
-                forward(i, self._contract(chain[i].weight.detach(), gamma_in[i], None)[0])
+                forward(i, contract(i, gamma_in[i], None)[0])
 
         def sweep_backward(layers: range) -> None:
             for i in layers:
-                gamma_out[i - 1] = self._contract(chain[i].weight.detach(), None, gamma_out[i])[1]
+                gamma_out[i - 1] = contract(i, None, gamma_out[i])[1]
 
         inner = range(1, n - 1)
         if len(inner):
             m = max(inner, key=lambda i: chain[i].weight.numel())
             sweep_forward(range(0, m))
             sweep_backward(range(n - 1, m, -1))
-            fwd, bwd = self._contract(chain[m].weight.detach(), gamma_in[m], gamma_out[m])
+            fwd, bwd = contract(m, gamma_in[m], gamma_out[m])
             forward(m, fwd)
             gamma_out[m - 1] = bwd
             sweep_forward(range(m + 1, n - 1))
@@ -350,6 +382,11 @@ class PathScales:
         else:
             sweep_forward(range(0, n - 1))
             sweep_backward(range(n - 1, 0, -1))
+        for i, visit in pending.items():  # a one-layer chain reads no weight
+            rows = chain[i].weight.shape[0]
+            block = row_block(chain[i].weight)
+            for r0 in range(0, rows, block):
+                visit(r0, min(rows, r0 + block))
         scales: dict[str, Tensor | RankOneScale] = {}
         for i, layer in enumerate(chain):
             scales[self._names[layer.weight]] = RankOneScale(gamma_out[i], gamma_in[i])

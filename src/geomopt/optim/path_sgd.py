@@ -22,53 +22,64 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from geomopt.geometry.path_norm import BLOCK_ELEMENTS, PathScales, RankOneScale, UnsupportedModuleError
+from geomopt.geometry.path_norm import (BLOCK_ELEMENTS, BlockVisitor, PathScales, RankOneScale,
+                                        UnsupportedModuleError, row_block)
 from geomopt.geometry.rnn_path import RNNPathScales, is_relu_rnn
 
 
-def _rank_one_update_(param: Tensor, grad: Tensor, scale: RankOneScale, buf: Tensor | None, *, lr: float,
-                      momentum: float, weight_decay: float, eps: float) -> Tensor | None:
-    """``d = (g + wd w) * (1/gamma_out) (x) (1/gamma_in)``, applied in row blocks that stay in cache,
-    so the update reads and writes the weight once, as SGD's does. Returns the momentum buffer."""
-    floor = eps ** 0.5
-    inv_rows = scale.out_scale.clamp_min(floor).reciprocal_()
-    inv_cols = scale.in_scale.clamp_min(floor).reciprocal_().unsqueeze(0)
-    rows, cols = param.shape
-    block = rows if param.device.type != "cpu" else max(1, min(rows, BLOCK_ELEMENTS // cols))
-    scratch = torch.empty(block * cols, dtype=param.dtype, device=param.device)
-    first = buf is None and momentum != 0
-    if first:
-        buf = torch.empty_like(param)
-    for r0 in range(0, rows, block):
-        w, g = param[r0:r0 + block], grad[r0:r0 + block]
-        tmp = scratch[:w.numel()].view_as(w)
-        if weight_decay != 0:
-            torch.add(g, w, alpha=weight_decay, out=tmp)
-            tmp.mul_(inv_rows[r0:r0 + block].unsqueeze(1))
+class _RowBlockUpdate:
+    """The rank-one Path-SGD update of one weight, ``d = (g + wd w) * (1/gamma_out) (x) (1/gamma_in)``
+    (each factor floored at sqrt(eps)), applied to rows ``[r0, r1)`` per call, so that a pass over the
+    weight in cache-sized row blocks reads and writes it once, as SGD's update does.
+
+    The momentum buffer (``buf``) is allocated at construction when there is none yet.
+    """
+
+    def __init__(self, param: Tensor, grad: Tensor, scale: RankOneScale, buf: Tensor | None, *, lr: float,
+                 momentum: float, weight_decay: float, eps: float):
+        floor = eps ** 0.5
+        self.param, self.grad, self.lr, self.momentum, self.weight_decay = param, grad, lr, momentum, weight_decay
+        self.inv_rows = scale.out_scale.clamp_min(floor).reciprocal_()
+        self.inv_cols = scale.in_scale.clamp_min(floor).reciprocal_().unsqueeze(0)
+        self.scratch = torch.empty(row_block(param) * param.shape[1], dtype=param.dtype, device=param.device)
+        self.first = buf is None and momentum != 0
+        self.buf = torch.empty_like(param) if self.first else buf
+
+    def __call__(self, r0: int, r1: int) -> None:
+        w, g = self.param[r0:r1], self.grad[r0:r1]
+        tmp = self.scratch[:w.numel()].view_as(w)
+        if self.weight_decay != 0:
+            torch.add(g, w, alpha=self.weight_decay, out=tmp)
+            tmp.mul_(self.inv_rows[r0:r1].unsqueeze(1))
         else:
-            torch.mul(g, inv_rows[r0:r0 + block].unsqueeze(1), out=tmp)
-        if momentum == 0:
-            w.addcmul_(tmp, inv_cols, value=-lr)
-            continue
-        b = buf[r0:r0 + block]
-        if first:
-            torch.mul(tmp, inv_cols, out=b)
+            torch.mul(g, self.inv_rows[r0:r1].unsqueeze(1), out=tmp)
+        if self.momentum == 0:
+            w.addcmul_(tmp, self.inv_cols, value=-self.lr)
+            return
+        b = self.buf[r0:r1]
+        if self.first:
+            torch.mul(tmp, self.inv_cols, out=b)
         else:
-            b.mul_(momentum).addcmul_(tmp, inv_cols)
-        w.add_(b, alpha=-lr)
-    return buf
+            b.mul_(self.momentum).addcmul_(tmp, self.inv_cols)
+        w.add_(b, alpha=-self.lr)
 
 
 def path_sgd_(params: Sequence[Tensor], grads: Sequence[Tensor], scales: Sequence[Tensor | RankOneScale],
               momentum_buffers: list[Tensor | None], *, lr: float, momentum: float, weight_decay: float,
-              eps: float) -> None:
+              eps: float, deferred: dict[int, BlockVisitor] | None = None) -> None:
     """The functional core: update ``params`` in place with ``grad / gamma``.
 
     For each parameter: ``d = (g + weight_decay * w) / max(gamma, eps)``; with momentum
     ``buf = momentum * buf + d`` (``buf = d`` at the first step) and ``w -= lr * buf``, else
     ``w -= lr * d``. A :class:`RankOneScale` gamma = out (x) in is applied with each factor floored at
-    sqrt(eps): weights larger than one cache block as row and column scalings without forming gamma;
-    the others, with every dense gamma, in a few multi-tensor (``torch._foreach_*``) calls.
+    sqrt(eps): weights larger than one cache block as row and column scalings without forming gamma,
+    in row blocks; the others, with every dense gamma, in a few multi-tensor (``torch._foreach_*``) calls.
+
+    Args:
+        deferred: when given, the row-block updates of the large rank-one weights are not applied
+            here: ``deferred[i]`` receives parameter i's ``visit(r0, r1)``, to be called once on every
+            row block (:meth:`geomopt.geometry.PathScales.compute` does so while it reads the block
+            for the next step's scales). Their momentum buffers are allocated now.
     """
     small: list[int] = []
     dense: list[Tensor] = []
@@ -81,8 +92,15 @@ def path_sgd_(params: Sequence[Tensor], grads: Sequence[Tensor], scales: Sequenc
             small.append(i)
             dense.append(torch.outer(scale.out_scale.clamp_min(floor), scale.in_scale.clamp_min(floor)))
         else:
-            momentum_buffers[i] = _rank_one_update_(param, grads[i], scale, momentum_buffers[i], lr=lr,
-                                                    momentum=momentum, weight_decay=weight_decay, eps=eps)
+            update = _RowBlockUpdate(param, grads[i], scale, momentum_buffers[i], lr=lr, momentum=momentum,
+                                     weight_decay=weight_decay, eps=eps)
+            momentum_buffers[i] = update.buf
+            if deferred is not None:
+                deferred[i] = update
+                continue
+            block = row_block(param)
+            for r0 in range(0, param.shape[0], block):
+                update(r0, min(param.shape[0], r0 + block))
     if not small:
         return
     ps, gs = [params[i] for i in small], [grads[i] for i in small]
@@ -145,8 +163,10 @@ class PathSGD(Optimizer):
         gamma_e(w) = d pi(w) / d(w_e^2),   pi(w) = sum over paths prod_{e in path} w_e^2
         w_e <- w_e - lr * (dL/dw_e + weight_decay * w_e) / gamma_e(w)
 
-    with optional heavy-ball momentum on the normalized direction. gamma is recomputed from
-    the current weights at every step by one batch-1 pass through the squared network.
+    with optional heavy-ball momentum on the normalized direction. gamma is always that of the
+    current weights: by one batch-1 pass through the squared network, or, for an MLP (a Linear
+    chain), computed in the previous step's update pass (each large weight read once per step for
+    the update and the scales together) and recomputed if any weight changed in between.
 
     Args:
         model: the network (Linear/Conv layers, ReLU, pooling, flatten, dropout, residual sums);
@@ -196,6 +216,7 @@ class PathSGD(Optimizer):
         super().__init__(list(param_groups) if param_groups is not None else model.parameters(), defaults)
         self.scales = _build_scales(model, p, input_shape, seq_len, include_kappa2)
         self._names = {param: name for name, param in model.named_parameters()}
+        self._next: tuple[PathScales | RNNPathScales, dict[str, Tensor | RankOneScale], tuple] | None = None
         for group in self.param_groups:
             for param in group["params"]:
                 if param not in self._names:
@@ -208,15 +229,43 @@ class PathSGD(Optimizer):
             group.setdefault("momentum", 0.0)
             group.setdefault("weight_decay", 0.0)
             group.setdefault("eps", 1e-12)
+        self.__dict__.setdefault("_next", None)
+
+    def invalidate_scales(self) -> None:
+        """Forget the scales precomputed for the next step. Changes made with torch's in-place ops,
+        ``copy_``, ``load_state_dict`` or a new ``.data`` tensor are detected by themselves (tensor
+        versions and storage); an in-place change through ``param.data`` is invisible to torch: call
+        this after one."""
+        self._next = None
+
+    def _weights_version(self) -> tuple[tuple[int, int], ...]:
+        return tuple((p._version, p.data_ptr()) for p in self.scales.model.parameters())
+
+    def _current_scales(self) -> dict[str, Tensor | RankOneScale]:
+        """The scales of the current weights: those computed in the last step's update pass if no
+        weight has changed since (and the preconditioner is the same object), else computed now."""
+        if self._next is not None:
+            scales, gamma, version = self._next
+            if scales is self.scales and version == self._weights_version():
+                return gamma
+        return self.scales.compute()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
-        """One Path-SGD step; ``closure`` re-evaluates the loss, as in torch.optim."""
+        """One Path-SGD step; ``closure`` re-evaluates the loss, as in torch.optim.
+
+        For a Linear chain (factored scales), the large weights are updated inside the pass that
+        computes the next step's scales (:meth:`PathScales.compute` with visitors), one row block at a
+        time while the block is in cache, so the scales cost no extra read of those weights; they are
+        reused at the next step unless a weight has changed in between.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        gamma = self.scales.compute()
+        gamma = self._current_scales()
+        fused = isinstance(self.scales, PathScales) and self.scales.factored
+        visitors: dict[str, BlockVisitor] = {}
         names, state = self._names, self.state
         for group in self.param_groups:
             params = [param for param in group["params"] if param.grad is not None]
@@ -226,9 +275,14 @@ class PathSGD(Optimizer):
             scales = [gamma[names[param]] for param in params]
             buffers = [state[param].get("momentum_buffer") for param in params] if group["momentum"] != 0 \
                 else [None] * len(params)
+            deferred: dict[int, BlockVisitor] | None = {} if fused else None
             path_sgd_(params, grads, scales, buffers, lr=group["lr"], momentum=group["momentum"],
-                      weight_decay=group["weight_decay"], eps=group["eps"])
+                      weight_decay=group["weight_decay"], eps=group["eps"], deferred=deferred)
+            visitors.update({names[params[i]]: visit for i, visit in (deferred or {}).items()})
             if group["momentum"] != 0:
                 for param, buf in zip(params, buffers):
                     self.state[param]["momentum_buffer"] = buf
+        self._next = None
+        if fused:
+            self._next = (self.scales, self.scales.compute(visitors), self._weights_version())
         return loss
