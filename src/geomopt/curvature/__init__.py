@@ -1,10 +1,14 @@
 """Curvature shared by optimizers, measures and pruning: Kronecker factors (K-FAC, EKFAC) from one
-hook-based collection of layer inputs and output gradients, and one registry of supported layers.
+hook-based collection of layer inputs and output gradients, and one registry of supported layers;
+exact Hessian / GGN / Fisher operators (torch.func products) and spectral tools on any operator
+(Lanczos, power iteration, Hutchinson trace and diagonal, stochastic Lanczos quadrature).
 
 Example:
     >>> from geomopt.curvature import compute_kfac, compute_ekfac
     >>> F = compute_kfac(model, (x, y), fisher="empirical")      # linear operator
     >>> F.mv(v); F.solve(v, damping=1e-3); F.to_dense()          # v in the order of F.params
+    >>> H = HessianOperator(model, loader)                       # exact, by Hessian-vector products
+    >>> lanczos_top_eigenvalues(H, k=3).values, hutchinson_trace(H).estimate, slq_density(H)
 """
 
 from geomopt.curvature.capture import (FISHERS, LIKELIHOODS, Capture, backprop_output_grads,
@@ -12,6 +16,11 @@ from geomopt.curvature.capture import (FISHERS, LIKELIHOODS, Capture, backprop_o
 from geomopt.curvature.kronecker import (EKFAC, KFAC, captured_diagonal, compute_ekfac, compute_kfac, damped_inverse,
                                          damped_solve, diagonal_from_rotated, eigenbasis_diagonal, factor_precision,
                                          factored_rotation, kronecker_factors, pi_split, symeig)
+from geomopt.curvature.operators import (FISHER_KINDS, OPERATORS, CurvatureOperator, FisherOperator, GGNOperator,
+                                         HessianOperator, ScaledOperator, curvature_operator, read_batches)
+from geomopt.curvature.spectral import (EigenResult, HutchinsonResult, Lanczos, SpectralDensity, as_operator,
+                                        hutchinson_diagonal, hutchinson_trace, lanczos, lanczos_top_eigenvalues,
+                                        power_iteration, slq_density)
 from geomopt.curvature.layers import (SUPPORTED_LAYERS, Conv2dHandler, LayerHandler, LinearHandler, layer_handler,
                                       per_example_gradients, register_layer, supported_layers, unsupported_reason)
 
@@ -21,4 +30,7 @@ __all__ = ["Capture", "backprop_output_grads", "sample_targets", "nll_grad", "he
            "damped_inverse", "damped_solve",
            "factor_precision", "factored_rotation", "diagonal_from_rotated", "SUPPORTED_LAYERS",
            "LayerHandler", "LinearHandler", "Conv2dHandler", "register_layer", "layer_handler",
-           "supported_layers", "unsupported_reason"]
+           "supported_layers", "unsupported_reason", "CurvatureOperator", "HessianOperator", "GGNOperator",
+           "FisherOperator", "ScaledOperator", "curvature_operator", "read_batches", "FISHER_KINDS", "OPERATORS",
+           "Lanczos", "lanczos", "lanczos_top_eigenvalues", "power_iteration", "EigenResult", "hutchinson_trace",
+           "hutchinson_diagonal", "HutchinsonResult", "slq_density", "SpectralDensity", "as_operator"]

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from geomopt.curvature.operators import read_batches
 from geomopt.geometry import path_norm
 from geomopt.geometry.path_norm import UnsupportedModuleError
 from geomopt.measures.layers import MeasureError, fold_batchnorm, has_batchnorm, weighted_layers
@@ -57,18 +58,7 @@ def _groups(measures: str | Sequence[str]) -> tuple[list[str], bool]:
 
 
 def _batches(loader: DataLoader | Sequence[tuple[Tensor, Tensor]], limit: int | None) -> list[tuple[Tensor, Tensor]]:
-    out, count = [], 0
-    for x, y in loader:
-        if limit is not None and count + len(y) > limit:
-            x, y = x[:limit - count], y[:limit - count]
-        if len(y):
-            out.append((x, y))
-        count += len(y)
-        if limit is not None and count >= limit:
-            break
-    if not out:
-        raise ValueError("measures: the training loader yielded no examples")
-    return out
+    return read_batches(loader, None, limit, what="measures: the training loader")
 
 
 def _log(x: float) -> float:
