@@ -60,3 +60,39 @@ def test_bundle_validates_layout() -> None:
     bad_y = torch.utils.data.TensorDataset(x, torch.full((4,), 10))
     with pytest.raises(ValueError, match="labels must lie in 0..9"):
         DatasetBundle("t", bad_y, ds, (1, 8, 8), 10)
+
+
+def test_val_fraction_carves_validation_from_training_only() -> None:
+    full = load_dataset("digits", seed=3)
+    b = load_dataset("digits", seed=3, val_fraction=0.25)
+    xs = lambda ds: {tuple(r.tolist()) for r in ds.tensors[0].flatten(1)}  # noqa: E731
+    train, valid, test = xs(b.train), xs(b.valid), xs(b.test)
+    assert not (train & valid) and train | valid == xs(full.train)  # a partition of the training set
+    assert torch.equal(b.test.tensors[0], full.test.tensors[0])  # the test set is untouched
+    # stratified: each class keeps its share (round(0.25 * n_class) per class)
+    counts = torch.bincount(full.train.tensors[1], minlength=10)
+    assert torch.equal(torch.bincount(b.valid.tensors[1], minlength=10), torch.round(0.25 * counts.double()).long())
+    again = load_dataset("digits", seed=3, val_fraction=0.25)
+    assert torch.equal(again.valid.tensors[0], b.valid.tensors[0])
+    assert len(test) > 0
+
+
+def test_val_fraction_with_train_size_and_label_noise() -> None:
+    b = load_dataset("digits", seed=1, train_size=200, val_fraction=0.2, label_noise=1.0)
+    clean = load_dataset("digits", seed=1, train_size=200, val_fraction=0.2)
+    assert len(b.train) + len(b.valid) == 200 and abs(len(b.valid) - 40) <= 5
+    assert torch.equal(b.valid.tensors[1], clean.valid.tensors[1])  # validation labels stay clean
+    assert not torch.equal(b.train.tensors[1], clean.train.tensors[1])
+    adding = load_dataset("adding", seed=0, train_size=50, seq_len=10, val_fraction=0.2)  # not stratified
+    assert (len(adding.train), len(adding.valid)) == (40, 10)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 2, True])
+def test_bad_val_fraction(bad) -> None:
+    with pytest.raises(ValueError, match="val_fraction"):
+        load_dataset("digits", val_fraction=bad)
+
+
+def test_val_fraction_errors() -> None:
+    with pytest.raises(ValueError, match="empty validation"):
+        load_dataset("digits", train_size=3, val_fraction=0.01)

@@ -114,3 +114,22 @@ def test_evaluate_matches_hand_computation():
 def test_unknown_config_key_named():
     with pytest.raises(ValueError, match="optimiser"):
         TrainConfig.from_dict({"optimiser": "sgd"})
+
+
+def test_validation_split_is_evaluated_every_epoch(tmp_path):
+    """Reference: the final model re-evaluated on the carved splits, rebuilt from load_dataset."""
+    from geomopt.data import load_dataset, make_loader
+    from geomopt.nn import build_model
+    cfg = TrainConfig(val_fraction=0.25, **SMALL)
+    summary = train(cfg, tmp_path, progress=False)
+    epochs = [r for r in read_metrics(tmp_path) if r["kind"] == "epoch"]
+    assert len(epochs) == SMALL["epochs"] + 1 and all("val_loss" in r and "val_acc" in r for r in epochs)
+    bundle = load_dataset("digits", seed=0, train_size=400, val_fraction=0.25)
+    assert (len(bundle.train), len(bundle.valid)) == (300, 100)
+    model = build_model("mlp", bundle.input_shape, bundle.num_classes, widths=SMALL["widths"])
+    model.load_state_dict(load_checkpoint(tmp_path / "checkpoint.pt")["model"])
+    loss_fn = torch.nn.functional.cross_entropy
+    for split, ds in (("val", bundle.valid), ("train", bundle.train)):
+        loss, acc = evaluate(model, make_loader(ds, 1000, shuffle=False), loss_fn)
+        assert summary[f"{split}_loss"] == pytest.approx(loss, rel=1e-6) and summary[f"{split}_acc"] == acc
+    assert "val_loss" not in train(TrainConfig(**SMALL), tmp_path / "none", progress=False)

@@ -53,7 +53,7 @@ def test_train_lstm_on_chars_reports_bits(tmp_path):
                       lr=0.01, epochs=1, batch_size=8)
     summary = train(cfg, tmp_path / "lm", progress=False)
     assert math.isclose(summary["test_bits"], summary["test_loss"] / math.log(2))
-    assert "valid_loss" in summary and 0.0 <= summary["test_acc"] <= 1.0
+    assert "val_loss" in summary and 0.0 <= summary["test_acc"] <= 1.0
 
 
 def test_path_sgd_on_lstm_is_a_clear_error(tmp_path):

@@ -27,6 +27,7 @@ __all__ = [
     "DataFormatError",
     "DatasetBundle",
     "EpochBatchSampler",
+    "carve_validation",
     "corrupt_labels",
     "derive_seed",
     "make_loader",
@@ -43,6 +44,7 @@ CACHE_ENV_VAR = "GEOMOPT_CACHE"
 SPLIT_STREAM = 0
 SUBSAMPLE_STREAM = 1
 LABEL_NOISE_STREAM = 2
+VALIDATION_STREAM = 3
 
 
 class DataFormatError(ValueError):
@@ -250,6 +252,41 @@ def stratified_split(
     mask = np.ones(len(y), dtype=bool)
     mask[test_idx] = False
     return np.flatnonzero(mask).astype(np.int64), test_idx
+
+
+def carve_validation(dataset: TensorDataset, fraction: float, seed: int, *,
+                     stratify: bool) -> tuple[TensorDataset, TensorDataset]:
+    """Hold out a seeded ``fraction`` of a training set as a validation split (for choosing hyperparameters).
+
+    With ``stratify`` (1-D class labels) each class gives ``round(fraction * n_class)`` examples
+    (``stratified_split``); otherwise ``round(fraction * n)`` examples chosen uniformly at random.
+
+    Args:
+        dataset: The training set ``(x, y)``.
+        fraction: Fraction held out, in ``(0, 1)``.
+        seed: Non-negative seed.
+        stratify: Keep each class's proportion.
+
+    Returns:
+        ``(train, valid)``, disjoint, together the whole ``dataset`` (order kept).
+
+    Raises:
+        ValueError: ``fraction`` outside ``(0, 1)``, or a split that would be empty.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
+        raise ValueError(f"val_fraction must be a fraction in (0, 1), got {fraction!r}")
+    n = len(dataset)
+    if stratify:
+        train_idx, val_idx = (torch.from_numpy(i) for i in stratified_split(dataset.tensors[1].numpy(), fraction, seed))
+    else:
+        perm = torch.randperm(n, generator=_torch_generator(seed))
+        k = int(round(fraction * n))
+        val_idx, train_idx = perm[:k].sort().values, perm[k:].sort().values
+    if len(val_idx) == 0 or len(train_idx) == 0:
+        raise ValueError(f"val_fraction={fraction} of {n} training examples leaves an empty "
+                         f"{'validation' if len(val_idx) == 0 else 'training'} split; change val_fraction or train_size")
+    return (TensorDataset(*(t[train_idx] for t in dataset.tensors)),
+            TensorDataset(*(t[val_idx] for t in dataset.tensors)))
 
 
 def subsample(dataset: TensorDataset, size: int, seed: int) -> TensorDataset:

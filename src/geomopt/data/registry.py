@@ -17,7 +17,9 @@ from .cifar import load_cifar10
 from .core import (
     LABEL_NOISE_STREAM,
     SUBSAMPLE_STREAM,
+    VALIDATION_STREAM,
     DatasetBundle,
+    carve_validation,
     corrupt_labels,
     derive_seed,
     resolve_data_dir,
@@ -68,6 +70,7 @@ def load_dataset(
     label_noise: float = 0.0,
     cache_dir: str | Path | None = None,
     seq_len: int | None = None,
+    val_fraction: float = 0.0,
 ) -> DatasetBundle:
     """Load a dataset as in-memory train/test tensors.
 
@@ -89,6 +92,10 @@ def load_dataset(
             ``"seq-mnist"`` and their ``-perm`` versions) have a fixed length (64, 40, 784):
             ``seq_len`` must then be None or that length. Other datasets reject it.
             See :mod:`geomopt.data.sequences`.
+        val_fraction: Hold out this fraction of the (subsampled) training set as ``bundle.valid``
+            (``carve_validation``: stratified for classification, seeded), before label noise, so
+            validation labels are clean; the test set is untouched. 0: no validation split (a
+            dataset with its own, ``chars``, keeps it; asking it for another is an error).
 
     Returns:
         The ``DatasetBundle``.
@@ -122,15 +129,18 @@ def load_dataset(
                              f"but seq_len={seq_len} was asked for; drop --seq-len")
         if label_noise > 0 and bundle.task != "classification":
             raise ValueError(f"label_noise applies to classification datasets; {name!r} is a {bundle.task} task")
-        if name in _GENERATED:
-            return bundle  # exactly train_size sequences were generated
     else:
         bundle = _LOADERS[name](data_dir, seed, cache_dir)
-    train = bundle.train
-    if train_size is not None:
+    if val_fraction and bundle.valid is not None:
+        raise ValueError(f"dataset {name!r} has its own validation split; drop val_fraction={val_fraction}")
+    train, valid = bundle.train, bundle.valid
+    if train_size is not None and name not in _GENERATED:  # generated tasks made exactly train_size sequences
         train = subsample(train, train_size, derive_seed(seed, SUBSAMPLE_STREAM))
+    if val_fraction:
+        train, valid = carve_validation(train, val_fraction, derive_seed(seed, VALIDATION_STREAM),
+                                        stratify=bundle.task == "classification")
     if label_noise > 0:
         x, y = train.tensors
         y = corrupt_labels(y, float(label_noise), bundle.num_classes, derive_seed(seed, LABEL_NOISE_STREAM))
         train = TensorDataset(x, y)
-    return replace(bundle, train=train) if train is not bundle.train else bundle
+    return replace(bundle, train=train, valid=valid) if train is not bundle.train else bundle

@@ -21,6 +21,7 @@ class TrainConfig:
     data: str = "digits"
     data_dir: str | None = None
     train_size: int | None = None
+    val_fraction: float = 0.0  # held out of the training set for choosing hyperparameters (val_loss, val_acc)
     label_noise: float = 0.0
     optimizer: str = "sgd"
     lr: float = 0.05

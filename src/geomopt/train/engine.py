@@ -5,7 +5,8 @@ writes, into ``out_dir``:
 
 - ``metrics.jsonl``: one JSON object per line; ``{"kind": "step", "step", "epoch", "loss", "lr"}``
   for every step and ``{"kind": "epoch", "epoch", "step", "train_loss", "train_acc",
-  "test_loss", "test_acc", "time"}`` after every epoch (and for epoch 0, before training);
+  "test_loss", "test_acc", "time"}`` after every epoch (and for epoch 0, before training), with
+  ``"val_loss", "val_acc"`` when a validation loader is given;
 - ``checkpoint.pt``: model, optimizer, scheduler, RNG state and position, written atomically
   at the end of every epoch (and every ``checkpoint_every`` steps).
 
@@ -107,7 +108,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
         progress: bool = True, extra_state: dict[str, Any] | None = None,
         stop_after_steps: int | None = None,
         step_callback: Callable[[int, nn.Module], dict[str, Any] | None] | None = None,
-        target_train_loss: float | None = None) -> dict[str, Any]:
+        target_train_loss: float | None = None, val_loader: DataLoader | None = None) -> dict[str, Any]:
     """Train ``model`` for ``epochs`` epochs; log, checkpoint, and return a summary dict.
 
     Args:
@@ -129,9 +130,11 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
             ``load_state_dict`` its state is checkpointed and restored on resume.
         target_train_loss: stop at the end of the first epoch whose training loss (evaluated
             on ``eval_train_loader``) is at most this value (None: train all ``epochs``).
+        val_loader: a validation split (held out of the training set, for choosing hyperparameters);
+            evaluated every epoch as ``val_loss`` / ``val_acc``.
 
     Returns:
-        Summary: final train/test loss and accuracy, steps, epochs, seconds, out_dir.
+        Summary: final train/test (and validation) loss and accuracy, steps, epochs, seconds, out_dir.
 
     Raises:
         NonFiniteLossError: the loss or the parameters became NaN/inf.
@@ -182,8 +185,10 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
         train_loss, train_acc = evaluate(model, eval_train_loader, loss_fn, device, metric)
         test_loss, test_acc = evaluate(model, test_loader, loss_fn, device, metric)
         rec = {"kind": "epoch", "epoch": ep, "step": step, "train_loss": train_loss, "train_acc": train_acc,
-               "test_loss": test_loss, "test_acc": test_acc,
-               "time": round(elapsed + time.perf_counter() - start, 3)}
+               "test_loss": test_loss, "test_acc": test_acc}
+        if val_loader is not None:
+            rec["val_loss"], rec["val_acc"] = evaluate(model, val_loader, loss_fn, device, metric)
+        rec["time"] = round(elapsed + time.perf_counter() - start, 3)
         log(rec)
         return rec
 
@@ -263,6 +268,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
     summary = {"epochs": epoch, "steps": step, "seconds": round(elapsed + time.perf_counter() - start, 3),
                "train_loss": last["train_loss"], "train_acc": last["train_acc"],
                "test_loss": last["test_loss"], "test_acc": last["test_acc"], "out_dir": str(out_dir)}
+    if "val_loss" in last:
+        summary["val_loss"], summary["val_acc"] = last["val_loss"], last["val_acc"]
     if target_train_loss is not None:
         summary["reached_target"] = reached(last)
     return summary

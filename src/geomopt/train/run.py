@@ -14,7 +14,7 @@ from geomopt.optim import build_optimizer
 from geomopt.optim.registry import KRONECKER_OPTIONS
 from geomopt.train.checkpoint import write_json
 from geomopt.train.config import TrainConfig
-from geomopt.train.engine import evaluate, fit
+from geomopt.train.engine import fit
 from geomopt.train.tasks import bits, task_objective
 
 SCHEDULES = ("constant", "cosine", "step")
@@ -64,7 +64,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             raise ValueError(f"--resume {out_dir}: the config differs from the stored one: {diff} (stored, given)")
     device = resolve_device(config.device)
     bundle = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, train_size=config.train_size,
-                          label_noise=config.label_noise, seq_len=config.seq_len)
+                          label_noise=config.label_noise, seq_len=config.seq_len, val_fraction=config.val_fraction)
     torch.manual_seed(config.seed)
     model = build_model(config.model, bundle.input_shape, bundle.num_classes, widths=config.widths,
                         bias=config.bias, dropout=config.dropout, init=config.init, seed=config.seed,
@@ -85,12 +85,10 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                   eval_train_loader=make_loader(bundle.train, eval_batch, shuffle=False), resume=resume,
                   checkpoint_every=config.checkpoint_every, max_grad_norm=config.max_grad_norm,
                   progress=progress, extra_state={"config": config.to_dict()}, stop_after_steps=stop_after_steps,
-                  target_train_loss=config.target_train_loss)
-    if bundle.valid is not None:
-        summary["valid_loss"], summary["valid_acc"] = evaluate(model, make_loader(bundle.valid, eval_batch, shuffle=False),
-                                                               loss_fn, device, metric)
+                  target_train_loss=config.target_train_loss,
+                  val_loader=make_loader(bundle.valid, eval_batch, shuffle=False) if bundle.valid is not None else None)
     if bundle.task == "sequence":  # per-step cross-entropy in bits (bits per character for a language model)
-        summary.update({f"{k}_bits": bits(summary[f"{k}_loss"]) for k in ("train", "test", "valid")
+        summary.update({f"{k}_bits": bits(summary[f"{k}_loss"]) for k in ("train", "test", "val")
                         if f"{k}_loss" in summary})
     write_json(out_dir / "summary.json", summary)
     return summary
