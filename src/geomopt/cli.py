@@ -146,8 +146,9 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 def cmd_correlate(args: argparse.Namespace) -> int:
     from geomopt.experiments.zoo import correlate, measure_zoo
     measure_zoo(args.zoo, workers=args.jobs)
-    rows = correlate(args.zoo, args.out, min_train_acc=args.min_train_acc)
-    print(f"{'measure':40s} {'models':>6s} {'tau':>7s} {'granulated':>10s}")
+    rows = correlate(args.zoo, args.out, min_train_acc=args.min_train_acc, variant=args.kendall)
+    kind = rows[0]["kendall_variant"] if rows else "tau-a"
+    print(f"{'measure':40s} {'models':>6s} {kind:>7s} {'granulated':>10s}")
     for r in rows:
         print(f"{r['measure']:40s} {r['models']:6d} {r['kendall_tau']:7.3f} {r['granulated']:10.3f}")
     print(f"wrote {Path(args.out or args.zoo) / 'correlation.csv'} and correlation.png")
@@ -223,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("zoo", help="a `geomopt zoo` output directory")
     p.add_argument("--out", default=None, help="where correlation.csv/png go (default: the zoo directory)")
     p.add_argument("--min-train-acc", type=float, default=0.99, help="keep runs with this training accuracy")
+    p.add_argument("--kendall", choices=("a", "b"), default="a",
+                   help="tau-a over all groups (Jiang et al. eq. 3-4, default) or tau-b (ties corrected)")
     p.add_argument("--jobs", type=int, default=None, help="parallel measure computations")
     p.set_defaults(func=cmd_correlate)
 

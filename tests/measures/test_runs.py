@@ -63,7 +63,10 @@ def test_zoo_grid_train_measure_correlate(tmp_path):
     assert {r["measure"] for r in rows} >= {"sharpness", "l2_path", "log_spectral_product"}
     assert (tmp_path / "zoo" / "correlation.png").is_file()
     with (tmp_path / "zoo" / "correlation.csv").open() as f:
-        assert len(list(csv.DictReader(f))) == len(rows)
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) and {r["kendall_variant"] for r in table} == {"tau-a"}
+    rows_b = correlate(tmp_path / "zoo", tmp_path / "b", min_train_acc=0.0, variant="b")
+    assert {r["kendall_variant"] for r in rows_b} == {"tau-b"}
     mtime = (runs[0][1] / "checkpoint.pt").stat().st_mtime
     train_zoo(grid, tmp_path / "zoo", workers=1)  # finished runs are skipped
     assert (runs[0][1] / "checkpoint.pt").stat().st_mtime == mtime

@@ -178,9 +178,10 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
                             "(Neyshabur et al. 2017; Jiang et al. 2019)", paragraphs=paragraphs,
                       tables=[{"caption": "Part (a): measures per training-set size and label kind",
                                "columns": list(rows[0]), "rows": [list(r.values()) for r in rows]},
-                              {"caption": "Part (b): rank correlation with the generalization gap (ours) beside "
+                              {"caption": "Part (b): rank correlation with the generalization gap (ours; tau-a and "
+                                          "granulated psi over all groups, Jiang et al. eq. 3-4) beside "
                                           "Jiang et al.'s Kendall tau (approx.)",
-                               "columns": ["measure", "models", "Kendall tau", "granulated Kendall",
+                               "columns": ["measure", "models", "Kendall tau-a", "granulated Kendall (tau-a)",
                                            "Jiang et al. tau"], "rows": table}],
                       figures=figures, order=50)
     return write_section(root, section)

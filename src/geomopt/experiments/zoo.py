@@ -152,12 +152,13 @@ def measure_zoo(zoo: str | Path, *, workers: int | None = None, options: dict[st
 
 
 def correlate(zoo: str | Path, out: str | Path | None = None, *, min_train_acc: float = 0.99,
-              measures: tuple[str, ...] = CORRELATED) -> list[dict[str, Any]]:
+              measures: tuple[str, ...] = CORRELATED, variant: str = "a") -> list[dict[str, Any]]:
     """Kendall tau and granulated Kendall of every measure vs the generalization gap over a zoo.
 
     Reads ``*/zoo.json`` and ``*/measures.json``; keeps runs with training accuracy
-    ``>= min_train_acc`` (Jiang et al. keep 0.99). Writes ``correlation.csv`` and
-    ``correlation.png`` into ``out`` (default: the zoo directory). Returns the table rows.
+    ``>= min_train_acc`` (Jiang et al. keep 0.99). ``variant``: ``"a"`` (Jiang et al.'s tau-a over all
+    groups, the default) or ``"b"`` (tau-b); each row names it in ``kendall_variant``. Writes
+    ``correlation.csv`` and ``correlation.png`` into ``out`` (default: the zoo directory). Returns the rows.
     """
     zoo = Path(zoo)
     out = Path(out) if out is not None else zoo
@@ -179,14 +180,15 @@ def correlate(zoo: str | Path, out: str | Path | None = None, *, min_train_acc: 
                if isinstance(r.get(name), (int, float)) and math.isfinite(r[name])]
         if len(pts) < 2:
             continue
-        tau = kendall_tau([p[1] for p in pts], [p[2] for p in pts])
-        gran = granulated_kendall([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts])
-        rows.append({"measure": name, "models": len(pts), "kendall_tau": tau, "granulated": gran["psi"],
+        tau = kendall_tau([p[1] for p in pts], [p[2] for p in pts], variant)
+        gran = granulated_kendall([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts], variant)
+        rows.append({"measure": name, "models": len(pts), "kendall_variant": f"tau-{variant}", "kendall_tau": tau,
+                     "granulated": gran["psi"],
                      **{f"granulated_{k}": v for k, v in gran.items() if k != "psi"}})
     out.mkdir(parents=True, exist_ok=True)
     if rows:
-        fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("measure", "models", "kendall_tau",
-                                                                               "granulated"), k))
+        fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("measure", "models", "kendall_variant",
+                                                                               "kendall_tau", "granulated"), k))
         write_records(out / "correlation.csv", rows, fields=fields)
         plot_correlation(rows, out / "correlation.png")
     return rows
@@ -200,8 +202,8 @@ def plot_correlation(rows: list[dict[str, Any]], path: Path) -> Path:
     names = [r["measure"] for r in rows]
     y = range(len(rows))
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
-    ax.barh([i - 0.2 for i in y], [r["kendall_tau"] for r in rows], height=0.4, label="Kendall tau")
-    ax.barh([i + 0.2 for i in y], [r["granulated"] for r in rows], height=0.4, label="granulated Kendall")
+    ax.barh([i - 0.2 for i in y], [r["kendall_tau"] for r in rows], height=0.4, label=f"Kendall {rows[0]['kendall_variant']}")
+    ax.barh([i + 0.2 for i in y], [r["granulated"] for r in rows], height=0.4, label=f"granulated Kendall ({rows[0]['kendall_variant']})")
     ax.set_yticks(list(y))
     ax.set_yticklabels(names, fontsize=8)
     ax.axvline(0, color="k", linewidth=0.8)

@@ -1,11 +1,15 @@
-r"""Rank correlation of a measure with the generalization gap (Jiang et al. 2019, section 4).
+r"""Rank correlation of a measure with the generalization gap (Jiang et al. 2020, "Fantastic
+Generalization Measures and Where to Find Them", section 4, eq. 3-4).
 
-- Kendall's tau-b (ties handled as in ``scipy.stats.kendalltau``, its default variant):
-  ``tau = (C - D) / sqrt((n0 - n1) (n0 - n2))`` over all pairs, ``C``/``D`` concordant/discordant pairs,
-  ``n0 = n(n-1)/2``, ``n1``/``n2`` pairs tied in x / in y.
-- Granulated Kendall coefficient: for each hyperparameter ``i``, the models are grouped by the values
-  of all the OTHER hyperparameters; ``m_i`` is the mean over groups (of size >= 2) of the Kendall tau
-  within the group (only hyperparameter ``i`` varies in it); ``Psi = mean_i m_i``.
+- Kendall's tau, variant ``"a"`` (the default, Jiang et al.'s eq. 3):
+  ``tau = (C - D) / n0``, ``n0 = n(n-1)/2`` pairs, ``C``/``D`` concordant/discordant pairs; a pair tied
+  in either sequence counts 0 (so ties pull tau towards 0 and a constant sequence gives 0).
+- Variant ``"b"`` (``scipy.stats.kendalltau``'s default): ``tau = (C - D) / sqrt((n0 - n1) (n0 - n2))``,
+  ``n1``/``n2`` pairs tied in x / in y; NaN when either sequence is constant.
+- Granulated Kendall coefficient (eq. 4): for each hyperparameter ``i``, the models are grouped by the
+  values of all the OTHER hyperparameters; ``m_i`` is the mean over ALL groups in which hyperparameter
+  ``i`` takes at least two values of the tau within the group; ``Psi = mean_i m_i``. With variant ``"b"``
+  a group whose tau is NaN (constant gap or measure) is dropped from the mean instead.
 """
 
 from __future__ import annotations
@@ -15,9 +19,20 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 
+VARIANTS = ("a", "b")
 
-def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b of two equal-length sequences; NaN when either is constant or n < 2."""
+
+def _variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"Kendall tau variant must be one of {VARIANTS} (a: Jiang et al.'s eq. 3, b: scipy's "
+                         f"tie-corrected default), got {variant!r}")
+    return variant
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float], variant: str = "a") -> float:
+    """Kendall's tau-a (default) or tau-b of two equal-length sequences; NaN when n < 2 (and for tau-b when
+    either sequence is constant)."""
+    _variant(variant)
     if len(x) != len(y):
         raise ValueError(f"kendall_tau: x and y differ in length ({len(x)} vs {len(y)})")
     if len(x) < 2:
@@ -30,23 +45,27 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
     sx, sy = torch.sign(a[i] - a[j]), torch.sign(b[i] - b[j])
     s = float((sx * sy).sum())
     n0 = len(i)
+    if variant == "a":
+        return s / n0
     n1, n2 = float((sx == 0).sum()), float((sy == 0).sum())
     denom = math.sqrt((n0 - n1) * (n0 - n2))
     return s / denom if denom > 0 else float("nan")
 
 
 def granulated_kendall(hparams: Sequence[Mapping[str, Hashable]], measure: Sequence[float],
-                       gap: Sequence[float]) -> dict[str, float]:
-    """Per-hyperparameter ``m_i`` and their mean ``psi``.
+                       gap: Sequence[float], variant: str = "a") -> dict[str, float]:
+    """Per-hyperparameter ``m_i`` and their mean ``psi`` (Jiang et al. eq. 4).
 
     Args:
         hparams: one dict per model, the hyperparameter values that define it (same keys for all).
         measure, gap: the measure and the generalization gap of each model.
+        variant: ``"a"`` (Jiang et al.: tau-a, every group counts) or ``"b"`` (tau-b, NaN groups dropped).
 
     Returns:
-        ``{hparam: m_i, ..., "psi": mean}``; a hyperparameter with no group of >= 2 models (or
-        only constant groups) gets NaN and is left out of ``psi``.
+        ``{hparam: m_i, ..., "psi": mean}``; a hyperparameter with no group in which it takes >= 2 values
+        (an incomplete grid) gets NaN and is left out of ``psi``.
     """
+    _variant(variant)
     if not (len(hparams) == len(measure) == len(gap)):
         raise ValueError("granulated_kendall: hparams, measure and gap must have one entry per model")
     if not hparams:
@@ -63,7 +82,7 @@ def granulated_kendall(hparams: Sequence[Mapping[str, Hashable]], measure: Seque
         for idx in groups.values():
             if len({hparams[n][key] for n in idx}) < 2:
                 continue
-            t = kendall_tau([measure[n] for n in idx], [gap[n] for n in idx])
+            t = kendall_tau([measure[n] for n in idx], [gap[n] for n in idx], variant)
             if not math.isnan(t):
                 taus.append(t)
         out[key] = sum(taus) / len(taus) if taus else float("nan")
