@@ -117,3 +117,42 @@ def test_unsupported_module_raises_when_asked_and_is_skipped_under_all():
     assert "l2_path" not in out and any(w.startswith("path") for w in out["warnings"])
     with pytest.raises(ValueError, match="unknown measure group"):
         compute(model, _data(), measures=["nope"])
+
+
+@pytest.mark.parametrize("group", ["margin", "norms", "path", "bounds", "sharpness", "flatness"])
+def test_nan_weights_raise_naming_the_parameter_in_every_group(group):
+    model = _mlp()
+    with torch.no_grad():
+        model[3].bias[1] = float("nan")
+    with pytest.raises(ValueError, match=r"parameter '3.bias' \(shape \(3,\)\) has 1 non-finite"):
+        compute(model, _data(), measures=[group], sharpness_steps=2, sharpness_restarts=1, flatness_samples=2)
+
+
+def test_path_norms_of_nan_weights_name_the_parameter():
+    from geomopt.geometry import path_norm, path_scales, rnn_path_norm, rnn_path_scales
+    from geomopt.nn import ReLURNN
+    model = _mlp()
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("-inf")
+    for fn in (path_norm, path_scales):
+        with pytest.raises(ValueError, match="parameter '1.weight'"):
+            fn(model, 2.0, (4,))
+    rnn = ReLURNN(2, 4, 1)
+    with torch.no_grad():
+        rnn.recurrent.weight[1, 1] = float("nan")
+    for fn in (rnn_path_norm, rnn_path_scales):
+        with pytest.raises(ValueError, match="parameter 'recurrent.weight'"):
+            fn(rnn, 5)
+
+
+def test_loss_is_evaluated_only_for_the_groups_that_need_it():
+    calls = []
+
+    def loss_fn(out, y):
+        calls.append(1)
+        return nn.functional.cross_entropy(out, y)
+
+    out = compute(_mlp(), _data(), measures=["norms", "path", "bounds"], loss_fn=loss_fn)
+    assert not calls and "train_loss" not in out and out["l2_path"] > 0
+    out = compute(_mlp(), _data(), measures=["margin"], loss_fn=loss_fn)
+    assert calls and out["train_loss"] > 0

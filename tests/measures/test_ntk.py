@@ -116,3 +116,41 @@ def test_fit_target_train_loss_stops_early_and_resume_keeps_it(tmp_path):
     s2 = fit(model, opt, loader, loader, epochs=50, out_dir=tmp_path, target_train_loss=0.3, progress=False,
              resume=True)
     assert s2["epochs"] == s["epochs"] and s2["steps"] == s["steps"]
+
+
+def test_dropout_in_train_mode_is_refused_in_its_own_words():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"Dropout '2' \(p=0.5\) is active"):
+        ntk_gram(model, torch.randn(4, 3))
+    assert ntk_gram(model.eval(), torch.randn(4, 3)).shape == (4, 2, 4, 2)
+
+
+def test_alignment_with_a_missing_class_equals_the_value_with_num_classes_given():
+    """A probe set without the last class: the classes come from the kernel (3 outputs), not from max(y) + 1."""
+    model = MLP((4,), (6,), 3, seed=2).double()
+    x = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    y = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])          # class 2 absent
+    k = ntk_gram(model.eval(), x)
+    # reference: the formula with 3 one-hot columns (the last one all zero after centering)
+    yc = nn.functional.one_hot(y, 3).double()
+    yc = yc - yc.mean(0)
+    kc = k - k.mean(0, keepdim=True)
+    kc = (kc - kc.mean(2, keepdim=True)).reshape(24, 24)
+    ref = float(yc.reshape(-1) @ kc @ yc.reshape(-1)) / (float(kc.norm()) * float((yc ** 2).sum()))
+    assert alignment(k, y) == pytest.approx(alignment(k, y, num_classes=3), abs=1e-12)
+    assert alignment(k, y) == pytest.approx(ref, abs=1e-12)
+    stats = kernel_alignment(model, x, y)
+    assert stats["alignment"] == pytest.approx(kernel_alignment(model, x, y, num_classes=3)["alignment"], abs=1e-12)
+    assert stats["alignment"] == pytest.approx(ref, abs=1e-10)
+    rec = TrajectoryComplexity(x, y)(0, model)
+    assert rec["alignment"] == pytest.approx(ref, abs=1e-10)
+    with pytest.raises(ValueError, match="num_classes=2 but the kernel has 3 outputs"):
+        alignment(k, y, num_classes=2)
+
+
+def test_ntk_of_a_model_with_nan_weights_names_the_parameter():
+    model = MLP((4,), (5,), 2, seed=0)
+    with torch.no_grad():
+        model[3].weight[0, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"tangent kernel: parameter '3.weight' .* 1 non-finite"):
+        ntk_gram(model.eval(), torch.randn(3, 4))

@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from geomopt.nn.checks import check_finite_parameters
+
 
 class UnsupportedModuleError(ValueError):
     """A module or operation that is not positively homogeneous (or not supported) was found."""
@@ -407,7 +409,9 @@ def path_norm(model: nn.Module, p: float = 2.0, input_shape: Sequence[int] | Non
     """The l_p path norm ``(sum_paths prod_e |w_e|^p)^(1/p)`` of a positively homogeneous network.
 
     Biases count as edges from an always-on unit. See :class:`PathScales` for what is supported.
+    A NaN/inf parameter raises ``ValueError`` naming it.
     """
+    check_finite_parameters(model, "path norm")
     return PathScales(model, p, input_shape).path_norm()
 
 
@@ -416,4 +420,5 @@ def path_scales(model: nn.Module, p: float = 2.0, input_shape: Sequence[int] | N
 
     For p = 2 this is the Path-SGD scale: the update is ``w <- w - lr * grad / gamma``.
     """
+    check_finite_parameters(model, "path scales")
     return PathScales(model, p, input_shape).dense()

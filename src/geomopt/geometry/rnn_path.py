@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from geomopt.geometry.path_norm import RankOneScale, UnsupportedModuleError
+from geomopt.nn.checks import check_finite_parameters
 
 METHODS = ("fast", "autograd")
 
@@ -263,12 +264,14 @@ def rnn_path_scales(rnn: nn.Module, T: int, include_kappa2: bool = False) -> dic
     (cost O(T n^3 + T^2 n^2): fine for small nets, seconds at n = 100, T = 100).
     The RNN-Path update is ``w <- w - lr * grad / kappa``.
     """
+    check_finite_parameters(rnn, "RNN path scales")
     return RNNPathScales(rnn, T, include_kappa2=include_kappa2).dense()
 
 
 def rnn_path_norm(rnn: nn.Module, T: int) -> Tensor:
     """The l2 path norm sqrt(pi) of a ReLU RNN unrolled for ``T`` steps (outputs at T only, or at every
-    step for ``output_mode="all"``)."""
+    step for ``output_mode="all"``); a NaN/inf parameter raises ``ValueError`` naming it."""
+    check_finite_parameters(rnn, "RNN path norm")
     return RNNPathScales(rnn, T).path_norm()
 
 

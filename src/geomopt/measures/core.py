@@ -2,6 +2,9 @@ r"""``geomopt.measures.compute``: every generalization measure of a trained clas
 
 Groups (``measures='all'`` or a list of group names):
 
+Every group first checks the parameters: a NaN/inf entry raises ``ValueError`` naming the parameter.
+The training loss is evaluated only for the groups that use it (margin, sharpness, flatness).
+
 - ``margin``: ``margin`` = the ``margin_quantile`` quantile (default 0.05, the 5th percentile, as in the
   code of Neyshabur et al. 2017) of the SIGNED training margins ``f(x)_y - max_{j != y} f(x)_j``
   (``torch.quantile``, linear interpolation); a non-positive margin makes the margin-normalized
@@ -42,6 +45,7 @@ from geomopt.measures.layers import MeasureError, fold_batchnorm, has_batchnorm,
 from geomopt.measures.norms import bartlett_log_r, layer_norms, margin_quantile as quantile, margins, norm_measures
 from geomopt.measures.sharpness import (DatasetObjective, kl_term, pac_bayes_bound, search_sigma,
                                         worst_case_sharpness)
+from geomopt.nn.checks import check_finite_parameters
 
 GROUPS = ("margin", "norms", "path", "bounds", "sharpness", "flatness")
 
@@ -110,9 +114,12 @@ def compute(model: nn.Module, train_loader: DataLoader | Sequence[tuple[Tensor, 
 
     Raises:
         MeasureError: a measure asked for by name does not apply to this model.
-        ValueError: bad options or empty data.
+        ValueError: bad options, empty data, or a NaN/inf parameter (named).
     """
     groups, explicit = _groups(measures)
+    check_finite_parameters(model, "generalization measures")
+    if init_model is not None:
+        check_finite_parameters(init_model, "generalization measures (init_model)")
     model = model.to(device)
     batches = _batches(train_loader, None)
     m = sum(len(y) for _, y in batches)
@@ -145,8 +152,8 @@ def compute(model: nn.Module, train_loader: DataLoader | Sequence[tuple[Tensor, 
                             "margin-normalized measures are NaN")
     objective = DatasetObjective(model, batches, loss_fn, device)
     params = objective.params()
-    base_loss, base_err, _ = objective(params)
-    out["train_loss"], out["train_error"] = base_loss, base_err
+    if any(g in groups for g in ("margin", "sharpness", "flatness")):
+        out["train_loss"], out["train_error"], _ = objective(params)
     init_params = None
     if init_model is not None:
         init_params = {k: v.detach().to(device) for k, v in init_model.named_parameters()}

@@ -26,12 +26,17 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
+from geomopt.nn.checks import check_finite_parameters
+
 
 def _check_eval(model: nn.Module) -> None:
     for name, m in model.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
             raise ValueError(f"BatchNorm '{name}' is in training mode: its tangent features mix examples; "
                              "call model.eval() before computing the tangent kernel")
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0:
+            raise ValueError(f"Dropout '{name}' (p={m.p:g}) is active (training mode): the tangent features would "
+                             "be those of one random mask; call model.eval() before computing the tangent kernel")
 
 
 def jacobian(model: nn.Module, x: Tensor, *, chunk_size: int = 64,
@@ -45,6 +50,7 @@ def jacobian(model: nn.Module, x: Tensor, *, chunk_size: int = 64,
         params: parameter names to differentiate (default: all that require grad).
     """
     _check_eval(model)
+    check_finite_parameters(model, "tangent kernel")
     all_params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
     names = list(params) if params is not None else list(all_params)
     unknown = [n for n in names if n not in all_params]
@@ -117,7 +123,17 @@ def centered_targets(y: Tensor, num_classes: int | None = None) -> Tensor:
 
 
 def alignment(kernel: Tensor, y: Tensor, num_classes: int | None = None) -> float:
-    """Centered kernel-target alignment ``<Y_c, K_c Y_c> / (||K_c||_F ||Y_c||^2)`` in ``[-1, 1]``."""
+    """Centered kernel-target alignment ``<Y_c, K_c Y_c> / (||K_c||_F ||Y_c||^2)`` in ``[-1, 1]``.
+
+    For integer labels and a ``(n, k, n, k)`` kernel the number of classes is the kernel's ``k`` (a probe
+    set in which some class is missing still gets ``k`` one-hot columns); ``num_classes``, if given, must
+    equal it. For an ``(n, n)`` kernel it is ``num_classes`` (default: the largest label + 1).
+    """
+    if kernel.dim() == 4 and not y.dtype.is_floating_point:
+        if num_classes is not None and num_classes != kernel.shape[1]:
+            raise ValueError(f"alignment: num_classes={num_classes} but the kernel has {kernel.shape[1]} outputs "
+                             f"(shape {tuple(kernel.shape)})")
+        num_classes = kernel.shape[1]
     yc = centered_targets(y, num_classes).to(kernel.dtype)
     kc = center_kernel(kernel)
     if kernel.dim() == 2:
@@ -139,7 +155,10 @@ def alignment(kernel: Tensor, y: Tensor, num_classes: int | None = None) -> floa
 
 def kernel_alignment(model: nn.Module, x: Tensor, y: Tensor, num_classes: int | None = None,
                      chunk_size: int = 64) -> dict[str, Any]:
-    """Alignment of the full tangent kernel and of each layer's, with ``trace K`` (sum over the n examples)."""
+    """Alignment of the full tangent kernel and of each layer's, with ``trace K`` (sum over the n examples).
+
+    The number of classes is the model's number of outputs (``num_classes``, if given, must equal it).
+    """
     was_training = model.training
     model.eval()
     try:
@@ -171,7 +190,7 @@ class TrajectoryComplexity:
 
     Args:
         x, y: the fixed probe examples (e.g. 100 training samples) and their labels.
-        num_classes: for the one-hot targets.
+        num_classes: for the one-hot targets (default and required value: the model's number of outputs).
         points: iterations at which to log (default: :func:`logging_points`).
     """
 

@@ -67,6 +67,9 @@ def measure_run(run_dir: str | Path, *, measures: str | list[str] = "all", progr
     train = make_loader(bundle.train, 1000, shuffle=False)
     result = compute(model, train, init_model=init, measures=measures, progress=progress, **options)
     from geomopt.train.engine import evaluate
+    if "train_error" not in result:  # groups that never evaluate the training loss
+        train_loss, train_acc = evaluate(model, train, torch.nn.functional.cross_entropy)
+        result.update({"train_loss": train_loss, "train_error": 1 - train_acc})
     test_loss, test_acc = evaluate(model, make_loader(bundle.test, 1000, shuffle=False),
                                    torch.nn.functional.cross_entropy)
     result.update({"test_loss": test_loss, "test_error": 1 - test_acc,
