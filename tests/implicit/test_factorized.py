@@ -216,3 +216,42 @@ def test_bad_arguments_raise():
         run_factorized(objective, init_factors((3, 2), 2, alphas=[1.0], seeds=[0]), lr=0.1, steps=3)
     with pytest.raises(ValueError, match="NaN"):
         SensingObjective(op, torch.tensor([math.nan, 0.0, 0.0, 0.0]))
+
+
+@pytest.mark.parametrize("depth,lr", [(2, 0.1), (3, 0.03)])
+def test_a_diverging_run_is_frozen_and_flagged_beside_a_good_one(depth, lr):
+    """lr 50 beside a stable lr in one batch (the SVD of the logging step used to raise LinAlgError on the
+    diverged run and crash both); references: the good run beside a second good one (same batch shape, so the
+    same kernels), and the good run alone (batched matmuls round differently: 1e-7 after 300 steps)."""
+    op = GaussianSensing(5, 5, 20, seed=0)
+    objective = SensingObjective(op, op(random_low_rank(5, 5, 1, seed=0)))
+    factors = init_factors((5, 5), depth, alphas=[1.0, 1.0], seeds=[0, 0])
+    both = run_factorized(objective, factors, lr=torch.tensor([lr, 50.0]), steps=300, log_every=7, track_sv=2)
+    good = run_factorized(objective, factors, lr=torch.tensor([lr, lr]), steps=300, log_every=7, track_sv=2)
+    alone = run_factorized(objective, [f[:1] for f in factors], lr=lr, steps=300, log_every=7, track_sv=2)
+    assert both.diverged.tolist() == [False, True] and not good.diverged.any()
+    for key in ("loss", "nuclear", "erank", "sv"):
+        torch.testing.assert_close(both.history[key][:, 0], good.history[key][:, 0], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(both.history[key][:, 0], alone.history[key][:, 0], rtol=1e-6, atol=1e-12)
+        assert torch.isfinite(both.history[key][:, 1]).all()
+    # frozen at its last finite iterate: factors, W and final loss agree with each other
+    assert int(both.steps_taken[1]) < 300 and all(torch.isfinite(f[1]).all() for f in both.factors)
+    torch.testing.assert_close(both.W[1], end_to_end([f[1:] for f in both.factors])[0])
+    torch.testing.assert_close(both.final_loss[1], objective.loss_and_grad(both.W[1:])[0][0])
+
+
+def test_alpha_zero_at_depth_two_or_more_is_refused():
+    with pytest.raises(ValueError, match="alpha = 0 at depth 2 .* saddle"):
+        init_factors((3, 3), 2, alphas=[0.1, 0.0], seeds=[0, 1])
+    with pytest.raises(ValueError, match="saddle"):
+        init_factors((3, 3), 2, alphas=[0.0], seeds=[0], symmetric=True)
+    assert init_factors((3, 3), 1, alphas=[0.0], seeds=[0])[0].abs().sum() == 0  # depth 1 from zero is fine
+    op = GaussianSensing(3, 3, 4, seed=0)
+    objective = SensingObjective(op, torch.ones(4, dtype=torch.float64))
+    zeros = [torch.zeros(1, 3, 3, dtype=torch.float64) for _ in range(3)]
+    with pytest.raises(ValueError, match=r"run\(s\) \[0\] start at a saddle"):
+        run_factorized(objective, zeros, lr=0.1, steps=3)
+    one_zero = [torch.zeros(1, 3, 3, dtype=torch.float64), torch.eye(3, dtype=torch.float64)[None]]
+    assert run_factorized(objective, one_zero, lr=0.1, steps=3).steps_taken.tolist() == [3]
+    with pytest.raises(ValueError, match="NaN/inf"):
+        run_factorized(objective, [torch.full((1, 3, 3), math.nan, dtype=torch.float64)], lr=0.1, steps=3)

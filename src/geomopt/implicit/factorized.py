@@ -171,7 +171,8 @@ def init_factors(shape: tuple[int, int], depth: int, *, alphas: Sequence[float],
         ``[W_1, ..., W_N]``, each ``(B, d_out, d_in)`` (or ``[U]`` ``(B, n, width)`` when ``symmetric``).
 
     Raises:
-        ValueError: bad init, depth, lengths, non-positive alpha, or ``symmetric`` with depth != 2 / non-square.
+        ValueError: bad init, depth, lengths, negative alpha, alpha = 0 at depth >= 2 (a saddle: nothing moves),
+            or ``symmetric`` with depth != 2 / non-square.
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
@@ -180,6 +181,10 @@ def init_factors(shape: tuple[int, int], depth: int, *, alphas: Sequence[float],
                          f"and {len(seeds)}")
     if any(not (a >= 0 and math.isfinite(a)) for a in alphas):
         raise ValueError(f"init_factors: alphas must be finite and >= 0, got {list(alphas)}")
+    if (depth >= 2 or symmetric) and any(a == 0 for a in alphas):
+        raise ValueError(f"init_factors: alpha = 0 at depth {depth} puts every factor at 0, a saddle where all factor "
+                         "gradients vanish and gradient descent never moves; use a small alpha > 0 (alpha = 0 is "
+                         "meaningful at depth 1 only)")
     if symmetric and (depth != 2 or shape[0] != shape[1]):
         raise ValueError(f"symmetric factorization X = U U^T needs depth 2 and a square matrix, got depth {depth}, "
                          f"shape {shape}")
@@ -283,15 +288,29 @@ def run_factorized(objective: Objective, factors: Sequence[Tensor], *, lr: float
         progress: show a tqdm bar.
 
     Returns:
-        A :class:`FactorizedResult`. Runs whose loss becomes NaN/inf are frozen and flagged ``diverged``.
+        A :class:`FactorizedResult`. A run whose step would make its end-to-end matrix or loss NaN/inf is
+        frozen at its last finite iterate (its factors, ``W``, ``final_loss`` and history stay there) and
+        flagged ``diverged``; the other runs of the batch go on unaffected.
 
     Raises:
-        ValueError: on bad shapes or hyperparameters.
+        ValueError: on bad shapes or hyperparameters, non-finite initial factors, or a run at the saddle
+            where every factor gradient vanishes (depth >= 2 with two or more zero factors, e.g. alpha = 0;
+            ``U = 0`` when ``symmetric``).
     """
     factors = [f.clone() for f in factors]
     if not factors or any(f.dim() != 3 or f.shape[0] != factors[0].shape[0] for f in factors):
         raise ValueError("run_factorized: factors must be a non-empty list of (B, d_out, d_in) tensors with one B; "
                          f"got shapes {[tuple(f.shape) for f in factors]}")
+    for j, f in enumerate(factors):
+        if not torch.isfinite(f).all():
+            runs = (~torch.isfinite(f).flatten(1).all(1)).nonzero().flatten().tolist()
+            raise ValueError(f"run_factorized: factor {j + 1} of run(s) {runs} has NaN/inf entries")
+    zero = torch.stack([f.flatten(1).abs().amax(1) == 0 for f in factors]).sum(0)
+    stuck = zero >= (1 if symmetric else 2)
+    if stuck.any():
+        raise ValueError(f"run_factorized: run(s) {stuck.nonzero().flatten().tolist()} start at a saddle: with "
+                         f"{'U = 0' if symmetric else 'two or more zero factors'} every factor gradient is zero and "
+                         "gradient descent never moves (alpha = 0 at depth >= 2); use alpha > 0")
     if steps < 0 or log_every < 1:
         raise ValueError(f"run_factorized: steps must be >= 0 and log_every >= 1, got {steps}, {log_every}")
     if adaptive and not rel_step > 0:
@@ -337,10 +356,10 @@ def run_factorized(objective: Objective, factors: Sequence[Tensor], *, lr: float
     bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
     step = 0
     loss, G = objective.loss_and_grad(W)
+    bad = ~torch.isfinite(loss)
+    diverged |= bad
+    active &= ~bad
     while True:
-        bad = ~torch.isfinite(loss)
-        diverged |= bad & active
-        active &= ~bad
         if tol is not None:
             done = active & (loss <= tol)
             converged |= done
@@ -359,14 +378,25 @@ def run_factorized(objective: Objective, factors: Sequence[Tensor], *, lr: float
             eta = torch.minimum(cap, rel_step / ratio.clamp(min=1e-300))
         eta = torch.where(active, eta, torch.zeros_like(eta))
         e = eta.view(B, 1, 1)
-        factors = [torch.where(active.view(B, 1, 1), f - e * g, f) for f, g in zip(factors, grads)]
-        time += eta
-        taken += active.long()
-        prev_loss = torch.where(active, loss, prev_loss)
+        new_factors = [torch.where(active.view(B, 1, 1), f - e * g, f) for f, g in zip(factors, grads)]
+        new_W, new_prefix = forward(new_factors)
+        new_loss, new_G = objective.loss_and_grad(new_W)
+        # a run whose step leaves the finite numbers is frozen at its last finite iterate
+        bad = active & ~(torch.isfinite(new_loss) & torch.isfinite(new_W).flatten(1).all(1))
+        diverged |= bad
+        moved = active & ~bad
+        m3 = moved.view(B, 1, 1)
+        factors = [torch.where(m3, a, b) for a, b in zip(new_factors, factors)]
+        if prefix is not None:
+            prefix = [torch.where(m3, a, b) for a, b in zip(new_prefix, prefix)]
+        W, G = torch.where(m3, new_W, W), torch.where(m3, new_G, G)
+        prev_loss = torch.where(moved, loss, prev_loss)
+        loss = torch.where(moved, new_loss, loss)
+        active = moved
+        time += torch.where(moved, eta, torch.zeros_like(eta))
+        taken += moved.long()
         step += 1
         bar.update(1)
-        W, prefix = forward(factors)
-        loss, G = objective.loss_and_grad(W)
     bar.close()
     history = {k: torch.stack(v) for k, v in logs.items() if v}
     return FactorizedResult(factors=factors, W=W, steps=torch.tensor(logged_steps), history=history,
