@@ -16,6 +16,7 @@ from geomopt.curvature.capture import (FISHERS, LIKELIHOODS, Capture, backprop_o
 from geomopt.curvature.kronecker import (EKFAC, KFAC, captured_diagonal, compute_ekfac, compute_kfac, damped_inverse,
                                          damped_solve, diagonal_from_rotated, eigenbasis_diagonal, factor_precision,
                                          factored_rotation, kronecker_factors, pi_split, symeig)
+from geomopt.curvature.gauss_newton import captured_exact_diagonal, gauss_newton_statistics
 from geomopt.curvature.operators import (FISHER_KINDS, OPERATORS, CurvatureOperator, FisherOperator, GGNOperator,
                                          HessianOperator, ScaledOperator, curvature_operator, read_batches)
 from geomopt.curvature.spectral import (EigenResult, HutchinsonResult, Lanczos, SpectralDensity, as_operator,
@@ -33,4 +34,5 @@ __all__ = ["Capture", "backprop_output_grads", "sample_targets", "nll_grad", "he
            "supported_layers", "unsupported_reason", "CurvatureOperator", "HessianOperator", "GGNOperator",
            "FisherOperator", "ScaledOperator", "curvature_operator", "read_batches", "FISHER_KINDS", "OPERATORS",
            "Lanczos", "lanczos", "lanczos_top_eigenvalues", "power_iteration", "EigenResult", "hutchinson_trace",
-           "hutchinson_diagonal", "HutchinsonResult", "slq_density", "SpectralDensity", "as_operator"]
+           "hutchinson_diagonal", "HutchinsonResult", "slq_density", "SpectralDensity", "as_operator",
+           "captured_exact_diagonal", "gauss_newton_statistics"]

@@ -15,9 +15,10 @@ where the locality penalty lambda keeps each pruning step small. Criteria:
 ``obd`` (Optimal Brain Damage: g = 0), and ``kobs`` (Optimal Brain Surgeon with the K-FAC
 approximation H ~ A (x) G of the same Gauss-Newton matrix: saliency theta^2 / (2 [H^-1]_qq) and a
 compensating update of the remaining weights; Linear layers). The exact diagonal of the Gauss-Newton matrix
-G = sum_n J_n^T H_n J_n (H_n the Hessian of the loss in the network outputs) is computed from
-per-example, per-class backward passes vectorized with ``torch.func.vmap``: with
-H_n = sum_c s_c s_c^T, diag(G) = sum_n sum_c (J_n^T s_c)^2.
+G = sum_n J_n^T H_n J_n (H_n the Hessian of the loss in the network outputs) and the Kronecker factors
+come from :mod:`geomopt.curvature` (one capture, :func:`~geomopt.curvature.gauss_newton_statistics`);
+layers outside the curvature registry use per-example, per-class backward passes vectorized with
+``torch.func.vmap``: with H_n = sum_c s_c s_c^T, diag(G) = sum_n sum_c (J_n^T s_c)^2.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
+
+from geomopt.curvature import gauss_newton_statistics, hessian_sqrt_columns, layer_handler
 
 CRITERIA = ("mp", "lm", "qm", "obd", "kobs")
 
@@ -58,60 +61,24 @@ def _take(loader: Iterable, n_examples: int, device: torch.device) -> tuple[Tens
     return torch.cat(xs)[:n_examples].to(device), torch.cat(ys)[:n_examples].to(device)
 
 
-def _softmax_hessian_factor(logits: Tensor) -> Tensor:
-    """S with S S^T = diag(p) - p p^T, the Hessian of cross-entropy in the logits: rows s_c = sqrt(p_c)(e_c - p)."""
-    p = torch.softmax(logits, dim=-1)
-    sqrt_p = p.sqrt()
-    return torch.diag_embed(sqrt_p) - sqrt_p.unsqueeze(-1) * p.unsqueeze(-2)
-
-
-def _linear_ggn_diag(model: nn.Module, names: Iterable[str], x: Tensor, chunk: int,
-                     factors: dict[str, list[Tensor]] | None = None) -> dict[str, Tensor] | None:
-    """Sum over examples of the Gauss-Newton diagonal when every prunable layer is an nn.Linear on
-    (batch, features) inputs: for each class column s_c of the loss-Hessian square root, one
-    backward pass gives each layer's output gradients g (N, out); with inputs a (N, in),
-    diag += (g^2)^T (a^2). None when some layer does not fit (then the vmap path is used)."""
-    layers = {n: model.get_submodule(n[:-len(".weight")]) if n != "weight" else model for n in names}
-    if not all(isinstance(m, nn.Linear) for m in layers.values()):
+def _captured_statistics(model: nn.Module, names: list[str], x: Tensor, y: Tensor, chunk: int, kronecker: bool
+                         ) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, Tensor]] | None] | None:
+    """The Gauss-Newton diagonal of the weights ``names`` (and, with ``kronecker``, their K-FAC factors
+    without the bias row: A = E[a a^T] over layer inputs, G = E[sum_c g_c g_c^T]) from one capture of
+    :func:`geomopt.curvature.gauss_newton_statistics`; None when a layer is not in the curvature registry."""
+    modules = {n: model.get_submodule(n[:-len(".weight")]) if n != "weight" else model for n in names}
+    layers = [(n, m, layer_handler(m)) for n, m in modules.items()]
+    if any(h is None for _, _, h in layers):
         return None
-    store: dict[str, dict[str, Any]] = {}
-
-    def make_hook(name: str):
-        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            store[name] = {"a": inputs[0].detach(), "g": []}
-            output.register_hook(lambda g: store[name]["g"].append(g.detach()))
-        return hook
-
-    handles = [m.register_forward_hook(make_hook(n)) for n, m in layers.items()]
-    diag = {n: torch.zeros_like(getattr(m, "weight_orig", m.weight)) for n, m in layers.items()}
-    leaves = [p for p in model.parameters() if p.requires_grad]
-    try:
-        for start in range(0, len(x), chunk):
-            with torch.enable_grad():
-                logits = model(x[start:start + chunk])
-                if any(store[n]["a"].dim() != 2 for n in layers):
-                    return None
-                factor = _softmax_hessian_factor(logits.detach())  # (N, C, C): rows s_c per example
-                classes = logits.shape[-1]
-                for c in range(classes):
-                    torch.autograd.grad(logits, leaves, grad_outputs=factor[:, c, :], retain_graph=c < classes - 1,
-                                        allow_unused=True)
-            for n in layers:
-                a = store[n]["a"]
-                a2 = a ** 2
-                for g in store[n]["g"]:
-                    diag[n] += (g ** 2).T @ a2
-                if factors is not None:  # Kronecker factors of the same Gauss-Newton: sums of a a^T and g g^T
-                    gs = torch.cat(store[n]["g"])
-                    if n not in factors:
-                        factors[n] = [torch.zeros(a.shape[1], a.shape[1], dtype=a.dtype, device=a.device),
-                                      torch.zeros(gs.shape[1], gs.shape[1], dtype=a.dtype, device=a.device)]
-                    factors[n][0] += a.T @ a
-                    factors[n][1] += gs.T @ gs
-    finally:
-        for h in handles:
-            h.remove()
-    return diag
+    if kronecker and not all(isinstance(m, nn.Linear) for m in modules.values()):
+        raise ValueError("Kronecker factors (kobs) need every prunable layer to be an nn.Linear")
+    batches = [(x[i:i + chunk], y[i:i + chunk]) for i in range(0, len(y), chunk)]
+    stats = gauss_newton_statistics(model, batches, layers, fisher="ggn", likelihood="categorical",
+                                    kronecker=kronecker)
+    diag = {n: h.from_matrix(m, stats[n]["diag"])[0] for n, m, h in layers}
+    kfac = {n: (stats[n]["A"][:-1, :-1] if m.bias is not None else stats[n]["A"], stats[n]["G"])
+            for n, m, h in layers} if kronecker else None
+    return diag, kfac
 
 
 def loss_statistics(model: nn.Module, loader: Iterable, *, n_examples: int = 1000, gradient: bool = True,
@@ -120,12 +87,13 @@ def loss_statistics(model: nn.Module, loader: Iterable, *, n_examples: int = 100
     """Mean loss, mean gradient and (optionally) the exact Gauss-Newton diagonal of the mean
     cross-entropy over the first ``n_examples`` of ``loader``.
 
-    ``method``: how the Gauss-Newton diagonal is computed: ``"hooks"`` (Linear layers only: one
-    forward and C backward passes per chunk, diag = sum (g^2)^T (a^2)), ``"vmap"`` (any layer:
+    ``method``: how the Gauss-Newton diagonal is computed: ``"hooks"`` (layers of the curvature
+    registry, Linear and Conv2d: one capture of :mod:`geomopt.curvature`, one forward and C backward
+    passes per chunk, :func:`geomopt.curvature.gauss_newton_statistics`), ``"vmap"`` (any layer:
     per-example, per-class gradients by ``torch.func.vmap``), or ``"auto"`` (hooks when possible).
     ``kronecker``: also return ``"kfac"``: {name: (A, G)}, the K-FAC factors of the same Gauss-Newton
-    matrix (A = E[a a^T] over layer inputs, G = E[sum_c g_c g_c^T] over output gradients; Linear
-    layers only), for the Kronecker OBS criterion.
+    matrix from the same capture (A = E[a a^T] over layer inputs, G = E[sum_c g_c g_c^T] over output
+    gradients; Linear layers only), for the Kronecker OBS criterion.
 
     Returns:
         ``{"loss": float, "grad": {name: Tensor} or None, "ggn_diag": {name: Tensor} or None, "n": int}``,
@@ -157,19 +125,17 @@ def loss_statistics(model: nn.Module, loader: Iterable, *, n_examples: int = 100
         raise ValueError(f"loss_statistics: method must be 'auto', 'hooks' or 'vmap', got {method!r}")
     grads = {k: torch.zeros_like(v) for k, v in target.items()}
     diag = {k: torch.zeros_like(v) for k, v in target.items()} if curvature else None
-    kfac: dict[str, list[Tensor]] | None = {} if kronecker else None
+    kfac: dict[str, tuple[Tensor, Tensor]] | None = None
     if kronecker and (not curvature or method == "vmap"):
         raise ValueError("loss_statistics(kronecker=True) needs curvature=True and the hooks method")
     if curvature and method != "vmap":
-        fast = _linear_ggn_diag(model, list(target), x, max(chunk, 256), kfac)
-        if fast is None and kronecker:
-            raise ValueError("Kronecker factors (kobs) need every prunable layer to be an nn.Linear on (batch, features) "
-                             "inputs")
-        if fast is None and method == "hooks":
-            raise ValueError("loss_statistics(method='hooks') needs every prunable layer to be an nn.Linear on "
-                             "(batch, features) inputs; use method='vmap'")
+        fast = _captured_statistics(model, list(target), x, y, max(chunk, 256), kronecker)
+        if fast is None and (kronecker or method == "hooks"):
+            raise ValueError(f"loss_statistics(method='hooks'{', kronecker=True' if kronecker else ''}) needs every "
+                             "prunable layer to be in the curvature registry (geomopt.curvature.supported_layers: "
+                             "Linear, Conv2d); use method='vmap'")
         if fast is not None:
-            diag, curvature = fast, False  # computed: skip the vmap pass below
+            (diag, kfac), curvature = fast, False  # computed: skip the vmap pass below
     total = 0.0
     n = len(y)
     for start in range(0, n, chunk):
@@ -184,17 +150,15 @@ def loss_statistics(model: nn.Module, loader: Iterable, *, n_examples: int = 100
         if curvature:
             def per_example(xi: Tensor) -> dict[str, Tensor]:
                 out, pullback = vjp(lambda w: logits_fn(w, xi.unsqueeze(0))[0], target)
-                factor = _softmax_hessian_factor(out.detach())  # (C, C), rows s_c
+                factor = hessian_sqrt_columns(out.detach(), "categorical")  # (C, C), rows s_c
                 (cols,) = vmap(pullback)(factor)  # per class: J^T s_c
                 return {k: (v ** 2).sum(0) for k, v in cols.items()}
 
             for k, v in vmap(per_example)(xb).items():
-                diag[k] += v.sum(0)
+                diag[k] += v.sum(0) / n
     model.train(was_training)
-    if kfac is not None:
-        kfac = {k: (a / n, g / n) for k, (a, g) in kfac.items()}
     return {"loss": total / n, "kfac": kfac, "grad": {k: v / n for k, v in grads.items()},
-            "ggn_diag": None if diag is None else {k: v / n for k, v in diag.items()}, "n": n}
+            "ggn_diag": diag, "n": n}
 
 
 def scores(model: nn.Module, criterion: str, stats: dict[str, Any] | None = None, *, locality: float = 0.0,
