@@ -92,21 +92,87 @@ def bench_models(T: int, batch: int, steps: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench_bnlstm(hidden: int, T: int, batch: int, steps: int) -> dict[str, float]:
-    """Median forward+backward seconds of BNLSTM and torch.nn.LSTM, alternating."""
+VIEW_OPS = {"aten::" + n for n in ("as_strided", "select", "slice", "unbind", "view", "transpose", "t", "expand",
+                                     "unsqueeze", "chunk", "split", "reshape", "_reshape_alias", "alias", "detach",
+                                     "empty", "empty_like", "empty_strided", "lift_fresh", "resolve_conj", "resolve_neg",
+                                     "permute", "contiguous", "numpy_T", "squeeze", "narrow", "result_type")}
+
+
+def launches_per_step(model: nn.Module, x: torch.Tensor) -> float:
+    """Top-level ATen operations (kernels; views and allocations not counted) of one forward + backward,
+    per time step, counted by torch.profiler."""
+    from torch.profiler import profile
+    with profile() as prof:
+        out, _ = model(x)
+        out[:, -1].sum().backward()
+    ops = 0
+    for e in prof.events():
+        parent = e.cpu_parent
+        while parent is not None and not parent.name.startswith("aten::"):
+            parent = parent.cpu_parent
+        ops += e.name.startswith("aten::") and e.name not in VIEW_OPS and parent is None
+    model.zero_grad(set_to_none=True)
+    return ops / x.shape[1]
+
+
+def matmul_floor(hidden: int, T: int, batch: int) -> float:
+    """Seconds of the matrix products any step-by-step LSTM runs (forward W_h h, backward dh), no other work."""
+    h, w = torch.randn(batch, hidden), torch.randn(4 * hidden, hidden)
+    d = torch.randn(batch, 4 * hidden)
+    t0 = time.perf_counter()
+    for _ in range(T):
+        torch.mm(h, w.t())
+        torch.mm(d, w)
+    torch.mm(d.t(), h)  # the weight gradient, once per sequence in the fused BN-LSTM (T times smaller here)
+    return time.perf_counter() - t0
+
+
+def bench_bnlstm(hidden: int, T: int, batch: int, reps: int, reference: bool) -> dict[str, list[float]]:
+    """Seconds of forward + backward of BNLSTM (fused), torch.nn.LSTM, the matmul floor and, with
+    ``reference``, the step-by-step BNLSTM; contenders alternate, after one short warm-up pass each."""
     from geomopt.nn import BNLSTM
     torch.manual_seed(0)
     x = torch.randn(batch, T, 1)
     models = {"BNLSTM": BNLSTM(1, hidden, max_steps=T), "torch.nn.LSTM": nn.LSTM(1, hidden, batch_first=True)}
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for i in range(steps + 1):
+    if reference:
+        models["BNLSTM step-by-step"] = BNLSTM(1, hidden, max_steps=T, fused=False)
+    for m in models.values():
+        out, _ = m(x[:, :10])
+        out[:, -1].sum().backward()
+    times: dict[str, list[float]] = {k: [] for k in [*models, "matmul floor"]}
+    for _ in range(reps):
         for k, m in models.items():
+            m.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
             out, _ = m(x)
             out[:, -1].sum().backward()
-            if i:  # first round is warm-up
-                times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            times[k].append(time.perf_counter() - t0)
+        times["matmul floor"].append(matmul_floor(hidden, T, batch))
+    return times
+
+
+def print_bnlstm(args: argparse.Namespace) -> None:
+    from geomopt.nn import BNLSTM
+    x = torch.randn(16, 20, 1)
+    counts = {"BNLSTM": launches_per_step(BNLSTM(1, 100, max_steps=20), x),
+              "BNLSTM step-by-step": launches_per_step(BNLSTM(1, 100, max_steps=20, fused=False), x),
+              "torch.nn.LSTM": launches_per_step(nn.LSTM(1, 100, batch_first=True), x)}
+    print("\nATen kernels per time step (forward + backward, views not counted, T = 20): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in counts.items()))
+    print("\n| hidden | T | batch | contender | min (ms) | median (ms) | max (ms) | median / torch.nn.LSTM |"
+          "\n|---|---|---|---|---|---|---|---|")
+    for hidden in [int(h) for h in args.hidden.split(",")]:
+        for T in [int(t) for t in args.bn_lengths.split(",")]:
+            for batch in [int(b) for b in args.batches.split(",")]:
+                reps = args.steps if T <= 100 else args.long_steps
+                times = bench_bnlstm(hidden, T, batch, reps, args.reference)
+                ref = statistics.median(times["torch.nn.LSTM"])
+                for k, v in times.items():
+                    med = statistics.median(v)
+                    ratio = f"**{med / ref:.2f}**" if k == "BNLSTM" else f"{med / ref:.2f}"
+                    print(f"| {hidden} | {T} | {batch} | {k} | {1e3 * min(v):.1f} | {1e3 * med:.1f} | "
+                          f"{1e3 * max(v):.1f} | {ratio} |", flush=True)
+    print(f"\nload average at end {os.getloadavg()}")
 
 
 def main() -> None:
@@ -116,21 +182,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lengths", default="100,400,750")
     parser.add_argument("--bnlstm", action="store_true", help="only the BN-LSTM vs torch.nn.LSTM comparison")
+    parser.add_argument("--hidden", default="100,1000", help="--bnlstm: hidden sizes")
+    parser.add_argument("--bn-lengths", default="100,784", help="--bnlstm: sequence lengths")
+    parser.add_argument("--batches", default="16,64", help="--bnlstm: batch sizes")
+    parser.add_argument("--long-steps", type=int, default=2, help="--bnlstm: repetitions for T > 100")
+    parser.add_argument("--reference", action="store_true", help="--bnlstm: also the step-by-step BNLSTM")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     lengths = [int(t) for t in args.lengths.split(",")]
-    print(f"Machine: {describe_machine()}")
+    print(f"Machine: {describe_machine()}; load average {os.getloadavg()}")
     if args.bnlstm:
-        print(f"\n| hidden | T | model | median forward+backward (ms) | steps/s | ratio to torch.nn.LSTM |"
-              "\n|---|---|---|---|---|---|")
-        for hidden in (100, 1000):
-            for T in (100, 784):
-                med = bench_bnlstm(hidden, T, args.batch, args.steps)
-                for k, v in med.items():
-                    print(f"| {hidden} | {T} | {k} | {1e3 * v:.1f} | {1 / v:.2f} | {v / med['torch.nn.LSTM']:.2f} |",
-                          flush=True)
-        print(f"\n1-min load average at end {os.getloadavg()[0]:.2f}")
+        print_bnlstm(args)
         return
     print(f"\n| T | contender | median step (ms) | ratio to SGD | of which optimizer.step() (ms) |\n|---|---|---|---|---|")
     kinds = ["sgd", "rnn-path", "rnn-path (autograd)"]

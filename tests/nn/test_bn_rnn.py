@@ -190,3 +190,56 @@ def test_sequence_model_wrapper_reads_out_last_or_all_steps():
     assert tokens(torch.randint(0, 7, (4, 6))).shape == (4, 6, 7)
     with pytest.raises(ValueError, match="core"):
         BNSequenceModel("gru", 3, 5, 2)
+
+
+def _graph_has(fn, name: str) -> bool:
+    seen, todo = set(), [fn]
+    while todo:
+        f = todo.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        if type(f).__name__ == name:
+            return True
+        todo.extend(g for g, _ in f.next_functions)
+    return False
+
+
+def _run(m, x, state, weights):
+    """Outputs, final states and the gradients of a fixed functional of them w.r.t. parameters, x and state."""
+    for t in (x, *state):
+        t.grad = None
+    m.zero_grad(set_to_none=True)
+    out, (h, c) = m(x, state=state)
+    ((out * weights).sum() + 0.7 * h.sum() + (c ** 2).sum()).backward()
+    return [out, h, c, x.grad, state[0].grad, state[1].grad] + [p.grad for p in m.parameters()]
+
+
+@pytest.mark.parametrize("cls,kw", [(BNLSTM, dict(max_steps=4)), (BNInputLSTM, dict(stats="frame", max_steps=4)),
+                                    (BNInputLSTM, dict(stats="sequence")),
+                                    (BNLSTM, dict(max_steps=8, missing_stats="batch"))])
+def test_fused_recurrence_equals_step_by_step_reference(cls, kw):
+    """The fused path (hand-written backward) against the plain loop in float64: values, gradients
+    of parameters / input / initial state and the running statistics, in train and eval modes
+    (T = 6 runs past T_max = 4; with missing_stats="batch" eval starts without statistics)."""
+    torch.manual_seed(3)
+    fused = cls(3, 5, num_layers=2, **kw).double()
+    with torch.no_grad():
+        for p in fused.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    plain = cls(3, 5, num_layers=2, fused=False, **kw).double()
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(6, 6, 3, dtype=torch.float64, requires_grad=True)
+    state = tuple(torch.randn(2, 6, 5, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    weights = torch.randn(6, 6, 5, dtype=torch.float64)
+    modes = ["eval", "train", "eval"] if kw.get("missing_stats") == "batch" else ["train", "eval", "train"]
+    for mode in modes:
+        fused.train(mode == "train")
+        plain.train(mode == "train")
+        for a, b in zip(_run(fused, x, state, weights), _run(plain, x, state, weights)):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        for a, b in zip(fused.buffers(), plain.buffers()):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert all(int(b.steps_tracked[0]) == modes.count("train") for b in fused.modules() if isinstance(b, StepBatchNorm))
+    assert _graph_has(fused(x)[0].grad_fn, "_FusedLSTMLayerBackward") and \
+        not _graph_has(plain(x)[0].grad_fn, "_FusedLSTMLayerBackward")  # the two paths differ

@@ -105,6 +105,30 @@ class StepBatchNorm(nn.Module):
             out = out + self.bias
         return out.squeeze(1) if single else out
 
+    def plan(self, steps: int) -> list[tuple[bool, Tensor | None, Tensor | None]]:
+        """What steps ``0 .. steps-1`` of one unmasked sequence normalize with, for the fused
+        recurrences: ``(batch_statistics, running_mean, running_var)`` per step. In training the
+        running rows are the ones that step updates (None beyond T_max); in eval they are the
+        population statistics read (and ``batch_statistics`` is True only for a missing step with
+        ``missing_stats="batch"``). Call :meth:`count_steps` after a training pass."""
+        slots = self._slots(0, steps).tolist()
+        if self.training:
+            return [(True, self.running_mean[t], self.running_var[t]) if t < self.max_steps else (True, None, None)
+                    for t in range(steps)]
+        tracked = self.steps_tracked.tolist()
+        absent = sorted({s for s in slots if not tracked[s]})
+        if absent and self.missing_stats == "error":
+            raise RuntimeError(f"StepBatchNorm in eval mode has no population statistics for step(s) {absent}: "
+                               "train (in train mode) on sequences of that length first")
+        return [(False, self.running_mean[s], self.running_var[s]) if tracked[s] else (True, None, None)
+                for s in slots]
+
+    @torch.no_grad()
+    def count_steps(self, steps: int) -> None:
+        """Count one training pass of ``steps`` steps in ``steps_tracked`` (after :meth:`plan`'s updates)."""
+        if self.training:
+            self.steps_tracked[:steps] += 1
+
     def _one_step(self, x: Tensor, step: int) -> Tensor:
         """The common case of a recurrent cell, one unmasked step: the same computation as the
         general path with a handful of operations (it runs T times per sequence)."""
@@ -187,12 +211,142 @@ def _recurrent_term(cell: nn.Module, h: Tensor, t: int, m: Tensor | None) -> Ten
     return rec if cell.bn_h is None else cell.bn_h(rec, t, m)
 
 
+_bn_backward = torch.ops.aten.native_batch_norm_backward.default
+_sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
+_tanh_backward = torch.ops.aten.tanh_backward.grad_input
+_StepPlan = list[tuple[bool, Tensor | None, Tensor | None]]
+
+
+class _FusedLSTMLayer(torch.autograd.Function):
+    """One LSTM layer over all steps with a hand-written backward: per step one matmul, one fused
+    batch normalization of the four gates' ``W_h h`` (``torch.native_batch_norm``, which also updates
+    the step's running statistics), one of ``c_t``, and a few elementwise kernels; the backward
+    runs the same recurrence in reverse with ``native_batch_norm_backward`` and accumulates the
+    weight gradient in one matmul over all steps. Same equations as the step-by-step loop of
+    ``_lstm_forward`` (tested against it in float64, values and gradients, train and eval).
+
+    Inputs: ``u (T, B, 4H)`` the input terms ``BN(W_x x_t) + b`` time-major, ``weight = W_h (4H, H)``,
+    ``gamma_h (4H,)``, ``gamma_c, beta_c (H,)`` (None without ``bn_h`` / ``bn_c``), ``h0, c0 (B, H)``,
+    the per-step plans of ``bn_h`` and ``bn_c`` (:meth:`StepBatchNorm.plan`) and their momentum and eps.
+    Outputs ``hs, cs (T + 1, B, H)``: the states h_0 .. h_T and c_0 .. c_T.
+    """
+
+    @staticmethod
+    def forward(ctx, u, weight, gamma_h, gamma_c, beta_c, h0, c0, plan_h: _StepPlan | None,
+                plan_c: _StepPlan | None, momentum: tuple[float, float], eps: tuple[float, float]):
+        steps, batch, gates = u.shape
+        n = gates // 4
+        hs = u.new_empty(steps + 1, batch, n)
+        cs = u.new_empty(steps + 1, batch, n)
+        hs[0], cs[0] = h0, c0
+        acts = u.new_empty(steps, batch, gates)  # sigmoid of the pre-activations (g's slot unused)
+        partner = u.new_empty(steps, batch, gates)  # d act / d pre times the factor each gate meets
+        coef = u.new_empty(steps, batch, n)  # d h_t / d BN(c_t) = o * (1 - tanh^2)
+        h_t, c_t, a_t, p_t, k_t, u_t = (v.unbind(0) for v in (hs, cs, acts, partner, coef, u))
+        rec, stats_h, stats_c = [], [], []
+        wt = weight.t()
+        for t in range(steps):
+            h, c_prev = h_t[t], c_t[t]
+            if plan_h is None:
+                pre = torch.addmm(u_t[t], h, wt)
+            else:
+                r = torch.mm(h, wt)
+                use_batch, rm, rv = plan_h[t]
+                pre, mean, invstd = torch.native_batch_norm(r, gamma_h, None, rm, rv, use_batch, momentum[0],
+                                                            eps[0])
+                pre += u_t[t]
+                rec.append(r)
+                stats_h.append((mean, invstd))
+            s = torch.sigmoid(pre, out=a_t[t])
+            i, f, g, o = s[:, :n], s[:, n:2 * n], torch.tanh(pre[:, 2 * n:3 * n]), s[:, 3 * n:]
+            c = torch.mul(f, c_prev, out=c_t[t + 1]).addcmul_(i, g)
+            if plan_c is None:
+                tc = torch.tanh(c)
+            else:
+                use_batch, rm, rv = plan_c[t]
+                cn, mean, invstd = torch.native_batch_norm(c, gamma_c, beta_c, rm, rv, use_batch, momentum[1], eps[1])
+                stats_c.append((mean, invstd))
+                tc = torch.tanh(cn)
+            torch.mul(o, tc, out=h_t[t + 1])
+            _tanh_backward(o, tc, grad_input=k_t[t])
+            # the factor each gate's activation multiplies: i <-> g, f <-> c_{t-1}, g <-> i, o <-> tanh(.)
+            p = torch.cat([g, c_prev, i, tc], 1)
+            _sigmoid_backward(p, s, grad_input=p_t[t])
+            _tanh_backward(p[:, 2 * n:3 * n], g, grad_input=p_t[t][:, 2 * n:3 * n])
+        ctx.save_for_backward(weight, gamma_h, gamma_c, beta_c)
+        ctx.saved = (hs, cs, acts, partner, coef, rec, stats_h, stats_c, plan_h, plan_c, eps)
+        return hs, cs
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_hs, grad_cs):
+        weight, gamma_h, gamma_c, beta_c = ctx.saved_tensors
+        hs, cs, acts, partner, coef, rec, stats_h, stats_c, plan_h, plan_c, eps = ctx.saved
+        steps, batch, gates = acts.shape
+        n = gates // 4
+        du = torch.empty_like(acts)
+        c_t, f_t, p_t, k_t, du_t, gh_t, gc_t = (v.unbind(0) for v in (cs, acts[:, :, n:2 * n], partner, coef, du,
+                                                                         grad_hs, grad_cs))
+        drec, grad_gamma_h, grad_gamma_c, grad_beta_c = [], [], [], []
+        dh, dc = gh_t[steps], gc_t[steps]
+        for t in reversed(range(steps)):
+            if plan_c is None:
+                dc = torch.addcmul(dc, dh, k_t[t])
+            else:
+                use_batch, rm, rv = plan_c[t]
+                dcn, dgamma, dbeta = _bn_backward(dh * k_t[t], c_t[t + 1], gamma_c, rm, rv, *stats_c[t], use_batch,
+                                                  eps[1], [True, True, True])
+                grad_gamma_c.append(dgamma)
+                grad_beta_c.append(dbeta)
+                dc = dc + dcn
+            dpre = torch.mul(torch.cat([dc, dc, dc, dh], 1), p_t[t], out=du_t[t])
+            if plan_h is not None:
+                use_batch, rm, rv = plan_h[t]
+                dpre, dgamma, _ = _bn_backward(dpre, rec[t], gamma_h, rm, rv, *stats_h[t], use_batch, eps[0],
+                                               [True, True, False])
+                drec.append(dpre)
+                grad_gamma_h.append(dgamma)
+            dh = torch.addmm(gh_t[t], dpre, weight)
+            dc = torch.addcmul(gc_t[t], dc, f_t[t])
+        dr = du if plan_h is None else torch.stack(drec[::-1])
+        grad_weight = dr.reshape(-1, gates).t() @ hs[:steps].reshape(-1, n)
+        grads = [torch.stack(g).sum(0) if g else None for g in (grad_gamma_h, grad_gamma_c, grad_beta_c)]
+        return du, grad_weight, *grads, dh, dc, None, None, None, None
+
+
+def _fused_lstm_layer(cell: nn.Module, x: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One layer by :class:`_FusedLSTMLayer`: outputs ``(batch, T, H)``, ``h_T``, ``c_T``."""
+    steps = x.shape[1]
+    u = (cell.bn_x(x @ cell.weight_x.t(), 0, None) + cell.bias).transpose(0, 1).contiguous()
+    bns = [cell.bn_h, cell.bn_c]
+    plans = [None if bn is None else bn.plan(steps) for bn in bns]
+    hs, cs = _FusedLSTMLayer.apply(
+        u, cell.weight_h, None if cell.bn_h is None else cell.bn_h.weight,
+        None if cell.bn_c is None else cell.bn_c.weight, None if cell.bn_c is None else cell.bn_c.bias, h0, c0,
+        *plans, tuple(bn.momentum if bn else 0.0 for bn in bns), tuple(bn.eps if bn else 0.0 for bn in bns))
+    for bn in bns:
+        if bn is not None:
+            bn.count_steps(min(steps, bn.max_steps))
+    return hs[1:].transpose(0, 1), hs[-1], cs[-1]
+
+
 def _lstm_forward(cells: nn.ModuleList, hidden: int, x: Tensor, lengths: Tensor | None,
-                  state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                  state: tuple[Tensor, Tensor] | None, fused: bool) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """Multi-layer LSTM over time; a cell's ``bn_h`` / ``bn_c`` (per-step BN of W_h h and of c_t)
-    may be None (BN-input LSTM), its ``bn_x`` normalizes W_x x for all steps at once."""
+    may be None (BN-input LSTM), its ``bn_x`` normalizes W_x x for all steps at once. Without
+    ``lengths`` (and with more than one sequence in training) each layer runs fused
+    (:class:`_FusedLSTMLayer`) unless ``fused=False``; otherwise step by step (the reference)."""
     batch, steps, _ = x.shape
     mask = _mask(lengths, batch, steps, x.device)
+    if fused and mask is None and (batch > 1 or not cells.training):
+        hs, cs = [], []
+        for layer, cell in enumerate(cells):
+            h, c = (x.new_zeros(batch, hidden), x.new_zeros(batch, hidden)) if state is None else \
+                (state[0][layer], state[1][layer])
+            x, h, c = _fused_lstm_layer(cell, x, h, c)
+            hs.append(h)
+            cs.append(c)
+        return x, (torch.stack(hs), torch.stack(cs))
     hs, cs = [], []
     for layer, cell in enumerate(cells):
         h, c = (x.new_zeros(batch, hidden), x.new_zeros(batch, hidden)) if state is None else \
@@ -237,6 +391,8 @@ class BNLSTM(nn.Module):
         reuse_last: steps beyond T_max reuse the statistics of the last one (else an error).
         gamma: initial BN scale of the h, x and c terms (0.1 in the paper).
         momentum: running-average momentum of the population statistics.
+        fused: run unmasked batches by the fused recurrence (a hand-written backward, a few kernels
+            per step); False: the plain step-by-step loop (the reference; always used with ``lengths``).
 
     Forward: ``output, (h_n, c_n) = bnlstm(x, lengths=None, state=None)`` with ``x`` of shape
     ``(batch, T, input_size)``, ``output`` ``(batch, T, hidden)`` (zeros after each sequence's end),
@@ -244,9 +400,11 @@ class BNLSTM(nn.Module):
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, max_steps: int = 784,
-                 reuse_last: bool = True, gamma: float = 0.1, momentum: float = 0.1, missing_stats: str = "error"):
+                 reuse_last: bool = True, gamma: float = 0.1, momentum: float = 0.1, missing_stats: str = "error",
+                 fused: bool = True):
         super().__init__()
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.fused = fused
         self.max_steps = max_steps
         bn = dict(reuse_last=reuse_last, momentum=momentum, missing_stats=missing_stats)
         self.cells = nn.ModuleList()
@@ -261,7 +419,7 @@ class BNLSTM(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor | None = None,
                 state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         _check_input("BNLSTM", x, self.input_size)
-        return _lstm_forward(self.cells, self.hidden_size, x, lengths, state)
+        return _lstm_forward(self.cells, self.hidden_size, x, lengths, state, self.fused)
 
 
 class BNRNN(nn.Module):
@@ -330,11 +488,12 @@ class BNInputLSTM(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, stats: str = "frame",
                  max_steps: int = 784, reuse_last: bool = True, gamma: float = 0.1, momentum: float = 0.1,
-                 missing_stats: str = "error"):
+                 missing_stats: str = "error", fused: bool = True):
         super().__init__()
         if stats not in ("frame", "sequence"):
             raise ValueError(f"BNInputLSTM stats must be 'frame' or 'sequence', got {stats!r}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.fused = fused
         self.cells = nn.ModuleList()
         for layer in range(num_layers):
             fan_in = input_size if layer == 0 else hidden_size
@@ -348,7 +507,7 @@ class BNInputLSTM(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor | None = None,
                 state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         _check_input("BNInputLSTM", x, self.input_size)
-        return _lstm_forward(self.cells, self.hidden_size, x, lengths, state)
+        return _lstm_forward(self.cells, self.hidden_size, x, lengths, state, self.fused)
 
 
 class BNSequenceModel(nn.Module):
