@@ -86,7 +86,7 @@ def test_build_model_recurrent():
         build_model("relu-rnn", (50, 2), 1, widths=(16, 16))
     with pytest.raises(ValueError, match=r"\(T, features\)"):
         build_model("relu-rnn", (1, 8, 8), 10, widths=(16,))
-    with pytest.raises(ValueError, match="relu-rnn or lstm"):
+    with pytest.raises(ValueError, match="a recurrent model"):
         build_model("mlp", (20, 3), 4, widths=(8,), task="sequence")
     with pytest.raises(ValueError, match="unknown init"):
         build_model("relu-rnn", (50, 2), 1, widths=(16,), init="unbalanced")

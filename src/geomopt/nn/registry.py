@@ -10,8 +10,9 @@ from geomopt.nn.cnn import CNN
 from geomopt.nn.mlp import MLP
 from geomopt.nn.bn_rnn import BNSequenceModel
 from geomopt.nn.relu_rnn import LSTMBaseline, ReLURNN, sequence_sizes
+from geomopt.nn.urnn import UnitaryRNN
 
-MODELS = ("mlp", "cnn", "relu-rnn", "lstm", "bnlstm", "bnrnn")
+MODELS = ("mlp", "cnn", "relu-rnn", "lstm", "bnlstm", "bnrnn", "urnn")
 
 
 def build_model(name: str, input_shape: Sequence[int], num_outputs: int, *, widths: Sequence[int],
@@ -21,16 +22,17 @@ def build_model(name: str, input_shape: Sequence[int], num_outputs: int, *, widt
 
     ``widths`` are the hidden widths of an ``mlp`` and the conv channels of a ``cnn``.
     ``relu-rnn`` (:class:`ReLURNN`), ``lstm`` (:class:`LSTMBaseline`), ``bnlstm`` and ``bnrnn``
-    (:class:`geomopt.nn.bn_rnn.BNSequenceModel`, per-step statistics up to T) take sequence data of
+    (:class:`geomopt.nn.bn_rnn.BNSequenceModel`, per-step statistics up to T) and ``urnn``
+    (:class:`geomopt.nn.urnn.UnitaryRNN`, n complex units) take sequence data of
     per-example shape ``(T, features)``, one hidden size ``widths=(n,)``, and output at every step
     when ``task == "sequence"`` (else from the last state). ``relu-rnn`` inits: ``irnn``,
     ``np-rnn``, ``orthogonal``, ``gaussian``; the feedforward default ``kaiming`` selects ``irnn``.
     """
-    if name in ("relu-rnn", "lstm", "bnlstm", "bnrnn"):
+    if name in ("relu-rnn", "lstm", "bnlstm", "bnrnn", "urnn"):
         return _recurrent(name, input_shape, num_outputs, widths, bias, dropout, init, seed, task)
     if task == "sequence":
         raise ValueError(f"model {name!r} gives one output per example; the per-step (sequence) task needs "
-                         "relu-rnn or lstm")
+                         "a recurrent model (relu-rnn, lstm, bnlstm, bnrnn, urnn)")
     if name == "mlp":
         return MLP(input_shape, widths, num_outputs, bias=bias, dropout=dropout, init=init, seed=seed)
     if name == "cnn":
@@ -52,6 +54,11 @@ def _recurrent(name: str, input_shape: Sequence[int], num_outputs: int, widths: 
         if init not in ("kaiming", "torch"):
             raise ValueError(f"{name} uses its paper's initialization (orthogonal, BN gamma 0.1); drop --init {init}")
         return BNSequenceModel(name, features, widths[0], num_outputs, output=output, seed=seed, seq_len=T)
+    if name == "urnn":
+        if init != "kaiming":
+            raise ValueError(f"urnn uses its paper's initialization (phases, reflections, Glorot input/output); "
+                             f"drop --init {init}")
+        return UnitaryRNN(features, widths[0], num_outputs, output=output, seed=seed, seq_len=T)
     if name == "lstm":
         if init not in ("kaiming", "torch"):
             raise ValueError(f"lstm uses PyTorch's LSTM initialization; drop --init {init}")
