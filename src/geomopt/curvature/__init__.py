@@ -15,7 +15,8 @@ from geomopt.curvature.capture import (FISHERS, LIKELIHOODS, Capture, backprop_o
                                        hessian_sqrt_columns, nll_grad, sample_targets)
 from geomopt.curvature.kronecker import (EKFAC, KFAC, captured_diagonal, compute_ekfac, compute_kfac, damped_inverse,
                                          damped_solve, diagonal_from_rotated, eigenbasis_diagonal, factor_precision,
-                                         factored_rotation, kronecker_factors, pi_split, symeig)
+                                         factored_rotation, kronecker_factors, pi_split, spectral_inverse,
+                                         symeig)
 from geomopt.curvature.gauss_newton import captured_exact_diagonal, gauss_newton_statistics
 from geomopt.curvature.operators import (FISHER_KINDS, OPERATORS, CurvatureOperator, FisherOperator, GGNOperator,
                                          HessianOperator, ScaledOperator, curvature_operator, read_batches)
@@ -28,7 +29,7 @@ from geomopt.curvature.layers import (SUPPORTED_LAYERS, Conv2dHandler, LayerHand
 __all__ = ["Capture", "backprop_output_grads", "sample_targets", "nll_grad", "hessian_sqrt_columns", "FISHERS",
            "LIKELIHOODS", "KFAC", "EKFAC", "compute_kfac", "compute_ekfac", "kronecker_factors",
            "eigenbasis_diagonal", "captured_diagonal", "per_example_gradients", "pi_split", "symeig",
-           "damped_inverse", "damped_solve",
+           "damped_inverse", "damped_solve", "spectral_inverse",
            "factor_precision", "factored_rotation", "diagonal_from_rotated", "SUPPORTED_LAYERS",
            "LayerHandler", "LinearHandler", "Conv2dHandler", "register_layer", "layer_handler",
            "supported_layers", "unsupported_reason", "CurvatureOperator", "HessianOperator", "GGNOperator",

@@ -20,6 +20,13 @@ A loss that is a *mean* over the batch gives ``(1/N)``-scaled output gradients; 
 (the default) multiplies them back by ``N`` so that ``F`` is the empirical Fisher of the per-example
 losses, as in the EKFAC authors' code ("batch-size-scaled" gradients).
 
+Micro-batches. :meth:`Capture.new_batch` starts a new micro-batch (an optimizer calls it at each
+forward of the whole model); the accessors take ``batch=`` (one of :meth:`Capture.batches`). Calls of a
+layer within one micro-batch are its weight-sharing calls (concatenated along ``T``); different
+micro-batches are independent batches. With ``B`` micro-batches recorded, ``grad_scale=None``
+multiplies micro-batch ``b``'s gradients by ``B N_b``: the loss of each micro-batch is its mean divided by
+the number of micro-batches, as in gradient accumulation (for one batch: ``N``).
+
 Likelihoods (the loss is ``-log p(y | f)`` of the network output ``f``, summed over output units):
 ``categorical`` (softmax cross-entropy on ``(N, C)`` logits), ``gaussian`` (``0.5 ||y - f||^2``),
 ``bernoulli`` (sigmoid cross-entropy on logits). :func:`backprop_output_grads` makes the
@@ -70,6 +77,7 @@ class Capture:
         self._handles: list = []
         self._calls: dict[str, list[dict]] = {name: [] for name, _, _ in self.layers}
         self._layer = {name: (module, handler) for name, module, handler in self.layers}
+        self._batch = 0
 
     def attach(self) -> Capture:
         if not self._handles:
@@ -88,16 +96,33 @@ class Capture:
     def __exit__(self, *exc) -> None:
         self.remove()
 
-    def clear(self) -> None:
+    def clear(self, backpropagated_only: bool = False) -> None:
+        """Drop the records (``backpropagated_only``: only those whose output already received a gradient,
+        keeping forwards still waiting for their backward pass)."""
         for calls in self._calls.values():
-            calls.clear()
+            calls[:] = [c for c in calls if not c["g"]] if backpropagated_only else []
+
+    def new_batch(self) -> None:
+        """Records from now on belong to a new micro-batch (see the module docstring)."""
+        self._batch += 1
+
+    @property
+    def batch(self) -> int:
+        """The id of the current micro-batch."""
+        return self._batch
+
+    def batches(self, name: str) -> list[int]:
+        """The micro-batches with a complete record of layer ``name`` (every call has an output gradient)."""
+        calls = self._calls.get(name, [])
+        ids = sorted({c["batch"] for c in calls})
+        return [b for b in ids if all(c["g"] for c in calls if c["batch"] == b)]
 
     def _make_hook(self, name: str, handler: LayerHandler):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
             if not self.active or not torch.is_grad_enabled():
                 return
             x = handler.batched(module, inputs[0].detach())  # expanded (patches) only when asked: inputs()
-            record = {"x": x, "x_version": x._version, "a": None, "g": []}
+            record = {"x": x, "x_version": x._version, "a": None, "g": [], "batch": self._batch}
             self._calls[name].append(record)
             if isinstance(output, Tensor) and output.requires_grad:
                 def grad_hook(grad: Tensor) -> None:
@@ -107,40 +132,45 @@ class Capture:
                     record["out"] = (output, output._version)
         return hook
 
-    def output_tensors(self) -> list[Tensor] | None:
-        """The recorded layers' outputs (``keep_outputs=True``): backpropagating to them (``inputs=`` of
-        ``torch.autograd.grad``) makes every ``g`` recorded without computing any parameter gradient.
-        ``None`` when one was not kept or was modified in place since (then the gradient it would
-        receive is not the layer output's, so backpropagate to the parameters instead)."""
+    def output_tensors(self, batch: int | None = None) -> list[Tensor] | None:
+        """The recorded layers' outputs (``keep_outputs=True``; of micro-batch ``batch`` if given):
+        backpropagating to them (``inputs=`` of ``torch.autograd.grad``) makes every ``g`` recorded without
+        computing any parameter gradient. ``None`` when one was not kept or was modified in place since
+        (then the gradient it would receive is not the layer output's, so backpropagate to the parameters
+        instead)."""
         outs = []
         for calls in self._calls.values():
             for c in calls:
+                if batch is not None and c["batch"] != batch:
+                    continue
                 if "out" not in c or c["out"][0]._version != c["out"][1]:
                     return None
                 outs.append(c["out"][0])
         return outs or None
 
     def names(self) -> list[str]:
-        """Layers that have a complete record (inputs and at least one output gradient)."""
-        return [n for n, calls in self._calls.items() if calls and all(c["g"] for c in calls)]
+        """Layers that have a complete record (inputs and at least one output gradient) of some micro-batch."""
+        return [n for n in self._calls if self.batches(n)]
 
-    def get(self, name: str) -> tuple[Tensor, Tensor]:
+    def get(self, name: str, batch: int | None = None) -> tuple[Tensor, Tensor]:
         """``a`` ``(N, T, d_in)`` and ``g`` ``(K, N, T, d_out)`` of layer ``name``: :meth:`inputs` and
         :meth:`output_grads`.
 
         A layer called several times between two :meth:`clear` calls (weight sharing) has its
         calls concatenated along the position axis ``T`` (the KFC/"expand" treatment of shared
-        weights); clear between independent batches.
+        weights); clear between independent batches, or start micro-batches (:meth:`new_batch`) and
+        pass ``batch``. ``batch=None``: the calls of every complete micro-batch.
 
         Raises:
             RuntimeError: nothing recorded for ``name``, calls with unequal batch sizes or
                 numbers of passes, or an input modified in place since its forward.
         """
-        return self.inputs(name), self.output_grads(name)
+        return self.inputs(name, batch), self.output_grads(name, batch)
 
-    def _complete_calls(self, name: str) -> list[dict]:
-        calls = self._calls.get(name)
-        if not calls or not all(c["g"] for c in calls):
+    def _complete_calls(self, name: str, batch: int | None = None) -> list[dict]:
+        done = self.batches(name)
+        calls = [c for c in self._calls.get(name, []) if c["batch"] in done and (batch is None or c["batch"] == batch)]
+        if not calls:
             raise RuntimeError(f"Capture: no complete forward/backward record for layer {name!r}; run a forward "
                                "with gradients enabled and a backward through its output first")
         ks = {len(c["g"]) for c in calls}
@@ -151,8 +181,10 @@ class Capture:
                                f"{[c['x'].shape[0] for c in calls]}; call clear() between independent batches")
         return calls
 
-    def _scale(self, record: dict) -> float:
-        return record["x"].shape[0] if self.grad_scale is None else self.grad_scale
+    def _scale(self, record: dict, name: str) -> float:
+        if self.grad_scale is not None:
+            return self.grad_scale
+        return record["x"].shape[0] * len(self.batches(name))
 
     @staticmethod
     def _input(record: dict, name: str) -> Tensor:
@@ -161,45 +193,46 @@ class Capture:
                                "its statistics cannot be formed")
         return record["x"]
 
-    def inputs(self, name: str) -> Tensor:
+    def inputs(self, name: str, batch: int | None = None) -> Tensor:
         """Expanded inputs ``a`` ``(N, T, d_in)`` (KFC patches for convolutions), formed on the first
         call after the backward pass and kept until :meth:`clear`."""
         module, handler = self._layer[name]
         a_list = []
-        for c in self._complete_calls(name):
+        for c in self._complete_calls(name, batch):
             if c["a"] is None:
                 c["a"] = handler.inputs(module, self._input(c, name))
             a_list.append(c["a"])
         return a_list[0] if len(a_list) == 1 else torch.cat(a_list, dim=1)
 
-    def output_grads(self, name: str) -> Tensor:
+    def output_grads(self, name: str, batch: int | None = None) -> Tensor:
         """Output gradients ``g`` ``(K, N, T, d_out)`` (multiplied by the batch size for ``grad_scale=None``)."""
         module, handler = self._layer[name]
         g_list = []
-        for c in self._complete_calls(name):
-            scale = self._scale(c)  # on the raw gradient: contiguous, cheaper than on the (N, T, d_out) view
+        for c in self._complete_calls(name, batch):
+            scale = self._scale(c, name)  # on the raw gradient: contiguous, cheaper than on the (N, T, d_out) view
             gs = [handler.output_grads(module, g * scale if scale != 1 else g) for g in c["g"]]
             g_list.append(gs[0].unsqueeze(0) if len(gs) == 1 else torch.stack(gs))  # (K, N, T, d_out)
         return g_list[0] if len(g_list) == 1 else torch.cat(g_list, dim=2)
 
-    def grad_shape(self, name: str) -> torch.Size:
+    def grad_shape(self, name: str, batch: int | None = None) -> torch.Size:
         """The shape ``(K, N, T, d_out)`` of :meth:`output_grads`, without forming it."""
         module, handler = self._layer[name]
-        calls = self._complete_calls(name)
+        calls = self._complete_calls(name, batch)
         shapes = [handler.output_grads(module, c["g"][0]).shape for c in calls]  # views: nothing copied
         return torch.Size((len(calls[0]["g"]), shapes[0][0], sum(s[1] for s in shapes), shapes[0][2]))
 
-    def per_example_gradients(self, name: str, start: int = 0, stop: int | None = None) -> Tensor:
+    def per_example_gradients(self, name: str, start: int = 0, stop: int | None = None,
+                              batch: int | None = None) -> Tensor:
         """``M_nk = sum_t g_nkt a_nt^T`` of examples ``start:stop``, ``(K, n, d_out, d_in)``, by the
         layer's own per-example rule (:meth:`LayerHandler.per_example_gradients`: for convolutions a
         grouped weight-gradient convolution, no patches), summed over the layer's calls."""
         module, handler = self._layer[name]
         total = None
-        for c in self._complete_calls(name):
+        for c in self._complete_calls(name, batch):
             gs = [g[start:stop] for g in c["g"]]
             m = handler.per_example_gradients(module, self._input(c, name)[start:stop],
                                               gs[0][None] if len(gs) == 1 else torch.stack(gs))
-            scale = self._scale(c)
+            scale = self._scale(c, name)
             m = m.mul_(scale) if scale != 1 else m
             total = m if total is None else total.add_(m)
         return total
@@ -270,12 +303,18 @@ def backprop_output_grads(output: Tensor, params: Sequence[Tensor], *, fisher: s
 
     Returns:
         the number of passes ``K``.
+
+    Raises:
+        FloatingPointError: ``output`` has NaN/inf entries.
     """
     if fisher not in FISHERS:
         raise ValueError(f"unknown fisher {fisher!r}; choose one of {FISHERS}")
     if mc_samples < 1:
         raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
     params = [p for p in params if p.requires_grad]
+    if not bool(torch.isfinite(output.detach()).all()):
+        raise FloatingPointError(f"backprop_output_grads: the model's output has NaN/inf entries; no {fisher} Fisher "
+                                 "targets can be formed (a NaN/inf input or parameter reached it)")
     if fisher == "empirical":
         if target is None:
             raise ValueError("fisher='empirical' needs the observed targets")

@@ -86,11 +86,12 @@ def eigenbasis_diagonal(a: Tensor | Callable[[], Tensor], g: Tensor, u_a: Tensor
     return s.div_(n)
 
 
-def captured_diagonal(capture: Capture, name: str, u_a: Tensor, u_g: Tensor) -> Tensor:
-    """:func:`eigenbasis_diagonal` of layer ``name`` recorded by ``capture``: per-example gradients by the
-    layer's own rule (:meth:`Capture.per_example_gradients`), inputs expanded only if the order needs them."""
-    return eigenbasis_diagonal(lambda: capture.inputs(name), capture.output_grads(name), u_a, u_g,
-                               per_example=lambda i, j: capture.per_example_gradients(name, i, j))
+def captured_diagonal(capture: Capture, name: str, u_a: Tensor, u_g: Tensor, batch: int | None = None) -> Tensor:
+    """:func:`eigenbasis_diagonal` of layer ``name`` (micro-batch ``batch``) recorded by ``capture``: per-example
+    gradients by the layer's own rule (:meth:`Capture.per_example_gradients`), inputs expanded only if the
+    order needs them."""
+    return eigenbasis_diagonal(lambda: capture.inputs(name, batch), capture.output_grads(name, batch), u_a, u_g,
+                               per_example=lambda i, j: capture.per_example_gradients(name, i, j, batch))
 
 
 def diagonal_from_rotated(ga: Tensor, aa: Tensor) -> Tensor:
@@ -286,6 +287,22 @@ def pi_split(a_mat: Tensor, g_mat: Tensor, damping: float) -> tuple[float, float
 
 
 # ---------------------------------------------------------------- linear operators
+def _check_damping(damping: float) -> None:
+    if not (math.isfinite(damping) and damping >= 0):
+        raise ValueError(f"damping must be a finite number >= 0, got {damping}")
+
+
+def spectral_inverse(evals: Tensor, damping: float) -> Tensor:
+    """``1 / (evals + damping)`` for the eigenvalues ``evals`` of a PSD operator; for ``damping = 0`` the
+    pseudo-inverse's: ``1 / evals`` where ``evals > eps * evals.numel() * max(evals)`` (the default cutoff
+    of ``torch.linalg.pinv``), 0 elsewhere (the null space), so it is never inf."""
+    if damping > 0:
+        return 1.0 / (evals + damping)
+    cutoff = torch.finfo(evals.dtype).eps * evals.numel() * evals.max().clamp_min(0)
+    keep = evals > cutoff
+    return torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), torch.zeros_like(evals))
+
+
 @dataclass
 class _Block:
     name: str
@@ -425,17 +442,20 @@ class KFAC(_Kronecker):
 
         ``factored=False``: ``(A (x) G + damping I)^{-1} v``, exact, through the eigendecompositions
         of ``A`` and ``G``. ``factored=True``: ``((A + pi sqrt(d) I) (x) (G + sqrt(d)/pi I))^{-1} v``,
-        K-FAC's pi-damping (:func:`pi_split`).
+        K-FAC's pi-damping (:func:`pi_split`). ``damping=0`` (either form): the pseudo-inverse
+        ``(A (x) G)^+ v`` (:func:`spectral_inverse`: zero on the null space, exact on the range), never inf.
+
+        Raises:
+            ValueError: ``damping`` negative or not finite.
         """
-        if damping < 0:
-            raise ValueError(f"damping must be >= 0, got {damping}")
+        _check_damping(damping)
         mats, flat = self._split(v)
         res = []
         for b, (a, g), m in zip(self.blocks, self.factors, mats):
             cols = m.dim() == 3
             mk = m.movedim(-1, 0) if cols else m[None]  # (k, d_out, d_in): each factor once for all columns
             k, d_out, d_in = mk.shape
-            if factored:
+            if factored and damping > 0:
                 ca, cg = pi_split(a, g, damping)
                 # (G + c_G)^-1 M = (M^T (G + c_G)^-1)^T, then times (A + c_A)^-1 on the right
                 left = damped_solve(g, cg, mk.mT.reshape(k * d_in, d_out), name=f"{b.name}.G")
@@ -444,7 +464,7 @@ class KFAC(_Kronecker):
             else:
                 ea, ua = symeig(a, name=b.name + ".A")
                 eg, ug = symeig(g, name=b.name + ".G")
-                out = ug @ ((ug.T @ mk @ ua) / (eg[:, None] * ea[None, :] + damping)) @ ua.T
+                out = ug @ ((ug.T @ mk @ ua) * spectral_inverse(eg[:, None] * ea[None, :], damping)) @ ua.T
             res.append(out.movedim(0, -1) if cols else out[0])
         return self._join(res, flat)
 
@@ -490,10 +510,14 @@ class EKFAC(_Kronecker):
         return self._apply(v, lambda i, m: self._scaled(i, m, self.diagonals[i]))
 
     def solve(self, v, damping: float):
-        """``(F_EKFAC + damping I)^{-1} v``: ``U_G ((U_G^T M U_A) / (s + damping)) U_A^T``."""
-        if damping < 0:
-            raise ValueError(f"damping must be >= 0, got {damping}")
-        return self._apply(v, lambda i, m: self._scaled(i, m, 1.0 / (self.diagonals[i] + damping)))
+        """``(F_EKFAC + damping I)^{-1} v``: ``U_G ((U_G^T M U_A) / (s + damping)) U_A^T``; ``damping=0``: the
+        pseudo-inverse (:func:`spectral_inverse`), never inf.
+
+        Raises:
+            ValueError: ``damping`` negative or not finite.
+        """
+        _check_damping(damping)
+        return self._apply(v, lambda i, m: self._scaled(i, m, spectral_inverse(self.diagonals[i], damping)))
 
     def to_dense(self) -> Tensor:
         def block(i):

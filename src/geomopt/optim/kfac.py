@@ -62,6 +62,7 @@ multiple of it, as after clipping) up to rounding; otherwise it rotates densely.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -115,42 +116,51 @@ def kl_clip_factor(directions: Sequence[Tensor], grads: Sequence[Tensor], lrs: S
 
 
 # ---------------------------------------------------------------- optimizer classes
+def _check_number(name: str, where: str, key: str, value: Any, ok: Callable[[float], bool], what: str) -> float:
+    v = float(value) if isinstance(value, (Tensor, int, float)) and not isinstance(value, bool) else math.nan
+    if not (math.isfinite(v) and ok(v)):
+        raise ValueError(f"{name}: {where}: {key} must be {what}, got {value!r}")
+    return v
+
+
+#: The per-group options and their rules (checked at construction, in add_param_group and at every step).
+_GROUP_RULES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
+    ("lr", lambda v: v >= 0, "a finite number >= 0"),
+    ("damping", lambda v: v > 0, "a finite number > 0"),
+    ("momentum", lambda v: 0 <= v < 1, "a finite number in [0, 1)"),
+    ("weight_decay", lambda v: v >= 0, "a finite number >= 0"),
+)
+
+
 class _KroneckerOptimizer(Optimizer):
     _name = "K-FAC"
 
     def __init__(self, model: nn.Module, lr: float, damping: float, momentum: float, weight_decay: float,
                  factor_decay: float, update_freq: int, inv_freq: int, fisher: str, likelihood: str,
-                 kl_clip: float | None, mc_samples: int, param_groups: Iterable[dict[str, Any]] | None):
+                 kl_clip: float | None, mc_samples: int, param_groups: Iterable[dict[str, Any]] | None,
+                 seed: int | None):
         n = self._name
-        if not lr >= 0:
-            raise ValueError(f"{n}: invalid learning rate {lr}")
-        if not damping > 0:
-            raise ValueError(f"{n}: damping must be positive, got {damping}")
-        if not 0 <= momentum < 1:
-            raise ValueError(f"{n}: momentum must be in [0, 1), got {momentum}")
-        if weight_decay < 0:
-            raise ValueError(f"{n}: invalid weight_decay {weight_decay}")
-        if not 0 <= factor_decay < 1:
-            raise ValueError(f"{n}: factor_decay must be in [0, 1), got {factor_decay}")
-        if int(update_freq) != update_freq or update_freq < 1 or int(inv_freq) != inv_freq or inv_freq < 1:
-            raise ValueError(f"{n}: update_freq and inv_freq must be positive integers, got {update_freq}, {inv_freq}")
+        defaults = dict(lr=lr, damping=damping, momentum=momentum, weight_decay=weight_decay)
+        for key, ok, what in _GROUP_RULES:
+            _check_number(n, "option", key, defaults[key], ok, what)
+        _check_number(n, "option", "factor_decay", factor_decay, lambda v: 0 <= v < 1, "a finite number in [0, 1)")
+        for key, v in (("update_freq", update_freq), ("inv_freq", inv_freq), ("mc_samples", mc_samples)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{n}: option: {key} must be a positive integer, got {v!r}")
         if fisher not in FISHERS:
             raise ValueError(f"{n}: fisher must be one of {FISHERS}, got {fisher!r}")
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"{n}: likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-        if kl_clip is not None and not kl_clip > 0:
-            raise ValueError(f"{n}: kl_clip must be positive or None, got {kl_clip}")
-        if int(mc_samples) != mc_samples or mc_samples < 1:
-            raise ValueError(f"{n}: mc_samples must be a positive integer, got {mc_samples}")
-        defaults = dict(lr=lr, damping=damping, momentum=momentum, weight_decay=weight_decay)
+        if kl_clip is not None:
+            _check_number(n, "option", "kl_clip", kl_clip, lambda v: v > 0, "a finite number > 0 or None")
         super().__init__(list(param_groups) if param_groups is not None else model.parameters(), defaults)
-        self.factor_decay, self.update_freq, self.inv_freq = factor_decay, int(update_freq), int(inv_freq)
+        self.factor_decay, self.update_freq, self.inv_freq = float(factor_decay), int(update_freq), int(inv_freq)
         self.fisher, self.likelihood, self.kl_clip, self.mc_samples = fisher, likelihood, kl_clip, int(mc_samples)
         self.model = model
-        names = {p: name for name, p in model.named_parameters()}
+        self._param_names = {p: name for name, p in model.named_parameters()}
         optimized = {p for g in self.param_groups for p in g["params"]}
         for p in optimized:
-            if p not in names:
+            if p not in self._param_names:
                 raise ValueError(f"{n}: a parameter of shape {tuple(p.shape)} is not a parameter of "
                                  f"{type(model).__name__}; Kronecker factors are defined by the model's layers")
         self.layers = supported_layers(model, include=lambda m: m.weight in optimized)
@@ -158,7 +168,7 @@ class _KroneckerOptimizer(Optimizer):
             raise ValueError(f"{n}: {type(model).__name__} has no optimized layer that {n} supports "
                              f"(supported: {names_of_supported()}; grouped convolutions are not); use SGD or Adam")
         covered = {p for _, m, h in self.layers for p in h.params(m)}
-        fallback = [names[p] for g in self.param_groups for p in g["params"] if p not in covered]
+        fallback = [self._param_names[p] for g in self.param_groups for p in g["params"] if p not in covered]
         if fallback:
             reasons = {}
             for mname, module in model.named_modules():
@@ -170,14 +180,24 @@ class _KroneckerOptimizer(Optimizer):
         self.fallback_params = fallback
         self._group_of = {p: g for g in self.param_groups for p in g["params"]}
         self._step_count = 0
-        self._inputs: tuple | None = None
-        self._in_fisher_pass = False
+        self._inputs: list[dict[str, Any]] = []  # the model's inputs per micro-batch (fisher 'true'/'ggn')
+        self._internal = False  # inside a pass of the optimizer's own: record nothing
+        self._generator = torch.Generator().manual_seed(torch.initial_seed() if seed is None else int(seed))
         self._capture = Capture(self.layers, grad_scale=None if fisher == "empirical" else 1.0).attach()
-        self._pre_hook = model.register_forward_pre_hook(self._record_inputs, with_kwargs=True) \
-            if fisher != "empirical" else None
+        self._hooks = [model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True)]
+        if fisher != "empirical":
+            self._hooks.append(model.register_forward_hook(self._after_model_forward))
         self._arm()
 
     # -- bookkeeping
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        self._check_group(len(self.param_groups) - 1, self.param_groups[-1])
+
+    def _check_group(self, index: int, group: dict[str, Any]) -> None:
+        for key, ok, what in _GROUP_RULES:
+            _check_number(self._name, f"param group {index}", key, group[key], ok, what)
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
@@ -187,7 +207,7 @@ class _KroneckerOptimizer(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
-        sd["kronecker"] = {"step": self._step_count}
+        sd["kronecker"] = {"step": self._step_count, "generator": self._generator.get_state()}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -195,16 +215,19 @@ class _KroneckerOptimizer(Optimizer):
         extra = state_dict.pop("kronecker", {"step": 0})
         super().load_state_dict(state_dict)
         self._step_count = int(extra["step"])
+        if "generator" in extra:
+            self._generator.set_state(extra["generator"])
         self._capture.clear()
+        self._inputs = []
         self._arm()
 
     def remove_hooks(self) -> None:
-        """Detach the hooks from the model (the optimizer then only takes plain steps' statistics no more)."""
+        """Detach the hooks from the model (the optimizer then records no statistics any more)."""
         self._capture.active = False
         self._capture.remove()
-        if self._pre_hook is not None:
-            self._pre_hook.remove()
-            self._pre_hook = None
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
 
     def __del__(self) -> None:
         try:
@@ -216,37 +239,85 @@ class _KroneckerOptimizer(Optimizer):
         return k % self.update_freq == 0
 
     def _arm(self) -> None:
-        """Record in the next forward only if the next step needs statistics from it."""
+        """Record in the forwards before the next step only if that step needs statistics from them."""
         need = self._needs_stats(self._step_count)
         self._capture.active = need and self.fisher == "empirical"
         self._want_inputs = need and self.fisher != "empirical"
 
-    def _record_inputs(self, module, args, kwargs):
-        if self._want_inputs and not self._in_fisher_pass and torch.is_grad_enabled():
-            self._inputs = (tuple(a.detach() if isinstance(a, Tensor) else a for a in args),
-                            {k: v.detach() if isinstance(v, Tensor) else v for k, v in kwargs.items()})
+    # -- recording: every forward of the model with gradients enabled is one micro-batch
+    def _on_model_forward(self, module, args, kwargs):
+        if self._internal or not torch.is_grad_enabled():
+            return
+        self._capture.new_batch()
+        if self._want_inputs:
+            self._inputs.append({"args": tuple(a.detach() if isinstance(a, Tensor) else a for a in args),
+                                 "kwargs": {k: v.detach() if isinstance(v, Tensor) else v for k, v in kwargs.items()},
+                                 "done": False})
+
+    def _after_model_forward(self, module, args, output):
+        if self._internal or not torch.is_grad_enabled() or not self._want_inputs or not self._inputs:
+            return
+        record = self._inputs[-1]
+        if isinstance(output, Tensor) and output.requires_grad:  # counts once its backward has run
+            output.register_hook(lambda grad: record.__setitem__("done", True))
+        else:
+            record["done"] = True
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Also drops statistics recorded since the last step."""
-        self._capture.clear()
+        """Also drops the statistics of the backward passes whose gradients it discards; forwards still
+        waiting for their backward keep theirs (``loss = f(model(x)); opt.zero_grad(); loss.backward()``
+        records that batch)."""
+        self._capture.clear(backpropagated_only=True)
+        self._inputs = [r for r in self._inputs if not r["done"]]
         super().zero_grad(set_to_none=set_to_none)
 
-    def _fisher_pass(self) -> None:
-        if self._inputs is None:
-            return
-        args, kwargs = self._inputs
+    @contextlib.contextmanager
+    def _isolated(self):
+        """A pass of the optimizer's own that the user does not see: nothing recorded by the user-facing
+        hooks, the model's buffers (BatchNorm statistics, ``num_batches_tracked``) restored afterwards,
+        and the global RNG streams restored too (inside, they are seeded from the optimizer's generator,
+        so dropout and sampled targets are reproducible and independent of the user's draws)."""
+        saved = [b.detach().clone() for b in self.model.buffers()]
+        devices = sorted({p.device.index or 0 for p in self.model.parameters() if p.device.type == "cuda"})
+        with torch.random.fork_rng(devices=devices):
+            seed = int(torch.randint(0, 2 ** 62, (1,), generator=self._generator))
+            torch.default_generator.manual_seed(seed)
+            for d in devices:
+                torch.cuda.default_generators[d].manual_seed(seed)
+            self._internal = True
+            try:
+                yield
+            finally:
+                self._internal = False
+                with torch.no_grad():
+                    for b, old in zip(self.model.buffers(), saved):
+                        b.copy_(old)
+
+    def _fisher_passes(self) -> None:
+        """One forward and ``K`` backward passes with sampled (``true``) or Hessian-square-root (``ggn``)
+        output gradients per recorded micro-batch, in :meth:`_isolated`."""
+        records = [r for r in self._inputs if r["done"]]
+        self._inputs = []
         self._capture.clear()
-        self._capture.active, self._in_fisher_pass, self._capture.keep_outputs = True, True, True
-        try:
-            with torch.enable_grad():
-                out = self.model(*args, **kwargs)
-                # to the layers' outputs (no parameter gradient needed), unless one was modified in place
-                targets = self._capture.output_tensors() or [p for _, m, h in self.layers for p in h.params(m)]
-                backprop_output_grads(out, targets, fisher=self.fisher, likelihood=self.likelihood,
-                                      mc_samples=self.mc_samples)
-        finally:
-            self._capture.active, self._in_fisher_pass, self._capture.keep_outputs = False, False, False
-            self._inputs = None
+        if not records:
+            return
+        params = [p for _, m, h in self.layers for p in h.params(m)]
+        with self._isolated():
+            self._capture.active, self._capture.keep_outputs = True, True
+            try:
+                for r in records:
+                    self._capture.new_batch()
+                    with torch.enable_grad():
+                        out = self.model(*r["args"], **r["kwargs"])
+                        # to the layers' outputs (no parameter gradient needed), unless one was modified in place
+                        targets = self._capture.output_tensors(self._capture.batch) or params
+                        try:
+                            backprop_output_grads(out, targets, fisher=self.fisher, likelihood=self.likelihood,
+                                                  mc_samples=self.mc_samples)
+                        except FloatingPointError as exc:
+                            raise FloatingPointError(f"{self._name}: {exc}; nothing was updated") from exc
+            finally:
+                self._capture.active, self._capture.keep_outputs = False, False
 
     @staticmethod
     def _running(state: dict, key: str, value: Tensor, decay: float) -> None:
@@ -255,54 +326,117 @@ class _KroneckerOptimizer(Optimizer):
         else:
             state[key] = value.clone()
 
+    def _combined(self, name: str, fn: Callable[[int], Tensor | None]) -> Tensor | None:
+        """``sum_b (N_b / N) fn(b)`` over the micro-batches ``b`` recorded for layer ``name`` (``N_b`` examples
+        each, ``N`` in all): a statistic of all examples since the last step, each weighted equally."""
+        batches = self._capture.batches(name)
+        sizes = [self._capture.grad_shape(name, b)[1] for b in batches]
+        total, out = sum(sizes), None
+        for b, n in zip(batches, sizes):
+            value = fn(b)
+            if value is None:
+                continue
+            if len(batches) > 1:
+                value = value.mul_(n / total)
+            out = value if out is None else out.add_(value)
+        return out
+
+    def _check_finite(self, values: dict[str, Tensor], what: str) -> None:
+        for name, t in values.items():
+            if not all_finite(t):
+                raise FloatingPointError(f"{self._name}: layer {name!r}: NaN/inf in {what}; nothing was updated; "
+                                         "lower the learning rate or raise the damping")
+
+    def _check_gradients(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and not all_finite(p.grad):
+                    raise FloatingPointError(f"{self._name}: the gradient of {self._param_names[p]!r} has NaN/inf "
+                                             "entries; nothing was updated; lower the learning rate or clip gradients")
+
     # -- the step
+    def update_curvature(self, k: int) -> None:
+        """Step ``k``'s curvature update, the one place where factors change: the Kronecker factors of the
+        micro-batches recorded since the last step (every ``update_freq`` steps; checked finite before
+        any is used) enter the running averages, then the inverses / eigenbases are recomputed (every
+        ``inv_freq`` steps, or when a group's damping changed), then EKFAC's diagonal."""
+        if self._needs_stats(k):
+            if self.fisher != "empirical":
+                self._fisher_passes()
+            if not self._capture.names() and not getattr(self, "_warned_empty", False):
+                self._warned_empty = True
+                warnings.warn(f"{self._name}: step {k} needed statistics but no forward/backward through the model "
+                              "was recorded since the last step (build the optimizer before the forward pass, and "
+                              "call the model itself, not its submodules); layers without factors take plain "
+                              "gradient steps", stacklevel=3)
+        if k % self.update_freq == 0:
+            factors: dict[str, tuple[Tensor, Tensor]] = {}
+            for name, _, _ in self.layers:
+                if self._capture.batches(name):
+                    fa = self._combined(name, lambda b: kronecker_factors(*self._capture.get(name, b))[0])
+                    fg = self._combined(name, lambda b: kronecker_factors(*self._capture.get(name, b))[1])
+                    factors[name] = (fa, fg)
+            self._check_finite({n: torch.stack([f[0].sum(), f[1].sum()]) for n, f in factors.items()},
+                               "its factors (its inputs or output gradients)")
+            for name, module, _ in self.layers:
+                if name in factors:
+                    state = self.state[module.weight]
+                    self._running(state, "A", factors[name][0], self.factor_decay)
+                    self._running(state, "G", factors[name][1], self.factor_decay)
+        due = [(name, module, handler) for name, module, handler in self.layers
+               if "A" in self.state[module.weight] and (k % self.inv_freq == 0 or self._stale(
+                   self.state[module.weight], module))]
+        self._check_finite({name: torch.stack([self.state[m.weight]["A"].sum(), self.state[m.weight]["G"].sum()])
+                            for name, m, _ in due}, "its running factors")
+        for name, module, handler in due:
+            self._invert(name, module, handler)
+        self._after_stats(k)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        """One update. ``closure`` (optional) re-evaluates the model and returns the loss."""
+        """One update from the statistics recorded since the last step. ``closure`` (optional) re-evaluates
+        the model and returns the loss.
+
+        Raises:
+            ValueError: a param group's option is not finite or has the wrong sign (naming the group).
+            FloatingPointError: a NaN/inf gradient, factor or direction (naming the layer); then no
+                parameter and no statistic has changed.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         k = self._step_count
+        for i, group in enumerate(self.param_groups):
+            self._check_group(i, group)
         self._group_of = {p: g for g in self.param_groups for p in g["params"]}  # groups change on load_state_dict
-        if self._needs_stats(k):
-            if self.fisher != "empirical":
-                self._fisher_pass()
-            recorded = set(self._capture.names())
-            if not recorded and not getattr(self, "_warned_empty", False):
-                self._warned_empty = True
-                warnings.warn(f"{self._name}: step {k} needed statistics but no forward/backward through the model's "
-                              "layers was recorded since the optimizer was built or zero_grad() was called (build the "
-                              "optimizer before the forward pass); layers without factors take plain gradient steps",
-                              stacklevel=3)
+        self._check_gradients()
+        try:
+            self.update_curvature(k)
+            directions, grads_wd, lrs, targets = [], [], [], []
+            covered = set()
             for name, module, handler in self.layers:
-                if name in recorded:
-                    self._update_stats(name, module, handler, k)
-        if k % self.inv_freq == 0:
-            for name, module, handler in self.layers:
-                self._invert(name, module, handler)
-        self._after_stats()
-        self._capture.clear()
-
-        directions, grads_wd, lrs, targets = [], [], [], []
-        covered = set()
-        for name, module, handler in self.layers:
-            params = handler.params(module)
-            covered.update(params)
-            state = self.state[module.weight]
-            if any(p.grad is None for p in params) or not self._ready(state):
-                continue
-            group = self._group_of[module.weight]
-            m = handler.to_matrix(module, [p.grad for p in params])
-            if group["weight_decay"] != 0:
-                m = m + group["weight_decay"] * handler.to_matrix(module, [p.detach() for p in params])
-            d = self._direction(name, state, m, group)
-            directions.append(d)
-            grads_wd.append(m)
-            lrs.append(group["lr"])
-            targets.append((module, handler, params, group))
-        self._after_directions()
+                params = handler.params(module)
+                covered.update(params)
+                state = self.state[module.weight]
+                if any(p.grad is None for p in params) or not self._ready(state):
+                    continue
+                group = self._group_of[module.weight]
+                m = handler.to_matrix(module, [p.grad for p in params])
+                if group["weight_decay"] != 0:
+                    m = m + group["weight_decay"] * handler.to_matrix(module, [p.detach() for p in params])
+                d = self._direction(name, state, m, group)
+                self._check_finite({name: d}, "its preconditioned direction")
+                directions.append(d)
+                grads_wd.append(m)
+                lrs.append(group["lr"])
+                targets.append((module, handler, params, group))
+        finally:
+            self._after_directions()
+            self._capture.clear()
+            self._inputs = []
         nu = kl_clip_factor(directions, grads_wd, lrs, self.kl_clip) if self.kl_clip is not None and directions else 1.0
+        # nothing has changed a parameter up to here
         for d, (module, handler, params, group) in zip(directions, targets):
             parts = handler.from_matrix(module, d * nu if nu != 1.0 else d)
             self._apply(params, parts, group)
@@ -328,24 +462,16 @@ class _KroneckerOptimizer(Optimizer):
             for p, b in zip(params, bufs):
                 self.state[p]["momentum_buffer"] = b
 
-    def _update_factors(self, name: str, state: dict, a: Tensor, g: Tensor) -> None:
-        fa, fg = kronecker_factors(a, g)
-        if not (all_finite(fa) and all_finite(fg)):
-            raise FloatingPointError(f"{self._name}: layer {name!r}: NaN/inf in its inputs or output gradients; "
-                                     "lower the learning rate or raise the damping")
-        self._running(state, "A", fa, self.factor_decay)
-        self._running(state, "G", fg, self.factor_decay)
+    def _stale(self, state: dict, module: nn.Module) -> bool:
+        """Whether the layer's inverse was computed with another damping than its group's now."""
+        return False
 
     # subclass hooks
-    def _after_stats(self) -> None:
+    def _after_stats(self, k: int) -> None:
         pass
 
     def _after_directions(self) -> None:
         pass
-
-    def _update_stats(self, name, module, handler, k) -> None:
-        """Use the statistics recorded for layer ``name`` (``self._capture``) at step ``k``."""
-        raise NotImplementedError
 
     def _invert(self, name, module, handler) -> None:
         raise NotImplementedError
@@ -390,7 +516,7 @@ class KFAC(_KroneckerOptimizer):
     """ + _ARGS_DOC + r"""
     Example:
         >>> opt = KFAC(model, lr=0.01, damping=1e-3, momentum=0.9, update_freq=10, inv_freq=100)
-        >>> loss = F.cross_entropy(model(x), y); loss.backward(); opt.step(); opt.zero_grad()
+        >>> opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward(); opt.step()
     """
 
     _name = "KFAC"
@@ -398,21 +524,23 @@ class KFAC(_KroneckerOptimizer):
     def __init__(self, model: nn.Module, lr: float = 0.01, damping: float = 1e-3, momentum: float = 0.0,
                  weight_decay: float = 0.0, factor_decay: float = 0.95, update_freq: int = 10, inv_freq: int = 100,
                  fisher: str = "empirical", likelihood: str = "categorical", kl_clip: float | None = None,
-                 mc_samples: int = 1, param_groups: Iterable[dict[str, Any]] | None = None):
+                 mc_samples: int = 1, param_groups: Iterable[dict[str, Any]] | None = None, seed: int | None = None):
         super().__init__(model, lr, damping, momentum, weight_decay, factor_decay, update_freq, inv_freq, fisher,
-                         likelihood, kl_clip, mc_samples, param_groups)
-
-    def _update_stats(self, name, module, handler, k) -> None:
-        self._update_factors(name, self.state[module.weight], *self._capture.get(name))
+                         likelihood, kl_clip, mc_samples, param_groups, seed)
 
     def _invert(self, name, module, handler) -> None:
         state = self.state[module.weight]
-        if "A" not in state:
-            return
         damping = self._group_of[module.weight]["damping"]
         ca, cg = pi_split(state["A"], state["G"], damping)
         state["A_inv"] = damped_inverse(state["A"], ca, name=f"{self._name} layer {name!r} factor A")
         state["G_inv"] = damped_inverse(state["G"], cg, name=f"{self._name} layer {name!r} factor G")
+        state["inv_damping"] = torch.tensor(float(damping))  # a tensor, so state_dict round trips compare
+
+    def _stale(self, state: dict, module: nn.Module) -> bool:
+        if "inv_damping" not in state:
+            return False
+        now = float(self._group_of[module.weight]["damping"])  # float32 in a loaded checkpoint: relative test
+        return abs(float(state["inv_damping"]) - now) > 1e-6 * now
 
     def _ready(self, state: dict) -> bool:
         return "A_inv" in state
@@ -436,7 +564,7 @@ class EKFAC(_KroneckerOptimizer):
     """ + _ARGS_DOC.replace("\n    Raises:", _DIAG_FREQ_DOC + "\n    Raises:") + r"""
     Example:
         >>> opt = EKFAC(model, lr=0.01, damping=1e-3, momentum=0.9, update_freq=10, inv_freq=100)
-        >>> loss = F.cross_entropy(model(x), y); loss.backward(); opt.step(); opt.zero_grad()
+        >>> opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward(); opt.step()
     """
 
     _name = "EKFAC"
@@ -444,13 +572,13 @@ class EKFAC(_KroneckerOptimizer):
     def __init__(self, model: nn.Module, lr: float = 0.01, damping: float = 1e-3, momentum: float = 0.0,
                  weight_decay: float = 0.0, factor_decay: float = 0.95, update_freq: int = 10, inv_freq: int = 100,
                  fisher: str = "empirical", likelihood: str = "categorical", kl_clip: float | None = None,
-                 mc_samples: int = 1, param_groups: Iterable[dict[str, Any]] | None = None, diag_freq: int = 1):
-        if int(diag_freq) != diag_freq or diag_freq < 1:
-            raise ValueError(f"EKFAC: diag_freq must be a positive integer, got {diag_freq}")
+                 mc_samples: int = 1, param_groups: Iterable[dict[str, Any]] | None = None, diag_freq: int = 1,
+                 seed: int | None = None):
+        if isinstance(diag_freq, bool) or not isinstance(diag_freq, int) or diag_freq < 1:
+            raise ValueError(f"EKFAC: option: diag_freq must be a positive integer, got {diag_freq!r}")
         self.diag_freq = int(diag_freq)  # before the base class arms the hooks for step 0
         super().__init__(model, lr, damping, momentum, weight_decay, factor_decay, update_freq, inv_freq, fisher,
-                         likelihood, kl_clip, mc_samples, param_groups)
-        self._pending: set[str] = set()
+                         likelihood, kl_clip, mc_samples, param_groups, seed)
         self._rotated: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
         #: layers whose gradient was rotated into the eigenbasis from the per-example quantities in the
         #: last step (:func:`geomopt.curvature.factored_rotation`); the others were rotated densely
@@ -459,16 +587,8 @@ class EKFAC(_KroneckerOptimizer):
     def _needs_stats(self, k: int) -> bool:
         return k % self.update_freq == 0 or k % self.diag_freq == 0
 
-    def _update_stats(self, name, module, handler, k) -> None:
-        if k % self.update_freq == 0:
-            self._update_factors(name, self.state[module.weight], *self._capture.get(name))
-        if k % self.diag_freq == 0:
-            self._pending.add(name)  # the diagonal is updated after a possible new eigenbasis
-
     def _invert(self, name, module, handler) -> None:
         state = self.state[module.weight]
-        if "A" not in state:
-            return
         ea, ua = symeig(state["A"], name=f"{self._name} layer {name!r} factor A")
         eg, ug = symeig(state["G"], name=f"{self._name} layer {name!r} factor G")
         state["U_A"], state["U_G"] = ua, ug
@@ -494,37 +614,42 @@ class EKFAC(_KroneckerOptimizer):
         if self.fisher == "empirical":  # cheap (inputs are expanded only when used), so on every step: Linear
             self._capture.active = True  # layers rotate from their examples between diagonal steps too
 
-    def _after_stats(self) -> None:
+    def _after_stats(self, k: int) -> None:
         self.factored_layers = set()
         self._rotated.clear()
-        recorded = set(self._capture.names()) if self.fisher == "empirical" else set()
+        diag = k % self.diag_freq == 0
+        diagonals: dict[str, Tensor] = {}
         for name, module, _ in self.layers:
             state = self.state[module.weight]
-            diag = name in self._pending
-            if "U_A" not in state or not (diag or name in recorded):
+            batches = self._capture.batches(name)
+            if "U_A" not in state or not batches:
                 continue
-            k, n, t, d_out = self._capture.grad_shape(name)
-            d_in = state["U_A"].shape[0]
-            if t == 1:  # Linear on (N, d_in) inputs: the rotated examples serve the diagonal and the rotation
-                # multiply-adds of the factored rotation (with its exactness check) vs the dense d_out d_in (d_out +
-                # d_in): 2 N d_out d_in when the diagonal rotates the examples anyway, else N (d_in^2 + d_out^2) more
-                cost = 2 * n * d_out * d_in + (0 if diag else n * (d_in * d_in + d_out * d_out))
-                factored = self.fisher == "empirical" and k == 1 and cost < d_out * d_in * (d_out + d_in)
-                if not (diag or factored):
-                    continue
-                g, a = self._capture.output_grads(name), self._capture.inputs(name)
-                ga, aa = g @ state["U_G"], a @ state["U_A"]
-                if factored:
-                    self._rotated[name] = (a, g, ga, aa)
-                if not diag:
-                    continue
-                s = diagonal_from_rotated(ga, aa)
-            elif diag:
-                s = captured_diagonal(self._capture, name, state["U_A"], state["U_G"])  # conv: no patches
-            else:
-                continue
-            if not all_finite(s):
-                raise FloatingPointError(f"EKFAC: layer {name!r}: NaN/inf in the eigenbasis diagonal; "
-                                         "lower the learning rate or raise the damping")
-            self._running(state, "S", s, self.factor_decay)
-        self._pending.clear()
+            single = len(batches) == 1
+            s = self._combined(name, lambda b: self._batch_diagonal(name, state, b, diag, single))
+            if s is not None:
+                diagonals[name] = s
+        self._check_finite(diagonals, "the eigenbasis diagonal")
+        for name, module, _ in self.layers:
+            if name in diagonals:
+                self._running(self.state[module.weight], "S", diagonals[name], self.factor_decay)
+
+    def _batch_diagonal(self, name: str, state: dict, batch: int, diag: bool, single: bool) -> Tensor | None:
+        """Micro-batch ``batch``'s eigenbasis diagonal (when ``diag``); on a Linear layer with one micro-batch
+        the rotated examples are also kept for :func:`factored_rotation` where that is cheaper."""
+        k, n, t, d_out = self._capture.grad_shape(name, batch)
+        d_in = state["U_A"].shape[0]
+        if t == 1:  # Linear on (N, d_in) inputs: the rotated examples serve the diagonal and the rotation
+            # multiply-adds of the factored rotation (with its exactness check) vs the dense d_out d_in (d_out +
+            # d_in): 2 N d_out d_in when the diagonal rotates the examples anyway, else N (d_in^2 + d_out^2) more
+            cost = 2 * n * d_out * d_in + (0 if diag else n * (d_in * d_in + d_out * d_out))
+            factored = self.fisher == "empirical" and k == 1 and single and cost < d_out * d_in * (d_out + d_in)
+            if not (diag or factored):
+                return None
+            g, a = self._capture.output_grads(name, batch), self._capture.inputs(name, batch)
+            ga, aa = g @ state["U_G"], a @ state["U_A"]
+            if factored:
+                self._rotated[name] = (a, g, ga, aa)
+            return diagonal_from_rotated(ga, aa) if diag else None
+        if diag:
+            return captured_diagonal(self._capture, name, state["U_A"], state["U_G"], batch)  # conv: no patches
+        return None
