@@ -30,25 +30,39 @@ supported (BatchNorm, embeddings, grouped convolutions, ...) get the same moment
 the plain gradient; a warning names them once, at construction.
 
 Statistics are gathered by forward hooks on the supported layers and tensor hooks on their outputs
-(:class:`geomopt.curvature.Capture`) during the ordinary ``loss.backward()``:
+(:class:`geomopt.curvature.Capture`), recorded per forward/backward and consumed at :meth:`step`, so any
+loop order works: ``zero_grad(); loss = f(model(x)); loss.backward(); step()``, ``loss = f(model(x));
+zero_grad(); loss.backward(); step()`` (the order of Lightning's closure), ``step(closure)``, and
+gradient accumulation. Each forward of ``model`` with gradients enabled starts a micro-batch; the
+factors of a step are over every micro-batch backpropagated since the last step (each example weighted
+equally: ``A = sum_b (N_b / N) A_b``); :meth:`zero_grad` drops the records whose gradients it discards
+(those already backpropagated) and keeps forwards still waiting for their backward; a forward that is
+never backpropagated is ignored.
 
 - ``fisher='empirical'``: the gradients of *your* loss, which must be a mean over the batch (as
-  ``F.cross_entropy`` and ``F.mse_loss`` are by default); nothing else to do.
-- ``fisher='true'`` (or ``'ggn'``): the optimizer also records the model's inputs (a forward
-  pre-hook on ``model``) and, inside :meth:`step` on the steps that need statistics (every
+  ``F.cross_entropy`` and ``F.mse_loss`` are by default) and, when accumulating ``B`` micro-batches,
+  divided by ``B`` (as usual, so that the gradient is the mean over all examples).
+- ``fisher='true'`` (or ``'ggn'``): the optimizer also records the model's inputs per micro-batch (a
+  forward pre-hook on ``model``) and, inside :meth:`step` on the steps that need statistics (every
   ``update_freq`` steps for K-FAC, every step for EKFAC), runs one more forward and backward pass
-  with targets sampled from the model's predictive distribution (``likelihood``: ``categorical``
-  for logits, ``gaussian`` for regression outputs, ``bernoulli`` for logits of binary outputs),
-  or with the columns of the loss-Hessian square root (``ggn``: exact expectation, ``C`` passes).
-  ``.grad`` is left untouched by that pass. Usage is unchanged:
-  ``loss = loss_fn(model(x), y); loss.backward(); opt.step()``.
+  per micro-batch with targets sampled from the model's predictive distribution (``likelihood``:
+  ``categorical`` for logits, ``gaussian`` for regression outputs, ``bernoulli`` for logits of binary
+  outputs), or with the columns of the loss-Hessian square root (``ggn``: exact expectation, ``C``
+  passes). That pass is invisible to the user: ``.grad`` is untouched, the model's buffers (BatchNorm
+  running statistics, ``num_batches_tracked``) are restored, and the global RNG streams are restored
+  too (inside the pass they are seeded from the optimizer's own generator, option ``seed``, whose state
+  is in :meth:`state_dict`, so a resumed run samples the same targets).
 
-Statistics are recorded only in forwards with gradients enabled and only on steps that need them;
-call :meth:`zero_grad` (or :meth:`step`) between batches. Eigendecompositions run in the factors' precision
-with a jitter retry (:func:`geomopt.curvature.symeig`); K-FAC's damped inverses by Cholesky in the factors'
-precision when the damped factor is well enough conditioned for it, else (or when that fails) in float64, and
-by a clamped eigendecomposition for a factor that is not PSD (:func:`geomopt.curvature.damped_inverse`); a
-NaN/inf factor raises ``FloatingPointError`` naming the layer instead of producing NaN parameters.
+Statistics are recorded only in forwards with gradients enabled and only before steps that need them.
+Every numeric option is checked at construction, in ``add_param_group`` and in every param group at
+each :meth:`step` (finite, right sign; the error names the option and the group). A NaN/inf gradient,
+factor, eigenbasis diagonal or direction raises ``FloatingPointError`` naming the parameter or layer
+before any parameter changes (so parameters are never left NaN). Eigendecompositions run in the factors'
+precision with a jitter retry (:func:`geomopt.curvature.symeig`); K-FAC's damped inverses by Cholesky
+in the factors' precision when the damped factor is well enough conditioned for it, else (or when that
+fails) in float64, and by a clamped eigendecomposition for a factor that is not PSD
+(:func:`geomopt.curvature.damped_inverse`); they are recomputed every ``inv_freq`` steps and whenever a
+group's damping changed.
 
 EKFAC rotates ``M`` into the eigenbasis from the rotated per-example quantities of the diagonal
 estimate, ``U_G^T M U_A = (g U_G)^T (a U_A) / N`` (:func:`geomopt.curvature.factored_rotation`), on
@@ -502,10 +516,12 @@ _ARGS_DOC = """
         param_groups: optional parameter groups (dicts with ``params`` and per-group ``lr``,
             ``damping``, ``momentum``, ``weight_decay``); default: all of ``model.parameters()``.
             A layer uses the group of its weight.
+        seed: seed of the optimizer's own generator, from which the Fisher pass (``true``/``ggn``)
+            seeds its sampled targets and dropout masks (default ``torch.initial_seed()``).
 
     Raises:
-        ValueError: a bad hyperparameter, a parameter that is not the model's, or a model without
-            any supported layer.
+        ValueError: a bad hyperparameter (naming it and its param group), a parameter that is not the
+            model's, or a model without any supported layer.
 """
 
 
