@@ -5,8 +5,8 @@ tables, figure file names) beside its PNG figures and CSV/JSON numbers. ``build_
 gathers every section under a runs directory into one HTML file with the figures embedded.
 """
 
-from geomopt.report.figures import plot_curves
+from geomopt.report.figures import plot_bands, plot_curves
 from geomopt.report.html import Section, build_report, write_section
 from geomopt.report.tables import write_records, write_tables
 
-__all__ = ["Section", "write_section", "build_report", "plot_curves", "write_records", "write_tables"]
+__all__ = ["Section", "write_section", "build_report", "plot_curves", "plot_bands", "write_records", "write_tables"]

@@ -36,3 +36,35 @@ def plot_curves(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequenc
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_bands(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float],
+                                                      Sequence[float]]]], path: str | Path, *,
+               xlabel: str, ylabel: str, logx: bool = False, logy: bool = False, ncols: int = 4) -> Path:
+    """Like :func:`plot_curves` with a shaded band per line: ``panels[title][label] = (xs, mean, low, high)``
+    (e.g. the mean over seeds and its 95% interval from :func:`geomopt.sweep.stats.band`). Saved as PNG."""
+    path = Path(path)
+    n = max(len(panels), 1)
+    ncols = min(ncols, n)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, (title, lines) in zip(axes.flat, panels.items()):
+        for label, (xs, mean, low, high) in lines.items():
+            (line,) = ax.plot(xs, mean, label=label, linewidth=1.5, marker="o", markersize=2.5)
+            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if logx:
+            ax.set_xscale("log", base=2)
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
