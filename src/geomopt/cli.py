@@ -121,7 +121,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     result = measure_run(args.run_dir, measures=measures, progress=not args.no_progress, overwrite=args.overwrite,
                          **options)
     keys = ["margin", "train_error", "test_error", "gap", "log_spectral_product", "l2_path", "l2_path_over_margin",
-            "bartlett_bound", "pac_bayes_spectral_bound", "sharpness", "pacbayes_sigma", "pacbayes_mag_sigma"]
+            "bartlett_bound", "pac_bayes_spectral_bound", "sharpness", "pacbayes_sigma", "pacbayes_mag_sigma",
+            "hessian_top_eigenvalue", "hessian_trace"]
     for k in keys:
         if k in result:
             print(f"  {k:28s} {result[k]:.6g}")
@@ -202,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("measure", help="generalization measures of a trained run (writes RUN_DIR/measures.json)")
     p.add_argument("run_dir", help="a `geomopt train` output directory (config.json, checkpoint.pt)")
     p.add_argument("--measures", default="all",
-                   help="'all' or comma-separated groups: margin,norms,path,bounds,sharpness,flatness")
+                   help="'all' or comma-separated groups: margin,norms,path,bounds,sharpness,flatness,hessian")
     p.add_argument("--margin-quantile", type=float, default=0.05, help="quantile of the signed training margins")
     p.add_argument("--sharpness-alpha", type=float, default=5e-4, help="box |nu| <= alpha (|w| + 1)")
     p.add_argument("--flatness-threshold", type=float, default=0.1, help="largest expected loss increase")

@@ -60,7 +60,8 @@ CORRELATED = ("num_params", "log_frobenius_product", "log_spectral_product", "di
               "log_frobenius_over_margin", "log_spectral_over_margin", "log_l1_path_over_margin",
               "log_l2_path_over_margin", "log_spectral_complexity_over_margin", "log_bartlett_bound",
               "log_pac_bayes_spectral_bound", "margin", "sharpness", "pacbayes_flatness", "pacbayes_mag_flatness",
-              "pacbayes_bound", "pacbayes_mag_bound")
+              "pacbayes_bound", "pacbayes_mag_bound", "hessian_top_eigenvalue", "hessian_trace",
+              "hessian_top_eigenvalue_normalized", "hessian_trace_normalized")
 
 
 def load_grid(path: str | Path, out: str | Path) -> tuple[list[tuple[TrainConfig, Path, dict[str, Any]]], dict]:

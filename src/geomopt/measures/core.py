@@ -18,6 +18,8 @@ The training loss is evaluated only for the groups that use it (margin, sharpnes
   the Bartlett et al. (2017) bound and the PAC-Bayes spectral bound of Neyshabur et al. (2018); see
   :mod:`geomopt.measures.norms`.
 - ``sharpness``: worst-case sharpness in the box ``|nu| <= alpha (|w| + 1)`` by projected ascent.
+- ``hessian``: top eigenvalue and trace of the training loss's Hessian and their magnitude-normalized
+  forms (:mod:`geomopt.measures.hessian`; ``hessian_examples`` training examples).
 - ``flatness``: PAC-Bayes flatness, isotropic (``pacbayes_*``) and magnitude-aware (``pacbayes_mag_*``):
   sigma, ``1/sigma^2``, KL term, bound value, loss evaluations spent.
 
@@ -41,13 +43,14 @@ from tqdm.auto import tqdm
 from geomopt.curvature.operators import read_batches
 from geomopt.geometry import path_norm
 from geomopt.geometry.path_norm import UnsupportedModuleError
+from geomopt.measures.hessian import hessian_measures
 from geomopt.measures.layers import MeasureError, fold_batchnorm, has_batchnorm, weighted_layers
 from geomopt.measures.norms import bartlett_log_r, layer_norms, margin_quantile as quantile, margins, norm_measures
 from geomopt.measures.sharpness import (DatasetObjective, kl_term, pac_bayes_bound, search_sigma,
                                         worst_case_sharpness)
 from geomopt.nn.checks import check_finite_parameters
 
-GROUPS = ("margin", "norms", "path", "bounds", "sharpness", "flatness")
+GROUPS = ("margin", "norms", "path", "bounds", "sharpness", "flatness", "hessian")
 
 
 def _groups(measures: str | Sequence[str]) -> tuple[list[str], bool]:
@@ -84,7 +87,7 @@ def compute(model: nn.Module, train_loader: DataLoader | Sequence[tuple[Tensor, 
             sharpness_alpha: float = 5e-4, sharpness_steps: int = 20, sharpness_restarts: int = 3,
             sharpness_examples: int | None = None, flatness_threshold: float = 0.1, flatness_samples: int = 10,
             flatness_metric: str = "loss", flatness_examples: int | None = None, magnitude_eps: float = 1e-3,
-            delta: float = 0.05, spectral_method: str = "auto", seed: int = 0,
+            delta: float = 0.05, hessian_examples: int | None = 1000, spectral_method: str = "auto", seed: int = 0,
             progress: bool = False) -> dict[str, Any]:
     """Compute the generalization measures of a trained classifier.
 
@@ -104,6 +107,7 @@ def compute(model: nn.Module, train_loader: DataLoader | Sequence[tuple[Tensor, 
         flatness_threshold, flatness_samples, flatness_metric, magnitude_eps: the sigma search (see
             :func:`~geomopt.measures.sharpness.search_sigma`).
         delta: confidence of the bounds.
+        hessian_examples: the Hessian measures use the first this many training examples (None: all).
         spectral_method: ``auto``, ``dense`` or ``power`` (conv operator norms).
         seed: seed of the random restarts and Monte-Carlo draws.
         progress: tqdm bars for the slow measures.
@@ -131,6 +135,7 @@ def compute(model: nn.Module, train_loader: DataLoader | Sequence[tuple[Tensor, 
                 "sharpness_steps": sharpness_steps, "sharpness_restarts": sharpness_restarts,
                 "flatness_threshold": flatness_threshold, "flatness_samples": flatness_samples,
                 "flatness_metric": flatness_metric, "magnitude_eps": magnitude_eps, "delta": delta, "seed": seed,
+                "hessian_examples": hessian_examples,
                 "measures": groups}
 
     def skip(group: str, exc: Exception) -> None:
@@ -213,6 +218,10 @@ def compute(model: nn.Module, train_loader: DataLoader | Sequence[tuple[Tensor, 
             out[f"{prefix}_evaluations"] = s.evaluations
             if s.saturated:
                 warnings.append(f"{prefix}: sigma reached the search's upper end without the threshold being hit")
+    if "hessian" in groups:
+        out.update(hessian_measures(model, batches, loss_fn=loss_fn, max_examples=hessian_examples, seed=seed))
+        if not out["hessian_converged"]:
+            warnings.append("hessian: a Lanczos or Hutchinson estimate stopped before its tolerance")
     out["warnings"] = warnings
     out["settings"] = settings
     return out
