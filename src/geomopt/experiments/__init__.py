@@ -14,4 +14,8 @@ from geomopt.experiments import bn_lstm  # noqa: E402  (recurrent batch normaliz
 
 EXPERIMENTS["bn-lstm"] = bn_lstm
 
+from geomopt.experiments import overparametrization  # noqa: E402  (network size and generalization, issue 20)
+
+EXPERIMENTS["overparametrization"] = overparametrization
+
 __all__ = ["EXPERIMENTS"]

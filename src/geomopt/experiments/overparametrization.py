@@ -1,0 +1,291 @@
+"""Reproduction: network size does not control generalization (the width sweep) and the 2019 capacity bound.
+
+Neyshabur, Tomioka & Srebro, "In Search of the Real Inductive Bias: On the Role of Implicit
+Regularization in Deep Learning" (ICLR 2015 workshop): two-layer ReLU nets of growing width H trained
+with plain SGD, no weight decay or dropout; training error reaches zero at moderate H, yet test error
+keeps falling as H grows far beyond that, also with label noise. Neyshabur, Li, Bhojanapalli, LeCun &
+Srebro, "Towards Understanding the Role of Over-Parametrization in Generalization of Neural Networks"
+(ICLR 2019): a capacity bound built on unit-wise distances to initialization and the output norms
+(:mod:`geomopt.measures.two_layer`) falls with H like the test error, while the norm, spectral and VC
+capacities grow.
+
+Protocol (the 2019 code): ``x -> V relu(U x + b) + c``, SGD with momentum 0.9, batch 64, no weight
+decay, each run stopped at the end of the first epoch with training cross-entropy <= 0.01 (or the epoch
+budget; a run that did not reach it is marked and left out of the bound's claims), several seeds per
+width. The learning rate is a protocol constant, not tuned: the claims compare widths, not methods.
+Full protocol: H = 2^2 .. 2^13 on MNIST and CIFAR-10 read from ``data_dir``, with and without label
+noise. ``--quick``: H = 2^2 .. 2^11 on digits and MNIST-1D.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from geomopt.data import make_loader
+from geomopt.experiments.config import experiment_dir, merge_overrides
+from geomopt.experiments.sweep import run_all
+from geomopt.measures.runs import load_run
+from geomopt.measures.two_layer import BOUNDS, two_layer_measures
+from geomopt.report import Section, plot_bands, write_records, write_section, write_tables
+from geomopt.sweep.claims import FAILS, Claim, Outcome, all_of, greater, less, write_claims
+from geomopt.sweep.stats import band, seed_stats
+from geomopt.train import TrainConfig
+from geomopt.train.checkpoint import write_json
+
+NAME = "overparametrization"
+TITLE = "Network size and generalization (Neyshabur, Tomioka & Srebro 2015; Neyshabur et al. 2019)"
+MEASURES_FILE = "two_layer.json"
+BOUND_LABELS = {"vc_bound": "VC dimension", "l1max_bound": "l1,inf (Bartlett & Mendelson 2002)",
+                "frobenius_bound": "Frobenius (Neyshabur et al. 2015)",
+                "spectral_l1_bound": "spectral-l2,1 (Bartlett et al. 2017)",
+                "spectral_fro_bound": "spectral-Frobenius (Neyshabur et al. 2018)",
+                "overparam_bound": "ours (Neyshabur et al. 2019)"}
+
+
+@dataclass
+class OverparamExperiment:
+    """Plain-data configuration; every field can be set with ``--set key=value``."""
+
+    datasets: tuple[str, ...] = ("mnist", "cifar10")
+    data_dir: str | None = None
+    widths: tuple[int, ...] = tuple(2 ** k for k in range(2, 14))
+    label_noises: tuple[float, ...] = (0.0, 0.2)
+    lr: float = 0.001
+    momentum: float = 0.9
+    batch_size: int = 64
+    target_train_loss: float = 0.01
+    epochs: int = 1000
+    train_size: int | None = None
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+
+    @classmethod
+    def quick(cls) -> OverparamExperiment:
+        return cls(datasets=("digits", "mnist1d"), widths=tuple(2 ** k for k in range(2, 12)), label_noises=(0.0, 0.1),
+                   lr=0.05, epochs=150, seeds=(0, 1, 2))
+
+    def replace(self, overrides: dict[str, Any]) -> OverparamExperiment:
+        d = merge_overrides(self, overrides, NAME)
+        exp = OverparamExperiment(**d)
+        if len(exp.widths) < 2 or sorted(exp.widths) != list(exp.widths) or exp.widths[0] < 1:
+            raise ValueError(f"{NAME}: widths must be at least two increasing positive ints, got {list(exp.widths)}")
+        if any(not 0 <= p < 1 for p in exp.label_noises):
+            raise ValueError(f"{NAME}: label_noises must lie in [0, 1), got {list(exp.label_noises)}")
+        if exp.target_train_loss <= 0:
+            raise ValueError(f"{NAME}: target_train_loss must be positive, got {exp.target_train_loss}")
+        return exp
+
+
+def _configs(exp: OverparamExperiment, root: Path) -> list[tuple[TrainConfig, Path, dict[str, Any]]]:
+    jobs = []
+    for data in exp.datasets:
+        for noise in exp.label_noises:
+            for width in exp.widths:
+                for seed in exp.seeds:
+                    cfg = TrainConfig(model="mlp", widths=(width,), data=data, data_dir=exp.data_dir,
+                                      train_size=exp.train_size, label_noise=noise, optimizer="momentum", lr=exp.lr,
+                                      momentum=exp.momentum, epochs=exp.epochs, batch_size=exp.batch_size, seed=seed,
+                                      target_train_loss=exp.target_train_loss)
+                    key = {"dataset": data, "label_noise": noise, "width": width, "seed": seed}
+                    jobs.append((cfg, root / "runs" / data / f"noise{noise:g}" / f"h{width}" / f"seed{seed}", key))
+    return jobs
+
+
+def measure(run_dir: Path) -> dict[str, Any]:
+    """The two-layer measures of a trained run on its own training set (cached in ``two_layer.json``)."""
+    path = run_dir / MEASURES_FILE
+    ckpt = run_dir / "checkpoint.pt"
+    if path.is_file() and ckpt.is_file() and ckpt.stat().st_mtime <= path.stat().st_mtime:
+        return json.loads(path.read_text())
+    _, model, init, bundle = load_run(run_dir)
+    result = two_layer_measures(model.double(), init.double(),
+                                ((x.double(), y) for x, y in make_loader(bundle.train, 1000, shuffle=False)))
+    write_json(path, result)
+    return result
+
+
+def _rows(exp: OverparamExperiment, planned, summaries) -> list[dict[str, Any]]:
+    rows = []
+    for (_, run_dir, key), s in zip(planned, summaries):
+        diverged = bool(s.get("diverged", False))
+        row = {**key, "train_err": 1 - s["train_acc"], "test_err": 1 - s["test_acc"], "train_loss": s["train_loss"],
+               "epochs": s.get("epochs"), "converged": bool(s.get("reached_target")) and not diverged,
+               "diverged": diverged, "dir": str(run_dir)}
+        if not diverged:
+            row.update({k: v for k, v in measure(run_dir).items() if k != "width"})
+        rows.append(row)
+    return rows
+
+
+def _group(rows: list[dict[str, Any]], data: str, noise: float) -> dict[int, list[dict[str, Any]]]:
+    """Rows of one (dataset, noise) setting by width, each list in seed order."""
+    by_width: dict[int, list[dict[str, Any]]] = {}
+    for r in sorted((r for r in rows if r["dataset"] == data and r["label_noise"] == noise), key=lambda r: r["seed"]):
+        by_width.setdefault(r["width"], []).append(r)
+    return dict(sorted(by_width.items()))
+
+
+def _interpolating_width(group: dict[int, list[dict[str, Any]]]) -> int | None:
+    """The smallest width whose training error is 0 in every seed."""
+    return next((w for w, rs in group.items() if all(r["train_err"] == 0 for r in rs)), None)
+
+
+def _converged_width(group: dict[int, list[dict[str, Any]]]) -> int | None:
+    """The smallest width that reached the target training loss in every seed (and every larger width too)."""
+    widths = list(group)
+    for i, w in enumerate(widths):
+        if all(r["converged"] for v in widths[i:] for r in group[v]):
+            return w
+    return None
+
+
+def _test_keeps_falling(results: dict[str, Any], noisy: bool) -> Outcome:
+    parts = {}
+    for (data, noise), group in results["groups"].items():
+        if (noise > 0) != noisy:
+            continue
+        w0, wmax = _interpolating_width(group), max(group)
+        label = f"{data}, noise {noise:g}"
+        if w0 is None or w0 == wmax:
+            parts[label] = Outcome(FAILS, "training error reached 0 in every seed at no width below the largest",
+                                   {"interpolating_width": w0})
+            continue
+        out = less([r["test_err"] for r in group[wmax]], [r["test_err"] for r in group[w0]],
+                   label=f"test error at H={wmax} - at H={w0} (train error 0 from H={w0}), %", scale=100)
+        parts[label] = out
+    if not parts:
+        return Outcome(FAILS, "no setting of this kind was run")
+    return all_of(parts)
+
+
+def _bound_trend(results: dict[str, Any], keys: tuple[str, ...], falls: bool) -> Outcome:
+    parts = {}
+    for (data, noise), group in results["groups"].items():
+        if noise > 0:
+            continue
+        wc, wmax = _converged_width(group), max(group)
+        if wc is None or wc == wmax:
+            parts[data] = Outcome(FAILS, f"fewer than two widths reached training loss {results['target']} in every "
+                                         "seed; the bounds are compared on converged runs only", {"converged_width": wc})
+            continue
+        for key in keys:
+            hi, lo = [r[key] for r in group[wmax]], [r[key] for r in group[wc]]
+            test = less if falls else greater
+            parts[f"{data}: {BOUND_LABELS[key]}"] = test(hi, lo, label=f"{key} at H={wmax} - at H={wc}", digits=3)
+    return all_of(parts)
+
+
+CLAIMS = [
+    Claim("test-falls-beyond-interpolation",
+          "Test error keeps falling as the width grows beyond the width at which training error reaches zero.",
+          "Neyshabur, Tomioka & Srebro 2015", "Fig. 1 (MNIST, CIFAR-10)",
+          "MNIST: test error keeps decreasing up to H = 8192 with zero training error from moderate H",
+          lambda res: _test_keeps_falling(res, noisy=False)),
+    Claim("test-falls-with-label-noise",
+          "With some label noise, test error still falls with width beyond zero training error.",
+          "Neyshabur, Tomioka & Srebro 2015", "Fig. 1 (right)", "same trend with noisy labels",
+          lambda res: _test_keeps_falling(res, noisy=True)),
+    Claim("overparam-bound-falls",
+          "The 2019 capacity bound decreases with the width among networks trained to the same training loss.",
+          "Neyshabur et al. 2019", "Fig. 6 / Table 1", "decreases over H = 2^6 .. 2^15 (CIFAR-10, SVHN, MNIST)",
+          lambda res: _bound_trend(res, ("overparam_bound",), falls=True)),
+    Claim("other-bounds-grow",
+          "The VC, Frobenius, spectral-l2,1 and spectral-Frobenius capacities increase with the width.",
+          "Neyshabur et al. 2019", "Fig. 6", "increase with H",
+          lambda res: _bound_trend(res, ("vc_bound", "frobenius_bound", "spectral_l1_bound", "spectral_fro_bound"),
+                                   falls=False)),
+]
+
+
+def _trend_table(exp: OverparamExperiment, results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Per dataset: each measure at the smallest converged width and at the largest, and its direction."""
+    columns = ["dataset", "measure", "H from", "at H from", "H to", "at H to", "ratio", "direction (seeds agreeing)"]
+    rows = []
+    for (data, noise), group in results["groups"].items():
+        if noise > 0:
+            continue
+        wc, wmax = _converged_width(group), max(group)
+        if wc is None or wc == wmax:
+            continue
+        for key in ("num_params",) + BOUNDS + ("dist_U", "fro_V", "spec_U0", "margin"):
+            a, b = [float(r[key]) for r in group[wc]], [float(r[key]) for r in group[wmax]]
+            up = sum(y > x for x, y in zip(a, b))
+            sa, sb = seed_stats(a), seed_stats(b)
+            direction = "grows" if up == len(a) else "falls" if up == 0 else "mixed"
+            rows.append([data, BOUND_LABELS.get(key, key), wc, sa.fmt(), wmax, sb.fmt(), sb.mean / sa.mean,
+                         f"{direction} ({max(up, len(a) - up)}/{len(a)})"])
+    return columns, rows
+
+
+def _figures(exp: OverparamExperiment, results: dict[str, Any], root: Path) -> list[dict[str, str]]:
+    errors: dict[str, dict[str, tuple]] = {}
+    bounds: dict[str, dict[str, tuple]] = {}
+    for (data, noise), group in results["groups"].items():
+        widths = list(group)
+        panel = f"{data}, label noise {noise:g}"
+        for what in ("train_err", "test_err"):
+            mean, low, high = band([[100 * r[what] for r in group[w]] for w in widths])
+            errors.setdefault(panel, {})[what.replace("_err", " error")] = (widths, mean, low, high)
+        wc = _converged_width(group)
+        if noise > 0 or wc is None:
+            continue
+        kept = [w for w in widths if w >= wc]
+        for key in BOUNDS:
+            per_seed = [[r[key] for r in group[w]] for w in kept]
+            ref = per_seed[0]
+            mean, low, high = band([[v / r0 for v, r0 in zip(col, ref)] for col in per_seed])
+            bounds.setdefault(f"{data} (trained to loss {exp.target_train_loss:g})", {})[BOUND_LABELS[key]] = \
+                (kept, mean, low, high)
+    figures = []
+    plot_bands(errors, root / "errors.png", xlabel="hidden units H", ylabel="error %", logx=True)
+    figures.append({"file": "errors.png", "caption": "Training and test error vs width (mean and 95% band over "
+                                                     f"{len(exp.seeds)} seeds)."})
+    if bounds:
+        plot_bands(bounds, root / "capacity.png", xlabel="hidden units H", ylabel="capacity / its value at the "
+                   "smallest converged H", logx=True, logy=True)
+        figures.append({"file": "capacity.png", "caption": "Each capacity term divided by its value at the smallest "
+                        "width that reached the target loss in every seed (per seed, then mean and 95% band)."})
+    return figures
+
+
+def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
+              overrides: dict[str, Any] | None = None) -> Path:
+    """Train every (dataset, noise, width, seed), measure the runs, write tables, figures, claims, section."""
+    exp = (OverparamExperiment.quick() if quick else OverparamExperiment()).replace(overrides or {})
+    root = experiment_dir(out, NAME, exp)
+    planned = _configs(exp, root)
+    summaries = run_all([(c, o) for c, o, _ in planned], jobs, desc=NAME)
+    rows = _rows(exp, planned, summaries)
+    write_records(root / "results.csv", rows)
+    results = {"groups": {(d, n): _group(rows, d, n) for d in exp.datasets for n in exp.label_noises},
+               "target": exp.target_train_loss}
+
+    error_columns = ["dataset", "label noise", "H", "train error %", "test error %", "reached loss target (seeds)"]
+    error_rows = []
+    for (data, noise), group in results["groups"].items():
+        for w, rs in group.items():
+            error_rows.append([data, noise, w, seed_stats([100 * r["train_err"] for r in rs]).fmt(),
+                               seed_stats([100 * r["test_err"] for r in rs]).fmt(),
+                               f"{sum(r['converged'] for r in rs)}/{len(rs)}"])
+    trend_columns, trend_rows = _trend_table(exp, results)
+    write_tables(root / "table.csv", (error_columns, error_rows), (trend_columns, trend_rows))
+    figures = _figures(exp, results, root)
+    seconds = sum(float(s.get("seconds", 0.0)) for s in summaries)
+    write_claims(root, NAME, CLAIMS, results, title=TITLE, seeds=exp.seeds, seconds=seconds, quick=quick)
+
+    paragraphs = [
+        f"Protocol: x -> V relu(U x + b) + c, SGD lr {exp.lr:g} momentum {exp.momentum:g}, batch {exp.batch_size}, "
+        f"no weight decay or dropout; each run stops at training cross-entropy <= {exp.target_train_loss:g} or after "
+        f"{exp.epochs} epochs. Widths {list(exp.widths)}, datasets {list(exp.datasets)}, label noise "
+        f"{list(exp.label_noises)}, seeds {list(exp.seeds)}. Bounds: geomopt.measures.two_layer, margin = 5th "
+        "percentile of the signed training margins; runs that missed the loss target are left out of the bound "
+        "comparisons. The learning rate is fixed by the protocol (not tuned): the claims compare widths.",
+    ]
+    section = Section(title=TITLE, paragraphs=paragraphs, tables=[
+        {"caption": "Errors by width (mean [95% interval] over seeds)", "columns": error_columns, "rows": error_rows},
+        {"caption": "Which capacity terms grow and which fall with H (runs that reached the loss target)",
+         "columns": trend_columns, "rows": trend_rows}], figures=figures, order=15)
+    return write_section(root, section)
