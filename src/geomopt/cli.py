@@ -1,69 +1,105 @@
-"""Command line: ``geomopt train | reproduce | report``."""
+"""Command line: ``geomopt train | reproduce | prune | measure | zoo | correlate | implicit | report``.
+
+Train networks with geometry-aware optimizers (Path-SGD, K-FAC, EKFAC), measure generalization,
+prune, explore implicit regularization, and reproduce papers' headline experiments into an HTML report.
+Exit codes: 0 ok, 2 bad input (config, files, output folder), 3 diverged run, 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
-import typing
 from pathlib import Path
 
-from geomopt.train.config import TrainConfig
+from geomopt.train.config import TrainConfig, field_hints, parse_text
+
+# K-FAC / EKFAC from the command line: the TrainConfig defaults (damping 1e-3, no KL clip) diverge at
+# the default learning rate on digits; these train (README, tests/test_cli.py::test_kfac_cli_defaults_converge)
+KRONECKER_CLI_DEFAULTS = {"damping": 0.03, "kl_clip": 0.001}
 
 
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+def _flag_type(name: str, hint):
+    def parse(text: str):
+        where = f"--{name.replace('_', '-')}"
+        try:
+            return parse_text(text, hint, where)
+        except ValueError as exc:  # argparse names the flag itself
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{where}: ")) from None
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
 
 
-def _parse_ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 256,256, got {text!r}") from None
+def _choices() -> dict[str, tuple[str, ...]]:
+    from geomopt.curvature.capture import FISHERS
+    from geomopt.data.registry import DATASETS, SEQUENCE_DATASETS
+    from geomopt.nn.init import INITS
+    from geomopt.nn.registry import MODELS
+    from geomopt.optim.registry import OPTIMIZERS
+    from geomopt.train.run import SCHEDULES
+    return {"model": MODELS, "init": INITS, "data": DATASETS + SEQUENCE_DATASETS, "optimizer": OPTIMIZERS,
+            "schedule": SCHEDULES, "fisher": tuple(FISHERS)}
+
+
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (``--batch-size``, ``--widths 256,256``, ...)."""
-    hints = typing.get_type_hints(TrainConfig)
+    """One flag per TrainConfig field (``--batch-size``, ``--widths 256,256``, ...), parsed by the config schema."""
+    choices = _choices()
     for f in dataclasses.fields(TrainConfig):
-        hint = hints[f.name]
-        args = typing.get_args(hint)
-        base = next((a for a in args if a is not type(None)), hint) if args else hint
-        kind = {bool: _parse_bool, int: int, float: float, str: str}.get(base, _parse_ints)
-        if hint == tuple[int, ...]:
-            kind = _parse_ints
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
-                            help=f"(default: {f.default if f.default is not dataclasses.MISSING else '...'})")
+        hint = field_hints(TrainConfig)[f.name]
+        default = _shown(f.default)
+        if f.name in KRONECKER_CLI_DEFAULTS:
+            default += f"; {KRONECKER_CLI_DEFAULTS[f.name]} for kfac/ekfac"
+        extra = {"choices": choices[f.name]} if f.name in choices else {}
+        if f.name == "device":
+            extra = {"metavar": "{cpu,cuda,cuda:N,auto}"}
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_flag_type(f.name, hint), default=None,
+                            help=f"(default: {default})", **extra)
+
+
+def _train_overrides(args: argparse.Namespace) -> dict:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(args, f.name) is not None}
+    return overrides
+
+
+def _with_cli_defaults(config: TrainConfig, given: dict, config_file: dict) -> TrainConfig:
+    """K-FAC/EKFAC runs get the safe command-line damping and KL clip unless a flag or the config file sets them."""
+    if config.optimizer not in ("kfac", "ekfac"):
+        return config
+    safe = {k: v for k, v in KRONECKER_CLI_DEFAULTS.items() if k not in given and k not in config_file}
+    return config.replace(**safe)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from geomopt.train import NonFiniteLossError, TrainConfig, train
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name) is not None}
+    from geomopt.train import NonFiniteLossError, train
+    from geomopt.train.config import read_json
+    overrides = _train_overrides(args)
     if args.resume:
         out = Path(args.resume)
         if args.config or (args.out is not None and Path(args.out) != out):
             print(f"geomopt train: --resume {out} continues that run with its stored config.json; "
                   "drop --config and --out (a changed config is refused)", file=sys.stderr)
             return 2
-        config = TrainConfig.load(out / "config.json").replace(**overrides) if (out / "config.json").exists() else None
-        if config is None:
+        if not (out / "config.json").exists():
             print(f"geomopt train: --resume {out}: no config.json there; nothing to resume", file=sys.stderr)
             return 2
+        config = TrainConfig.load(out / "config.json").replace(**overrides)
     else:
         if args.out is None:
             print("geomopt train: --out DIR is required (where config.json, metrics.jsonl and the checkpoint go)",
                   file=sys.stderr)
             return 2
-        base = TrainConfig.load(args.config) if args.config else TrainConfig()
-        config, out = base.replace(**overrides), Path(args.out)
+        from_file = read_json(args.config, "a TrainConfig JSON file") if args.config else {}
+        base = TrainConfig.from_dict(from_file, source=str(args.config)) if args.config else TrainConfig()
+        config = _with_cli_defaults(base.replace(**overrides), overrides, from_file)
+        out = Path(args.out)
     try:
-        summary = train(config, out, resume=bool(args.resume), progress=not args.no_progress)
+        summary = train(config, out, resume=bool(args.resume), overwrite=args.overwrite,
+                        progress=not args.no_progress)
     except KeyboardInterrupt:
         if (out / "checkpoint.pt").is_file():
             print(f"\ninterrupted; the last checkpoint in {out} is intact: "
@@ -75,14 +111,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"geomopt train: {exc}", file=sys.stderr)
         return 3
-    print(f"{config.optimizer} on {config.model}/{config.data}: {summary['epochs']} epochs, {summary['steps']} steps, "
-          f"{summary['seconds']:.1f} s\n  train loss {summary['train_loss']:.4f}  acc {summary['train_acc']:.4f}\n"
-          f"  test  loss {summary['test_loss']:.4f}  acc {summary['test_acc']:.4f}\n  outputs in {out}")
+    if summary.get("skipped"):
+        print(f"{out} already holds this finished run (same config); nothing to do. "
+              f"Extend it with `geomopt train --resume {out} --epochs N`, or pass --overwrite to train it again")
+    metric = summary["train_acc"] == summary["train_acc"]  # NaN for a regression task (no accuracy): MSE only
+    lines = [f"{config.optimizer} on {config.model}/{config.data}: {summary['epochs']} epochs, {summary['steps']} steps, "
+             f"{summary['seconds']:.1f} s"]
+    for split in ("train", "test"):
+        line = f"  {split:5s} loss {summary[f'{split}_loss']:.4f}"
+        line += f"  acc {summary[f'{split}_acc']:.4f}" if metric else " (MSE)"
+        if f"{split}_bits" in summary:
+            line += f"  bits/char {summary[f'{split}_bits']:.4f}" if config.data == "chars" else \
+                f"  bits/step {summary[f'{split}_bits']:.4f}"
+        lines.append(line)
+    lines.append(f"  outputs in {out}")
+    print("\n".join(lines))
     return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from geomopt.experiments import EXPERIMENTS
+    from geomopt.report.html import print_section
+    from geomopt.train.config import CommandLineText
     experiment = EXPERIMENTS[args.name]
     overrides = {}
     for item in args.set or []:
@@ -90,12 +140,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         if not sep:
             print(f"geomopt reproduce: --set expects key=value, got {item!r}", file=sys.stderr)
             return 2
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    section = experiment.reproduce(Path(args.out), quick=args.quick, jobs=args.jobs, overrides=overrides)
-    print(f"wrote {section}")
+        overrides[key.strip()] = CommandLineText(value)
+    section = experiment.reproduce(Path(args.out), quick=args.quick, jobs=args.jobs, overrides=overrides,
+                                   overwrite=args.overwrite)
+    print_section(section)
+    print(f"wrote {section}; build the HTML report with `geomopt report {args.out}`")
     return 0
 
 
@@ -165,14 +214,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from geomopt.experiments import EXPERIMENTS
-    parser = argparse.ArgumentParser(prog="geomopt", description=__doc__)
+    from geomopt import __version__
+    parser = argparse.ArgumentParser(prog="geomopt", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"geomopt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one network with the geomopt engine")
     _add_config_flags(p)
     p.add_argument("--out", help="output directory (config.json, metrics.jsonl, checkpoint.pt, summary.json)")
     p.add_argument("--config", help="a JSON file of TrainConfig fields; flags override it")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint; "
+                   "with --epochs N, train a finished run on to N epochs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a different run already in --out (refused otherwise; the same config resumes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -181,7 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="CPU-scale protocol (minutes on 2 cores)")
     p.add_argument("--out", default="runs", help="runs directory (default: runs)")
     p.add_argument("--jobs", type=int, default=None, help="parallel runs (default: number of CPU cores, at most 4)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an experiment config field")
+    p.add_argument("--overwrite", action="store_true",
+                   help="retrain run folders that hold a different run (refused otherwise; finished rows are kept)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override an experiment config field (JSON or plain text: epochs=3, datasets=digits,mnist1d)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("prune", help="prune a trained run by a loss-model criterion, then fine-tune with the mask")
@@ -244,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, ImportError, OSError) as exc:  # bad input, a missing optional package, a file system error
+        if isinstance(exc, OSError) and exc.filename is not None and not isinstance(exc, FileNotFoundError):
+            exc = f"cannot use {exc.filename}: {exc.strerror}"
         print(f"geomopt {args.command}: {exc}", file=sys.stderr)
         return 2
 

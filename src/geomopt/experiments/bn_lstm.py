@@ -75,12 +75,12 @@ def _jobs(exp: BNLSTMExperiment, root: Path) -> list[tuple[TrainConfig, Path, di
 
 
 def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
-              overrides: dict[str, Any] | None = None) -> Path:
+              overrides: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Train every (dataset, model, seed) (skipping finished runs) and write the report section."""
     exp = (BNLSTMExperiment.quick() if quick else BNLSTMExperiment()).replace(overrides or {})
     root = experiment_dir(out, NAME, exp)
     planned = _jobs(exp, root)
-    summaries = run_all([(c, o) for c, o, _ in planned], jobs, desc=NAME)
+    summaries = run_all([(c, o) for c, o, _ in planned], jobs, desc=NAME, overwrite=overwrite)
 
     rows = []
     for (cfg, run_dir, key), s in zip(planned, summaries):

@@ -7,23 +7,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+from geomopt.train.config import check_fields
 
-def merge_overrides(config: Any, overrides: dict[str, Any], name: str) -> dict[str, Any]:
+
+def merge_overrides(config: Any, overrides: dict[str, Any], name: str, source: str = "--set") -> dict[str, Any]:
     """The fields of the dataclass ``config`` with ``overrides`` applied, as a dict.
 
-    A key that is not a field raises ValueError naming it and the valid keys. A field whose
-    current value is a tuple accepts a list or a single value (JSON from the command line) and
-    stays a tuple.
+    The overrides go through the one typed schema (:func:`geomopt.train.config.check_fields`): a
+    key that is not a field or a value of the wrong type raises ValueError naming it. A tuple
+    field accepts a list or a single value and stays a tuple.
     """
-    names = {f.name for f in dataclasses.fields(config)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ValueError(f"{name}: unknown experiment key(s) {unknown}; valid keys: {sorted(names)}")
     merged = dataclasses.asdict(config)
-    for key, value in overrides.items():
-        if isinstance(merged[key], tuple):
-            value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-        merged[key] = value
+    merged.update(check_fields(type(config), overrides, f"{name} ({source})", "experiment"))
     return merged
 
 

@@ -76,7 +76,8 @@ def _mean(xs: list[float]) -> float:
 
 
 def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
-              overrides: dict[str, Any] | None = None) -> Path:
+              overrides: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """The lab recomputes every run (it keeps no run folders), so ``overwrite`` has nothing to refuse."""
     exp = (DeepMFExperiment.quick() if quick else DeepMFExperiment()).replace(overrides or {})
     root = experiment_dir(out, NAME, exp)
     rows, summary, figures = [], {}, []

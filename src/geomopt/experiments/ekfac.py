@@ -229,7 +229,7 @@ def _verdict(name: str, best: dict[str, dict[str, Any]], target: float) -> str:
 
 
 def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
-              overrides: dict[str, Any] | None = None) -> Path:
+              overrides: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Run both grids (skipping finished runs), then write results.csv, table.csv, figures, section.json."""
     exp = (EKFACExperiment.quick() if quick else EKFACExperiment()).replace(overrides or {})
     root = experiment_dir(out, NAME, exp)
@@ -246,7 +246,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
     studies = [("autoencoder", rows)]
     if exp.cnn:
         cnn = _cnn_grid(exp, root)
-        results = run_all([(c, o) for c, o, _ in cnn], workers, desc=f"{NAME} cnn")
+        results = run_all([(c, o) for c, o, _ in cnn], workers, desc=f"{NAME} cnn", overwrite=overwrite)
         cnn_rows = [{"study": "cnn", **key, "train_loss": r["train_loss"], "test_loss": r["test_loss"],
                      "diverged": bool(r.get("diverged", False)), "dir": str(o)} for (c, o, key), r in zip(cnn, results)]
         rows = rows + cnn_rows

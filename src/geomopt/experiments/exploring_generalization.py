@@ -121,7 +121,7 @@ def _zoo_runs(exp, root: Path) -> list[tuple[TrainConfig, Path, dict[str, Any]]]
 
 
 def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
-              overrides: dict[str, Any] | None = None) -> Path:
+              overrides: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Train both parts (finished runs skipped), compute measures, write tables, figures and the section."""
     exp = (ExploringGeneralizationExperiment.quick() if quick else ExploringGeneralizationExperiment()).replace(
         overrides or {})
@@ -130,7 +130,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
     for _, run_dir, hp in labels + zoo:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / ZOO_KEY, hp)
-    run_all([(c, d) for c, d, _ in labels + zoo], jobs, desc=NAME)
+    run_all([(c, d) for c, d, _ in labels + zoo], jobs, desc=NAME, overwrite=overwrite)
     measure_zoo(root / "labels", workers=jobs, options=exp.measure)
     measure_zoo(root / "zoo", workers=jobs, options=exp.measure)
 

@@ -59,8 +59,10 @@ def _spearman_decreasing(xs: list[float], ys: list[float]) -> bool:
 
 
 def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
-              overrides: dict[str, Any] | None = None) -> Path:
-    """Both problems, the alpha grid batched, the baseline; results.csv, table.csv, figures, section.json."""
+              overrides: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Both problems, the alpha grid batched, the baseline; results.csv, table.csv, figures, section.json.
+
+    The lab recomputes every run (it keeps no run folders), so ``overwrite`` has nothing to refuse."""
     exp = (ImplicitMFExperiment.quick() if quick else ImplicitMFExperiment()).replace(overrides or {})
     root = experiment_dir(out, NAME, exp)
     rows, table_rows, figures, verdicts = [], [], [], []

@@ -94,18 +94,18 @@ def _curve(out: Path, field_name: str) -> tuple[list[float], list[float]]:
 
 
 def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
-              overrides: dict[str, Any] | None = None) -> Path:
+              overrides: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Run the grid (skipping finished runs), then write tables, figures and the report section."""
     exp = (PathSGDExperiment.quick() if quick else PathSGDExperiment()).replace(overrides or {})
     root = experiment_dir(out, NAME, exp)
     planned = _configs(exp, root)
-    summaries = run_all([(c, o) for c, o, _ in planned], jobs, desc=NAME)
+    summaries = run_all([(c, o) for c, o, _ in planned], jobs, desc=NAME, overwrite=overwrite)
 
     rows = []
     for (cfg, run_dir, key), s in zip(planned, summaries):
         rows.append({**key, "train_loss": s["train_loss"], "train_err": 1 - s["train_acc"],
                      "test_err": 1 - s["test_acc"], "diverged": bool(s.get("diverged", False)), "dir": str(run_dir)})
-    write_records(root / "results.csv", rows)
+    write_records(root / "results.csv", rows, key=("dataset", "init", "optimizer", "lr", "seed"))
 
     # choose each optimizer's learning rate by the lowest mean final training loss
     best: dict[tuple[str, str, str], dict[str, Any]] = {}

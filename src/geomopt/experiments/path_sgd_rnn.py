@@ -139,12 +139,12 @@ def _finite(x: float) -> float:
 
 
 def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
-              overrides: dict[str, Any] | None = None) -> Path:
+              overrides: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Run the grid (skipping finished runs), then write tables, figures and the report section."""
     exp = (PathSGDRNNExperiment.quick() if quick else PathSGDRNNExperiment()).replace(overrides or {})
     root = experiment_dir(out, NAME, exp)
     planned = _configs(exp, root)
-    summaries = run_all([(c, o) for c, o, _ in planned], jobs, desc=NAME)
+    summaries = run_all([(c, o) for c, o, _ in planned], jobs, desc=NAME, overwrite=overwrite)
 
     rows = []
     for (cfg, run_dir, key), s in zip(planned, summaries):

@@ -65,7 +65,7 @@ class PruningExperiment:
 
 
 def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
-              overrides: dict[str, Any] | None = None) -> Path:
+              overrides: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Train the dense networks (skipping finished ones), prune each with every criterion and
     number of steps (skipping finished prunings), then write the table, figure and section."""
     exp = (PruningExperiment.quick() if quick else PruningExperiment()).replace(overrides or {})
@@ -74,7 +74,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
     configs = {key: TrainConfig(model="mlp", widths=exp.widths, data=key[0], data_dir=exp.data_dir, optimizer="sgd",
                                 lr=exp.lr, epochs=exp.train_epochs, batch_size=exp.batch_size, seed=key[1])
                for key in dense}
-    run_all([(configs[k], dense[k]) for k in dense], jobs, desc=f"{NAME}: dense")
+    run_all([(configs[k], dense[k]) for k in dense], jobs, desc=f"{NAME}: dense", overwrite=overwrite)
 
     rows = []
     todo = [(d, s, c, k) for d in exp.datasets for s in exp.seeds for c in exp.criteria for k in exp.steps]

@@ -49,7 +49,7 @@ from geomopt.measures.rank import granulated_kendall, kendall_tau
 from geomopt.measures.runs import MEASURES_FILE, measure_run
 from geomopt.report import write_records
 from geomopt.train.checkpoint import write_json
-from geomopt.train.config import TrainConfig
+from geomopt.train.config import TrainConfig, check_value
 
 ZOO_KEY = "zoo.json"
 MEASURE_OPTIONS = "measure_options.json"
@@ -66,11 +66,14 @@ CORRELATED = ("num_params", "log_frobenius_product", "log_spectral_product", "di
 
 def load_grid(path: str | Path, out: str | Path) -> tuple[list[tuple[TrainConfig, Path, dict[str, Any]]], dict]:
     """Expand a zoo TOML file into ``[(config, run_dir, hyperparameters)]`` and the measure options."""
-    spec = tomllib.loads(Path(path).read_text())
+    try:
+        spec = tomllib.loads(Path(path).read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML ({exc})") from None
     unknown = sorted(set(spec) - {"base", "grid", "measure"})
     if unknown:
         raise ValueError(f"{path}: unknown table(s) {unknown}; expected [base], [grid] and optionally [measure]")
-    base = TrainConfig.from_dict(spec.get("base", {}))
+    base = TrainConfig.from_dict(spec.get("base", {}), source=f"{path} [base]")
     grid = spec.get("grid", {})
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     bad = sorted(k for k in grid if k not in names and k not in GRID_ONLY)
@@ -85,21 +88,26 @@ def load_grid(path: str | Path, out: str | Path) -> tuple[list[tuple[TrainConfig
         hp = dict(zip(keys, values))
         fields = {k: v for k, v in hp.items() if k not in GRID_ONLY}
         if "width" in hp or "depth" in hp:
-            width = hp.get("width", base.widths[0])
-            depth = hp.get("depth", len(base.widths))
-            fields["widths"] = (int(width),) * int(depth)
-        config = base.replace(**fields)
+            width = check_value(hp.get("width", base.widths[0]), int, f"{path} [grid] width")
+            depth = check_value(hp.get("depth", len(base.widths)), int, f"{path} [grid] depth")
+            fields["widths"] = (width,) * depth
+        config = TrainConfig.from_dict({**base.to_dict(), **fields}, source=f"{path} [grid]")
         name = "_".join(f"{k}{v}" for k, v in hp.items()) or "run"
         runs.append((config, Path(out) / name, hp))
     return runs, spec.get("measure", {})
 
 
-def _ray_run_all(jobs: list[tuple[TrainConfig, Path]]) -> list[dict[str, Any]]:
+def _import_ray():
     try:
         import ray
     except ImportError as exc:
         raise RuntimeError("--backend ray needs Ray: pip install 'geomopt[ray]' (or use the default local pool)") \
             from exc
+    return ray
+
+
+def _ray_run_all(jobs: list[tuple[TrainConfig, Path]]) -> list[dict[str, Any]]:
+    ray = _import_ray()
     if not ray.is_initialized():
         ray.init()
     remote = ray.remote(run_one)
@@ -110,6 +118,8 @@ def train_zoo(grid: str | Path, out: str | Path, *, workers: int | None = None, 
               ) -> list[dict[str, Any]]:
     """Train every run of the grid (finished runs skipped), each into ``out/NAME`` with its ``zoo.json``."""
     runs, measure_options = load_grid(grid, out)
+    if backend == "ray":
+        _import_ray()  # before any run folder is written
     Path(out).mkdir(parents=True, exist_ok=True)
     write_json(Path(out) / MEASURE_OPTIONS, measure_options)
     for config, run_dir, hp in runs:

@@ -16,7 +16,7 @@ import torch
 from geomopt.data import load_dataset, make_loader
 from geomopt.measures.core import compute
 from geomopt.nn import build_model
-from geomopt.train.checkpoint import load_checkpoint, write_json
+from geomopt.train.checkpoint import load_checkpoint, load_model_state, write_json
 from geomopt.train.config import TrainConfig
 
 MEASURES_FILE = "measures.json"
@@ -41,7 +41,7 @@ def load_run(run_dir: str | Path):
     init = _build(config, bundle)
     model = _build(config, bundle)
     state = load_checkpoint(run_dir / "checkpoint.pt")
-    model.load_state_dict(state["model"])
+    load_model_state(model, state["model"], run_dir / "checkpoint.pt")
     return config, model.eval(), init.eval(), bundle
 
 

@@ -100,6 +100,7 @@ def prune_run(run_dir: str | Path, *, criterion: str, target_sparsity: float, st
     from geomopt.nn import build_model
     from geomopt.optim import build_optimizer
     from geomopt.train import TrainConfig, evaluate, fit, load_checkpoint, resolve_device, write_json
+    from geomopt.train.checkpoint import load_model_state
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file() or not (run_dir / "checkpoint.pt").is_file():
@@ -111,7 +112,8 @@ def prune_run(run_dir: str | Path, *, criterion: str, target_sparsity: float, st
                           label_noise=config.label_noise)
     model = build_model(config.model, bundle.input_shape, bundle.num_classes, widths=config.widths, bias=config.bias,
                         dropout=config.dropout, init=config.init, seed=config.seed).to(device)
-    model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt", map_location=device)["model"])
+    load_model_state(model, load_checkpoint(run_dir / "checkpoint.pt", map_location=device)["model"],
+                     run_dir / "checkpoint.pt")
     train_eval = make_loader(bundle.train, 1000, shuffle=False)
     test_loader = make_loader(bundle.test, 1000, shuffle=False)
     loss_fn = nn.functional.cross_entropy

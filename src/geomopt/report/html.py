@@ -41,6 +41,27 @@ def write_section(directory: str | Path, section: Section) -> Path:
     return path
 
 
+def print_section(path: str | Path) -> None:
+    """Print a section's tables and its verdict ("Our result" / "Verdict" paragraphs) as plain text."""
+    section = json.loads(Path(path).read_text())
+    print(f"\n== {section['title']} ==")
+    for table in section.get("tables", []):
+        rows = [[_text(v) for v in row] for row in table["rows"]]
+        widths = [max(len(str(c)), *(len(r[i]) for r in rows)) if rows else len(str(c))
+                  for i, c in enumerate(table["columns"])]
+        print(f"\n{table.get('caption', '')}")
+        print("  ".join(str(c).rjust(w) for c, w in zip(table["columns"], widths)))
+        for r in rows:
+            print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+    for p in section.get("paragraphs", []):
+        if p.startswith(("Our result", "Verdict")):
+            print(f"\n{p}")
+
+
+def _text(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"

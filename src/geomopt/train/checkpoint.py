@@ -41,11 +41,32 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`, with a clear error if it is missing."""
+    """Load a checkpoint written by :func:`save_checkpoint`; a missing, empty, truncated or foreign file
+    raises an error naming it and what to do."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: nothing to resume (was the run started with this --out?)")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a damaged file
+        reason = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path} is not a readable geomopt checkpoint ({'empty file' if path.stat().st_size == 0 else reason}); "
+                         "it is damaged or was written by something else: delete it and train again "
+                         "(geomopt train ... --overwrite)") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a geomopt checkpoint (not a dict of states): delete it and train again "
+                         "(geomopt train ... --overwrite)")
+    return state
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
+    """``model.load_state_dict(state)``; a checkpoint of another architecture raises ValueError naming ``path``."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()][:3]
+        raise ValueError(f"{path} holds a different model than its config.json describes ({'; '.join(lines)}); "
+                         "was the checkpoint copied from another run? Train again with --overwrite") from None
 
 
 def write_json(path: Path, obj: Any) -> None:

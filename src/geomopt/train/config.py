@@ -1,17 +1,164 @@
-"""Typed run configuration: plain data, overridable by name, unknown keys rejected."""
+"""Typed run configuration and the one schema that checks every config source.
+
+``check_fields(cls, values, source)`` validates a mapping against a dataclass's type hints
+(``bool``, ``int``, ``float``, ``str``, ``X | None``, ``tuple[X, ...]``, ``list[X]``,
+``dict[K, V]``, ``Any``) strictly: a boolean is ``true``/``false`` (never the string
+``"false"``), an integer is never ``1.5`` or ``"2"``, a list is a list (``[64, 64]``, not
+``"64,64"``). Errors name the field and the source (file, ``--set``, command line). Command-line
+text goes through ``parse_text`` (``--widths 64,64``, ``--bias false``, ``--set epochs=3``),
+which reads it into a value and then applies the same check. TrainConfig, the experiment
+configs and the zoo file all go through here.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return "any value"
+    if hint is type(None):
+        return "null"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin in (tuple, list):
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    if origin is dict:
+        return f"a table (JSON object) of {_describe(args[1]).removeprefix('a ').removeprefix('an ')} values"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+class CommandLineText(str):
+    """A value typed on the command line (``--set key=TEXT``): read by :func:`parse_text` for its field."""
+
+
+def check_value(value: Any, hint: Any, where: str) -> Any:
+    """``value`` checked against the type ``hint`` (and normalized: lists of a tuple field become
+    tuples, integers of a float field floats); ValueError naming ``where`` otherwise."""
+    if isinstance(value, CommandLineText):
+        return parse_text(str(value), hint, where)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+
+    def fail() -> typing.NoReturn:
+        raise ValueError(f"{where}: expected {_describe(hint)}, got {value!r}")
+
+    if hint is Any:
+        return value
+    if hint is type(None):
+        return None if value is None else fail()
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return check_value(value, arg, where)
+            except ValueError:
+                continue
+        fail()
+    if origin in (tuple, list):
+        element = args[0]
+        if not isinstance(value, (list, tuple)):
+            if origin is tuple and not isinstance(value, (list, tuple, dict)):  # one value: a 1-tuple
+                try:
+                    return (check_value(value, element, where),)
+                except ValueError:
+                    fail()
+            fail()
+        items = [check_value(v, element, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            fail()
+        return {check_value(k, args[0], f"{where} key"): check_value(v, args[1], f"{where}[{k!r}]")
+                for k, v in value.items()}
+    if hint is bool:
+        return value if isinstance(value, bool) else fail()
+    if hint is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else fail()
+    if hint is float:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else fail()
+    if hint is str:
+        return value if isinstance(value, str) else fail()
+    return value
+
+
+def field_hints(cls: type) -> dict[str, Any]:
+    """The type hint of every field of the dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def check_fields(cls: type, values: dict[str, Any], source: str, kind: str = "config") -> dict[str, Any]:
+    """``values`` checked against the fields of the dataclass ``cls``: unknown keys and values of the
+    wrong type raise ValueError naming the key and ``source`` (a file, ``--set``, ...)."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{source}: expected a table of {cls.__name__} fields (a JSON object), got {values!r}")
+    hints = field_hints(cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ValueError(f"{source}: unknown {kind} key(s) {unknown}; valid keys: {sorted(hints)}")
+    return {k: check_value(v, hints[k], f"{source}: field {k!r}") for k, v in values.items()}
+
+
+def parse_text(text: str, hint: Any, where: str) -> Any:
+    """Command-line text for a field of type ``hint``: JSON (``3``, ``[64, 64]``, ``null``,
+    ``{"sgd": [0.1]}``), or ``true/false/yes/no/on/off`` for a boolean, or a comma list
+    (``64,64``) for a list, or the bare text for a string; then :func:`check_value`."""
+    stripped = text.strip()
+    candidates: list[Any] = []
+    try:
+        candidates.append(json.loads(stripped))
+    except json.JSONDecodeError:
+        pass
+    lowered = stripped.lower()
+    if lowered in ("true", "yes", "on", "false", "no", "off"):
+        candidates.append(lowered in ("true", "yes", "on"))
+    if lowered in ("none", "null"):
+        candidates.append(None)
+    if "," in stripped and not stripped.startswith(("[", "{")):
+        parts = []
+        for t in (t.strip() for t in stripped.split(",") if t.strip()):
+            try:
+                parts.append(json.loads(t))
+            except json.JSONDecodeError:
+                parts.append(t)
+        candidates.append(parts)
+    candidates.append(text)
+    for value in candidates:
+        try:
+            return check_value(value, hint, where)
+        except ValueError:
+            continue
+    raise ValueError(f"{where}: expected {_describe(hint)}, got {text!r}")
+
+
+def read_json(path: str | Path, what: str = "a JSON file") -> Any:
+    """The JSON in ``path``; a missing, unreadable or malformed file raises an error naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file ({what} was expected there)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read {what} ({exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno}); "
+                         f"fix or delete the file") from None
+
+
 @dataclass
 class TrainConfig:
-    """Everything that defines one training run of ``geomopt train``."""
+    """Everything that defines one training run of ``geomopt train``; every value is type-checked."""
 
     model: str = "mlp"
     widths: tuple[int, ...] = (256, 256)
@@ -46,27 +193,34 @@ class TrainConfig:
     kl_clip: float | None = None
     diag_freq: int = 1  # ekfac only: re-estimate the eigenbasis diagonal every this many steps
 
+    def __post_init__(self) -> None:
+        checked = check_fields(TrainConfig, dataclasses.asdict(self), "TrainConfig")
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig: field {name!r} must be at least 1, got {getattr(self, name)}")
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["widths"] = list(self.widths)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Build from a dict; a key that is not a field raises ValueError naming it."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; valid keys: {sorted(names)}")
-        d = dict(d)
-        if "widths" in d:
-            d["widths"] = tuple(int(w) for w in d["widths"])
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a dict; an unknown key or a value of the wrong type raises ValueError naming
+        the key and ``source``."""
+        return cls(**check_fields(cls, d, source))
 
     def replace(self, **overrides: Any) -> TrainConfig:
         """A copy with some fields changed; unknown names raise ValueError."""
         return TrainConfig.from_dict({**self.to_dict(), **overrides})
 
+    def differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
+        """``{field: (self's value, other's value)}`` for every field that differs."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {k: (v, theirs[k]) for k, v in mine.items() if theirs[k] != v}
+
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(read_json(path, "a run's config.json"), source=str(path))

@@ -13,8 +13,8 @@ from geomopt.nn import build_model
 from geomopt.optim import build_optimizer
 from geomopt.optim.registry import KRONECKER_OPTIONS
 from geomopt.train.checkpoint import write_json
-from geomopt.train.config import TrainConfig
-from geomopt.train.engine import fit
+from geomopt.train.config import TrainConfig, read_json
+from geomopt.train.engine import CHECKPOINT, fit
 from geomopt.train.tasks import bits, task_objective
 
 SCHEDULES = ("constant", "cosine", "step")
@@ -50,18 +50,74 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
-          stop_after_steps: int | None = None) -> dict[str, Any]:
+# fields a resumed run may change: it trains on to the new number of epochs
+EXTENDABLE = ("epochs", "checkpoint_every")
+
+
+def writable_dir(out_dir: Path) -> Path:
+    """``out_dir``, created; a path that is a file or cannot be written raises ValueError in one line."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file, not a directory: choose another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".geomopt-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"cannot write into {out_dir}: {exc.strerror or exc}; choose another --out") from None
+    return out_dir
+
+
+def _plan(config: TrainConfig, out_dir: Path, resume: bool, overwrite: bool) -> str:
+    """What to do with ``out_dir``: ``"fresh"``, ``"resume"`` or ``"done"`` (same config, finished).
+
+    A folder holding a different run is refused (naming what differs) unless ``overwrite``.
+    """
+    stored_path = out_dir / CONFIG
+    if resume:
+        stored = TrainConfig.load(stored_path)
+        diff = stored.differences(config)
+        if set(diff) - set(EXTENDABLE):
+            raise ValueError(f"--resume {out_dir}: the config differs from the stored one in "
+                             f"{_describe_diff(diff)}; only {list(EXTENDABLE)} may change on resume")
+        if "epochs" in diff and config.schedule != "constant":
+            raise ValueError(f"--resume {out_dir} --epochs {config.epochs}: the {config.schedule} schedule was laid out "
+                             f"for {stored.epochs} epochs; extending it would change the rates already used. "
+                             "Start a new run instead")
+        return "resume"
+    holds_run = any((out_dir / name).exists() for name in (CONFIG, CHECKPOINT, "summary.json"))
+    if overwrite or not holds_run:
+        return "fresh"
+    if not stored_path.exists():
+        raise ValueError(f"{out_dir} holds files of an earlier run but no {CONFIG}: choose another --out, "
+                         "or pass --overwrite to replace them")
+    diff = TrainConfig.load(stored_path).differences(config)
+    if diff:
+        raise ValueError(f"{out_dir} holds a different run ({_describe_diff(diff)}): choose another --out, "
+                         f"continue it with --resume {out_dir}, or pass --overwrite to replace it")
+    if (out_dir / "summary.json").is_file():
+        return "done"
+    return "resume" if (out_dir / CHECKPOINT).is_file() else "fresh"
+
+
+def _describe_diff(diff: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{k}: stored {a!r}, given {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
+
+
+def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+          progress: bool = True, stop_after_steps: int | None = None) -> dict[str, Any]:
     """Train the run ``config`` describes into ``out_dir`` (config.json, metrics.jsonl, checkpoint.pt).
 
-    With ``resume=True`` the stored config.json is used and must equal ``config``.
+    A folder that already holds this config is resumed (or, finished, returned as it is, with
+    ``"skipped": True``); one that holds a different run raises ValueError naming what differs,
+    unless ``overwrite``. With ``resume=True`` the stored config.json must equal ``config`` except for
+    ``epochs`` (a finished run trains on to the new number) and ``checkpoint_every``.
     """
-    out_dir = Path(out_dir)
-    if resume:
-        stored = TrainConfig.load(out_dir / CONFIG)
-        if stored != config:
-            diff = {k: (v, config.to_dict()[k]) for k, v in stored.to_dict().items() if config.to_dict()[k] != v}
-            raise ValueError(f"--resume {out_dir}: the config differs from the stored one: {diff} (stored, given)")
+    out_dir = writable_dir(Path(out_dir))
+    plan = _plan(config, out_dir, resume, overwrite)
+    if plan == "done":
+        return {**read_json(out_dir / "summary.json", "a run's summary.json"), "skipped": True}
+    resume = plan == "resume"
     device = resolve_device(config.device)
     bundle = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, train_size=config.train_size,
                           label_noise=config.label_noise, seq_len=config.seq_len, val_fraction=config.val_fraction)
@@ -76,9 +132,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     train_loader = make_loader(bundle.train, config.batch_size, shuffle=True, seed=config.seed)
     eval_batch = max(config.batch_size, 1000)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.schedule, config.epochs * len(train_loader)))
-    if not resume:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / CONFIG, config.to_dict())
+    write_json(out_dir / CONFIG, config.to_dict())
+    (out_dir / "summary.json").unlink(missing_ok=True)
     summary = fit(model, optimizer, train_loader, make_loader(bundle.test, eval_batch, shuffle=False),
                   epochs=config.epochs, out_dir=out_dir, scheduler=scheduler, device=device,
                   loss_fn=loss_fn, metric=metric,

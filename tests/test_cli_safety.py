@@ -1,0 +1,188 @@
+"""What a new user meets first (issue 16): output folders, config checking, damaged files, OS errors, help.
+
+References: the stored files themselves (a refused run must leave them byte for byte unchanged), an
+uninterrupted run (a finished run extended with ``--resume --epochs N`` must equal it exactly), the
+documented exit codes (2 bad input, 3 diverged).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geomopt.cli import main
+from geomopt.train import read_metrics
+from geomopt.train.config import TrainConfig, parse_text
+
+TINY = ["--data", "digits", "--train-size", "200", "--widths", "16", "--batch-size", "50", "--lr", "0.05",
+        "--no-progress"]
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+
+
+# 1. an output folder holding a different run is refused; the same config is skipped; --overwrite replaces
+def test_different_run_in_out_is_refused_same_is_skipped(tmp_path, capsys):
+    out = tmp_path / "D"
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(out)]) == 0
+    before = _files(out)
+    capsys.readouterr()
+    assert main(["train", *TINY, "--epochs", "1", "--widths", "8", "--optimizer", "adam", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "different run" in err and "optimizer" in err and "widths" in err and "epochs" in err and "--overwrite" in err
+    assert _files(out) == before
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(out)]) == 0  # same config: nothing retrained
+    assert "already holds this finished run" in capsys.readouterr().out
+    assert _files(out) == before
+    assert main(["train", *TINY, "--epochs", "1", "--optimizer", "adam", "--out", str(out), "--overwrite"]) == 0
+    assert TrainConfig.load(out / "config.json").optimizer == "adam"
+
+
+def test_resume_with_more_epochs_extends_a_finished_run_exactly(tmp_path):
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(tmp_path / "full")]) == 0
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(tmp_path / "ext")]) == 0
+    assert main(["train", "--resume", str(tmp_path / "ext"), "--epochs", "2", "--no-progress"]) == 0
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "time"} for r in recs]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "ext")) == strip(read_metrics(tmp_path / "full"))
+    assert TrainConfig.load(tmp_path / "ext" / "config.json").epochs == 2
+
+
+def test_reproduction_keeps_rows_of_other_settings_and_refuses_a_changed_run(tmp_path, capsys):
+    args = ["reproduce", "path-sgd", "--quick", "--out", str(tmp_path), "--jobs", "1", "--set", "epochs=1",
+            "--set", "widths=[8]", "--set", "train_size=200", "--set", 'lrs={"sgd": [0.1], "path-sgd": [0.1]}',
+            "--set", "optimizers=sgd,path-sgd", "--set", "inits=kaiming"]
+    assert main([*args, "--set", "datasets=digits,mnist1d"]) == 0
+    results = tmp_path / "path-sgd" / "results.csv"
+    mnist1d_rows = [line for line in results.read_text().splitlines() if line.startswith("mnist1d")]
+    assert len(mnist1d_rows) == 2
+    capsys.readouterr()
+    assert main([*args, "--set", "datasets=digits", "--set", "batch_size=20"]) == 2  # a finished run would change
+    assert "batch_size" in capsys.readouterr().err
+    assert main([*args, "--set", "datasets=digits"]) == 0
+    assert [line for line in results.read_text().splitlines() if line.startswith("mnist1d")] == mnist1d_rows
+
+
+# 2. one typed schema for every config source
+@pytest.mark.parametrize("value", [{"bias": "false"}, {"epochs": 1.5}, {"batch_size": 10.5}, {"epochs": "two"},
+                                   {"lr": "0.1"}, {"momentum": "high"}, {"widths": "64,64"}, {"widths": [64, 6.5]},
+                                   {"epochs": True}, {"optimizer": 3}])
+def test_config_file_values_are_type_checked(tmp_path, capsys, value):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(value))
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    (key,) = value
+    assert f"field {key!r}" in err and str(config) in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_set_values_are_type_checked_before_any_run(tmp_path, capsys):
+    assert main(["reproduce", "path-sgd", "--quick", "--out", str(tmp_path), "--set", "epochs=abc"]) == 2
+    err = capsys.readouterr().err
+    assert "'epochs'" in err and "--set" in err and "an integer" in err
+    assert not (tmp_path / "path-sgd" / "runs").exists()
+
+
+def test_zoo_toml_values_are_type_checked(tmp_path, capsys):
+    grid = tmp_path / "zoo.toml"
+    grid.write_text('[base]\nepochs = 1.5\n[grid]\nlr = [0.1]\n')
+    assert main(["zoo", "--grid", str(grid), "--out", str(tmp_path / "zoo")]) == 2
+    err = capsys.readouterr().err
+    assert str(grid) in err and "'epochs'" in err
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 10_000), min_size=1, max_size=5))
+def test_command_line_lists_parse_as_json_would(widths):
+    """Reference: the JSON form of the same list; the comma form must give the same tuple."""
+    assert parse_text(",".join(map(str, widths)), tuple[int, ...], "--widths") == tuple(widths)
+    assert parse_text(json.dumps(widths), tuple[int, ...], "--widths") == tuple(widths)
+    with pytest.raises(ValueError, match="--widths"):
+        parse_text(",".join(map(str, widths)) + ",1.5", tuple[int, ...], "--widths")
+
+
+# 3. damaged or foreign checkpoints and configs name the file and say what to do
+@pytest.mark.parametrize("damage", ["truncated", "empty", "random", "architecture", "config"])
+def test_damaged_checkpoint_or_config_names_the_file(tmp_path, capsys, damage):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    ckpt = out / "checkpoint.pt"
+    if damage == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[:200])
+    elif damage == "empty":
+        ckpt.write_bytes(b"")
+    elif damage == "random":
+        ckpt.write_bytes(bytes(range(256)) * 8)
+    elif damage == "architecture":
+        assert main(["train", *TINY, "--epochs", "1", "--widths", "32", "--out", str(tmp_path / "other")]) == 0
+        ckpt.write_bytes((tmp_path / "other" / "checkpoint.pt").read_bytes())
+    else:
+        (out / "config.json").write_text('{"lr": 0.1 "epochs": 2}')
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    named = out / ("config.json" if damage == "config" else "checkpoint.pt")
+    assert str(named) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert ("fix or delete" if damage == "config" else "--overwrite") in err
+
+
+# 5. OS errors on output folders and missing optional packages: one line, exit 2
+@pytest.mark.parametrize("where", ["file", "under-file"])
+def test_out_that_cannot_be_a_directory(tmp_path, capsys, where):
+    blocker = tmp_path / "f"
+    blocker.write_text("x")
+    out = blocker if where == "file" else blocker / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and len(err.strip().splitlines()) == 1
+
+
+def test_unwritable_out_is_one_line(tmp_path, capsys, monkeypatch):
+    def refuse(self, data):
+        raise PermissionError(13, "Permission denied", str(self))
+    monkeypatch.setattr(Path, "write_bytes", refuse)  # root ignores chmod; this is what a read-only mount does
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(tmp_path / "ro")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write into" in err and "Permission denied" in err and len(err.strip().splitlines()) == 1
+
+
+def test_solver_cvxpy_without_cvxpy(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cvxpy", None)  # import cvxpy raises ImportError
+    assert main(["implicit", "completion", "--n", "6", "--m", "20", "--solver", "cvxpy", "--steps", "10",
+                 "--out", str(tmp_path / "c"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'geomopt[convex]'" in err and "Traceback" not in err
+    assert not (tmp_path / "c" / "table.csv").exists()
+
+
+# 10. help, version, python -m geomopt, license, small things
+def test_help_lists_choices_and_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for choice in ("{mlp,cnn", "kaiming", "path-sgd", "ekfac", "cosine", "empirical", "mnist1d", "(default: 256,256)"):
+        assert choice in text
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("geomopt ")
+
+
+def test_python_dash_m_geomopt_and_license():
+    result = subprocess.run([sys.executable, "-m", "geomopt", "--version"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("geomopt "), result.stderr
+    assert "MIT License" in (Path(__file__).parents[1] / "LICENSE").read_text()
+
+
+def test_adding_prints_mse_not_acc_nan(tmp_path, capsys):
+    assert main(["train", "--model", "relu-rnn", "--widths", "8", "--data", "adding", "--seq-len", "5",
+                 "--train-size", "32", "--batch-size", "16", "--epochs", "1", "--lr", "1e-3", "--no-progress",
+                 "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out and "(MSE)" in out
