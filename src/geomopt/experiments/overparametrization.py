@@ -252,12 +252,12 @@ def _figures(exp: OverparamExperiment, results: dict[str, Any], root: Path) -> l
 
 
 def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
-              overrides: dict[str, Any] | None = None) -> Path:
+              overrides: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Train every (dataset, noise, width, seed), measure the runs, write tables, figures, claims, section."""
     exp = (OverparamExperiment.quick() if quick else OverparamExperiment()).replace(overrides or {})
     root = experiment_dir(out, NAME, exp)
     planned = _configs(exp, root)
-    summaries = run_all([(c, o) for c, o, _ in planned], jobs, desc=NAME)
+    summaries = run_all([(c, o) for c, o, _ in planned], jobs, desc=NAME, overwrite=overwrite)
     rows = _rows(exp, planned, summaries)
     write_records(root / "results.csv", rows)
     results = {"groups": {(d, n): _group(rows, d, n) for d in exp.datasets for n in exp.label_noises},
