@@ -182,6 +182,10 @@ class TrainConfig:
     checkpoint_every: int = 0
     max_grad_norm: float | None = None
     target_train_loss: float | None = None  # stop at the end of the first epoch with train loss <= this
+    # log the top Hessian eigenvalue (geomopt.train.sharpness) every this many steps (0: off), on the
+    # first sharpness_examples training examples
+    track_sharpness: int = 0
+    sharpness_examples: int = 1000
     # sequence datasets only (adding, copy, chars): the sequence length T (None: the dataset's default)
     seq_len: int | None = None
     # kfac / ekfac only (geomopt.optim.KFAC, EKFAC)
@@ -197,9 +201,12 @@ class TrainConfig:
         checked = check_fields(TrainConfig, dataclasses.asdict(self), "TrainConfig")
         for name, value in checked.items():
             object.__setattr__(self, name, value)
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "sharpness_examples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig: field {name!r} must be at least 1, got {getattr(self, name)}")
+        if self.track_sharpness < 0:
+            raise ValueError(f"TrainConfig: field 'track_sharpness' must be 0 (off) or a number of steps, "
+                             f"got {self.track_sharpness}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

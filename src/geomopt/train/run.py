@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from geomopt.curvature import read_batches
 from geomopt.data import load_dataset, make_loader
 from geomopt.nn import build_model
 from geomopt.optim import build_optimizer
@@ -15,6 +16,7 @@ from geomopt.optim.registry import KRONECKER_OPTIONS
 from geomopt.train.checkpoint import write_json
 from geomopt.train.config import TrainConfig, read_json
 from geomopt.train.engine import CHECKPOINT, fit
+from geomopt.train.sharpness import SharpnessTracker
 from geomopt.train.tasks import bits, task_objective
 
 SCHEDULES = ("constant", "cosine", "step")
@@ -132,6 +134,11 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
     train_loader = make_loader(bundle.train, config.batch_size, shuffle=True, seed=config.seed)
     eval_batch = max(config.batch_size, 1000)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.schedule, config.epochs * len(train_loader)))
+    tracker = None
+    if config.track_sharpness:
+        batches = read_batches(make_loader(bundle.train, eval_batch, shuffle=False), device, config.sharpness_examples,
+                               what="--sharpness-examples")
+        tracker = SharpnessTracker(config.track_sharpness, batches, loss_fn, seed=config.seed)
     write_json(out_dir / CONFIG, config.to_dict())
     (out_dir / "summary.json").unlink(missing_ok=True)
     summary = fit(model, optimizer, train_loader, make_loader(bundle.test, eval_batch, shuffle=False),
@@ -140,7 +147,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
                   eval_train_loader=make_loader(bundle.train, eval_batch, shuffle=False), resume=resume,
                   checkpoint_every=config.checkpoint_every, max_grad_norm=config.max_grad_norm,
                   progress=progress, extra_state={"config": config.to_dict()}, stop_after_steps=stop_after_steps,
-                  target_train_loss=config.target_train_loss,
+                  target_train_loss=config.target_train_loss, step_callback=tracker,
                   val_loader=make_loader(bundle.valid, eval_batch, shuffle=False) if bundle.valid is not None else None)
     if bundle.task == "sequence":  # per-step cross-entropy in bits (bits per character for a language model)
         summary.update({f"{k}_bits": bits(summary[f"{k}_loss"]) for k in ("train", "test", "val")
