@@ -127,7 +127,7 @@ class StepBatchNorm(nn.Module):
     def count_steps(self, steps: int) -> None:
         """Count one training pass of ``steps`` steps in ``steps_tracked`` (after :meth:`plan`'s updates)."""
         if self.training:
-            self.steps_tracked[:steps] += 1
+            self.steps_tracked[:min(steps, self.max_steps)] += 1
 
     def _one_step(self, x: Tensor, step: int) -> Tensor:
         """The common case of a recurrent cell, one unmasked step: the same computation as the
@@ -200,9 +200,10 @@ def _emit(valid: Tensor | None, h: Tensor) -> Tensor:
     return h if valid is None else h * valid.unsqueeze(1)
 
 
-def _input_terms(cell: nn.Module, x: Tensor, mask: Tensor | None) -> tuple[Tensor, ...]:
-    """``BN(W_x x_t) + b`` of every step, normalized at once and unbound over time (O(T) backward)."""
-    return (cell.bn_x(x @ cell.weight_x.t(), 0, mask) + cell.bias).unbind(1)
+def _input_terms(cell: nn.Module, x: Tensor, mask: Tensor | None) -> Tensor:
+    """``BN(W_x x_t) + b`` of every step ``(batch, T, F)``, normalized at once (per-step statistics of all
+    steps in one pass); the step loops unbind it over time (O(T) backward)."""
+    return cell.bn_x(x @ cell.weight_x.t(), 0, mask) + cell.bias
 
 
 def _recurrent_term(cell: nn.Module, h: Tensor, t: int, m: Tensor | None) -> Tensor:
@@ -214,7 +215,15 @@ def _recurrent_term(cell: nn.Module, h: Tensor, t: int, m: Tensor | None) -> Ten
 _bn_backward = torch.ops.aten.native_batch_norm_backward.default
 _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
 _tanh_backward = torch.ops.aten.tanh_backward.grad_input
+_threshold_backward = torch.ops.aten.threshold_backward.grad_input
 _StepPlan = list[tuple[bool, Tensor | None, Tensor | None]]
+
+
+def _folded(plan: _StepPlan, gamma: Tensor, beta: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
+    """Per-step scale and shift ``(T, F)`` of a BN with population statistics: ``BN_t(z) = z * scale_t + shift_t``."""
+    mean, var = torch.stack([p[1] for p in plan]), torch.stack([p[2] for p in plan])
+    scale = gamma * torch.rsqrt(var + eps)
+    return scale, (-mean * scale if beta is None else beta - mean * scale)
 
 
 class _FusedLSTMLayer(torch.autograd.Function):
@@ -227,13 +236,19 @@ class _FusedLSTMLayer(torch.autograd.Function):
 
     Inputs: ``u (T, B, 4H)`` the input terms ``BN(W_x x_t) + b`` time-major, ``weight = W_h (4H, H)``,
     ``gamma_h (4H,)``, ``gamma_c, beta_c (H,)`` (None without ``bn_h`` / ``bn_c``), ``h0, c0 (B, H)``,
-    the per-step plans of ``bn_h`` and ``bn_c`` (:meth:`StepBatchNorm.plan`) and their momentum and eps.
-    Outputs ``hs, cs (T + 1, B, H)``: the states h_0 .. h_T and c_0 .. c_T.
+    the per-step plans of ``bn_h`` and ``bn_c`` (:meth:`StepBatchNorm.plan`) and their momentum and eps,
+    ``keep``: whether a backward will follow. Outputs ``hs, cs (T + 1, B, H)``: the states h_0 .. h_T and c_0 .. c_T.
+
+    When no gradient is needed, nothing is kept for the backward, and a BN with population
+    statistics (eval) is folded, for all steps at once, into per-step affine maps
+    ``BN_t(z) = z * gamma / sqrt(var_t + eps) + (beta - mean_t gamma / sqrt(var_t + eps))``, the shift of
+    ``W_h h`` going into the input terms ``u``: the step runs ``mm``, ``addcmul`` and the gates.
+    (Folding the scale into ``W_h`` itself would take a copy of ``W_h`` per time step.)
     """
 
     @staticmethod
     def forward(ctx, u, weight, gamma_h, gamma_c, beta_c, h0, c0, plan_h: _StepPlan | None,
-                plan_c: _StepPlan | None, momentum: tuple[float, float], eps: tuple[float, float]):
+                plan_c: _StepPlan | None, momentum: tuple[float, float], eps: tuple[float, float], keep: bool):
         steps, batch, gates = u.shape
         n = gates // 4
         hs = u.new_empty(steps + 1, batch, n)
@@ -242,6 +257,12 @@ class _FusedLSTMLayer(torch.autograd.Function):
         acts = u.new_empty(steps, batch, gates)  # sigmoid of the pre-activations (g's slot unused)
         partner = u.new_empty(steps, batch, gates)  # d act / d pre times the factor each gate meets
         coef = u.new_empty(steps, batch, n)  # d h_t / d BN(c_t) = o * (1 - tanh^2)
+        fold_h, fold_c = (not keep and plan is not None and not any(p[0] for p in plan) for plan in (plan_h, plan_c))
+        if fold_h:
+            scale_h, shift_h = _folded(plan_h, gamma_h, None, eps[0])
+            u = u + shift_h.unsqueeze(1)
+        if fold_c:
+            scale_c, shift_c = _folded(plan_c, gamma_c, beta_c, eps[1])
         h_t, c_t, a_t, p_t, k_t, u_t = (v.unbind(0) for v in (hs, cs, acts, partner, coef, u))
         rec, stats_h, stats_c = [], [], []
         wt = weight.t()
@@ -249,6 +270,8 @@ class _FusedLSTMLayer(torch.autograd.Function):
             h, c_prev = h_t[t], c_t[t]
             if plan_h is None:
                 pre = torch.addmm(u_t[t], h, wt)
+            elif fold_h:
+                pre = torch.addcmul(u_t[t], torch.mm(h, wt), scale_h[t])
             else:
                 r = torch.mm(h, wt)
                 use_batch, rm, rv = plan_h[t]
@@ -262,12 +285,16 @@ class _FusedLSTMLayer(torch.autograd.Function):
             c = torch.mul(f, c_prev, out=c_t[t + 1]).addcmul_(i, g)
             if plan_c is None:
                 tc = torch.tanh(c)
+            elif fold_c:
+                tc = torch.tanh(torch.addcmul(shift_c[t], c, scale_c[t]))
             else:
                 use_batch, rm, rv = plan_c[t]
                 cn, mean, invstd = torch.native_batch_norm(c, gamma_c, beta_c, rm, rv, use_batch, momentum[1], eps[1])
                 stats_c.append((mean, invstd))
                 tc = torch.tanh(cn)
             torch.mul(o, tc, out=h_t[t + 1])
+            if not keep:
+                continue
             _tanh_backward(o, tc, grad_input=k_t[t])
             # the factor each gate's activation multiplies: i <-> g, f <-> c_{t-1}, g <-> i, o <-> tanh(.)
             p = torch.cat([g, c_prev, i, tc], 1)
@@ -311,22 +338,83 @@ class _FusedLSTMLayer(torch.autograd.Function):
         dr = du if plan_h is None else torch.stack(drec[::-1])
         grad_weight = dr.reshape(-1, gates).t() @ hs[:steps].reshape(-1, n)
         grads = [torch.stack(g).sum(0) if g else None for g in (grad_gamma_h, grad_gamma_c, grad_beta_c)]
-        return du, grad_weight, *grads, dh, dc, None, None, None, None
+        return du, grad_weight, *grads, dh, dc, None, None, None, None, None
+
+
+class _FusedRNNLayer(torch.autograd.Function):
+    """One BN-RNN layer over all steps with a hand-written backward: per step ``h_t = phi(BN(W_h h) + u_t)``
+    by one matmul, one ``native_batch_norm`` (or ``addmm`` without recurrent BN) and the activation;
+    the backward by the activation's derivative, ``native_batch_norm_backward`` and one ``addmm``.
+    Inputs ``u (T, B, H)``, ``weight (H, H)``, ``gamma_h (H,)`` or None, ``h0 (B, H)``, the plan of
+    ``bn_h``, its momentum and eps, ``relu`` (else tanh). Output ``hs (T + 1, B, H)``."""
+
+    @staticmethod
+    def forward(ctx, u, weight, gamma_h, h0, plan_h: _StepPlan | None, momentum: float, eps: float, relu: bool):
+        steps, batch, n = u.shape
+        hs = u.new_empty(steps + 1, batch, n)
+        hs[0] = h0
+        h_t, u_t = hs.unbind(0), u.unbind(0)
+        rec, stats = [], []
+        wt = weight.t()
+        for t in range(steps):
+            if plan_h is None:
+                pre = torch.addmm(u_t[t], h_t[t], wt)
+            else:
+                r = torch.mm(h_t[t], wt)
+                use_batch, rm, rv = plan_h[t]
+                pre, mean, invstd = torch.native_batch_norm(r, gamma_h, None, rm, rv, use_batch, momentum, eps)
+                pre += u_t[t]
+                rec.append(r)
+                stats.append((mean, invstd))
+            if relu:
+                torch.clamp_min(pre, 0.0, out=h_t[t + 1])
+            else:
+                torch.tanh(pre, out=h_t[t + 1])
+        ctx.save_for_backward(weight, gamma_h)
+        ctx.saved = (hs, rec, stats, plan_h, eps, relu)
+        return hs
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_hs):
+        weight, gamma_h = ctx.saved_tensors
+        hs, rec, stats, plan_h, eps, relu = ctx.saved
+        steps = hs.shape[0] - 1
+        du = torch.empty_like(hs[1:])
+        h_t, du_t, gh_t = hs.unbind(0), du.unbind(0), grad_hs.unbind(0)
+        drec, grad_gamma = [], []
+        dh = gh_t[steps]
+        for t in reversed(range(steps)):
+            if relu:
+                dpre = _threshold_backward(dh, h_t[t + 1], 0.0, grad_input=du_t[t])
+            else:
+                dpre = _tanh_backward(dh, h_t[t + 1], grad_input=du_t[t])
+            if plan_h is not None:
+                use_batch, rm, rv = plan_h[t]
+                dpre, dgamma, _ = _bn_backward(dpre, rec[t], gamma_h, rm, rv, *stats[t], use_batch, eps,
+                                               [True, True, False])
+                drec.append(dpre)
+                grad_gamma.append(dgamma)
+            dh = torch.addmm(gh_t[t], dpre, weight)
+        dr = du if plan_h is None else torch.stack(drec[::-1])
+        grad_weight = dr.reshape(-1, dr.shape[-1]).t() @ hs[:steps].reshape(-1, dr.shape[-1])
+        return du, grad_weight, torch.stack(grad_gamma).sum(0) if grad_gamma else None, dh, None, None, None, None
 
 
 def _fused_lstm_layer(cell: nn.Module, x: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """One layer by :class:`_FusedLSTMLayer`: outputs ``(batch, T, H)``, ``h_T``, ``c_T``."""
     steps = x.shape[1]
-    u = (cell.bn_x(x @ cell.weight_x.t(), 0, None) + cell.bias).transpose(0, 1).contiguous()
+    u = _input_terms(cell, x, None).transpose(0, 1).contiguous()
     bns = [cell.bn_h, cell.bn_c]
     plans = [None if bn is None else bn.plan(steps) for bn in bns]
-    hs, cs = _FusedLSTMLayer.apply(
-        u, cell.weight_h, None if cell.bn_h is None else cell.bn_h.weight,
-        None if cell.bn_c is None else cell.bn_c.weight, None if cell.bn_c is None else cell.bn_c.bias, h0, c0,
-        *plans, tuple(bn.momentum if bn else 0.0 for bn in bns), tuple(bn.eps if bn else 0.0 for bn in bns))
+    inputs = (u, cell.weight_h, None if cell.bn_h is None else cell.bn_h.weight,
+              None if cell.bn_c is None else cell.bn_c.weight, None if cell.bn_c is None else cell.bn_c.bias, h0, c0)
+    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    hs, cs = _FusedLSTMLayer.apply(*inputs, *plans, tuple(bn.momentum if bn else 0.0 for bn in bns),
+                                   tuple(bn.eps if bn else 0.0 for bn in bns), keep)
     for bn in bns:
         if bn is not None:
-            bn.count_steps(min(steps, bn.max_steps))
+            bn.count_steps(steps)
     return hs[1:].transpose(0, 1), hs[-1], cs[-1]
 
 
@@ -351,7 +439,7 @@ def _lstm_forward(cells: nn.ModuleList, hidden: int, x: Tensor, lengths: Tensor 
     for layer, cell in enumerate(cells):
         h, c = (x.new_zeros(batch, hidden), x.new_zeros(batch, hidden)) if state is None else \
             (state[0][layer], state[1][layer])
-        wx = _input_terms(cell, x, mask)
+        wx = _input_terms(cell, x, mask).unbind(1)
         outputs = []
         for t in range(steps):
             m = None if mask is None else mask[:, t]
@@ -432,13 +520,14 @@ class BNRNN(nn.Module):
         nonlinearity: ``"relu"`` or ``"tanh"``.
         stats: ``"frame"`` (BN_x statistics per time step) or ``"sequence"`` (one set over all
             steps and the batch).
-        max_steps, reuse_last, gamma, momentum: as in :class:`BNLSTM`.
+        max_steps, reuse_last, gamma, momentum, fused: as in :class:`BNLSTM` (fused: :class:`_FusedRNNLayer`).
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, nonlinearity: str = "relu",
                  recurrent_bn: bool = True, stats: str = "frame", max_steps: int = 784, reuse_last: bool = True,
-                 gamma: float = 0.1, momentum: float = 0.1, missing_stats: str = "error"):
+                 gamma: float = 0.1, momentum: float = 0.1, missing_stats: str = "error", fused: bool = True):
         super().__init__()
+        self.fused = fused
         bn = dict(reuse_last=reuse_last, momentum=momentum, missing_stats=missing_stats)
         if nonlinearity not in ("relu", "tanh"):
             raise ValueError(f"BNRNN nonlinearity must be 'relu' or 'tanh', got {nonlinearity!r}")
@@ -468,9 +557,22 @@ class BNRNN(nn.Module):
         batch, steps, _ = x.shape
         mask = _mask(lengths, batch, steps, x.device)
         hs = []
+        if self.fused and mask is None and (batch > 1 or not self.training):
+            for layer, cell in enumerate(self.cells):
+                h = x.new_zeros(batch, self.hidden_size) if state is None else state[layer]
+                u = _input_terms(cell, x, None).transpose(0, 1).contiguous()
+                bn = cell.bn_h
+                h_all = _FusedRNNLayer.apply(u, cell.weight_h, None if bn is None else bn.weight, h,
+                                             None if bn is None else bn.plan(steps), bn.momentum if bn else 0.0,
+                                             bn.eps if bn else 0.0, self.phi is torch.relu)
+                if bn is not None:
+                    bn.count_steps(steps)
+                x = h_all[1:].transpose(0, 1)
+                hs.append(h_all[-1])
+            return x, torch.stack(hs)
         for layer, cell in enumerate(self.cells):
             h = x.new_zeros(batch, self.hidden_size) if state is None else state[layer]
-            wx = _input_terms(cell, x, mask)
+            wx = _input_terms(cell, x, mask).unbind(1)
             outputs = []
             for t in range(steps):
                 m = None if mask is None else mask[:, t]
