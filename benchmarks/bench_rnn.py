@@ -10,10 +10,16 @@ Side by side in one process, contenders alternating step by step, medians report
      over T steps), the reference implementation.
 2. Model speed: forward + backward (no optimizer) of geomopt.nn.ReLURNN against
    torch.nn.RNN(nonlinearity='relu', batch_first=True) + the same Linear read-out, same sizes.
-3. With --bnlstm: training steps per second (forward + backward) of geomopt.nn.BNLSTM against
-   torch.nn.LSTM (fused kernels) at hidden 100 and 1000, T = 100 and 784, batch --batch.
+3. With --bnlstm (only this part): forward + backward of geomopt.nn.BNLSTM (fused) against
+   torch.nn.LSTM (oneDNN kernels, no normalization) at hidden 100 and 1000, T = 100 and 784, batch 16
+   and 64 (--steps repetitions at T <= 100, --long-steps beyond), with the time of the matrix
+   products alone (the floor of any step-by-step LSTM) and, with --reference, the step-by-step
+   BNLSTM; the ATen kernels per time step of each (torch.profiler); then geomopt.nn.UnitaryRNN beside
+   geomopt.nn.ReLURNN at hidden 100 and 512 (adding problem, T = 100, batch 16). Min / median / max.
 
-Usage: python benchmarks/bench_rnn.py [--steps 20] [--threads N] [--lengths 100,400,750] [--bnlstm]
+Usage: python benchmarks/bench_rnn.py [--steps 20] [--threads N] [--lengths 100,400,750]
+       python benchmarks/bench_rnn.py --bnlstm [--steps 5] [--long-steps 2] [--hidden 100,1000]
+              [--bn-lengths 100,784] [--batches 16,64] [--reference]
 """
 
 from __future__ import annotations
@@ -151,6 +157,22 @@ def bench_bnlstm(hidden: int, T: int, batch: int, reps: int, reference: bool) ->
     return times
 
 
+def bench_urnn(hidden: int, T: int, batch: int, reps: int) -> dict[str, list[float]]:
+    """Seconds of forward + MSE + backward of UnitaryRNN and ReLURNN (same hidden size, adding problem), alternating."""
+    from geomopt.nn import UnitaryRNN
+    x, y = adding_problem(batch, T, 0)
+    models = {"geomopt ReLURNN": ReLURNN(2, hidden, 1, seed=0), "geomopt UnitaryRNN": UnitaryRNN(2, hidden, 1, seed=0)}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for i in range(reps + 1):
+        for k, m in models.items():
+            m.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            F.mse_loss(m(x), y).backward()
+            if i:  # the first round is warm-up
+                times[k].append(time.perf_counter() - t0)
+    return times
+
+
 def print_bnlstm(args: argparse.Namespace) -> None:
     from geomopt.nn import BNLSTM
     x = torch.randn(16, 20, 1)
@@ -172,12 +194,21 @@ def print_bnlstm(args: argparse.Namespace) -> None:
                     ratio = f"**{med / ref:.2f}**" if k == "BNLSTM" else f"{med / ref:.2f}"
                     print(f"| {hidden} | {T} | {batch} | {k} | {1e3 * min(v):.1f} | {1e3 * med:.1f} | "
                           f"{1e3 * max(v):.1f} | {ratio} |", flush=True)
+    print("\n| hidden | T | batch | model | min (ms) | median (ms) | max (ms) | median / ReLURNN |"
+          "\n|---|---|---|---|---|---|---|---|")
+    for hidden in (100, 512):
+        times = bench_urnn(hidden, 100, 16, args.steps)
+        ref = statistics.median(times["geomopt ReLURNN"])
+        for k, v in times.items():
+            med = statistics.median(v)
+            print(f"| {hidden} | 100 | 16 | {k} | {1e3 * min(v):.1f} | {1e3 * med:.1f} | {1e3 * max(v):.1f} | "
+                  f"{med / ref:.2f} |", flush=True)
     print(f"\nload average at end {os.getloadavg()}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=None, help="repetitions (default 20; 5 with --bnlstm)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lengths", default="100,400,750")
@@ -193,8 +224,10 @@ def main() -> None:
     lengths = [int(t) for t in args.lengths.split(",")]
     print(f"Machine: {describe_machine()}; load average {os.getloadavg()}")
     if args.bnlstm:
+        args.steps = args.steps or 5
         print_bnlstm(args)
         return
+    args.steps = args.steps or 20
     print(f"\n| T | contender | median step (ms) | ratio to SGD | of which optimizer.step() (ms) |\n|---|---|---|---|---|")
     kinds = ["sgd", "rnn-path", "rnn-path (autograd)"]
     for T in lengths:

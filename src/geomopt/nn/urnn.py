@@ -89,19 +89,21 @@ class UnitaryRNN(nn.Module):
         return f"output={self.output_mode!r}, seq_len={self.seq_len}"
 
     def _factors(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``exp(i theta)`` of D1, D2, D3 ``(3, n)``, the reflection vectors ``(2, n)`` and ``2 / ||v||^2`` ``(2,)``."""
+        """``exp(i theta)`` of D1, D2, D3 ``(3, n)``, the conjugated reflection vectors ``v^*`` and
+        ``2 v / ||v||^2`` ``(2, n)`` (once per sequence)."""
         phases = torch.polar(torch.ones_like(self.theta), self.theta)
         v = torch.complex(self.reflection[:, 0], self.reflection[:, 1])
-        return phases, v, 2.0 / (self.reflection ** 2).sum((1, 2))
+        scaled = v * (2.0 / (self.reflection ** 2).sum((1, 2))).unsqueeze(1)
+        return phases, torch.complex(self.reflection[:, 0], -self.reflection[:, 1]), scaled
 
     def apply_recurrent(self, h: Tensor, factors: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """``W h`` for each row ``h`` of a complex ``(batch, n)`` tensor (``factors``: from ``_factors()``,
         computed once per sequence)."""
-        phases, v, scale = self._factors() if factors is None else factors
+        phases, v_conj, v_scaled = self._factors() if factors is None else factors
         h = torch.fft.fft(h * phases[0], norm="ortho")
-        h = h - (scale[0] * (h @ v[0].conj())).unsqueeze(1) * v[0]  # R1 = I - 2 v v^* / ||v||^2
+        h = torch.addr(h, h @ v_conj[0], v_scaled[0], alpha=-1)  # R1 h = h - 2 v (v^* h) / ||v||^2
         h = torch.fft.ifft(h[:, self.permutation] * phases[1], norm="ortho")
-        h = h - (scale[1] * (h @ v[1].conj())).unsqueeze(1) * v[1]
+        h = torch.addr(h, h @ v_conj[1], v_scaled[1], alpha=-1)
         return h * phases[2]
 
     def recurrent_matrix(self) -> Tensor:
