@@ -64,7 +64,9 @@ def test_figure_embedded_as_exact_png(runs, tmp_path):
 def test_report_is_self_contained(runs, tmp_path):
     page = build_report(runs, tmp_path / "report").read_text()
     refs = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]*)""", page, flags=re.IGNORECASE)
-    assert refs and all(ref.startswith("data:") for ref in refs)
+    assert refs and all(ref.startswith("data:") or ref.startswith("#") for ref in refs)  # "#": in-page links
+    ids = set(re.findall(r'id="([^"]+)"', page))
+    assert all(ref[1:] in ids for ref in refs if ref.startswith("#"))
     assert "<link" not in page.lower() and "url(" not in page.lower() and "@import" not in page.lower()
 
 
@@ -110,3 +112,36 @@ def test_cli_report(runs, tmp_path, capsys):
     assert "<h2>Alpha</h2>" in out.read_text()
     assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
     assert "no section.json" in capsys.readouterr().err
+
+
+def test_scoreboard_rows_link_to_sections(runs, tmp_path):
+    """Reference: the claims.json written by write_claims, one row per claim, escaped, linked to its section."""
+    from geomopt.sweep import Claim, Outcome, write_claims
+    claims = [Claim("a", "Path<SGD> is faster", "Neyshabur et al. 2015", "Fig. 2", "0.01 vs 0.05",
+                    lambda r: Outcome("holds", "-0.04 [-0.05, -0.03], < 0 in 3/3 seeds")),
+              Claim("b", "It generalizes better", "Neyshabur et al. 2015", "Fig. 2", "1.6% vs 1.9%",
+                    lambda r: Outcome("holds", "x", caveats=("lr 0.3 at the high edge",)))]
+    write_claims(runs / "alpha", "alpha-exp", claims, None, title="Alpha", seeds=[0, 1, 2], seconds=150, quick=True)
+    page = build_report(runs, tmp_path / "report").read_text()
+    board = page.split('<section id="scoreboard">', 1)[1].split("</section>", 1)[0]
+    assert board.count("<tr>") == 3  # header + 2 claims
+    assert '<a href="#sec-alpha">Path&lt;SGD&gt; is faster</a>' in board
+    assert '<section id="sec-alpha">' in page and 'href="#sec-alpha"' in page.split("<ul>", 1)[1]
+    assert ">holds<" in board and ">partly<" in board  # a caveat turns holds into partly
+    assert "lr 0.3 at the high edge" in board and "2.5 min" in board and "(quick)" in board
+    # the section shows its claims as a short table
+    section = page.split('<section id="sec-alpha">', 1)[1].split("</section>", 1)[0]
+    assert "Claims, over seeds [0, 1, 2]" in section and "0.01 vs 0.05" in section
+    # no claims: no scoreboard
+    (runs / "alpha" / "claims.json").unlink()
+    assert 'id="scoreboard"' not in build_report(runs, tmp_path / "report").read_text()
+
+
+def test_band_figure(tmp_path):
+    from geomopt.sweep import band
+    mean, low, high = band([[1.0, 0.5, 0.2], [1.0, 0.7, float("inf")]])
+    path = plot_curves({"p": {"sgd": ([0, 1, 2], mean, low, high)}}, tmp_path / "b.png", xlabel="e", ylabel="l",
+                       logy=True)
+    assert path.read_bytes().startswith(PNG_SIGNATURE)
+    with pytest.raises(ValueError, match="expected"):
+        plot_curves({"p": {"sgd": ([0, 1], [1, 2], [0, 1])}}, tmp_path / "c.png", xlabel="e", ylabel="l")

@@ -28,3 +28,23 @@ def experiment_dir(out: str | Path, name: str, config: Any) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "experiment.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     return root
+
+
+QUICK_SEEDS, FULL_SEEDS = 3, 5
+
+
+def seed_list(seeds: int | None, quick: bool, overrides: dict[str, Any] | None = None) -> tuple[int, ...] | None:
+    """The seeds of ``geomopt reproduce NAME --seeds N``: ``(0, ..., N-1)``; N defaults to 3 with
+    ``--quick`` and 5 in the full protocol. None when ``--set seeds=[...]`` names them instead.
+
+    Raises:
+        ValueError: ``N < 1``, or both ``--seeds`` and ``--set seeds=...`` given.
+    """
+    if overrides and "seeds" in overrides:
+        if seeds is not None:
+            raise ValueError("give the seeds once: --seeds N or --set seeds=[...], not both")
+        return None
+    n = seeds if seeds is not None else (QUICK_SEEDS if quick else FULL_SEEDS)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"--seeds must be a positive integer, got {n!r}")
+    return tuple(range(n))

@@ -2,7 +2,8 @@
 
 Each experiment writes a *section* into its own directory: ``section.json`` (title, text,
 tables, figure file names) beside its PNG figures and CSV/JSON numbers. ``build_report``
-gathers every section under a runs directory into one HTML file with the figures embedded.
+gathers every section under a runs directory into one HTML file with the figures embedded, opening
+with the claims scoreboard (every ``claims.json`` under the runs directory, ``geomopt.report.scoreboard``).
 """
 
 from geomopt.report.figures import plot_bands, plot_curves

@@ -10,6 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from geomopt.report.scoreboard import STYLE as SCOREBOARD_STYLE
+from geomopt.report.scoreboard import anchor, claims_table, scoreboard
+from geomopt.sweep.claims import read_claims
 from geomopt.train.checkpoint import atomic_write_bytes, write_json
 
 SECTION = "section.json"
@@ -68,9 +71,11 @@ def _cell(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _render(section: dict[str, Any], directory: Path) -> str:
-    parts = [f"<section><h2>{html.escape(section['title'])}</h2>"]
+def _render(section: dict[str, Any], directory: Path, runs_dir: Path, claims: dict[str, Any] | None) -> str:
+    parts = [f"<section id=\"{anchor(directory, runs_dir)}\"><h2>{html.escape(section['title'])}</h2>"]
     parts += [f"<p>{html.escape(p)}</p>" for p in section.get("paragraphs", [])]
+    if claims is not None:
+        parts.append(claims_table(claims))
     for table in section.get("tables", []):
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table["columns"])
         rows = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in table["rows"])
@@ -93,11 +98,12 @@ h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}caption{text-align:left;font-weight:bold;padding:.3em 0}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f0f0f0}
 td:first-child,th:first-child{text-align:left}figure{margin:1em 0}img{max-width:100%}
-figcaption{font-size:.9em;color:#555}"""
+figcaption{font-size:.9em;color:#555}""" + SCOREBOARD_STYLE
 
 
 def build_report(runs_dir: str | Path, out_dir: str | Path) -> Path:
-    """Gather every ``section.json`` under ``runs_dir`` into ``out_dir/index.html`` (figures embedded)."""
+    """Gather every ``section.json`` under ``runs_dir`` into ``out_dir/index.html`` (figures embedded),
+    opening with the scoreboard of every ``claims.json`` found there (each also shown in its section)."""
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     found = []
     for path in sorted(runs_dir.rglob(SECTION)):
@@ -114,12 +120,14 @@ def build_report(runs_dir: str | Path, out_dir: str | Path) -> Path:
     if not found:
         raise FileNotFoundError(f"report: no {SECTION} under {runs_dir}; run `geomopt reproduce NAME --out {runs_dir}` first")
     found.sort(key=lambda item: (item[0].get("order", 100), item[0]["title"]))
-    toc = "".join(f"<li>{html.escape(s['title'])}</li>" for s, _ in found)
+    records = [(r, d) for r, d in read_claims(runs_dir) if out_dir.resolve() not in d.resolve().parents]
+    by_dir = {d.resolve(): r for r, d in records}
+    toc = "".join(f"<li><a href=\"#{anchor(d, runs_dir)}\">{html.escape(s['title'])}</a></li>" for s, d in found)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    body = "\n".join(_render(s, d) for s, d in found)
+    body = "\n".join(_render(s, d, runs_dir, by_dir.get(d.resolve())) for s, d in found)
     page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>geomopt report</title>"
             f"<style>{_STYLE}</style></head><body><h1>geomopt report</h1><p>Built {stamp} from "
-            f"{html.escape(str(runs_dir))}.</p><ul>{toc}</ul>{body}</body></html>\n")
+            f"{html.escape(str(runs_dir))}.</p>{scoreboard(records, runs_dir)}<ul>{toc}</ul>{body}</body></html>\n")
     out = out_dir / "index.html"
     atomic_write_bytes(out, lambda f: f.write(page.encode()))
     return out

@@ -1,0 +1,105 @@
+"""Learning-rate (or any TrainConfig field) selection for the reproductions, on validation data.
+
+:func:`tune` runs each problem's grid for every seed through the experiment sweep, scores each value by
+its mean validation loss over seeds (``val_loss`` of runs with ``TrainConfig.val_fraction > 0``: a
+split carved from the training set, never the test set) and extends a grid whose best value is at an
+edge (:func:`geomopt.sweep.select_grids`). Runs go to ``directory / f"{name}{value:g}" / f"seed{seed}"``
+and are skipped when already finished.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geomopt.experiments.sweep import run_all
+from geomopt.sweep import Grid, Selection, select_grids
+from geomopt.train import TrainConfig
+
+__all__ = ["Problem", "Tuned", "tune", "edge_caveats", "compute_seconds"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One selection problem: a grid, ``make(value, seed) -> TrainConfig`` and the folder of its runs."""
+
+    grid: Grid
+    make: Callable[[float, int], TrainConfig]
+    directory: Path
+
+
+@dataclass
+class Tuned:
+    """A problem's selection and every run it made: ``runs[value, seed] = (config, run dir, summary)``."""
+
+    selection: Selection
+    seeds: tuple[int, ...]
+    runs: dict[tuple[float, int], tuple[TrainConfig, Path, dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def value(self) -> float:
+        return self.selection.value
+
+    def at(self, value: float | None = None) -> list[tuple[TrainConfig, Path, dict[str, Any]]]:
+        """The runs at ``value`` (default: the selected one), in seed order."""
+        v = self.value if value is None else value
+        return [self.runs[v, s] for s in self.seeds]
+
+    def metric(self, name: str, value: float | None = None) -> list[float]:
+        """``summary[name]`` per seed at ``value`` (default: the selected one); a diverged run's loss is
+        ``inf``, its accuracy 0."""
+        return [float(summary[name]) for _, _, summary in self.at(value)]
+
+
+def run_dir(directory: Path, grid: Grid, value: float, seed: int) -> Path:
+    return Path(directory) / f"{grid.name}{value:g}" / f"seed{seed}"
+
+
+def tune(problems: Mapping[Hashable, Problem], seeds: Sequence[int], *, jobs: int | None, desc: str,
+         score: str = "val_loss") -> dict[Hashable, Tuned]:
+    """Select every problem's value by its mean ``score`` (lower is better) over ``seeds``.
+
+    Each round of :func:`geomopt.sweep.select_grids` is one sweep over all pending (problem, value, seed)
+    runs. A diverged run scores ``inf``.
+
+    Raises:
+        ValueError: no seeds, or a finished run without ``score`` in its summary (set ``val_fraction``).
+    """
+    seeds = tuple(seeds)
+    if not seeds:
+        raise ValueError(f"{desc}: no seeds")
+    tuned = {k: Tuned(selection=None, seeds=seeds) for k in problems}  # type: ignore[arg-type]
+
+    def run(pairs: list[tuple[Hashable, float]]) -> dict[tuple[Hashable, float], list[float]]:
+        jobs_ = [(k, v, s, problems[k].make(v, s), run_dir(problems[k].directory, problems[k].grid, v, s))
+                 for k, v in pairs for s in seeds]
+        summaries = run_all([(cfg, out) for *_, cfg, out in jobs_], jobs, desc=desc)
+        scores: dict[tuple[Hashable, float], list[float]] = {}
+        for (k, v, s, cfg, out), summary in zip(jobs_, summaries):
+            if summary.get("diverged"):
+                summary = {**summary, score: math.inf}
+            elif score not in summary:
+                raise ValueError(f"{desc}: run {out} has no {score!r} in its summary; its TrainConfig needs "
+                                 "val_fraction > 0 (a validation split carved from the training set)")
+            tuned[k].runs[v, s] = (cfg, out, summary)
+            scores.setdefault((k, v), []).append(float(summary[score]))
+        return scores
+
+    for k, sel in select_grids({k: p.grid for k, p in problems.items()}, run).items():
+        tuned[k].selection = sel
+    return tuned
+
+
+def edge_caveats(tuned: Mapping[Hashable, Tuned], keys: Sequence[Hashable] | None = None,
+                 label: Callable[[Hashable], str] = str) -> list[str]:
+    """A caveat per selection (of ``keys``, default all) still at its grid's edge, for a claim's Outcome."""
+    keys = list(tuned) if keys is None else keys
+    return [f"{label(k)}: {tuned[k].selection.note}" for k in keys if tuned[k].selection.edge is not None]
+
+
+def compute_seconds(tuned: Mapping[Hashable, Tuned]) -> float:
+    """Training seconds of every run of every problem (the compute a reproduction spent)."""
+    return sum(float(s.get("seconds", 0.0)) for t in tuned.values() for _, _, s in t.runs.values())
