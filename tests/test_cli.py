@@ -186,3 +186,29 @@ def test_non_finite_loss_exits_3(tmp_path, capsys):
                  "--out", str(tmp_path / "run")]) == 3
     err = capsys.readouterr().err
     assert "loss became" in err and "lower the learning rate" in err
+
+
+def test_reproduce_all_runs_every_experiment_and_reports_failures(tmp_path, monkeypatch, capsys):
+    """Fake experiments (one failing, one without a seeds parameter): every one is tried, the exit code says."""
+    import types
+
+    import geomopt.experiments
+    calls = []
+
+    def ok(out, *, quick, jobs, overrides, seeds):
+        calls.append(("ok", quick, seeds, overrides))
+        return out / "ok" / "section.json"
+
+    def old(out, *, quick, jobs, overrides):  # an experiment not yet taking seeds: they go to its config
+        calls.append(("old", quick, None, overrides))
+        return out / "old" / "section.json"
+
+    def bad(out, **kwargs):
+        raise RuntimeError("boom")
+    fakes = {n: types.SimpleNamespace(reproduce=f) for n, f in (("ok", ok), ("bad", bad), ("old", old))}
+    monkeypatch.setattr(geomopt.experiments, "EXPERIMENTS", fakes)
+    assert main(["reproduce", "all", "--quick", "--seeds", "2", "--out", str(tmp_path)]) == 1
+    assert calls == [("ok", True, 2, {}), ("old", True, None, {"seeds": [0, 1]})]
+    captured = capsys.readouterr()
+    assert "bad failed: RuntimeError: boom" in captured.err and "2/3 reproductions done; failed: bad" in captured.out
+    assert main(["reproduce", "all", "--out", str(tmp_path), "--set", "epochs=1"]) == 2

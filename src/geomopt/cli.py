@@ -129,11 +129,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_reproduce(args: argparse.Namespace) -> int:
+def _reproduce_one(name: str, args: argparse.Namespace, overrides: dict) -> Path:
+    import inspect
+
     from geomopt.experiments import EXPERIMENTS
     from geomopt.report.html import print_section
+    experiment = EXPERIMENTS[name]
+    kwargs = {"quick": args.quick, "jobs": args.jobs, "overrides": dict(overrides), "overwrite": args.overwrite}
+    if "seeds" in inspect.signature(experiment.reproduce).parameters:
+        kwargs["seeds"] = args.seeds
+    elif args.seeds is not None:  # an experiment not yet on the multi-seed protocol: its config's seeds field
+        kwargs["overrides"].setdefault("seeds", list(range(args.seeds)))
+    section = experiment.reproduce(Path(args.out), **kwargs)
+    print_section(section)
+    print(f"wrote {section}")
+    return section
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from geomopt.experiments import EXPERIMENTS
     from geomopt.train.config import CommandLineText
-    experiment = EXPERIMENTS[args.name]
     overrides = {}
     for item in args.set or []:
         key, sep, value = item.partition("=")
@@ -141,11 +156,24 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             print(f"geomopt reproduce: --set expects key=value, got {item!r}", file=sys.stderr)
             return 2
         overrides[key.strip()] = CommandLineText(value)
-    section = experiment.reproduce(Path(args.out), quick=args.quick, jobs=args.jobs, overrides=overrides,
-                                   overwrite=args.overwrite)
-    print_section(section)
-    print(f"wrote {section}; build the HTML report with `geomopt report {args.out}`")
-    return 0
+    if args.name != "all":
+        _reproduce_one(args.name, args, overrides)
+        print(f"build the HTML report with `geomopt report {args.out}`")
+        return 0
+    if overrides:
+        print("geomopt reproduce all: --set applies to one experiment's config; run that experiment alone",
+              file=sys.stderr)
+        return 2
+    failed = []
+    for name in EXPERIMENTS:  # every reproduction in turn; one that fails does not stop the others
+        try:
+            _reproduce_one(name, args, overrides)
+        except Exception as exc:  # noqa: BLE001  (reported, and the exit code says so)
+            failed.append(name)
+            print(f"geomopt reproduce all: {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    print(f"{len(EXPERIMENTS) - len(failed)}/{len(EXPERIMENTS)} reproductions done"
+          + (f"; failed: {', '.join(failed)}" if failed else "") + f"; next: geomopt report {args.out}")
+    return 1 if failed else 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -232,8 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("reproduce", help="run one paper's headline experiment and write its report section")
-    p.add_argument("name", choices=sorted(EXPERIMENTS))
+    p.add_argument("name", choices=sorted(EXPERIMENTS) + ["all"], help="a reproduction, or all of them in turn")
     p.add_argument("--quick", action="store_true", help="CPU-scale protocol (minutes on 2 cores)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds 0..N-1 (default: 3 with --quick, 5 in the full protocol); tables and claims "
+                        "give the mean and 95%% interval over them")
     p.add_argument("--out", default="runs", help="runs directory (default: runs)")
     p.add_argument("--jobs", type=int, default=None, help="parallel runs (default: number of CPU cores, at most 4)")
     p.add_argument("--overwrite", action="store_true",

@@ -59,11 +59,12 @@ def run_dir(directory: Path, grid: Grid, value: float, seed: int) -> Path:
 
 
 def tune(problems: Mapping[Hashable, Problem], seeds: Sequence[int], *, jobs: int | None, desc: str,
-         score: str = "val_loss") -> dict[Hashable, Tuned]:
+         score: str = "val_loss", overwrite: bool = False) -> dict[Hashable, Tuned]:
     """Select every problem's value by its mean ``score`` (lower is better) over ``seeds``.
 
     Each round of :func:`geomopt.sweep.select_grids` is one sweep over all pending (problem, value, seed)
-    runs. A diverged run scores ``inf``.
+    runs. A diverged run scores ``inf``. ``overwrite``: retrain run folders that hold a different run
+    (otherwise refused, :func:`geomopt.experiments.sweep.run_all`).
 
     Raises:
         ValueError: no seeds, or a finished run without ``score`` in its summary (set ``val_fraction``).
@@ -76,7 +77,7 @@ def tune(problems: Mapping[Hashable, Problem], seeds: Sequence[int], *, jobs: in
     def run(pairs: list[tuple[Hashable, float]]) -> dict[tuple[Hashable, float], list[float]]:
         jobs_ = [(k, v, s, problems[k].make(v, s), run_dir(problems[k].directory, problems[k].grid, v, s))
                  for k, v in pairs for s in seeds]
-        summaries = run_all([(cfg, out) for *_, cfg, out in jobs_], jobs, desc=desc)
+        summaries = run_all([(cfg, out) for *_, cfg, out in jobs_], jobs, desc=desc, overwrite=overwrite)
         scores: dict[tuple[Hashable, float], list[float]] = {}
         for (k, v, s, cfg, out), summary in zip(jobs_, summaries):
             if summary.get("diverged"):

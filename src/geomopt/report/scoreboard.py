@@ -17,7 +17,7 @@ from geomopt.sweep.claims import FAILS, HOLDS, PARTLY
 BADGE = {HOLDS: "#1a7f37", PARTLY: "#9a6700", FAILS: "#cf222e"}
 
 STYLE = """.badge{display:inline-block;padding:.1em .55em;border-radius:1em;color:#fff;font-size:.85em;white-space:nowrap}
-.caveat{display:block;color:#9a6700;font-size:.85em}table.claims td{text-align:left;vertical-align:top}
+.caveat{display:block;color:#9a6700;font-size:.85em}table.claims td,table.claims th{text-align:left;vertical-align:top}
 table.claims td.num{text-align:right;white-space:nowrap}"""
 
 
@@ -47,7 +47,7 @@ def _duration(seconds: float) -> str:
 
 def _ours(claim: dict[str, Any]) -> str:
     caveats = "".join(f'<span class="caveat">&#9888; {html.escape(c)}</span>' for c in claim.get("caveats", []))
-    return html.escape(str(claim.get("ours", ""))) + caveats
+    return html.escape(str(claim.get("ours", ""))).replace("\n", "<br>") + caveats
 
 
 def scoreboard(records: list[tuple[dict[str, Any], Path]], runs_dir: Path) -> str:

@@ -155,7 +155,8 @@ def greater(a: float | Sequence[float], b: float | Sequence[float], *, label: st
 
 def all_of(parts: dict[str, Outcome], *, ours: str | None = None) -> Outcome:
     """One outcome from several (e.g. one per dataset): holds when every part holds, does not hold when
-    none holds or partly holds, partly otherwise. Caveats are pooled, each prefixed by its part's name."""
+    none holds or partly holds, partly otherwise. Caveats are pooled, each prefixed by its part's name.
+    ``ours`` defaults to one line per part (the scoreboard shows line breaks)."""
     if not parts:
         raise ValueError("all_of: no parts")
     verdicts = [o.verdict for o in parts.values()]
@@ -166,8 +167,8 @@ def all_of(parts: dict[str, Outcome], *, ours: str | None = None) -> Outcome:
     else:
         verdict = PARTLY
     held = sum(v == HOLDS for v in verdicts)
-    text = ours if ours is not None else f"holds in {held}/{len(parts)}: " + "; ".join(
-        f"{k}: {o.ours}" for k, o in parts.items())
+    text = ours if ours is not None else f"holds in {held}/{len(parts)}:" + "".join(
+        f"\n{k}: {o.ours} ({o.verdict})" for k, o in parts.items())
     caveats = tuple(f"{k}: {c}" for k, o in parts.items() for c in o.caveats)
     return Outcome(verdict, text, {k: {"verdict": o.verdict, "ours": o.ours, **o.numbers} for k, o in parts.items()},
                    caveats)
