@@ -13,7 +13,7 @@ import re
 import pytest
 
 from geomopt.cli import main
-from geomopt.report import Section, build_report, plot_curves, write_section
+from geomopt.report import Section, build_report, plot_bands, plot_curves, write_section
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EVIL_TITLE = "Gamma <script>alert('x')</script> & co"
@@ -140,8 +140,8 @@ def test_scoreboard_rows_link_to_sections(runs, tmp_path):
 def test_band_figure(tmp_path):
     from geomopt.sweep import band
     mean, low, high = band([[1.0, 0.5, 0.2], [1.0, 0.7, float("inf")]])
-    path = plot_curves({"p": {"sgd": ([0, 1, 2], mean, low, high)}}, tmp_path / "b.png", xlabel="e", ylabel="l",
-                       logy=True)
+    path = plot_bands({"p": {"sgd": ([0, 1, 2], mean, low, high)}}, tmp_path / "b.png", xlabel="e", ylabel="l",
+                      logy=True)  # an infinite bound and bounds below 0 on a log axis
     assert path.read_bytes().startswith(PNG_SIGNATURE)
     with pytest.raises(ValueError, match="expected"):
-        plot_curves({"p": {"sgd": ([0, 1], [1, 2], [0, 1])}}, tmp_path / "c.png", xlabel="e", ylabel="l")
+        plot_bands({"p": {"sgd": ([0, 1], [1, 2], [0, 1])}}, tmp_path / "c.png", xlabel="e", ylabel="l")

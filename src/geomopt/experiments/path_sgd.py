@@ -22,7 +22,7 @@ from typing import Any
 
 from geomopt.experiments.config import experiment_dir, merge_overrides, seed_list
 from geomopt.experiments.tuning import Problem, Tuned, compute_seconds, edge_caveats, tune
-from geomopt.report import Section, plot_curves, write_records, write_section, write_tables
+from geomopt.report import Section, plot_bands, write_records, write_section, write_tables
 from geomopt.sweep import Claim, Grid, Outcome, all_of, band, less, seed_stats, write_claims
 from geomopt.train import TrainConfig, read_metrics
 
@@ -132,7 +132,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
             n = min(len(c) for c in curves)
             curves = [[1 - y for y in c[:n]] if field_name == "test_acc" else c[:n] for c in curves]
             panels.setdefault(f"{data}, {init} init", {})[f"{opt} (lr {t.value:g})"] = (list(range(n)), *band(curves))
-        plot_curves(panels, root / fname, xlabel="epoch", ylabel=label, logy=field_name == "train_loss")
+        plot_bands(panels, root / fname, xlabel="epoch", ylabel=label, logy=field_name == "train_loss")
         figures.append({"file": fname, "caption": f"{label} per epoch, each optimizer at its chosen learning rate: "
                                                   f"mean over seeds {list(exp.seeds)} with its 95% interval."})
 
