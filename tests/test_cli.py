@@ -193,15 +193,18 @@ def test_reproduce_all_runs_every_experiment_and_reports_failures(tmp_path, monk
     import types
 
     import geomopt.experiments
+    from geomopt.report import Section, write_section
     calls = []
 
-    def ok(out, *, quick, jobs, overrides, seeds):
+    def ok(out, *, quick, jobs, overrides, overwrite, seeds):
         calls.append(("ok", quick, seeds, overrides))
-        return out / "ok" / "section.json"
+        (out / "ok").mkdir(parents=True, exist_ok=True)
+        return write_section(out / "ok", Section(title="ok"))
 
-    def old(out, *, quick, jobs, overrides):  # an experiment not yet taking seeds: they go to its config
+    def old(out, *, quick, jobs, overrides, overwrite):  # an experiment not yet taking seeds: they go to its config
         calls.append(("old", quick, None, overrides))
-        return out / "old" / "section.json"
+        (out / "old").mkdir(parents=True, exist_ok=True)
+        return write_section(out / "old", Section(title="old"))
 
     def bad(out, **kwargs):
         raise RuntimeError("boom")

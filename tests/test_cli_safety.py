@@ -55,7 +55,8 @@ def test_resume_with_more_epochs_extends_a_finished_run_exactly(tmp_path):
 
 
 def test_reproduction_keeps_rows_of_other_settings_and_refuses_a_changed_run(tmp_path, capsys):
-    args = ["reproduce", "path-sgd", "--quick", "--out", str(tmp_path), "--jobs", "1", "--set", "epochs=1",
+    args = ["reproduce", "path-sgd", "--quick", "--out", str(tmp_path), "--jobs", "1", "--seeds", "1",
+            "--set", "epochs=1",
             "--set", "widths=[8]", "--set", "train_size=200", "--set", 'lrs={"sgd": [0.1], "path-sgd": [0.1]}',
             "--set", "optimizers=sgd,path-sgd", "--set", "inits=kaiming"]
     assert main([*args, "--set", "datasets=digits,mnist1d"]) == 0

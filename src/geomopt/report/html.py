@@ -12,7 +12,7 @@ from typing import Any
 
 from geomopt.report.scoreboard import STYLE as SCOREBOARD_STYLE
 from geomopt.report.scoreboard import anchor, claims_table, scoreboard
-from geomopt.sweep.claims import read_claims
+from geomopt.sweep.claims import CLAIMS_FILE, read_claims
 from geomopt.train.checkpoint import atomic_write_bytes, write_json
 
 SECTION = "section.json"
@@ -45,7 +45,8 @@ def write_section(directory: str | Path, section: Section) -> Path:
 
 
 def print_section(path: str | Path) -> None:
-    """Print a section's tables and its verdict ("Our result" / "Verdict" paragraphs) as plain text."""
+    """Print a section's tables, its claims (``claims.json`` beside it: verdict, ours, published) and any
+    "Our result" / "Verdict" paragraph as plain text."""
     section = json.loads(Path(path).read_text())
     print(f"\n== {section['title']} ==")
     for table in section.get("tables", []):
@@ -56,6 +57,15 @@ def print_section(path: str | Path) -> None:
         print("  ".join(str(c).rjust(w) for c, w in zip(table["columns"], widths)))
         for r in rows:
             print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+    claims = Path(path).parent / CLAIMS_FILE
+    if claims.is_file():
+        record = json.loads(claims.read_text())
+        print(f"\nClaims (seeds {record.get('seeds')}):")
+        for c in record["claims"]:
+            print(f"  [{c['verdict']}] {c['text']} ({c['where']}; published: {c['published']})")
+            print("    ours: " + str(c["ours"]).replace("\n", "\n          "))
+            for caveat in c.get("caveats", []):
+                print(f"    caveat: {caveat}")
     for p in section.get("paragraphs", []):
         if p.startswith(("Our result", "Verdict")):
             print(f"\n{p}")
