@@ -193,8 +193,8 @@ def _beats(metric: str, init: str):
         for data in exp.datasets:
             for other in [o for o in BASELINES if o in exp.optimizers]:
                 mine, theirs = (data, init, "path-sgd"), (data, init, other)
-                parts[f"{data} vs {other}"] = less(values(mine), values(theirs),
-                                                   label=f"Path-SGD - {other}", scale=1 if metric == "train_loss" else 100)
+                parts[f"{data} vs {other}"] = less(values(mine), values(theirs), label=f"Path-SGD - {other}",
+                                                   scale=1 if metric == "train_loss" else 100)
                 keys += [mine, theirs]
         return all_of(parts).with_caveats(*edge_caveats(tuned, list(dict.fromkeys(keys)),
                                                         label=lambda k: f"{k[0]}/{k[1]}/{k[2]}"))

@@ -16,7 +16,8 @@ from geomopt.sweep.claims import FAILS, HOLDS, PARTLY
 
 BADGE = {HOLDS: "#1a7f37", PARTLY: "#9a6700", FAILS: "#cf222e"}
 
-STYLE = """.badge{display:inline-block;padding:.1em .55em;border-radius:1em;color:#fff;font-size:.85em;white-space:nowrap}
+STYLE = """.badge{display:inline-block;padding:.1em .55em;border-radius:1em;color:#fff;font-size:.85em;
+white-space:nowrap}
 .caveat{display:block;color:#9a6700;font-size:.85em}table.claims td,table.claims th{text-align:left;vertical-align:top}
 table.claims td.num{text-align:right;white-space:nowrap}"""
 
