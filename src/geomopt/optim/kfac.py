@@ -107,26 +107,17 @@ def ekfac_direction(grad_matrix: Tensor, u_a: Tensor, u_g: Tensor, diag: Tensor,
     return u_g @ rotated.div_(diag + damping) @ u_a.T
 
 
-def momentum_step_(params: Sequence[Tensor], directions: Sequence[Tensor], buffers: list[Tensor | None], *,
-                   lr: float, momentum: float) -> None:
-    """``buf = momentum buf + d`` (``buf = d`` at first), ``p -= lr buf``; ``p -= lr d`` without momentum."""
-    for i, (p, d) in enumerate(zip(params, directions)):
-        if momentum == 0:
-            p.add_(d, alpha=-lr)
-            continue
-        if buffers[i] is None:
-            buffers[i] = d.clone()
-        else:
-            buffers[i].mul_(momentum).add_(d)
-        p.add_(buffers[i], alpha=-lr)
-
-
 def kl_clip_factor(directions: Sequence[Tensor], grads: Sequence[Tensor], lrs: Sequence[float], kl_clip: float) -> float:
     """``nu = min(1, sqrt(kl_clip / sum lr^2 <d, g>))`` (1 when the sum is not positive)."""
     vg = sum(lr * lr * float((d * g).sum()) for d, g, lr in zip(directions, grads, lrs))
     if not math.isfinite(vg):
         raise FloatingPointError(f"KL clipping: the preconditioned gradient's inner product is {vg}")
     return min(1.0, math.sqrt(kl_clip / vg)) if vg > 0 else 1.0
+
+
+def _rng_state(devices: Sequence[int]) -> tuple[Tensor, list[Tensor]]:
+    """The global CPU RNG state and that of the given CUDA devices."""
+    return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
 
 
 # ---------------------------------------------------------------- optimizer classes
@@ -152,7 +143,8 @@ class _KroneckerOptimizer(Optimizer):
     def __init__(self, model: nn.Module, lr: float, damping: float, momentum: float, weight_decay: float,
                  factor_decay: float, update_freq: int, inv_freq: int, fisher: str, likelihood: str,
                  kl_clip: float | None, mc_samples: int, param_groups: Iterable[dict[str, Any]] | None,
-                 seed: int | None):
+                 seed: int | None, adaptive_damping: bool, damping_interval: int, damping_decay: float,
+                 min_damping: float, max_damping: float, adaptive_step: bool):
         n = self._name
         defaults = dict(lr=lr, damping=damping, momentum=momentum, weight_decay=weight_decay)
         for key, ok, what in _GROUP_RULES:
@@ -167,6 +159,22 @@ class _KroneckerOptimizer(Optimizer):
             raise ValueError(f"{n}: likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         if kl_clip is not None:
             _check_number(n, "option", "kl_clip", kl_clip, lambda v: v > 0, "a finite number > 0 or None")
+            if adaptive_step:
+                raise ValueError(f"{n}: kl_clip and adaptive_step exclude each other (the step size comes from the "
+                                 "quadratic model)")
+        if isinstance(damping_interval, bool) or not isinstance(damping_interval, int) or damping_interval < 1:
+            raise ValueError(f"{n}: option: damping_interval must be a positive integer, got {damping_interval!r}")
+        _check_number(n, "option", "damping_decay", damping_decay, lambda v: 0 < v < 1, "a finite number in (0, 1)")
+        _check_number(n, "option", "min_damping", min_damping, lambda v: v > 0, "a finite number > 0")
+        if not (max_damping >= min_damping):  # may be inf
+            raise ValueError(f"{n}: option: max_damping must be >= min_damping, got {max_damping!r}")
+        self.adaptive_damping, self.adaptive_step = bool(adaptive_damping), bool(adaptive_step)
+        self.damping_interval, self.damping_decay = damping_interval, float(damping_decay)
+        self.min_damping, self.max_damping = float(min_damping), float(max_damping)
+        #: the last reduction ratio of the Levenberg-Marquardt rule, step size and momentum of adaptive_step
+        self.last_rho: float | None = None
+        self.last_step_size: float | None = None
+        self.last_momentum: float | None = None
         super().__init__(list(param_groups) if param_groups is not None else model.parameters(), defaults)
         self.factor_decay, self.update_freq, self.inv_freq = float(factor_decay), int(update_freq), int(inv_freq)
         self.fisher, self.likelihood, self.kl_clip, self.mc_samples = fisher, likelihood, kl_clip, int(mc_samples)
@@ -250,7 +258,14 @@ class _KroneckerOptimizer(Optimizer):
             pass
 
     def _needs_stats(self, k: int) -> bool:
-        return k % self.update_freq == 0
+        return k % self.update_freq == 0 or self._needs_model(k)
+
+    def _needs_model(self, k: int) -> bool:
+        """Whether step ``k`` evaluates the exact quadratic model (it needs the batch's records)."""
+        return self.adaptive_step or (self.adaptive_damping and (k + 1) % self.damping_interval == 0)
+
+    def _cuda_devices(self) -> list[int]:
+        return sorted({p.device.index or 0 for p in self.model.parameters() if p.device.type == "cuda"})
 
     def _arm(self) -> None:
         """Record in the forwards before the next step only if that step needs statistics from them."""
@@ -286,23 +301,30 @@ class _KroneckerOptimizer(Optimizer):
         super().zero_grad(set_to_none=set_to_none)
 
     @contextlib.contextmanager
-    def _isolated(self):
+    def _isolated(self, rng: tuple[Tensor, list[Tensor]] | None = None):
         """A pass of the optimizer's own that the user does not see: nothing recorded by the user-facing
         hooks, the model's buffers (BatchNorm statistics, ``num_batches_tracked``) restored afterwards,
-        and the global RNG streams restored too (inside, they are seeded from the optimizer's generator,
-        so dropout and sampled targets are reproducible and independent of the user's draws)."""
+        and the global RNG streams restored too. Inside, the streams are set to ``rng`` (a state from
+        :func:`_rng_state`), or else seeded from the optimizer's generator, so that dropout and sampled
+        targets are reproducible and independent of the user's draws."""
         saved = [b.detach().clone() for b in self.model.buffers()]
-        devices = sorted({p.device.index or 0 for p in self.model.parameters() if p.device.type == "cuda"})
+        devices = self._cuda_devices()
+        active = self._capture.active
         with torch.random.fork_rng(devices=devices):
-            seed = int(torch.randint(0, 2 ** 62, (1,), generator=self._generator))
-            torch.default_generator.manual_seed(seed)
-            for d in devices:
-                torch.cuda.default_generators[d].manual_seed(seed)
-            self._internal = True
+            if rng is None:
+                seed = int(torch.randint(0, 2 ** 62, (1,), generator=self._generator))
+                torch.default_generator.manual_seed(seed)
+                for d in devices:
+                    torch.cuda.default_generators[d].manual_seed(seed)
+            else:
+                torch.set_rng_state(rng[0])
+                for d, st in zip(devices, rng[1]):
+                    torch.cuda.set_rng_state(st, d)
+            self._internal, self._capture.active = True, False
             try:
                 yield
             finally:
-                self._internal = False
+                self._internal, self._capture.active = False, active
                 with torch.no_grad():
                     for b, old in zip(self.model.buffers(), saved):
                         b.copy_(old)
@@ -317,7 +339,7 @@ class _KroneckerOptimizer(Optimizer):
             return
         params = [p for _, m, h in self.layers for p in h.params(m)]
         with self._isolated():
-            self._capture.active, self._capture.keep_outputs = True, True
+            self._capture.active, self._capture.keep_outputs = True, True  # the context restores .active
             try:
                 for r in records:
                     self._capture.new_batch()
@@ -331,7 +353,7 @@ class _KroneckerOptimizer(Optimizer):
                         except FloatingPointError as exc:
                             raise FloatingPointError(f"{self._name}: {exc}; nothing was updated") from exc
             finally:
-                self._capture.active, self._capture.keep_outputs = False, False
+                self._capture.keep_outputs = False
 
     @staticmethod
     def _running(state: dict, key: str, value: Tensor, decay: float) -> None:
@@ -408,73 +430,208 @@ class _KroneckerOptimizer(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        """One update from the statistics recorded since the last step. ``closure`` (optional) re-evaluates
-        the model and returns the loss.
+        """One update from the statistics recorded since the last step. ``closure`` (optional; required by
+        ``adaptive_damping``) zeroes the gradients, re-evaluates the model, backpropagates and returns the loss.
 
         Raises:
-            ValueError: a param group's option is not finite or has the wrong sign (naming the group).
+            ValueError: a param group's option is not finite or has the wrong sign (naming the group), or
+                ``adaptive_damping`` without a closure.
             FloatingPointError: a NaN/inf gradient, factor or direction (naming the layer); then no
-                parameter and no statistic has changed.
+                parameter has changed (nor, for a gradient or a batch's factors, any statistic).
         """
+        k = self._step_count
+        lm = self.adaptive_damping and (k + 1) % self.damping_interval == 0
+        if self.adaptive_damping and closure is None:
+            raise ValueError(f"{self._name}: adaptive_damping needs step(closure): the closure (zero_grad, forward, "
+                             "backward, return the loss) is evaluated again at the new parameters every "
+                             "damping_interval steps")
+        rng = _rng_state(self._cuda_devices()) if lm else None  # the closure's randomness, for its re-evaluation
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        k = self._step_count
         for i, group in enumerate(self.param_groups):
             self._check_group(i, group)
         self._group_of = {p: g for g in self.param_groups for p in g["params"]}  # groups change on load_state_dict
         self._check_gradients()
         try:
             self.update_curvature(k)
-            directions, grads_wd, lrs, targets = [], [], [], []
-            covered = set()
-            for name, module, handler in self.layers:
-                params = handler.params(module)
-                covered.update(params)
-                state = self.state[module.weight]
-                if any(p.grad is None for p in params) or not self._ready(state):
-                    continue
-                group = self._group_of[module.weight]
-                m = handler.to_matrix(module, [p.grad for p in params])
-                if group["weight_decay"] != 0:
-                    m = m + group["weight_decay"] * handler.to_matrix(module, [p.detach() for p in params])
-                d = self._direction(name, state, m, group)
-                self._check_finite({name: d}, "its preconditioned direction")
-                directions.append(d)
-                grads_wd.append(m)
-                lrs.append(group["lr"])
-                targets.append((module, handler, params, group))
+            layers = self._layer_directions()
+            updates = self._kronecker_updates(layers)
+            predicted = self._model_change(layers, updates) if lm else None
         finally:
             self._after_directions()
             self._capture.clear()
             self._inputs = []
-        nu = kl_clip_factor(directions, grads_wd, lrs, self.kl_clip) if self.kl_clip is not None and directions else 1.0
         # nothing has changed a parameter up to here
-        for d, (module, handler, params, group) in zip(directions, targets):
-            parts = handler.from_matrix(module, d * nu if nu != 1.0 else d)
-            self._apply(params, parts, group)
-        for group in self.param_groups:  # plain gradient: unsupported layers (and layers without factors yet)
-            for p in group["params"]:
-                if p.grad is None or (p in covered and self._ready(self.state[self._weight_of(p)])):
-                    continue
-                d = p.grad if group["weight_decay"] == 0 else p.grad.add(p, alpha=group["weight_decay"])
-                self._apply([p], [d], group)
+        fallback = self._fallback_updates()
+        for (name, module, handler, params, group, m, d), delta in zip(layers, updates):
+            for p, part in zip(params, handler.from_matrix(module, delta)):
+                p.add_(part)
+        for p, delta in fallback:
+            p.add_(delta)
+        if lm:
+            self._adapt_damping(float(torch.as_tensor(loss).detach()), predicted, closure, rng, layers, updates, fallback)
         self._step_count += 1
         self._arm()
         return loss
 
-    def _weight_of(self, p: Tensor) -> Tensor:
-        if not hasattr(self, "_weight_map"):
-            self._weight_map = {q: m.weight for _, m, h in self.layers for q in h.params(m)}
-        return self._weight_map[p]
+    def _layer_directions(self) -> list[tuple]:
+        """``(name, module, handler, params, group, M, D)`` of every layer with factors and a gradient:
+        ``M`` the gradient matrix (weight decay included), ``D`` its preconditioned direction (checked finite)."""
+        out = []
+        for name, module, handler in self.layers:
+            params = handler.params(module)
+            state = self.state[module.weight]
+            if any(p.grad is None for p in params) or not self._ready(state):
+                continue
+            group = self._group_of[module.weight]
+            m = handler.to_matrix(module, [p.grad for p in params])
+            if group["weight_decay"] != 0:
+                m = m + group["weight_decay"] * handler.to_matrix(module, [p.detach() for p in params])
+            d = self._direction(name, state, m, group)
+            self._check_finite({name: d}, "its preconditioned direction")
+            out.append((name, module, handler, params, group, m, d))
+        return out
 
-    def _apply(self, params: list[Tensor], directions: list[Tensor], group: dict) -> None:
-        bufs = [self.state[p].get("momentum_buffer") for p in params]
-        momentum_step_(params, directions, bufs, lr=group["lr"], momentum=group["momentum"])
-        if group["momentum"] != 0:
-            for p, b in zip(params, bufs):
-                self.state[p]["momentum_buffer"] = b
+    def _kronecker_updates(self, layers: list[tuple]) -> list[Tensor]:
+        """The parameter change ``delta`` of each layer (a ``(d_out, d_in)`` matrix); momentum buffers and the
+        last update are stored in the state here (nothing is applied yet)."""
+        if not layers:
+            return []
+        if self.adaptive_step:
+            return self._adaptive_updates(layers)
+        nu = 1.0
+        if self.kl_clip is not None:
+            nu = kl_clip_factor([x[6] for x in layers], [x[5] for x in layers], [x[4]["lr"] for x in layers],
+                                self.kl_clip)
+        updates = []
+        for name, module, handler, params, group, m, d in layers:
+            d = d * nu if nu != 1.0 else d
+            if group["momentum"] != 0:
+                bufs = [self.state[p].get("momentum_buffer") for p in params]
+                if any(b is None for b in bufs):
+                    buf = d.clone()
+                else:
+                    buf = handler.to_matrix(module, bufs).mul_(group["momentum"]).add_(d)
+                for p, part in zip(params, handler.from_matrix(module, buf)):
+                    self.state[p]["momentum_buffer"] = part.clone()
+                d = buf
+            updates.append(d * -group["lr"])
+        return updates
+
+    def _fallback_updates(self) -> list[tuple[Tensor, Tensor]]:
+        """Momentum SGD on the plain gradient for parameters without factors (unsupported layers, layers
+        before their first factors): ``(param, delta)``; buffers stored in the state."""
+        covered = {p for _, m, h in self.layers for p in h.params(m) if self._ready(self.state[m.weight])}
+        out = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None or p in covered:
+                    continue
+                d = p.grad if group["weight_decay"] == 0 else p.grad.add(p, alpha=group["weight_decay"])
+                if group["momentum"] != 0:
+                    buf = self.state[p].get("momentum_buffer")
+                    buf = d.clone() if buf is None else buf.mul_(group["momentum"]).add_(d)
+                    self.state[p]["momentum_buffer"] = buf
+                    d = buf
+                out.append((p, d * -group["lr"]))
+        return out
+
+    # -- the quadratic model (Martens & Grosse 2015, sections 6.5 and 7)
+    def _fisher_gram(self, layers: list[tuple], vectors: list[list[Tensor]]) -> Tensor:
+        """``Q_ij = v_i^T F v_j`` ``(R, R)`` for ``R`` update vectors (``vectors[l][i]``: layer ``l``'s matrix of
+        vector ``i``), with ``F`` the exact curvature of this step's batch, of the kind the factors approximate
+        (``fisher``): ``(1/N) sum_{n,k} u_nk u_nk^T``, ``u_nk,i = sum_layers sum_t g_nkt^T V_i a_nt`` from the
+        recorded per-example inputs and output gradients (no extra pass)."""
+        r = len(vectors[0]) if vectors else 0
+        per_batch: dict[int, Tensor] = {}
+        for (name, *_), mats in zip(layers, vectors):
+            v = torch.stack(mats)  # (R, d_out, d_in)
+            for b in self._capture.batches(name):
+                a, g = self._capture.get(name, b)  # (N, T, d_in), (K, N, T, d_out)
+                u = torch.einsum("knto,rnto->rkn", g, torch.einsum("nti,roi->rnto", a, v))
+                per_batch[b] = per_batch[b] + u if b in per_batch else u
+        if not per_batch:
+            return torch.zeros(r, r, dtype=torch.float64)
+        n = sum(u.shape[2] for u in per_batch.values())
+        u = torch.cat([x.reshape(r, -1) for x in per_batch.values()], dim=1).double()
+        return u @ u.T / n
+
+    def _adaptive_updates(self, layers: list[tuple]) -> list[Tensor]:
+        """``delta = alpha Delta + mu delta_0`` with ``Delta = -D`` and ``delta_0`` the last update, ``(alpha, mu)``
+        minimizing ``M(delta) = grad^T delta + delta^T (F + (lambda + eta) I) delta / 2`` (exact ``F`` of the
+        batch, :meth:`_fisher_gram`): the 2x2 system of Martens & Grosse 2015, section 7 (``mu = 0`` at first)."""
+        vecs = []
+        for name, module, handler, params, group, m, d in layers:
+            prev = self.state[module.weight].get("update")
+            vecs.append([-d] + ([prev] if prev is not None else []))
+        r = min(len(v) for v in vecs)
+        vecs = [v[:r] for v in vecs]
+        c = self._fisher_gram(layers, vecs)
+        b = torch.zeros(r, dtype=torch.float64)
+        for (name, module, handler, params, group, m, d), v in zip(layers, vecs):
+            shift = group["damping"] + group["weight_decay"]
+            for i in range(r):
+                b[i] += float((m * v[i]).sum())
+                for j in range(r):
+                    c[i, j] += shift * float((v[i] * v[j]).sum())
+        coef = torch.linalg.lstsq(c, -b[:, None]).solution[:, 0] if r == 2 else -b / c.diagonal()
+        if not bool(torch.isfinite(coef).all()):
+            raise FloatingPointError(f"{self._name}: the 2x2 quadratic model gave step size/momentum {coef.tolist()}")
+        self.last_step_size = float(coef[0])
+        self.last_momentum = float(coef[1]) if r == 2 else 0.0
+        updates = []
+        for (name, module, *_), v in zip(layers, vecs):
+            delta = sum(float(coef[i]) * v[i] for i in range(r))
+            self.state[module.weight]["update"] = delta.clone()
+            updates.append(delta)
+        return updates
+
+    def _model_change(self, layers: list[tuple], updates: list[Tensor]) -> float:
+        """``M(delta) - M(0) = grad^T delta + delta^T (F + eta I) delta / 2`` over the Kronecker layers (the
+        damping is left out, as kfac-jax's default ``include_damping_in_quad_change=False``); ``F`` exact on
+        the batch (:meth:`_fisher_gram`). Parameters without factors add ``grad^T delta + eta |delta|^2 / 2``
+        (their curvature is not recorded)."""
+        if not layers:
+            change = 0.0
+        else:
+            change = 0.5 * float(self._fisher_gram(layers, [[u] for u in updates])[0, 0])
+        for (name, module, handler, params, group, m, d), u in zip(layers, updates):
+            change += float((m * u).sum()) + 0.5 * group["weight_decay"] * float(u.square().sum())
+        return change
+
+    def _adapt_damping(self, loss: float, predicted: float, closure: Callable[[], Tensor], rng, layers, updates,
+                       fallback) -> None:
+        """The Levenberg-Marquardt rule (Martens & Grosse 2015, section 6.5) at the end of a step: the
+        reduction ratio ``rho = (h(theta + delta) - h(theta)) / (M(delta) - M(0))`` on the same batch
+        (``closure`` evaluated again at the new parameters with the first evaluation's randomness, in
+        :meth:`_isolated`; its gradients discarded); every group's damping times ``omega`` if ``rho > 3/4``,
+        divided by ``omega`` if ``rho < 1/4`` (``omega = damping_decay ** damping_interval``), kept in
+        ``[min_damping, max_damping]``. ``h`` includes the weight-decay term ``eta |theta|^2 / 2``."""
+        reg = 0.0  # h's L2 change: eta (<theta, delta> + |delta|^2 / 2) at the old theta = new theta - delta
+        for (name, module, handler, params, group, m, d), u in zip(layers, updates):
+            if group["weight_decay"]:
+                w = handler.to_matrix(module, [p.detach() for p in params]) - u
+                reg += group["weight_decay"] * float((w * u).sum() + 0.5 * u.square().sum())
+        for p, u in fallback:
+            wd = self._group_of[p]["weight_decay"]
+            predicted += float((p.grad * u).sum()) + wd * float(((p - u) * u).sum()) + 0.5 * wd * float(u.square().sum())
+            if wd:
+                reg += wd * float(((p - u) * u).sum() + 0.5 * u.square().sum())
+        grads = {p: None if p.grad is None else p.grad.clone() for g in self.param_groups for p in g["params"]}
+        with self._isolated(rng):
+            with torch.enable_grad():
+                new_loss = float(torch.as_tensor(closure()).detach())
+        for p, g in grads.items():
+            p.grad = g
+        actual = new_loss - loss + reg
+        rho = actual / predicted if predicted < 0 and math.isfinite(actual) else -math.inf
+        omega = self.damping_decay ** self.damping_interval
+        factor = omega if rho > 0.75 else 1 / omega if rho < 0.25 else 1.0
+        for group in self.param_groups:
+            group["damping"] = min(max(group["damping"] * factor, self.min_damping), self.max_damping)
+        self.last_rho = rho
 
     def _stale(self, state: dict, module: nn.Module) -> bool:
         """Whether the layer's inverse was computed with another damping than its group's now."""
@@ -518,6 +675,19 @@ _ARGS_DOC = """
             A layer uses the group of its weight.
         seed: seed of the optimizer's own generator, from which the Fisher pass (``true``/``ggn``)
             seeds its sampled targets and dropout masks (default ``torch.initial_seed()``).
+        adaptive_damping: adapt every group's ``damping`` by the Levenberg-Marquardt rule of Martens &
+            Grosse (2015, sec. 6.5) every ``damping_interval`` steps (T1): ``rho`` = actual / predicted
+            reduction of the exact quadratic model on the batch; ``damping *= omega`` if ``rho > 3/4``,
+            ``/= omega`` if ``rho < 1/4``, ``omega = damping_decay ** damping_interval`` (the paper's
+            ``(19/20)^T1``), clamped to ``[min_damping, max_damping]``. Needs ``step(closure)``; one
+            extra forward/backward (the closure again) every ``damping_interval`` steps.
+        damping_interval, damping_decay, min_damping, max_damping: see ``adaptive_damping``.
+        adaptive_step: choose the step size ``alpha`` and momentum ``mu`` of every step from the exact
+            2x2 quadratic model (Martens & Grosse 2015, sec. 7): ``delta = alpha Delta + mu delta_0``
+            minimizing ``grad^T delta + delta^T (F + (damping + weight_decay) I) delta / 2`` over the
+            span of the new direction and the last update; ``lr`` and ``momentum`` then apply only to
+            parameters without factors. Records the batch (and, for ``true``/``ggn``, runs the Fisher
+            pass) every step. Excludes ``kl_clip``.
 
     Raises:
         ValueError: a bad hyperparameter (naming it and its param group), a parameter that is not the
@@ -540,9 +710,12 @@ class KFAC(_KroneckerOptimizer):
     def __init__(self, model: nn.Module, lr: float = 0.01, damping: float = 1e-3, momentum: float = 0.0,
                  weight_decay: float = 0.0, factor_decay: float = 0.95, update_freq: int = 10, inv_freq: int = 100,
                  fisher: str = "empirical", likelihood: str = "categorical", kl_clip: float | None = None,
-                 mc_samples: int = 1, param_groups: Iterable[dict[str, Any]] | None = None, seed: int | None = None):
+                 mc_samples: int = 1, param_groups: Iterable[dict[str, Any]] | None = None, seed: int | None = None,
+                 adaptive_damping: bool = False, damping_interval: int = 5, damping_decay: float = 0.95,
+                 min_damping: float = 1e-8, max_damping: float = math.inf, adaptive_step: bool = False):
         super().__init__(model, lr, damping, momentum, weight_decay, factor_decay, update_freq, inv_freq, fisher,
-                         likelihood, kl_clip, mc_samples, param_groups, seed)
+                         likelihood, kl_clip, mc_samples, param_groups, seed, adaptive_damping, damping_interval,
+                         damping_decay, min_damping, max_damping, adaptive_step)
 
     def _invert(self, name, module, handler) -> None:
         state = self.state[module.weight]
@@ -588,20 +761,22 @@ class EKFAC(_KroneckerOptimizer):
     def __init__(self, model: nn.Module, lr: float = 0.01, damping: float = 1e-3, momentum: float = 0.0,
                  weight_decay: float = 0.0, factor_decay: float = 0.95, update_freq: int = 10, inv_freq: int = 100,
                  fisher: str = "empirical", likelihood: str = "categorical", kl_clip: float | None = None,
-                 mc_samples: int = 1, param_groups: Iterable[dict[str, Any]] | None = None, diag_freq: int = 1,
-                 seed: int | None = None):
+                 mc_samples: int = 1, param_groups: Iterable[dict[str, Any]] | None = None, diag_freq: int = 1, seed: int | None = None,
+                 adaptive_damping: bool = False, damping_interval: int = 5, damping_decay: float = 0.95,
+                 min_damping: float = 1e-8, max_damping: float = math.inf, adaptive_step: bool = False):
         if isinstance(diag_freq, bool) or not isinstance(diag_freq, int) or diag_freq < 1:
             raise ValueError(f"EKFAC: option: diag_freq must be a positive integer, got {diag_freq!r}")
         self.diag_freq = int(diag_freq)  # before the base class arms the hooks for step 0
         super().__init__(model, lr, damping, momentum, weight_decay, factor_decay, update_freq, inv_freq, fisher,
-                         likelihood, kl_clip, mc_samples, param_groups, seed)
+                         likelihood, kl_clip, mc_samples, param_groups, seed, adaptive_damping, damping_interval,
+                         damping_decay, min_damping, max_damping, adaptive_step)
         self._rotated: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
         #: layers whose gradient was rotated into the eigenbasis from the per-example quantities in the
         #: last step (:func:`geomopt.curvature.factored_rotation`); the others were rotated densely
         self.factored_layers: set[str] = set()
 
     def _needs_stats(self, k: int) -> bool:
-        return k % self.update_freq == 0 or k % self.diag_freq == 0
+        return super()._needs_stats(k) or k % self.diag_freq == 0
 
     def _invert(self, name, module, handler) -> None:
         state = self.state[module.weight]
