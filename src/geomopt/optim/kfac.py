@@ -621,8 +621,11 @@ class _KroneckerOptimizer(Optimizer):
                 reg += wd * float(((p - u) * u).sum() + 0.5 * u.square().sum())
         grads = {p: None if p.grad is None else p.grad.clone() for g in self.param_groups for p in g["params"]}
         with self._isolated(rng):
-            with torch.enable_grad():
-                new_loss = float(torch.as_tensor(closure()).detach())
+            try:
+                with torch.enable_grad():
+                    new_loss = float(torch.as_tensor(closure()).detach())
+            except FloatingPointError:  # e.g. the engine's non-finite loss: as bad as a step can be
+                new_loss = math.inf
         for p, g in grads.items():
             p.grad = g
         actual = new_loss - loss + reg

@@ -9,7 +9,8 @@ from geomopt.optim.kfac import EKFAC, KFAC
 from geomopt.optim.path_sgd import PathSGD
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad", "path-sgd", "kfac", "ekfac")
-KRONECKER_OPTIONS = ("damping", "factor_decay", "update_freq", "inv_freq", "fisher", "kl_clip", "diag_freq")
+KRONECKER_OPTIONS = ("damping", "factor_decay", "update_freq", "inv_freq", "fisher", "kl_clip", "diag_freq",
+                     "adaptive_damping", "adaptive_step")
 
 
 def build_optimizer(name: str, model: nn.Module, *, lr: float, momentum: float | None = None,
@@ -19,8 +20,8 @@ def build_optimizer(name: str, model: nn.Module, *, lr: float, momentum: float |
     ``momentum``: for ``momentum`` (SGD with heavy ball) default 0.9; for ``sgd`` and
     ``path-sgd`` default 0 (``path-sgd`` takes any value in [0, 1)); ``adam``/``adagrad`` reject it;
     ``kfac``/``ekfac`` default 0.9. ``kronecker``: options of :class:`KFAC`/:class:`EKFAC`
-    (``damping``, ``factor_decay``, ``update_freq``, ``inv_freq``, ``fisher``, ``kl_clip``; ``diag_freq``
-    for ``ekfac`` only), for those two only.
+    (``damping``, ``factor_decay``, ``update_freq``, ``inv_freq``, ``fisher``, ``kl_clip``,
+    ``adaptive_damping``, ``adaptive_step``; ``diag_freq`` for ``ekfac`` only), for those two only.
     """
     unknown = sorted(set(kronecker) - set(KRONECKER_OPTIONS))
     if unknown:

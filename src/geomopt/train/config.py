@@ -196,6 +196,8 @@ class TrainConfig:
     fisher: str = "empirical"
     kl_clip: float | None = None
     diag_freq: int = 1  # ekfac only: re-estimate the eigenbasis diagonal every this many steps
+    adaptive_damping: bool = False  # Levenberg-Marquardt damping (Martens & Grosse 2015, sec. 6.5)
+    adaptive_step: bool = False  # step size and momentum from the exact 2x2 quadratic model (sec. 7)
 
     def __post_init__(self) -> None:
         checked = check_fields(TrainConfig, dataclasses.asdict(self), "TrainConfig")

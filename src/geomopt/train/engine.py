@@ -226,18 +226,23 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
                 if i < batch_in_epoch:
                     continue
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x), y)
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise NonFiniteLossError(
-                        f"the loss became {value} at step {step + 1} (epoch {epoch + 1}); the run stopped; "
-                        f"{_kept(ckpt_path)}; lower the learning rate or clip gradients")
-                loss.backward()
-                if max_grad_norm is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+
+                def closure(x=x, y=y) -> Tensor:  # torch's protocol: optimizers may re-evaluate the loss
+                    optimizer.zero_grad(set_to_none=True)  # (LBFGS; K-FAC/EKFAC's adaptive damping)
+                    loss = loss_fn(model(x), y)
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise NonFiniteLossError(
+                            f"the loss became {value} at step {step + 1} (epoch {epoch + 1}); the run stopped; "
+                            f"{_kept(ckpt_path)}; lower the learning rate or clip gradients")
+                    loss.backward()
+                    if max_grad_norm is not None:
+                        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+                    return loss
+
                 try:
-                    optimizer.step()
+                    loss = optimizer.step(closure)
+                    value = loss.item() if isinstance(loss, Tensor) else float(loss)
                 except FloatingPointError as exc:  # e.g. K-FAC factors with NaN/inf: a divergence, not a crash
                     if isinstance(exc, NonFiniteLossError):
                         raise
