@@ -355,3 +355,25 @@ def test_ekfac_between_diagonal_steps_linear_layers_still_rotate_from_their_exam
     assert factored == [both, first, first, both, first] and none == [[]] * 5
     for p, q in zip(fast.parameters(), slow.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("diag_decay,expected", [(None, 0.95), (0.75, 0.75), (0.0, 0.0)])
+def test_ekfac_kfac_eigenvalues_keep_weight_decay_to_the_j(diag_decay, expected):
+    """With lr = 0 every step sees the same batch diagonal s, so after the reset to S_0 = e_G e_A^T and j
+    diagonal updates (S_j - s) = d^j (S_0 - s): with d = 0.95 and inv_freq = 20, 0.95 after the first step,
+    0.95^20 = 36% after the 20th, 61% on average (the docstring's numbers); d = 0 is the batch's diagonal."""
+    model, (x, y) = net(), data()
+    opt = EKFAC(model, lr=0.0, damping=0.1, factor_decay=0.95, update_freq=1, inv_freq=20, diag_decay=diag_decay)
+    ekfac = compute_ekfac(model, (x, y))
+    kfac_diagonals = compute_kfac(model, (x, y)).to_ekfac().diagonals  # e_G e_A^T
+    weights = []
+    for _ in range(20):
+        opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()
+        m, s0, s = opt.layers[-1][1], kfac_diagonals[-1], ekfac.diagonals[-1]
+        weights.append(float(((opt.state[m.weight]["S"] - s) * (s0 - s)).sum() / (s0 - s).square().sum()))
+    torch.testing.assert_close(torch.tensor(weights), torch.tensor([expected ** (j + 1) for j in range(20)]))
+    if diag_decay is None:
+        assert weights[0] == pytest.approx(0.95) and weights[-1] == pytest.approx(0.3585, abs=1e-4)
+        assert sum(weights) / 20 == pytest.approx(0.609, abs=1e-3)
+    with pytest.raises(ValueError, match="diag_decay"):
+        EKFAC(net(), diag_decay=1.0)

@@ -744,6 +744,8 @@ class KFAC(_KroneckerOptimizer):
 _DIAG_FREQ_DOC = """        diag_freq: re-estimate the eigenbasis diagonal every this many steps (1: every step, the
             paper's algorithm; larger values amortize its per-example cost as ``update_freq`` does
             for the factors).
+        diag_decay: running-average decay of the diagonal (``None``: ``factor_decay``; 0: the batch's
+            diagonal only, the authors' default; see above).
 """
 
 
@@ -753,6 +755,17 @@ class EKFAC(_KroneckerOptimizer):
     See :mod:`geomopt.optim.kfac` for the update rule. Every ``diag_freq`` steps (default: every
     step, as in the paper) it re-estimates the diagonal from per-example layer inputs and output
     gradients (with ``fisher='true'``, recorded in one extra forward/backward).
+
+    The diagonal after a new eigenbasis: every ``inv_freq`` steps it is reset to K-FAC's eigenvalues
+    ``e_G e_A^T`` and then, in that step and each diagonal step after, averaged with the batch's
+    re-estimate, ``s <- d s + (1 - d) s_batch`` (``d = diag_decay``, by default ``factor_decay``). So at
+    the ``j``-th diagonal update after the new basis (``j = 1`` in the step that computed it) the K-FAC
+    eigenvalues keep weight ``d^j``: with ``d = 0.95`` and ``inv_freq = 20`` (``diag_freq = 1``), 95%
+    in the first step, 36% in the 20th, 61% on average over the 20 steps (64% counting the weight each
+    step starts from, ``d^(j-1)``). The authors' code (Thrandis/EKFAC-pytorch) re-estimates it from the
+    current batch only by default (``ra=False``: ``diag_decay=0``, the K-FAC eigenvalues are never used
+    in a step), or as a running average with ``alpha = 0.75`` (``diag_decay=0.75``: 75% in the first
+    step, 4% in the 11th) of batch-size-scaled squared batch gradients (ours: exact per-example squares).
     """ + _ARGS_DOC.replace("\n    Raises:", _DIAG_FREQ_DOC + "\n    Raises:") + r"""
     Example:
         >>> opt = EKFAC(model, lr=0.01, damping=1e-3, momentum=0.9, update_freq=10, inv_freq=100)
@@ -764,12 +777,17 @@ class EKFAC(_KroneckerOptimizer):
     def __init__(self, model: nn.Module, lr: float = 0.01, damping: float = 1e-3, momentum: float = 0.0,
                  weight_decay: float = 0.0, factor_decay: float = 0.95, update_freq: int = 10, inv_freq: int = 100,
                  fisher: str = "empirical", likelihood: str = "categorical", kl_clip: float | None = None,
-                 mc_samples: int = 1, param_groups: Iterable[dict[str, Any]] | None = None, diag_freq: int = 1, seed: int | None = None,
+                 mc_samples: int = 1, param_groups: Iterable[dict[str, Any]] | None = None, diag_freq: int = 1,
+                 diag_decay: float | None = None, seed: int | None = None,
                  adaptive_damping: bool = False, damping_interval: int = 5, damping_decay: float = 0.95,
                  min_damping: float = 1e-8, max_damping: float = math.inf, adaptive_step: bool = False):
         if isinstance(diag_freq, bool) or not isinstance(diag_freq, int) or diag_freq < 1:
             raise ValueError(f"EKFAC: option: diag_freq must be a positive integer, got {diag_freq!r}")
+        if diag_decay is not None:
+            _check_number("EKFAC", "option", "diag_decay", diag_decay, lambda v: 0 <= v < 1,
+                          "a finite number in [0, 1) or None")
         self.diag_freq = int(diag_freq)  # before the base class arms the hooks for step 0
+        self.diag_decay = float(factor_decay if diag_decay is None else diag_decay)
         super().__init__(model, lr, damping, momentum, weight_decay, factor_decay, update_freq, inv_freq, fisher,
                          likelihood, kl_clip, mc_samples, param_groups, seed, adaptive_damping, damping_interval,
                          damping_decay, min_damping, max_damping, adaptive_step)
@@ -825,7 +843,7 @@ class EKFAC(_KroneckerOptimizer):
         self._check_finite(diagonals, "the eigenbasis diagonal")
         for name, module, _ in self.layers:
             if name in diagonals:
-                self._running(self.state[module.weight], "S", diagonals[name], self.factor_decay)
+                self._running(self.state[module.weight], "S", diagonals[name], self.diag_decay)
 
     def _batch_diagonal(self, name: str, state: dict, batch: int, diag: bool, single: bool) -> Tensor | None:
         """Micro-batch ``batch``'s eigenbasis diagonal (when ``diag``); on a Linear layer with one micro-batch
