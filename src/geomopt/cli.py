@@ -146,9 +146,45 @@ def _reproduce_one(name: str, args: argparse.Namespace, overrides: dict) -> Path
     return section
 
 
+def _add_sweep_flags(parser: argparse.ArgumentParser) -> None:
+    """The sweep engine's flags (geomopt.sweep): backend, cluster address, resources, retries, timeout."""
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="parallel trials of the local backend (default: number of CPU cores, at most 4)")
+    parser.add_argument("--backend", choices=["local", "ray"], default="local",
+                        help="local process pool (default) or Ray tasks (pip install 'geomopt[ray]')")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray instance for the sweep)")
+    parser.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs (and torch threads) per trial")
+    parser.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial (ray backend)")
+    parser.add_argument("--max-retries", type=int, default=2,
+                        help="retries of a trial that raises or whose worker dies (default: 2)")
+    parser.add_argument("--trial-timeout", type=float, default=None, metavar="SECONDS",
+                        help="kill a trial running longer than this and record it as failed")
+
+
+def _sweep_options(args: argparse.Namespace) -> dict:
+    """The sweep flags as :func:`geomopt.sweep.sweep_options` keywords; checks them (and that Ray is
+    importable) before any run folder is written."""
+    from geomopt.sweep import make_backend
+    make_backend(args.backend, workers=args.jobs, address=args.address, cpus_per_trial=args.cpus_per_trial,
+                 gpus_per_trial=args.gpus_per_trial)
+    if args.max_retries < 0 or (args.trial_timeout is not None and args.trial_timeout <= 0):
+        raise ValueError(f"--max-retries must be >= 0 and --trial-timeout > 0, got {args.max_retries}, "
+                         f"{args.trial_timeout}")
+    return {"backend": args.backend, "workers": args.jobs, "address": args.address,
+            "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
+            "max_retries": args.max_retries, "trial_timeout": args.trial_timeout}
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from geomopt.experiments import EXPERIMENTS
+    from geomopt.sweep import sweep_options
     from geomopt.train.config import CommandLineText
+    try:
+        options = _sweep_options(args)
+    except RuntimeError as exc:
+        print(f"geomopt reproduce: {exc}", file=sys.stderr)
+        return 2
     overrides = {}
     for item in args.set or []:
         key, sep, value = item.partition("=")
@@ -156,21 +192,22 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             print(f"geomopt reproduce: --set expects key=value, got {item!r}", file=sys.stderr)
             return 2
         overrides[key.strip()] = CommandLineText(value)
-    if args.name != "all":
-        _reproduce_one(args.name, args, overrides)
-        print(f"build the HTML report with `geomopt report {args.out}`")
-        return 0
-    if overrides:
-        print("geomopt reproduce all: --set applies to one experiment's config; run that experiment alone",
-              file=sys.stderr)
-        return 2
-    failed = []
-    for name in EXPERIMENTS:  # every reproduction in turn; one that fails does not stop the others
-        try:
-            _reproduce_one(name, args, overrides)
-        except Exception as exc:  # noqa: BLE001  (reported, and the exit code says so)
-            failed.append(name)
-            print(f"geomopt reproduce all: {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    with sweep_options(**options):
+        if args.name != "all":
+            _reproduce_one(args.name, args, overrides)
+            print(f"build the HTML report with `geomopt report {args.out}`")
+            return 0
+        if overrides:
+            print("geomopt reproduce all: --set applies to one experiment's config; run that experiment alone",
+                  file=sys.stderr)
+            return 2
+        failed = []
+        for name in EXPERIMENTS:  # every reproduction in turn; one that fails does not stop the others
+            try:
+                _reproduce_one(name, args, overrides)
+            except Exception as exc:  # noqa: BLE001  (reported, and the exit code says so)
+                failed.append(name)
+                print(f"geomopt reproduce all: {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
     print(f"{len(EXPERIMENTS) - len(failed)}/{len(EXPERIMENTS)} reproductions done"
           + (f"; failed: {', '.join(failed)}" if failed else "") + f"; next: geomopt report {args.out}")
     return 1 if failed else 0
@@ -212,23 +249,40 @@ def cmd_measure(args: argparse.Namespace) -> int:
 def cmd_zoo(args: argparse.Namespace) -> int:
     from geomopt.experiments.zoo import train_zoo
     try:
-        results = train_zoo(args.grid, args.out, workers=args.jobs, backend=args.backend)
+        options = _sweep_options(args)
     except RuntimeError as exc:
         print(f"geomopt zoo: {exc}", file=sys.stderr)
         return 2
-    diverged = sum(bool(r.get("diverged")) for r in results)
-    print(f"{len(results)} runs in {args.out} ({diverged} diverged); next: geomopt correlate {args.out}")
-    return 0
+    results = train_zoo(args.grid, args.out, measures=not args.no_measures, checkpoints=not args.no_checkpoints,
+                        overwrite=args.overwrite, **options)
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    diverged = sum(bool(r.result and r.result.get("diverged")) for r in results)
+    print(f"{len(results)} runs in {args.out}: {counts['done']} trained now, {counts['skipped']} finished before, "
+          f"{diverged} diverged, {counts['failed']} failed; next: geomopt correlate {args.out}")
+    for r in results:
+        if r.status == "failed":
+            print(f"  failed: {r.trial.out / 'failed.json'}", file=sys.stderr)
+    return 1 if counts["failed"] else 0
 
 
 def cmd_correlate(args: argparse.Namespace) -> int:
     from geomopt.experiments.zoo import correlate, measure_zoo
-    measure_zoo(args.zoo, workers=args.jobs)
-    rows = correlate(args.zoo, args.out, min_train_acc=args.min_train_acc, variant=args.kendall)
+    from geomopt.sweep import sweep_options
+    if args.recompute:
+        try:
+            options = _sweep_options(args)
+        except RuntimeError as exc:
+            print(f"geomopt correlate: {exc}", file=sys.stderr)
+            return 2
+        with sweep_options(**options):
+            measure_zoo(args.zoo, overwrite=True)
+    rows = correlate(args.zoo, args.out, min_train_acc=args.min_train_acc, variant=args.kendall,
+                     bootstrap=args.bootstrap, seed=args.seed)
     kind = rows[0]["kendall_variant"] if rows else "tau-a"
-    print(f"{'measure':40s} {'models':>6s} {kind:>7s} {'granulated':>10s}")
+    print(f"{'measure':40s} {'models':>6s} {kind:>7s} {'95% bootstrap':>17s} {'granulated':>10s}")
     for r in rows:
-        print(f"{r['measure']:40s} {r['models']:6d} {r['kendall_tau']:7.3f} {r['granulated']:10.3f}")
+        interval = f"[{r['kendall_tau_lo']:6.3f}, {r['kendall_tau_hi']:6.3f}]"
+        print(f"{r['measure']:40s} {r['models']:6d} {r['kendall_tau']:7.3f} {interval:>17s} {r['granulated']:10.3f}")
     print(f"wrote {Path(args.out or args.zoo) / 'correlation.csv'} and correlation.png")
     return 0
 
@@ -266,11 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seeds 0..N-1 (default: 3 with --quick, 5 in the full protocol); tables and claims "
                         "give the mean and 95%% interval over them")
     p.add_argument("--out", default="runs", help="runs directory (default: runs)")
-    p.add_argument("--jobs", type=int, default=None, help="parallel runs (default: number of CPU cores, at most 4)")
     p.add_argument("--overwrite", action="store_true",
                    help="retrain run folders that hold a different run (refused otherwise; finished rows are kept)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override an experiment config field (JSON or plain text: epochs=3, datasets=digits,mnist1d)")
+    _add_sweep_flags(p)
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("prune", help="prune a trained run by a loss-model criterion, then fine-tune with the mask")
@@ -305,9 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("zoo", help="train a grid of small networks (a model zoo) from a TOML file")
     p.add_argument("--grid", required=True, help="zoo.toml with [base], [grid] and optional [measure] tables")
     p.add_argument("--out", default="runs/zoo", help="zoo directory (default: runs/zoo)")
-    p.add_argument("--jobs", type=int, default=None, help="parallel runs (local backend)")
-    p.add_argument("--backend", choices=["local", "ray"], default="local",
-                   help="local process pool (default) or a Ray cluster (pip install 'geomopt[ray]')")
+    p.add_argument("--overwrite", action="store_true", help="retrain run folders that hold a different run")
+    p.add_argument("--no-measures", action="store_true", help="do not compute measures.json in each trial")
+    p.add_argument("--no-checkpoints", action="store_true",
+                   help="do not bring the final checkpoints back (less data; measures cannot be recomputed)")
+    _add_sweep_flags(p)
     p.set_defaults(func=cmd_zoo)
 
     p = sub.add_parser("correlate", help="rank correlation of every measure with the generalization gap over a zoo")
@@ -316,7 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-train-acc", type=float, default=0.99, help="keep runs with this training accuracy")
     p.add_argument("--kendall", choices=("a", "b"), default="a",
                    help="tau-a over all groups (Jiang et al. eq. 3-4, default) or tau-b (ties corrected)")
-    p.add_argument("--jobs", type=int, default=None, help="parallel measure computations")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the models (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--recompute", action="store_true",
+                   help="compute every run's measures.json again (otherwise the stored measures are read)")
+    _add_sweep_flags(p)
     p.set_defaults(func=cmd_correlate)
 
     from geomopt.implicit.cli import add_implicit_parser
@@ -330,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from geomopt.sweep import SweepError
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -338,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
             exc = f"cannot use {exc.filename}: {exc.strerror}"
         print(f"geomopt {args.command}: {exc}", file=sys.stderr)
         return 2
+    except SweepError as exc:
+        print(f"geomopt {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

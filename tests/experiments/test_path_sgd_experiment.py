@@ -20,7 +20,7 @@ import math
 
 import pytest
 
-import geomopt.experiments.sweep
+import geomopt.sweep.trial
 from geomopt.cli import main
 from geomopt.experiments.path_sgd import NAME, reproduce
 from geomopt.train import read_metrics
@@ -127,7 +127,7 @@ def test_rerun_skips_finished_runs(tiny, monkeypatch, capsys):
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(geomopt.experiments.sweep, "train", refuse)
+    monkeypatch.setattr(geomopt.sweep.trial, "train", refuse)
     sets = [f"{key}={json.dumps(value)}" for key, value in TINY.items()]
     argv = ["reproduce", "path-sgd", "--quick", "--out", str(out), "--jobs", "1"]
     for s in sets:

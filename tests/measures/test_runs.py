@@ -1,8 +1,8 @@
 """`geomopt measure`, `geomopt zoo`, `geomopt correlate` on tiny runs; the TOML grid; the Ray error."""
 
 import csv
-import importlib.util
 import json
+import sys
 
 import pytest
 import torch
@@ -79,9 +79,13 @@ def test_bad_grid_key(tmp_path):
         load_grid(grid, tmp_path)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ray") is not None, reason="ray is installed")
-def test_ray_backend_without_ray_is_a_clear_error(tmp_path, capsys):
+def test_ray_backend_without_ray_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    """Ray missing (an import that fails): exit code 2 and the install hint before any run folder is written."""
+    monkeypatch.setitem(sys.modules, "ray", None)
     grid = tmp_path / "zoo.toml"
     grid.write_text(GRID)
     assert main(["zoo", "--grid", str(grid), "--out", str(tmp_path / "z"), "--backend", "ray"]) == 2
     assert "geomopt[ray]" in capsys.readouterr().err
+    assert not (tmp_path / "z").exists()
+    assert main(["reproduce", "path-sgd", "--quick", "--out", str(tmp_path / "r"), "--backend", "ray"]) == 2
+    assert not (tmp_path / "r").exists()

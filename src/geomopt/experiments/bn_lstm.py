@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from geomopt.experiments.config import experiment_dir, merge_overrides
-from geomopt.experiments.sweep import run_all
+from geomopt.sweep import run_all
 from geomopt.report import Section, plot_curves, write_records, write_section, write_tables
 from geomopt.train import TrainConfig, read_metrics
 

@@ -32,7 +32,7 @@ from torch.utils.data import TensorDataset
 
 from geomopt.data import load_dataset, make_loader
 from geomopt.experiments.config import experiment_dir, merge_overrides
-from geomopt.experiments.sweep import default_jobs, run_all
+from geomopt.sweep import default_jobs, run_all
 from geomopt.optim import EKFAC, KFAC, build_optimizer
 from geomopt.report import Section, plot_curves, write_records, write_section, write_tables
 from geomopt.train import NonFiniteLossError, TrainConfig, fit, read_metrics

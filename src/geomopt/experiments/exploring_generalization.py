@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from geomopt.experiments.config import experiment_dir, merge_overrides
-from geomopt.experiments.sweep import run_all
+from geomopt.sweep import run_all
 from geomopt.experiments.zoo import ZOO_KEY, correlate, measure_zoo
 from geomopt.measures.runs import MEASURES_FILE
 from geomopt.report import Section, plot_curves, write_records, write_section

@@ -27,7 +27,7 @@ from typing import Any
 
 from geomopt.data import make_loader
 from geomopt.experiments.config import experiment_dir, merge_overrides
-from geomopt.experiments.sweep import run_all
+from geomopt.sweep import run_all
 from geomopt.measures.runs import load_run
 from geomopt.measures.two_layer import BOUNDS, two_layer_measures
 from geomopt.report import Section, plot_bands, write_records, write_section, write_tables

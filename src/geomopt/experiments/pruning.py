@@ -23,7 +23,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from geomopt.experiments.config import experiment_dir, merge_overrides
-from geomopt.experiments.sweep import run_all
+from geomopt.sweep import run_all
 from geomopt.prune import prune_run
 from geomopt.report import Section, write_records, write_section, write_tables
 from geomopt.report.figures import plt

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geomopt.experiments.sweep import run_all
-from geomopt.sweep import Grid, Selection, select_grids
+from geomopt.sweep import Grid, Selection, run_all, select_grids
 from geomopt.train import TrainConfig
 
 __all__ = ["Problem", "Tuned", "tune", "edge_caveats", "compute_seconds"]
@@ -64,7 +63,7 @@ def tune(problems: Mapping[Hashable, Problem], seeds: Sequence[int], *, jobs: in
 
     Each round of :func:`geomopt.sweep.select_grids` is one sweep over all pending (problem, value, seed)
     runs. A diverged run scores ``inf``. ``overwrite``: retrain run folders that hold a different run
-    (otherwise refused, :func:`geomopt.experiments.sweep.run_all`).
+    (otherwise refused, :func:`geomopt.sweep.run_all`).
 
     Raises:
         ValueError: no seeds, or a finished run without ``score`` in its summary (set ``val_fraction``).

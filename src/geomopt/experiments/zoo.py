@@ -35,21 +35,20 @@ import dataclasses
 import itertools
 import json
 import math
-import multiprocessing as mp
 import tomllib
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm.auto import tqdm
-
-from geomopt.experiments.sweep import default_jobs, run_all, run_one
-from geomopt.measures.rank import granulated_kendall, kendall_tau
-from geomopt.measures.runs import MEASURES_FILE, measure_run
+from geomopt.measures.rank import bootstrap_kendall, granulated_kendall, kendall_tau
+from geomopt.measures.runs import MEASURES_FILE, measure_run, stored_measures
 from geomopt.report import write_records
+from geomopt.sweep import Trial, TrainJob, TrialResult, make_backend, run_sweep
+from geomopt.sweep.trial import SUMMARY
 from geomopt.train.checkpoint import write_json
 from geomopt.train.config import TrainConfig, check_value
+from geomopt.train.engine import CHECKPOINT
+from geomopt.train.run import CONFIG
 
 ZOO_KEY = "zoo.json"
 MEASURE_OPTIONS = "measure_options.json"
@@ -97,124 +96,135 @@ def load_grid(path: str | Path, out: str | Path) -> tuple[list[tuple[TrainConfig
     return runs, spec.get("measure", {})
 
 
-def _import_ray():
-    try:
-        import ray
-    except ImportError as exc:
-        raise RuntimeError("--backend ray needs Ray: pip install 'geomopt[ray]' (or use the default local pool)") \
-            from exc
-    return ray
+def train_zoo(grid: str | Path, out: str | Path, *, workers: int | None = None, backend: str = "local",
+              measures: bool = True, checkpoints: bool = True, address: str | None = None,
+              cpus_per_trial: float = 1, gpus_per_trial: float = 0, **sweep: Any) -> list[TrialResult]:
+    """Train every run of the grid (finished runs skipped), each into ``out/NAME`` with its ``zoo.json``.
 
-
-def _ray_run_all(jobs: list[tuple[TrainConfig, Path]]) -> list[dict[str, Any]]:
-    ray = _import_ray()
-    if not ray.is_initialized():
-        ray.init()
-    remote = ray.remote(run_one)
-    return ray.get([remote.remote(c, o) for c, o in jobs])
-
-
-def train_zoo(grid: str | Path, out: str | Path, *, workers: int | None = None, backend: str = "local"
-              ) -> list[dict[str, Any]]:
-    """Train every run of the grid (finished runs skipped), each into ``out/NAME`` with its ``zoo.json``."""
+    With ``measures``, each trial also computes its ``measures.json`` (the grid's ``[measure]``
+    options) on its worker; ``checkpoints=False`` does not send the final checkpoints back (less
+    data; measures then cannot be recomputed). ``sweep``: options of :func:`geomopt.sweep.run_sweep`.
+    """
     runs, measure_options = load_grid(grid, out)
-    if backend == "ray":
-        _import_ray()  # before any run folder is written
+    engine = make_backend(backend, workers=workers, address=address, cpus_per_trial=cpus_per_trial,
+                          gpus_per_trial=gpus_per_trial)  # before anything is written: Ray may be missing
     Path(out).mkdir(parents=True, exist_ok=True)
     write_json(Path(out) / MEASURE_OPTIONS, measure_options)
     for config, run_dir, hp in runs:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / ZOO_KEY, hp)
-    jobs = [(c, d) for c, d, _ in runs]
-    if backend == "local":
-        return run_all(jobs, workers, desc="zoo")
-    if backend == "ray":
-        return _ray_run_all(jobs)
-    raise ValueError(f"unknown backend {backend!r}; choose 'local' or 'ray'")
+    trials = [Trial(TrainJob(c, measure_options if measures else None), d, checkpoint=checkpoints)
+              for c, d, _ in runs]
+    return run_sweep(trials, backend=engine, desc="zoo", **sweep)
 
 
-def _measure_one(run_dir: str, options: dict[str, Any]) -> dict[str, Any]:
-    torch.set_num_threads(1)
-    return measure_run(run_dir, progress=False, **options)
+@dataclass(frozen=True)
+class MeasureJob:
+    """Compute ``measures.json`` of a run whose config.json and checkpoint.pt the sweep copied in."""
+
+    options: dict[str, Any]
+    overwrite: bool = False
+    result_file = MEASURES_FILE
+
+    def __call__(self, workdir: Path) -> dict[str, Any]:
+        return measure_run(workdir, progress=False, overwrite=True, **self.options)
+
+    def done(self, out: Path) -> bool:
+        return not self.overwrite and stored_measures(out, self.options) is not None
 
 
-def measure_zoo(zoo: str | Path, *, workers: int | None = None, options: dict[str, Any] | None = None
-                ) -> list[Path]:
-    """Compute measures.json in every finished run of a zoo directory (in a process pool)."""
-    dirs = sorted(p.parent for p in Path(zoo).glob(f"*/{ZOO_KEY}") if (p.parent / "summary.json").is_file())
-    dirs = [d for d in dirs if not json.loads((d / "summary.json").read_text()).get("diverged")]
+def measure_zoo(zoo: str | Path, *, workers: int | None = None, options: dict[str, Any] | None = None,
+                overwrite: bool = False, **sweep: Any) -> list[Path]:
+    """Compute measures.json in every finished run of a zoo directory that lacks it (or was measured
+    with other options; every run with ``overwrite``), through the sweep engine."""
+    dirs = sorted(p.parent for p in Path(zoo).glob(f"*/{ZOO_KEY}") if (p.parent / SUMMARY).is_file())
+    dirs = [d for d in dirs if not json.loads((d / SUMMARY).read_text()).get("diverged")]
     if not dirs:
-        raise FileNotFoundError(f"{zoo}: no finished zoo run (a directory with {ZOO_KEY} and summary.json)")
+        raise FileNotFoundError(f"{zoo}: no finished zoo run (a directory with {ZOO_KEY} and {SUMMARY})")
     if options is None:
         stored = Path(zoo) / MEASURE_OPTIONS
         options = json.loads(stored.read_text()) if stored.is_file() else {}
-    workers = workers or default_jobs()
-    with tqdm(total=len(dirs), desc="measures", dynamic_ncols=True) as bar:
-        if workers == 1:
-            for d in dirs:
-                _measure_one(str(d), options)
-                bar.update(1)
-        else:
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-                for fut in as_completed([pool.submit(_measure_one, str(d), options) for d in dirs]):
-                    fut.result()
-                    bar.update(1)
+    job = MeasureJob(options, overwrite)
+    todo = [d for d in dirs if not job.done(d)]
+    lacking = [d.name for d in todo if not (d / CHECKPOINT).is_file()]
+    if lacking:
+        raise FileNotFoundError(f"{zoo}: cannot compute measures without a checkpoint.pt in {lacking[:5]} "
+                                f"({len(lacking)} run(s); trained without checkpoints?)")
+    run_sweep([Trial(job, d, inputs=(CONFIG, CHECKPOINT), checkpoint=False) for d in todo], workers=workers,
+              desc="measures", **sweep)
     return dirs
 
 
 def correlate(zoo: str | Path, out: str | Path | None = None, *, min_train_acc: float = 0.99,
-              measures: tuple[str, ...] = CORRELATED, variant: str = "a") -> list[dict[str, Any]]:
-    """Kendall tau and granulated Kendall of every measure vs the generalization gap over a zoo.
+              measures: tuple[str, ...] = CORRELATED, variant: str = "a", bootstrap: int = 1000,
+              seed: int = 0) -> list[dict[str, Any]]:
+    """Kendall tau (with a 95% bootstrap interval over the models) and granulated Kendall of every
+    measure vs the generalization gap over a zoo.
 
-    Reads ``*/zoo.json`` and ``*/measures.json``; keeps runs with training accuracy
-    ``>= min_train_acc`` (Jiang et al. keep 0.99). ``variant``: ``"a"`` (Jiang et al.'s tau-a over all
-    groups, the default) or ``"b"`` (tau-b); each row names it in ``kendall_variant``. Writes
-    ``correlation.csv`` and ``correlation.png`` into ``out`` (default: the zoo directory). Returns the rows.
+    Reads the stored ``*/zoo.json`` and ``*/measures.json`` (nothing is recomputed: the same zoo
+    gives the same table); keeps runs with training accuracy ``>= min_train_acc`` (Jiang et al.
+    keep 0.99). ``variant``: ``"a"`` (Jiang et al.'s tau-a over all groups, the default) or ``"b"``
+    (tau-b); each row names it in ``kendall_variant``. ``bootstrap`` resamples of the models (seeded
+    by ``seed``; 0: no interval). Writes ``correlation.csv`` and ``correlation.png`` into ``out``
+    (default: the zoo directory). Returns the table rows.
     """
     zoo = Path(zoo)
     out = Path(out) if out is not None else zoo
-    models = []
+    models, missing = [], []
     for key in sorted(zoo.glob(f"*/{ZOO_KEY}")):
-        mpath = key.parent / MEASURES_FILE
+        mpath, summary = key.parent / MEASURES_FILE, key.parent / SUMMARY
         if not mpath.is_file():
+            if summary.is_file() and not json.loads(summary.read_text()).get("diverged"):
+                missing.append(key.parent.name)
             continue
         res = json.loads(mpath.read_text())
         if 1 - res["train_error"] >= min_train_acc:
             models.append((json.loads(key.read_text()), res))
+    if missing:
+        raise ValueError(f"{zoo}: {len(missing)} finished run(s) without {MEASURES_FILE} (e.g. {missing[:3]}); "
+                         "compute them with `geomopt correlate --recompute` (or `geomopt zoo` without --no-measures)")
     if len(models) < 2:
         raise ValueError(f"{zoo}: {len(models)} measured run(s) with training accuracy >= {min_train_acc}; need >= 2 "
-                         "(run `geomopt zoo`, then measures are computed by `geomopt correlate`; or lower "
-                         "--min-train-acc)")
+                         "(run `geomopt zoo`, or lower --min-train-acc)")
     rows = []
     for name in measures:
         pts = [(hp, r[name], r["gap"]) for hp, r in models
                if isinstance(r.get(name), (int, float)) and math.isfinite(r[name])]
         if len(pts) < 2:
             continue
-        tau = kendall_tau([p[1] for p in pts], [p[2] for p in pts], variant)
-        gran = granulated_kendall([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts], variant)
+        values, gaps = [p[1] for p in pts], [p[2] for p in pts]
+        tau = kendall_tau(values, gaps, variant)
+        lo, hi = bootstrap_kendall(values, gaps, variant, samples=bootstrap, seed=seed)
+        gran = granulated_kendall([p[0] for p in pts], values, gaps, variant)
         rows.append({"measure": name, "models": len(pts), "kendall_variant": f"tau-{variant}", "kendall_tau": tau,
-                     "granulated": gran["psi"],
+                     "kendall_tau_lo": lo, "kendall_tau_hi": hi, "bootstrap": bootstrap, "granulated": gran["psi"],
                      **{f"granulated_{k}": v for k, v in gran.items() if k != "psi"}})
     out.mkdir(parents=True, exist_ok=True)
     if rows:
-        fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("measure", "models", "kendall_variant",
-                                                                               "kendall_tau", "granulated"), k))
+        first = ("measure", "models", "kendall_variant", "kendall_tau", "kendall_tau_lo", "kendall_tau_hi",
+                 "bootstrap", "granulated")
+        fields = sorted({k for r in rows for k in r},
+                        key=lambda k: (k not in first, first.index(k) if k in first else 0, k))
         write_records(out / "correlation.csv", rows, fields=fields)
         plot_correlation(rows, out / "correlation.png")
     return rows
 
 
 def plot_correlation(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Horizontal bars: Kendall tau and granulated Kendall per measure."""
+    """Horizontal bars: Kendall tau (with its bootstrap interval) and granulated Kendall per measure."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = [r["measure"] for r in rows]
     y = range(len(rows))
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
-    ax.barh([i - 0.2 for i in y], [r["kendall_tau"] for r in rows], height=0.4, label=f"Kendall {rows[0]['kendall_variant']}")
-    ax.barh([i + 0.2 for i in y], [r["granulated"] for r in rows], height=0.4, label=f"granulated Kendall ({rows[0]['kendall_variant']})")
+    variant = rows[0]["kendall_variant"]
+    err = [[max(0.0, r["kendall_tau"] - r["kendall_tau_lo"]) for r in rows],
+           [max(0.0, r["kendall_tau_hi"] - r["kendall_tau"]) for r in rows]]
+    ax.barh([i - 0.2 for i in y], [r["kendall_tau"] for r in rows], height=0.4,
+            label=f"Kendall {variant} (95% bootstrap)",
+            xerr=None if any(math.isnan(v) for v in err[0] + err[1]) else err, capsize=2)
+    ax.barh([i + 0.2 for i in y], [r["granulated"] for r in rows], height=0.4, label=f"granulated Kendall ({variant})")
     ax.set_yticks(list(y))
     ax.set_yticklabels(names, fontsize=8)
     ax.axvline(0, color="k", linewidth=0.8)

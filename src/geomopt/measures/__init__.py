@@ -13,7 +13,7 @@ from geomopt.measures.layers import (LayerInfo, MeasureError, fold_batchnorm, op
 from geomopt.measures.norms import margin_quantile, margins
 from geomopt.measures.ntk import (TrajectoryComplexity, alignment, center_kernel, centered_targets, jacobian,
                                   kernel_alignment, logging_points, ntk_gram)
-from geomopt.measures.rank import granulated_kendall, kendall_tau
+from geomopt.measures.rank import bootstrap_kendall, granulated_kendall, kendall_tau
 from geomopt.measures.two_layer import BOUNDS as TWO_LAYER_BOUNDS, two_layer_measures, two_layer_weights
 from geomopt.measures.sharpness import (DatasetObjective, bisection_sigma, function_objective, kl_term,
                                         pac_bayes_bound, perturbation_std, sample_perturbation, search_sigma,
@@ -22,6 +22,6 @@ from geomopt.measures.sharpness import (DatasetObjective, bisection_sigma, funct
 __all__ = ["compute", "GROUPS", "MeasureError", "LayerInfo", "fold_batchnorm", "operator_matrix", "spectral_norm",
            "weighted_layers", "margins", "margin_quantile", "ntk_gram", "jacobian", "alignment", "center_kernel",
            "centered_targets", "kernel_alignment", "logging_points", "TrajectoryComplexity", "kendall_tau",
-           "granulated_kendall", "DatasetObjective", "function_objective", "worst_case_sharpness", "search_sigma",
-           "bisection_sigma", "perturbation_std", "sample_perturbation", "kl_term", "pac_bayes_bound",
+           "bootstrap_kendall", "granulated_kendall", "DatasetObjective", "function_objective", "worst_case_sharpness",
+           "search_sigma", "bisection_sigma", "perturbation_std", "sample_perturbation", "kl_term", "pac_bayes_bound",
            "two_layer_measures", "two_layer_weights", "TWO_LAYER_BOUNDS"]

@@ -54,15 +54,10 @@ def measure_run(run_dir: str | Path, *, measures: str | list[str] = "all", progr
     same options and config, newer than the checkpoint, is returned unless ``overwrite``.
     """
     run_dir = Path(run_dir)
-    path = run_dir / MEASURES_FILE
+    stored = None if overwrite else stored_measures(run_dir, options, measures)
+    if stored is not None:
+        return stored
     key = {"measures": measures, **options}
-    if path.is_file() and not overwrite:
-        stored = json.loads(path.read_text())
-        current = json.loads((run_dir / "config.json").read_text())
-        ckpt = run_dir / "checkpoint.pt"
-        if (stored.get("options") == json.loads(json.dumps(key)) and stored.get("config") == current
-                and ckpt.is_file() and ckpt.stat().st_mtime <= path.stat().st_mtime):
-            return stored
     config, model, init, bundle = load_run(run_dir)
     train = make_loader(bundle.train, 1000, shuffle=False)
     result = compute(model, train, init_model=init, measures=measures, progress=progress, **options)
@@ -75,5 +70,23 @@ def measure_run(run_dir: str | Path, *, measures: str | list[str] = "all", progr
     result.update({"test_loss": test_loss, "test_error": 1 - test_acc,
                    "gap": (1 - test_acc) - result["train_error"], "loss_gap": test_loss - result["train_loss"],
                    "options": key, "config": config.to_dict()})
-    write_json(path, result)
+    write_json(run_dir / MEASURES_FILE, result)
     return result
+
+
+def stored_measures(run_dir: str | Path, options: dict[str, Any], measures: str | list[str] = "all"
+                    ) -> dict[str, Any] | None:
+    """``RUN_DIR/measures.json`` when it was computed with these options from the run's current config
+    (and, when the checkpoint is there, not older than it); else None."""
+    run_dir = Path(run_dir)
+    path, ckpt = run_dir / MEASURES_FILE, run_dir / "checkpoint.pt"
+    if not (path.is_file() and (run_dir / "config.json").is_file()):
+        return None
+    stored = json.loads(path.read_text())
+    current = json.loads((run_dir / "config.json").read_text())
+    key = json.loads(json.dumps({"measures": measures, **options}))
+    if stored.get("options") != key or stored.get("config") != current:
+        return None
+    if ckpt.is_file() and ckpt.stat().st_mtime > path.stat().st_mtime:
+        return None
+    return stored
