@@ -57,16 +57,28 @@ def test_zoo_grid_train_measure_correlate(tmp_path):
     runs, options = load_grid(grid, tmp_path / "zoo")
     assert len(runs) == 4 and options == FAST
     assert {r[0].widths for r in runs} == {(8,), (16,)} and all(r[0].target_train_loss == 0.5 for r in runs)
-    train_zoo(grid, tmp_path / "zoo", workers=1)
-    measure_zoo(tmp_path / "zoo", workers=1)
-    rows = correlate(tmp_path / "zoo", min_train_acc=0.0)
+    train_zoo(grid, tmp_path / "zoo", workers=1)  # each trial computes its measures.json
+    stored = {d: (d / "measures.json").read_bytes() for _, d, _ in runs}
+    measure_zoo(tmp_path / "zoo", workers=1)  # finds them up to date
+    assert {d: (d / "measures.json").read_bytes() for _, d, _ in runs} == stored
+    rows = correlate(tmp_path / "zoo", min_train_acc=0.0, bootstrap=200)
     assert {r["measure"] for r in rows} >= {"sharpness", "l2_path", "log_spectral_product"}
+    assert all(r["kendall_tau_lo"] <= r["kendall_tau_hi"] for r in rows)
     assert (tmp_path / "zoo" / "correlation.png").is_file()
+    table = (tmp_path / "zoo" / "correlation.csv").read_text()
     with (tmp_path / "zoo" / "correlation.csv").open() as f:
-        table = list(csv.DictReader(f))
-    assert len(table) == len(rows) and {r["kendall_variant"] for r in table} == {"tau-a"}
+        assert len(list(csv.DictReader(f))) == len(rows)
+    assert {r["kendall_variant"] for r in rows} == {"tau-a"}
     rows_b = correlate(tmp_path / "zoo", tmp_path / "b", min_train_acc=0.0, variant="b")
     assert {r["kendall_variant"] for r in rows_b} == {"tau-b"}
+    assert main(["correlate", str(tmp_path / "zoo"), "--min-train-acc", "0", "--bootstrap", "200"]) == 0
+    assert (tmp_path / "zoo" / "correlation.csv").read_text() == table  # stored measures, seeded bootstrap
+    (runs[0][1] / "measures.json").unlink()
+    with pytest.raises(ValueError, match="without measures.json.*--recompute"):
+        correlate(tmp_path / "zoo", min_train_acc=0.0)
+    assert main(["correlate", str(tmp_path / "zoo"), "--min-train-acc", "0", "--bootstrap", "200", "--recompute",
+                 "--jobs", "1"]) == 0
+    assert (tmp_path / "zoo" / "correlation.csv").read_text() == table  # the same measures again
     mtime = (runs[0][1] / "checkpoint.pt").stat().st_mtime
     train_zoo(grid, tmp_path / "zoo", workers=1)  # finished runs are skipped
     assert (runs[0][1] / "checkpoint.pt").stat().st_mtime == mtime
