@@ -133,18 +133,25 @@ def matmul_floor(hidden: int, T: int, batch: int) -> float:
     return time.perf_counter() - t0
 
 
-def bench_bnlstm(hidden: int, T: int, batch: int, reps: int, reference: bool) -> dict[str, list[float]]:
+def bench_bnlstm(hidden: int, T: int, batch: int, reps: int, reference: bool,
+                 compile: bool) -> dict[str, list[float]]:
     """Seconds of forward + backward of BNLSTM (fused), torch.nn.LSTM, the matmul floor and, with
-    ``reference``, the step-by-step BNLSTM; contenders alternate, after one short warm-up pass each."""
+    ``reference``, the step-by-step BNLSTM, with ``compile`` BNLSTM(compile=True); contenders
+    alternate, after one short warm-up pass each (which compiles)."""
     from geomopt.nn import BNLSTM
     torch.manual_seed(0)
     x = torch.randn(batch, T, 1)
     models = {"BNLSTM": BNLSTM(1, hidden, max_steps=T), "torch.nn.LSTM": nn.LSTM(1, hidden, batch_first=True)}
     if reference:
         models["BNLSTM step-by-step"] = BNLSTM(1, hidden, max_steps=T, fused=False)
-    for m in models.values():
+    if compile:
+        models["BNLSTM compile=True"] = BNLSTM(1, hidden, max_steps=T, compile=True)
+    for k, m in models.items():
+        t0 = time.perf_counter()
         out, _ = m(x[:, :10])
         out[:, -1].sum().backward()
+        if k == "BNLSTM compile=True" and time.perf_counter() - t0 > 1:
+            print(f"(torch.compile of the step functions: {time.perf_counter() - t0:.0f} s)", flush=True)
     times: dict[str, list[float]] = {k: [] for k in [*models, "matmul floor"]}
     for _ in range(reps):
         for k, m in models.items():
@@ -181,22 +188,22 @@ def print_bnlstm(args: argparse.Namespace) -> None:
               "torch.nn.LSTM": launches_per_step(nn.LSTM(1, 100, batch_first=True), x)}
     print("\nATen kernels per time step (forward + backward, views not counted, T = 20): "
           + ", ".join(f"{k} {v:.1f}" for k, v in counts.items()))
-    print("\n| hidden | T | batch | contender | min (ms) | median (ms) | max (ms) | median / torch.nn.LSTM |"
-          "\n|---|---|---|---|---|---|---|---|")
+    print("\n| hidden | T | batch | contender | min (ms) | median (ms) | max (ms) | median / torch.nn.LSTM | "
+          "min / torch.nn.LSTM min |\n|---|---|---|---|---|---|---|---|---|")
     for hidden in [int(h) for h in args.hidden.split(",")]:
         for T in [int(t) for t in args.bn_lengths.split(",")]:
             for batch in [int(b) for b in args.batches.split(",")]:
                 reps = args.steps if T <= 100 else args.long_steps
-                times = bench_bnlstm(hidden, T, batch, reps, args.reference)
-                ref = statistics.median(times["torch.nn.LSTM"])
+                times = bench_bnlstm(hidden, T, batch, reps, args.reference, args.compile)
+                ref, ref_min = statistics.median(times["torch.nn.LSTM"]), min(times["torch.nn.LSTM"])
                 for k, v in times.items():
                     med = statistics.median(v)
                     ratio = f"**{med / ref:.2f}**" if k == "BNLSTM" else f"{med / ref:.2f}"
                     print(f"| {hidden} | {T} | {batch} | {k} | {1e3 * min(v):.1f} | {1e3 * med:.1f} | "
-                          f"{1e3 * max(v):.1f} | {ratio} |", flush=True)
+                          f"{1e3 * max(v):.1f} | {ratio} | {min(v) / ref_min:.2f} |", flush=True)
     print("\n| hidden | T | batch | model | min (ms) | median (ms) | max (ms) | median / ReLURNN |"
           "\n|---|---|---|---|---|---|---|---|")
-    for hidden in (100, 512):
+    for hidden in () if args.no_urnn else (100, 512):
         times = bench_urnn(hidden, 100, 16, args.steps)
         ref = statistics.median(times["geomopt ReLURNN"])
         for k, v in times.items():
@@ -218,6 +225,8 @@ def main() -> None:
     parser.add_argument("--batches", default="16,64", help="--bnlstm: batch sizes")
     parser.add_argument("--long-steps", type=int, default=2, help="--bnlstm: repetitions for T > 100")
     parser.add_argument("--reference", action="store_true", help="--bnlstm: also the step-by-step BNLSTM")
+    parser.add_argument("--compile", action="store_true", help="--bnlstm: also BNLSTM(compile=True)")
+    parser.add_argument("--no-urnn", action="store_true", help="--bnlstm: skip the uRNN table")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -255,3 +255,29 @@ def test_fused_recurrence_equals_step_by_step_reference(cls, kw):
                     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert all(int(b.steps_tracked[0]) == modes.count("train") for b in fused.modules() if isinstance(b, StepBatchNorm))
     assert _graph_has(fused(x)[0].grad_fn, "_Fused") and not _graph_has(plain(x)[0].grad_fn, "_Fused")
+
+
+def test_step_function_path_without_compiler_equals_reference(monkeypatch):
+    """BNLSTM(compile=True) runs two pure step functions (what torch.compile fuses); without a C++
+    compiler they run eagerly, with a warning. Against the step-by-step reference in float64: values,
+    gradients, running statistics (T = 6 > T_max = 4)."""
+    import geomopt.nn.bn_rnn as bn_rnn
+    monkeypatch.setattr(bn_rnn, "_COMPILED", [])
+    monkeypatch.setattr(bn_rnn.shutil, "which", lambda name: None)
+    torch.manual_seed(4)
+    stepped = BNLSTM(3, 5, num_layers=2, max_steps=4, compile=True).double()
+    with torch.no_grad():
+        for p in stepped.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    plain = BNLSTM(3, 5, num_layers=2, max_steps=4, fused=False).double()
+    plain.load_state_dict(stepped.state_dict())
+    x = torch.randn(6, 6, 3, dtype=torch.float64, requires_grad=True)
+    state = tuple(torch.randn(2, 6, 5, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    weights = torch.randn(6, 6, 5, dtype=torch.float64)
+    with pytest.warns(UserWarning, match=r"no C\+\+ compiler"):
+        got = _run(stepped, x, state, weights)
+    for a, b in zip(got, _run(plain, x, state, weights)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(stepped.buffers(), plain.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert _graph_has(stepped(x)[0].grad_fn, "_StepFnLSTMLayerBackward")

@@ -22,8 +22,12 @@ sequence stops changing after its last step.
 
 from __future__ import annotations
 
+import shutil
+import warnings
+
 import torch
 from torch import Tensor, nn
+from torch._inductor import config as inductor_config
 
 
 class StepBatchNorm(nn.Module):
@@ -401,11 +405,127 @@ class _FusedRNNLayer(torch.autograd.Function):
         return du, grad_weight, torch.stack(grad_gamma).sum(0) if grad_gamma else None, dh, None, None, None, None
 
 
-def _fused_lstm_layer(cell: nn.Module, x: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """One layer by :class:`_FusedLSTMLayer`: outputs ``(batch, T, H)``, ``h_T``, ``c_T``."""
-    steps = x.shape[1]
+def _bnlstm_step(h, weight, u, c_prev, gamma_h, gamma_c, beta_c, eps_h: float, eps_c: float):
+    """One BN-LSTM training step with batch statistics as one pure function (what ``torch.compile``
+    fuses): the new ``h, c``, what the backward needs and the statistics ``(mean, biased var)``."""
+    n = c_prev.shape[1]
+    r = h @ weight.t()
+    var_r, mean_r = torch.var_mean(r, 0, correction=0)
+    invstd_r = torch.rsqrt(var_r + eps_h)
+    rn = (r - mean_r) * invstd_r
+    pre = rn * gamma_h + u
+    s = torch.sigmoid(pre)
+    i, f, g, o = s[:, :n], s[:, n:2 * n], torch.tanh(pre[:, 2 * n:3 * n]), s[:, 3 * n:]
+    c = f * c_prev + i * g
+    var_c, mean_c = torch.var_mean(c, 0, correction=0)
+    invstd_c = torch.rsqrt(var_c + eps_c)
+    cn = (c - mean_c) * invstd_c
+    tc = torch.tanh(cn * gamma_c + beta_c)
+    d = s * (1 - s)
+    partner = torch.cat([g * d[:, :n], c_prev * d[:, n:2 * n], i * (1 - g * g), tc * d[:, 3 * n:]], 1)
+    return o * tc, c, f, partner, o * (1 - tc * tc), rn, invstd_r, cn, invstd_c, mean_r, var_r, mean_c, var_c
+
+
+def _bnlstm_step_backward(dh, dc, grad_h_prev, grad_c_prev, weight, f, partner, coef, rn, invstd_r, cn, invstd_c,
+                          gamma_h, gamma_c):
+    """The backward of :func:`_bnlstm_step` for one step: ``d pre`` (= d u), the gradients of
+    ``h_{t-1}, c_{t-1}`` and the step's terms of the BN parameters' gradients."""
+    d_tc = dh * coef
+    dcn = d_tc * gamma_c
+    dc = dc + invstd_c * (dcn - dcn.mean(0) - cn * (dcn * cn).mean(0))
+    dpre = torch.cat([dc, dc, dc, dh], 1) * partner
+    drn = dpre * gamma_h
+    dr = invstd_r * (drn - drn.mean(0) - rn * (drn * rn).mean(0))
+    return (dpre, dr, torch.addmm(grad_h_prev, dr, weight), torch.addcmul(grad_c_prev, dc, f),
+            (dpre * rn).sum(0), (d_tc * cn).sum(0), d_tc.sum(0))
+
+
+class _StepFnLSTMLayer(torch.autograd.Function):
+    """A BN-LSTM layer in training mode (batch statistics at every step) by two step functions,
+    :func:`_bnlstm_step` and :func:`_bnlstm_step_backward`, ``torch.compile``-d by ``BNLSTM(compile=True)``
+    (one generated kernel each per step). The running statistics are updated once per sequence
+    from the returned statistics (same formula as ``native_batch_norm``). Inputs as
+    :class:`_FusedLSTMLayer` plus ``steps_fns`` (the two functions) and the two BNs' running buffers."""
+
+    @staticmethod
+    def forward(ctx, u, weight, gamma_h, gamma_c, beta_c, h0, c0, step_fns, eps: tuple[float, float]):
+        forward_step, _ = step_fns
+        h, c = h0, c0
+        hs, cs, saved, stats = [h0], [c0], [], []
+        for u_t in u.unbind(0):
+            h, c, *keep, mean_r, var_r, mean_c, var_c = forward_step(h, weight, u_t, c, gamma_h, gamma_c, beta_c,
+                                                                     *eps)
+            hs.append(h)
+            cs.append(c)
+            saved.append(keep)
+            stats.append((mean_r, var_r, mean_c, var_c))
+        hs, cs = torch.stack(hs), torch.stack(cs)
+        ctx.save_for_backward(weight, gamma_h, gamma_c)
+        ctx.saved = (hs, saved, step_fns)
+        stats = [torch.stack(v) for v in zip(*stats)]
+        ctx.mark_non_differentiable(*stats)
+        return hs, cs, *stats
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_hs, grad_cs, *_):
+        weight, gamma_h, gamma_c = ctx.saved_tensors
+        hs, saved, (_, backward_step) = ctx.saved
+        steps = len(saved)
+        dh, dc = grad_hs[steps], grad_cs[steps]
+        du, dr, grads = [], [], []
+        for t in reversed(range(steps)):
+            dpre, drec, dh, dc, *g = backward_step(dh, dc, grad_hs[t], grad_cs[t], weight, *saved[t], gamma_h, gamma_c)
+            du.append(dpre)
+            dr.append(drec)
+            grads.append(g)
+        du, dr = torch.stack(du[::-1]), torch.stack(dr[::-1])
+        grad_weight = dr.reshape(-1, dr.shape[-1]).t() @ hs[:steps].reshape(-1, hs.shape[-1])
+        g_h, g_gamma_c, g_beta_c = (torch.stack(v).sum(0) for v in zip(*grads))
+        return du, grad_weight, g_h, g_gamma_c, g_beta_c, dh, dc, None, None
+
+
+@torch.no_grad()
+def _update_running(bn: StepBatchNorm, mean: Tensor, var: Tensor, batch: int) -> None:
+    """``native_batch_norm``'s running-average update for the steps with their own slot, all at once."""
+    k = min(mean.shape[0], bn.max_steps)
+    m = bn.momentum
+    bn.running_mean[:k] = (1 - m) * bn.running_mean[:k] + m * mean[:k]
+    bn.running_var[:k] = (1 - m) * bn.running_var[:k] + m * var[:k] * (batch / (batch - 1))
+
+
+_COMPILED: list[tuple] = []
+
+
+def _step_functions() -> tuple:
+    """The two step functions, ``torch.compile``-d once per process when a C++ compiler is present
+    (else, with a warning, run eagerly: same numbers, no fusion)."""
+    if not _COMPILED:
+        fns = (_bnlstm_step, _bnlstm_step_backward)
+        cxx = inductor_config.cpp.cxx[-1] or "g++"
+        if shutil.which(cxx) is None:
+            warnings.warn(f"BNLSTM(compile=True): no C++ compiler ({cxx!r}) for torch.compile; running the step "
+                          "functions eagerly", stacklevel=3)
+        else:
+            fns = tuple(torch.compile(fn, dynamic=False, fullgraph=True) for fn in fns)
+        _COMPILED.append(fns)
+    return _COMPILED[0]
+
+
+def _fused_lstm_layer(cell: nn.Module, x: Tensor, h0: Tensor, c0: Tensor,
+                      compile: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """One layer by :class:`_FusedLSTMLayer` (or, with ``compile`` for a BN-LSTM in training,
+    :class:`_StepFnLSTMLayer`): outputs ``(batch, T, H)``, ``h_T``, ``c_T``."""
+    batch, steps = x.shape[:2]
     u = _input_terms(cell, x, None).transpose(0, 1).contiguous()
     bns = [cell.bn_h, cell.bn_c]
+    if compile and cell.training and None not in bns:
+        hs, cs, *stats = _StepFnLSTMLayer.apply(u, cell.weight_h, cell.bn_h.weight, cell.bn_c.weight, cell.bn_c.bias,
+                                                h0, c0, _step_functions(), (cell.bn_h.eps, cell.bn_c.eps))
+        for bn, (mean, var) in zip(bns, (stats[:2], stats[2:])):
+            _update_running(bn, mean, var, batch)
+            bn.count_steps(steps)
+        return hs[1:].transpose(0, 1), hs[-1], cs[-1]
     plans = [None if bn is None else bn.plan(steps) for bn in bns]
     inputs = (u, cell.weight_h, None if cell.bn_h is None else cell.bn_h.weight,
               None if cell.bn_c is None else cell.bn_c.weight, None if cell.bn_c is None else cell.bn_c.bias, h0, c0)
@@ -419,7 +539,8 @@ def _fused_lstm_layer(cell: nn.Module, x: Tensor, h0: Tensor, c0: Tensor) -> tup
 
 
 def _lstm_forward(cells: nn.ModuleList, hidden: int, x: Tensor, lengths: Tensor | None,
-                  state: tuple[Tensor, Tensor] | None, fused: bool) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                  state: tuple[Tensor, Tensor] | None, fused: bool,
+                  compile: bool = False) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """Multi-layer LSTM over time; a cell's ``bn_h`` / ``bn_c`` (per-step BN of W_h h and of c_t)
     may be None (BN-input LSTM), its ``bn_x`` normalizes W_x x for all steps at once. Without
     ``lengths`` (and with more than one sequence in training) each layer runs fused
@@ -431,7 +552,7 @@ def _lstm_forward(cells: nn.ModuleList, hidden: int, x: Tensor, lengths: Tensor 
         for layer, cell in enumerate(cells):
             h, c = (x.new_zeros(batch, hidden), x.new_zeros(batch, hidden)) if state is None else \
                 (state[0][layer], state[1][layer])
-            x, h, c = _fused_lstm_layer(cell, x, h, c)
+            x, h, c = _fused_lstm_layer(cell, x, h, c, compile)
             hs.append(h)
             cs.append(c)
         return x, (torch.stack(hs), torch.stack(cs))
@@ -481,6 +602,9 @@ class BNLSTM(nn.Module):
         momentum: running-average momentum of the population statistics.
         fused: run unmasked batches by the fused recurrence (a hand-written backward, a few kernels
             per step); False: the plain step-by-step loop (the reference; always used with ``lengths``).
+        compile: in training, run each fused step as two ``torch.compile``-d functions (forward and
+            backward, one generated kernel each); compiled once per process (about a minute or more on
+            a loaded CPU), without a C++ compiler they run eagerly. See benchmarks/RESULTS.md for when it pays.
 
     Forward: ``output, (h_n, c_n) = bnlstm(x, lengths=None, state=None)`` with ``x`` of shape
     ``(batch, T, input_size)``, ``output`` ``(batch, T, hidden)`` (zeros after each sequence's end),
@@ -489,10 +613,10 @@ class BNLSTM(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, max_steps: int = 784,
                  reuse_last: bool = True, gamma: float = 0.1, momentum: float = 0.1, missing_stats: str = "error",
-                 fused: bool = True):
+                 fused: bool = True, compile: bool = False):
         super().__init__()
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.fused = fused
+        self.fused, self.compile = fused, compile
         self.max_steps = max_steps
         bn = dict(reuse_last=reuse_last, momentum=momentum, missing_stats=missing_stats)
         self.cells = nn.ModuleList()
@@ -507,7 +631,7 @@ class BNLSTM(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor | None = None,
                 state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         _check_input("BNLSTM", x, self.input_size)
-        return _lstm_forward(self.cells, self.hidden_size, x, lengths, state, self.fused)
+        return _lstm_forward(self.cells, self.hidden_size, x, lengths, state, self.fused, self.compile)
 
 
 class BNRNN(nn.Module):
