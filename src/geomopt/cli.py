@@ -1,4 +1,4 @@
-"""Command line: ``geomopt train | reproduce | prune | measure | zoo | correlate | implicit | report``.
+"""Command line: ``geomopt train | reproduce | prune | measure | curvature | zoo | correlate | implicit | report``.
 
 Train networks with geometry-aware optimizers (Path-SGD, K-FAC, EKFAC), measure generalization,
 prune, explore implicit regularization, and reproduce papers' headline experiments into an HTML report.
@@ -246,6 +246,22 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_curvature(args: argparse.Namespace) -> int:
+    from geomopt.measures.runs import CURVATURE_FILE, curvature_run
+    result = curvature_run(args.run_dir, top_k=args.top_k, trace=args.trace, spectrum=args.spectrum,
+                           operator=args.operator, examples=args.examples, seed=args.seed)
+    print(f"{args.operator} of {args.run_dir}: {result['parameters']} parameters, {result['examples']} examples, "
+          f"{result['products']} products in {result['seconds']:.1f} s")
+    if "top_eigenvalues" in result:
+        print("  top eigenvalues  " + "  ".join(f"{v:.6g}" for v in result["top_eigenvalues"]))
+    if "trace" in result:
+        print(f"  trace            {result['trace']:.6g} +- {result['trace_stderr']:.2g} ({result['trace_probes']} probes)")
+    if "spectrum_figure" in result:
+        print(f"  spectral density {Path(args.run_dir) / result['spectrum_figure']}")
+    print(f"wrote {Path(args.run_dir) / CURVATURE_FILE}")
+    return 0
+
+
 def cmd_zoo(args: argparse.Namespace) -> int:
     from geomopt.experiments.zoo import train_zoo
     try:
@@ -355,6 +371,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="recompute even if measures.json is up to date")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_measure)
+
+    p = sub.add_parser("curvature", help="top Hessian/GGN/Fisher eigenvalues, trace or spectral density of a trained run")
+    p.add_argument("run_dir", help="a `geomopt train` output directory (config.json, checkpoint.pt)")
+    p.add_argument("--top-k", type=int, default=None, metavar="K", help="the K largest eigenvalues (Lanczos)")
+    p.add_argument("--trace", action="store_true", help="the trace (Hutchinson, 1%% relative tolerance)")
+    p.add_argument("--spectrum", action="store_true",
+                   help="spectral density by stochastic Lanczos quadrature (RUN_DIR/spectrum.png)")
+    p.add_argument("--operator", choices=["hessian", "ggn", "fisher"], default="hessian")
+    p.add_argument("--examples", type=int, default=1000, help="training examples the curvature is taken on")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_curvature)
 
     p = sub.add_parser("zoo", help="train a grid of small networks (a model zoo) from a TOML file")
     p.add_argument("--grid", required=True, help="zoo.toml with [base], [grid] and optional [measure] tables")

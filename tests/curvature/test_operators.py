@@ -70,7 +70,8 @@ def test_ggn_equals_explicit_jacobian_loss_hessian_product():
     x, y = _all(batches)
     J = _jacobians(model, x)
     logits = model(x).detach()
-    H = torch.stack([hessian(lambda f: nn.functional.cross_entropy(f[None], yi[None]), fi) for fi, yi in zip(logits, y)])
+    H = torch.stack([hessian(lambda f: nn.functional.cross_entropy(f[None], yi[None]), fi)  # noqa: B023
+                     for fi, yi in zip(logits, y)])
     dense = torch.einsum("nca,ncd,ndb->ab", J, H, J) / len(y)
     torch.testing.assert_close(GGNOperator(model, batches).to_dense(), dense, atol=1e-12, rtol=1e-10)
 
@@ -164,7 +165,8 @@ def test_scipy_linear_operator_and_eigsh():
 
 
 def test_scaled_operator_is_invariant_to_relu_layer_rescaling():
-    """H -> T^-1 H T^-1 under theta -> T theta (node rescaling of a ReLU net): diag(theta) H diag(theta) is unchanged."""
+    """H -> T^-1 H T^-1 under theta -> T theta (node rescaling of a ReLU net): diag(theta) H diag(theta) is
+    unchanged."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 3))
     batches = _batches(7)

@@ -295,7 +295,8 @@ class FisherOperator(CurvatureOperator):
             return hessian_sqrt_columns(out, self.likelihood)
         if self.kind == "empirical":
             return nll_grad(out, y, self.likelihood).unsqueeze(0)
-        return torch.stack([nll_grad(out, s, self.likelihood) for s in self.samples[index]]) / math.sqrt(self.mc_samples)
+        draws = [nll_grad(out, s, self.likelihood) for s in self.samples[index]]
+        return torch.stack(draws) / math.sqrt(self.mc_samples)
 
     def _product(self, x: Tensor, y: Tensor, index: int) -> Callable[[Tensor], Tensor]:
         f = lambda t: self.output(t, x)  # noqa: E731

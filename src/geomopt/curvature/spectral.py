@@ -265,7 +265,8 @@ def _hutchinson(op, kind: str, tol: float, min_samples: int, max_samples: int, b
             err, size = (torch.linalg.vector_norm(stderr), torch.linalg.vector_norm(mean))
             if err <= 0.5 * tol * size:
                 break
-    converged = bool(n >= min_samples and torch.linalg.vector_norm(stderr) <= 0.5 * tol * torch.linalg.vector_norm(mean))
+    err, size = torch.linalg.vector_norm(stderr), torch.linalg.vector_norm(mean)
+    converged = bool(n >= min_samples and err <= 0.5 * tol * size)
     if kind == "trace":
         return HutchinsonResult(float(mean), float(stderr), n, converged)
     return HutchinsonResult(mean, stderr, n, converged)

@@ -18,4 +18,8 @@ from geomopt.experiments import overparametrization  # noqa: E402  (network size
 
 EXPERIMENTS["overparametrization"] = overparametrization
 
+from geomopt.experiments import edge_of_stability  # noqa: E402  (curvature toolbox, issue 18)
+
+EXPERIMENTS["edge-of-stability"] = edge_of_stability
+
 __all__ = ["EXPERIMENTS"]
