@@ -42,8 +42,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from geomopt.experiments.config import experiment_dir, merge_overrides  # noqa: E402
-from geomopt.experiments.sweep import run_all  # noqa: E402
 from geomopt.report import Section, write_records, write_section, write_tables  # noqa: E402
+from geomopt.sweep import run_all  # noqa: E402
 from geomopt.sweep.claims import FAILS, Claim, Outcome, all_of, greater, less, write_claims  # noqa: E402
 from geomopt.sweep.stats import seed_stats  # noqa: E402
 from geomopt.train import TrainConfig, read_metrics  # noqa: E402
