@@ -187,3 +187,26 @@ def test_adding_prints_mse_not_acc_nan(tmp_path, capsys):
                  "--out", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
     assert "nan" not in out and "(MSE)" in out
+
+
+# 4. K-FAC/EKFAC from the command line train with the default options; a blow-up is exit 3, never 0
+@pytest.mark.parametrize("optimizer", ["kfac", "ekfac"])
+@pytest.mark.parametrize("data", ["digits", "mnist1d"])
+def test_kfac_cli_defaults_converge(tmp_path, optimizer, data):
+    """Reference: the loss before training (epoch 0); default options must bring it well down."""
+    out = tmp_path / "run"
+    assert main(["train", "--optimizer", optimizer, "--data", data, "--train-size", "500", "--epochs", "2",
+                 "--no-progress", "--out", str(out)]) == 0
+    epochs = [r for r in read_metrics(out) if r["kind"] == "epoch"]
+    assert epochs[-1]["train_loss"] < 0.7 * epochs[0]["train_loss"]
+    assert epochs[-1]["train_acc"] > 0.4
+
+
+def test_rising_loss_is_reported_as_diverged(tmp_path, capsys):
+    # the old defaults (damping 1e-3, no KL clip): finite losses that rise by orders of magnitude
+    out = tmp_path / "run"
+    assert main(["train", "--optimizer", "ekfac", "--damping", "0.001", "--kl-clip", "none", "--train-size", "500",
+                 "--epochs", "2", "--no-progress", "--out", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert "diverged" in err and "before training" in err
+    assert not (out / "summary.json").exists()

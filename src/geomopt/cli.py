@@ -56,14 +56,13 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         extra = {"choices": choices[f.name]} if f.name in choices else {}
         if f.name == "device":
             extra = {"metavar": "{cpu,cuda,cuda:N,auto}"}
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_flag_type(f.name, hint), default=None,
-                            help=f"(default: {default})", **extra)
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_flag_type(f.name, hint),
+                            default=argparse.SUPPRESS, help=f"(default: {default})", **extra)
 
 
 def _train_overrides(args: argparse.Namespace) -> dict:
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name) is not None}
-    return overrides
+    """The TrainConfig fields given as flags (``--kl-clip none`` included: absent flags are not in ``args``)."""
+    return {f.name: vars(args)[f.name] for f in dataclasses.fields(TrainConfig) if f.name in vars(args)}
 
 
 def _with_cli_defaults(config: TrainConfig, given: dict, config_file: dict) -> TrainConfig:

@@ -40,6 +40,10 @@ class NonFiniteLossError(FloatingPointError):
     """The loss (or a parameter) became NaN or infinite; training stopped."""
 
 
+class DivergedError(NonFiniteLossError):
+    """The training loss rose above ``divergence_factor`` times its value before training; training stopped."""
+
+
 def accuracy(output: Tensor, target: Tensor) -> Tensor:
     """Number of correct top-1 predictions (a count, summed over the batch)."""
     return (output.argmax(dim=-1) == target).sum()
@@ -108,7 +112,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
         progress: bool = True, extra_state: dict[str, Any] | None = None,
         stop_after_steps: int | None = None,
         step_callback: Callable[[int, nn.Module], dict[str, Any] | None] | None = None,
-        target_train_loss: float | None = None, val_loader: DataLoader | None = None) -> dict[str, Any]:
+        target_train_loss: float | None = None, val_loader: DataLoader | None = None,
+        divergence_factor: float | None = 10.0) -> dict[str, Any]:
     """Train ``model`` for ``epochs`` epochs; log, checkpoint, and return a summary dict.
 
     Args:
@@ -132,6 +137,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
             on ``eval_train_loader``) is at most this value (None: train all ``epochs``).
         val_loader: a validation split (held out of the training set, for choosing hyperparameters);
             evaluated every epoch as ``val_loss`` / ``val_acc``.
+        divergence_factor: an epoch whose training loss exceeds this many times the loss before
+            training stops the run as diverged (:class:`DivergedError`, a :class:`NonFiniteLossError`);
+            None: only NaN/inf stop it.
 
     Returns:
         Summary: final train/test (and validation) loss and accuracy, steps, epochs, seconds, out_dir.
@@ -197,6 +205,17 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
         return rec
 
     last = epoch_record(0) if epoch == 0 and batch_in_epoch == 0 else None
+
+    metrics_file.flush()
+    initial_loss = next((r["train_loss"] for r in read_metrics(out_dir) if r["kind"] == "epoch"), None)  # epoch 0
+
+    def check_divergence(rec: dict[str, Any]) -> None:
+        if (divergence_factor is not None and initial_loss is not None
+                and rec["train_loss"] > divergence_factor * max(initial_loss, 1e-12)):
+            raise DivergedError(f"diverged: the training loss rose from {initial_loss:.4g} before training to "
+                                f"{rec['train_loss']:.4g} after epoch {rec['epoch']} (more than {divergence_factor:g}x); "
+                                f"the run stopped; {_kept(ckpt_path)}; lower the learning rate (K-FAC/EKFAC: raise "
+                                "--damping or set --kl-clip)")
 
     def callback() -> None:
         if step_callback is not None:
@@ -266,6 +285,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
             batch_in_epoch = 0
             last = epoch_record(epoch)
             metrics_file.flush()
+            check_divergence(last)
             checkpoint(epoch, 0)
             if reached(last):
                 break
