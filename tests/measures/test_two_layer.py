@@ -106,3 +106,22 @@ def test_mlp_with_one_hidden_layer_is_accepted_and_nan_weights_refused():
         two_layer_measures(model, init, [(x, y)])
     with pytest.raises(MeasureError, match="shape"):
         two_layer_measures(MLP((4,), (7,), 3), init, [(x, y)])
+
+
+def test_compute_group_two_layer():
+    """geomopt.measures.compute: the group equals the direct call; refused by name on a CNN, skipped under 'all'."""
+    from geomopt.measures import compute
+    model, init = MLP((4,), (6,), 3, seed=1), MLP((4,), (6,), 3, seed=2)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g))]
+    out = compute(model, batches, init_model=init, measures=["two_layer"], delta=0.01)
+    direct = two_layer_measures(model, init, batches, delta=0.01)
+    for key in BOUNDS + ("dist_U", "fro_V", "margin"):
+        assert out[key] == pytest.approx(direct[key], rel=1e-12, nan_ok=True)
+    cnn = CNN((1, 6, 6), (2,), 3)
+    images = [(torch.randn(4, 1, 6, 6), torch.randint(0, 3, (4,)))]
+    with pytest.raises(MeasureError, match="two_layer"):
+        compute(cnn, images, init_model=CNN((1, 6, 6), (2,), 3), measures=["two_layer"])
+    everything = compute(cnn, images, init_model=CNN((1, 6, 6), (2,), 3), measures="all", sharpness_steps=1,
+                         sharpness_restarts=1, flatness_samples=1, hessian_examples=4)
+    assert any(w.startswith("two_layer: skipped") for w in everything["warnings"])

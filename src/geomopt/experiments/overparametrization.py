@@ -20,25 +20,26 @@ noise. ``--quick``: H = 2^2 .. 2^11 on digits and MNIST-1D.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geomopt.data import make_loader
 from geomopt.experiments.config import experiment_dir, merge_overrides
-from geomopt.sweep import run_all
-from geomopt.measures.runs import load_run
-from geomopt.measures.two_layer import BOUNDS, two_layer_measures
+from geomopt.measures.runs import MEASURES_FILE
+from geomopt.measures.two_layer import BOUNDS
 from geomopt.report import Section, plot_bands, write_records, write_section, write_tables
 from geomopt.sweep.claims import FAILS, Claim, Outcome, all_of, greater, less, write_claims
+from geomopt.sweep import run_all
 from geomopt.sweep.stats import band, seed_stats
+from geomopt.sweep.trial import TrainJob
 from geomopt.train import TrainConfig
-from geomopt.train.checkpoint import write_json
 
 NAME = "overparametrization"
 TITLE = "Network size and generalization (Neyshabur, Tomioka & Srebro 2015; Neyshabur et al. 2019)"
-MEASURES_FILE = "two_layer.json"
+# the worker computes these with geomopt.measures.compute (delta as in the 2019 code) into measures.json
+MEASURE_OPTIONS = {"measures": ["two_layer"], "delta": 0.01}
+MEASURED = BOUNDS + ("margin", "width", "dist_U", "dist_U_21", "max_unit_dist", "dist_V", "fro_U", "fro_V",
+                     "max_out_norm", "spec_U", "spec_V", "spec_U0", "l1max_U", "l1max_V", "num_params")
 BOUND_LABELS = {"vc_bound": "VC dimension", "l1max_bound": "l1,inf (Bartlett & Mendelson 2002)",
                 "frobenius_bound": "Frobenius (Neyshabur et al. 2015)",
                 "spectral_l1_bound": "spectral-l2,1 (Bartlett et al. 2017)",
@@ -94,17 +95,9 @@ def _configs(exp: OverparamExperiment, root: Path) -> list[tuple[TrainConfig, Pa
     return jobs
 
 
-def measure(run_dir: Path) -> dict[str, Any]:
-    """The two-layer measures of a trained run on its own training set (cached in ``two_layer.json``)."""
-    path = run_dir / MEASURES_FILE
-    ckpt = run_dir / "checkpoint.pt"
-    if path.is_file() and ckpt.is_file() and ckpt.stat().st_mtime <= path.stat().st_mtime:
-        return json.loads(path.read_text())
-    _, model, init, bundle = load_run(run_dir)
-    result = two_layer_measures(model.double(), init.double(),
-                                ((x.double(), y) for x, y in make_loader(bundle.train, 1000, shuffle=False)))
-    write_json(path, result)
-    return result
+def _job(config: TrainConfig) -> TrainJob:
+    """Train, then compute the two-layer measures on the worker (``measures.json`` comes back with the run)."""
+    return TrainJob(config, measures=MEASURE_OPTIONS)
 
 
 def _rows(exp: OverparamExperiment, planned, summaries) -> list[dict[str, Any]]:
@@ -115,7 +108,8 @@ def _rows(exp: OverparamExperiment, planned, summaries) -> list[dict[str, Any]]:
                "epochs": s.get("epochs"), "converged": bool(s.get("reached_target")) and not diverged,
                "diverged": diverged, "dir": str(run_dir)}
         if not diverged:
-            row.update({k: v for k, v in measure(run_dir).items() if k != "width"})
+            stored = json.loads((run_dir / MEASURES_FILE).read_text())
+            row.update({k: stored[k] for k in MEASURED if k != "width"})
         rows.append(row)
     return rows
 
@@ -257,7 +251,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
     exp = (OverparamExperiment.quick() if quick else OverparamExperiment()).replace(overrides or {})
     root = experiment_dir(out, NAME, exp)
     planned = _configs(exp, root)
-    summaries = run_all([(c, o) for c, o, _ in planned], jobs, desc=NAME, overwrite=overwrite)
+    summaries = run_all([(_job(c), o) for c, o, _ in planned], jobs, desc=NAME, overwrite=overwrite)
     rows = _rows(exp, planned, summaries)
     write_records(root / "results.csv", rows)
     results = {"groups": {(d, n): _group(rows, d, n) for d in exp.datasets for n in exp.label_noises},

@@ -18,6 +18,9 @@ The training loss is evaluated only for the groups that use it (margin, sharpnes
   the Bartlett et al. (2017) bound and the PAC-Bayes spectral bound of Neyshabur et al. (2018); see
   :mod:`geomopt.measures.norms`.
 - ``sharpness``: worst-case sharpness in the box ``|nu| <= alpha (|w| + 1)`` by projected ascent.
+- ``two_layer``: for a two-layer ReLU net only, the capacity bound of Neyshabur et al. (2019) with its
+  unit-wise ingredients and the capacity terms it is compared with (:mod:`geomopt.measures.two_layer`;
+  needs ``init_model``; ``delta`` is the bounds' failure probability).
 - ``hessian``: top eigenvalue and trace of the training loss's Hessian and their magnitude-normalized
   forms (:mod:`geomopt.measures.hessian`; ``hessian_examples`` training examples).
 - ``flatness``: PAC-Bayes flatness, isotropic (``pacbayes_*``) and magnitude-aware (``pacbayes_mag_*``):
@@ -48,9 +51,10 @@ from geomopt.measures.layers import MeasureError, fold_batchnorm, has_batchnorm,
 from geomopt.measures.norms import bartlett_log_r, layer_norms, margin_quantile as quantile, margins, norm_measures
 from geomopt.measures.sharpness import (DatasetObjective, kl_term, pac_bayes_bound, search_sigma,
                                         worst_case_sharpness)
+from geomopt.measures.two_layer import two_layer_measures
 from geomopt.nn.checks import check_finite_parameters
 
-GROUPS = ("margin", "norms", "path", "bounds", "sharpness", "flatness", "hessian")
+GROUPS = ("margin", "norms", "path", "bounds", "sharpness", "flatness", "hessian", "two_layer")
 
 
 def _groups(measures: str | Sequence[str]) -> tuple[list[str], bool]:
@@ -218,6 +222,15 @@ def compute(model: nn.Module, train_loader: DataLoader | Sequence[tuple[Tensor, 
             out[f"{prefix}_evaluations"] = s.evaluations
             if s.saturated:
                 warnings.append(f"{prefix}: sigma reached the search's upper end without the threshold being hit")
+    if "two_layer" in groups:
+        try:
+            if init_model is None:
+                raise MeasureError("needs init_model (unit-wise distances to initialization)")
+            result = two_layer_measures(model, init_model.to(device), batches, margin_q=margin_quantile, delta=delta)
+            out.update({k: v for k, v in result.items() if k not in ("margin", "num_params")})
+            out.setdefault("margin", result["margin"])
+        except MeasureError as exc:
+            skip("two_layer", exc)
     if "hessian" in groups:
         out.update(hessian_measures(model, batches, loss_fn=loss_fn, max_examples=hessian_examples, seed=seed))
         if not out["hessian_converged"]:

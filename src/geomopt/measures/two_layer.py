@@ -62,7 +62,7 @@ def _data_statistics(batches: Iterable[tuple[Tensor, Tensor]], hidden0: nn.Linea
     w0 = hidden0.weight.detach().double()
     b0 = hidden0.bias.detach().double() if hidden0.bias is not None else None
     for x, _ in batches:
-        x = x.reshape(x.shape[0], -1).double()
+        x = x.reshape(x.shape[0], -1).to(w0.device, torch.float64)
         norms = (x * x).sum(1)
         m += x.shape[0]
         sq += float(norms.sum())
@@ -104,7 +104,8 @@ def two_layer_measures(model: nn.Module, init_model: nn.Module, batches: Iterabl
         if not torch.isfinite(layer.weight).all():
             raise MeasureError(f"two-layer measures: the {label} layer's weight holds NaN or inf")
     batches = list(batches)
-    gamma = margin_quantile(margins(model, batches), margin_q) if margin is None else float(margin)
+    device = u_layer.weight.device
+    gamma = margin_quantile(margins(model, batches, device), margin_q) if margin is None else float(margin)
     U, V = u_layer.weight.detach().double(), v_layer.weight.detach().double()
     U0, V0 = u0_layer.weight.detach().double(), v0_layer.weight.detach().double()
     H, d = U.shape
