@@ -1,4 +1,8 @@
-"""The exploring-generalization reproduction on a tiny grid: outputs, section, verdict, unknown keys."""
+"""The exploring-generalization reproduction on a tiny grid: outputs, section, claims over seeds, unknown keys.
+
+References: the run folders and labels.csv (one row per label kind, size and seed), the claims.json
+schema (every claim over the seeds given), the per-seed zoo correlations recomputed from their csv.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from geomopt.experiments.exploring_generalization import NAME, reproduce
 TINY = {"data": "digits", "widths": [16], "sizes": [60, 120], "epochs": 3, "lr": 0.1, "target_train_loss": 0.5,
         "zoo_widths": [8, 16], "zoo_depths": [1], "zoo_lrs": [0.1], "zoo_batch_sizes": [32],
         "zoo_weight_decays": [0.0, 0.01], "zoo_train_size": 120, "zoo_epochs": 3, "min_train_acc": 0.0,
-        "measure": {"sharpness_steps": 2, "sharpness_restarts": 1, "flatness_samples": 2}}
+        "measure": {"sharpness_steps": 2, "sharpness_restarts": 1, "flatness_samples": 2}, "seeds": [0, 1]}
 
 
 def test_tiny_reproduction_writes_tables_figures_and_a_section(tmp_path):
@@ -21,16 +25,26 @@ def test_tiny_reproduction_writes_tables_figures_and_a_section(tmp_path):
     path = reproduce(tmp_path, quick=True, jobs=1, overrides=TINY)
     root = tmp_path / NAME
     section = json.loads(path.read_text())
-    assert {f["file"] for f in section["figures"]} == {"labels.png", "correlation.png"}
+    assert {f["file"] for f in section["figures"]} == {"labels.png"}
     assert all((root / f["file"]).is_file() for f in section["figures"])
     with (root / "labels.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert {(r["labels"], int(r["size"])) for r in rows} == {(k, n) for k in ("true", "random") for n in (60, 120)}
-    assert any(p.startswith("Our result: ") and "claim" in p or "not available" in p for p in section["paragraphs"])
+    assert {(r["labels"], int(r["size"]), int(r["seed"])) for r in rows} == {
+        (k, n, s) for k in ("true", "random") for n in (60, 120) for s in (0, 1)}
     assert section["tables"][1]["rows"]  # the zoo's correlation table
     # random labels: the training labels of the random runs differ from the true ones
-    cfg = json.loads((root / "labels" / "random_n60" / "config.json").read_text())
-    assert cfg["label_noise"] == 1.0 and cfg["target_train_loss"] == 0.5
+    cfg = json.loads((root / "labels" / "random_n60_seed1" / "config.json").read_text())
+    assert cfg["label_noise"] == 1.0 and cfg["target_train_loss"] == 0.5 and cfg["seed"] == 1
+    record = json.loads((root / "claims.json").read_text())
+    assert record["seeds"] == [0, 1] and len(record["claims"]) == 9
+    assert all(c["verdict"] in ("holds", "partly", "does not hold") for c in record["claims"])
+    # a claim on the zoo: the per-seed Kendall taus of sharpness are those of each seed's own zoo
+    (tau,) = [c for c in record["claims"] if c["id"] == "tau-sharpness"]
+    with (root / "correlation.csv").open() as f:
+        per_seed = [float(r["kendall_tau"]) for r in csv.DictReader(f) if r["measure"] == "sharpness"]
+    assert tau["numbers"]["a"]["values"] == pytest.approx(per_seed)
+    for seed in (0, 1):
+        assert (root / "zoo" / f"seed{seed}" / "correlation.csv").is_file()
 
 
 def test_unknown_key_is_rejected(tmp_path):
