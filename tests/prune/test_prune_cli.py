@@ -46,14 +46,25 @@ def test_prune_cli_errors(tmp_path, capsys):
 
 
 def test_reproduce_pruning_tiny(tmp_path):
-    section = pruning.reproduce(tmp_path, quick=True, jobs=1, overrides={
-        "datasets": ["digits"], "widths": [16], "train_epochs": 2, "criteria": ["mp", "qm"], "steps": [1, 3],
-        "examples": 200, "finetune_epochs": 1, "sparsity": 0.8})
+    """Two seeds, the dense learning rate chosen on validation data from a fixed one-value grid; the claims'
+    numbers are the per-seed values of results.csv."""
+    section = pruning.reproduce(tmp_path, quick=True, jobs=1, seeds=2, overrides={
+        "datasets": ["digits"], "widths": [16], "train_epochs": 2, "criteria": ["mp", "lm", "qm"], "steps": [1, 3],
+        "examples": 200, "finetune_epochs": 1, "sparsity": 0.8, "lrs": [0.1]})
     root = tmp_path / "pruning"
     rows = list(csv.DictReader((root / "table.csv").open()))
-    assert [(r["criterion"], r["steps k"]) for r in rows] == [("mp", "1"), ("mp", "3"), ("qm", "1"), ("qm", "3")]
+    assert [(r["criterion"], r["steps k"]) for r in rows] == [(c, k) for c in ("mp", "lm", "qm") for k in ("1", "3")]
     data = json.loads(section.read_text())
-    assert "Locality" in data["paragraphs"][-1]
+    assert "seeds [0, 1]" in data["paragraphs"][0]
     assert (root / "predicted_vs_actual.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = list(csv.DictReader((root / "results.csv").open()))
+    assert len(results) == 12 and {r["seed"] for r in results} == {"0", "1"}
+    record = json.loads((root / "claims.json").read_text())
+    claims = {c["id"]: c for c in record["claims"]}
+    assert set(claims) == {"locality", "first-vs-second-order"}
+    qm = claims["locality"]["numbers"]["digits qm"]
+    loss = {(r["seed"], r["steps"]): float(r["pruned_train_loss"]) for r in results if r["criterion"] == "qm"}
+    assert qm["a"]["values"] == pytest.approx([loss["0", "3"], loss["1", "3"]])
+    assert qm["b"]["values"] == pytest.approx([loss["0", "1"], loss["1", "1"]])
     with pytest.raises(ValueError, match="unknown experiment key"):
         pruning.reproduce(tmp_path, quick=True, overrides={"sparsty": 0.5})

@@ -38,7 +38,7 @@ def load_run(run_dir: str | Path):
         raise FileNotFoundError(f"{run_dir}: no config.json; pass a `geomopt train` output directory")
     config = TrainConfig.load(run_dir / "config.json")
     bundle = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, train_size=config.train_size,
-                          label_noise=config.label_noise)
+                          label_noise=config.label_noise, val_fraction=config.val_fraction)
     if getattr(bundle, "task", "classification") not in (None, "classification"):
         raise ValueError(f"{run_dir}: generalization measures need a classification run, got task {bundle.task!r}")
     init = _build(config, bundle)

@@ -109,7 +109,7 @@ def prune_run(run_dir: str | Path, *, criterion: str, target_sparsity: float, st
     out = Path(out) if out else run_dir / f"prune-{criterion}-{target_sparsity:g}-{steps}"
     device = resolve_device(config.device)
     bundle = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, train_size=config.train_size,
-                          label_noise=config.label_noise)
+                          label_noise=config.label_noise, val_fraction=config.val_fraction)
     model = build_model(config.model, bundle.input_shape, bundle.num_classes, widths=config.widths, bias=config.bias,
                         dropout=config.dropout, init=config.init, seed=config.seed).to(device)
     load_model_state(model, load_checkpoint(run_dir / "checkpoint.pt", map_location=device)["model"],
