@@ -21,12 +21,22 @@ def test_train_bnlstm_through_the_engine(tmp_path):
 
 
 def test_reproduce_bn_lstm_tiny(tmp_path):
+    """Two seeds, one fixed learning rate; the claim's per-seed numbers are results.csv's."""
     assert EXPERIMENTS["bn-lstm"] is bn_lstm
-    section = bn_lstm.reproduce(tmp_path, quick=True, jobs=1, overrides={
-        "datasets": ["seq-digits"], "models": ["lstm", "bnlstm"], "hidden": 8, "epochs": 1, "train_size": 200})
-    rows = list(csv.DictReader((tmp_path / "bn-lstm" / "table.csv").open()))
+    section = bn_lstm.reproduce(tmp_path, quick=True, jobs=1, seeds=2, overrides={
+        "datasets": ["seq-digits"], "models": ["lstm", "bnlstm"], "hidden": 8, "epochs": 1, "train_size": 200,
+        "lrs": [3e-3]})
+    root = tmp_path / "bn-lstm"
+    rows = list(csv.DictReader((root / "table.csv").open()))
     assert [(r["dataset"], r["model"]) for r in rows] == [("seq-digits", "lstm"), ("seq-digits", "bnlstm")]
-    text = json.loads(section.read_text())["paragraphs"][-1]
-    assert "BN-LSTM beat LSTM on" in text and "/1 datasets" in text
+    assert json.loads(section.read_text())["figures"][0]["file"] == "test_curves.png"
+    results = list(csv.DictReader((root / "results.csv").open()))
+    record = json.loads((root / "claims.json").read_text())
+    claims = {c["id"]: c for c in record["claims"]}
+    assert set(claims) == {"generalizes-better", "converges-faster"} and record["seeds"] == [0, 1]
+    acc = {(r["model"], r["seed"]): float(r["final"]) for r in results}
+    numbers = claims["generalizes-better"]["numbers"]["seq-digits"]
+    assert numbers["a"]["values"] == pytest.approx([acc["bnlstm", "0"], acc["bnlstm", "1"]])
+    assert numbers["b"]["values"] == pytest.approx([acc["lstm", "0"], acc["lstm", "1"]])
     with pytest.raises(ValueError, match="unknown experiment key"):
         bn_lstm.reproduce(tmp_path, quick=True, overrides={"hiden": 8})
