@@ -69,7 +69,8 @@ def _with_cli_defaults(config: TrainConfig, given: dict, config_file: dict) -> T
     """K-FAC/EKFAC runs get the safe command-line damping and KL clip unless a flag or the config file sets them."""
     if config.optimizer not in ("kfac", "ekfac"):
         return config
-    safe = {k: v for k, v in KRONECKER_CLI_DEFAULTS.items() if k not in given and k not in config_file}
+    safe = {k: v for k, v in KRONECKER_CLI_DEFAULTS.items() if k not in given and k not in config_file
+            and not (k == "kl_clip" and config.adaptive_step)}  # the quadratic model chooses the step size
     return config.replace(**safe)
 
 

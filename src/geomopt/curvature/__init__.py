@@ -12,7 +12,8 @@ Example:
 """
 
 from geomopt.curvature.capture import (FISHERS, LIKELIHOODS, Capture, backprop_output_grads,
-                                       hessian_sqrt_columns, nll_grad, sample_targets)
+                                       hessian_sqrt_columns, nll_grad, output_hessian_gram,
+                                       sample_targets)
 from geomopt.curvature.kronecker import (EKFAC, KFAC, captured_diagonal, compute_ekfac, compute_kfac, damped_inverse,
                                          damped_solve, diagonal_from_rotated, eigenbasis_diagonal, factor_precision,
                                          factored_rotation, kronecker_factors, pi_split, spectral_inverse,
@@ -26,7 +27,8 @@ from geomopt.curvature.spectral import (EigenResult, HutchinsonResult, Lanczos, 
 from geomopt.curvature.layers import (SUPPORTED_LAYERS, Conv2dHandler, LayerHandler, LinearHandler, layer_handler,
                                       per_example_gradients, register_layer, supported_layers, unsupported_reason)
 
-__all__ = ["Capture", "backprop_output_grads", "sample_targets", "nll_grad", "hessian_sqrt_columns", "FISHERS",
+__all__ = ["Capture", "backprop_output_grads", "sample_targets", "nll_grad", "hessian_sqrt_columns",
+           "output_hessian_gram", "FISHERS",
            "LIKELIHOODS", "KFAC", "EKFAC", "compute_kfac", "compute_ekfac", "kronecker_factors",
            "eigenbasis_diagonal", "captured_diagonal", "per_example_gradients", "pi_split", "symeig",
            "damped_inverse", "damped_solve", "spectral_inverse",

@@ -291,6 +291,24 @@ def hessian_sqrt_columns(output: Tensor, likelihood: str) -> Tensor:
     return s.movedim(-1, 0)  # (C, ..., C)
 
 
+def output_hessian_gram(output: Tensor, directions: Tensor, likelihood: str) -> Tensor:
+    """``sum_n u_in^T H_n u_jn`` ``(R, R)`` (float64) for output perturbations ``directions`` ``(R, *output.shape)``
+    (e.g. Jacobian-vector products) and ``H_n`` the Hessian of the NLL w.r.t. the output per example
+    (:func:`hessian_sqrt_columns`: categorical ``diag(p) - p p^T`` over the last axis, gaussian ``I``,
+    bernoulli ``diag(p (1 - p))``), summed over examples and positions."""
+    _check_likelihood(likelihood)
+    f, u = output.detach().double(), directions.detach().double()
+    flat = u.reshape(u.shape[0], -1)
+    if likelihood == "gaussian":
+        return flat @ flat.T
+    if likelihood == "bernoulli":
+        p = torch.sigmoid(f)
+        return (u * (p * (1 - p))).reshape(u.shape[0], -1) @ flat.T
+    p = torch.softmax(f, dim=-1)
+    pu = (u * p).sum(-1).reshape(u.shape[0], -1)
+    return (u * p).reshape(u.shape[0], -1) @ flat.T - pu @ pu.T
+
+
 def backprop_output_grads(output: Tensor, params: Sequence[Tensor], *, fisher: str, likelihood: str,
                           target: Tensor | None = None, generator: torch.Generator | None = None,
                           mc_samples: int = 1) -> int:

@@ -84,9 +84,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 from torch.optim import Optimizer
 
-from geomopt.curvature.capture import FISHERS, LIKELIHOODS, Capture, backprop_output_grads
+from geomopt.curvature.capture import FISHERS, LIKELIHOODS, Capture, backprop_output_grads, output_hessian_gram
 from geomopt.curvature.kronecker import (all_finite, captured_diagonal, damped_inverse, diagonal_from_rotated,
                                          factored_rotation, kronecker_factors, pi_split, symeig)
 from geomopt.curvature.layers import names_of_supported, supported_layers, unsupported_reason
@@ -206,9 +207,8 @@ class _KroneckerOptimizer(Optimizer):
         self._internal = False  # inside a pass of the optimizer's own: record nothing
         self._generator = torch.Generator().manual_seed(torch.initial_seed() if seed is None else int(seed))
         self._capture = Capture(self.layers, grad_scale=None if fisher == "empirical" else 1.0).attach()
-        self._hooks = [model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True)]
-        if fisher != "empirical":
-            self._hooks.append(model.register_forward_hook(self._after_model_forward))
+        self._hooks = [model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True),
+                       model.register_forward_hook(self._after_model_forward)]
         self._arm()
 
     # -- bookkeeping
@@ -271,7 +271,7 @@ class _KroneckerOptimizer(Optimizer):
         """Record in the forwards before the next step only if that step needs statistics from them."""
         need = self._needs_stats(self._step_count)
         self._capture.active = need and self.fisher == "empirical"
-        self._want_inputs = need and self.fisher != "empirical"
+        self._want_inputs = need and (self.fisher != "empirical" or self._needs_model(self._step_count))
 
     # -- recording: every forward of the model with gradients enabled is one micro-batch
     def _on_model_forward(self, module, args, kwargs):
@@ -332,8 +332,7 @@ class _KroneckerOptimizer(Optimizer):
     def _fisher_passes(self) -> None:
         """One forward and ``K`` backward passes with sampled (``true``) or Hessian-square-root (``ggn``)
         output gradients per recorded micro-batch, in :meth:`_isolated`."""
-        records = [r for r in self._inputs if r["done"]]
-        self._inputs = []
+        records = [r for r in self._inputs if r["done"]]  # kept for the quadratic model; step() clears them
         self._capture.clear()
         if not records:
             return
@@ -458,13 +457,13 @@ class _KroneckerOptimizer(Optimizer):
             self.update_curvature(k)
             layers = self._layer_directions()
             updates = self._kronecker_updates(layers)
-            predicted = self._model_change(layers, updates) if lm else None
+            fallback = self._fallback_updates()
+            predicted = self._model_change(layers, updates, fallback) if lm else None
         finally:
             self._after_directions()
             self._capture.clear()
             self._inputs = []
         # nothing has changed a parameter up to here
-        fallback = self._fallback_updates()
         for (name, module, handler, params, group, m, d), delta in zip(layers, updates):
             for p, part in zip(params, handler.from_matrix(module, delta)):
                 p.add_(part)
@@ -539,36 +538,57 @@ class _KroneckerOptimizer(Optimizer):
         return out
 
     # -- the quadratic model (Martens & Grosse 2015, sections 6.5 and 7)
-    def _fisher_gram(self, layers: list[tuple], vectors: list[list[Tensor]]) -> Tensor:
-        """``Q_ij = v_i^T F v_j`` ``(R, R)`` for ``R`` update vectors (``vectors[l][i]``: layer ``l``'s matrix of
-        vector ``i``), with ``F`` the exact curvature of this step's batch, of the kind the factors approximate
-        (``fisher``): ``(1/N) sum_{n,k} u_nk u_nk^T``, ``u_nk,i = sum_layers sum_t g_nkt^T V_i a_nt`` from the
-        recorded per-example inputs and output gradients (no extra pass)."""
-        r = len(vectors[0]) if vectors else 0
-        per_batch: dict[int, Tensor] = {}
-        for (name, *_), mats in zip(layers, vectors):
-            v = torch.stack(mats)  # (R, d_out, d_in)
-            for b in self._capture.batches(name):
-                a, g = self._capture.get(name, b)  # (N, T, d_in), (K, N, T, d_out)
-                u = torch.einsum("knto,rnto->rkn", g, torch.einsum("nti,roi->rnto", a, v))
-                per_batch[b] = per_batch[b] + u if b in per_batch else u
-        if not per_batch:
-            return torch.zeros(r, r, dtype=torch.float64)
-        n = sum(u.shape[2] for u in per_batch.values())
-        u = torch.cat([x.reshape(r, -1) for x in per_batch.values()], dim=1).double()
-        return u @ u.T / n
+    def _tangent(self, layers: list[tuple], mats: Sequence[Tensor],
+                 fallback: Sequence[tuple[Tensor, Tensor]] = ()) -> dict[str, Tensor]:
+        """A parameter-space vector as ``{name: tensor}`` of every model parameter (zero where not given) from
+        per-layer ``(d_out, d_in)`` matrices and ``(param, tensor)`` pairs."""
+        out = {n: torch.zeros_like(p) for n, p in self.model.named_parameters()}
+        for (name, module, handler, params, *_), mat in zip(layers, mats):
+            for p, part in zip(params, handler.from_matrix(module, mat)):
+                out[self._param_names[p]] = part
+        for p, t in fallback:
+            out[self._param_names[p]] = t
+        return out
+
+    def _ggn_gram(self, tangents: list[dict[str, Tensor]]) -> Tensor:
+        """``Q_ij = v_i^T G v_j`` ``(R, R)`` with ``G = (1/N) sum_n J_n^T H_n J_n`` the exact generalized
+        Gauss-Newton matrix (the Fisher of the ``likelihood``; Martens & Grosse's "exact F") on the
+        micro-batches of this step, by one Jacobian-vector product per vector on the recorded inputs
+        (``torch.func.jvp``, in :meth:`_isolated`: buffers and RNG streams as before)."""
+        r = len(tangents)
+        q = torch.zeros(r, r, dtype=torch.float64)
+        records = [rec for rec in self._inputs if rec["done"]]
+        if not records:
+            raise RuntimeError(f"{self._name}: the quadratic model needs this step's batch, but no forward of the "
+                               "model with a backward was recorded since the last step")
+        params = {n: p.detach() for n, p in self.model.named_parameters()}
+        total = 0
+        with self._isolated():
+            for rec in records:
+                def f(ps, rec=rec):  # buffers cloned inside: BatchNorm may update them in place
+                    bufs = {n: b.clone() for n, b in self.model.named_buffers()}
+                    return functional_call(self.model, {**ps, **bufs}, rec["args"], rec["kwargs"])
+                jvs = []
+                for t in tangents:
+                    out, jv = torch.func.jvp(f, (params,), (t,))
+                    jvs.append(jv.detach())
+                q += output_hessian_gram(out.detach(), torch.stack(jvs), self.likelihood)
+                total += out.shape[0]
+        return q / total
 
     def _adaptive_updates(self, layers: list[tuple]) -> list[Tensor]:
         """``delta = alpha Delta + mu delta_0`` with ``Delta = -D`` and ``delta_0`` the last update, ``(alpha, mu)``
         minimizing ``M(delta) = grad^T delta + delta^T (F + (lambda + eta) I) delta / 2`` (exact ``F`` of the
-        batch, :meth:`_fisher_gram`): the 2x2 system of Martens & Grosse 2015, section 7 (``mu = 0`` at first)."""
+        batch, :meth:`_ggn_gram`): the 2x2 system of Martens & Grosse 2015, section 7 (``mu = 0`` at first,
+        and when the system is near singular or its momentum is outside ``(-1, 1)``: then ``alpha`` minimizes
+        ``M`` along ``Delta`` alone)."""
         vecs = []
         for name, module, handler, params, group, m, d in layers:
             prev = self.state[module.weight].get("update")
             vecs.append([-d] + ([prev] if prev is not None else []))
         r = min(len(v) for v in vecs)
         vecs = [v[:r] for v in vecs]
-        c = self._fisher_gram(layers, vecs)
+        c = self._ggn_gram([self._tangent(layers, [v[i] for v in vecs]) for i in range(r)])
         b = torch.zeros(r, dtype=torch.float64)
         for (name, module, handler, params, group, m, d), v in zip(layers, vecs):
             shift = group["damping"] + group["weight_decay"]
@@ -576,11 +596,20 @@ class _KroneckerOptimizer(Optimizer):
                 b[i] += float((m * v[i]).sum())
                 for j in range(r):
                     c[i, j] += shift * float((v[i] * v[j]).sum())
-        coef = torch.linalg.lstsq(c, -b[:, None]).solution[:, 0] if r == 2 else -b / c.diagonal()
-        if not bool(torch.isfinite(coef).all()):
-            raise FloatingPointError(f"{self._name}: the 2x2 quadratic model gave step size/momentum {coef.tolist()}")
+        if not (bool(torch.isfinite(c).all()) and bool(torch.isfinite(b).all()) and float(c[0, 0]) > 0):
+            raise FloatingPointError(f"{self._name}: the quadratic model is not finite (curvature {c.tolist()}, "
+                                     f"slopes {b.tolist()}); raise the damping")
+        coef = None
+        if r == 2 and float(torch.linalg.det(c)) > 1e-12 * float(c[0, 0] * c[1, 1]):
+            coef = torch.linalg.solve(c, -b)
+            if not -1 < float(coef[1]) < 1:  # a near-singular system: keep to the new direction
+                coef = None
+        if coef is None:
+            r = 1
+            coef = -b[:1] / c[0, 0]
         self.last_step_size = float(coef[0])
         self.last_momentum = float(coef[1]) if r == 2 else 0.0
+        vecs = [v[:r] for v in vecs]
         updates = []
         for (name, module, *_), v in zip(layers, vecs):
             delta = sum(float(coef[i]) * v[i] for i in range(r))
@@ -588,17 +617,16 @@ class _KroneckerOptimizer(Optimizer):
             updates.append(delta)
         return updates
 
-    def _model_change(self, layers: list[tuple], updates: list[Tensor]) -> float:
-        """``M(delta) - M(0) = grad^T delta + delta^T (F + eta I) delta / 2`` over the Kronecker layers (the
-        damping is left out, as kfac-jax's default ``include_damping_in_quad_change=False``); ``F`` exact on
-        the batch (:meth:`_fisher_gram`). Parameters without factors add ``grad^T delta + eta |delta|^2 / 2``
-        (their curvature is not recorded)."""
-        if not layers:
-            change = 0.0
-        else:
-            change = 0.5 * float(self._fisher_gram(layers, [[u] for u in updates])[0, 0])
+    def _model_change(self, layers: list[tuple], updates: list[Tensor], fallback: list[tuple[Tensor, Tensor]]) -> float:
+        """``M(delta) - M(0) = grad^T delta + delta^T (F + eta I) delta / 2`` for the whole update (every
+        parameter; ``grad`` with weight decay ``eta``), ``F`` the exact GGN of the batch (:meth:`_ggn_gram`); the
+        damping is left out, as in kfac-jax's default ``include_damping_in_quad_change=False``."""
+        change = 0.5 * float(self._ggn_gram([self._tangent(layers, updates, fallback)])[0, 0])
         for (name, module, handler, params, group, m, d), u in zip(layers, updates):
             change += float((m * u).sum()) + 0.5 * group["weight_decay"] * float(u.square().sum())
+        for p, u in fallback:
+            wd = self._group_of[p]["weight_decay"]
+            change += float((p.grad * u).sum()) + wd * float((p * u).sum()) + 0.5 * wd * float(u.square().sum())
         return change
 
     def _adapt_damping(self, loss: float, predicted: float, closure: Callable[[], Tensor], rng, layers, updates,
@@ -616,7 +644,6 @@ class _KroneckerOptimizer(Optimizer):
                 reg += group["weight_decay"] * float((w * u).sum() + 0.5 * u.square().sum())
         for p, u in fallback:
             wd = self._group_of[p]["weight_decay"]
-            predicted += float((p.grad * u).sum()) + wd * float(((p - u) * u).sum()) + 0.5 * wd * float(u.square().sum())
             if wd:
                 reg += wd * float(((p - u) * u).sum() + 0.5 * u.square().sum())
         grads = {p: None if p.grad is None else p.grad.clone() for g in self.param_groups for p in g["params"]}
