@@ -66,19 +66,54 @@ def test_lab_baseline_row_is_the_admm_solution():
     assert torch.isfinite(res["histories"][2][1].history["erank"]).all()
 
 
-def test_implicit_mf_tiny_shows_the_trend(tmp_path):
+def test_lab_detects_when_the_min_nuclear_norm_solution_differs_from_the_truth():
+    """Undersampled PSD sensing (m below the ~2nr degrees of freedom): X_nuc != X*; well sampled: X_nuc = X*."""
+    few = MatrixLabConfig(kind="sensing", n=10, rank=2, m=16, alphas=(1e-2,), steps=10, solver="admm", psd=True,
+                          init="orthogonal")
+    many = MatrixLabConfig(kind="sensing", n=10, rank=2, m=45, alphas=(1e-2,), steps=10, solver="admm", psd=True,
+                           init="orthogonal")
+    under, well = run_matrix_lab(few)["baseline"], run_matrix_lab(many)["baseline"]
+    assert not under["equals_truth"] and under["dist_truth"] > 0.1
+    assert well["equals_truth"] and well["dist_truth"] < 1e-3
+    op, target, y = build_problem(few)
+    assert float(relative_distance(under["X"], target)) == pytest.approx(under["dist_truth"])
+    assert float(torch.linalg.vector_norm(op(under["X"]) - y)) < 1e-4 * float(torch.linalg.vector_norm(y))
+    assert under["nuclear"] < float(torch.linalg.matrix_norm(target, ord="nuc"))  # X* is feasible, not minimal
+
+
+def test_norms_vs_rank_example_norms_grow_rank_stays_one():
+    from geomopt.implicit.lab import NormsVsRankConfig, run_norms_vs_rank
+    res = run_norms_vs_rank(NormsVsRankConfig(seeds=(0, 1), steps=3000, log_every=50))
+    assert [(r["init"], r["seed"]) for r in res["rows"]] == [("gaussian", 0), ("gaussian", 1), ("balanced", 0),
+                                                             ("balanced", 1)]
+    for r in res["rows"]:
+        assert r["loss"] < 1e-2 and r["flow_ok"] and not r["diverged"]
+        assert r["nuclear"] > r["nuclear@0.01"] > 2.0  # above the min-nuclear-norm completion [[0,1],[1,0]] (2)
+        assert abs(r["W11"]) > 5 and r["ratio"] < 1e-3 and r["det"] > -0.5
+        assert r["spectral"] <= r["frobenius"] <= r["nuclear"]
+        c = res["curves"][r["init"], r["seed"]]
+        assert c["loss"][0] == pytest.approx(0.5 * 2, rel=1e-3)  # W(0) ~ 0: 1/2 (1 + 1 + 0)
+
+
+def test_implicit_mf_tiny_outputs_and_claims(tmp_path):
     section = EXPERIMENTS["implicit-mf"].reproduce(
         tmp_path, quick=True, jobs=1,
-        overrides={"n": 10, "m_sensing": 40, "m_completion": 60, "alphas": [1e-1, 1e-3], "steps": 3000,
-                   "solver": "admm"})
+        overrides={"n": 8, "m_sensing": 30, "m_completion": 40, "under_n": 10, "under_m": 16, "alphas": [1e-1, 1e-3],
+                   "seeds": [0, 1], "steps": 2000, "solver": "admm", "rc_seeds": [0, 1], "rc_steps": 1000})
     root = tmp_path / "implicit-mf"
     data = json.loads(section.read_text())
-    assert "Gunasekar" in data["title"]
+    assert "Gunasekar" in data["title"] and "Razin" in data["title"]
     for fig in data["figures"]:
         assert (root / fig["file"]).read_bytes().startswith(PNG)
-    table = [r for r in data["tables"][0]["rows"] if r[0] == "sensing" and isinstance(r[2], float)]
-    assert table[1][3] < table[0][3]  # distance to X_nuc at alpha 1e-3 below that at 1e-1
-    assert "Our result:" in data["paragraphs"][-1]
+    rows = data["tables"][0]["rows"]
+    assert [r[0] for r in rows] == ["sensing"] * 3 + ["completion"] * 3 + ["undersampled"] * 3
+    assert rows[-1][-1] == "X_nuc = X* in 0/2 seeds" and rows[2][-1] == "X_nuc = X* in 2/2 seeds"
+    claims = json.loads((root / "claims.json").read_text())
+    assert [c["id"] for c in claims["claims"]] == ["nuclear-well-sampled", "nuclear-undersampled",
+                                                   "low-rank-undersampled", "norms-vs-rank"]
+    assert claims["seeds"] == [0, 1] and claims["quick"]
+    assert any("cannot tell a nuclear-norm bias" in c for c in claims["claims"][0]["caveats"])
+    assert "Our result:" in data["paragraphs"][-1] and "X_nuc != X*" in data["paragraphs"][-1]
 
 
 def test_deep_mf_tiny_outputs_and_unknown_key(tmp_path):

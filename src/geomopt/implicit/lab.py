@@ -20,11 +20,15 @@ from typing import Any
 import torch
 
 from geomopt.implicit.deep_linear import RegressionObjective, synthetic_regression
-from geomopt.implicit.factorized import SensingObjective, init_factors, run_factorized
+from geomopt.implicit.factorized import SensingObjective, end_to_end, init_factors, run_factorized
 from geomopt.implicit.nuclear import min_nuclear_norm
 from geomopt.implicit.operators import Completion, GaussianSensing, MeasurementOperator, random_low_rank, random_psd
 from geomopt.implicit.spectral import effective_rank, nuclear_norm, relative_distance
 from geomopt.report import plot_curves, write_records
+
+
+# X_nuc counts as the ground truth when ||X_nuc - X*||_F / ||X*||_F is at most this (solver accuracy ~1e-4)
+NUC_EQUALS_TRUTH = 1e-2
 
 
 @dataclass
@@ -122,6 +126,9 @@ def run_matrix_lab(cfg: MatrixLabConfig, out: Path | None = None, *, progress: b
 
     Returns:
         ``{"rows": [...], "baseline": {...} or None, "histories": {depth: (runs, FactorizedResult)}}``.
+        The baseline says whether the minimum-nuclear-norm solution equals the truth
+        (``equals_truth``: ``||X_nuc - X*||_F / ||X*||_F <= NUC_EQUALS_TRUTH``, ``dist_truth``): only where
+        it does not can the distance to ``X_nuc`` tell a nuclear-norm bias from plain recovery.
     """
     with torch_threads(threads):
         return _run_matrix_lab(cfg, out, progress)
@@ -135,9 +142,11 @@ def _run_matrix_lab(cfg: MatrixLabConfig, out: Path | None, progress: bool) -> d
     if cfg.solver != "none":
         t0 = time.perf_counter()
         res = min_nuclear_norm(op, y, psd=cfg.psd, solver=cfg.solver)
+        dist_truth = float(relative_distance(res.X, target))
         baseline = {"X": res.X, "solver": res.solver, "seconds": time.perf_counter() - t0,
-                    "nuclear": res.nuclear_norm, "err": float(relative_distance(res.X, target) ** 2),
-                    "erank": float(effective_rank(res.X)), "residual": res.residual}
+                    "nuclear": res.nuclear_norm, "err": dist_truth ** 2, "dist_truth": dist_truth,
+                    "equals_truth": dist_truth <= NUC_EQUALS_TRUTH, "erank": float(effective_rank(res.X)),
+                    "residual": res.residual}
     objective = SensingObjective(op.to(dtype=dtype), y.to(dtype))
     loss_zero = float(0.5 * (y * y).mean())
     rows, histories = [], {}
@@ -159,7 +168,7 @@ def _run_matrix_lab(cfg: MatrixLabConfig, out: Path | None, progress: bool) -> d
         for b, (alpha, seed) in enumerate(runs):
             row = {"depth": depth, "alpha": alpha, "seed": seed, "lr": lr, "steps": int(result.steps_taken[b]),
                    "train_loss": float(result.final_loss[b]), "converged": bool(result.converged[b]),
-                   "diverged": bool(result.diverged[b]), "err": float(err[b]),
+                   "diverged": bool(result.diverged[b]), "err": float(err[b]), "dist_truth": float(err[b]) ** 0.5,
                    "nuclear": float(nuclear_norm(W[b])), "erank": float(effective_rank(W[b])),
                    "seconds_batch": seconds}
             if baseline is not None:
@@ -167,7 +176,8 @@ def _run_matrix_lab(cfg: MatrixLabConfig, out: Path | None, progress: bool) -> d
             rows.append(row)
     if baseline is not None:
         rows.append({"depth": "nuclear", "alpha": "", "seed": "", "lr": "", "steps": "", "train_loss": "",
-                     "converged": True, "diverged": False, "err": baseline["err"], "nuclear": baseline["nuclear"],
+                     "converged": True, "diverged": False, "err": baseline["err"],
+                     "dist_truth": baseline["dist_truth"], "nuclear": baseline["nuclear"],
                      "erank": baseline["erank"], "seconds_batch": baseline["seconds"], "dist_nuc": 0.0})
     if out is not None:
         out = Path(out)
@@ -274,4 +284,85 @@ def _run_deep_linear_lab(cfg: DeepLinearLabConfig, out: Path | None, progress: b
         plot_curves({f"l{cfg.p:g} regression, lr {cfg.lr:g}": {f"depth {d}": (s, v) for d, (s, v, _) in
                                                                curves.items()}},
                     out / "loss.png", xlabel="step", ylabel=f"l{cfg.p:g} loss", logy=True)
+    return {"rows": rows, "curves": curves}
+
+
+@dataclass
+class NormsVsRankConfig:
+    """Razin & Cohen (2020), "Implicit Regularization in Deep Learning May Not Be Explainable by Norms":
+    2 x 2 completion with observed ``W12 = 1, W21 = 1, W22 = 0`` by a depth-N factorization.
+
+    Every solution has ``det W = -1`` (rank 2). Gradient flow from ``det W(0) > 0`` keeps ``det W > 0``
+    (the determinant of each factor keeps its sign), so the loss can only go to 0 with ``|W11| -> inf``:
+    every norm grows without bound while ``sigma2 / sigma1 = |det W| / sigma1^2 -> 0`` (the rank falls
+    towards 1). Runs start at ``det W(0) > 0``: a draw with ``det W(0) < 0`` has the first column of
+    ``W_1`` negated (the Gaussian law and balancedness are unchanged).
+
+    Loss reported in the paper's units, ``l(W) = 1/2 sum_observed (W_ij - b_ij)^2`` (3x the lab's mean).
+    """
+
+    depth: int = 3
+    inits: tuple[str, ...] = ("gaussian", "balanced")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    init_std: float = 8e-3  # std of a Gaussian factor entry (the paper's); balanced: W(0) of the same alpha
+    lr: float = 100.0  # cap of the adaptive step (on the lab's mean loss)
+    rel_step: float = 0.01
+    steps: int = 20000
+    log_every: int = 100
+    thresholds: tuple[float, ...] = (1e-2, 1e-3)  # paper-unit losses at which the norms are read
+
+    def validate(self) -> None:
+        if self.depth < 2 or not self.inits or not self.seeds or self.steps < 1 or not self.init_std > 0:
+            raise ValueError("norms-vs-rank: need depth >= 2, inits, seeds, steps >= 1 and init_std > 0")
+
+
+def norms_vs_rank_problem() -> tuple[Completion, torch.Tensor]:
+    """The 2 x 2 completion of Razin & Cohen: observed (0, 1), (1, 0), (1, 1) with values 1, 1, 0."""
+    return Completion(2, 2, torch.tensor([0, 1, 1]), torch.tensor([1, 0, 1])), torch.tensor([1.0, 1.0, 0.0],
+                                                                                            dtype=torch.float64)
+
+
+def run_norms_vs_rank(cfg: NormsVsRankConfig, *, threads: int | None = 1) -> dict[str, Any]:
+    """All (init, seed) runs of the 2 x 2 example in one batch (adaptive steps approximating gradient flow).
+
+    Returns:
+        ``{"rows": [...], "curves": {(init, seed): {"loss", "nuclear", "sigma1", "ratio", "erank"}}}``: per run the
+        final loss (paper units), ``W11``, ``det W``, the norms (``nuclear``, ``frobenius``, ``spectral``),
+        ``sigma2/sigma1``, the effective rank, ``flow_ok`` (``det W > -1/2`` at the end; along the flow
+        ``det W -> 0+``, and a discrete run that crossed 0 heads for the finite solutions, ``det W = -1``) and, per threshold ``t``, the nuclear norm and ``sigma2/sigma1`` at the
+        first logged step with loss ``<= t`` (``nuclear@t``, ``ratio@t``; NaN if not reached).
+    """
+    cfg.validate()
+    with torch_threads(threads):
+        op, y = norms_vs_rank_problem()
+        objective = SensingObjective(op, y)
+        runs = [(init, int(s)) for init in cfg.inits for s in cfg.seeds]
+        alpha = (cfg.init_std * math.sqrt(2)) ** cfg.depth  # Gaussian factor entries N(0, alpha^(2/N) / 2)
+        parts = [init_factors((2, 2), cfg.depth, alphas=[alpha], seeds=[s], init=init) for init, s in runs]
+        factors = [torch.cat([p[j] for p in parts]) for j in range(cfg.depth)]
+        sign = torch.sign(torch.linalg.det(end_to_end(factors)))
+        factors[0][:, :, 0] *= sign[:, None]
+        res = run_factorized(objective, factors, lr=cfg.lr, steps=cfg.steps, adaptive=True, rel_step=cfg.rel_step,
+                             log_every=cfg.log_every, track_sv=2)
+    loss = 3 * res.history["loss"]
+    sv = res.history["sv"]
+    ratio = sv[..., 1] / sv[..., 0]
+    rows, curves = [], {}
+    det = torch.linalg.det(res.W)
+    svd_end = torch.linalg.svdvals(res.W)
+    for b, (init, seed) in enumerate(runs):
+        row = {"init": init, "seed": seed, "steps": int(res.steps_taken[b]), "loss": float(loss[-1, b]),
+               "W11": float(res.W[b, 0, 0]), "det": float(det[b]), "flow_ok": bool(det[b] > -0.5),
+               "nuclear": float(svd_end[b].sum()), "frobenius": float(svd_end[b].norm()),
+               "spectral": float(svd_end[b, 0]), "ratio": float(svd_end[b, 1] / svd_end[b, 0]),
+               "erank": float(res.history["erank"][-1, b]), "diverged": bool(res.diverged[b])}
+        for t in cfg.thresholds:
+            hit = (loss[:, b] <= t).nonzero()
+            i = int(hit[0]) if len(hit) else None
+            row[f"nuclear@{t:g}"] = float(res.history["nuclear"][i, b]) if i is not None else math.nan
+            row[f"ratio@{t:g}"] = float(ratio[i, b]) if i is not None else math.nan
+        rows.append(row)
+        curves[init, seed] = {"loss": loss[:, b].tolist(), "nuclear": res.history["nuclear"][:, b].tolist(),
+                              "sigma1": sv[:, b, 0].tolist(), "ratio": ratio[:, b].tolist(),
+                              "erank": res.history["erank"][:, b].tolist()}
     return {"rows": rows, "curves": curves}
