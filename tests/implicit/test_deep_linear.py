@@ -64,3 +64,25 @@ def test_gd_from_balanced_init_with_positive_margin_obeys_the_linear_rate():
             assert loss <= convergence_bound(loss0, lr, c, depth, step) * (1 + 1e-9)
         assert float(balancedness(res.factors)) < 1e-3
     assert convergence_bound(1.0, 0.1, -0.5, 2, 10) == math.inf
+
+
+def test_scaled_gd_is_the_single_output_end_to_end_rule_without_the_projection():
+    """Reference: end_to_end_vector_step minus its (N-1) Pr_w g term, step by step; depth 1 = plain GD."""
+    from geomopt.implicit import end_to_end_vector_step, run_scaled_gd
+    X, Y, _ = synthetic_regression(30, 4, seed=1)
+    obj = RegressionObjective(X, Y, p=4)
+    w0 = 0.3 * torch.randn(2, 1, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    lr = torch.tensor([1e-3, 1e9], dtype=torch.float64)  # the second run diverges and is frozen
+    W, losses, diverged = run_scaled_gd(obj, w0, 3, lr=lr, steps=5)
+    assert diverged.tolist() == [False, True] and torch.isfinite(losses).all()
+    w = w0[:1]
+    for _ in range(5):
+        g = obj.loss_and_grad(w)[1]
+        proj = (w * g).sum(-1, keepdim=True) * w / (w * w).sum(-1, keepdim=True)
+        w = end_to_end_vector_step(w, g, 3, 1e-3) + 1e-3 * (w * w).sum(-1, keepdim=True) ** (2 / 3) * 2 * proj
+    torch.testing.assert_close(W[:1], w)
+    W1, _, _ = run_scaled_gd(obj, w0[:1], 1, lr=1e-3, steps=2)
+    w = w0[:1]
+    for _ in range(2):
+        w = w - 1e-3 * obj.loss_and_grad(w)[1]
+    torch.testing.assert_close(W1, w)

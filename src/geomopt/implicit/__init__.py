@@ -18,6 +18,7 @@ from geomopt.implicit.deep_linear import (
     balancedness,
     convergence_bound,
     deficiency_margin,
+    run_scaled_gd,
     synthetic_regression,
 )
 from geomopt.implicit.factorized import (
@@ -46,5 +47,5 @@ __all__ = [
     "deficiency_margin", "effective_rank", "end_to_end", "end_to_end_direction", "end_to_end_step",
     "end_to_end_vector_step", "factor_grads", "factor_shapes", "init_factors", "min_nuclear_norm", "nuclear_norm",
     "psd_power", "random_low_rank", "random_psd", "relative_distance", "run_end_to_end", "run_factorized",
-    "run_sweep", "singular_values", "solve_admm", "solve_cvxpy", "synthetic_regression",
+    "run_sweep", "run_scaled_gd", "singular_values", "solve_admm", "solve_cvxpy", "synthetic_regression",
 ]

@@ -95,3 +95,45 @@ def synthetic_regression(n: int, d: int, *, k: int = 1, seed: int = 0, condition
     W = torch.randn(k, d, generator=g, dtype=torch.float64)
     Y = X @ W.T + noise * torch.randn(n, k, generator=g, dtype=torch.float64)
     return X.to(dtype), Y.to(dtype), W.to(dtype)
+
+
+def run_scaled_gd(objective, W0: Tensor, depth: int, *, lr: float | Tensor, steps: int,
+                  log_every: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+    """Depth-1 gradient descent with the end-to-end rule's scalar factor:
+    ``W <- W - lr ||W||_F^(2 - 2/N) grad L(W)``.
+
+    For one output the depth-N end-to-end rule is ``w <- w - lr ||w||^(2-2/N) (g + (N-1) Pr_w g)``
+    (Arora, Cohen & Hazan 2018, eq. 9); dropping the ``(N-1) Pr_w g`` term leaves this scaled plain GD,
+    the baseline that separates depth's direction-specific effect from a larger (growing) step.
+
+    Args:
+        objective: ``loss_and_grad(W (B, k, d))``. W0: ``(B, k, d)``. depth: N (1 = plain GD).
+        lr: one step size or one per run ``(B,)``. steps, log_every: as :func:`run_factorized`.
+
+    Returns:
+        ``(W, losses (T, B), diverged (B,))``; a run whose loss or ``W`` stops being finite is frozen at its
+        last finite iterate and flagged.
+    """
+    if depth < 1 or steps < 0 or log_every < 1:
+        raise ValueError(f"run_scaled_gd: need depth >= 1, steps >= 0, log_every >= 1; got {depth}, {steps}, "
+                         f"{log_every}")
+    W = W0.clone()
+    B = W.shape[0]
+    eta = torch.as_tensor(lr, dtype=W.dtype).expand(B).reshape(B, 1, 1)
+    diverged = torch.zeros(B, dtype=torch.bool)
+    loss, G = objective.loss_and_grad(W)
+    losses = []
+    for step in range(steps + 1):
+        if step % log_every == 0 or step == steps:
+            losses.append(loss.clone())
+        if step == steps:
+            break
+        scale = torch.linalg.matrix_norm(W).reshape(B, 1, 1) ** (2 - 2 / depth)
+        new = W - eta * scale * G
+        new_loss, new_G = objective.loss_and_grad(new)
+        ok = ~diverged & torch.isfinite(new_loss) & torch.isfinite(new).flatten(1).all(1)
+        diverged |= ~ok
+        W = torch.where(ok.view(B, 1, 1), new, W)
+        loss = torch.where(ok, new_loss, loss)
+        G = torch.where(ok.view(B, 1, 1), new_G, G)
+    return W, torch.stack(losses), diverged
