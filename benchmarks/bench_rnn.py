@@ -121,23 +121,34 @@ def launches_per_step(model: nn.Module, x: torch.Tensor) -> float:
     return ops / x.shape[1]
 
 
-def matmul_floor(hidden: int, T: int, batch: int) -> float:
-    """Seconds of the matrix products any step-by-step LSTM runs (forward W_h h, backward dh), no other work."""
+def clocks() -> tuple[float, float]:
+    """(wall, CPU time of this process): on a shared, oversubscribed machine the CPU time leaves out
+    the time spent waiting for a core (with one torch thread it is the work done)."""
+    return time.perf_counter(), time.process_time()
+
+
+def since(start: tuple[float, float]) -> tuple[float, float]:
+    now = clocks()
+    return now[0] - start[0], now[1] - start[1]
+
+
+def matmul_floor(hidden: int, T: int, batch: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of the matrix products any step-by-step LSTM runs (forward W_h h, backward dh), no other work."""
     h, w = torch.randn(batch, hidden), torch.randn(4 * hidden, hidden)
     d = torch.randn(batch, 4 * hidden)
-    t0 = time.perf_counter()
+    start = clocks()
     for _ in range(T):
         torch.mm(h, w.t())
         torch.mm(d, w)
     torch.mm(d.t(), h)  # the weight gradient, once per sequence in the fused BN-LSTM (T times smaller here)
-    return time.perf_counter() - t0
+    return since(start)
 
 
 def bench_bnlstm(hidden: int, T: int, batch: int, reps: int, reference: bool,
-                 compile: bool) -> dict[str, list[float]]:
-    """Seconds of forward + backward of BNLSTM (fused), torch.nn.LSTM, the matmul floor and, with
-    ``reference``, the step-by-step BNLSTM, with ``compile`` BNLSTM(compile=True); contenders
-    alternate, after one short warm-up pass each (which compiles)."""
+                 compile: bool) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) seconds of forward + backward of BNLSTM (fused), torch.nn.LSTM, the matmul floor
+    and, with ``reference``, the step-by-step BNLSTM, with ``compile`` BNLSTM(compile=True);
+    contenders alternate, after one short warm-up pass each (which compiles)."""
     from geomopt.nn import BNLSTM
     torch.manual_seed(0)
     x = torch.randn(batch, T, 1)
@@ -152,32 +163,49 @@ def bench_bnlstm(hidden: int, T: int, batch: int, reps: int, reference: bool,
         out[:, -1].sum().backward()
         if k == "BNLSTM compile=True" and time.perf_counter() - t0 > 1:
             print(f"(torch.compile of the step functions: {time.perf_counter() - t0:.0f} s)", flush=True)
-    times: dict[str, list[float]] = {k: [] for k in [*models, "matmul floor"]}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in [*models, "matmul floor"]}
     for _ in range(reps):
         for k, m in models.items():
             m.zero_grad(set_to_none=True)
-            t0 = time.perf_counter()
+            start = clocks()
             out, _ = m(x)
             out[:, -1].sum().backward()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(since(start))
         times["matmul floor"].append(matmul_floor(hidden, T, batch))
     return times
 
 
-def bench_urnn(hidden: int, T: int, batch: int, reps: int) -> dict[str, list[float]]:
-    """Seconds of forward + MSE + backward of UnitaryRNN and ReLURNN (same hidden size, adding problem), alternating."""
+def bench_urnn(hidden: int, T: int, batch: int, reps: int) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) seconds of forward + MSE + backward of UnitaryRNN and ReLURNN (same hidden size,
+    adding problem), alternating."""
     from geomopt.nn import UnitaryRNN
     x, y = adding_problem(batch, T, 0)
-    models = {"geomopt ReLURNN": ReLURNN(2, hidden, 1, seed=0), "geomopt UnitaryRNN": UnitaryRNN(2, hidden, 1, seed=0)}
-    times: dict[str, list[float]] = {k: [] for k in models}
+    models = {"ReLURNN": ReLURNN(2, hidden, 1, seed=0), "UnitaryRNN": UnitaryRNN(2, hidden, 1, seed=0)}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in models}
     for i in range(reps + 1):
         for k, m in models.items():
             m.zero_grad(set_to_none=True)
-            t0 = time.perf_counter()
+            start = clocks()
             F.mse_loss(m(x), y).backward()
             if i:  # the first round is warm-up
-                times[k].append(time.perf_counter() - t0)
+                times[k].append(since(start))
     return times
+
+
+def print_rows(config: str, times: dict[str, list[tuple[float, float]]], ref: str, bold: str) -> None:
+    """Wall min / median / max, CPU median, and the wall and CPU medians over the reference's."""
+    wall = {k: [w for w, _ in v] for k, v in times.items()}
+    cpu = {k: [c for _, c in v] for k, v in times.items()}
+    ref_wall, ref_cpu = statistics.median(wall[ref]), statistics.median(cpu[ref])
+    for k in times:
+        w, c = statistics.median(wall[k]), statistics.median(cpu[k])
+        ratio = f"**{c / ref_cpu:.2f}**" if k == bold else f"{c / ref_cpu:.2f}"
+        print(f"| {config} | {k} | {1e3 * min(wall[k]):.1f} | {1e3 * w:.1f} | {1e3 * max(wall[k]):.1f} | "
+              f"{1e3 * c:.1f} | {w / ref_wall:.2f} | {ratio} |", flush=True)
+
+
+HEADER = ("| {} | contender | wall min (ms) | wall median (ms) | wall max (ms) | CPU median (ms) | wall ratio | "
+          "CPU ratio |\n|---|---|---|---|---|---|---|---|")
 
 
 def print_bnlstm(args: argparse.Namespace) -> None:
@@ -188,28 +216,18 @@ def print_bnlstm(args: argparse.Namespace) -> None:
               "torch.nn.LSTM": launches_per_step(nn.LSTM(1, 100, batch_first=True), x)}
     print("\nATen kernels per time step (forward + backward, views not counted, T = 20): "
           + ", ".join(f"{k} {v:.1f}" for k, v in counts.items()))
-    print("\n| hidden | T | batch | contender | min (ms) | median (ms) | max (ms) | median / torch.nn.LSTM | "
-          "min / torch.nn.LSTM min |\n|---|---|---|---|---|---|---|---|---|")
+    print("\nRatios: medians over torch.nn.LSTM's.\n\n" + HEADER.format("hidden, T, batch"))
     for hidden in [int(h) for h in args.hidden.split(",")]:
         for T in [int(t) for t in args.bn_lengths.split(",")]:
             for batch in [int(b) for b in args.batches.split(",")]:
                 reps = args.steps if T <= 100 else args.long_steps
                 times = bench_bnlstm(hidden, T, batch, reps, args.reference, args.compile)
-                ref, ref_min = statistics.median(times["torch.nn.LSTM"]), min(times["torch.nn.LSTM"])
-                for k, v in times.items():
-                    med = statistics.median(v)
-                    ratio = f"**{med / ref:.2f}**" if k == "BNLSTM" else f"{med / ref:.2f}"
-                    print(f"| {hidden} | {T} | {batch} | {k} | {1e3 * min(v):.1f} | {1e3 * med:.1f} | "
-                          f"{1e3 * max(v):.1f} | {ratio} | {min(v) / ref_min:.2f} |", flush=True)
-    print("\n| hidden | T | batch | model | min (ms) | median (ms) | max (ms) | median / ReLURNN |"
-          "\n|---|---|---|---|---|---|---|---|")
-    for hidden in () if args.no_urnn else (100, 512):
-        times = bench_urnn(hidden, 100, 16, args.steps)
-        ref = statistics.median(times["geomopt ReLURNN"])
-        for k, v in times.items():
-            med = statistics.median(v)
-            print(f"| {hidden} | 100 | 16 | {k} | {1e3 * min(v):.1f} | {1e3 * med:.1f} | {1e3 * max(v):.1f} | "
-                  f"{med / ref:.2f} |", flush=True)
+                print_rows(f"{hidden}, {T}, {batch}", times, "torch.nn.LSTM", "BNLSTM")
+    if not args.no_urnn:
+        print("\nRatios: medians over geomopt.nn.ReLURNN's (adding problem, MSE).\n\n"
+              + HEADER.format("hidden, T, batch"))
+        for hidden in (100, 512):
+            print_rows(f"{hidden}, 100, 16", bench_urnn(hidden, 100, 16, args.steps), "ReLURNN", "UnitaryRNN")
     print(f"\nload average at end {os.getloadavg()}")
 
 

@@ -89,7 +89,30 @@ class StepBatchNorm(nn.Module):
             absent = sorted(set(slots[self.steps_tracked[slots] == 0].tolist()))
             raise RuntimeError(f"StepBatchNorm in eval mode has no population statistics for step(s) {absent}: "
                                "train (in train mode) on sequences of that length first")
-        if self.training or missing:  # missing with missing_stats="batch": this batch's statistics, not stored
+        if (self.training or missing) and mask is None and batch > 1 and not self.sequence_wise:
+            # all entries valid, per-step statistics: the (t, feature) pairs as the channels of one
+            # fused batch norm (one kernel forward and backward); statistics for the running averages apart
+            out = torch.batch_norm(x.reshape(batch, -1), self.weight.repeat(steps),
+                                   None if self.bias is None else self.bias.repeat(steps), None, None, True, 0.0,
+                                   self.eps, False).view_as(x)
+            if self.training:
+                with torch.no_grad():
+                    mean = x.mean(0)
+                    centered = x - mean
+                    self._update(slots, mean, (centered * centered).mean(0), x.new_full((steps,), batch),
+                                 valid.sum(0) > 0)
+            return out.squeeze(1) if single else out
+        if (self.training or missing) and mask is None:  # all entries valid: plain means (two passes)
+            dims = (0, 1) if self.sequence_wise else 0
+            mean = x.mean(dims)
+            centered = x - mean
+            var = (centered * centered).mean(dims)
+            counts = x.new_full((steps,), batch * steps if self.sequence_wise else batch)
+            if self.sequence_wise:
+                mean, var = mean.expand(steps, -1), var.expand(steps, -1)
+            if self.training:
+                self._update(slots, mean.detach(), var.detach(), counts, valid.sum(0) > 0)
+        elif self.training or missing:  # missing with missing_stats="batch": this batch's statistics, not stored
             w = valid.unsqueeze(-1)
             if self.sequence_wise:
                 count = w.sum().clamp_min(1)
@@ -116,16 +139,15 @@ class StepBatchNorm(nn.Module):
         population statistics read (and ``batch_statistics`` is True only for a missing step with
         ``missing_stats="batch"``). Call :meth:`count_steps` after a training pass."""
         slots = self._slots(0, steps).tolist()
+        means, variances = self.running_mean.unbind(0), self.running_var.unbind(0)
         if self.training:
-            return [(True, self.running_mean[t], self.running_var[t]) if t < self.max_steps else (True, None, None)
-                    for t in range(steps)]
+            return [(True, means[t], variances[t]) if t < self.max_steps else (True, None, None) for t in range(steps)]
         tracked = self.steps_tracked.tolist()
         absent = sorted({s for s in slots if not tracked[s]})
         if absent and self.missing_stats == "error":
             raise RuntimeError(f"StepBatchNorm in eval mode has no population statistics for step(s) {absent}: "
                                "train (in train mode) on sequences of that length first")
-        return [(False, self.running_mean[s], self.running_var[s]) if tracked[s] else (True, None, None)
-                for s in slots]
+        return [(False, means[s], variances[s]) if tracked[s] else (True, None, None) for s in slots]
 
     @torch.no_grad()
     def count_steps(self, steps: int) -> None:
@@ -268,6 +290,7 @@ class _FusedLSTMLayer(torch.autograd.Function):
         if fold_c:
             scale_c, shift_c = _folded(plan_c, gamma_c, beta_c, eps[1])
         h_t, c_t, a_t, p_t, k_t, u_t = (v.unbind(0) for v in (hs, cs, acts, partner, coef, u))
+        p_g = partner.view(steps, batch, 4, n)[:, :, 2].unbind(0)  # g's slot of ``partner``
         rec, stats_h, stats_c = [], [], []
         wt = weight.t()
         for t in range(steps):
@@ -285,7 +308,8 @@ class _FusedLSTMLayer(torch.autograd.Function):
                 rec.append(r)
                 stats_h.append((mean, invstd))
             s = torch.sigmoid(pre, out=a_t[t])
-            i, f, g, o = s[:, :n], s[:, n:2 * n], torch.tanh(pre[:, 2 * n:3 * n]), s[:, 3 * n:]
+            i, f, _, o = s.view(batch, 4, n).unbind(1)
+            g = torch.tanh(pre.view(batch, 4, n).select(1, 2))
             c = torch.mul(f, c_prev, out=c_t[t + 1]).addcmul_(i, g)
             if plan_c is None:
                 tc = torch.tanh(c)
@@ -301,9 +325,8 @@ class _FusedLSTMLayer(torch.autograd.Function):
                 continue
             _tanh_backward(o, tc, grad_input=k_t[t])
             # the factor each gate's activation multiplies: i <-> g, f <-> c_{t-1}, g <-> i, o <-> tanh(.)
-            p = torch.cat([g, c_prev, i, tc], 1)
-            _sigmoid_backward(p, s, grad_input=p_t[t])
-            _tanh_backward(p[:, 2 * n:3 * n], g, grad_input=p_t[t][:, 2 * n:3 * n])
+            _sigmoid_backward(torch.cat([g, c_prev, i, tc], 1), s, grad_input=p_t[t])
+            _tanh_backward(i, g, grad_input=p_g[t])
         ctx.save_for_backward(weight, gamma_h, gamma_c, beta_c)
         ctx.saved = (hs, cs, acts, partner, coef, rec, stats_h, stats_c, plan_h, plan_c, eps)
         return hs, cs
