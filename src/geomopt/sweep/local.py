@@ -38,8 +38,9 @@ def _serve(conn) -> None:
             conn.send(("error", traceback.format_exc()))
 
 
-# imported once by the forkserver: torch, the training engine, the measures and scikit-learn's digits
-PRELOAD = ["geomopt.sweep.trial", "geomopt.measures.runs", "sklearn.datasets"]
+# imported once by the forkserver: torch, the training engine, the measures, scikit-learn's digits and
+# torch._dynamo (which the first torch.optim.Optimizer imports: seconds)
+PRELOAD = ["geomopt.sweep.trial", "geomopt.measures.runs", "sklearn.datasets", "torch._dynamo"]
 
 
 def _context():

@@ -11,7 +11,9 @@ room for, so that a trial's clock starts when it can run.
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from typing import Any
 
 from geomopt.sweep.trial import execute
@@ -43,6 +45,7 @@ class RayBackend:
         self._owned = False
         self._refs: dict[Any, int] = {}
         self._remote = None
+        self._slots, self._asked = 0, -math.inf
 
     def start(self) -> None:
         ray = self._ray
@@ -55,6 +58,9 @@ class RayBackend:
                                                    retry_exceptions=False)
 
     def capacity(self) -> int:
+        """Trials the cluster has room for (asked again every 10 s: nodes may join or leave)."""
+        if time.monotonic() - self._asked < 10:
+            return self._slots
         resources = self._ray.cluster_resources()
         slots = int(resources.get("CPU", 0) // self.cpus)
         if self.gpus:
@@ -62,6 +68,7 @@ class RayBackend:
         if slots < 1:
             raise RuntimeError(f"the Ray cluster ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} "
                                f"GPUs) has no room for a trial of {self.cpus:g} CPUs and {self.gpus:g} GPUs")
+        self._slots, self._asked = slots, time.monotonic()
         return slots
 
     def submit(self, key: int, payload: tuple) -> None:
