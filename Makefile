@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_measures.py
 	$(PY) benchmarks/bench_implicit.py
 	$(PY) benchmarks/bench_prune.py
+	$(PY) benchmarks/bench_sweep.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
