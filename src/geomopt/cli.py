@@ -176,6 +176,15 @@ def _sweep_options(args: argparse.Namespace) -> dict:
             "max_retries": args.max_retries, "trial_timeout": args.trial_timeout}
 
 
+def _sweep_session(args: argparse.Namespace):
+    """One Ray session for all the sweeps of a command with --backend ray (else nothing)."""
+    import contextlib
+    if args.backend != "ray":
+        return contextlib.nullcontext()
+    from geomopt.sweep.ray_backend import ray_session
+    return ray_session(args.address, args.jobs)
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from geomopt.experiments import EXPERIMENTS
     from geomopt.sweep import sweep_options
@@ -192,7 +201,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             print(f"geomopt reproduce: --set expects key=value, got {item!r}", file=sys.stderr)
             return 2
         overrides[key.strip()] = CommandLineText(value)
-    with sweep_options(**options):
+    with _sweep_session(args), sweep_options(**options):
         if args.name != "all":
             _reproduce_one(args.name, args, overrides)
             print(f"build the HTML report with `geomopt report {args.out}`")

@@ -58,8 +58,9 @@ class SweepError(RuntimeError):
 
 
 def make_backend(backend: str = "local", *, workers: int | None = None, address: str | None = None,
-                 cpus_per_trial: float = 1, gpus_per_trial: float = 0, **ray_options: Any):
-    """A backend by name; raises (before anything is written) when Ray is asked for but missing."""
+                 cpus_per_trial: float = 1, gpus_per_trial: float = 0):
+    """A backend by name; raises (before anything is written) when Ray is asked for but missing.
+    ``workers``: local worker processes, or the CPUs of a local Ray instance started for the sweep."""
     if backend == "local":
         if gpus_per_trial:
             raise ValueError("--gpus-per-trial needs --backend ray (the local pool does not place trials on GPUs; "
@@ -69,7 +70,7 @@ def make_backend(backend: str = "local", *, workers: int | None = None, address:
         return LocalBackend(workers or default_jobs(), threads=max(1, int(cpus_per_trial)))
     if backend == "ray":
         from geomopt.sweep.ray_backend import RayBackend
-        return RayBackend(address, cpus_per_trial, gpus_per_trial, **ray_options)
+        return RayBackend(address, cpus_per_trial, gpus_per_trial, num_cpus=workers)
     raise ValueError(f"unknown sweep backend {backend!r}; choose one of {BACKENDS}")
 
 

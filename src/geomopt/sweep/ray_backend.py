@@ -11,9 +11,11 @@ room for, so that a trial's clock starts when it can run.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from geomopt.sweep.trial import execute
@@ -29,8 +31,25 @@ def require_ray():
     return ray
 
 
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+    """Ray connected (``address``, else ``RAY_ADDRESS``) or started locally (``num_cpus``) for the block,
+    so that the sweeps inside share one session; a session already initialized is left as it is."""
+    ray = require_ray()
+    owned = not ray.is_initialized()
+    if owned:
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        ray.init(**({"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}))
+    try:
+        yield
+    finally:
+        if owned:
+            ray.shutdown()
+
+
 class RayBackend:
-    """Run attempts as Ray tasks of ``cpus_per_trial`` CPUs (and torch threads) and ``gpus_per_trial`` GPUs."""
+    """Run attempts as Ray tasks of ``cpus_per_trial`` CPUs (and torch threads) and ``gpus_per_trial`` GPUs.
+    Without a Ray session, one is started for the sweep (see :func:`ray_session`) and ended with it."""
 
     name = "ray"
 
@@ -42,7 +61,7 @@ class RayBackend:
         self._ray = require_ray()
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.cpus, self.gpus, self.num_cpus = cpus_per_trial, gpus_per_trial, num_cpus
-        self._owned = False
+        self._session = None
         self._refs: dict[Any, int] = {}
         self._remote = None
         self._slots, self._asked = 0, -math.inf
@@ -50,10 +69,8 @@ class RayBackend:
     def start(self) -> None:
         ray = self._ray
         if not ray.is_initialized():
-            kwargs = {"address": self.address} if self.address else {"num_cpus": self.num_cpus,
-                                                                     "include_dashboard": False}
-            ray.init(**kwargs, log_to_driver=True)
-            self._owned = True
+            self._session = ray_session(self.address, self.num_cpus)
+            self._session.__enter__()
         self._remote = ray.remote(execute).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0,
                                                    retry_exceptions=False)
 
@@ -104,6 +121,6 @@ class RayBackend:
         for ref in self._refs:
             self._ray.cancel(ref, force=True)
         self._refs = {}
-        if self._owned:
-            self._ray.shutdown()
-            self._owned = False
+        if self._session is not None:
+            self._session.__exit__(None, None, None)
+            self._session = None
