@@ -104,3 +104,16 @@ def test_bad_input_errors():
         ReLURNN(3, 4, 1, output="middle")
     with pytest.raises(ValueError, match="hidden_size"):
         ReLURNN(3, 0, 1)
+
+
+def test_irnn_le_init_is_le_et_al():
+    """Le et al. 2015 (as in Neyshabur et al. 2016): identity recurrence, non-recurrent weights U[-0.01, 0.01]."""
+    import torch
+
+    from geomopt.nn import ReLURNN
+    m = ReLURNN(3, 50, 2, init="irnn-le", seed=3)
+    torch.testing.assert_close(m.recurrent.weight, torch.eye(50))
+    for w in (m.input.weight, m.output.weight):
+        assert float(w.abs().max()) <= 0.01 and float(w.abs().max()) > 0.009  # uniform, fills the range
+        assert abs(float(w.mean())) < 0.002
+    assert float(m.input.bias.abs().sum()) == 0 and float(m.output.bias.abs().sum()) == 0

@@ -9,13 +9,17 @@ from geomopt.optim import OPTIMIZERS, PathSGD, build_optimizer
 
 def test_names_build_the_documented_optimizers():
     model = MLP((4,), (3,), 2)
-    built = {name: build_optimizer(name, model, lr=0.1) for name in OPTIMIZERS}
+    built = {name: build_optimizer(name, model, lr=0.1) for name in OPTIMIZERS if name != "path-sgd-k12-first-step"}
     assert type(built["sgd"]) is torch.optim.SGD and built["sgd"].defaults["momentum"] == 0
     assert type(built["momentum"]) is torch.optim.SGD and built["momentum"].defaults["momentum"] == 0.9
     assert type(built["adam"]) is torch.optim.Adam
     assert type(built["adagrad"]) is torch.optim.Adagrad
     assert type(built["path-sgd"]) is PathSGD and built["path-sgd"].defaults["momentum"] == 0
     assert build_optimizer("path-sgd", model, lr=0.1, momentum=0.5).defaults["momentum"] == 0.5
+    assert built["path-sgd-first-step"].normalize == "first-step" and built["path-sgd"].normalize is None
+    from geomopt.nn import ReLURNN
+    k12 = build_optimizer("path-sgd-k12-first-step", ReLURNN(2, 4, 1, seq_len=5), lr=0.1)
+    assert k12.normalize == "first-step" and k12.scales.include_kappa2
 
 
 def test_bad_names_and_options():

@@ -57,13 +57,20 @@ def run_dir(directory: Path, grid: Grid, value: float, seed: int) -> Path:
     return Path(directory) / f"{grid.name}{value:g}" / f"seed{seed}"
 
 
+RESTART_SEED = 1000  # restart r of seed s trains with TrainConfig.seed = s + RESTART_SEED * r (a new init)
+
+
 def tune(problems: Mapping[Hashable, Problem], seeds: Sequence[int], *, jobs: int | None, desc: str,
-         score: str = "val_loss", overwrite: bool = False) -> dict[Hashable, Tuned]:
+         score: str = "val_loss", overwrite: bool = False,
+         restarts: Mapping[Hashable, int] | None = None) -> dict[Hashable, Tuned]:
     """Select every problem's value by its mean ``score`` (lower is better) over ``seeds``.
 
     Each round of :func:`geomopt.sweep.select_grids` is one sweep over all pending (problem, value, seed)
     runs. A diverged run scores ``inf``. ``overwrite``: retrain run folders that hold a different run
-    (otherwise refused, :func:`geomopt.sweep.run_all`).
+    (otherwise refused, :func:`geomopt.sweep.run_all`). ``restarts[key]``: a diverged run of that problem
+    is restarted up to this many times from a new initialization (``seed + RESTART_SEED * r``, in
+    ``run dir / f"restart{r}"``; Le et al. 2015's IRNN protocol); the first that does not diverge (or the
+    last) stands for the seed, and its summary records ``restarts = r``.
 
     Raises:
         ValueError: no seeds, or a finished run without ``score`` in its summary (set ``val_fraction``).
@@ -73,20 +80,30 @@ def tune(problems: Mapping[Hashable, Problem], seeds: Sequence[int], *, jobs: in
         raise ValueError(f"{desc}: no seeds")
     tuned = {k: Tuned(selection=None, seeds=seeds) for k in problems}  # type: ignore[arg-type]
 
+    limit = dict(restarts or {})
+
     def run(pairs: list[tuple[Hashable, float]]) -> dict[tuple[Hashable, float], list[float]]:
-        jobs_ = [(k, v, s, problems[k].make(v, s), run_dir(problems[k].directory, problems[k].grid, v, s))
-                 for k, v in pairs for s in seeds]
-        summaries = run_all([(cfg, out) for *_, cfg, out in jobs_], jobs, desc=desc, overwrite=overwrite)
-        scores: dict[tuple[Hashable, float], list[float]] = {}
-        for (k, v, s, cfg, out), summary in zip(jobs_, summaries):
-            if summary.get("diverged"):
-                summary = {**summary, score: math.inf}
-            elif score not in summary:
-                raise ValueError(f"{desc}: run {out} has no {score!r} in its summary; its TrainConfig needs "
-                                 "val_fraction > 0 (a validation split carved from the training set)")
-            tuned[k].runs[v, s] = (cfg, out, summary)
-            scores.setdefault((k, v), []).append(float(summary[score]))
-        return scores
+        pending = [(k, v, s, 0) for k, v in pairs for s in seeds]
+        got: dict[tuple[Hashable, float, int], float] = {}
+        while pending:
+            jobs_ = []
+            for k, v, s, r in pending:
+                out = run_dir(problems[k].directory, problems[k].grid, v, s)
+                jobs_.append((k, v, s, r, problems[k].make(v, s + RESTART_SEED * r), out / f"restart{r}" if r else out))
+            summaries = run_all([(cfg, out) for *_, cfg, out in jobs_], jobs, desc=desc, overwrite=overwrite)
+            pending = []
+            for (k, v, s, r, cfg, out), summary in zip(jobs_, summaries):
+                if summary.get("diverged") and r < limit.get(k, 0):
+                    pending.append((k, v, s, r + 1))
+                    continue
+                if summary.get("diverged"):
+                    summary = {**summary, score: math.inf}
+                elif score not in summary:
+                    raise ValueError(f"{desc}: run {out} has no {score!r} in its summary; its TrainConfig needs "
+                                     "val_fraction > 0 (a validation split carved from the training set)")
+                tuned[k].runs[v, s] = (cfg, out, {**summary, "restarts": r})
+                got[k, v, s] = float(summary[score])
+        return {(k, v): [got[k, v, s] for s in seeds] for k, v in pairs}
 
     for k, sel in select_grids({k: p.grid for k, p in problems.items()}, run).items():
         tuned[k].selection = sel

@@ -9,7 +9,8 @@ Parameters: ``input`` (Linear d_in -> n, weight W_in and the hidden bias b), ``r
 (Linear n -> n, no bias) and ``output`` (Linear n -> d_out). This is ``torch.nn.RNN(nonlinearity=
 'relu')`` with ``bias_ih + bias_hh = b`` plus a linear read-out.
 
-Initializations of the recurrent matrix (the input and output weights are N(0, 1/fan_in), biases 0):
+Initializations of the recurrent matrix (the input and output weights are N(0, 1/fan_in) except for
+``irnn-le``, biases 0):
 
 - ``"irnn"``: identity (Le, Jaitly & Hinton 2015, "A simple way to initialize recurrent networks of
   rectified linear units");
@@ -18,6 +19,8 @@ Initializations of the recurrent matrix (the input and output weights are N(0, 1
   recurrent neural network with ReLU nonlinearity"): all eigenvalues in (0, 1], the largest 1;
 - ``"orthogonal"``: a Haar-random orthogonal matrix (QR of a Gaussian, signs fixed);
 - ``"gaussian"``: entries N(0, 1/n).
+- ``"irnn-le"``: identity recurrence with the input and output weights U[-0.01, 0.01] (biases 0): the
+  protocol of Le et al. (2015) that Neyshabur et al. (2016) follow for IRNN and RNN-Path.
 
 The forward pass computes the input projection of all T steps in one matmul and then runs one
 ``addmm`` and one ``relu`` per step on contiguous ``(batch, n)`` slices: no other Python work per
@@ -35,7 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-RNN_INITS = ("irnn", "np-rnn", "orthogonal", "gaussian")
+RNN_INITS = ("irnn", "np-rnn", "orthogonal", "gaussian", "irnn-le")
+# "irnn-le": the non-recurrent weights are U[-LE_RANGE, LE_RANGE] (Le et al. 2015, as used by Neyshabur et al. 2016)
+LE_RANGE = 0.01
 OUTPUTS = ("last", "all")
 
 
@@ -48,7 +53,7 @@ def _check_sizes(where: str, input_size: int, hidden_size: int, output_size: int
 @torch.no_grad()
 def recurrent_init(n: int, init: str, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Tensor:
     """An ``(n, n)`` recurrent matrix for one of ``RNN_INITS`` (see the module docstring)."""
-    if init == "irnn":
+    if init in ("irnn", "irnn-le"):
         return torch.eye(n, dtype=dtype)
     if init == "np-rnn":
         r = torch.randn(n, n, generator=generator, dtype=torch.float64)
@@ -103,10 +108,16 @@ class ReLURNN(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
-        self.input.weight.normal_(0.0, 1.0 / math.sqrt(self.input_size), generator=g)
+        if self.init_name == "irnn-le":
+            self.input.weight.uniform_(-LE_RANGE, LE_RANGE, generator=g)
+        else:
+            self.input.weight.normal_(0.0, 1.0 / math.sqrt(self.input_size), generator=g)
         self.input.bias.zero_()
         self.recurrent.weight.copy_(recurrent_init(self.hidden_size, self.init_name, g))
-        self.output.weight.normal_(0.0, 1.0 / math.sqrt(self.hidden_size), generator=g)
+        if self.init_name == "irnn-le":
+            self.output.weight.uniform_(-LE_RANGE, LE_RANGE, generator=g)
+        else:
+            self.output.weight.normal_(0.0, 1.0 / math.sqrt(self.hidden_size), generator=g)
         self.output.bias.zero_()
 
     def extra_repr(self) -> str:

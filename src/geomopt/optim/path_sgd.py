@@ -123,6 +123,33 @@ def path_sgd_(params: Sequence[Tensor], grads: Sequence[Tensor], scales: Sequenc
     torch._foreach_add_(ps, bufs, alpha=-lr)
 
 
+NORMALIZE = (None, "first-step")
+
+
+def first_step_ratio(grads: Sequence[Tensor], scales: Sequence[Tensor | RankOneScale], eps: float) -> float:
+    """``(sum_p ||g_p|| / sum_p ||g_p / gamma_p||^2)^(1/2)`` over the parameters (Frobenius norms).
+
+    The first author's public Path-SGD code multiplies the path-normalized direction by this number,
+    computed once at the first step and then kept, so that one learning-rate grid serves SGD and
+    Path-SGD. ``gamma`` is floored as in :func:`path_sgd_`. Raises ``ValueError`` when it is not finite
+    and positive (a zero or non-finite first gradient).
+    """
+    sgd_norm, path_norm2 = 0.0, 0.0
+    for g, scale in zip(grads, scales):
+        if isinstance(scale, RankOneScale):
+            floor = eps ** 0.5
+            d = g / torch.outer(scale.out_scale.clamp_min(floor), scale.in_scale.clamp_min(floor))
+        else:
+            d = g / scale.clamp_min(eps)
+        sgd_norm += float(g.double().norm())
+        path_norm2 += float(d.double().norm()) ** 2
+    ratio = (sgd_norm / path_norm2) ** 0.5 if path_norm2 > 0 else float("nan")
+    if not (ratio > 0 and ratio < float("inf")):
+        raise ValueError(f"PathSGD(normalize='first-step'): the first-step ratio is {ratio} (sum ||g|| = {sgd_norm}, "
+                         f"sum ||g/gamma||^2 = {path_norm2}); the first gradient must be finite and non-zero")
+    return ratio
+
+
 def _recurrent_cells(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.RNNBase, nn.RNNCellBase))]
 
@@ -183,6 +210,10 @@ class PathSGD(Optimizer):
             the scales (default: ``model.seq_len``). Recurrent models are detected by their layout.
         include_kappa2: for a ReLU RNN: use kappa1 + kappa2 (exact, costly: O(T n^3 + T^2 n^2) per
             step) instead of kappa1 alone (the paper's choice, the default).
+        normalize: ``"first-step"``: multiply the step by ``ratio = (sum_p ||g_p|| / sum_p ||g_p/gamma_p||^2)^(1/2)``
+            computed from the first step's gradients and scales and then kept (:func:`first_step_ratio`;
+            the first author's public Path-SGD code does this so that one learning-rate grid serves SGD and
+            Path-SGD); the effective rate is ``lr * ratio``. Stored as each group's ``"ratio"`` (None without).
 
     Recurrent nets (Neyshabur, Wu, Salakhutdinov & Srebro 2016): the unrolled network shares its
     weights across steps; the scale of a shared weight is kappa = kappa1 (+ kappa2), see
@@ -203,7 +234,9 @@ class PathSGD(Optimizer):
     def __init__(self, model: nn.Module, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
                  eps: float = 1e-12, p: float = 2.0, input_shape: Sequence[int] | None = None,
                  param_groups: Iterable[dict[str, Any]] | None = None, seq_len: int | None = None,
-                 include_kappa2: bool = False):
+                 include_kappa2: bool = False, normalize: str | None = None):
+        if normalize not in NORMALIZE:
+            raise ValueError(f"PathSGD: normalize must be one of {NORMALIZE}, got {normalize!r}")
         if lr < 0:
             raise ValueError(f"PathSGD: invalid learning rate {lr}")
         if not 0 <= momentum < 1:
@@ -212,8 +245,9 @@ class PathSGD(Optimizer):
             raise ValueError(f"PathSGD: invalid weight_decay {weight_decay}")
         if eps <= 0:
             raise ValueError(f"PathSGD: eps must be positive, got {eps}")
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eps=eps)
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eps=eps, ratio=None)
         super().__init__(list(param_groups) if param_groups is not None else model.parameters(), defaults)
+        self.normalize = normalize  # the first-step ratio lives in every group's "ratio" (saved by state_dict)
         self.scales = _build_scales(model, p, input_shape, seq_len, include_kappa2)
         self._names = {param: name for name, param in model.named_parameters()}
         self._next: tuple[PathScales | RNNPathScales, dict[str, Tensor | RankOneScale], tuple] | None = None
@@ -229,7 +263,9 @@ class PathSGD(Optimizer):
             group.setdefault("momentum", 0.0)
             group.setdefault("weight_decay", 0.0)
             group.setdefault("eps", 1e-12)
+            group.setdefault("ratio", None)
         self.__dict__.setdefault("_next", None)
+        self.__dict__.setdefault("normalize", None)
 
     def invalidate_scales(self) -> None:
         """Forget the scales precomputed for the next step. Changes made with torch's in-place ops,
@@ -264,6 +300,13 @@ class PathSGD(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         gamma = self._current_scales()
+        if self.normalize == "first-step" and any(group["ratio"] is None for group in self.param_groups):
+            pairs = [(p.grad, gamma[self._names[p]]) for group in self.param_groups for p in group["params"]
+                     if p.grad is not None]
+            ratio = first_step_ratio([g for g, _ in pairs], [s for _, s in pairs],
+                                     min(group["eps"] for group in self.param_groups))
+            for group in self.param_groups:
+                group["ratio"] = ratio
         fused = isinstance(self.scales, PathScales) and self.scales.factored
         visitors: dict[str, BlockVisitor] = {}
         names, state = self._names, self.state
@@ -276,7 +319,7 @@ class PathSGD(Optimizer):
             buffers = [state[param].get("momentum_buffer") for param in params] if group["momentum"] != 0 \
                 else [None] * len(params)
             deferred: dict[int, BlockVisitor] | None = {} if fused else None
-            path_sgd_(params, grads, scales, buffers, lr=group["lr"], momentum=group["momentum"],
+            path_sgd_(params, grads, scales, buffers, lr=group["lr"] * (group["ratio"] or 1.0), momentum=group["momentum"],
                       weight_decay=group["weight_decay"], eps=group["eps"], deferred=deferred)
             visitors.update({names[params[i]]: visit for i, visit in (deferred or {}).items()})
             if group["momentum"] != 0:

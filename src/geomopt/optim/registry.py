@@ -8,7 +8,8 @@ from torch import nn
 from geomopt.optim.kfac import EKFAC, KFAC
 from geomopt.optim.path_sgd import PathSGD
 
-OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad", "path-sgd", "kfac", "ekfac")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad", "path-sgd", "path-sgd-first-step", "path-sgd-k12-first-step",
+              "kfac", "ekfac")
 KRONECKER_OPTIONS = ("damping", "factor_decay", "update_freq", "inv_freq", "fisher", "kl_clip", "diag_freq",
                      "adaptive_damping", "adaptive_step")
 
@@ -17,6 +18,8 @@ def build_optimizer(name: str, model: nn.Module, *, lr: float, momentum: float |
                     weight_decay: float = 0.0, **kronecker) -> torch.optim.Optimizer:
     """Build an optimizer by name.
 
+    ``path-sgd-first-step``: PathSGD with ``normalize="first-step"`` (the step times the first step's
+    ratio, as in the first author's code); ``path-sgd-k12-first-step`` also with kappa1 + kappa2 (ReLU RNNs).
     ``momentum``: for ``momentum`` (SGD with heavy ball) default 0.9; for ``sgd`` and
     ``path-sgd`` default 0 (``path-sgd`` takes any value in [0, 1)); ``adam``/``adagrad`` reject it;
     ``kfac``/``ekfac`` default 0.9. ``kronecker``: options of :class:`KFAC`/:class:`EKFAC`
@@ -42,6 +45,9 @@ def build_optimizer(name: str, model: nn.Module, *, lr: float, momentum: float |
         return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
     if name == "path-sgd":
         return PathSGD(model, lr=lr, momentum=momentum or 0.0, weight_decay=weight_decay)
+    if name in ("path-sgd-first-step", "path-sgd-k12-first-step"):
+        return PathSGD(model, lr=lr, momentum=momentum or 0.0, weight_decay=weight_decay, normalize="first-step",
+                       include_kappa2=name == "path-sgd-k12-first-step")
     if name == "kfac" and kronecker.pop("diag_freq", 1) != 1:
         raise ValueError("diag_freq is an EKFAC option (K-FAC has no eigenbasis diagonal); use --optimizer ekfac")
     if name in ("kfac", "ekfac"):
