@@ -149,3 +149,16 @@ def test_spectral_tools_reject_bad_input():
         hutchinson_trace(A, min_samples=1)
     with pytest.raises(ValueError, match="neither"):
         slq_density([1, 2])
+
+
+def test_hutchpp_is_exact_on_low_rank_and_needs_fewer_probes_with_outliers():
+    A, _ = _symmetric(50, 8, torch.cat([torch.tensor([9.0, 7.0, 5.0]), torch.zeros(47)]))
+    res = hutchinson_trace(A, deflate=3, tol=1e-3, generator=torch.Generator().manual_seed(0))
+    assert res.estimate == pytest.approx(21.0, rel=1e-10) and res.samples == 10 and res.products == 16
+    lam = torch.cat([torch.tensor([40.0, 30.0, 20.0, 10.0]), torch.rand(196, generator=torch.Generator().manual_seed(1))])
+    B, _ = _symmetric(200, 9, lam)
+    exact = float(lam.sum())
+    plain = hutchinson_trace(B, tol=0.02, max_samples=50_000, generator=torch.Generator().manual_seed(2))
+    pp = hutchinson_trace(B, tol=0.02, deflate=8, max_samples=50_000, generator=torch.Generator().manual_seed(2))
+    assert plain.converged and pp.converged and pp.products < plain.products / 3
+    assert abs(pp.estimate - exact) <= 0.04 * exact and abs(plain.estimate - exact) <= 0.04 * exact

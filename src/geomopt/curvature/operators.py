@@ -4,8 +4,8 @@ For parameters ``theta`` (all trainable ones, or a chosen subset, flattened in `
 order), network outputs ``f_n = f(x_n; theta)``, a loss averaged over the ``N`` examples of the data
 ``L(theta) = (1/N) sum_n l(f_n, y_n)`` and the output Jacobians ``J_n = d f_n / d theta``:
 
-- Hessian: ``H = d^2 L / d theta^2``; ``H v`` by forward-over-reverse differentiation
-  (``jvp`` of ``grad``, Pearlmutter 1994);
+- Hessian: ``H = d^2 L / d theta^2``; ``H v`` by reverse-over-reverse differentiation (Pearlmutter
+  1994): the gradient's graph is built once, each product is one more backward pass;
 - generalized Gauss-Newton (Schraudolph 2002): ``G = (1/N) sum_n J_n^T H_n J_n`` with ``H_n`` the
   Hessian of the loss in the outputs; ``G v`` = ``vjp(H_n jvp(v))``, ``H_n`` applied by a
   Hessian-vector product in the outputs (any loss function);
@@ -168,7 +168,8 @@ class CurvatureOperator:
                              f"({self.shape[0]}, k) matrix over {len(self.names)} parameter tensor(s), got {got}")
 
     def _product(self, x: Tensor, y: Tensor, index: int) -> Callable[[Tensor], Tensor]:
-        """The linear map ``v -> C_b v`` of batch ``index`` (its forward and backward passes done once)."""
+        """The linear map ``v -> C_b v`` of batch ``index`` (its forward and backward passes done once),
+        applied to a vector ``(d,)`` or to ``k`` vectors at once ``(k, d)``."""
         raise NotImplementedError
 
     def _products(self):
@@ -195,7 +196,7 @@ class CurvatureOperator:
         return out
 
     def matmat(self, V: Tensor, chunk: int = 16) -> Tensor:
-        """The product with ``V`` ``(d, k)`` -> ``(d, k)``, ``chunk`` columns at a time by ``torch.func.vmap``."""
+        """The product with ``V`` ``(d, k)`` -> ``(d, k)``, ``chunk`` columns at a time (batched products)."""
         self._check(V, "matmat")
         if V.dim() == 1:
             return self.mv(V)
@@ -204,7 +205,7 @@ class CurvatureOperator:
         with _EvalMode(self.model):
             for w, fn in self._products():
                 for start in range(0, V.shape[1], chunk):
-                    out[:, start:start + chunk].add_(vmap(fn)(V[:, start:start + chunk].T.contiguous()).T, alpha=w)
+                    out[:, start:start + chunk].add_(fn(V[:, start:start + chunk].T.contiguous()).T, alpha=w)
         self.products += V.shape[1]
         return out
 
@@ -244,12 +245,21 @@ class CurvatureOperator:
         return total, g
 
 
+def _batched(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """``fn`` on one vector ``(d,)``, or by ``torch.func.vmap`` on a batch ``(k, d)``."""
+    return lambda v: fn(v) if v.dim() == 1 else vmap(fn)(v)
+
+
 class HessianOperator(CurvatureOperator):
-    """The Hessian of the mean loss: ``H v = d/d eps grad L(theta + eps v)`` (``jvp`` of ``grad``)."""
+    """The Hessian of the mean loss: ``H v = d/d theta <grad L(theta), v>``, reverse over reverse: the
+    gradient's graph is built once per batch, each product is one backward through it (a batch of
+    vectors by ``is_grads_batched``)."""
 
     def _product(self, x: Tensor, y: Tensor, index: int) -> Callable[[Tensor], Tensor]:
-        pull = vjp(grad(lambda t: self.loss_fn(self.output(t, x), y)), self.theta)[1]
-        return lambda v: pull(v)[0]
+        theta = self.theta.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self.loss_fn(self.output(theta, x), y), theta, create_graph=True)
+        return lambda v: torch.autograd.grad(g, theta, v, retain_graph=True, is_grads_batched=v.dim() == 2)[0]
 
 
 class GGNOperator(CurvatureOperator):
@@ -259,7 +269,7 @@ class GGNOperator(CurvatureOperator):
         f = lambda t: self.output(t, x)  # noqa: E731
         out, pull = vjp(f, self.theta)
         hess = vjp(grad(lambda o: self.loss_fn(o, y)), out.detach())[1]  # H_loss u (the batch mean's 1/n_b inside)
-        return lambda v: pull(hess(jvp(f, (self.theta,), (v,))[1])[0])[0]
+        return _batched(lambda v: pull(hess(jvp(f, (self.theta,), (v,))[1])[0])[0])
 
 
 class FisherOperator(CurvatureOperator):
@@ -308,7 +318,7 @@ class FisherOperator(CurvatureOperator):
             jv = jvp(f, (self.theta,), (v,))[1].reshape(flat.shape[1:])
             coef = (flat * jv).sum(-1, keepdim=True)  # c_nk . (J_n v): (K, n_b, 1)
             return pull(((flat * coef).sum(0) / len(y)).reshape(out.shape))[0]
-        return product
+        return _batched(product)
 
 
 def curvature_operator(kind: str, model: nn.Module, data, **kwargs) -> CurvatureOperator:
