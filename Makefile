@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_implicit.py
 	$(PY) benchmarks/bench_prune.py
 	$(PY) benchmarks/bench_sweep.py
+	$(PY) benchmarks/bench_curvature.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

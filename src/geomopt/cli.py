@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("curvature", help="top Hessian/GGN/Fisher eigenvalues, trace or spectral density of a trained run")
     p.add_argument("run_dir", help="a `geomopt train` output directory (config.json, checkpoint.pt)")
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="the K largest eigenvalues (Lanczos)")
-    p.add_argument("--trace", action="store_true", help="the trace (Hutchinson, 1%% relative tolerance)")
+    p.add_argument("--trace", action="store_true", help="the trace (Hutch++, 1%% relative tolerance)")
     p.add_argument("--spectrum", action="store_true",
                    help="spectral density by stochastic Lanczos quadrature (RUN_DIR/spectrum.png)")
     p.add_argument("--operator", choices=["hessian", "ggn", "fisher"], default="hessian")

@@ -9,7 +9,7 @@ rescaling) ``H -> T^-1 H T^-1``, so ``D H D`` is unchanged (the magnitude-aware 
 Jiang et al. 2020 / Tsuzuku et al. 2020, in its simplest diagonal form).
 
 - ``hessian_top_eigenvalue`` = ``lambda_max(H)`` (Lanczos, relative Ritz residual ``<= tol``);
-- ``hessian_trace`` = ``tr(H)`` (Hutchinson, stop rule of :func:`~geomopt.curvature.hutchinson_trace`);
+- ``hessian_trace`` = ``tr(H)`` (Hutch++, stop rule of :func:`~geomopt.curvature.hutchinson_trace`);
 - ``hessian_top_eigenvalue_normalized`` = ``lambda_max(D H D)``;
 - ``hessian_trace_normalized`` = ``tr(D H D) = sum_i theta_i^2 H_ii``.
 """
@@ -31,17 +31,18 @@ HESSIAN_MEASURES = ("hessian_top_eigenvalue", "hessian_trace", "hessian_top_eige
 def hessian_measures(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], *,
                      loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
                      max_examples: int | None = None, eig_tol: float = 1e-3, trace_tol: float = 0.05,
-                     max_probes: int = 300, seed: int = 0) -> dict[str, Any]:
+                     max_probes: int = 300, deflate: int = 20, seed: int = 0) -> dict[str, Any]:
     """The four measures of the module docstring on the first ``max_examples`` training examples
     (all when None), plus the Hessian-vector products spent (``hessian_products``) and whether the
-    trace estimates met their stop rule within ``max_probes`` probes (``hessian_trace_converged``)."""
+    estimates met their stop rules (``hessian_converged``; the traces within ``max_probes`` probes, by
+    Hutch++ with ``deflate`` sign vectors, :func:`~geomopt.curvature.hutchinson_trace`)."""
     H = HessianOperator(model, batches, loss_fn=loss_fn, max_examples=max_examples)
     D = ScaledOperator(H, H.theta.abs())
     out: dict[str, Any] = {}
     converged = True
     for suffix, op in (("", H), ("_normalized", D)):  # the same random draws for both forms
         eig = lanczos_top_eigenvalues(op, 1, tol=eig_tol, generator=torch.Generator().manual_seed(seed))
-        trace = hutchinson_trace(op, tol=trace_tol, max_samples=max_probes,
+        trace = hutchinson_trace(op, tol=trace_tol, max_samples=max_probes, deflate=min(deflate, H.shape[0] // 2),
                                  generator=torch.Generator().manual_seed(seed + 1))
         out[f"hessian_top_eigenvalue{suffix}"] = float(eig.values[0])
         out[f"hessian_trace{suffix}"] = trace.estimate

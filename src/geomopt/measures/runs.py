@@ -105,7 +105,8 @@ def curvature_run(run_dir: str | Path, *, top_k: int | None = None, trace: bool 
 
     ``operator``: ``hessian``, ``ggn`` or ``fisher`` (the true Fisher) of the training cross-entropy on the
     first ``examples`` training examples (:mod:`geomopt.curvature.operators`). ``top_k``: the largest
-    eigenvalues by Lanczos (relative residual ``tol``); ``trace``: Hutchinson (stop rule ``trace_tol``);
+    eigenvalues by Lanczos (relative residual ``tol``); ``trace``: Hutch++ with 40 sign vectors (stop rule
+    ``trace_tol``);
     ``spectrum``: stochastic Lanczos quadrature (``probes`` x ``steps``), its density written to
     ``RUN_DIR/spectrum.png`` and its nodes and weights to ``curvature.json``.
 
@@ -128,7 +129,7 @@ def curvature_run(run_dir: str | Path, *, top_k: int | None = None, trace: bool 
         result["top_eigenvalues"] = eig.values.tolist()
         result["top_converged"] = eig.converged
     if trace:
-        tr = hutchinson_trace(op, tol=trace_tol, generator=gen)
+        tr = hutchinson_trace(op, tol=trace_tol, deflate=min(40, op.shape[0] // 2), generator=gen)
         result.update(trace=tr.estimate, trace_stderr=tr.stderr, trace_probes=tr.samples, trace_converged=tr.converged)
     if spectrum:
         dens = slq_density(op, steps=steps, probes=probes, generator=gen)
