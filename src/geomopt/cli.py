@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -74,8 +75,23 @@ def _with_cli_defaults(config: TrainConfig, given: dict, config_file: dict) -> T
     return config.replace(**safe)
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from geomopt.train import NonFiniteLossError, train
+    from geomopt.train.distributed import launch
+    if args.nproc is not None and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: start it
+        return launch(args.nproc, _without_nproc(args.argv))
     from geomopt.train.config import read_json
     overrides = _train_overrides(args)
     if args.resume:
@@ -99,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = Path(args.out)
     try:
         summary = train(config, out, resume=bool(args.resume), overwrite=args.overwrite,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, timeout=args.timeout)
     except KeyboardInterrupt:
         if (out / "checkpoint.pt").is_file():
             print(f"\ninterrupted; the last checkpoint in {out} is intact: "
@@ -111,6 +127,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"geomopt train: {exc}", file=sys.stderr)
         return 3
+    if os.environ.get("RANK", "0") != "0":  # data-parallel: rank 0 reports
+        return 0
     if summary.get("skipped"):
         print(f"{out} already holds this finished run (same config); nothing to do. "
               f"Extend it with `geomopt train --resume {out} --epochs N`, or pass --overwrite to train it again")
@@ -336,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a different run already in --out (refused otherwise; the same config resumes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="data-parallel processes on this machine (runs torchrun --standalone --nproc-per-node N)")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="data-parallel: seconds a collective waits for the other processes (default: 300)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("reproduce", help="run one paper's headline experiment and write its report section")
@@ -427,7 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from geomopt.sweep import SweepError
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except (ValueError, ImportError, OSError) as exc:  # bad input, a missing optional package, a file system error

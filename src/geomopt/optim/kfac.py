@@ -83,11 +83,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.optim import Optimizer
 
 from geomopt.curvature.capture import FISHERS, LIKELIHOODS, Capture, backprop_output_grads, output_hessian_gram
+from geomopt.curvature.distributed import FactorComm, default_group
 from geomopt.curvature.kronecker import (all_finite, captured_diagonal, damped_inverse, diagonal_from_rotated,
                                          factored_rotation, kronecker_factors, pi_split, symeig)
 from geomopt.curvature.layers import names_of_supported, supported_layers, unsupported_reason
@@ -145,7 +147,8 @@ class _KroneckerOptimizer(Optimizer):
                  factor_decay: float, update_freq: int, inv_freq: int, fisher: str, likelihood: str,
                  kl_clip: float | None, mc_samples: int, param_groups: Iterable[dict[str, Any]] | None,
                  seed: int | None, adaptive_damping: bool, damping_interval: int, damping_decay: float,
-                 min_damping: float, max_damping: float, adaptive_step: bool):
+                 min_damping: float, max_damping: float, adaptive_step: bool,
+                 process_group: dist.ProcessGroup | None = None):
         n = self._name
         defaults = dict(lr=lr, damping=damping, momentum=momentum, weight_decay=weight_decay)
         for key, ok, what in _GROUP_RULES:
@@ -209,6 +212,9 @@ class _KroneckerOptimizer(Optimizer):
         self._capture = Capture(self.layers, grad_scale=None if fisher == "empirical" else 1.0).attach()
         self._hooks = [model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True),
                        model.register_forward_hook(self._after_model_forward)]
+        group = process_group if process_group is not None else default_group()
+        #: the collectives across data-parallel processes (None in one process)
+        self.comm = FactorComm(group) if group is not None and dist.get_world_size(group) > 1 else None
         self._arm()
 
     # -- bookkeeping
@@ -418,14 +424,20 @@ class _KroneckerOptimizer(Optimizer):
                     state = self.state[module.weight]
                     self._running(state, "A", factors[name][0], self.factor_decay)
                     self._running(state, "G", factors[name][1], self.factor_decay)
+            self._stage(("A", "G"), factors)
         due = [(name, module, handler) for name, module, handler in self.layers
                if "A" in self.state[module.weight] and (k % self.inv_freq == 0 or self._stale(
                    self.state[module.weight], module))]
+        if due and self.comm is not None:
+            self.comm.flush()  # the factors before their inverses
         self._check_finite({name: torch.stack([self.state[m.weight]["A"].sum(), self.state[m.weight]["G"].sum()])
                             for name, m, _ in due}, "its running factors")
-        for name, module, handler in due:
-            self._invert(name, module, handler)
+        self._invert_all(due)
         self._after_stats(k)
+        if self._diagonal_step(k):
+            self._stage(("S",), [name for name, m, _ in self.layers if "S" in self.state[m.weight]])
+        if self.comm is not None:
+            self.comm.flush()  # one all-reduce of every statistic not yet averaged
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -574,7 +586,11 @@ class _KroneckerOptimizer(Optimizer):
                     jvs.append(jv.detach())
                 q += output_hessian_gram(out.detach(), torch.stack(jvs), self.likelihood)
                 total += out.shape[0]
-        return q / total
+        q /= total
+        if self.comm is not None:  # the global batch's: count-weighted mean over the processes
+            self.comm.stage([q], total)
+            self.comm.flush()
+        return q
 
     def _adaptive_updates(self, layers: list[tuple]) -> list[Tensor]:
         """``delta = alpha Delta + mu delta_0`` with ``Delta = -D`` and ``delta_0`` the last update, ``(alpha, mu)``
@@ -667,6 +683,45 @@ class _KroneckerOptimizer(Optimizer):
         """Whether the layer's inverse was computed with another damping than its group's now."""
         return False
 
+    # -- data parallelism (geomopt.curvature.distributed)
+    def _stage(self, keys: tuple[str, ...], names) -> None:
+        """Queue the running statistics ``keys`` of the layers ``names`` that recorded examples since the
+        last step, to be averaged over the processes (weighted by their examples)."""
+        if self.comm is None:
+            return
+        for name, module, _ in self.layers:
+            batches = self._capture.batches(name)
+            if name in names and batches:
+                count = sum(self._capture.grad_shape(name, b)[1] for b in batches)
+                self.comm.stage([self.state[module.weight][key] for key in keys], count)
+
+    def _invert_all(self, due: list) -> None:
+        """The inverses of the layers ``due``; across processes each layer's on one process (estimated cost
+        ``d_A^3 + d_G^3``), broadcast to the others."""
+        if self.comm is None:
+            for layer in due:
+                self._invert(*layer)
+            return
+
+        def results(i: int) -> list[Tensor]:
+            state = self.state[due[i][1].weight]
+            shapes = self._inverse_shapes(state)
+            for key, shape in shapes.items():
+                if key not in state:
+                    state[key] = state["A"].new_empty(shape)
+            return [state[key] for key in shapes]
+
+        costs = [self.state[m.weight]["A"].shape[0] ** 3 + self.state[m.weight]["G"].shape[0] ** 3
+                 for _, m, _ in due]
+        self.comm.run_split(costs, lambda i: self._invert(*due[i]), results)
+
+    def _diagonal_step(self, k: int) -> bool:
+        return False
+
+    def _inverse_shapes(self, state: dict) -> dict[str, tuple[int, ...]]:
+        """What :meth:`_invert` writes into a layer's state: key -> shape."""
+        raise NotImplementedError
+
     # subclass hooks
     def _after_stats(self, k: int) -> None:
         pass
@@ -700,6 +755,12 @@ _ARGS_DOC = """
             ``categorical`` | ``gaussian`` | ``bernoulli``.
         kl_clip: KL clipping bound (None: off).
         mc_samples: sampled targets per example for ``fisher='true'``.
+        process_group: data parallelism (:mod:`geomopt.curvature.distributed`): the factors (and
+            EKFAC's diagonal) are averaged over its processes, weighted by their examples, in one
+            all-reduce per step that updates them, and each layer is inverted on one process and
+            broadcast; the adaptive-damping quadratic model uses the global batch. Default: every
+            process when ``torch.distributed`` is initialized with several, else none. Wrap the model
+            in ``DistributedDataParallel`` for the gradients.
         param_groups: optional parameter groups (dicts with ``params`` and per-group ``lr``,
             ``damping``, ``momentum``, ``weight_decay``); default: all of ``model.parameters()``.
             A layer uses the group of its weight.
@@ -742,10 +803,11 @@ class KFAC(_KroneckerOptimizer):
                  fisher: str = "empirical", likelihood: str = "categorical", kl_clip: float | None = None,
                  mc_samples: int = 1, param_groups: Iterable[dict[str, Any]] | None = None, seed: int | None = None,
                  adaptive_damping: bool = False, damping_interval: int = 5, damping_decay: float = 0.95,
-                 min_damping: float = 1e-8, max_damping: float = math.inf, adaptive_step: bool = False):
+                 min_damping: float = 1e-8, max_damping: float = math.inf, adaptive_step: bool = False,
+                 process_group: dist.ProcessGroup | None = None):
         super().__init__(model, lr, damping, momentum, weight_decay, factor_decay, update_freq, inv_freq, fisher,
                          likelihood, kl_clip, mc_samples, param_groups, seed, adaptive_damping, damping_interval,
-                         damping_decay, min_damping, max_damping, adaptive_step)
+                         damping_decay, min_damping, max_damping, adaptive_step, process_group)
 
     def _invert(self, name, module, handler) -> None:
         state = self.state[module.weight]
@@ -754,6 +816,9 @@ class KFAC(_KroneckerOptimizer):
         state["A_inv"] = damped_inverse(state["A"], ca, name=f"{self._name} layer {name!r} factor A")
         state["G_inv"] = damped_inverse(state["G"], cg, name=f"{self._name} layer {name!r} factor G")
         state["inv_damping"] = torch.tensor(float(damping))  # a tensor, so state_dict round trips compare
+
+    def _inverse_shapes(self, state: dict) -> dict[str, tuple[int, ...]]:
+        return {"A_inv": state["A"].shape, "G_inv": state["G"].shape, "inv_damping": ()}
 
     def _stale(self, state: dict, module: nn.Module) -> bool:
         if "inv_damping" not in state:
@@ -807,7 +872,8 @@ class EKFAC(_KroneckerOptimizer):
                  mc_samples: int = 1, param_groups: Iterable[dict[str, Any]] | None = None, diag_freq: int = 1,
                  diag_decay: float | None = None, seed: int | None = None,
                  adaptive_damping: bool = False, damping_interval: int = 5, damping_decay: float = 0.95,
-                 min_damping: float = 1e-8, max_damping: float = math.inf, adaptive_step: bool = False):
+                 min_damping: float = 1e-8, max_damping: float = math.inf, adaptive_step: bool = False,
+                 process_group: dist.ProcessGroup | None = None):
         if isinstance(diag_freq, bool) or not isinstance(diag_freq, int) or diag_freq < 1:
             raise ValueError(f"EKFAC: option: diag_freq must be a positive integer, got {diag_freq!r}")
         if diag_decay is not None:
@@ -817,7 +883,7 @@ class EKFAC(_KroneckerOptimizer):
         self.diag_decay = float(factor_decay if diag_decay is None else diag_decay)
         super().__init__(model, lr, damping, momentum, weight_decay, factor_decay, update_freq, inv_freq, fisher,
                          likelihood, kl_clip, mc_samples, param_groups, seed, adaptive_damping, damping_interval,
-                         damping_decay, min_damping, max_damping, adaptive_step)
+                         damping_decay, min_damping, max_damping, adaptive_step, process_group)
         self._rotated: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
         #: layers whose gradient was rotated into the eigenbasis from the per-example quantities in the
         #: last step (:func:`geomopt.curvature.factored_rotation`); the others were rotated densely
@@ -825,6 +891,12 @@ class EKFAC(_KroneckerOptimizer):
 
     def _needs_stats(self, k: int) -> bool:
         return super()._needs_stats(k) or k % self.diag_freq == 0
+
+    def _diagonal_step(self, k: int) -> bool:
+        return k % self.diag_freq == 0
+
+    def _inverse_shapes(self, state: dict) -> dict[str, tuple[int, ...]]:
+        return {"U_A": state["A"].shape, "U_G": state["G"].shape, "S": (state["G"].shape[0], state["A"].shape[0])}
 
     def _invert(self, name, module, handler) -> None:
         state = self.state[module.weight]

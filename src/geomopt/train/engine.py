@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from geomopt.train import distributed
 from geomopt.train.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 
 CHECKPOINT = "checkpoint.pt"
@@ -52,20 +53,27 @@ def accuracy(output: Tensor, target: Tensor) -> Tensor:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, loss_fn: Callable[[Tensor, Tensor], Tensor],
              device: torch.device | str = "cpu",
-             metric: Callable[[Tensor, Tensor], Tensor] | None = accuracy) -> tuple[float, float]:
-    """Mean loss and mean metric (accuracy by default) of ``model`` over ``loader``, in eval mode."""
+             metric: Callable[[Tensor, Tensor], Tensor] | None = accuracy,
+             data_parallel: distributed.DataParallel | None = None) -> tuple[float, float]:
+    """Mean loss and mean metric (accuracy by default) of ``model`` over ``loader``, in eval mode.
+
+    ``data_parallel``: ``loader`` yields this process's shard of the data; the means are over all shards.
+    """
     was_training = model.training
     model.eval()
     total_loss, total_metric, count = 0.0, 0.0, 0
     for x, y in loader:
+        n = y.shape[0]
+        if n == 0:  # an empty shard of a small batch
+            continue
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         out = model(x)
-        n = y.shape[0]
         total_loss += loss_fn(out, y).item() * n
         if metric is not None:
             total_metric += float(metric(out, y))
         count += n
     model.train(was_training)
+    total_loss, total_metric, count = distributed.all_sum([total_loss, total_metric, count], data_parallel)
     if count == 0:
         raise ValueError("evaluate: the loader yielded no examples")
     return total_loss / count, (total_metric / count if metric is not None else float("nan"))
@@ -141,6 +149,13 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
             training stops the run as diverged (:class:`DivergedError`, a :class:`NonFiniteLossError`);
             None: only NaN/inf stop it.
 
+    Data parallelism: when ``torch.distributed`` is initialized with several processes (``torchrun``),
+    every process calls ``fit`` with the same arguments; each trains a ``DistributedDataParallel``
+    replica on its shard of every batch and evaluates its shard of the evaluation data
+    (:mod:`geomopt.train.distributed`); the closure returns the global-batch loss; rank 0 alone
+    writes the metrics (global-batch losses, means over all shards) and the checkpoints, which
+    resume with any number of processes.
+
     Returns:
         Summary: final train/test (and validation) loss and accuracy, steps, epochs, seconds, out_dir.
 
@@ -148,12 +163,24 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
         NonFiniteLossError: the loss or the parameters became NaN/inf.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = distributed.current()
+    main = ctx is None or ctx.is_main
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, metrics_path = out_dir / CHECKPOINT, out_dir / METRICS
     eval_train_loader = eval_train_loader or train_loader
+    replica = model
+    if ctx is not None:
+        train_loader = distributed.shard_loader(train_loader, ctx, name="training loader")
+        eval_train_loader, test_loader, val_loader = (
+            distributed.shard_loader(loader, ctx, every_rank=False) if loader is not None else None
+            for loader in (eval_train_loader, test_loader, val_loader))
+        ddp = distributed.Replica(model, ctx, torch.device(device))
+        replica = ddp.module
     epoch, batch_in_epoch, step, elapsed = 0, 0, 0, 0.0
     if resume:
-        state = load_checkpoint(ckpt_path, map_location=device)
+        state = load_checkpoint(ckpt_path, map_location=device if ctx is None else "cpu") if main else None
+        state = distributed.broadcast_object(state, ctx)
         load_model_state(model, state["model"], ckpt_path)
         try:
             optimizer.load_state_dict(state["optimizer"])
@@ -168,8 +195,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
         epoch, batch_in_epoch, step, elapsed = state["epoch"], state["batch"], state["step"], state["elapsed"]
         if hasattr(step_callback, "load_state_dict") and state.get("callback") is not None:
             step_callback.load_state_dict(state["callback"])
-        _truncate_metrics(metrics_path, step, epoch)
-    else:  # a fresh run: nothing of an earlier run in this directory may be resumed by mistake
+        if main:
+            _truncate_metrics(metrics_path, step, epoch)
+    elif main:  # a fresh run: nothing of an earlier run in this directory may be resumed by mistake
         ckpt_path.unlink(missing_ok=True)
         metrics_path.write_text("")
 
@@ -177,6 +205,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
         if not _all_finite(model):
             raise NonFiniteLossError(f"a parameter became NaN/inf at step {step} (epoch {ep}); {_kept(ckpt_path)}; "
                                      "lower the learning rate")
+        if not main:
+            return
         save_checkpoint(ckpt_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -187,27 +217,33 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
             "callback": step_callback.state_dict() if hasattr(step_callback, "state_dict") else None,
         })
 
-    metrics_file = metrics_path.open("a")
+    metrics_file = metrics_path.open("a") if main else None
     start = time.perf_counter()
 
     def log(record: dict[str, Any]) -> None:
-        metrics_file.write(json.dumps(record) + "\n")
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(record) + "\n")
+
+    def flush() -> None:
+        if metrics_file is not None:
+            metrics_file.flush()
 
     def epoch_record(ep: int) -> dict[str, Any]:
-        train_loss, train_acc = evaluate(model, eval_train_loader, loss_fn, device, metric)
-        test_loss, test_acc = evaluate(model, test_loader, loss_fn, device, metric)
+        train_loss, train_acc = evaluate(model, eval_train_loader, loss_fn, device, metric, ctx)
+        test_loss, test_acc = evaluate(model, test_loader, loss_fn, device, metric, ctx)
         rec = {"kind": "epoch", "epoch": ep, "step": step, "train_loss": train_loss, "train_acc": train_acc,
                "test_loss": test_loss, "test_acc": test_acc}
         if val_loader is not None:
-            rec["val_loss"], rec["val_acc"] = evaluate(model, val_loader, loss_fn, device, metric)
+            rec["val_loss"], rec["val_acc"] = evaluate(model, val_loader, loss_fn, device, metric, ctx)
         rec["time"] = round(elapsed + time.perf_counter() - start, 3)
         log(rec)
         return rec
 
     last = epoch_record(0) if epoch == 0 and batch_in_epoch == 0 else None
 
-    metrics_file.flush()
-    initial_loss = next((r["train_loss"] for r in read_metrics(out_dir) if r["kind"] == "epoch"), None)  # epoch 0
+    flush()
+    initial_loss = distributed.broadcast_object(  # epoch 0's, from rank 0's metrics
+        next((r["train_loss"] for r in read_metrics(out_dir) if r["kind"] == "epoch"), None) if main else None, ctx)
 
     def check_divergence(rec: dict[str, Any]) -> None:
         if (divergence_factor is not None and initial_loss is not None
@@ -229,11 +265,12 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
     if last is not None:
         callback()
     if resume and target_train_loss is not None and batch_in_epoch == 0 and epoch > 0:
-        done = [r for r in read_metrics(out_dir) if r["kind"] == "epoch" and r["epoch"] == epoch]
+        done = distributed.broadcast_object(
+            [r for r in read_metrics(out_dir) if r["kind"] == "epoch" and r["epoch"] == epoch] if main else None, ctx)
         if done and reached(done[-1]):
             epochs = epoch  # the resumed run had already reached its target
     steps_per_epoch = len(train_loader)
-    bar = tqdm(total=epochs * steps_per_epoch, initial=step, disable=not progress, leave=False,
+    bar = tqdm(total=epochs * steps_per_epoch, initial=step, disable=not (progress and main), leave=False,
                desc=str(out_dir.name), dynamic_ncols=True)
     model.train()
     try:
@@ -248,16 +285,19 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
 
                 def closure(x=x, y=y) -> Tensor:  # torch's protocol: optimizers may re-evaluate the loss
                     optimizer.zero_grad(set_to_none=True)  # (LBFGS; K-FAC/EKFAC's adaptive damping)
-                    loss = loss_fn(model(x), y)
-                    value = loss.item()
+                    loss = loss_fn(replica(x), y)
+                    value, where = loss.item(), ""
+                    if ctx is not None:  # the global-batch loss; every rank stops if one met NaN/inf
+                        value, bad = ddp.global_loss(value, y.shape[0])
+                        where = f" on rank(s) {bad} of {ctx.world}" if bad else ""
                     if not math.isfinite(value):
                         raise NonFiniteLossError(
-                            f"the loss became {value} at step {step + 1} (epoch {epoch + 1}); the run stopped; "
+                            f"the loss became {value}{where} at step {step + 1} (epoch {epoch + 1}); the run stopped; "
                             f"{_kept(ckpt_path)}; lower the learning rate or clip gradients")
                     loss.backward()
                     if max_grad_norm is not None:
                         nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-                    return loss
+                    return loss if ctx is None else torch.tensor(value)
 
                 try:
                     loss = optimizer.step(closure)
@@ -277,23 +317,25 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}", refresh=False)
                 if checkpoint_every and step % checkpoint_every == 0 and batch_in_epoch < steps_per_epoch:
-                    metrics_file.flush()
+                    flush()
                     checkpoint(epoch, batch_in_epoch)
                 if stop_after_steps is not None and step >= stop_after_steps:
                     raise KeyboardInterrupt
             epoch += 1
             batch_in_epoch = 0
             last = epoch_record(epoch)
-            metrics_file.flush()
+            flush()
             check_divergence(last)
             checkpoint(epoch, 0)
             if reached(last):
                 break
     finally:
         bar.close()
-        metrics_file.close()
+        if metrics_file is not None:
+            metrics_file.close()
     if last is None:  # resumed a finished run: report its stored final epoch
-        last = [r for r in read_metrics(out_dir) if r["kind"] == "epoch"][-1]
+        last = distributed.broadcast_object([r for r in read_metrics(out_dir) if r["kind"] == "epoch"][-1]
+                                            if main else None, ctx)
     summary = {"epochs": epoch, "steps": step, "seconds": round(elapsed + time.perf_counter() - start, 3),
                "train_loss": last["train_loss"], "train_acc": last["train_acc"],
                "test_loss": last["test_loss"], "test_acc": last["test_acc"], "out_dir": str(out_dir)}

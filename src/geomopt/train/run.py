@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from geomopt.curvature import read_batches
 from geomopt.data import load_dataset, make_loader
 from geomopt.nn import build_model
 from geomopt.optim import build_optimizer
 from geomopt.optim.registry import KRONECKER_OPTIONS
+from geomopt.train import distributed
 from geomopt.train.checkpoint import write_json
 from geomopt.train.config import TrainConfig, read_json
 from geomopt.train.engine import CHECKPOINT, fit
@@ -107,20 +110,50 @@ def _describe_diff(diff: dict[str, tuple[Any, Any]]) -> str:
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, stop_after_steps: int | None = None) -> dict[str, Any]:
+          progress: bool = True, stop_after_steps: int | None = None,
+          timeout: float = distributed.DEFAULT_TIMEOUT) -> dict[str, Any]:
     """Train the run ``config`` describes into ``out_dir`` (config.json, metrics.jsonl, checkpoint.pt).
 
     A folder that already holds this config is resumed (or, finished, returned as it is, with
     ``"skipped": True``); one that holds a different run raises ValueError naming what differs,
     unless ``overwrite``. With ``resume=True`` the stored config.json must equal ``config`` except for
     ``epochs`` (a finished run trains on to the new number) and ``checkpoint_every``.
+
+    Started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), this process joins the process
+    group (collectives time out after ``timeout`` seconds) and trains data-parallel (see :func:`fit`);
+    rank 0 decides what to do with ``out_dir`` and writes into it.
     """
-    out_dir = writable_dir(Path(out_dir))
-    plan = _plan(config, out_dir, resume, overwrite)
-    if plan == "done":
-        return {**read_json(out_dir / "summary.json", "a run's summary.json"), "skipped": True}
+    own_group = not (dist.is_available() and dist.is_initialized()) and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if own_group:
+        distributed.init_from_env(resolve_device(config.device).type, timeout)
+    try:
+        return _train(config, Path(out_dir), resume=resume, overwrite=overwrite, progress=progress,
+                      stop_after_steps=stop_after_steps)
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, progress: bool,
+           stop_after_steps: int | None) -> dict[str, Any]:
+    ctx = distributed.current()
+    main = ctx is None or ctx.is_main
+    plan: str | ValueError | dict = "fresh"
+    if main:
+        try:
+            out_dir = writable_dir(out_dir)
+            plan = _plan(config, out_dir, resume, overwrite)
+            if plan == "done":
+                plan = {**read_json(out_dir / "summary.json", "a run's summary.json"), "skipped": True}
+        except ValueError as exc:  # raised on every rank
+            plan = exc
+    plan = distributed.broadcast_object(plan, ctx)
+    if isinstance(plan, ValueError):
+        raise plan
+    if isinstance(plan, dict):
+        return plan
     resume = plan == "resume"
-    device = resolve_device(config.device)
+    device = distributed.local_device(resolve_device(config.device))
     bundle = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, train_size=config.train_size,
                           label_noise=config.label_noise, seq_len=config.seq_len, val_fraction=config.val_fraction)
     torch.manual_seed(config.seed)
@@ -139,8 +172,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
         batches = read_batches(make_loader(bundle.train, eval_batch, shuffle=False), device, config.sharpness_examples,
                                what="--sharpness-examples")
         tracker = SharpnessTracker(config.track_sharpness, batches, loss_fn, seed=config.seed)
-    write_json(out_dir / CONFIG, config.to_dict())
-    (out_dir / "summary.json").unlink(missing_ok=True)
+    if main:
+        write_json(out_dir / CONFIG, config.to_dict())
+        (out_dir / "summary.json").unlink(missing_ok=True)
     summary = fit(model, optimizer, train_loader, make_loader(bundle.test, eval_batch, shuffle=False),
                   epochs=config.epochs, out_dir=out_dir, scheduler=scheduler, device=device,
                   loss_fn=loss_fn, metric=metric,
@@ -152,5 +186,6 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
     if bundle.task == "sequence":  # per-step cross-entropy in bits (bits per character for a language model)
         summary.update({f"{k}_bits": bits(summary[f"{k}_loss"]) for k in ("train", "test", "val")
                         if f"{k}_loss" in summary})
-    write_json(out_dir / "summary.json", summary)
+    if main:
+        write_json(out_dir / "summary.json", summary)
     return summary

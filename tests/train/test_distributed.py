@@ -1,0 +1,153 @@
+"""Data-parallel training with the engine (geomopt.train.distributed) in real gloo processes.
+
+References: an uninterrupted one-process run (float64: two processes must give the same metrics
+to rounding, since the gradient and the K-FAC factors are the global-batch ones); a NaN planted in
+one rank's shard; a rank that dies. Also `geomopt train --nproc 2` (torchrun) against one process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from geomopt.data import make_loader
+from geomopt.optim import KFAC
+from geomopt.train import NonFiniteLossError, TrainConfig, fit, read_metrics, train
+from geomopt.train.distributed import shard_bounds
+from tests.processes import run_processes
+
+N_TRAIN, BATCH = 47, 15  # batches of 15, 15, 15, 2: shards of 8 and 7 examples, and of 1 and 1
+
+
+def _data(nan_at: int | None = None):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N_TRAIN + 20, 5, generator=g, dtype=torch.float64)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    if nan_at is not None:
+        x[nan_at] = float("nan")
+    return TensorDataset(x[:N_TRAIN], y[:N_TRAIN]), TensorDataset(x[N_TRAIN:], y[N_TRAIN:])
+
+
+def _run(out: Path, opt_name: str, *, resume=False, stop=None, nan_at=None, loss_fn=nn.functional.cross_entropy):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    if opt_name == "kfac":
+        opt = KFAC(model, lr=0.2, momentum=0.5, damping=1e-2, update_freq=2, inv_freq=3)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 / (1 + 0.1 * s))
+    train, test = _data(nan_at)
+    return fit(model, opt, make_loader(train, BATCH, shuffle=True, seed=3), make_loader(test, 8, shuffle=False),
+               epochs=3, out_dir=out, scheduler=sched, resume=resume, checkpoint_every=2, progress=False,
+               stop_after_steps=stop, loss_fn=loss_fn)
+
+
+def _numbers(out: Path):
+    return [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(out)]
+
+
+def _close(a, b):
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            if isinstance(ra[k], float):
+                assert math.isclose(ra[k], rb[k], rel_tol=1e-10, abs_tol=1e-12), (k, ra, rb)
+            else:
+                assert ra[k] == rb[k], (k, ra, rb)
+
+
+def _resume_and_nan_worker(rank: int, world: int, root: str) -> None:
+    for opt_name in ("sgd", "kfac"):
+        try:  # resumes the one-process run stopped at step 5 (checkpoint at step 4), stops after step 9
+            _run(Path(root) / opt_name, opt_name, resume=True, stop=9)
+        except KeyboardInterrupt:
+            pass
+    # NaN in an example of rank 1's shard of the first batch (_nan_index_for_rank1)
+    nan_at = int(Path(root, "nan_at").read_text())
+    try:
+        _run(Path(root) / "nan", "sgd", nan_at=nan_at)
+    except NonFiniteLossError as exc:
+        Path(root, f"nan-rank{rank}.txt").write_text(str(exc))
+
+
+def _nan_index_for_rank1() -> int:
+    """An example that the first batch of epoch 0 gives to rank 1 of 2."""
+    loader = make_loader(_data()[0], BATCH, shuffle=True, seed=3)
+    loader.sampler.set_epoch(0)
+    first = list(next(iter(loader.sampler)))
+    start, _ = shard_bounds(len(first), 1, 2)
+    return first[start]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dp")
+    for opt_name in ("sgd", "kfac"):
+        _run(root / f"{opt_name}-full", opt_name)
+        with pytest.raises(KeyboardInterrupt):
+            _run(root / opt_name, opt_name, stop=5)
+    (root / "nan_at").write_text(str(_nan_index_for_rank1()))
+    assert run_processes(2, _resume_and_nan_worker, str(root), timeout=150) == [0, 0]
+    return root
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "kfac"])
+def test_resume_with_another_number_of_processes_matches_an_uninterrupted_run(runs, opt_name):
+    # 1 process for steps 1-4, 2 processes for steps 5-8 (killed after 9), 1 process from step 9 to the end
+    assert torch.load(runs / opt_name / "checkpoint.pt", weights_only=False)["step"] == 8
+    _run(runs / opt_name, opt_name, resume=True)
+    full, cut = _numbers(runs / f"{opt_name}-full"), _numbers(runs / opt_name)
+    assert [r["step"] for r in cut if r["kind"] == "step"] == list(range(1, 13))
+    _close(full, cut)
+
+
+def test_nan_on_one_rank_stops_every_rank(runs):
+    for rank in range(2):
+        msg = (runs / f"nan-rank{rank}.txt").read_text()
+        assert "rank(s) [1] of 2" in msg and "step 1 " in msg, msg
+    assert not (runs / "nan" / "checkpoint.pt").exists()
+
+
+def _dying_worker(rank: int, world: int, root: str) -> None:
+    def loss_fn(out, y):
+        if rank == 1 and torch.is_grad_enabled() and not hasattr(loss_fn, "seen"):
+            loss_fn.seen = True
+            raise RuntimeError("rank 1 fails")
+        return nn.functional.cross_entropy(out, y)
+    try:
+        _run(Path(root) / "dead", "kfac", loss_fn=loss_fn)
+    except Exception as exc:  # noqa: BLE001 - the surviving rank's error is the test's subject
+        Path(root, f"dead-rank{rank}.txt").write_text(f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def test_a_dead_rank_does_not_hang_the_others(tmp_path):
+    codes = run_processes(2, _dying_worker, str(tmp_path), timeout=90, collective_timeout=10)
+    assert codes[0] != 0 and codes[1] != 0
+    assert "rank 1 fails" in (tmp_path / "dead-rank1.txt").read_text()
+    assert (tmp_path / "dead-rank0.txt").exists()  # rank 0 got an error from its collective, not a hang
+
+
+def test_cli_nproc_2_matches_one_process(tmp_path):
+    config = TrainConfig(data="digits", train_size=200, widths=(16,), epochs=1, batch_size=50, optimizer="kfac",
+                         update_freq=1, inv_freq=2)
+    one = train(config, tmp_path / "one", progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-m", "geomopt.cli", "train", "--config", str(tmp_path / "one" / "config.json"),
+                           "--out", str(tmp_path / "two"), "--nproc", "2", "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    for key in ("train_loss", "test_loss", "train_acc", "test_acc"):
+        assert math.isclose(one[key], two[key], rel_tol=1e-4), (key, one[key], two[key])  # float32
+    assert one["steps"] == two["steps"] == 4
