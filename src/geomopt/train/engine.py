@@ -297,7 +297,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
                     loss.backward()
                     if max_grad_norm is not None:
                         nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-                    return loss if ctx is None else torch.tensor(value)
+                    return loss if ctx is None else torch.tensor(value, dtype=torch.float64)
 
                 try:
                     loss = optimizer.step(closure)
