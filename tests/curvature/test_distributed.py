@@ -76,8 +76,7 @@ class _Counter:
 
 
 def _train(model_name: str, opt_name: str, rank: int = 0, world: int = 1, counter: _Counter | None = None):
-    """Final weights, and per step the collectives called inside ``optimizer.step()``."""
-    torch.set_default_dtype(torch.float64)
+    """Final weights, and per step the collectives called inside ``optimizer.step()`` (float64)."""
     # EKFAC's diagonal in a degenerate eigenspace (e.g. dead ReLUs) depends on the basis LAPACK returns,
     # which rounding changes: smooth units keep the eigenvalues distinct (Path-SGD needs ReLU)
     model = _model(model_name, nn.Tanh if opt_name == "ekfac" else nn.ReLU).double()
@@ -99,6 +98,7 @@ def _train(model_name: str, opt_name: str, rank: int = 0, world: int = 1, counte
 
 
 def _worker(rank: int, world: int, out: str) -> None:
+    torch.set_default_dtype(torch.float64)
     counter = _Counter()
     counter.install()
     results = {combo: _train(*combo, rank=rank, world=world, counter=counter)
@@ -113,6 +113,7 @@ def two_processes(tmp_path_factory):
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
+@pytest.mark.usefixtures("float64_default")
 @pytest.mark.parametrize("model_name", MODELS)
 @pytest.mark.parametrize("opt_name", OPTIMIZERS)
 def test_two_processes_match_one_with_the_whole_batch(two_processes, model_name, opt_name):
