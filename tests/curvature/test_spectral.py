@@ -162,3 +162,16 @@ def test_hutchpp_is_exact_on_low_rank_and_needs_fewer_probes_with_outliers():
     pp = hutchinson_trace(B, tol=0.02, deflate=8, max_samples=50_000, generator=torch.Generator().manual_seed(2))
     assert plain.converged and pp.converged and pp.products < plain.products / 3
     assert abs(pp.estimate - exact) <= 0.04 * exact and abs(plain.estimate - exact) <= 0.04 * exact
+
+
+def test_spectral_tools_on_kfac_match_its_dense_form():
+    from geomopt.curvature import compute_kfac
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+    g = torch.Generator().manual_seed(0)
+    F = compute_kfac(model, (torch.randn(30, 4, generator=g), torch.randint(0, 3, (30,), generator=g)), fisher="ggn")
+    dense = F.to_dense()
+    res = lanczos_top_eigenvalues(F, 2, tol=1e-10, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(res.values, torch.linalg.eigvalsh(dense).flip(0)[:2], atol=1e-10, rtol=1e-8)
+    tr = hutchinson_trace(F, deflate=20, tol=0.01, generator=torch.Generator().manual_seed(0))
+    assert abs(tr.estimate - float(torch.trace(dense))) <= 0.02 * float(torch.trace(dense))

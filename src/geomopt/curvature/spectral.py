@@ -48,14 +48,33 @@ class _Dense:
         return self.matrix @ V
 
 
+class _OnParams:
+    """An operator on flat vectors in the order of its ``params`` (K-FAC, EKFAC), given its size."""
+
+    def __init__(self, op):
+        p = op.params
+        d = sum(t.numel() for t in p)
+        self.op, self.shape, self.dtype, self.device = op, (d, d), p[0].dtype, p[0].device
+
+    def mv(self, v: Tensor) -> Tensor:
+        return self.op.mv(v)
+
+    def matmat(self, V: Tensor) -> Tensor:
+        return self.op.matmat(V) if hasattr(self.op, "matmat") else torch.stack(
+            [self.op.mv(V[:, i]) for i in range(V.shape[1])], dim=1)
+
+
 def as_operator(op):
-    """A dense matrix wrapped as an operator; operators (``mv`` and ``shape``) are returned as they are."""
+    """A dense matrix, or an operator on flat parameter vectors without a ``shape`` (K-FAC and EKFAC
+    have ``params``), wrapped as an operator; operators with ``mv`` and ``shape`` are returned as they are."""
     if isinstance(op, Tensor):
         return _Dense(op)
     if not hasattr(op, "mv"):
         raise ValueError(f"spectral tools: {type(op).__name__} is neither a matrix nor an operator with mv()")
     if not hasattr(op, "shape"):
-        raise ValueError(f"spectral tools: operator {type(op).__name__} has no shape")
+        if hasattr(op, "params"):
+            return _OnParams(op)
+        raise ValueError(f"spectral tools: operator {type(op).__name__} has neither a shape nor params")
     return op
 
 
