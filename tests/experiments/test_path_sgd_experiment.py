@@ -170,7 +170,8 @@ def test_validation_selection_and_edge_rule(tmp_path):
     assert [float(r["lr"]) for r in rows if r["chosen"] == "True"] == [best, best]
     with (tmp_path / NAME / "table.csv").open() as f:
         (_, row) = list(csv.reader(f))
-    assert row[3] == (f"{best:g} (high edge)" if best == lrs[-1] else f"{best:g}")
+    assert row[3] == (f"{best:g} (high edge)" if best == lrs[-1] else f"{best:g} (grid extended)" if best > 0.003
+                      else f"{best:g}")
 
 
 def test_seeds_flag(tmp_path, capsys):

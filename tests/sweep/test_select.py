@@ -34,7 +34,7 @@ def test_edge_is_extended_geometrically_until_inside():
     run, calls = scorer(lambda k, v: (math.log10(v) - math.log10(0.9)) ** 2)  # minimum at 0.9
     sel = select_grids({"a": Grid((0.01, 0.03, 0.1, 0.3), max_steps=3)}, run)["a"]
     # 0.3 is best -> 0.3^2/0.1 = 0.9 -> best at the new edge -> 0.9^2/0.3 = 2.7 -> 0.9 inside
-    assert sel.extended == (0.9, 2.7) and sel.value == 0.9 and sel.edge is None
+    assert sel.extended == (0.9, 2.7) and sel.value == 0.9 and sel.edge is None and sel.label == "0.9 (grid extended)"
     assert [c for c in calls[1:]] == [[("a", 0.9)], [("a", 2.7)]]
 
 
@@ -42,7 +42,7 @@ def test_edge_past_the_limit_is_reported():
     run, _ = scorer(lambda k, v: -v)  # always better higher
     sel = select_grids({"a": Grid((1.0, 2.0), max_steps=2)}, run)["a"]
     assert sel.grid == (1.0, 2.0, 4.0, 8.0) and sel.value == 8.0 and sel.edge == "high"
-    assert "high edge" in sel.note and "2 step(s)" in sel.note
+    assert "high edge" in sel.note and "2 step(s)" in sel.note and sel.label == "8 (high edge)"
 
 
 def test_low_edge_linear_grid_and_bounds():

@@ -114,9 +114,8 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
     table, panels = [], {}
     for (data, model), t in tuned.items():
         paper = PUBLISHED.get((data, model))
-        edge = f" ({t.selection.edge} edge)" if t.selection.edge else ""
         finals = [_final(data, s) for _, _, s in t.at()]
-        table.append([data, model, f"{t.value:g}{edge}", "test bits/char" if data == "chars" else "test accuracy %",
+        table.append([data, model, t.selection.label, "test bits/char" if data == "chars" else "test accuracy %",
                       seed_stats(finals).fmt(), paper if paper is not None else "-"])
         curves = [[r["test_loss"] / math.log(2) if data == "chars" else 1 - r["test_acc"]
                    for r in read_metrics(d) if r["kind"] == "epoch"] for _, d, s in t.at() if not s.get("diverged")]

@@ -113,9 +113,8 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
     columns = ["dataset", "init", "optimizer", "chosen lr", "final train loss", "validation error %", "test error %"]
     table_rows = []
     for (data, init, opt), t in tuned.items():
-        edge = f" ({t.selection.edge} edge)" if t.selection.edge else ""
         val_err = [1 - a for a in t.metric("val_acc")] if all("val_acc" in s for *_, s in t.at()) else None
-        table_rows.append([data, init, opt, f"{t.value:g}{edge}", seed_stats(t.metric("train_loss")).fmt(),
+        table_rows.append([data, init, opt, t.selection.label, seed_stats(t.metric("train_loss")).fmt(),
                            seed_stats(val_err).fmt(100) if val_err else "diverged",
                            seed_stats([1 - a for a in t.metric("test_acc")]).fmt(100)])
     write_tables(root / "table.csv", (columns, table_rows))

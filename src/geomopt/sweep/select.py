@@ -82,6 +82,13 @@ class Selection:
     minimize: bool = True
 
     @property
+    def label(self) -> str:
+        """The selected value for a table: ``"0.9 (grid extended)"``, ``"8 (high edge)"`` or ``"0.1"``."""
+        if self.edge is not None:
+            return f"{self.value:g} ({self.edge} edge)"
+        return f"{self.value:g} (grid extended)" if self.value in self.extended else f"{self.value:g}"
+
+    @property
     def note(self) -> str:
         """A short statement of where the selected value lies, e.g. for a verdict's caveats."""
         if self.edge is None:
