@@ -13,7 +13,7 @@ from typing import Any
 from geomopt.report.scoreboard import STYLE as SCOREBOARD_STYLE
 from geomopt.report.scoreboard import anchor, claims_table, scoreboard
 from geomopt.sweep.claims import CLAIMS_FILE, read_claims
-from geomopt.train.checkpoint import atomic_write_bytes, write_json
+from geomopt.train.checkpoint import atomic_write_bytes, find_json, write_json
 
 SECTION = "section.json"
 
@@ -115,22 +115,15 @@ def build_report(runs_dir: str | Path, out_dir: str | Path) -> Path:
     """Gather every ``section.json`` under ``runs_dir`` into ``out_dir/index.html`` (figures embedded),
     opening with the scoreboard of every ``claims.json`` found there (each also shown in its section)."""
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
-    found = []
-    for path in sorted(runs_dir.rglob(SECTION)):
-        if out_dir.resolve() in path.resolve().parents:
-            continue
-        try:
-            section = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"report: {path} is not valid JSON ({exc})") from exc
-        if not isinstance(section, dict) or not isinstance(section.get("title"), str):
-            raise ValueError(f"report: {path} is not a section: expected a JSON object with a string \"title\" "
-                             "(write it with geomopt.report.write_section)")
-        found.append((section, path.parent))
+    try:
+        found = find_json(runs_dir, SECTION, key="title", kind=str, what="section", exclude=out_dir,
+                          hint="write it with geomopt.report.write_section")
+        records = read_claims(runs_dir, exclude=out_dir)
+    except ValueError as exc:
+        raise ValueError(f"report: {exc}") from exc
     if not found:
         raise FileNotFoundError(f"report: no {SECTION} under {runs_dir}; run `geomopt reproduce NAME --out {runs_dir}` first")
     found.sort(key=lambda item: (item[0].get("order", 100), item[0]["title"]))
-    records = [(r, d) for r, d in read_claims(runs_dir) if out_dir.resolve() not in d.resolve().parents]
     by_dir = {d.resolve(): r for r, d in records}
     toc = "".join(f"<li><a href=\"#{anchor(d, runs_dir)}\">{html.escape(s['title'])}</a></li>" for s, d in found)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")

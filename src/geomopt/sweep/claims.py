@@ -16,7 +16,6 @@ hyperparameter still at its grid's edge, a run that did not converge) turns ``ho
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from geomopt.sweep.stats import seed_stats
-from geomopt.train.checkpoint import write_json
+from geomopt.train.checkpoint import find_json, write_json
 
 __all__ = ["HOLDS", "PARTLY", "FAILS", "VERDICTS", "CLAIMS_FILE", "Claim", "Outcome", "less", "greater", "all_of",
            "evaluate_claims", "write_claims", "read_claims"]
@@ -206,20 +205,11 @@ def write_claims(directory: str | Path, experiment: str, claims: Sequence[Claim]
     return path
 
 
-def read_claims(runs_dir: str | Path) -> list[tuple[dict[str, Any], Path]]:
-    """Every ``claims.json`` under ``runs_dir`` as (record, its folder), sorted by path.
+def read_claims(runs_dir: str | Path, exclude: Path | None = None) -> list[tuple[dict[str, Any], Path]]:
+    """Every ``claims.json`` under ``runs_dir`` (none inside ``exclude``) as (record, its folder), sorted by path.
 
     Raises:
         ValueError: A file is not valid JSON or not a claims record.
     """
-    found = []
-    for path in sorted(Path(runs_dir).rglob(CLAIMS_FILE)):
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON ({exc})") from exc
-        if not isinstance(record, dict) or not isinstance(record.get("claims"), list):
-            raise ValueError(f"{path} is not a claims record: expected a JSON object with a \"claims\" list "
-                             "(write it with geomopt.sweep.claims.write_claims)")
-        found.append((record, path.parent))
-    return found
+    return find_json(runs_dir, CLAIMS_FILE, key="claims", kind=list, what="claims record",
+                     hint="write it with geomopt.sweep.claims.write_claims", exclude=exclude)

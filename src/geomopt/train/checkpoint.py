@@ -72,3 +72,26 @@ def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: Path) 
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically, human-readable."""
     atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+
+
+def find_json(root: str | Path, name: str, *, key: str, kind: type, what: str, hint: str,
+              exclude: Path | None = None) -> list[tuple[dict[str, Any], Path]]:
+    """Every file ``name`` below ``root`` (sorted by path; none inside ``exclude``) as (its JSON object,
+    its folder).
+
+    Raises:
+        ValueError: a file is not valid JSON, or not an object whose ``key`` is a ``kind`` (the message
+            names the file, calls it a ``what`` and ends with ``hint``).
+    """
+    found = []
+    for path in sorted(Path(root).rglob(name)):
+        if exclude is not None and exclude.resolve() in path.resolve().parents:
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc})") from exc
+        if not isinstance(record, dict) or not isinstance(record.get(key), kind):
+            raise ValueError(f"{path} is not a {what}: expected a JSON object with a {kind.__name__} {key!r} ({hint})")
+        found.append((record, path.parent))
+    return found
