@@ -91,11 +91,18 @@ class StepBatchNorm(nn.Module):
                                "train (in train mode) on sequences of that length first")
         if (self.training or missing) and mask is None and batch > 1 and not self.sequence_wise:
             # all entries valid, per-step statistics: the (t, feature) pairs as the channels of one
-            # fused batch norm (one kernel forward and backward); statistics for the running averages apart
+            # fused batch norm (one kernel forward and backward), which also updates the running
+            # averages when the steps have their own slots (else they are computed apart)
+            own = self.training and step + steps <= self.max_steps
+            rows = slice(step, step + steps)
             out = torch.batch_norm(x.reshape(batch, -1), self.weight.repeat(steps),
-                                   None if self.bias is None else self.bias.repeat(steps), None, None, True, 0.0,
+                                   None if self.bias is None else self.bias.repeat(steps),
+                                   self.running_mean[rows].view(-1) if own else None,
+                                   self.running_var[rows].view(-1) if own else None, True, self.momentum,
                                    self.eps, False).view_as(x)
-            if self.training:
+            if own:
+                self.steps_tracked[rows] += 1
+            elif self.training:
                 with torch.no_grad():
                     mean = x.mean(0)
                     centered = x - mean
