@@ -7,6 +7,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def _count(log: str | None, name: str) -> None:
@@ -80,3 +81,28 @@ class InterruptOnce:
         os.kill(self.driver, signal.SIGINT)
         time.sleep(120)
         return {}
+
+
+@dataclass(frozen=True)
+class TrainDieOnce:
+    """First attempt: trains ``config`` for ``steps`` steps (checkpoints included), then kills its worker;
+    the next attempt trains it to the end in the same work folder (resumed.txt: whether a checkpoint was there)."""
+
+    config: Any
+    marker: str
+    steps: int
+
+    def __call__(self, workdir: Path) -> dict:
+        from geomopt.sweep import TrainJob
+        from geomopt.train import train
+        if not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            try:
+                train(self.config, workdir, progress=False, stop_after_steps=self.steps)
+            except KeyboardInterrupt:  # how stop_after_steps stops a run
+                pass
+            os.kill(os.getpid(), signal.SIGKILL)
+        resumed = (workdir / "checkpoint.pt").is_file()
+        summary = TrainJob(self.config)(workdir)
+        (workdir / "resumed.txt").write_text(str(resumed))
+        return summary

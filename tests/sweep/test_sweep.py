@@ -13,7 +13,7 @@ import ray
 
 import tests.sweep.jobs as jobs
 from geomopt.cli import main
-from geomopt.sweep import FAILED, SweepError, Trial, run_all, run_sweep
+from geomopt.sweep import FAILED, SweepError, Trial, run_all, run_sweep, sweep_options
 from geomopt.sweep.ray_backend import RayBackend
 from geomopt.train import TrainConfig
 
@@ -119,6 +119,41 @@ def test_results_land_under_out_when_the_worker_runs_elsewhere(tmp_path, ray_ses
         assert r.status == "done" and Path(r.result["cwd"]) != driver and (Path(r.result["cwd"]) / "note.txt").is_file()
         assert (driver / "results" / f"t{x}" / "x.txt").read_text() == str(x)
         assert not (Path(r.result["cwd"]) / "results").exists()
+
+
+def test_sweep_options_reach_run_all(tmp_path, ray_session):
+    """How the CLI hands --backend/--max-retries to the experiments: run_all inside sweep_options runs on Ray
+    (the workers' working directory is the module's 'elsewhere' copy) with no retry."""
+    with sweep_options(backend="ray", max_retries=0):
+        (summary,) = run_all([(jobs.Square(5), tmp_path / "t5")], progress=False)
+        assert (Path(summary["cwd"]) / "note.txt").is_file()
+        with pytest.raises(SweepError):
+            run_all([(jobs.Boom(), tmp_path / "boom")], progress=False)
+    assert json.loads((tmp_path / "boom" / FAILED).read_text())["attempts"] == 1
+    (summary,) = run_all([(jobs.Square(6), tmp_path / "t6")], 1, progress=False)  # outside: local, in process
+    assert summary["pid"] == os.getpid()
+
+
+def _metrics(run: Path) -> list[dict]:
+    """metrics.jsonl without its timings."""
+    return [{k: v for k, v in json.loads(line).items() if "time" not in k}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_local_attempts_resume_from_the_last_checkpoint(tmp_path):
+    """A worker killed after 3 of 8 steps: the retry resumes from the step-2 checkpoint in OUT/.partial and
+    ends with the numbers of an uninterrupted run (the engine's exact resume); .partial is gone after."""
+    config = TrainConfig(data="digits", model="mlp", widths=(8,), epochs=2, batch_size=50, train_size=200,
+                         checkpoint_every=2)
+    (straight,) = run_all([(config, tmp_path / "straight")], 1, progress=False)
+    (result,) = run_sweep([Trial(jobs.TrainDieOnce(config, str(tmp_path / "marker"), 3), tmp_path / "killed")],
+                          workers=2, progress=False)
+    assert result.status == "done" and "(died)" in result.errors[0]
+    assert (tmp_path / "killed" / "resumed.txt").read_text() == "True"
+    numbers = {k: v for k, v in straight.items() if k != "seconds"}
+    assert {k: v for k, v in result.result.items() if k != "seconds"} == numbers
+    assert _metrics(tmp_path / "killed") == _metrics(tmp_path / "straight")
+    assert not (tmp_path / "killed" / ".partial").exists()
 
 
 def test_a_divergence_is_a_result_not_a_failure(tmp_path):

@@ -151,7 +151,7 @@ def run_sweep(trials: Sequence[Trial], *, backend: Any = None, workers: int | No
             slots = backend.capacity()
             while todo and len(running) < slots:
                 i = todo.popleft()
-                backend.submit(i, trials[i].payload())
+                backend.submit(i, trials[i].payload(), str(trials[i].scratch))
                 running[i] = time.monotonic()
             show()
             now = time.monotonic()

@@ -19,7 +19,8 @@ from geomopt.sweep.trial import execute
 
 
 def _serve(conn) -> None:
-    """Worker loop: receive (job, inputs, checkpoint, threads), send back ("ok", Output) or ("error", text)."""
+    """Worker loop: receive (job, inputs, checkpoint, threads, scratch), send back ("ok", Output) or
+    ("error", text)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle; it stops the workers
     while True:
         try:
@@ -96,15 +97,16 @@ class LocalBackend:
     def capacity(self) -> int:
         return self.workers
 
-    def submit(self, key: int, payload: tuple) -> None:
+    def submit(self, key: int, payload: tuple, scratch: str | None = None) -> None:
+        """Start an attempt; ``scratch``: its work folder (on this machine's filesystem, kept between attempts)."""
         if self.in_process:
             try:
-                self._done.append((key, "ok", execute(*payload, threads=self.threads)))
+                self._done.append((key, "ok", execute(*payload, threads=self.threads, scratch=scratch)))
             except Exception:
                 self._done.append((key, "error", traceback.format_exc()))
             return
         worker = self._idle.pop() if self._idle else _Worker(self._ctx)
-        worker.conn.send((*payload, self.threads))
+        worker.conn.send((*payload, self.threads, scratch))
         self._busy[key] = worker
 
     def poll(self, timeout: float) -> list[tuple[int, str, Any]]:

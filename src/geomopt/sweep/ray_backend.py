@@ -88,7 +88,8 @@ class RayBackend:
         self._slots, self._asked = slots, time.monotonic()
         return slots
 
-    def submit(self, key: int, payload: tuple) -> None:
+    def submit(self, key: int, payload: tuple, scratch: str | None = None) -> None:
+        """Start an attempt in a temporary folder of its worker (``scratch``, the driver's, is not used)."""
         threads = max(1, int(self.cpus))
         self._refs[self._remote.remote(*payload, threads=threads)] = key
 

@@ -1,16 +1,20 @@
 """One trial of a sweep: what a worker runs (in its own temporary folder) and what the driver stores.
 
 A trial is a picklable *job* (``job(workdir) -> dict``) and the output folder the driver owns. The
-worker runs the job in a fresh temporary folder, never in the output folder, and hands back the
+worker runs the job in a work folder of its own, never in the output folder, and hands back the
 files the job wrote there as bytes; the driver writes them under the output folder atomically, the
 job's result file (``summary.json`` by default) last, so that a folder holding it is a finished
-trial. Workers therefore need no filesystem shared with the driver.
+trial. Workers therefore need no filesystem shared with the driver. The work folder is a fresh
+temporary folder, except on the local backend: there it is ``OUT/.partial``, kept when an attempt
+dies or is interrupted, so that the next attempt (or the same sweep run again) resumes a training
+run from its last checkpoint; it is removed once the trial is stored.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -28,6 +32,7 @@ from geomopt.train.run import CONFIG, train
 
 SUMMARY = "summary.json"
 FAILED = "failed.json"
+SCRATCH = ".partial"
 
 
 @dataclass(frozen=True)
@@ -43,14 +48,17 @@ class TrainJob:
     result_file = SUMMARY
 
     def __call__(self, workdir: Path) -> dict[str, Any]:
+        # a work folder holding this config (an interrupted attempt) resumes; anything else starts over
+        overwrite = not same_config(workdir / CONFIG, self.config)
         try:
-            summary = train(self.config, workdir, progress=False)
+            summary = train(self.config, workdir, overwrite=overwrite, progress=False)
         except NonFiniteLossError as exc:
             summary = {"diverged": True, "error": str(exc), "train_loss": float("inf"), "train_acc": 0.0,
                        "test_loss": float("inf"), "test_acc": 0.0}
             write_json(workdir / SUMMARY, summary)
             return summary
-        summary.pop("out_dir", None)  # the worker's temporary folder, gone once the trial is stored
+        for key in ("out_dir", "skipped"):  # the worker's folder, gone once the trial is stored
+            summary.pop(key, None)
         write_json(workdir / SUMMARY, summary)
         if self.measures is not None:
             from geomopt.measures.runs import measure_run
@@ -123,6 +131,11 @@ class Trial:
             object.__setattr__(self, "name", self.out.name)
 
     @property
+    def scratch(self) -> Path:
+        """The work folder of attempts on a worker that shares the driver's filesystem."""
+        return self.out / SCRATCH
+
+    @property
     def result_file(self) -> str:
         return getattr(self.job, "result_file", SUMMARY)
 
@@ -151,8 +164,10 @@ class Output:
     host: str
 
 
-def execute(job: Any, inputs: dict[str, bytes], checkpoint: bool, threads: int = 1) -> Output:
-    """Run ``job`` in a fresh temporary folder of this worker and collect what it wrote there.
+def execute(job: Any, inputs: dict[str, bytes], checkpoint: bool, threads: int = 1,
+            scratch: str | None = None) -> Output:
+    """Run ``job`` in a work folder and collect what it wrote there: ``scratch`` (kept if the job
+    raises or the process dies; removed after a success) or else a fresh temporary folder.
 
     Trials use ``threads`` torch threads (1 by default, so that the numbers do not depend on how
     many trials run side by side).
@@ -160,22 +175,31 @@ def execute(job: Any, inputs: dict[str, bytes], checkpoint: bool, threads: int =
     start, old = time.perf_counter(), torch.get_num_threads()
     torch.set_num_threads(max(1, int(threads)))
     try:
-        with tempfile.TemporaryDirectory(prefix="geomopt-trial-") as tmp:
-            work = Path(tmp)
-            for name, data in inputs.items():
-                (work / name).parent.mkdir(parents=True, exist_ok=True)
-                (work / name).write_bytes(data)
-            result = job(work)
-            if not isinstance(result, dict):
-                raise TypeError(f"sweep job {job!r} returned {type(result).__name__}; a job returns a dict")
-            files = {}
-            for path in sorted(work.rglob("*")):
-                rel = path.relative_to(work).as_posix()
-                if path.is_file() and rel not in inputs and (checkpoint or rel != CHECKPOINT):
-                    files[rel] = path.read_bytes()
+        if scratch is None:
+            with tempfile.TemporaryDirectory(prefix="geomopt-trial-") as tmp:
+                result, files = _run(job, Path(tmp), inputs, checkpoint)
+        else:
+            result, files = _run(job, Path(scratch), inputs, checkpoint)
+            shutil.rmtree(scratch)
     finally:
         torch.set_num_threads(old)
     return Output(result, files, time.perf_counter() - start, socket.gethostname())
+
+
+def _run(job: Any, work: Path, inputs: dict[str, bytes], checkpoint: bool) -> tuple[dict[str, Any], dict[str, bytes]]:
+    work.mkdir(parents=True, exist_ok=True)
+    for name, data in inputs.items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_bytes(data)
+    result = job(work)
+    if not isinstance(result, dict):
+        raise TypeError(f"sweep job {job!r} returned {type(result).__name__}; a job returns a dict")
+    files = {}
+    for path in sorted(work.rglob("*")):
+        rel = path.relative_to(work).as_posix()
+        if path.is_file() and rel not in inputs and (checkpoint or rel != CHECKPOINT):
+            files[rel] = path.read_bytes()
+    return result, files
 
 
 def store(trial: Trial, output: Output) -> dict[str, Any]:
@@ -206,5 +230,6 @@ def record_failure(trial: Trial, errors: list[str], backend: str) -> None:
     """Write ``failed.json`` (every attempt's error) into the trial folder; a later sweep retries it."""
     write_json(trial.out / FAILED, {"trial": trial.name, "attempts": len(errors), "errors": errors,
                                     "backend": backend, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+    shutil.rmtree(trial.scratch, ignore_errors=True)  # the next sweep starts it over
 
 
