@@ -42,3 +42,14 @@ def test_tracker_validates_every():
     bundle = load_dataset("digits", seed=0, train_size=50)
     with pytest.raises(ValueError, match="every must be >= 1"):
         SharpnessTracker(0, read_batches(make_loader(bundle.train, 50, shuffle=False)))
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "kfac"])
+def test_tracking_does_not_change_training(tmp_path, optimizer):
+    """The tracker's extra forward/backward passes (eval mode, own generator) leave the run bit for bit
+    unchanged, also with K-FAC's hooks on the layers and with dropout."""
+    cfg = TrainConfig(**{**SMALL, "epochs": 1, "dropout": 0.2}, optimizer=optimizer)
+    tracked = train(cfg, tmp_path / "tracked", progress=False)
+    plain = train(cfg.replace(track_sharpness=0), tmp_path / "plain", progress=False)
+    steps = [[r["loss"] for r in read_metrics(tmp_path / d) if r["kind"] == "step"] for d in ("tracked", "plain")]
+    assert steps[0] == steps[1] and tracked["test_loss"] == plain["test_loss"]

@@ -169,8 +169,9 @@ def _train(config: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.schedule, config.epochs * len(train_loader)))
     tracker = None
     if config.track_sharpness:
-        batches = read_batches(make_loader(bundle.train, eval_batch, shuffle=False), device, config.sharpness_examples,
-                               what="--sharpness-examples")
+        with torch.random.fork_rng(devices=[]):  # iterating a DataLoader draws from the global RNG (dropout's)
+            batches = read_batches(make_loader(bundle.train, eval_batch, shuffle=False), device,
+                                   config.sharpness_examples, what="--sharpness-examples")
         tracker = SharpnessTracker(config.track_sharpness, batches, loss_fn, seed=config.seed)
     if main:
         write_json(out_dir / CONFIG, config.to_dict())
