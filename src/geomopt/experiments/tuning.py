@@ -1,9 +1,9 @@
 """Learning-rate (or any TrainConfig field) selection for the reproductions, on validation data.
 
 :func:`tune` runs each problem's grid for every seed through the experiment sweep, scores each value by
-its mean validation loss over seeds (``val_loss`` of runs with ``TrainConfig.val_fraction > 0``: a
-split carved from the training set, never the test set) and extends a grid whose best value is at an
-edge (:func:`geomopt.sweep.select_grids`). Runs go to ``directory / f"{name}{value:g}" / f"seed{seed}"``
+its mean validation loss or accuracy over seeds (``val_loss`` / ``val_acc`` of runs with
+``TrainConfig.val_fraction > 0``: a split carved from the training set, never the test set) and extends
+a grid whose best value is at an edge (:func:`geomopt.sweep.select_grids`). Runs go to ``directory / f"{name}{value:g}" / f"seed{seed}"``
 and are skipped when already finished.
 """
 
@@ -61,12 +61,13 @@ RESTART_SEED = 1000  # restart r of seed s trains with TrainConfig.seed = s + RE
 
 
 def tune(problems: Mapping[Hashable, Problem], seeds: Sequence[int], *, jobs: int | None, desc: str,
-         score: str = "val_loss", overwrite: bool = False,
+         score: str = "val_loss", minimize: bool = True, overwrite: bool = False,
          restarts: Mapping[Hashable, int] | None = None) -> dict[Hashable, Tuned]:
-    """Select every problem's value by its mean ``score`` (lower is better) over ``seeds``.
+    """Select every problem's value by its mean ``score`` over ``seeds`` (lower is better, or higher with
+    ``minimize=False``, e.g. ``score="val_acc"``).
 
     Each round of :func:`geomopt.sweep.select_grids` is one sweep over all pending (problem, value, seed)
-    runs. A diverged run scores ``inf``. ``overwrite``: retrain run folders that hold a different run
+    runs. A diverged run scores worst (``inf``, or ``-inf`` when maximizing). ``overwrite``: retrain run folders that hold a different run
     (otherwise refused, :func:`geomopt.sweep.run_all`). ``restarts[key]``: a diverged run of that problem
     is restarted up to this many times from a new initialization (``seed + RESTART_SEED * r``, in
     ``run dir / f"restart{r}"``; Le et al. 2015's IRNN protocol); the first that does not diverge (or the
@@ -97,7 +98,7 @@ def tune(problems: Mapping[Hashable, Problem], seeds: Sequence[int], *, jobs: in
                     pending.append((k, v, s, r + 1))
                     continue
                 if summary.get("diverged"):
-                    summary = {**summary, score: math.inf}
+                    summary = {**summary, score: math.inf if minimize else -math.inf}
                 elif score not in summary:
                     raise ValueError(f"{desc}: run {out} has no {score!r} in its summary; its TrainConfig needs "
                                      "val_fraction > 0 (a validation split carved from the training set)")
@@ -105,7 +106,7 @@ def tune(problems: Mapping[Hashable, Problem], seeds: Sequence[int], *, jobs: in
                 got[k, v, s] = float(summary[score])
         return {(k, v): [got[k, v, s] for s in seeds] for k, v in pairs}
 
-    for k, sel in select_grids({k: p.grid for k, p in problems.items()}, run).items():
+    for k, sel in select_grids({k: p.grid for k, p in problems.items()}, run, minimize=minimize).items():
         tuned[k].selection = sel
     return tuned
 
