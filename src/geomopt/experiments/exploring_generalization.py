@@ -168,8 +168,13 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
     plot_bands(panels, root / "labels.png", xlabel="training-set size", ylabel="measure", ncols=4)
 
     # (b) zoo rank correlations, one zoo per seed
-    corr = {seed: correlate(root / "zoo" / f"seed{seed}", root / "zoo" / f"seed{seed}",
-                            min_train_acc=exp.min_train_acc) for seed in exp.seeds}
+    corr, too_few = {}, []
+    for seed in exp.seeds:
+        try:
+            corr[seed] = correlate(root / "zoo" / f"seed{seed}", root / "zoo" / f"seed{seed}",
+                                   min_train_acc=exp.min_train_acc)
+        except ValueError as exc:  # fewer than 2 models fitted: no correlation for this seed's zoo
+            corr[seed], too_few = [], too_few + [f"seed {seed}: {exc}"]
     taus: dict[str, list[float]] = {}
     for seed in exp.seeds:
         for r in corr[seed]:
@@ -194,7 +199,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
         f"{list(exp.zoo_lrs)}, batch {list(exp.zoo_batch_sizes)}, weight decay {list(exp.zoo_weight_decays)}, "
         f"dropout {list(exp.zoo_dropouts)}; models with training accuracy >= {exp.min_train_acc} (per seed: "
         f"{kept}) are correlated with the gap (test error - train error). Measure settings: "
-        + json.dumps(exp.measure) + ".",
+        + json.dumps(exp.measure) + "." + (f" No correlation for {'; '.join(too_few)}." if too_few else ""),
     ]
     section = Section(title=TITLE, paragraphs=paragraphs,
                       tables=[{"caption": "Part (a): each measure per label kind and training-set size, mean [95% "
@@ -221,10 +226,11 @@ def _fmt(values: list[float]) -> str:
 
 
 def _defined(outcome_of, a: list[float], b: list[float], label: str) -> Outcome:
-    """``outcome_of(a, b)`` over the seeds where both are finite; a seed left out is a caveat."""
+    """``outcome_of(a, b)`` over the seeds where both are finite (a measure is NaN where the margin is not
+    positive, a Kendall tau where it cannot be computed); a seed left out is a caveat."""
     pairs = [(x, y) for x, y in zip(a, b) if math.isfinite(x) and math.isfinite(y)]
     if not pairs:
-        return Outcome(FAILS, f"{label}: undefined in every seed (margin <= 0)")
+        return Outcome(FAILS, f"{label}: undefined in every seed")
     out = outcome_of([p[0] for p in pairs], [p[1] for p in pairs], label=label)
     missing = len(a) - len(pairs)
     return out.with_caveats(f"{label}: undefined in {missing}/{len(a)} seeds" if missing else "")
@@ -252,8 +258,7 @@ def _tau(measure: str, sign: int):
         taus = results["taus"].get(measure)
         if taus is None:
             return Outcome(FAILS, f"{measure} not measured in every seed's zoo")
-        compare = greater if sign > 0 else less
-        return compare(taus, 0.0, label=f"tau({measure})")
+        return _defined(greater if sign > 0 else less, taus, [0.0] * len(taus), f"tau({measure})")
     return test
 
 
