@@ -57,12 +57,16 @@ def test_resume_with_more_epochs_extends_a_finished_run_exactly(tmp_path):
 def test_reproduction_keeps_rows_of_other_settings_and_refuses_a_changed_run(tmp_path, capsys):
     args = ["reproduce", "path-sgd", "--quick", "--out", str(tmp_path), "--jobs", "1", "--seeds", "1",
             "--set", "epochs=1",
-            "--set", "widths=[8]", "--set", "train_size=200", "--set", 'lrs={"sgd": [0.1], "path-sgd": [0.1]}',
-            "--set", "optimizers=sgd,path-sgd", "--set", "inits=kaiming"]
+            "--set", "widths=[8]", "--set", "train_size=200", "--set", 'lrs={"sgd": [1000.0], "path-sgd": [0.1]}',
+            "--set", "max_extensions=0", "--set", "optimizers=sgd,path-sgd", "--set", "inits=kaiming"]
     assert main([*args, "--set", "datasets=digits,mnist1d"]) == 0
     results = tmp_path / "path-sgd" / "results.csv"
     mnist1d_rows = [line for line in results.read_text().splitlines() if line.startswith("mnist1d")]
     assert len(mnist1d_rows) == 2
+    section = json.loads((tmp_path / "path-sgd" / "section.json").read_text())
+    assert any(w.startswith("DIVERGED: mnist1d, kaiming init, sgd lr 1000") for w in section["warnings"])
+    assert "Neyshabur, Salakhutdinov & Srebro" in section["citations"][0]
+    assert "warning: DIVERGED" in capsys.readouterr().out  # printed with the verdict table
     capsys.readouterr()
     assert main([*args, "--set", "datasets=digits", "--set", "batch_size=20"]) == 2  # a finished run would change
     assert "batch_size" in capsys.readouterr().err
@@ -210,3 +214,38 @@ def test_rising_loss_is_reported_as_diverged(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "diverged" in err and "before training" in err
     assert not (out / "summary.json").exists()
+
+
+# 6. the report cites the papers by title, never a file of the build machine
+def test_every_reproduction_cites_its_papers_by_title():
+    import ast
+    import importlib
+
+    from geomopt.experiments import EXPERIMENTS
+    for name, module in EXPERIMENTS.items():
+        module = importlib.import_module(module.__name__) if not hasattr(module, "CITATIONS") else module
+        assert module.CITATIONS, name
+        for c in module.CITATIONS:
+            assert c.count('"') == 2 and len(c.split('"')[1]) > 10, (name, c)  # Authors, "Title", venue
+        strings = [n.value for n in ast.walk(ast.parse(Path(module.__file__).read_text()))
+                   if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        assert not [s for s in strings if "/work/" in s or "papers.md" in s and not s.startswith("Reproduction")], name
+
+
+# 7. diverged and unconverged runs are marked in the report
+def test_report_marks_diverged_and_unconverged_runs(tmp_path):
+    from geomopt.report import Section, build_report, run_warnings, write_section
+    rows = [{"lr": 0.1, "train_loss": 0.05, "diverged": False, "chosen": True},
+            {"lr": 3.0, "train_loss": float("inf"), "diverged": True, "chosen": False},
+            {"lr": 0.01, "train_loss": 12.18, "diverged": False, "chosen": True},   # chosen, above chance: stuck
+            {"lr": 1e-4, "train_loss": 2.5, "diverged": False, "chosen": False}]    # not chosen: not listed
+    warnings, caveat = run_warnings(rows, lambda r: f"lr {r['lr']:g}", lambda r: 2.3026)
+    assert warnings == ["DIVERGED: lr 3", "NOT CONVERGED: lr 0.01: final train loss 12.18 (above 2.303)"]
+    assert "1 of 4 runs diverged" in caveat and "1 run(s)" in caveat
+    assert run_warnings(rows[:1], str, lambda r: 2.3) == ([], None)
+    section = Section(title="T", paragraphs=["Our result: x.", caveat], citations=['A & B, "A Title", 2020'],
+                      warnings=warnings)
+    write_section(tmp_path / "exp", section)
+    page = build_report(tmp_path, tmp_path / "report").read_text()
+    assert "DIVERGED: lr 3" in page and "NOT CONVERGED" in page and "A Title" in page
+    assert 'href="#' in page  # table of contents with links

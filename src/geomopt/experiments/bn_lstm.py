@@ -25,11 +25,15 @@ from typing import Any
 
 from geomopt.experiments.config import experiment_dir, merge_overrides, seed_list
 from geomopt.experiments.tuning import Problem, Tuned, compute_seconds, edge_caveats, tune
-from geomopt.report import Section, plot_bands, write_records, write_section, write_tables
+from geomopt.report import Section, plot_bands, run_warnings, write_records, write_section, write_tables
 from geomopt.sweep import Claim, Grid, Outcome, all_of, band, greater, less, seed_stats, write_claims
 from geomopt.train import TrainConfig, read_metrics
 
 NAME = "bn-lstm"
+CITATIONS = (
+    'Cooijmans, Ballas, Laurent, Gulcehre & Courville, "Recurrent Batch Normalization", ICLR 2017',
+    'Laurent, Pereyra, Brakel, Zhang & Bengio, "Batch Normalized Recurrent Neural Networks", ICASSP 2016',
+)  # the papers, by title, for the report
 TITLE = "Recurrent batch normalization (Cooijmans et al. 2016)"
 PAPER = "Cooijmans, Ballas, Laurent, Gulcehre & Courville 2016"
 PUBLISHED = {  # test accuracy % (Cooijmans et al. 2016, table 1), bits per character (table 2)
@@ -108,16 +112,18 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
         for (lr, seed), (_, run_dir, s) in sorted(t.runs.items()):
             rows.append({"dataset": data, "model": model, "lr": lr, "seed": seed, "final": _final(data, s),
                          "metric": "test bits/char" if data == "chars" else "test accuracy %",
-                         "val_loss": s.get("val_loss"), "diverged": bool(s.get("diverged", False)),
-                         "chosen": lr == t.value, "dir": str(run_dir)})
+                         "val_loss": s.get("val_loss"), "train_loss": s["train_loss"],
+                         "diverged": bool(s.get("diverged", False)), "chosen": lr == t.value, "dir": str(run_dir)})
     write_records(root / "results.csv", rows, exclude=["dir"], key=("dataset", "model", "lr", "seed"))
 
     table, panels = [], {}
     for (data, model), t in tuned.items():
         paper = PUBLISHED.get((data, model))
         finals = [_final(data, s) for _, _, s in t.at()]
+        diverged = sum(bool(s.get("diverged")) for _, _, s in t.at())
         table.append([data, model, t.selection.label, "test bits/char" if data == "chars" else "test accuracy %",
-                      seed_stats(finals).fmt(), paper if paper is not None else "-"])
+                      seed_stats(finals).fmt() + (f" ({diverged} of {len(finals)} seeds DIVERGED)" if diverged else ""),
+                      paper if paper is not None else "-"])
         curves = [[r["test_loss"] / math.log(2) if data == "chars" else 1 - r["test_acc"]
                    for r in read_metrics(d) if r["kind"] == "epoch"] for _, d, s in t.at() if not s.get("diverged")]
         if curves:
@@ -138,7 +144,9 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
         "same recurrent BN. The paper used RMSProp 1e-3; the paper's numbers are for MNIST (784 steps) and "
         "Penn Treebank, not for the CPU-scale datasets.",
     ]
-    section = Section(title=TITLE, paragraphs=paragraphs,
+    warnings, caveat = run_warnings(rows, _describe_run, _unconverged_above)
+    paragraphs += [caveat] if caveat else []
+    section = Section(citations=list(CITATIONS), warnings=warnings, title=TITLE, paragraphs=paragraphs,
                       tables=[{"caption": "Final test numbers at the chosen learning rate beside the paper's",
                                "columns": columns, "rows": table}],
                       figures=[{"file": "test_curves.png", "caption": "Test error per epoch at the chosen learning "
@@ -187,3 +195,11 @@ def claims(exp: BNLSTMExperiment) -> list[Claim]:
                   _generalizes),
             Claim("converges-faster", "BN-LSTM trains faster than the LSTM (lower training loss averaged over "
                   "the epochs)", PAPER, "Fig. 1, 2", "faster convergence on every task (curves)", _faster)]
+
+
+def _describe_run(r: dict[str, Any]) -> str:
+    return f"{r['dataset']}, {r['model']} lr {r['lr']:g} seed {r['seed']}"
+
+
+def _unconverged_above(r: dict[str, Any]) -> float:
+    return math.inf if r["dataset"] == "chars" else math.log(10)  # chance level of 10 classes

@@ -41,6 +41,10 @@ from geomopt.report import Section, plot_curves, write_records, write_section, w
 from geomopt.sweep import FAILS, HOLDS, PARTLY, Claim, Grid, Outcome, all_of, less, seed_stats, select_grids, write_claims
 
 NAME = "deep-mf"
+CITATIONS = (
+    'Arora, Cohen, Hu & Luo, "Implicit Regularization in Deep Matrix Factorization", NeurIPS 2019',
+    'Arora, Cohen & Hazan, "On the Optimization of Deep Networks: Implicit Acceleration by Overparameterization", ICML 2018',
+)  # the papers, by title, for the report
 TITLE = ("Deep matrix factorization (Arora, Cohen, Hu & Luo 2019) and acceleration by overparameterization "
          "(Arora, Cohen & Hazan 2018)")
 # papers.md section 4 (read off the authors' code and notebook; completion, n = 100, rank 5)
@@ -359,7 +363,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
                           "The l4-specific effect (depth accelerates l4 beyond the scaled step, and not l2) does NOT "
                           "show at this scale: ") + " ".join(verdicts),
     ]
-    section = Section(title=TITLE, paragraphs=paragraphs,
+    section = Section(citations=list(CITATIONS), title=TITLE, paragraphs=paragraphs,
                       tables=[{"caption": "Completion: reconstruction error and effective rank over converged seeds, "
                                           "ours beside the paper's (the paper's numbers are for n = 100, rank 5)",
                                "columns": columns, "rows": table_rows},

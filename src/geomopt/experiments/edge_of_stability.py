@@ -49,6 +49,9 @@ from geomopt.sweep.stats import seed_stats  # noqa: E402
 from geomopt.train import TrainConfig, read_metrics  # noqa: E402
 
 NAME = "edge-of-stability"
+CITATIONS = (
+    'Cohen, Kaur, Li, Kolter & Talwalkar, "Gradient Descent on Neural Networks Typically Occurs at the Edge of Stability", ICLR 2021',
+)  # the papers, by title, for the report
 TITLE = "Edge of stability: full-batch gradient descent (Cohen, Kaur, Li, Kolter & Talwalkar 2021)"
 
 
@@ -256,7 +259,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
         "again late in training as the loss approaches zero (noted by the paper), which lowers the window's median "
         "and the within-band fraction of long runs.",
     ]
-    section = Section(title=TITLE, paragraphs=paragraphs, tables=[
+    section = Section(citations=list(CITATIONS), title=TITLE, paragraphs=paragraphs, tables=[
         {"caption": "Sharpness and loss per step size (mean [95% interval] over seeds)", "columns": columns,
          "rows": table}], figures=[
         {"file": "sharpness.png", "caption": "Top: top Hessian eigenvalue vs step with 2/lr dashed; bottom: full-batch "

@@ -39,6 +39,9 @@ from geomopt.train import NonFiniteLossError, TrainConfig, fit, read_metrics
 from geomopt.train.checkpoint import write_json
 
 NAME = "ekfac"
+CITATIONS = (
+    'George, Laurent, Bouthillier, Ballas & Vincent, "Fast Approximate Natural Gradient Descent in a Kronecker-factored Eigenbasis", NeurIPS 2018',
+)  # the papers, by title, for the report
 PAPER_CLAIM = ("George et al. (2018) report, on the MNIST deep autoencoder (and VGG11/ResNet on CIFAR-10), that "
                "EKFAC reaches a given training loss in fewer epochs and less wall-clock time than K-FAC (with the "
                "same amortized inversion period), and that both outperform SGD with momentum and Adam on the "
@@ -276,7 +279,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
         "Paper: " + PAPER_CLAIM,
         "Our result: " + " ".join(verdicts),
     ]
-    section = Section(title="EKFAC (George, Laurent, Bouthillier, Ballas & Vincent 2018)", paragraphs=paragraphs,
+    section = Section(citations=list(CITATIONS), title="EKFAC (George, Laurent, Bouthillier, Ballas & Vincent 2018)", paragraphs=paragraphs,
                       tables=[{"caption": "Best setting of each optimizer and time to the target training loss",
                                "columns": columns, "rows": table_rows}], figures=figures, order=70)
     return write_section(root, section)

@@ -37,6 +37,10 @@ from geomopt.train import TrainConfig
 from geomopt.train.checkpoint import write_json
 
 NAME = "exploring-generalization"
+CITATIONS = (
+    'Neyshabur, Bhojanapalli, McAllester & Srebro, "Exploring Generalization in Deep Learning", NeurIPS 2017',
+    'Jiang, Neyshabur, Mobahi, Krishnan & Bengio, "Fantastic Generalization Measures and Where to Find Them", ICLR 2020',
+)  # the papers, by title, for the report
 TITLE = ("Exploring generalization: measures on true vs random labels, and over a zoo "
          "(Neyshabur et al. 2017; Jiang et al. 2019)")
 FITTED = 0.02  # a run is fitted when its training error is at most this
@@ -201,7 +205,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
         f"{kept}) are correlated with the gap (test error - train error). Measure settings: "
         + json.dumps(exp.measure) + "." + (f" No correlation for {'; '.join(too_few)}." if too_few else ""),
     ]
-    section = Section(title=TITLE, paragraphs=paragraphs,
+    section = Section(citations=list(CITATIONS), title=TITLE, paragraphs=paragraphs,
                       tables=[{"caption": "Part (a): each measure per label kind and training-set size, mean [95% "
                                           "interval] over seeds (undefined where the margin is not positive)",
                                "columns": ["measure", "labels", "size", "value"], "rows": table},

@@ -38,6 +38,9 @@ from geomopt.report import Section, plot_curves, write_records, write_section, w
 from geomopt.sweep import FAILS, Claim, Outcome, all_of, greater, less, seed_stats, write_claims
 
 NAME = "implicit-mf"
+CITATIONS = (
+    'Gunasekar, Woodworth, Bhojanapalli, Neyshabur & Srebro, "Implicit Regularization in Matrix Factorization", NeurIPS 2017',
+)  # the papers, by title, for the report
 TITLE = "Implicit regularization in matrix factorization (Gunasekar et al. 2017; Razin & Cohen 2020)"
 PAPER_CLAIM = ("Gunasekar et al. (2017), matrix sensing and completion with X = U U^T, U full n x n: as the "
                "initialization scale alpha -> 0 (and the step -> 0), gradient descent converges to the minimum "
@@ -287,7 +290,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
                                                       "X_nuc and to X*, effective rank, nuclear norm over the minimum."},
                {"file": "norms_vs_rank.png", "caption": "Razin & Cohen's 2 x 2 completion: nuclear norm and "
                                                         "sigma2/sigma1 against the loss, one line per run."}]
-    section = Section(title=TITLE, paragraphs=paragraphs,
+    section = Section(citations=list(CITATIONS), title=TITLE, paragraphs=paragraphs,
                       tables=[{"caption": "Against alpha, mean [95% interval] over seeds", "columns": columns,
                                "rows": table},
                               {"caption": "2 x 2 completion (Razin & Cohen 2020), one row per run",

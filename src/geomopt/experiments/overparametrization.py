@@ -35,6 +35,10 @@ from geomopt.sweep.trial import TrainJob
 from geomopt.train import TrainConfig
 
 NAME = "overparametrization"
+CITATIONS = (
+    'Neyshabur, Tomioka & Srebro, "In Search of the Real Inductive Bias: On the Role of Implicit Regularization in Deep Learning", ICLR 2015 workshop',
+    'Neyshabur, Li, Bhojanapalli, LeCun & Srebro, "Towards Understanding the Role of Over-Parametrization in Generalization of Neural Networks", ICLR 2019',
+)  # the papers, by title, for the report
 TITLE = "Network size and generalization (Neyshabur, Tomioka & Srebro 2015; Neyshabur et al. 2019)"
 # the worker computes these with geomopt.measures.compute (delta as in the 2019 code) into measures.json
 MEASURE_OPTIONS = {"measures": ["two_layer"], "delta": 0.01}
@@ -278,7 +282,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
         "percentile of the signed training margins; runs that missed the loss target are left out of the bound "
         "comparisons. The learning rate is fixed by the protocol (not tuned): the claims compare widths.",
     ]
-    section = Section(title=TITLE, paragraphs=paragraphs, tables=[
+    section = Section(citations=list(CITATIONS), title=TITLE, paragraphs=paragraphs, tables=[
         {"caption": "Errors by width (mean [95% interval] over seeds)", "columns": error_columns, "rows": error_rows},
         {"caption": "Which capacity terms grow and which fall with H (runs that reached the loss target)",
          "columns": trend_columns, "rows": trend_rows}], figures=figures, order=15)

@@ -15,6 +15,7 @@ protocol: 4000-4000 units on MNIST and CIFAR-10 read from ``data_dir`` (``--set 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +23,14 @@ from typing import Any
 
 from geomopt.experiments.config import experiment_dir, merge_overrides, seed_list
 from geomopt.experiments.tuning import Problem, Tuned, compute_seconds, edge_caveats, tune
-from geomopt.report import Section, plot_bands, write_records, write_section, write_tables
+from geomopt.report import Section, plot_bands, run_warnings, write_records, write_section, write_tables
 from geomopt.sweep import Claim, Grid, Outcome, all_of, band, less, seed_stats, write_claims
 from geomopt.train import TrainConfig, read_metrics
 
 NAME = "path-sgd"
+CITATIONS = (
+    'Neyshabur, Salakhutdinov & Srebro, "Path-SGD: Path-Normalized Optimization in Deep Neural Networks", NeurIPS 2015',
+)  # the papers, by title, for the report
 TITLE = "Path-SGD (Neyshabur, Salakhutdinov & Srebro 2015)"
 PAPER = "Neyshabur, Salakhutdinov & Srebro 2015"
 # relative gap in training loss after one epoch between initializations that float32 rounding explains
@@ -148,7 +152,9 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
         "every hidden unit rescaled by its own random factor (incoming weights times c, outgoing divided by c, c "
         "log-uniform in [0.1, 10]): the same function, badly scaled units.",
     ]
-    section = Section(title=TITLE, paragraphs=paragraphs,
+    warnings, caveat = run_warnings(rows, _describe_run, _unconverged_above)
+    paragraphs += [caveat] if caveat else []
+    section = Section(citations=list(CITATIONS), warnings=warnings, title=TITLE, paragraphs=paragraphs,
                       tables=[{"caption": "Each optimizer at its chosen learning rate: mean [95% interval] over seeds",
                                "columns": columns, "rows": table_rows}], figures=figures, order=10)
     return write_section(root, section)
@@ -218,3 +224,11 @@ def claims(exp: PathSGDExperiment) -> list[Claim]:
                          f"({name} init)", PAPER, "Fig. 2", "lower on the 4 datasets (curves, no table)",
                          _beats("test_err", init)))
     return out
+
+
+def _describe_run(r: dict[str, Any]) -> str:
+    return f"{r['dataset']}, {r['init']} init, {r['optimizer']} lr {r['lr']:g} seed {r['seed']}"
+
+
+def _unconverged_above(r: dict[str, Any]) -> float:
+    return math.log(10)  # chance level of 10 classes

@@ -31,18 +31,21 @@ from typing import Any
 from geomopt.data.sequences import ADDING_BASELINE_MSE
 from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.experiments.tuning import Problem, compute_seconds, edge_caveats, tune
-from geomopt.report import Section, plot_curves, write_records, write_section, write_tables
+from geomopt.report import Section, plot_curves, run_warnings, write_records, write_section, write_tables
 from geomopt.sweep import HOLDS, FAILS, PARTLY, Claim, Grid, Outcome, all_of, less, seed_stats, write_claims
 from geomopt.train import TrainConfig, read_metrics
 
 NAME = "path-sgd-rnn"
+CITATIONS = (
+    'Neyshabur, Wu, Salakhutdinov & Srebro, "Path-Normalized Optimization of Recurrent Neural Networks with ReLU Activations", NeurIPS 2016',
+)  # the papers, by title, for the report
 TITLE = "Path-SGD for ReLU RNNs (Neyshabur, Wu, Salakhutdinov & Srebro 2016)"
 # "solved": test MSE below a tenth of the trivial predictor's
 SOLVED_FRACTION = 0.1
 PAPER_CLAIM = ("Neyshabur et al. (2016) report that a 100-unit ReLU RNN trained with Path-SGD (kappa1 only) reaches "
                "near-zero test MSE on the adding problem at T = 100, 400 and 750, where ReLU RNNs trained with SGD "
                "(identity or np-RNN init) stay at the trivial baseline for the long lengths, and ~3% test error on "
-               "sequential MNIST (approximate figures: /work/shared/papers.md, section 2).")
+               "sequential MNIST (approximate figures read off the paper's plots).")
 # (model, init, optimizer) of each method
 METHODS: dict[str, tuple[str, str, str]] = {
     "rnn-path": ("relu-rnn", "irnn-le", "path-sgd-first-step"),
@@ -301,9 +304,19 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
         "Paper: " + PAPER_CLAIM,
         "Our result: " + " ".join(verdicts),
     ]
-    section = Section(title=TITLE, paragraphs=paragraphs,
+    warnings, caveat = run_warnings(rows, _describe_run, _unconverged_above)
+    paragraphs += [caveat] if caveat else []
+    section = Section(citations=list(CITATIONS), warnings=warnings, title=TITLE, paragraphs=paragraphs,
                       tables=[{"caption": "Adding problem, each method at its chosen learning rate (over seeds)",
                                "columns": add_cols, "rows": adding_rows},
                               {"caption": "Pixel-by-pixel classification", "columns": seq_cols, "rows": seq_rows}],
                       figures=figures, order=20)
     return write_section(root, section)
+
+
+def _describe_run(r: dict[str, Any]) -> str:
+    return f"{r['task']}, {r['method']} lr {r['lr']:g} seed {r['seed']}"
+
+
+def _unconverged_above(r: dict[str, Any]) -> float:
+    return ADDING_BASELINE_MSE if r["task"].startswith("adding") else math.log(10)  # trivial / chance level

@@ -36,6 +36,9 @@ from geomopt.sweep import Claim, Grid, Outcome, all_of, less, seed_stats, write_
 from geomopt.train import TrainConfig
 
 NAME = "pruning"
+CITATIONS = (
+    'Laurent, Ballas, George, Schwartz & Vincent, "Revisiting Loss Modelling for Unstructured Pruning", 2020',
+)  # the papers, by title, for the report
 TITLE = "Pruning by loss modelling (Laurent et al. 2020)"
 PAPER = "Laurent, Ballas, George, Schwartz & Vincent 2020"
 SECOND_ORDER = ("qm", "obd", "kobs")
@@ -134,7 +137,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
         f"{exp.examples} training examples, locality lambda = {exp.locality}, fine-tuned {exp.finetune_epochs} "
         f"epochs with the mask; datasets {', '.join(exp.datasets)}; seeds {list(exp.seeds)}.",
     ]
-    section = Section(title=TITLE, paragraphs=paragraphs,
+    section = Section(citations=list(CITATIONS), title=TITLE, paragraphs=paragraphs,
                       tables=[{"caption": "Mean [95% interval] over seeds", "columns": columns, "rows": table}],
                       figures=[{"file": "predicted_vs_actual.png",
                                 "caption": "Loss change predicted by each loss model vs the actual change, one point "

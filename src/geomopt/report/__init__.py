@@ -7,7 +7,7 @@ with the claims scoreboard (every ``claims.json`` under the runs directory, ``ge
 """
 
 from geomopt.report.figures import plot_bands, plot_curves
-from geomopt.report.html import Section, build_report, write_section
+from geomopt.report.html import Section, build_report, run_warnings, write_section
 from geomopt.report.tables import write_records, write_tables
 
-__all__ = ["Section", "write_section", "build_report", "plot_curves", "plot_bands", "write_records", "write_tables"]
+__all__ = ["Section", "write_section", "run_warnings", "build_report", "plot_curves", "plot_bands", "write_records", "write_tables"]

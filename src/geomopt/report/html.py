@@ -23,7 +23,9 @@ class Section:
     """One experiment's part of the report.
 
     ``tables``: dicts with ``caption``, ``columns`` and ``rows`` (lists of cells);
-    ``figures``: dicts with ``file`` (relative to the section's directory) and ``caption``.
+    ``figures``: dicts with ``file`` (relative to the section's directory) and ``caption``;
+    ``citations``: the papers reproduced, with their titles (``Authors, "Title", venue year``);
+    ``warnings``: runs that diverged or did not converge, shown above the section's numbers.
     """
 
     title: str
@@ -31,6 +33,24 @@ class Section:
     tables: list[dict[str, Any]] = field(default_factory=list)
     figures: list[dict[str, str]] = field(default_factory=list)
     order: int = 100
+    citations: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def run_warnings(rows: list[dict[str, Any]], describe, unconverged_above, *, loss: str = "train_loss"
+                 ) -> tuple[list[str], str | None]:
+    """The section's warnings and a caveat sentence for its verdict: every run of ``rows`` that diverged
+    (``row["diverged"]``), and every chosen run (``row["chosen"]``) whose final ``loss`` is above
+    ``unconverged_above(row)`` (e.g. the chance-level loss: it did not converge). ``describe(row)`` names a run."""
+    diverged = [f"DIVERGED: {describe(r)}" for r in rows if r.get("diverged")]
+    stuck = [f"NOT CONVERGED: {describe(r)}: final {loss.replace('_', ' ')} {r[loss]:.4g} (above "
+             f"{unconverged_above(r):.4g})" for r in rows
+             if r.get("chosen") and not r.get("diverged") and not r[loss] <= unconverged_above(r)]
+    if not diverged and not stuck:
+        return [], None
+    caveat = (f"Our result, caveat: {len(diverged)} of {len(rows)} runs diverged and {len(stuck)} run(s) at a chosen "
+              "setting did not converge (listed at the top of this section); the tables show them as they ended.")
+    return diverged + stuck, caveat
 
 
 def write_section(directory: str | Path, section: Section) -> Path:
@@ -49,6 +69,10 @@ def print_section(path: str | Path) -> None:
     "Our result" / "Verdict" paragraph as plain text."""
     section = json.loads(Path(path).read_text())
     print(f"\n== {section['title']} ==")
+    for c in section.get("citations", []):
+        print(f"Paper: {c}")
+    for w in section.get("warnings", []):
+        print(f"warning: {w}")
     for table in section.get("tables", []):
         rows = [[_text(v) for v in row] for row in table["rows"]]
         widths = [max(len(str(c)), *(len(r[i]) for r in rows)) if rows else len(str(c))
@@ -83,6 +107,12 @@ def _cell(value: Any) -> str:
 
 def _render(section: dict[str, Any], directory: Path, runs_dir: Path, claims: dict[str, Any] | None) -> str:
     parts = [f"<section id=\"{anchor(directory, runs_dir)}\"><h2>{html.escape(section['title'])}</h2>"]
+    if section.get("citations"):
+        parts.append("<p class=\"cite\">Paper" + ("s" if len(section["citations"]) > 1 else "") + ": "
+                     + "; ".join(html.escape(c) for c in section["citations"]) + "</p>")
+    if section.get("warnings"):
+        parts.append("<div class=\"warn\"><b>Diverged or unconverged runs</b> (left out of the verdicts or named "
+                     "there):<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in section["warnings"]) + "</ul></div>")
     parts += [f"<p>{html.escape(p)}</p>" for p in section.get("paragraphs", [])]
     if claims is not None:
         parts.append(claims_table(claims))
@@ -108,7 +138,8 @@ h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}caption{text-align:left;font-weight:bold;padding:.3em 0}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f0f0f0}
 td:first-child,th:first-child{text-align:left}figure{margin:1em 0}img{max-width:100%}
-figcaption{font-size:.9em;color:#555}""" + SCOREBOARD_STYLE
+figcaption{font-size:.9em;color:#555}.cite{font-style:italic;color:#444}
+.warn{background:#fff3f0;border-left:4px solid #c0392b;padding:.4em 1em;margin:1em 0}""" + SCOREBOARD_STYLE
 
 
 def build_report(runs_dir: str | Path, out_dir: str | Path) -> Path:
