@@ -25,7 +25,7 @@ from geomopt.optim import EKFAC, KFAC, PathSGD
 from tests.processes import run_processes
 
 STEPS, BATCH = 5, 16  # a batch larger than the widths: factors of full rank
-OPTIMIZERS = ("sgd", "path-sgd", "kfac", "ekfac")
+OPTIMIZERS = ("sgd", "path-sgd", "kfac", "ekfac", "kfac-adaptive")
 MODELS = ("mlp", "cnn")
 COLLECTIVES = ("all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter",
                "reduce_scatter_tensor", "all_to_all", "reduce", "gather", "scatter", "barrier",
@@ -54,6 +54,9 @@ def _optimizer(name: str, model: nn.Module, group):
         return PathSGD(model, lr=0.1, momentum=0.9, input_shape=(6,) if isinstance(model[0], nn.Linear) else (1, 4, 4))
     if name == "kfac":  # factors every step, inverses at steps 0, 2, 4
         return KFAC(model, lr=0.1, momentum=0.9, damping=1e-2, update_freq=1, inv_freq=2, process_group=group)
+    if name == "kfac-adaptive":  # the quadratic model (exact GGN of the global batch) sets step, momentum, damping
+        return KFAC(model, lr=0.1, damping=1e-2, update_freq=1, inv_freq=2, adaptive_damping=True,
+                    damping_interval=2, adaptive_step=True, process_group=group)
     # factors at 0, 2, 4, eigenbases at 0 and 4, the diagonal every step
     return EKFAC(model, lr=0.1, momentum=0.9, damping=1e-2, update_freq=2, inv_freq=4, process_group=group)
 
@@ -85,11 +88,22 @@ def _train(model_name: str, opt_name: str, rank: int = 0, world: int = 1, counte
     per_step = []
     for x, y in _batches(model_name):
         lo, hi = rank * BATCH // world, (rank + 1) * BATCH // world
-        opt.zero_grad()
-        F.cross_entropy(net(x[lo:hi]), y[lo:hi]).backward()
+
+        def closure(x=x[lo:hi], y=y[lo:hi]):  # returns the global batch's loss (the shards are equal)
+            opt.zero_grad()
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            if world > 1:
+                loss = loss.detach().clone()
+                dist.all_reduce(loss)
+                loss /= world
+            return loss
+        adaptive = opt_name == "kfac-adaptive"
+        if not adaptive:
+            closure()
         if counter is not None:
             counter.on, counter.calls = True, []
-        opt.step()
+        opt.step(closure if adaptive else None)
         if counter is not None:
             counter.on = False
             per_step.append(list(counter.calls))
