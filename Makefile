@@ -32,6 +32,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_path_sgd.py
 	$(PY) benchmarks/bench_rnn.py
 	$(PY) benchmarks/bench_kfac.py
+	$(PY) benchmarks/bench_distributed.py
+	$(PY) benchmarks/bench_distributed.py --paper
 	$(PY) benchmarks/bench_measures.py
 	$(PY) benchmarks/bench_implicit.py
 	$(PY) benchmarks/bench_prune.py

@@ -116,17 +116,19 @@ def paper(inv_freq: int, update_freq: int) -> None:
     eig = sum(a + g for a, g in RESNET18)
     print(f"ResNet-18: {len(RESNET18)} K-FAC layers, {RESNET18_PARAMS / 1e6:.2f} M parameters, "
           f"factors {full / 1e6:.2f} M entries ({tri / 1e6:.2f} M as triangles), largest A {max(RESNET18)[0]}")
-    print(f"fp32, factors every {update_freq} step(s), inverses every {inv_freq} steps; MB per GPU per step")
+    print(f"fp32, factors every {update_freq} step(s), inverses every {inv_freq} steps; MiB per GPU per step")
     print(f"{'W':>3} {'grad ring':>10} {'factors ring':>12} {'inverses recv':>13} {'ekfac recv':>10} "
-          f"{'per step (kfac)':>15}")
+          f"{'per step (kfac)':>15} {'layer-wise grad bcast':>21}")
     for w in (8, 64):
         ring = 2 * (w - 1) / w
         grad = ring * RESNET18_PARAMS * 4
         factors = ring * full * 4 / update_freq
         inv = (w - 1) / w * full * 4 / inv_freq  # each GPU receives every inverse it did not compute
         ekfac = (w - 1) / w * (full + diag) * 4 / inv_freq
-        print(f"{w:>3} {_mb(grad):>10} {_mb(factors):>12} {_mb(inv):>13} {_mb(ekfac):>10} {_mb(grad + factors + inv):>15}")
-    print(f"one all-reduce payload of all factors: {_mb(full * 4)} MB ({_mb(tri * 4)} MB as triangles); eigenvalues "
+        layerwise = (w - 1) / w * diag * 4  # instead of inverses: every step each layer's preconditioned gradient
+        print(f"{w:>3} {_mb(grad):>10} {_mb(factors):>12} {_mb(inv):>13} {_mb(ekfac):>10} "
+              f"{_mb(grad + factors + inv):>15} {_mb(layerwise):>21}")
+    print(f"one all-reduce payload of all factors: {_mb(full * 4)} MiB ({_mb(tri * 4)} MiB as triangles); eigenvalues "
           f"{eig} entries; EKFAC's diagonal adds {diag / 1e6:.2f} M entries = the weights")
 
 
@@ -152,13 +154,13 @@ def main() -> None:
     for _ in range(args.rounds):
         for c in configs:
             runs[c].append(_run(*c, args))
-    print(f"{'opt':6s} {'W':>2} {'ms/step min/med/max':>24} {'grad MB':>8} {'factors MB':>10} {'work per rank':>16}")
+    print(f"{'opt':6s} {'W':>2} {'ms/step min/med/max':>24} {'grad MiB':>8} {'factors MiB':>11} {'work per rank':>16}")
     for (name, w), rounds in runs.items():
         ms = [1e3 * r[0]["seconds"] for r in rounds]
         last = rounds[-1]
         work = "/".join(f"{r['work']:.2f}" for r in last)
         print(f"{name:6s} {w:>2} {min(ms):8.1f}/{statistics.median(ms):6.1f}/{max(ms):6.1f} "
-              f"{_mb(last[0]['grad'])} {_mb(max(r['factors'] for r in last)):>10} {work:>16}")
+              f"{_mb(last[0]['grad'])} {_mb(max(r['factors'] for r in last)):>11} {work:>16}")
 
 
 if __name__ == "__main__":
