@@ -17,7 +17,7 @@ from geomopt.measures.two_layer import two_layer_measures
 from geomopt.sweep.claims import FAILS, HOLDS
 from geomopt.train import TrainConfig, read_metrics
 
-TINY = {"datasets": ["digits"], "widths": [4, 64], "label_noises": [0.0], "epochs": 4, "lr": 0.1,
+TINY = {"datasets": ["digits"], "widths": [4, 16, 64], "label_noises": [0.0], "epochs": 4, "lr": 0.1,
         "target_train_loss": 0.3, "seeds": [0, 1], "train_size": 300}
 
 
@@ -35,9 +35,9 @@ def _rows(root):
 
 def test_grid_seeds_and_target_read_back(tiny):
     rows = _rows(tiny)
-    assert sorted({(int(r["width"]), int(r["seed"])) for r in rows}) == [(4, 0), (4, 1), (64, 0), (64, 1)]
+    assert sorted({(int(r["width"]), int(r["seed"])) for r in rows}) == [(4, 0), (4, 1), (16, 0), (16, 1), (64, 0), (64, 1)]
     stored = json.loads((tiny / "experiment.json").read_text())
-    assert stored["widths"] == [4, 64] and stored["seeds"] == [0, 1] and stored["target_train_loss"] == 0.3
+    assert stored["widths"] == [4, 16, 64] and stored["seeds"] == [0, 1] and stored["target_train_loss"] == 0.3
     for r in rows:
         config = TrainConfig.load(f"{r['dir']}/config.json")
         assert config.widths == (int(r["width"]),) and config.seed == int(r["seed"])
@@ -99,3 +99,10 @@ def test_bad_config_rejected():
         OverparamExperiment().replace({"label_noises": [1.5]})
     with pytest.raises(ValueError, match="unknown"):
         OverparamExperiment().replace({"depth": 3})
+
+
+def test_seed_curves_run_over_widths():
+    """Bands are over seeds at each width (3 widths x 2 seeds gives 2 curves of 3 points)."""
+    from geomopt.experiments.overparametrization import _seed_curves
+    group = {w: [{"v": 10 * w + s} for s in range(2)] for w in (1, 2, 3)}
+    assert _seed_curves(group, [1, 2, 3], lambda r: r["v"]) == [[10, 20, 30], [11, 21, 31]]

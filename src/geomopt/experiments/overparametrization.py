@@ -218,6 +218,11 @@ def _trend_table(exp: OverparamExperiment, results: dict[str, Any]) -> tuple[lis
     return columns, rows
 
 
+def _seed_curves(group: dict[int, list[dict[str, Any]]], widths: list[int], value) -> list[list[float]]:
+    """One curve over ``widths`` per seed (the rows of each width are in seed order)."""
+    return [[value(group[w][i]) for w in widths] for i in range(len(group[widths[0]]))]
+
+
 def _figures(exp: OverparamExperiment, results: dict[str, Any], root: Path) -> list[dict[str, str]]:
     errors: dict[str, dict[str, tuple]] = {}
     bounds: dict[str, dict[str, tuple]] = {}
@@ -225,16 +230,15 @@ def _figures(exp: OverparamExperiment, results: dict[str, Any], root: Path) -> l
         widths = list(group)
         panel = f"{data}, label noise {noise:g}"
         for what in ("train_err", "test_err"):
-            mean, low, high = band([[100 * r[what] for r in group[w]] for w in widths])
+            mean, low, high = band(_seed_curves(group, widths, lambda r, what=what: 100 * r[what]))
             errors.setdefault(panel, {})[what.replace("_err", " error")] = (widths, mean, low, high)
         wc = _converged_width(group)
         if noise > 0 or wc is None:
             continue
         kept = [w for w in widths if w >= wc]
         for key in BOUNDS:
-            per_seed = [[r[key] for r in group[w]] for w in kept]
-            ref = per_seed[0]
-            mean, low, high = band([[v / r0 for v, r0 in zip(col, ref)] for col in per_seed])
+            curves = _seed_curves(group, kept, lambda r, key=key: r[key])
+            mean, low, high = band([[v / curve[0] for v in curve] for curve in curves])
             bounds.setdefault(f"{data} (trained to loss {exp.target_train_loss:g})", {})[BOUND_LABELS[key]] = \
                 (kept, mean, low, high)
     figures = []
