@@ -101,3 +101,21 @@ def test_ray_backend_without_ray_is_a_clear_error(tmp_path, capsys, monkeypatch)
     assert not (tmp_path / "z").exists()
     assert main(["reproduce", "path-sgd", "--quick", "--out", str(tmp_path / "r"), "--backend", "ray"]) == 2
     assert not (tmp_path / "r").exists()
+
+
+def test_stored_measures_compare_configs_not_json_text(tmp_path):
+    """A config.json written before a field existed (read with its default) still matches its measures;
+    a different run does not."""
+    import json as _json
+
+    from geomopt.measures.runs import stored_measures
+    from geomopt.train import TrainConfig
+    config = TrainConfig(widths=(8,), epochs=1)
+    older = config.to_dict()
+    older.pop("val_fraction")  # as an older geomopt wrote it
+    (tmp_path / "config.json").write_text(_json.dumps(older))
+    record = {"options": {"measures": ["margin"]}, "config": config.to_dict(), "margin": 1.0}
+    (tmp_path / "measures.json").write_text(_json.dumps(record))
+    assert stored_measures(tmp_path, {}, ["margin"])["margin"] == 1.0
+    (tmp_path / "config.json").write_text(_json.dumps(config.replace(epochs=2).to_dict()))
+    assert stored_measures(tmp_path, {}, ["margin"]) is None

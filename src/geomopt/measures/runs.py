@@ -77,6 +77,15 @@ def measure_run(run_dir: str | Path, *, measures: str | list[str] = "all", progr
     return result
 
 
+def _same_run(stored: Any, config_file: Path) -> bool:
+    """Whether the config stored with the measures is the run's config, compared as TrainConfigs (a
+    config.json written before a field was added reads with that field's default, as in the sweep)."""
+    try:
+        return isinstance(stored, dict) and TrainConfig.from_dict(stored) == TrainConfig.load(config_file)
+    except ValueError:
+        return False
+
+
 def stored_measures(run_dir: str | Path, options: dict[str, Any], measures: str | list[str] = "all"
                     ) -> dict[str, Any] | None:
     """``RUN_DIR/measures.json`` when it was computed with these options from the run's current config
@@ -86,9 +95,8 @@ def stored_measures(run_dir: str | Path, options: dict[str, Any], measures: str 
     if not (path.is_file() and (run_dir / "config.json").is_file()):
         return None
     stored = json.loads(path.read_text())
-    current = json.loads((run_dir / "config.json").read_text())
     key = json.loads(json.dumps({"measures": measures, **options}))
-    if stored.get("options") != key or stored.get("config") != current:
+    if stored.get("options") != key or not _same_run(stored.get("config"), run_dir / "config.json"):
         return None
     if ckpt.is_file() and ckpt.stat().st_mtime > path.stat().st_mtime:
         return None
