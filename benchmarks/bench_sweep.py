@@ -110,7 +110,7 @@ def main() -> None:
         print(f"\nfiles a tiny train trial sends back (bytes): {sizes}")
         for checkpoint in (True, False):
             files = out.files if checkpoint else {k: v for k, v in out.files.items() if k != "checkpoint.pt"}
-            output = Output(out.result, files, out.seconds, out.host)
+            output = Output(out.result, files, out.seconds)
             times = []
             for i in range(50):
                 trial = Trial(tiny_config(0), root / "store" / f"{checkpoint}{i}", checkpoint=checkpoint)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -156,12 +155,11 @@ class Trial:
 
 @dataclass
 class Output:
-    """What a worker sends back: the job's result, its files (relative path -> bytes), where and how long."""
+    """What a worker sends back: the job's result, its files (relative path -> bytes) and its seconds."""
 
     result: dict[str, Any]
     files: dict[str, bytes]
     seconds: float
-    host: str
 
 
 def execute(job: Any, inputs: dict[str, bytes], checkpoint: bool, threads: int = 1,
@@ -183,7 +181,7 @@ def execute(job: Any, inputs: dict[str, bytes], checkpoint: bool, threads: int =
             shutil.rmtree(scratch)
     finally:
         torch.set_num_threads(old)
-    return Output(result, files, time.perf_counter() - start, socket.gethostname())
+    return Output(result, files, time.perf_counter() - start)
 
 
 def _run(job: Any, work: Path, inputs: dict[str, bytes], checkpoint: bool) -> tuple[dict[str, Any], dict[str, bytes]]:
