@@ -246,8 +246,8 @@ def _figures(exp: OverparamExperiment, results: dict[str, Any], root: Path) -> l
     figures.append({"file": "errors.png", "caption": "Training and test error vs width (mean and 95% band over "
                                                      f"{len(exp.seeds)} seeds)."})
     if bounds:
-        plot_bands(bounds, root / "capacity.png", xlabel="hidden units H", ylabel="capacity / its value at the "
-                   "smallest converged H", logx=True, logy=True)
+        plot_bands(bounds, root / "capacity.png", xlabel="hidden units H", ylabel="relative capacity",
+                   logx=True, logy=True)
         figures.append({"file": "capacity.png", "caption": "Each capacity term divided by its value at the smallest "
                         "width that reached the target loss in every seed (per seed, then mean and 95% band)."})
     return figures
