@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from tqdm.auto import tqdm
+
 from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.implicit.deep_linear import RegressionObjective, run_scaled_gd, synthetic_regression
 from geomopt.implicit.factorized import init_factors, run_factorized
@@ -155,7 +157,8 @@ def _regression(exp: DeepMFExperiment) -> dict[str, Any]:
 
     def run(pending: list[tuple[tuple[float, str], float]]) -> dict:
         out: dict = {}
-        for key in dict.fromkeys(k for k, _ in pending):
+        for key in tqdm(list(dict.fromkeys(k for k, _ in pending)), desc=f"{NAME}: l_p regression",
+                        dynamic_ncols=True):
             p, method = key
             lrs = [v for k, v in pending if k == key]
             per_seed = []
@@ -244,32 +247,32 @@ def _completion(exp: DeepMFExperiment, root: Path, rows: list, figures: list) ->
     runs: dict = {}
     sv_panels, erank_panels = {}, {}
     seconds = 0.0
-    for m in exp.ms:
-        for seed in exp.seeds:
-            cfg = MatrixLabConfig(kind="completion", n=exp.n, rank=exp.rank, m=m, depths=exp.depths,
-                                  alphas=exp.alphas, seeds=(seed,), steps=exp.steps, rel_step=exp.rel_step,
-                                  tol=exp.tol, problem_seed=seed, solver=exp.solver,
-                                  log_every=max(exp.steps // 200, 1))
-            res = run_matrix_lab(cfg, root / f"m{m}" if seed == exp.seeds[0] else None)
-            for r in res["rows"]:
-                rows.append({"m": m, "problem_seed": seed, **r})
-                key = r["depth"] if r["depth"] == "nuclear" else int(r["depth"])
-                alphas = exp.alphas if key == "nuclear" else [r["alpha"]]
-                for a in alphas:
-                    runs[m, a, key, seed] = {"err": r["err"], "erank": r["erank"],
-                                             "converged": bool(r["converged"]) and not r["diverged"]}
-                if key == "nuclear" or r["alpha"] == exp.alphas[0]:
-                    seconds += float(r["seconds_batch"])
-            if seed != exp.seeds[0]:
-                continue
-            for depth in exp.depths:
-                _, hist = res["histories"][depth]
-                erank_panels.setdefault(f"m = {m}", {})[f"depth {depth}"] = (hist.steps.tolist(),
-                                                                             hist.history["erank"][:, 0].tolist())
-                if m == min(exp.ms) and depth > 1:
-                    sv = hist.history["sv"][:, 0, :]
-                    sv_panels[f"depth {depth}, m = {m}"] = {f"sigma_{i + 1}": (hist.steps.tolist(), sv[:, i].tolist())
-                                                            for i in range(min(sv.shape[1], 6))}
+    for m, seed in tqdm([(m, s) for m in exp.ms for s in exp.seeds], desc=f"{NAME}: completion (m, seed)",
+                        dynamic_ncols=True):
+        cfg = MatrixLabConfig(kind="completion", n=exp.n, rank=exp.rank, m=m, depths=exp.depths,
+                              alphas=exp.alphas, seeds=(seed,), steps=exp.steps, rel_step=exp.rel_step,
+                              tol=exp.tol, problem_seed=seed, solver=exp.solver,
+                              log_every=max(exp.steps // 200, 1))
+        res = run_matrix_lab(cfg, root / f"m{m}" if seed == exp.seeds[0] else None, progress=True)
+        for r in res["rows"]:
+            rows.append({"m": m, "problem_seed": seed, **r})
+            key = r["depth"] if r["depth"] == "nuclear" else int(r["depth"])
+            alphas = exp.alphas if key == "nuclear" else [r["alpha"]]
+            for a in alphas:
+                runs[m, a, key, seed] = {"err": r["err"], "erank": r["erank"],
+                                         "converged": bool(r["converged"]) and not r["diverged"]}
+            if key == "nuclear" or r["alpha"] == exp.alphas[0]:
+                seconds += float(r["seconds_batch"])
+        if seed != exp.seeds[0]:
+            continue
+        for depth in exp.depths:
+            _, hist = res["histories"][depth]
+            erank_panels.setdefault(f"m = {m}", {})[f"depth {depth}"] = (hist.steps.tolist(),
+                                                                         hist.history["erank"][:, 0].tolist())
+            if m == min(exp.ms) and depth > 1:
+                sv = hist.history["sv"][:, 0, :]
+                sv_panels[f"depth {depth}, m = {m}"] = {f"sigma_{i + 1}": (hist.steps.tolist(), sv[:, i].tolist())
+                                                        for i in range(min(sv.shape[1], 6))}
     plot_curves(erank_panels, root / "erank.png", xlabel="step", ylabel="effective rank")
     figures.append({"file": "erank.png", "caption": f"Effective rank over training (alpha {exp.alphas[0]:g}, "
                                                     f"seed {exp.seeds[0]})."})

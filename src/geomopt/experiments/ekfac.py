@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from tqdm.auto import tqdm
+
 from geomopt.data import load_dataset, make_loader
 from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.sweep import default_jobs, run_all
@@ -238,11 +240,12 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
     root = experiment_dir(out, NAME, exp)
     grid = _grid(exp, root)
     workers = jobs or default_jobs()
+    bar = dict(total=len(grid), desc=f"{NAME} autoencoder", dynamic_ncols=True)
     if workers == 1:
-        summaries = [run_autoencoder(s, o) for s, o in grid]
+        summaries = [run_autoencoder(s, o) for s, o in tqdm(grid, **bar)]
     else:
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            summaries = list(pool.map(run_autoencoder, [s for s, _ in grid], [o for _, o in grid]))
+            summaries = list(tqdm(pool.map(run_autoencoder, [s for s, _ in grid], [o for _, o in grid]), **bar))
     rows = [{"study": "autoencoder", "optimizer": s["optimizer"], "lr": s["lr"], "damping": s["damping"],
              "train_loss": r["train_loss"], "test_loss": r["test_loss"], "diverged": bool(r.get("diverged", False)),
              "dir": str(o)} for (s, o), r in zip(grid, summaries)]

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.implicit.lab import (NUC_EQUALS_TRUTH, MatrixLabConfig, NormsVsRankConfig, run_matrix_lab,
                                   run_norms_vs_rank)
@@ -173,11 +175,11 @@ def _problem(name: str, kind: str, n: int, m: int, exp: ImplicitMFExperiment,
     res: dict[str, Any] = {"alphas": list(exp.alphas), "dist_nuc": {}, "dist_truth": {}, "erank": {}, "nuclear": {},
                            "nuc_min": [], "nuc_truth_dist": [], "equals_truth": [], "runs": 0, "unconverged": 0,
                            "seconds": 0.0, "n": n, "m": m}
-    for seed in exp.seeds:
+    for seed in tqdm(exp.seeds, desc=f"{NAME} {name}: seeds", dynamic_ncols=True):
         cfg = MatrixLabConfig(kind=kind, n=n, rank=exp.rank, m=m, depths=(2,), alphas=exp.alphas, seeds=(seed,),
                               psd=True, init="orthogonal", steps=exp.steps, rel_step=exp.rel_step, tol=exp.tol,
                               problem_seed=seed, solver=exp.solver)
-        lab = run_matrix_lab(cfg)  # rows go to results.csv; per-seed figures would cost more than the runs
+        lab = run_matrix_lab(cfg, progress=True)  # rows go to results.csv; per-seed figures would cost more than the runs
         base = lab["baseline"]
         if base is None:
             raise ValueError(f"{NAME}: the experiment needs the minimum nuclear norm baseline (solver != 'none')")
