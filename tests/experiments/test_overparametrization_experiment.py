@@ -97,6 +97,8 @@ def test_bad_config_rejected():
         OverparamExperiment().replace({"widths": [64, 4]})
     with pytest.raises(ValueError, match="label_noises"):
         OverparamExperiment().replace({"label_noises": [1.5]})
+    with pytest.raises(ValueError, match="target_train_loss"):
+        OverparamExperiment().replace({"target_train_loss": -1.0})
     with pytest.raises(ValueError, match="unknown"):
         OverparamExperiment().replace({"depth": 3})
 
@@ -106,3 +108,11 @@ def test_seed_curves_run_over_widths():
     from geomopt.experiments.overparametrization import _seed_curves
     group = {w: [{"v": 10 * w + s} for s in range(2)] for w in (1, 2, 3)}
     assert _seed_curves(group, [1, 2, 3], lambda r: r["v"]) == [[10, 20, 30], [11, 21, 31]]
+
+
+def test_fixed_budget_protocol(tmp_path):
+    """target_train_loss=None: the 2015 protocol, every run trains the whole budget."""
+    from geomopt.experiments.overparametrization import _configs
+    exp = OverparamExperiment.quick().replace({"target_train_loss": None, "widths": [4, 8], "seeds": [0]})
+    configs = [c for c, _, _ in _configs(exp, tmp_path)]
+    assert configs and all(c.target_train_loss is None and c.epochs == exp.epochs for c in configs)
