@@ -215,3 +215,16 @@ def test_reproduce_all_runs_every_experiment_and_reports_failures(tmp_path, monk
     captured = capsys.readouterr()
     assert "bad failed: RuntimeError: boom" in captured.err and "2/3 reproductions done; failed: bad" in captured.out
     assert main(["reproduce", "all", "--out", str(tmp_path), "--set", "epochs=1"]) == 2
+
+
+def test_train_relu_rnn_on_the_rnn_path_protocol(tmp_path):
+    """The README's RNN-Path command: ReLU RNN inits and the first-step Path-SGD are valid flags."""
+    import json as _json
+
+    from geomopt.cli import main as _main
+    out = tmp_path / "rnn"
+    assert _main(["train", "--model", "relu-rnn", "--widths", "4", "--init", "irnn-le", "--data", "adding",
+                  "--seq-len", "4", "--train-size", "32", "--optimizer", "path-sgd-first-step", "--lr", "1e-3",
+                  "--batch-size", "16", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    cfg = _json.loads((out / "config.json").read_text())
+    assert (cfg["init"], cfg["optimizer"]) == ("irnn-le", "path-sgd-first-step")

@@ -36,9 +36,10 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from geomopt.data.registry import DATASETS, SEQUENCE_DATASETS
     from geomopt.nn.init import INITS
     from geomopt.nn.registry import MODELS
+    from geomopt.nn.relu_rnn import RNN_INITS
     from geomopt.optim.registry import OPTIMIZERS
     from geomopt.train.run import SCHEDULES
-    return {"model": MODELS, "init": INITS, "data": DATASETS + SEQUENCE_DATASETS, "optimizer": OPTIMIZERS,
+    return {"model": MODELS, "init": INITS + RNN_INITS, "data": DATASETS + SEQUENCE_DATASETS, "optimizer": OPTIMIZERS,
             "schedule": SCHEDULES, "fisher": tuple(FISHERS)}
 
 
