@@ -10,7 +10,8 @@ public Path-SGD code), so that the grid serves SGD and RNN-Path alike; it runs w
 paper's choice) and with kappa1 + kappa2 (``rnn-path-k12``, up to ``k12_max_len``: kappa2 costs
 ``O(T n^3 + T^2 n^2)`` per step). IRNN+SGD runs that diverge are restarted from new initializations
 (up to ``restarts`` times), as in the paper. Baselines: np-RNN + SGD (Talathi & Vattikuti 2015), an
-LSTM, and (modern) Adam on the IRNN. Each method's learning rate is chosen on a validation split of the
+LSTM, the unitary RNN (uRNN, Arjovsky, Shah & Bengio 2016; Adam in place of their RMSProp), and (modern)
+Adam on the IRNN. Each method's learning rate is chosen on a validation split of the
 training set (mean validation MSE, or accuracy for classification, over seeds; grid extended at an edge);
 test numbers over seeds.
 Tasks: the adding problem at T = 100, 400, 750 (test MSE against the trivial 0.167) and
@@ -39,6 +40,7 @@ from geomopt.train import TrainConfig, read_metrics
 NAME = "path-sgd-rnn"
 CITATIONS = (
     'Neyshabur, Wu, Salakhutdinov & Srebro, "Path-Normalized Optimization of Recurrent Neural Networks with ReLU Activations", NeurIPS 2016',
+    'Arjovsky, Shah & Bengio, "Unitary Evolution Recurrent Neural Networks", ICML 2016',
 )  # the papers, by title, for the report
 TITLE = "Path-SGD for ReLU RNNs (Neyshabur, Wu, Salakhutdinov & Srebro 2016)"
 # "solved": test MSE below a tenth of the trivial predictor's
@@ -57,14 +59,16 @@ METHODS: dict[str, tuple[str, str, str]] = {
     "np-rnn-sgd": ("relu-rnn", "np-rnn", "sgd"),
     "lstm-sgd": ("lstm", "kaiming", "sgd"),
     "irnn-adam": ("relu-rnn", "irnn-le", "adam"),
+    "urnn-adam": ("urnn", "kaiming", "adam"),  # the uRNN baseline (Arjovsky et al. 2016; Adam for their RMSProp)
 }
 PAPER_LRS = [1e-2, 1e-3, 1e-4]
 # published numbers we can put beside ours (approximate, see papers.md section 2)
 PAPER_ADDING = {"rnn-path": "~0 (solved)", "rnn-path-k12": "not in the paper", "irnn-sgd": "0.167 (long T)",
-                "np-rnn-sgd": "0.167 (long T)", "lstm-sgd": "not tabulated", "irnn-adam": "not in the paper"}
+                "np-rnn-sgd": "0.167 (long T)", "lstm-sgd": "not tabulated", "irnn-adam": "not in the paper",
+                "urnn-adam": "not tabulated"}
 PAPER_SEQ_MNIST_ERR = {"rnn-path": "~3%", "rnn-path-k12": "not in the paper", "irnn-sgd": "3.0% (iRNN, 97.0% acc)",
                        "np-rnn-sgd": "not tabulated", "lstm-sgd": "1.1% (98.9% acc, RMSProp, Cooijmans 2016)",
-                       "irnn-adam": "not in the paper"}
+                       "irnn-adam": "not in the paper", "urnn-adam": "4.9% (uRNN, 95.1% acc, RMSProp, Arjovsky 2016)"}
 
 
 @dataclass
@@ -78,7 +82,8 @@ class PathSGDRNNExperiment:
     methods: tuple[str, ...] = tuple(METHODS)
     lrs: dict[str, list[float]] = field(default_factory=lambda: {
         "rnn-path": list(PAPER_LRS), "rnn-path-k12": list(PAPER_LRS), "irnn-sgd": list(PAPER_LRS),
-        "np-rnn-sgd": list(PAPER_LRS), "lstm-sgd": [1e-2, 1e-1, 1.0], "irnn-adam": [1e-4, 1e-3, 1e-2]})
+        "np-rnn-sgd": list(PAPER_LRS), "lstm-sgd": [1e-2, 1e-1, 1.0], "irnn-adam": [1e-4, 1e-3, 1e-2],
+        "urnn-adam": [1e-4, 1e-3, 1e-2]})
     clip: dict[str, float | None] = field(default_factory=lambda: {m: None for m in METHODS})
     k12_max_len: int = 100
     restarts: int = 3
@@ -312,7 +317,8 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
                                                              if c["caveats"] else "") for c in records]
     paragraphs = [
         f"Protocol (Neyshabur et al. 2016 after Le et al. 2015): one-layer ReLU RNN with {exp.hidden} hidden units "
-        "(LSTM: the same number of cells); IRNN and RNN-Path start from the identity recurrence with input and output "
+        "(LSTM: the same number of cells; uRNN: the same number of complex units); IRNN and RNN-Path start from the "
+        "identity recurrence with input and output "
         f"weights U[-0.01, 0.01] and zero biases; batch {exp.batch_size}; adding problem at T = {list(exp.lengths)} "
         f"with {exp.adding_train_size} training sequences ({100 * exp.val_fraction:g}% held out for validation) and "
         f"1,000 test sequences, {exp.adding_epochs} epochs; {', '.join(exp.sequential) or 'no'} pixel-by-pixel tasks "
