@@ -106,3 +106,22 @@ class TrainDieOnce:
         summary = TrainJob(self.config)(workdir)
         (workdir / "resumed.txt").write_text(str(resumed))
         return summary
+
+
+@dataclass(frozen=True)
+class HangOnce:
+    """First attempt: writes its pid to ``pidfile`` once the ``others`` are stored, then hangs; later
+    attempts return at once."""
+
+    pidfile: str
+    others: tuple[str, ...]
+
+    def __call__(self, workdir: Path) -> dict:
+        if os.path.exists(self.pidfile):
+            return {"hung_before": True}
+        deadline = time.monotonic() + 60
+        while not all(os.path.exists(p) for p in self.others) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        Path(self.pidfile).write_text(str(os.getpid()))
+        time.sleep(120)
+        return {}

@@ -5,6 +5,8 @@ under the output folder wherever the worker ran, and the same zoo on both backen
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -105,6 +107,47 @@ def test_interrupted_sweep_restarted_reruns_only_unfinished(tmp_path, backend):
     assert [r.status for r in results] == ["skipped", "skipped", "done"]
     assert results[2].result == {"interrupted_before": True}
     assert _ran(log) == ["interrupt", "interrupt", "square0", "square1"]
+
+
+DRIVER = """
+import sys
+from pathlib import Path
+import tests.sweep.jobs as jobs
+from geomopt.sweep import Trial, run_sweep
+root = Path(sys.argv[1])
+outs = [root / "t0", root / "t1"]
+trials = [Trial(jobs.Square(x), outs[x]) for x in range(2)]
+trials.append(Trial(jobs.HangOnce(str(root / "pid"), tuple(str(o / "summary.json") for o in outs)), root / "hang"))
+run_sweep(trials, workers=2, progress=False)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def test_a_killed_driver_leaves_its_finished_trials_and_no_worker(tmp_path):
+    """A driver (its own process) SIGKILLed while a trial hangs: the stored trials stay, the hanging
+    worker exits within seconds, and the same sweep run again runs only the unfinished trial."""
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path)], cwd=Path(__file__).resolve().parents[2])
+    pidfile, deadline = tmp_path / "pid", time.monotonic() + 240
+    while not (pidfile.is_file() and pidfile.read_text()) and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    worker = int(pidfile.read_text())
+    driver.kill()
+    driver.wait()
+    assert _alive(worker)
+    deadline = time.monotonic() + 30
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker)
+    assert (tmp_path / "t0" / "summary.json").is_file() and (tmp_path / "t1" / "summary.json").is_file()
+    trials = [Trial(jobs.Square(x), tmp_path / f"t{x}") for x in range(2)]
+    trials.append(Trial(jobs.HangOnce(str(pidfile), ()), tmp_path / "hang"))
+    assert [r.status for r in run_sweep(trials, workers=2, progress=False)] == ["skipped", "skipped", "done"]
 
 
 def test_results_land_under_out_when_the_worker_runs_elsewhere(tmp_path, ray_session, monkeypatch):

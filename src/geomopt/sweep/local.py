@@ -10,7 +10,11 @@ in the driver process itself (no start-up cost; a crash there ends the sweep).
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import select
 import signal
+import threading
+import time
 import traceback
 from multiprocessing.connection import wait
 from typing import Any
@@ -18,10 +22,30 @@ from typing import Any
 from geomopt.sweep.trial import execute
 
 
-def _serve(conn) -> None:
+def _exit_with_driver(driver: int) -> None:
+    """Exit this worker as soon as the driver process ends, so that a killed driver leaves no training
+    running (the forkserver itself lives on while any worker does)."""
+    try:
+        pidfd = os.pidfd_open(driver)  # Linux: readable once the driver has ended
+    except (AttributeError, OSError):
+        pidfd = None
+    while True:
+        if pidfd is not None:
+            if select.select([pidfd], [], [], 1.0)[0]:
+                os._exit(1)
+            continue
+        try:
+            os.kill(driver, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        time.sleep(1)
+
+
+def _serve(conn, driver: int) -> None:
     """Worker loop: receive (job, inputs, checkpoint, threads, scratch), send back ("ok", Output) or
     ("error", text)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle; it stops the workers
+    threading.Thread(target=_exit_with_driver, args=(driver,), daemon=True).start()
     while True:
         try:
             task = conn.recv()
@@ -57,7 +81,7 @@ def _context():
 class _Worker:
     def __init__(self, ctx):
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve, args=(child,), daemon=True)
+        self.process = ctx.Process(target=_serve, args=(child, os.getpid()), daemon=True)
         self.process.start()
         child.close()
 
