@@ -1,5 +1,6 @@
-"""`geomopt reproduce ekfac` on a tiny grid: files written, autoencoder runs through the engine with a
-reconstruction loss (no accuracy), table rows per study, verdict computed, unknown keys rejected."""
+"""`geomopt reproduce ekfac` on a tiny protocol: every optimizer tuned on validation data over two seeds
+(the damping grid extended when its best value is at an edge), the adaptive variants without a grid,
+results/table/figures/claims written, a second call skips finished runs, unknown keys rejected."""
 
 import csv
 import json
@@ -7,29 +8,45 @@ import json
 import pytest
 
 from geomopt.experiments import EXPERIMENTS
-from geomopt.experiments.ekfac import EKFACExperiment
+from geomopt.experiments.ekfac import EKFACExperiment, _loss_at
 from geomopt.train import read_metrics
 
 
 def test_tiny_reproduction(tmp_path):
-    overrides = {"epochs": 2, "cnn_epochs": 1, "widths": [8, 4, 8], "cnn_widths": [4], "dampings": [1.0],
-                 "lrs": {"momentum": [0.03], "adam": [0.003], "kfac": [0.1], "ekfac": [0.1]}, "train_size": 300}
+    overrides = {"epochs": 2, "widths": [8, 4, 8], "train_size": 300, "seeds": [0, 1], "max_extensions": 1,
+                 "lrs": {"momentum": [0.03, 0.1], "adam": [0.003, 0.01], "kfac": [0.1], "ekfac": [0.1]},
+                 "dampings": [1.0, 3.0]}
     section = EXPERIMENTS["ekfac"].reproduce(tmp_path, quick=True, jobs=1, overrides=overrides)
     root = tmp_path / "ekfac"
-    data = json.loads(section.read_text())
     rows = list(csv.DictReader((root / "table.csv").open()))
-    assert [(r["study"], r["optimizer"]) for r in rows] == [(s, o) for s in ("autoencoder", "cnn")
-                                                           for o in ("momentum", "adam", "kfac", "ekfac")]
-    assert "EKFAC final training loss" in data["paragraphs"][-1]
-    ae = [r for r in read_metrics(root / "autoencoder" / "ekfac" / "lr0.1_damp1") if r["kind"] == "epoch"]
-    assert len(ae) == 3 and ae[-1]["train_loss"] < ae[0]["train_loss"]  # BCE summed over 64 pixels, learning
-    assert all(r["train_acc"] != r["train_acc"] for r in ae)  # metric=None: NaN accuracy
-    assert (root / "autoencoder_train_loss.png").is_file() and (root / "cnn_train_loss.png").is_file()
-    # a second call skips finished runs and gives the same table
-    EXPERIMENTS["ekfac"].reproduce(tmp_path, quick=True, jobs=1, overrides=overrides)
-    assert list(csv.DictReader((root / "table.csv").open()))[0]["final train loss"] == rows[0]["final train loss"]
+    assert [r["optimizer"] for r in rows] == ["momentum", "adam", "kfac", "ekfac", "kfac-adaptive", "ekfac-adaptive"]
+    assert rows[4]["chosen lr"] == "auto" and "adaptive" in rows[4]["damping"]
+    results = list(csv.DictReader((root / "results.csv").open()))
+    kfac_dampings = sorted({float(r["damping"]) for r in results if r["optimizer"] == "kfac"})
+    assert len(kfac_dampings) == 3  # [1, 3] extended by one step at the edge of the best value
+    claims = json.loads((root / "claims.json").read_text())
+    ids = [c["id"] for c in claims["claims"]]
+    assert "ekfac-vs-kfac-second" in ids and "ekfac-adaptive-vs-adam-epoch" in ids and len(ids) == 18
+    assert all(c["verdict"] in ("holds", "partly", "does not hold") for c in claims["claims"])
+    run = root / "runs" / "ekfac-adaptive" / "damping1" / "seed0"
+    recs = [r for r in read_metrics(run) if r["kind"] == "epoch"]
+    assert len(recs) == 3 and recs[-1]["train_loss"] < recs[0]["train_loss"] and "val_loss" in recs[-1]
+    assert (root / "train_loss_epochs.png").is_file() and (root / "train_loss_seconds.png").is_file()
+    assert json.loads(section.read_text())["tables"]
+    EXPERIMENTS["ekfac"].reproduce(tmp_path, quick=True, jobs=1, overrides=overrides)  # skips finished runs
+    assert list(csv.DictReader((root / "table.csv").open())) == rows
 
 
-def test_unknown_key_rejected():
+def test_loss_at_interpolates_between_epochs(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"kind": "epoch", "epoch": 0, "time": 0.0, "train_loss": 10.0},
+        {"kind": "epoch", "epoch": 1, "time": 2.0, "train_loss": 6.0},
+        {"kind": "epoch", "epoch": 2, "time": 4.0, "train_loss": 5.0}]))
+    assert _loss_at(tmp_path, 1.0) == 8.0 and _loss_at(tmp_path, 3.0) == 5.5 and _loss_at(tmp_path, 9.0) == 5.0
+
+
+def test_unknown_key_and_optimizer_rejected():
     with pytest.raises(ValueError, match="unknown experiment key"):
         EKFACExperiment.quick().replace({"bogus": 1})
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        EKFACExperiment.quick().replace({"optimizers": ["lbfgs"]})
