@@ -86,8 +86,8 @@ class EKFACExperiment:
     @classmethod
     def quick(cls) -> EKFACExperiment:
         return cls(dataset="digits", widths=(48, 24, 8, 24, 48), epochs=20, update_freq=5, inv_freq=20,
-                   lrs={"momentum": [0.03, 0.1, 0.3], "adam": [3e-3, 1e-2, 3e-2], "kfac": [0.1, 0.3],
-                        "ekfac": [0.1, 0.3]}, dampings=[0.3, 1.0], seeds=(0, 1, 2))
+                   lrs={"momentum": [0.03, 0.1], "adam": [1e-2, 3e-2], "kfac": [0.1, 0.3, 1.0],
+                        "ekfac": [0.1, 0.3, 1.0]}, dampings=[1.0, 10.0], max_extensions=1, seeds=(0, 1, 2))
 
     def replace(self, overrides: dict[str, Any]) -> EKFACExperiment:
         d = merge_overrides(self, overrides, NAME)

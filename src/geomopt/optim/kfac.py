@@ -264,10 +264,10 @@ class _KroneckerOptimizer(Optimizer):
             pass
 
     def _needs_stats(self, k: int) -> bool:
-        return k % self.update_freq == 0 or self._needs_model(k)
+        return k % self.update_freq == 0
 
     def _needs_model(self, k: int) -> bool:
-        """Whether step ``k`` evaluates the exact quadratic model (it needs the batch's records)."""
+        """Whether step ``k`` evaluates the exact quadratic model (it needs the batch's inputs)."""
         return self.adaptive_step or (self.adaptive_damping and (k + 1) % self.damping_interval == 0)
 
     def _cuda_devices(self) -> list[int]:
@@ -277,7 +277,7 @@ class _KroneckerOptimizer(Optimizer):
         """Record in the forwards before the next step only if that step needs statistics from them."""
         need = self._needs_stats(self._step_count)
         self._capture.active = need and self.fisher == "empirical"
-        self._want_inputs = need and (self.fisher != "empirical" or self._needs_model(self._step_count))
+        self._want_inputs = (need and self.fisher != "empirical") or self._needs_model(self._step_count)
 
     # -- recording: every forward of the model with gradients enabled is one micro-batch
     def _on_model_forward(self, module, args, kwargs):
