@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,27 @@ def test_a_dead_rank_does_not_hang_the_others(tmp_path):
     assert codes[0] != 0 and codes[1] != 0
     assert "rank 1 fails" in (tmp_path / "dead-rank1.txt").read_text()
     assert (tmp_path / "dead-rank0.txt").exists()  # rank 0 got an error from its collective, not a hang
+
+
+def _stuck_worker(rank: int, world: int, root: str) -> None:
+    def loss_fn(out, y):
+        if rank == 1 and torch.is_grad_enabled():
+            time.sleep(10)  # a rank that stops answering (alive, not crashed)
+            os._exit(0)
+        return nn.functional.cross_entropy(out, y)
+    start = time.monotonic()
+    try:
+        _run(Path(root) / "stuck", "sgd", loss_fn=loss_fn)
+    except Exception as exc:  # noqa: BLE001
+        Path(root, "stuck-rank0.txt").write_text(f"{time.monotonic() - start:.1f} {type(exc).__name__}: {exc}")
+        raise
+
+
+def test_a_stuck_rank_times_out_the_others(tmp_path):
+    codes = run_processes(2, _stuck_worker, str(tmp_path), timeout=90, collective_timeout=4)
+    assert codes[0] != 0
+    seconds, msg = (tmp_path / "stuck-rank0.txt").read_text().split(" ", 1)
+    assert float(seconds) < 9.5 and "timed out" in msg.lower(), msg  # the collective's timeout, not the sleep
 
 
 def test_cli_nproc_2_matches_one_process(tmp_path):
