@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -370,10 +371,10 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None, overri
         losses, times = [c[:n] for c in losses], [c[:n] for c in times]
         label = opt if opt in ADAPTIVE else f"{opt} (lr {chosen[opt].value:g})"
         by_epoch[label] = (list(range(n)), *band(losses))
-        by_second[label] = ([sum(col) / len(col) for col in zip(*times)], *band(losses))
+        by_second[label] = ([statistics.median(col) for col in zip(*times)], *band(losses))  # robust to a straggler
     figures = []
     for fname, panel, xlabel, what in [("train_loss_epochs.png", by_epoch, "epoch", "per epoch"),
-                                       ("train_loss_seconds.png", by_second, "seconds (mean over seeds)",
+                                       ("train_loss_seconds.png", by_second, "seconds (median over seeds)",
                                         "per wall-clock second")]:
         plot_bands({f"{exp.dataset} autoencoder": panel}, root / fname, xlabel=xlabel, ylabel="training loss",
                    logy=True)
