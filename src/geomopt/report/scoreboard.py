@@ -19,7 +19,7 @@ BADGE = {HOLDS: "#1a7f37", PARTLY: "#9a6700", FAILS: "#cf222e"}
 STYLE = """.badge{display:inline-block;padding:.1em .55em;border-radius:1em;color:#fff;font-size:.85em;
 white-space:nowrap}
 .caveat{display:block;color:#9a6700;font-size:.85em}table.claims td,table.claims th{text-align:left;vertical-align:top}
-table.claims td.num{text-align:right;white-space:nowrap}"""
+table.claims td.num{text-align:right;white-space:nowrap}table.claims td.ours{min-width:26em;font-size:.9em}"""
 
 
 def anchor(directory: Path, runs_dir: Path) -> str:
@@ -64,7 +64,7 @@ def scoreboard(records: list[tuple[dict[str, Any], Path]], runs_dir: Path) -> st
             rows.append(
                 f"<tr><td>{html.escape(c['paper'])}<br><small>{html.escape(c['where'])}</small></td>"
                 f"<td><a href=\"{link}\">{html.escape(c['text'])}</a><br><small>{html.escape(record['experiment'])}"
-                f" ({protocol})</small></td><td>{html.escape(c['published'])}</td><td>{_ours(c)}</td>"
+                f" ({protocol})</small></td><td>{html.escape(c['published'])}</td><td class=\"ours\">{_ours(c)}</td>"
                 f"<td class=\"num\">{seeds}</td><td>{badge(c['verdict'])}</td>"
                 f"<td class=\"num\">{_duration(float(record.get('seconds', 0.0)))}</td></tr>")
     if not rows:
@@ -82,7 +82,8 @@ def claims_table(record: dict[str, Any]) -> str:
     """A section's short table of its claims: claim, figure/table, published, ours, verdict."""
     head = "".join(f"<th>{h}</th>" for h in ["claim", "where", "published", "ours", "verdict"])
     rows = "".join(f"<tr><td>{html.escape(c['text'])}</td><td>{html.escape(c['where'])}</td>"
-                   f"<td>{html.escape(c['published'])}</td><td>{_ours(c)}</td><td>{badge(c['verdict'])}</td></tr>"
+                   f"<td>{html.escape(c['published'])}</td><td class=\"ours\">{_ours(c)}</td>"
+                   f"<td>{badge(c['verdict'])}</td></tr>"
                    for c in record["claims"])
     seeds = record.get("seeds", [])
     return (f"<table class=\"claims\"><caption>Claims, over seeds {html.escape(str(list(seeds)))}</caption>"
