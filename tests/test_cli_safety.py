@@ -265,3 +265,40 @@ def test_long_reproductions_show_progress(tmp_path, capsys):
     err = capsys.readouterr().err
     for bar in ("deep-mf: completion (m, seed)", "completion depth 2", "deep-mf: l_p regression", "ekfac autoencoder"):
         assert bar in err
+
+
+# 10. small things a new user meets: example zoo, zoo target, --depth/--depths, prune -> measure, unfit margins
+def test_example_zoo_file_parses(tmp_path):
+    from geomopt.experiments.zoo import load_grid
+    runs, options = load_grid(Path(__file__).parents[1] / "examples" / "zoo.toml", tmp_path)
+    assert len(runs) == 16 and all(c.target_train_loss == 0.01 for c, _, _ in runs)
+    assert options == {"margin_quantile": 0.05}
+
+
+def test_zoo_says_when_no_run_reached_the_target(tmp_path, capsys):
+    grid = tmp_path / "zoo.toml"
+    grid.write_text('[base]\nepochs = 1\ntrain_size = 100\ntarget_train_loss = 1e-6\nwidths = [8]\n'
+                    '[grid]\nlr = [0.01]\n')
+    assert main(["zoo", "--grid", str(grid), "--out", str(tmp_path / "zoo"), "--no-measures", "--jobs", "1"]) == 0
+    assert "0 of 1 runs reached target_train_loss: none did" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("lab, flag", [("completion", "--depths"), ("completion", "--depth"),
+                                       ("deep-linear", "--depth"), ("deep-linear", "--depths")])
+def test_implicit_depth_and_depths_are_one_flag(tmp_path, lab, flag):
+    from geomopt.cli import build_parser
+    args = build_parser().parse_args(["implicit", lab, flag, "1,2", "--out", str(tmp_path)])
+    assert (args.depth if lab == "completion" else args.depths) == (1, 2)
+
+
+def test_pruned_run_can_be_measured_and_unfit_margins_are_explained(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 0
+    assert main(["prune", str(run), "--criterion", "mp", "--sparsity", "0.5", "--examples", "100", "--no-progress",
+                 "--out", str(tmp_path / "pruned")]) == 0
+    capsys.readouterr()
+    assert main(["measure", str(tmp_path / "pruned"), "--measures", "margin,norms,bounds", "--no-progress"]) == 0
+    out = capsys.readouterr().out  # one epoch on 200 examples: most points misclassified, margin <= 0
+    assert "bartlett_bound" in out and "(the margin is <= 0" in out and "need a run that fits" in out
+    measures = json.loads((tmp_path / "pruned" / "measures.json").read_text())
+    assert measures["config"]["widths"] == [16]

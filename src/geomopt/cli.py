@@ -265,9 +265,16 @@ def cmd_measure(args: argparse.Namespace) -> int:
     keys = ["margin", "train_error", "test_error", "gap", "log_spectral_product", "l2_path", "l2_path_over_margin",
             "bartlett_bound", "pac_bayes_spectral_bound", "sharpness", "pacbayes_sigma", "pacbayes_mag_sigma",
             "hessian_top_eigenvalue", "hessian_trace"]
+    unfit = "margin" in result and not result["margin"] > 0
     for k in keys:
         if k in result:
-            print(f"  {k:28s} {result[k]:.6g}")
+            why = ("  (the margin is <= 0: see the warning)" if unfit and k != "margin" and result[k] != result[k]
+                   else "")
+            print(f"  {k:28s} {result[k]:.6g}{why}")
+    if unfit:
+        print(f"  the margin-normalized measures and bounds need a run that fits its training set: more than a "
+              f"{args.margin_quantile:g} fraction of training points is misclassified (train error "
+              f"{result['train_error']:.4f}); train longer, or pass a smaller --margin-quantile")
     for w in result.get("warnings", []):
         print(f"  warning: {w}", file=sys.stderr)
     print(f"wrote {Path(args.run_dir) / 'measures.json'}")
@@ -306,6 +313,12 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     for r in results:
         if r.status == "failed":
             print(f"  failed: {r.trial.out / 'failed.json'}", file=sys.stderr)
+    targeted = [r.result for r in results if r.result and "reached_target" in r.result]
+    if targeted:
+        reached = sum(bool(s["reached_target"]) for s in targeted)
+        print(f"{reached} of {len(targeted)} runs reached target_train_loss"
+              + ("" if reached else ": none did; raise epochs or the learning rate in [base] (correlate keeps "
+                                     "runs by --min-train-acc, so its rankings may hold few models)"))
     return 1 if counts["failed"] else 0
 
 

@@ -76,7 +76,8 @@ def add_implicit_parser(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--n", type=int, default=50, help="matrix size n x n (default 50)")
         q.add_argument("--rank", type=int, default=2, help="rank of the target (default 2)")
         q.add_argument("--m", type=int, default=400, help="measurements / observed entries (default 400)")
-        q.add_argument("--depth", type=_ints, default=(2,), help="depths, e.g. 2 or 1,2,3 (default 2)")
+        q.add_argument("--depths", "--depth", dest="depth", type=_ints, default=(2,),
+                       help="depths, e.g. 2 or 1,2,3 (default 2; --depth is the same flag)")
         q.add_argument("--alphas", type=_floats, default=(1e-3, 1e-2, 1e-1, 1.0),
                        help="init scales ||W(0)||_F ~ alpha sqrt(n) (default 1e-3,1e-2,1e-1,1)")
         q.add_argument("--seeds", type=int, default=1, help="number of init seeds per alpha (default 1)")
@@ -101,7 +102,8 @@ def add_implicit_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--d", type=int, default=32, help="input dimension (default 32)")
     q.add_argument("--k", type=int, default=1, help="outputs (default 1)")
     q.add_argument("--p", type=float, default=4.0, help="loss exponent (default 4)")
-    q.add_argument("--depths", type=_ints, default=(1, 2, 3), help="default 1,2,3")
+    q.add_argument("--depths", "--depth", dest="depths", type=_ints, default=(1, 2, 3),
+                   help="depths, e.g. 1,2,3 (default; --depth is the same flag)")
     q.add_argument("--lr", type=float, default=1e-3)
     q.add_argument("--steps", type=int, default=5000)
     q.add_argument("--init-scale", type=float, default=1.0, help="||W(0)||_F (default 1)")

@@ -93,3 +93,18 @@ def count_prunable(model: nn.Module) -> int:
 
 __all__ = ["sparsity", "prune_lowest", "schedule_counts", "gradual_sparsity", "apply_masks",
            "masks_from_state_dict", "count_prunable"]
+
+
+def permanent_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The state dict of ``model`` with every pruning mask applied and removed (plain ``weight`` keys,
+    pruned entries zero): loads into the unpruned architecture, e.g. for ``geomopt measure``."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("_mask"):
+            continue
+        if key.endswith("_orig"):
+            base = key[: -len("_orig")]
+            state[base] = value * model.state_dict()[base + "_mask"]
+        else:
+            state[key] = value
+    return state

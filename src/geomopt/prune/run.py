@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from geomopt.prune.masks import count_prunable, prune_lowest, schedule_counts, sparsity
+from geomopt.prune.masks import count_prunable, permanent_state_dict, prune_lowest, schedule_counts, sparsity
 from geomopt.prune.scores import loss_statistics, predicted_loss_change, scores
 
 
@@ -100,7 +100,7 @@ def prune_run(run_dir: str | Path, *, criterion: str, target_sparsity: float, st
     from geomopt.nn import build_model
     from geomopt.optim import build_optimizer
     from geomopt.train import TrainConfig, evaluate, fit, load_checkpoint, resolve_device, write_json
-    from geomopt.train.checkpoint import load_model_state
+    from geomopt.train.checkpoint import load_model_state, save_checkpoint
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file() or not (run_dir / "checkpoint.pt").is_file():
@@ -141,6 +141,9 @@ def prune_run(run_dir: str | Path, *, criterion: str, target_sparsity: float, st
                       finetuned_sparsity=sparsity(model))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "prune.json", record)
+    # a run folder like any other: `geomopt measure OUT` reads config.json and the pruned weights
+    write_json(out / "config.json", config.to_dict() if lr is None else config.replace(lr=lr).to_dict())
+    save_checkpoint(out / "checkpoint.pt", {"model": permanent_state_dict(model), "pruned": True})
     return record
 
 
