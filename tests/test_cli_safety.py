@@ -65,6 +65,7 @@ def test_reproduction_keeps_rows_of_other_settings_and_refuses_a_changed_run(tmp
     assert len(mnist1d_rows) == 2
     section = json.loads((tmp_path / "path-sgd" / "section.json").read_text())
     assert any(w.startswith("DIVERGED: mnist1d, kaiming init, sgd lr 1000") for w in section["warnings"])
+    assert "seeds DIVERGED" in section["tables"][0]["rows"][0][4]  # marked in the table too
     assert "Neyshabur, Salakhutdinov & Srebro" in section["citations"][0]
     assert "warning: DIVERGED" in capsys.readouterr().out  # printed with the verdict table
     capsys.readouterr()

@@ -119,7 +119,9 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
     table_rows = []
     for (data, init, opt), t in tuned.items():
         val_err = [1 - a for a in t.metric("val_acc")] if all("val_acc" in s for *_, s in t.at()) else None
-        table_rows.append([data, init, opt, t.selection.label, seed_stats(t.metric("train_loss")).fmt(),
+        diverged = sum(bool(s.get("diverged")) for *_, s in t.at())
+        table_rows.append([data, init, opt, t.selection.label, seed_stats(t.metric("train_loss")).fmt()
+                           + (f" ({diverged} of {len(t.at())} seeds DIVERGED)" if diverged else ""),
                            seed_stats(val_err).fmt(100) if val_err else "diverged",
                            seed_stats([1 - a for a in t.metric("test_acc")]).fmt(100)])
     write_tables(root / "table.csv", (columns, table_rows))
