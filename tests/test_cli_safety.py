@@ -299,3 +299,15 @@ def test_pruned_run_can_be_measured_and_unfit_margins_are_explained(tmp_path, ca
     assert "bartlett_bound" in out and "(the margin is <= 0" in out and "need a run that fits" in out
     measures = json.loads((tmp_path / "pruned" / "measures.json").read_text())
     assert measures["config"]["widths"] == [16]
+
+
+def test_results_csv_keeps_rows_of_settings_not_rerun(tmp_path):
+    """Reference: the rows written by hand; a rerun over fewer settings replaces only its own rows."""
+    import csv
+
+    from geomopt.report import write_records
+    path = tmp_path / "results.csv"
+    write_records(path, [{"data": "a", "lr": 0.1, "loss": 1.0}, {"data": "b", "lr": 0.1, "loss": 2.0}], key=("data", "lr"))
+    write_records(path, [{"data": "b", "lr": 0.1, "loss": 3.0}], key=("data", "lr"))
+    rows = list(csv.DictReader(path.open()))
+    assert rows == [{"data": "a", "lr": "0.1", "loss": "1.0"}, {"data": "b", "lr": "0.1", "loss": "3.0"}]

@@ -316,7 +316,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
                     line = err_lines.setdefault(_method(d), ([], []))
                     line[0].append(m)
                     line[1].append(sum(r["err"] for r in ok) / len(ok))
-    write_records(root / "results.csv", rows)
+    write_records(root / "results.csv", rows, key=("m", "problem_seed", "depth", "alpha", "seed"))
     plot_curves({"completion: reconstruction error vs observed entries": err_lines}, root / "err_vs_m.png",
                 xlabel="observed entries m", ylabel="||W-W*||^2/||W*||^2", logy=True)
     figures.insert(0, {"file": "err_vs_m.png", "caption": "Reconstruction error vs number of observed entries "

@@ -227,7 +227,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
         stats = edge_statistics(tr, key["lr"], exp.reach, exp.band) if tr["sharpness"] else {}
         rows.append({**key, **stats, "diverged": diverged, "final_loss": summary["train_loss"],
                      "train_acc": summary["train_acc"], "test_acc": summary["test_acc"], "dir": str(run_dir)})
-    write_records(root / "results.csv", rows)
+    write_records(root / "results.csv", rows, key=("dir",))
     results = {"by_lr": {lr: [r for r in rows if r["lr"] == lr] for lr in exp.lrs}, "reach": exp.reach,
                "band": exp.band}
     columns = ["lr", "2/lr", "initial lambda lr/2", "peak lambda lr/2", "reached at step", "median in window",

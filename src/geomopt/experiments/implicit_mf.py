@@ -219,7 +219,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
     rc = run_norms_vs_rank(rc_cfg)
     results["norms_vs_rank"] = {"rows": rc["rows"], "inits": list(rc_cfg.inits), "thresholds": list(rc_cfg.thresholds)}
     seconds = sum(results[p]["seconds"] for p in PROBLEMS) + time.perf_counter() - t0
-    write_records(root / "results.csv", rows)
+    write_records(root / "results.csv", rows, key=("problem", "m", "n", "problem_seed", "depth", "alpha", "seed"))
     write_records(root / "norms_vs_rank.csv", rc["rows"])
 
     columns = ["problem", "alpha", "||X-X_nuc||/||X_nuc||", "||X-X*||/||X*||", "effective rank",

@@ -268,7 +268,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
     planned = _configs(exp, root)
     summaries = run_all([(_job(c), o) for c, o, _ in planned], jobs, desc=NAME, overwrite=overwrite)
     rows = _rows(exp, planned, summaries)
-    write_records(root / "results.csv", rows)
+    write_records(root / "results.csv", rows, key=("dir",))
     results = {"groups": {(d, n): _group(rows, d, n) for d in exp.datasets for n in exp.label_noises},
                "target": exp.target_train_loss}
 

@@ -259,7 +259,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
                          "test_err": 1 - s["test_acc"] if not label.startswith("adding") else math.nan,
                          "diverged": bool(s.get("diverged", False)), "restarts": s.get("restarts", 0),
                          "dir": str(run_dir)})
-    write_records(root / "results.csv", rows)
+    write_records(root / "results.csv", rows, key=("dir",))
 
     solved_at = SOLVED_FRACTION * ADDING_BASELINE_MSE
     adding_rows, seq_rows = [], []
