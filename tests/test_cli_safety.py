@@ -311,3 +311,16 @@ def test_results_csv_keeps_rows_of_settings_not_rerun(tmp_path):
     write_records(path, [{"data": "b", "lr": 0.1, "loss": 3.0}], key=("data", "lr"))
     rows = list(csv.DictReader(path.open()))
     assert rows == [{"data": "a", "lr": "0.1", "loss": "1.0"}, {"data": "b", "lr": "0.1", "loss": "3.0"}]
+
+
+def test_same_command_resumes_an_interrupted_run(tmp_path):
+    """Reference: an uninterrupted run; the same command on an interrupted folder must continue it exactly."""
+    from geomopt.train import train
+    flags = [*TINY, "--epochs", "2", "--checkpoint-every", "2"]
+    assert main(["train", *flags, "--out", str(tmp_path / "full")]) == 0
+    config = TrainConfig.load(tmp_path / "full" / "config.json")
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "cut", progress=False, stop_after_steps=5)
+    assert main(["train", *flags, "--out", str(tmp_path / "cut")]) == 0
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "time"} for r in recs]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "cut")) == strip(read_metrics(tmp_path / "full"))

@@ -1,4 +1,4 @@
-"""Command line: ``geomopt train | reproduce | prune | measure | curvature | zoo | correlate | implicit | report``.
+"""geomopt: geometry-aware optimizers, generalization measures and paper reproductions from the shell.
 
 Train networks with geometry-aware optimizers (Path-SGD, K-FAC, EKFAC), measure generalization,
 prune, explore implicit regularization, and reproduce papers' headline experiments into an HTML report.
