@@ -18,6 +18,11 @@ with frame-wise (per step) or sequence-wise (over all steps) statistics.
 All modules are batch-first, multi-layer, and take optional ``lengths`` for variable-length
 batches: statistics are computed over the valid entries of each step only, and the state of a
 sequence stops changing after its last step.
+
+Implementation: unmasked batches run each layer as one autograd Function with a hand-written
+backward (``_FusedLSTMLayer``, ``_FusedRNNLayer``: per step one matmul, ``native_batch_norm`` and a
+few elementwise kernels); masked batches and ``fused=False`` run the plain step-by-step loop, the
+reference the fused layers are tested against.
 """
 
 from __future__ import annotations
@@ -473,9 +478,10 @@ def _bnlstm_step_backward(dh, dc, grad_h_prev, grad_c_prev, weight, f, partner, 
 class _StepFnLSTMLayer(torch.autograd.Function):
     """A BN-LSTM layer in training mode (batch statistics at every step) by two step functions,
     :func:`_bnlstm_step` and :func:`_bnlstm_step_backward`, ``torch.compile``-d by ``BNLSTM(compile=True)``
-    (one generated kernel each per step). The running statistics are updated once per sequence
-    from the returned statistics (same formula as ``native_batch_norm``). Inputs as
-    :class:`_FusedLSTMLayer` plus ``steps_fns`` (the two functions) and the two BNs' running buffers."""
+    (one generated kernel each per step). The running statistics are updated once per sequence,
+    by the caller from the returned per-step ``(mean, biased var)`` of both BNs (same formula as
+    ``native_batch_norm``). Inputs: those of :class:`_FusedLSTMLayer` up to ``c0``, ``step_fns`` (the
+    two functions) and the two eps; outputs ``hs, cs (T + 1, B, H)`` and the four statistics ``(T, F)``."""
 
     @staticmethod
     def forward(ctx, u, weight, gamma_h, gamma_c, beta_c, h0, c0, step_fns, eps: tuple[float, float]):
