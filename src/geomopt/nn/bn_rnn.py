@@ -339,15 +339,17 @@ class _FusedLSTMLayer(torch.autograd.Function):
             # the factor each gate's activation multiplies: i <-> g, f <-> c_{t-1}, g <-> i, o <-> tanh(.)
             _sigmoid_backward(torch.cat([g, c_prev, i, tc], 1), s, grad_input=p_t[t])
             _tanh_backward(i, g, grad_input=p_g[t])
-        ctx.save_for_backward(weight, gamma_h, gamma_c, beta_c)
-        ctx.saved = (hs, cs, acts, partner, coef, rec, stats_h, stats_c, plan_h, plan_c, eps)
+        # outputs go through save_for_backward: kept on ctx they would form a reference cycle through
+        # their grad_fn that Python's collector cannot see, and every step's states would leak
+        ctx.save_for_backward(weight, gamma_h, gamma_c, beta_c, hs, cs)
+        ctx.saved = (acts, partner, coef, rec, stats_h, stats_c, plan_h, plan_c, eps)
         return hs, cs
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_hs, grad_cs):
-        weight, gamma_h, gamma_c, beta_c = ctx.saved_tensors
-        hs, cs, acts, partner, coef, rec, stats_h, stats_c, plan_h, plan_c, eps = ctx.saved
+        weight, gamma_h, gamma_c, beta_c, hs, cs = ctx.saved_tensors
+        acts, partner, coef, rec, stats_h, stats_c, plan_h, plan_c, eps = ctx.saved
         steps, batch, gates = acts.shape
         n = gates // 4
         du = torch.empty_like(acts)
@@ -409,15 +411,15 @@ class _FusedRNNLayer(torch.autograd.Function):
                 torch.clamp_min(pre, 0.0, out=h_t[t + 1])
             else:
                 torch.tanh(pre, out=h_t[t + 1])
-        ctx.save_for_backward(weight, gamma_h)
-        ctx.saved = (hs, rec, stats, plan_h, eps, relu)
+        ctx.save_for_backward(weight, gamma_h, hs)  # the output: see _FusedLSTMLayer
+        ctx.saved = (rec, stats, plan_h, eps, relu)
         return hs
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_hs):
-        weight, gamma_h = ctx.saved_tensors
-        hs, rec, stats, plan_h, eps, relu = ctx.saved
+        weight, gamma_h, hs = ctx.saved_tensors
+        rec, stats, plan_h, eps, relu = ctx.saved
         steps = hs.shape[0] - 1
         du = torch.empty_like(hs[1:])
         h_t, du_t, gh_t = hs.unbind(0), du.unbind(0), grad_hs.unbind(0)
@@ -496,8 +498,8 @@ class _StepFnLSTMLayer(torch.autograd.Function):
             saved.append(keep)
             stats.append((mean_r, var_r, mean_c, var_c))
         hs, cs = torch.stack(hs), torch.stack(cs)
-        ctx.save_for_backward(weight, gamma_h, gamma_c)
-        ctx.saved = (hs, saved, step_fns)
+        ctx.save_for_backward(weight, gamma_h, gamma_c, hs)  # the output: see _FusedLSTMLayer
+        ctx.saved = (saved, step_fns)
         stats = [torch.stack(v) for v in zip(*stats)]
         ctx.mark_non_differentiable(*stats)
         return hs, cs, *stats
@@ -505,8 +507,8 @@ class _StepFnLSTMLayer(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_hs, grad_cs, *_):
-        weight, gamma_h, gamma_c = ctx.saved_tensors
-        hs, saved, (_, backward_step) = ctx.saved
+        weight, gamma_h, gamma_c, hs = ctx.saved_tensors
+        saved, (_, backward_step) = ctx.saved
         steps = len(saved)
         dh, dc = grad_hs[steps], grad_cs[steps]
         du, dr, grads = [], [], []
