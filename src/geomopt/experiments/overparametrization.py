@@ -28,7 +28,7 @@ from geomopt.experiments.config import experiment_dir, merge_overrides
 from geomopt.measures.runs import MEASURES_FILE
 from geomopt.measures.two_layer import BOUNDS
 from geomopt.report import Section, plot_bands, write_records, write_section, write_tables
-from geomopt.sweep.claims import FAILS, Claim, Outcome, all_of, greater, less, write_claims
+from geomopt.sweep.claims import PARTLY, Claim, Outcome, all_of, greater, less, write_claims
 from geomopt.sweep import run_all
 from geomopt.sweep.stats import band, seed_stats
 from geomopt.sweep.trial import TrainJob
@@ -155,14 +155,14 @@ def _test_keeps_falling(results: dict[str, Any], noisy: bool) -> Outcome:
         w0, wmax = _interpolating_width(group), max(group)
         label = f"{data}, noise {noise:g}"
         if w0 is None or w0 == wmax:
-            parts[label] = Outcome(FAILS, "training error reached 0 in every seed at no width below the largest",
-                                   {"interpolating_width": w0})
+            parts[label] = Outcome(PARTLY, "untested: training error reached 0 in every seed at no width below "
+                                           "the largest", {"interpolating_width": w0}, ("not tested at this scale",))
             continue
         out = less([r["test_err"] for r in group[wmax]], [r["test_err"] for r in group[w0]],
                    label=f"test error at H={wmax} - at H={w0} (train error 0 from H={w0}), %", scale=100)
         parts[label] = out
     if not parts:
-        return Outcome(FAILS, "no setting of this kind was run")
+        return Outcome(PARTLY, "untested: no setting of this kind was run", {}, ("not run",))
     return all_of(parts)
 
 
@@ -173,8 +173,9 @@ def _bound_trend(results: dict[str, Any], keys: tuple[str, ...], falls: bool) ->
             continue
         wc, wmax = _converged_width(group), max(group)
         if wc is None or wc == wmax:
-            parts[data] = Outcome(FAILS, f"fewer than two widths reached training loss {results['target']} in every "
-                                         "seed; the bounds are compared on converged runs only", {"converged_width": wc})
+            parts[data] = Outcome(PARTLY, f"untested: fewer than two widths reached training loss {results['target']} "
+                                          "in every seed; the bounds are compared on converged runs only",
+                                  {"converged_width": wc}, ("not tested at this scale",))
             continue
         for key in keys:
             hi, lo = [r[key] for r in group[wmax]], [r[key] for r in group[wc]]
