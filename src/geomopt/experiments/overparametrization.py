@@ -42,7 +42,7 @@ CITATIONS = (
 TITLE = "Network size and generalization (Neyshabur, Tomioka & Srebro 2015; Neyshabur et al. 2019)"
 # the worker computes these with geomopt.measures.compute (delta as in the 2019 code) into measures.json
 MEASURE_OPTIONS = {"measures": ["two_layer"], "delta": 0.01}
-MEASURED = BOUNDS + ("margin", "width", "dist_U", "dist_U_21", "max_unit_dist", "dist_V", "fro_U", "fro_V",
+MEASURED = BOUNDS + ("margin", "dist_U", "dist_U_21", "max_unit_dist", "dist_V", "fro_U", "fro_V",
                      "max_out_norm", "spec_U", "spec_V", "spec_U0", "l1max_U", "l1max_V", "num_params")
 BOUND_LABELS = {"vc_bound": "VC dimension", "l1max_bound": "l1,inf (Bartlett & Mendelson 2002)",
                 "frobenius_bound": "Frobenius (Neyshabur et al. 2015)",
@@ -120,7 +120,7 @@ def _rows(exp: OverparamExperiment, planned, summaries) -> list[dict[str, Any]]:
                "diverged": diverged, "dir": str(run_dir)}
         if not diverged:
             stored = json.loads((run_dir / MEASURES_FILE).read_text())
-            row.update({k: stored[k] for k in MEASURED if k != "width"})
+            row.update({k: stored[k] for k in MEASURED})
         rows.append(row)
     return rows
 
@@ -206,7 +206,7 @@ CLAIMS = [
 ]
 
 
-def _trend_table(exp: OverparamExperiment, results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+def _trend_table(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     """Per dataset: each measure at the smallest converged width and at the largest, and its direction."""
     columns = ["dataset", "measure", "H from", "at H from", "H to", "at H to", "ratio", "direction (seeds agreeing)"]
     rows = []
@@ -280,7 +280,7 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
             error_rows.append([data, noise, w, seed_stats([100 * r["train_err"] for r in rs]).fmt(),
                                seed_stats([100 * r["test_err"] for r in rs]).fmt(),
                                f"{sum(r['converged'] for r in rs)}/{len(rs)}"])
-    trend_columns, trend_rows = _trend_table(exp, results)
+    trend_columns, trend_rows = _trend_table(results)
     write_tables(root / "table.csv", (error_columns, error_rows), (trend_columns, trend_rows))
     figures = _figures(exp, results, root)
     seconds = sum(float(s.get("seconds", 0.0)) for s in summaries)

@@ -62,6 +62,13 @@ def row_block(weight: Tensor) -> int:
     return rows if weight.device.type != "cpu" else max(1, min(rows, BLOCK_ELEMENTS // max(cols, 1)))
 
 
+def visit_rows(weight: Tensor, visit: BlockVisitor) -> None:
+    """Call ``visit(r0, r1)`` on every row block of ``weight`` (:func:`row_block` rows at a time), in order."""
+    rows, block = weight.shape[0], row_block(weight)
+    for r0 in range(0, rows, block):
+        visit(r0, min(rows, r0 + block))
+
+
 @dataclass
 class RankOneScale:
     """gamma = outer(out_scale, in_scale) for a Linear weight of shape (out, in), kept factored."""
@@ -385,10 +392,7 @@ class PathScales:
             sweep_forward(range(0, n - 1))
             sweep_backward(range(n - 1, 0, -1))
         for i, visit in pending.items():  # a one-layer chain reads no weight
-            rows = chain[i].weight.shape[0]
-            block = row_block(chain[i].weight)
-            for r0 in range(0, rows, block):
-                visit(r0, min(rows, r0 + block))
+            visit_rows(chain[i].weight, visit)
         scales: dict[str, Tensor | RankOneScale] = {}
         for i, layer in enumerate(chain):
             scales[self._names[layer.weight]] = RankOneScale(gamma_out[i], gamma_in[i])

@@ -20,7 +20,7 @@ from geomopt.measures.core import compute
 from geomopt.nn import build_model
 from geomopt.report.figures import plot_curves
 from geomopt.train.checkpoint import load_checkpoint, load_model_state, write_json
-from geomopt.train.config import TrainConfig
+from geomopt.train.config import TrainConfig, same_config
 
 MEASURES_FILE = "measures.json"
 
@@ -77,11 +77,10 @@ def measure_run(run_dir: str | Path, *, measures: str | list[str] = "all", progr
     return result
 
 
-def _same_run(stored: Any, config_file: Path) -> bool:
-    """Whether the config stored with the measures is the run's config, compared as TrainConfigs (a
-    config.json written before a field was added reads with that field's default, as in the sweep)."""
+def _stored_config_matches(stored: Any, config_file: Path) -> bool:
+    """Whether the config recorded with the measures is the run's (:func:`same_config`)."""
     try:
-        return isinstance(stored, dict) and TrainConfig.from_dict(stored) == TrainConfig.load(config_file)
+        return isinstance(stored, dict) and same_config(config_file, TrainConfig.from_dict(stored))
     except ValueError:
         return False
 
@@ -96,7 +95,7 @@ def stored_measures(run_dir: str | Path, options: dict[str, Any], measures: str 
         return None
     stored = json.loads(path.read_text())
     key = json.loads(json.dumps({"measures": measures, **options}))
-    if stored.get("options") != key or not _same_run(stored.get("config"), run_dir / "config.json"):
+    if stored.get("options") != key or not _stored_config_matches(stored.get("config"), run_dir / "config.json"):
         return None
     if ckpt.is_file() and ckpt.stat().st_mtime > path.stat().st_mtime:
         return None

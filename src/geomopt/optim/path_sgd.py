@@ -23,8 +23,16 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from geomopt.geometry.path_norm import (BLOCK_ELEMENTS, BlockVisitor, PathScales, RankOneScale,
-                                        UnsupportedModuleError, row_block)
+                                        UnsupportedModuleError, row_block, visit_rows)
 from geomopt.geometry.rnn_path import RNNPathScales, is_relu_rnn
+
+
+def _floored(scale: Tensor | RankOneScale, eps: float) -> Tensor:
+    """Dense gamma floored as the update uses it: at eps, or each rank-one factor at sqrt(eps)."""
+    if isinstance(scale, RankOneScale):
+        floor = eps ** 0.5
+        return torch.outer(scale.out_scale.clamp_min(floor), scale.in_scale.clamp_min(floor))
+    return scale.clamp_min(eps)
 
 
 class _RowBlockUpdate:
@@ -84,13 +92,9 @@ def path_sgd_(params: Sequence[Tensor], grads: Sequence[Tensor], scales: Sequenc
     small: list[int] = []
     dense: list[Tensor] = []
     for i, (param, scale) in enumerate(zip(params, scales)):
-        if not isinstance(scale, RankOneScale):
+        if not isinstance(scale, RankOneScale) or param.numel() <= BLOCK_ELEMENTS or param.device.type != "cpu":
             small.append(i)
-            dense.append(scale.clamp_min(eps))
-        elif param.numel() <= BLOCK_ELEMENTS or param.device.type != "cpu":
-            floor = eps ** 0.5
-            small.append(i)
-            dense.append(torch.outer(scale.out_scale.clamp_min(floor), scale.in_scale.clamp_min(floor)))
+            dense.append(_floored(scale, eps))
         else:
             update = _RowBlockUpdate(param, grads[i], scale, momentum_buffers[i], lr=lr, momentum=momentum,
                                      weight_decay=weight_decay, eps=eps)
@@ -98,9 +102,7 @@ def path_sgd_(params: Sequence[Tensor], grads: Sequence[Tensor], scales: Sequenc
             if deferred is not None:
                 deferred[i] = update
                 continue
-            block = row_block(param)
-            for r0 in range(0, param.shape[0], block):
-                update(r0, min(param.shape[0], r0 + block))
+            visit_rows(param, update)
     if not small:
         return
     ps, gs = [params[i] for i in small], [grads[i] for i in small]
@@ -136,11 +138,7 @@ def first_step_ratio(grads: Sequence[Tensor], scales: Sequence[Tensor | RankOneS
     """
     sgd_norm, path_norm2 = 0.0, 0.0
     for g, scale in zip(grads, scales):
-        if isinstance(scale, RankOneScale):
-            floor = eps ** 0.5
-            d = g / torch.outer(scale.out_scale.clamp_min(floor), scale.in_scale.clamp_min(floor))
-        else:
-            d = g / scale.clamp_min(eps)
+        d = g / _floored(scale, eps)
         sgd_norm += float(g.double().norm())
         path_norm2 += float(d.double().norm()) ** 2
     ratio = (sgd_norm / path_norm2) ** 0.5 if path_norm2 > 0 else float("nan")
@@ -319,8 +317,9 @@ class PathSGD(Optimizer):
             buffers = [state[param].get("momentum_buffer") for param in params] if group["momentum"] != 0 \
                 else [None] * len(params)
             deferred: dict[int, BlockVisitor] | None = {} if fused else None
-            path_sgd_(params, grads, scales, buffers, lr=group["lr"] * (group["ratio"] or 1.0), momentum=group["momentum"],
-                      weight_decay=group["weight_decay"], eps=group["eps"], deferred=deferred)
+            path_sgd_(params, grads, scales, buffers, lr=group["lr"] * (group["ratio"] or 1.0),
+                      momentum=group["momentum"], weight_decay=group["weight_decay"], eps=group["eps"],
+                      deferred=deferred)
             visitors.update({names[params[i]]: visit for i, visit in (deferred or {}).items()})
             if group["momentum"] != 0:
                 for param, buf in zip(params, buffers):

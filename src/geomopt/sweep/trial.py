@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from geomopt.train.checkpoint import atomic_write_bytes, write_json
-from geomopt.train.config import TrainConfig
+from geomopt.train.config import TrainConfig, same_config
 from geomopt.train.engine import CHECKPOINT, NonFiniteLossError
 from geomopt.train.run import CONFIG, train
 
@@ -72,14 +72,6 @@ class TrainJob:
             return True
         from geomopt.measures.runs import stored_measures
         return stored_measures(out, self.measures) is not None
-
-
-def same_config(stored: Path, config: TrainConfig) -> bool:
-    """Whether ``stored`` holds ``config`` (a config of an older geomopt that no longer loads does not)."""
-    try:
-        return stored.is_file() and TrainConfig.load(stored) == config
-    except ValueError:
-        return False
 
 
 def check_targets(trials: list[Trial]) -> None:

@@ -233,3 +233,12 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         return cls.from_dict(read_json(path, "a run's config.json"), source=str(path))
+
+
+def same_config(stored: Path, config: TrainConfig) -> bool:
+    """Whether the config file ``stored`` holds ``config``, compared as TrainConfigs (a file written before
+    a field was added reads with that field's default; one that no longer loads does not match)."""
+    try:
+        return stored.is_file() and TrainConfig.load(stored) == config
+    except ValueError:
+        return False
