@@ -20,7 +20,11 @@ Contenders:
   in the update pass);
 - path-sgd (generic): the plain squared-network autograd pass with dense gamma (the reference).
 
+``--step-only``: ``optimizer.step()`` alone (random gradients, SGD and Path-SGD alternating) on the
+MLP, and with ``--profile`` the torch profiler's table of Path-SGD's step (which kernels the time goes to).
+
 Usage: python benchmarks/bench_path_sgd.py [--device cpu|cuda] [--steps 10] [--reps 7] [--threads N]
+       python benchmarks/bench_path_sgd.py --step-only [--profile]
 """
 
 from __future__ import annotations
@@ -137,17 +141,51 @@ def bench(build, input_shape, batch: int, steps: int, reps: int, device: torch.d
     return medians, opts
 
 
+def step_only(device: torch.device, steps: int, profile: bool) -> None:
+    """Median ``optimizer.step()`` time of SGD and Path-SGD on the 784-4000-4000-10 MLP, random gradients."""
+    torch.manual_seed(0)
+    opts = {}
+    for kind in ("sgd", "path-sgd"):
+        model = MLP((784,), (4000, 4000), 10).to(device)
+        for p in model.parameters():
+            p.grad = 1e-3 * torch.randn_like(p)
+        opts[kind] = make_optimizer(kind, model, 1e-6)
+    times: dict[str, list[float]] = {k: [] for k in opts}
+    for i in range(steps + 3):
+        for kind, opt in opts.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            opt.step()
+            _sync(device)
+            if i >= 3:
+                times[kind].append(time.perf_counter() - t0)
+    for kind, ts in times.items():
+        print(f"optimizer.step() {kind}: median {1e3 * statistics.median(ts):.2f} ms "
+              f"(min {1e3 * min(ts):.2f}, max {1e3 * max(ts):.2f}) over {len(ts)} steps")
+    if profile:
+        from torch.profiler import profile as torch_profile
+        with torch_profile() as prof:
+            for _ in range(3):
+                opts["path-sgd"].step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=10, help="steps per contender in each repetition")
     parser.add_argument("--reps", type=int, default=7, help="repetitions (min/median/max over them)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--step-only", action="store_true", help="time optimizer.step() alone on the MLP")
+    parser.add_argument("--profile", action="store_true", help="with --step-only: profile Path-SGD's step")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"machine: {describe_machine(device)}")
+    if args.step_only:
+        step_only(device, max(args.steps, 10), args.profile)
+        return
     bandwidth = copy_bandwidth(device)
     print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + write, 512 MiB, best of 5)")
     cases = [
