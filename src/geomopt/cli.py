@@ -15,10 +15,6 @@ from pathlib import Path
 
 from geomopt.train.config import TrainConfig, field_hints, parse_text
 
-# K-FAC / EKFAC from the command line: the TrainConfig defaults (damping 1e-3, no KL clip) diverge at
-# the default learning rate on digits; these train (README, tests/test_cli.py::test_kfac_cli_defaults_converge)
-KRONECKER_CLI_DEFAULTS = {"damping": 0.03, "kl_clip": 0.001}
-
 
 def _flag_type(name: str, hint):
     def parse(text: str):
@@ -53,8 +49,6 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         hint = field_hints(TrainConfig)[f.name]
         default = _shown(f.default)
-        if f.name in KRONECKER_CLI_DEFAULTS:
-            default += f"; {KRONECKER_CLI_DEFAULTS[f.name]} for kfac/ekfac"
         extra = {"choices": choices[f.name]} if f.name in choices else {}
         if f.name == "device":
             extra = {"metavar": "{cpu,cuda,cuda:N,auto}"}
@@ -65,15 +59,6 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 def _train_overrides(args: argparse.Namespace) -> dict:
     """The TrainConfig fields given as flags (``--kl-clip none`` included: absent flags are not in ``args``)."""
     return {f.name: vars(args)[f.name] for f in dataclasses.fields(TrainConfig) if f.name in vars(args)}
-
-
-def _with_cli_defaults(config: TrainConfig, given: dict, config_file: dict) -> TrainConfig:
-    """K-FAC/EKFAC runs get the safe command-line damping and KL clip unless a flag or the config file sets them."""
-    if config.optimizer not in ("kfac", "ekfac"):
-        return config
-    safe = {k: v for k, v in KRONECKER_CLI_DEFAULTS.items() if k not in given and k not in config_file
-            and not (k == "kl_clip" and config.adaptive_step)}  # the quadratic model chooses the step size
-    return config.replace(**safe)
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -112,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 2
         from_file = read_json(args.config, "a TrainConfig JSON file") if args.config else {}
         base = TrainConfig.from_dict(from_file, source=str(args.config)) if args.config else TrainConfig()
-        config = _with_cli_defaults(base.replace(**overrides), overrides, from_file)
+        config = base.replace(**overrides)
         out = Path(args.out)
     try:
         summary = train(config, out, resume=bool(args.resume), overwrite=args.overwrite,

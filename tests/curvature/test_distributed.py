@@ -53,12 +53,14 @@ def _optimizer(name: str, model: nn.Module, group):
     if name == "path-sgd":
         return PathSGD(model, lr=0.1, momentum=0.9, input_shape=(6,) if isinstance(model[0], nn.Linear) else (1, 4, 4))
     if name == "kfac":  # factors every step, inverses at steps 0, 2, 4
-        return KFAC(model, lr=0.1, momentum=0.9, damping=1e-2, update_freq=1, inv_freq=2, process_group=group)
+        return KFAC(model, kl_clip=None, lr=0.1, momentum=0.9, damping=1e-2, update_freq=1, inv_freq=2,
+                    process_group=group)
     if name == "kfac-adaptive":  # the quadratic model (exact GGN of the global batch) sets step, momentum, damping
-        return KFAC(model, lr=0.1, damping=1e-2, update_freq=1, inv_freq=2, adaptive_damping=True,
+        return KFAC(model, momentum=0.0, lr=0.1, damping=1e-2, update_freq=1, inv_freq=2, adaptive_damping=True,
                     damping_interval=2, adaptive_step=True, process_group=group)
     # factors at 0, 2, 4, eigenbases at 0 and 4, the diagonal every step
-    return EKFAC(model, lr=0.1, momentum=0.9, damping=1e-2, update_freq=2, inv_freq=4, process_group=group)
+    return EKFAC(model, kl_clip=None, lr=0.1, momentum=0.9, damping=1e-2, update_freq=2, inv_freq=4,
+                 process_group=group)
 
 
 class _Counter:

@@ -66,7 +66,7 @@ def test_kfac_first_step_is_pi_damped_natural_gradient(conv):
     model, (x, y) = net(conv=conv), data(conv)
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     dense = pi_damped_dense(model, x, y, 0.1)
-    opt = KFAC(model, lr=0.5, damping=0.1, factor_decay=0.0, update_freq=1, inv_freq=1)
+    opt = KFAC(model, momentum=0.0, kl_clip=None, lr=0.5, damping=0.1, factor_decay=0.0, update_freq=1, inv_freq=1)
     g = flat_grad(model, x, y)
     opt.step()
     new = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -79,7 +79,7 @@ def test_ekfac_first_step_uses_exact_eigenbasis_diagonal():
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     ekfac = compute_ekfac(model, (x, y)).to_dense()
     fisher = dense_empirical_fisher(model, x, y)
-    opt = EKFAC(model, lr=0.3, damping=0.05, factor_decay=0.0, update_freq=1, inv_freq=1)
+    opt = EKFAC(model, momentum=0.0, kl_clip=None, lr=0.3, damping=0.05, factor_decay=0.0, update_freq=1, inv_freq=1)
     g = flat_grad(model, x, y)
     opt.step()
     new = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -89,7 +89,7 @@ def test_ekfac_first_step_uses_exact_eigenbasis_diagonal():
 
 def test_running_averages_and_frequencies():
     model, (x, y) = net(), data(n=8)
-    opt = EKFAC(model, lr=0.01, damping=0.1, factor_decay=0.6, update_freq=2, inv_freq=4)
+    opt = EKFAC(model, momentum=0.0, kl_clip=None, lr=0.01, damping=0.1, factor_decay=0.6, update_freq=2, inv_freq=4)
     seen, diags = [], []
     for i in range(5):
         xi, yi = x[i % 4 * 2:(i % 4) * 2 + 2], y[i % 4 * 2:(i % 4) * 2 + 2]
@@ -112,14 +112,14 @@ def test_running_averages_and_frequencies():
 def test_state_dict_round_trip_and_continuation():
     for cls in (KFAC, EKFAC):
         model, (x, y) = net(), data()
-        opt = cls(model, lr=0.1, damping=0.1, momentum=0.9, update_freq=2, inv_freq=3)
+        opt = cls(model, kl_clip=None, lr=0.1, damping=0.1, momentum=0.9, update_freq=2, inv_freq=3)
         for _ in range(4):
             opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()
         sd = copy.deepcopy(opt.state_dict())  # as saved to disk (torch shares tensors in memory)
         assert sd["kronecker"]["step"] == 4 and "A" in sd["state"][0] and "G" in sd["state"][0]
         clone = net()
         clone.load_state_dict(model.state_dict())
-        opt2 = cls(clone, lr=0.1, damping=0.1, momentum=0.9, update_freq=2, inv_freq=3)
+        opt2 = cls(clone, kl_clip=None, lr=0.1, damping=0.1, momentum=0.9, update_freq=2, inv_freq=3)
         opt2.load_state_dict(sd)
         sd2 = opt2.state_dict()
         for k, v in sd["state"].items():
@@ -134,7 +134,8 @@ def test_state_dict_round_trip_and_continuation():
 
 def test_scheduler_and_param_groups():
     model, (x, y) = net(), data()
-    opt = KFAC(model, lr=0.1, damping=0.1, param_groups=[{"params": model[0].parameters(), "lr": 0.0},
+    opt = KFAC(model, momentum=0.0, kl_clip=None, lr=0.1, damping=0.1,
+               param_groups=[{"params": model[0].parameters(), "lr": 0.0},
                                                          {"params": model[2].parameters()}])
     sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
     before = [p.detach().clone() for p in model.parameters()]
@@ -153,7 +154,7 @@ def test_kl_clip_bounds_the_step():
     lr, clip = 0.5, 1e-4
     nu = min(1.0, (clip / (lr ** 2 * float(d @ g))) ** 0.5)
     assert nu < 1
-    opt = KFAC(model, lr=lr, damping=0.1, factor_decay=0.0, update_freq=1, inv_freq=1, kl_clip=clip)
+    opt = KFAC(model, momentum=0.0, lr=lr, damping=0.1, factor_decay=0.0, update_freq=1, inv_freq=1, kl_clip=clip)
     flat_grad(model, x, y)
     opt.step()
     new = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -164,7 +165,8 @@ def test_kl_clip_bounds_the_step():
 @pytest.mark.parametrize("fisher", ["true", "ggn"])
 def test_true_fisher_pass_leaves_grads_and_uses_sampled_targets(cls, fisher):
     model, (x, y) = net(), data()
-    opt = cls(model, lr=0.1, damping=0.1, fisher=fisher, update_freq=1, inv_freq=1, factor_decay=0.0)
+    opt = cls(model, momentum=0.0, kl_clip=None, lr=0.1, damping=0.1, fisher=fisher, update_freq=1, inv_freq=1,
+              factor_decay=0.0)
     opt.zero_grad()
     F.cross_entropy(model(x), y).backward()
     grads = [p.grad.clone() for p in model.parameters()]
@@ -185,7 +187,7 @@ def test_unsupported_layers_fall_back_with_one_warning():
     x, y = data()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        opt = EKFAC(model, lr=0.1, damping=0.1)
+        opt = EKFAC(model, momentum=0.0, kl_clip=None, lr=0.1, damping=0.1)
         for _ in range(3):
             opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()
     relevant = [w for w in caught if "plain gradient" in str(w.message)]
@@ -210,7 +212,7 @@ def test_errors():
     with pytest.raises(ValueError, match="not a parameter"):
         KFAC(net(), param_groups=[{"params": [nn.Parameter(torch.zeros(2))]}])
     model, (x, y) = net(), data()
-    opt = KFAC(model, lr=0.1)
+    opt = KFAC(model, momentum=0.0, kl_clip=None, lr=0.1)
     opt.zero_grad(); F.cross_entropy(model(x), y).backward()
     model[0].weight.grad = None
     with torch.no_grad():
@@ -218,7 +220,7 @@ def test_errors():
     opt.zero_grad(); F.cross_entropy(model(x_bad), y).backward()
     with pytest.raises(FloatingPointError, match="NaN"):
         opt.step()
-    late = KFAC(net(), lr=0.1)  # built after the backward: one warning, plain gradient step
+    late = KFAC(net(), momentum=0.0, kl_clip=None, lr=0.1)  # built after the backward: one warning, plain gradient step
     with pytest.warns(UserWarning, match="no forward/backward"):
         late.step()
 
@@ -287,7 +289,8 @@ def test_ekfac_factored_rotation_step_equals_dense_reference(case):
     wd = 0.01 if case == "weight_decay" else 0.0
     ekfac = compute_ekfac(model, (x, y))
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    opt = EKFAC(model, lr=0.3, damping=0.05, factor_decay=0.0, update_freq=1, inv_freq=1, weight_decay=wd)
+    opt = EKFAC(model, momentum=0.0, kl_clip=None, lr=0.3, damping=0.05, factor_decay=0.0, update_freq=1, inv_freq=1,
+                weight_decay=wd)
     opt.zero_grad()
     loss = F.cross_entropy(model(x), y)
     if case == "l2_in_loss":
@@ -312,7 +315,8 @@ def test_ekfac_diag_freq_re_estimates_the_diagonal_only_on_its_steps(conv):
     states = {}
     for diag_freq, steps in [(3, 4), (1, 2), (1, 4)]:
         model = net(conv=conv)
-        opt = EKFAC(model, lr=0.0, damping=0.1, factor_decay=0.5, update_freq=100, inv_freq=100, diag_freq=diag_freq)
+        opt = EKFAC(model, momentum=0.0, kl_clip=None, lr=0.0, damping=0.1, factor_decay=0.5, update_freq=100,
+                    inv_freq=100, diag_freq=diag_freq)
         for _ in range(steps):
             opt.zero_grad()
             F.cross_entropy(model(x), y).backward()
@@ -340,7 +344,7 @@ def test_ekfac_between_diagonal_steps_linear_layers_still_rotate_from_their_exam
         if dense:
             monkeypatch.setattr(kfac_module, "factored_rotation", lambda *args: None)
         model = wide_net()
-        opt = EKFAC(model, lr=0.01, damping=0.1, momentum=0.9, update_freq=2, inv_freq=4, diag_freq=3)
+        opt = EKFAC(model, kl_clip=None, lr=0.01, damping=0.1, momentum=0.9, update_freq=2, inv_freq=4, diag_freq=3)
         factored = []
         for _ in range(5):  # diagonal at steps 0 and 3, new eigenbasis at 4
             opt.zero_grad()
@@ -363,7 +367,8 @@ def test_ekfac_kfac_eigenvalues_keep_weight_decay_to_the_j(diag_decay, expected)
     diagonal updates (S_j - s) = d^j (S_0 - s): with d = 0.95 and inv_freq = 20, 0.95 after the first step,
     0.95^20 = 36% after the 20th, 61% on average (the docstring's numbers); d = 0 is the batch's diagonal."""
     model, (x, y) = net(), data()
-    opt = EKFAC(model, lr=0.0, damping=0.1, factor_decay=0.95, update_freq=1, inv_freq=20, diag_decay=diag_decay)
+    opt = EKFAC(model, momentum=0.0, kl_clip=None, lr=0.0, damping=0.1, factor_decay=0.95, update_freq=1,
+                inv_freq=20, diag_decay=diag_decay)
     ekfac = compute_ekfac(model, (x, y))
     kfac_diagonals = compute_kfac(model, (x, y)).to_ekfac().diagonals  # e_G e_A^T
     weights = []

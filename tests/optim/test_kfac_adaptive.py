@@ -48,7 +48,8 @@ def flat(model):
 @pytest.mark.parametrize("interval", [1, 2])
 def test_rho_is_one_on_a_quadratic_and_damping_shrinks_by_omega(cls, interval):
     model, data = quadratic_case()
-    opt = cls(model, lr=0.7, damping=0.3, momentum=0.5, weight_decay=0.01, factor_decay=0.5, update_freq=1,
+    opt = cls(model, kl_clip=None, lr=0.7, damping=0.3, momentum=0.5, weight_decay=0.01, factor_decay=0.5,
+              update_freq=1,
               inv_freq=1, fisher="ggn", likelihood="gaussian", adaptive_damping=True, damping_interval=interval)
     damping = 0.3
     for k, (x, y) in enumerate(data):
@@ -87,7 +88,8 @@ def test_rho_and_damping_rule_match_a_dense_reference_on_a_tanh_net(fisher, lr):
     F). lr 0.05 and 3: rho > 3/4, the damping shrinks; lr 10: the model predicts an increase (M(delta) >
     M(0)), rho is taken as -inf and the damping grows."""
     model, x, y = tanh_case()
-    opt = KFAC(model, lr=lr, damping=0.1, update_freq=1, inv_freq=1, fisher=fisher, adaptive_damping=True,
+    opt = KFAC(model, momentum=0.0, kl_clip=None, lr=lr, damping=0.1, update_freq=1, inv_freq=1, fisher=fisher,
+               adaptive_damping=True,
                damping_interval=1)
     theta = flat(model)
     curvature = dense_ggn(model, x)
@@ -114,7 +116,8 @@ def test_re_evaluation_is_invisible():
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Dropout(0.5), nn.Linear(5, 3))
         with pytest.warns(UserWarning, match="plain gradient"):
-            opt = KFAC(model, lr=0.05, damping=0.1, update_freq=1, inv_freq=1, adaptive_damping=True,
+            opt = KFAC(model, momentum=0.0, kl_clip=None, lr=0.05, damping=0.1, update_freq=1, inv_freq=1,
+                       adaptive_damping=True,
                        damping_interval=1)
         return model, opt
     x, y = torch.randn(10, 3), torch.randint(0, 3, (10,))

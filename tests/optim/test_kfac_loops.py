@@ -34,7 +34,7 @@ def batches(n=8, steps=STEPS, seed=1):
 
 def make(cls, model, fisher):
     kw = dict(lr=0.2, damping=0.05, momentum=0.9, update_freq=1, inv_freq=2, fisher=fisher, seed=0)
-    return cls(model, **kw)
+    return cls(model, kl_clip=None, **kw)
 
 
 def run(cls, fisher, order):
@@ -96,7 +96,7 @@ def test_accumulated_factors_equal_the_whole_batch_factors(cls):
     model = net()
     x, y = batches(steps=1)[0]
     ref = compute_kfac(model, (x, y))
-    opt = cls(model, lr=0.0, damping=0.1, factor_decay=0.0, update_freq=1, inv_freq=1)
+    opt = cls(model, momentum=0.0, kl_clip=None, lr=0.0, damping=0.1, factor_decay=0.0, update_freq=1, inv_freq=1)
     opt.zero_grad()
     for xi, yi in ((x[:4], y[:4]), (x[4:], y[4:])):
         (F.cross_entropy(model(xi), yi) / 2).backward()
@@ -125,7 +125,7 @@ def test_engine_gives_the_plain_loops_update(tmp_path, cls):
 @pytest.mark.parametrize("fisher", ["true", "ggn"])
 def test_fisher_pass_leaves_buffers_and_rng_untouched(cls, fisher):
     model = net(bn=True)
-    opt = cls(model, lr=0.1, damping=0.1, update_freq=1, inv_freq=1, fisher=fisher)
+    opt = cls(model, momentum=0.0, kl_clip=None, lr=0.1, damping=0.1, update_freq=1, inv_freq=1, fisher=fisher)
     x, y = batches(steps=1)[0]
     torch.manual_seed(5)
     opt.zero_grad()
@@ -150,14 +150,16 @@ def test_true_fisher_samples_are_reproducible_and_resume_exactly():
     runs = []
     for cut in (None, 2):
         model = net()
-        opt = KFAC(model, lr=0.1, damping=0.1, update_freq=1, inv_freq=1, fisher="true", seed=3)
+        opt = KFAC(model, momentum=0.0, kl_clip=None, lr=0.1, damping=0.1, update_freq=1, inv_freq=1, fisher="true",
+                   seed=3)
         if cut is None:
             loop(opt, model, data)
         else:
             loop(opt, model, data[:cut])
             clone = net()
             clone.load_state_dict(model.state_dict())
-            opt2 = KFAC(clone, lr=0.1, damping=0.1, update_freq=1, inv_freq=1, fisher="true", seed=99)
+            opt2 = KFAC(clone, momentum=0.0, kl_clip=None, lr=0.1, damping=0.1, update_freq=1, inv_freq=1,
+                        fisher="true", seed=99)
             opt2.load_state_dict(opt.state_dict())
             loop(opt2, clone, data[cut:])
             model = clone
@@ -177,7 +179,7 @@ def test_options_are_validated_at_construction_in_groups_and_at_step(cls, key, b
     with pytest.raises(ValueError, match=f"param group 1: {key} must be"):
         cls(model, param_groups=[{"params": model[0].parameters()}, {"params": model[2].parameters(), key: bad}])
     model = net()
-    opt = cls(model, lr=0.1, damping=0.1, param_groups=[{"params": model[0].parameters()},
+    opt = cls(model, momentum=0.0, kl_clip=None, lr=0.1, damping=0.1, param_groups=[{"params": model[0].parameters()},
                                                         {"params": model[2].parameters()}])
     x, y = batches(steps=1)[0]
     opt.zero_grad(); F.cross_entropy(model(x), y).backward()
@@ -202,8 +204,10 @@ def test_other_options_are_validated(kw, match):
 @pytest.mark.parametrize("fisher", ["empirical", "true"])
 def test_nan_gradient_on_a_step_without_factor_update_raises_before_any_change(cls, fisher):
     model = net()
-    opt = cls(model, lr=0.1, damping=0.1, momentum=0.9, update_freq=3, inv_freq=3, diag_freq=3, fisher=fisher) \
-        if cls is EKFAC else cls(model, lr=0.1, damping=0.1, momentum=0.9, update_freq=3, inv_freq=3, fisher=fisher)
+    opt = cls(model, kl_clip=None, lr=0.1, damping=0.1, momentum=0.9, update_freq=3, inv_freq=3, diag_freq=3,
+              fisher=fisher) \
+        if cls is EKFAC else cls(model, kl_clip=None, lr=0.1, damping=0.1, momentum=0.9, update_freq=3, inv_freq=3,
+                                 fisher=fisher)
     (x, y), (x2, y2) = batches(steps=2)
     opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()
     opt.zero_grad(); F.cross_entropy(model(x2), y2).backward()
@@ -219,7 +223,7 @@ def test_nan_gradient_on_a_step_without_factor_update_raises_before_any_change(c
 @pytest.mark.parametrize("cls", [KFAC, EKFAC])
 def test_nan_factor_raises_naming_the_layer_before_any_change(cls):
     model = net()
-    opt = cls(model, lr=0.1, damping=0.1, update_freq=1, inv_freq=1)
+    opt = cls(model, momentum=0.0, kl_clip=None, lr=0.1, damping=0.1, update_freq=1, inv_freq=1)
     (x, y), (x2, y2) = batches(steps=2)
     opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()
     opt.state[model[2].weight]["G"][0, 0] = float("inf")  # e.g. an overflow in an earlier update
@@ -234,7 +238,7 @@ def test_nan_output_in_the_true_fisher_pass_is_named():
     """A NaN input on a step whose gradient is not checked by the user: the Fisher pass reports it
     instead of torch.multinomial's 'probability tensor contains nan'."""
     model = net()
-    opt = KFAC(model, lr=0.1, damping=0.1, update_freq=1, fisher="true")
+    opt = KFAC(model, momentum=0.0, kl_clip=None, lr=0.1, damping=0.1, update_freq=1, fisher="true")
     x, y = batches(steps=1)[0]
     x[0, 0] = float("nan")
     opt.zero_grad(); F.cross_entropy(model(x), y).backward()

@@ -42,7 +42,7 @@ def _run(out: Path, opt_name: str, *, resume=False, stop=None, nan_at=None, loss
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
     if opt_name == "kfac":
-        opt = KFAC(model, lr=0.2, momentum=0.5, damping=1e-2, update_freq=2, inv_freq=3)
+        opt = KFAC(model, kl_clip=None, lr=0.2, momentum=0.5, damping=1e-2, update_freq=2, inv_freq=3)
     else:
         opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 / (1 + 0.1 * s))

@@ -139,7 +139,7 @@ def _optimizer(spec: dict[str, Any], model: nn.Module) -> torch.optim.Optimizer:
               likelihood="bernoulli", seed=spec["seed"])
     if opt in ADAPTIVE:
         return cls(model, damping=spec["damping"], adaptive_damping=True, adaptive_step=True, **kw)
-    return cls(model, lr=spec["lr"], momentum=0.9, damping=spec["damping"], **kw)
+    return cls(model, lr=spec["lr"], momentum=0.9, damping=spec["damping"], kl_clip=None, **kw)
 
 
 def run_autoencoder(spec: dict[str, Any], out: Path) -> dict[str, Any]:

@@ -22,7 +22,7 @@ def build_optimizer(name: str, model: nn.Module, *, lr: float, momentum: float |
     ratio, as in the first author's code); ``path-sgd-k12-first-step`` also with kappa1 + kappa2 (ReLU RNNs).
     ``momentum``: for ``momentum`` (SGD with heavy ball) default 0.9; for ``sgd`` and
     ``path-sgd`` default 0 (``path-sgd`` takes any value in [0, 1)); ``adam``/``adagrad`` reject it;
-    ``kfac``/``ekfac`` default 0.9. ``kronecker``: options of :class:`KFAC`/:class:`EKFAC`
+    ``kfac``/``ekfac`` default 0.9 (the class's default). ``kronecker``: options of :class:`KFAC`/:class:`EKFAC`
     (``damping``, ``factor_decay``, ``update_freq``, ``inv_freq``, ``fisher``, ``kl_clip``,
     ``adaptive_damping``, ``adaptive_step``; ``diag_freq`` for ``ekfac`` only), for those two only.
     """
@@ -52,6 +52,7 @@ def build_optimizer(name: str, model: nn.Module, *, lr: float, momentum: float |
         raise ValueError("diag_freq is an EKFAC option (K-FAC has no eigenbasis diagonal); use --optimizer ekfac")
     if name in ("kfac", "ekfac"):
         cls = KFAC if name == "kfac" else EKFAC
-        return cls(model, lr=lr, momentum=0.9 if momentum is None else momentum, weight_decay=weight_decay,
-                   **kronecker)
+        if momentum is not None:
+            kronecker["momentum"] = momentum
+        return cls(model, lr=lr, weight_decay=weight_decay, **kronecker)  # the class's defaults otherwise
     raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")

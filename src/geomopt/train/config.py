@@ -2,7 +2,7 @@
 
 ``check_fields(cls, values, source)`` validates a mapping against a dataclass's type hints
 (``bool``, ``int``, ``float``, ``str``, ``X | None``, ``tuple[X, ...]``, ``list[X]``,
-``dict[K, V]``, ``Any``) strictly: a boolean is ``true``/``false`` (never the string
+``dict[K, V]``, ``Literal[...]``, ``Any``) strictly: a boolean is ``true``/``false`` (never the string
 ``"false"``), an integer is never ``1.5`` or ``"2"``, a list is a list (``[64, 64]``, not
 ``"64,64"``). Errors name the field and the source (file, ``--set``, command line). Command-line
 text goes through ``parse_text`` (``--widths 64,64``, ``--bias false``, ``--set epochs=3``),
@@ -18,13 +18,17 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from geomopt.optim.kfac import DEFAULT_DAMPING
 
 
 def _describe(hint: Any) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return "any value"
+    if origin is typing.Literal:
+        return " or ".join(json.dumps(a) for a in args)
     if hint is type(None):
         return "null"
     if origin in (typing.Union, types.UnionType):
@@ -52,6 +56,8 @@ def check_value(value: Any, hint: Any, where: str) -> Any:
 
     if hint is Any:
         return value
+    if origin is typing.Literal:
+        return value if value in args and type(value) in map(type, args) else fail()
     if hint is type(None):
         return None if value is None else fail()
     if origin in (typing.Union, types.UnionType):
@@ -189,12 +195,12 @@ class TrainConfig:
     # sequence datasets only (adding, copy, chars): the sequence length T (None: the dataset's default)
     seq_len: int | None = None
     # kfac / ekfac only (geomopt.optim.KFAC, EKFAC)
-    damping: float = 1e-3
+    damping: float = DEFAULT_DAMPING
     factor_decay: float = 0.95
     update_freq: int = 10
     inv_freq: int = 100
     fisher: str = "empirical"
-    kl_clip: float | None = None
+    kl_clip: float | Literal["auto"] | None = "auto"  # "auto": DEFAULT_KL_CLIP, off with adaptive_step
     diag_freq: int = 1  # ekfac only: re-estimate the eigenbasis diagonal every this many steps
     adaptive_damping: bool = False  # Levenberg-Marquardt damping (Martens & Grosse 2015, sec. 6.5)
     adaptive_step: bool = False  # step size and momentum from the exact 2x2 quadratic model (sec. 7)
