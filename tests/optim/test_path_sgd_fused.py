@@ -53,7 +53,7 @@ def _step(model, opt, step):
     opt.step()
 
 
-@pytest.mark.parametrize("momentum,weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.5, 0.01)])
+@pytest.mark.parametrize("momentum,weight_decay", [(0.0, 0.0), (0.0, 0.01), (0.9, 0.0), (0.5, 0.01)])
 def test_fused_steps_equal_reference_with_groups_momentum_and_decay(momentum, weight_decay):
     lrs = [0.05, 0.02, 0.1, 0.03]
     model, ref = _model(), _model()
@@ -154,12 +154,31 @@ def test_checkpoint_between_steps_resumes_identically():
 def test_visitors_are_refused_for_unfactored_scales():
     model = _model(hidden=(4,))
     with pytest.raises(ValueError, match="factored"):
-        PathScales(model, factored=False).compute({"1.weight": lambda r0, r1: None})
+        PathScales(model, factored=False).compute({"1.weight": lambda r0, r1, scratch: None})
 
 
 def test_one_layer_chain_visits_every_row_block():
     model = nn.Sequential(nn.Linear(600, 520)).double()
     visited = []
-    PathScales(model).compute({"0.weight": lambda r0, r1: visited.append((r0, r1))})
+    PathScales(model).compute({"0.weight": lambda r0, r1, scratch: visited.append((r0, r1))})
     assert visited[0][0] == 0 and visited[-1][1] == 520
     assert all(a[1] == b[0] for a, b in zip(visited, visited[1:]))
+
+
+def test_visitors_may_overwrite_the_scratch_block():
+    """The scratch handed to a visitor has the block's shape and is reused by the pass after the visit:
+    filling it with NaN changes neither the visited rows nor the scales (dense float64 reference)."""
+    model = _model(hidden=(600, 520))
+    expected = path_scales(model)
+    shapes = []
+
+    def visit(r0, r1, scratch):
+        shapes.append(tuple(scratch.shape))
+        scratch.fill_(float("nan"))
+
+    scales = PathScales(model).compute({"3.weight": visit})
+    assert shapes and all(shape == (shape[0], 600) for shape in shapes)
+    assert sum(shape[0] for shape in shapes) == 520
+    for name, gamma in scales.items():
+        dense = gamma.to_dense() if hasattr(gamma, "to_dense") else gamma
+        torch.testing.assert_close(dense, expected[name], rtol=1e-12, atol=0, msg=name)

@@ -52,8 +52,10 @@ _METHODS = {"view", "reshape", "flatten", "size", "relu", "contiguous", "add", "
 # Rows of a weight matrix processed at once on CPU: 2^18 elements (1 MiB in float32) stay in cache.
 BLOCK_ELEMENTS = 1 << 18
 
-BlockVisitor = Callable[[int, int], None]
-"""``visit(r0, r1)``: called on rows ``[r0, r1)`` of a weight matrix during a blocked pass over it."""
+BlockVisitor = Callable[[int, int, Tensor], None]
+"""``visit(r0, r1, scratch)``: called on rows ``[r0, r1)`` of a weight matrix during a blocked pass over
+it; ``scratch`` is a cache-resident buffer of the block's shape ``(r1 - r0, in)`` that the visitor may
+overwrite (the pass reuses it after the visit)."""
 
 
 def row_block(weight: Tensor) -> int:
@@ -63,10 +65,14 @@ def row_block(weight: Tensor) -> int:
 
 
 def visit_rows(weight: Tensor, visit: BlockVisitor) -> None:
-    """Call ``visit(r0, r1)`` on every row block of ``weight`` (:func:`row_block` rows at a time), in order."""
-    rows, block = weight.shape[0], row_block(weight)
+    """Call ``visit(r0, r1, scratch)`` on every row block of ``weight`` (:func:`row_block` rows at a time),
+    in order, with one scratch buffer reused for all blocks."""
+    rows, cols = weight.shape
+    block = row_block(weight)
+    scratch = torch.empty(block * cols, dtype=weight.dtype, device=weight.device)
     for r0 in range(0, rows, block):
-        visit(r0, min(rows, r0 + block))
+        r1 = min(rows, r0 + block)
+        visit(r0, r1, scratch[:(r1 - r0) * cols].view(r1 - r0, cols))
 
 
 @dataclass
@@ -291,8 +297,8 @@ class PathScales:
         weights of a Linear chain.
 
         Args:
-            visitors: for a factored chain only: ``{weight name: visit(r0, r1)}``, each called once on
-                every row block ``[r0, r1)`` of that weight right before the block is read, so a caller
+            visitors: for a factored chain only: ``{weight name: visit(r0, r1, scratch)}``, each called once
+                on every row block ``[r0, r1)`` of that weight right before the block is read, so a caller
                 can change the weight (PathSGD's update) in the same pass over memory; the scales
                 returned are those of the weights after the visits.
         """
@@ -321,8 +327,9 @@ class PathScales:
                   visit: BlockVisitor | None = None) -> tuple[Tensor | None, Tensor | None]:
         """``(|W|^p @ vin, |W|^p^T @ vout)`` reading W once: row blocks small enough to stay in cache
         are powered into a scratch buffer (on CPU; one block on GPUs), so |W|^p is never stored.
-        ``visit(r0, r1)``, when given, is called on each row block before it is read (PathSGD updates
-        the block there, so the contraction sees the new weights while they are still in cache)."""
+        ``visit(r0, r1, scratch)``, when given, is called on each row block before it is read, with the
+        scratch block it may use (PathSGD updates the block there, so the contraction sees the new weights
+        while they are still in cache, and its temporary and the powered block share one buffer)."""
         rows, cols = weight.shape
         block = row_block(weight)
         if self._scratch is None or self._scratch.numel() < block * cols or self._scratch.dtype != weight.dtype \
@@ -332,10 +339,11 @@ class PathScales:
         bwd = torch.zeros(cols, dtype=weight.dtype, device=weight.device) if vout is not None else None
         for r0 in range(0, rows, block):
             r1 = min(rows, r0 + block)
-            if visit is not None:
-                visit(r0, r1)
             part = weight[r0:r1]
-            powered = self._powered(part, out=self._scratch[:part.numel()].view_as(part))
+            scratch = self._scratch[:part.numel()].view_as(part)
+            if visit is not None:
+                visit(r0, r1, scratch)
+            powered = self._powered(part, out=scratch)
             if fwd is not None:
                 torch.mv(powered, vin, out=fwd[r0:r1])
             if bwd is not None:

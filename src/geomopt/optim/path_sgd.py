@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from geomopt.geometry.path_norm import (BLOCK_ELEMENTS, BlockVisitor, PathScales, RankOneScale,
-                                        UnsupportedModuleError, row_block, visit_rows)
+                                        UnsupportedModuleError, visit_rows)
 from geomopt.geometry.rnn_path import RNNPathScales, is_relu_rnn
 
 
@@ -37,9 +37,14 @@ def _floored(scale: Tensor | RankOneScale, eps: float) -> Tensor:
 
 class _RowBlockUpdate:
     """The rank-one Path-SGD update of one weight, ``d = (g + wd w) * (1/gamma_out) (x) (1/gamma_in)``
-    (each factor floored at sqrt(eps)), applied to rows ``[r0, r1)`` per call, so that a pass over the
-    weight in cache-sized row blocks reads and writes it once, as SGD's update does.
+    (each factor floored at sqrt(eps)), applied to rows ``[r0, r1)`` per call with a scratch block of their
+    shape, so that a pass over the weight in cache-sized row blocks reads and writes it once, as SGD's
+    update does.
 
+    Per block without weight decay, two operations: the block of ``1/gamma`` (times ``-lr`` without
+    momentum) is written into the scratch as an outer product (a write, no read), then one ``addcmul_``
+    applies it (``w += g * (-lr/gamma)``, or ``buf = m buf + g/gamma`` before ``w -= lr buf``). With weight
+    decay, ``(g + wd w)`` is formed in the scratch and scaled by rows, then by columns in the ``addcmul_``.
     The momentum buffer (``buf``) is allocated at construction when there is none yet.
     """
 
@@ -47,28 +52,28 @@ class _RowBlockUpdate:
                  momentum: float, weight_decay: float, eps: float):
         floor = eps ** 0.5
         self.param, self.grad, self.lr, self.momentum, self.weight_decay = param, grad, lr, momentum, weight_decay
-        self.inv_rows = scale.out_scale.clamp_min(floor).reciprocal_()
-        self.inv_cols = scale.in_scale.clamp_min(floor).reciprocal_().unsqueeze(0)
-        self.scratch = torch.empty(row_block(param) * param.shape[1], dtype=param.dtype, device=param.device)
+        row_factor = -lr if momentum == 0 else 1.0
+        self.inv_rows = scale.out_scale.clamp_min(floor).reciprocal_().mul_(row_factor).unsqueeze(1)
+        self.inv_cols = scale.in_scale.clamp_min(floor).reciprocal_()
         self.first = buf is None and momentum != 0
         self.buf = torch.empty_like(param) if self.first else buf
 
-    def __call__(self, r0: int, r1: int) -> None:
-        w, g = self.param[r0:r1], self.grad[r0:r1]
-        tmp = self.scratch[:w.numel()].view_as(w)
-        if self.weight_decay != 0:
-            torch.add(g, w, alpha=self.weight_decay, out=tmp)
-            tmp.mul_(self.inv_rows[r0:r1].unsqueeze(1))
+    def __call__(self, r0: int, r1: int, scratch: Tensor) -> None:
+        w, g, rows = self.param[r0:r1], self.grad[r0:r1], self.inv_rows[r0:r1]
+        if self.weight_decay == 0:
+            torch.mul(rows, self.inv_cols, out=scratch)
+            src, factor = g, scratch
         else:
-            torch.mul(g, self.inv_rows[r0:r1].unsqueeze(1), out=tmp)
+            torch.add(g, w, alpha=self.weight_decay, out=scratch).mul_(rows)
+            src, factor = scratch, self.inv_cols
         if self.momentum == 0:
-            w.addcmul_(tmp, self.inv_cols, value=-self.lr)
+            w.addcmul_(src, factor)
             return
         b = self.buf[r0:r1]
         if self.first:
-            torch.mul(tmp, self.inv_cols, out=b)
+            torch.mul(src, factor, out=b)
         else:
-            b.mul_(self.momentum).addcmul_(tmp, self.inv_cols)
+            b.mul_(self.momentum).addcmul_(src, factor)
         w.add_(b, alpha=-self.lr)
 
 
