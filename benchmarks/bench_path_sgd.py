@@ -3,7 +3,11 @@
 A "step" is what a training loop pays per minibatch: zero_grad, forward, cross-entropy,
 backward and optimizer.step(). The contenders take turns step by step on the same data (so
 drift of the machine affects them alike); each repetition reports the median step of each
-contender, and the table gives the ratio's min / median / max over the repetitions.
+contender, and the table gives the ratio's min / median / max over the repetitions. Time is this
+process's CPU time by default (``--clock cpu``, ``time.process_time``; with the default single torch
+thread it is the step's own compute, not the other jobs of a shared machine), or wall time
+(``--clock wall``; use it with ``--threads 2`` on an idle machine: with several threads CPU time also
+counts their spin-waiting).
 
 Floor. Path-SGD's extra work is memory-bound, so its price relative to SGD's step depends on the
 machine. The floor ratio is ``1 + extra_bytes / bandwidth / t_sgd``: ``extra_bytes`` = the bytes
@@ -23,13 +27,15 @@ Contenders:
 ``--step-only``: ``optimizer.step()`` alone (random gradients, SGD and Path-SGD alternating) on the
 MLP, and with ``--profile`` the torch profiler's table of Path-SGD's step (which kernels the time goes to).
 
-Usage: python benchmarks/bench_path_sgd.py [--device cpu|cuda] [--steps 10] [--reps 7] [--threads N]
+Usage: python benchmarks/bench_path_sgd.py [--device cpu|cuda] [--steps 10] [--reps 7] [--threads 1]
+                                          [--clock cpu|wall]
        python benchmarks/bench_path_sgd.py --step-only [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -56,6 +62,9 @@ def make_optimizer(kind: str, model: nn.Module, lr: float) -> torch.optim.Optimi
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 512 << 20, reps: int = 5) -> float:
@@ -109,8 +118,8 @@ def extra_bytes(opt: PathSGD, device: torch.device) -> int:
     return (total + 3 * sum(acts)) * item
 
 
-def bench(build, input_shape, batch: int, steps: int, reps: int, device: torch.device,
-          kinds: list[str]) -> tuple[dict[str, list[float]], dict[str, torch.optim.Optimizer]]:
+def bench(build, input_shape, batch: int, steps: int, reps: int, device: torch.device, kinds: list[str],
+          clock=time.process_time) -> tuple[dict[str, list[float]], dict[str, torch.optim.Optimizer]]:
     """Median step time of each contender in each repetition (contenders alternate step by step)."""
     torch.manual_seed(0)
     x = torch.randn(batch, *input_shape, device=device)
@@ -120,12 +129,12 @@ def bench(build, input_shape, batch: int, steps: int, reps: int, device: torch.d
 
     def step(k: str) -> float:
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = clock()
         opts[k].zero_grad(set_to_none=True)
         nn.functional.cross_entropy(models[k](x), y).backward()
         opts[k].step()
         _sync(device)
-        return time.perf_counter() - t0
+        return clock() - t0
 
     for k in kinds:  # warm-up: allocations, buffers
         for _ in range(3):
@@ -141,7 +150,7 @@ def bench(build, input_shape, batch: int, steps: int, reps: int, device: torch.d
     return medians, opts
 
 
-def step_only(device: torch.device, steps: int, profile: bool) -> None:
+def step_only(device: torch.device, steps: int, profile: bool, clock=time.process_time) -> None:
     """Median ``optimizer.step()`` time of SGD and Path-SGD on the 784-4000-4000-10 MLP, random gradients."""
     torch.manual_seed(0)
     opts = {}
@@ -154,11 +163,11 @@ def step_only(device: torch.device, steps: int, profile: bool) -> None:
     for i in range(steps + 3):
         for kind, opt in opts.items():
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             opt.step()
             _sync(device)
             if i >= 3:
-                times[kind].append(time.perf_counter() - t0)
+                times[kind].append(clock() - t0)
     for kind, ts in times.items():
         print(f"optimizer.step() {kind}: median {1e3 * statistics.median(ts):.2f} ms "
               f"(min {1e3 * min(ts):.2f}, max {1e3 * max(ts):.2f}) over {len(ts)} steps")
@@ -175,16 +184,18 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=10, help="steps per contender in each repetition")
     parser.add_argument("--reps", type=int, default=7, help="repetitions (min/median/max over them)")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                        help="cpu: process CPU time (default); wall: elapsed time")
     parser.add_argument("--step-only", action="store_true", help="time optimizer.step() alone on the MLP")
     parser.add_argument("--profile", action="store_true", help="with --step-only: profile Path-SGD's step")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"machine: {describe_machine(device)}")
+    clock = CLOCKS["wall"] if device.type == "cuda" else CLOCKS[args.clock]
+    print(f"machine: {describe_machine(device)}; clock: {'wall' if clock is time.perf_counter else 'cpu'}")
     if args.step_only:
-        step_only(device, max(args.steps, 10), args.profile)
+        step_only(device, max(args.steps, 10), args.profile, clock)
         return
     bandwidth = copy_bandwidth(device)
     print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + write, 512 MiB, best of 5)")
@@ -198,7 +209,7 @@ def main() -> None:
           "ratio / floor |")
     print("|---|---|---|---|---|---|---|")
     for name, build, shape, batch, kinds in cases:
-        medians, opts = bench(build, shape, batch, args.steps, args.reps, device, kinds)
+        medians, opts = bench(build, shape, batch, args.steps, args.reps, device, kinds, clock)
         t_sgd = statistics.median(medians["sgd"])
         for k in kinds:
             ratios = [a / b for a, b in zip(medians[k], medians["sgd"])]
@@ -210,6 +221,8 @@ def main() -> None:
             floor = 1 + extra / bandwidth / t_sgd
             print(f"| {name} | {k} | {1e3 * statistics.median(medians[k]):.2f} | {min(ratios):.3f} / {med:.3f} / "
                   f"{max(ratios):.3f} | {extra / 1e6:.2f} | {floor:.3f} | {med / floor:.3f} |", flush=True)
+    if hasattr(os, "getloadavg"):
+        print("load average at the end (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
 
 
 if __name__ == "__main__":
