@@ -287,74 +287,78 @@ class _FusedLSTMLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, weight, gamma_h, gamma_c, beta_c, h0, c0, plan_h: _StepPlan | None,
                 plan_c: _StepPlan | None, momentum: tuple[float, float], eps: tuple[float, float], keep: bool):
-        steps, batch, gates = u.shape
+        batch, steps, gates = u.shape
         n = gates // 4
         hs = u.new_empty(steps + 1, batch, n)
         cs = u.new_empty(steps + 1, batch, n)
         hs[0], cs[0] = h0, c0
-        acts = u.new_empty(steps, batch, gates)  # sigmoid of the pre-activations (g's slot unused)
-        partner = u.new_empty(steps, batch, gates)  # d act / d pre times the factor each gate meets
-        coef = u.new_empty(steps, batch, n)  # d h_t / d BN(c_t) = o * (1 - tanh^2)
+        acts = u.new_empty(steps, batch, gates)  # pre-activations, then their sigmoids (g's slot unused)
+        gs = u.new_empty(steps, batch, n)  # tanh(g)
+        tcs = u.new_empty(steps, batch, n)  # tanh(BN(c_t))
         fold_h, fold_c = (not keep and plan is not None and not any(p[0] for p in plan) for plan in (plan_h, plan_c))
         if fold_h:
             scale_h, shift_h = _folded(plan_h, gamma_h, None, eps[0])
-            u = u + shift_h.unsqueeze(1)
+            u = u + shift_h
         if fold_c:
             scale_c, shift_c = _folded(plan_c, gamma_c, beta_c, eps[1])
-        h_t, c_t, a_t, p_t, k_t, u_t = (v.unbind(0) for v in (hs, cs, acts, partner, coef, u))
-        p_g = partner.view(steps, batch, 4, n)[:, :, 2].unbind(0)  # g's slot of ``partner``
-        rec, stats_h, stats_c = [], [], []
+        rec = u.new_empty(steps, batch, gates) if plan_h is not None and not fold_h else None
+        i_all, f_all, g_all, o_all = acts.view(steps, batch, 4, n).unbind(2)
+        # every step's operands as views made once: the loop only launches kernels
+        h_t, c_t, a_t, g_t, tc_t, i_t, f_t, pg_t, o_t = (
+            v.unbind(0) for v in (hs, cs, acts, gs, tcs, i_all, f_all, g_all, o_all))
+        u_t = u.unbind(1)
+        r_t = None if rec is None else rec.unbind(0)
+        stats_h, stats_c = [], []
         wt = weight.t()
         for t in range(steps):
-            h, c_prev = h_t[t], c_t[t]
+            a = a_t[t]
             if plan_h is None:
-                pre = torch.addmm(u_t[t], h, wt)
+                torch.addmm(u_t[t], h_t[t], wt, out=a)
             elif fold_h:
-                pre = torch.addcmul(u_t[t], torch.mm(h, wt), scale_h[t])
+                torch.addcmul(u_t[t], torch.mm(h_t[t], wt), scale_h[t], out=a)
             else:
-                r = torch.mm(h, wt)
                 use_batch, rm, rv = plan_h[t]
-                pre, mean, invstd = torch.native_batch_norm(r, gamma_h, None, rm, rv, use_batch, momentum[0],
-                                                            eps[0])
-                pre += u_t[t]
-                rec.append(r)
+                pre, mean, invstd = torch.native_batch_norm(torch.mm(h_t[t], wt, out=r_t[t]), gamma_h, None, rm, rv,
+                                                            use_batch, momentum[0], eps[0])
+                torch.add(pre, u_t[t], out=a)
                 stats_h.append((mean, invstd))
-            s = torch.sigmoid(pre, out=a_t[t])
-            i, f, _, o = s.view(batch, 4, n).unbind(1)
-            g = torch.tanh(pre.view(batch, 4, n).select(1, 2))
-            c = torch.mul(f, c_prev, out=c_t[t + 1]).addcmul_(i, g)
+            g = torch.tanh(pg_t[t], out=g_t[t])
+            torch.sigmoid_(a)
+            c = torch.mul(f_t[t], c_t[t], out=c_t[t + 1]).addcmul_(i_t[t], g)
             if plan_c is None:
-                tc = torch.tanh(c)
+                tc = torch.tanh(c, out=tc_t[t])
             elif fold_c:
-                tc = torch.tanh(torch.addcmul(shift_c[t], c, scale_c[t]))
+                tc = torch.tanh(torch.addcmul(shift_c[t], c, scale_c[t]), out=tc_t[t])
             else:
                 use_batch, rm, rv = plan_c[t]
                 cn, mean, invstd = torch.native_batch_norm(c, gamma_c, beta_c, rm, rv, use_batch, momentum[1], eps[1])
                 stats_c.append((mean, invstd))
-                tc = torch.tanh(cn)
-            torch.mul(o, tc, out=h_t[t + 1])
-            if not keep:
-                continue
-            _tanh_backward(o, tc, grad_input=k_t[t])
-            # the factor each gate's activation multiplies: i <-> g, f <-> c_{t-1}, g <-> i, o <-> tanh(.)
-            _sigmoid_backward(torch.cat([g, c_prev, i, tc], 1), s, grad_input=p_t[t])
-            _tanh_backward(i, g, grad_input=p_g[t])
+                tc = torch.tanh(cn, out=tc_t[t])
+            torch.mul(o_t[t], tc, out=h_t[t + 1])
+        partner = coef = None
+        if keep:
+            # d act / d pre times the factor each gate's activation multiplies, all steps at once:
+            # i <-> tanh g, f <-> c_{t-1}, g <-> i (through tanh), o <-> tanh(BN(c_t))
+            partner = torch.cat([gs, cs[:steps], i_all, tcs], 2)
+            _sigmoid_backward(partner, acts, grad_input=partner)
+            _tanh_backward(i_all, gs, grad_input=partner.view(steps, batch, 4, n)[:, :, 2])
+            coef = torch.ops.aten.tanh_backward(o_all, tcs)  # d h_t / d BN(c_t) = o * (1 - tanh^2)
         # outputs go through save_for_backward: kept on ctx they would form a reference cycle through
         # their grad_fn that Python's collector cannot see, and every step's states would leak
         ctx.save_for_backward(weight, gamma_h, gamma_c, beta_c, hs, cs)
-        ctx.saved = (acts, partner, coef, rec, stats_h, stats_c, plan_h, plan_c, eps)
+        ctx.saved = (f_all, partner, coef, rec, stats_h, stats_c, plan_h, plan_c, eps)
         return hs, cs
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_hs, grad_cs):
         weight, gamma_h, gamma_c, beta_c, hs, cs = ctx.saved_tensors
-        acts, partner, coef, rec, stats_h, stats_c, plan_h, plan_c, eps = ctx.saved
-        steps, batch, gates = acts.shape
+        f_all, partner, coef, rec, stats_h, stats_c, plan_h, plan_c, eps = ctx.saved
+        steps, batch, gates = partner.shape
         n = gates // 4
-        du = torch.empty_like(acts)
-        c_t, f_t, p_t, k_t, du_t, gh_t, gc_t = (v.unbind(0) for v in (cs, acts[:, :, n:2 * n], partner, coef, du,
-                                                                         grad_hs, grad_cs))
+        du = torch.empty_like(partner)
+        c_t, f_t, p_t, k_t, du_t, gh_t, gc_t = (v.unbind(0) for v in (cs, f_all, partner, coef, du, grad_hs, grad_cs))
+        r_t = None if rec is None else rec.unbind(0)
         drec, grad_gamma_h, grad_gamma_c, grad_beta_c = [], [], [], []
         dh, dc = gh_t[steps], gc_t[steps]
         for t in reversed(range(steps)):
@@ -370,7 +374,7 @@ class _FusedLSTMLayer(torch.autograd.Function):
             dpre = torch.mul(torch.cat([dc, dc, dc, dh], 1), p_t[t], out=du_t[t])
             if plan_h is not None:
                 use_batch, rm, rv = plan_h[t]
-                dpre, dgamma, _ = _bn_backward(dpre, rec[t], gamma_h, rm, rv, *stats_h[t], use_batch, eps[0],
+                dpre, dgamma, _ = _bn_backward(dpre, r_t[t], gamma_h, rm, rv, *stats_h[t], use_batch, eps[0],
                                                [True, True, False])
                 drec.append(dpre)
                 grad_gamma_h.append(dgamma)
@@ -379,7 +383,7 @@ class _FusedLSTMLayer(torch.autograd.Function):
         dr = du if plan_h is None else torch.stack(drec[::-1])
         grad_weight = dr.reshape(-1, gates).t() @ hs[:steps].reshape(-1, n)
         grads = [torch.stack(g).sum(0) if g else None for g in (grad_gamma_h, grad_gamma_c, grad_beta_c)]
-        return du, grad_weight, *grads, dh, dc, None, None, None, None, None
+        return du.transpose(0, 1), grad_weight, *grads, dh, dc, None, None, None, None, None
 
 
 class _FusedRNNLayer(torch.autograd.Function):
@@ -555,10 +559,10 @@ def _fused_lstm_layer(cell: nn.Module, x: Tensor, h0: Tensor, c0: Tensor,
     """One layer by :class:`_FusedLSTMLayer` (or, with ``compile`` for a BN-LSTM in training,
     :class:`_StepFnLSTMLayer`): outputs ``(batch, T, H)``, ``h_T``, ``c_T``."""
     batch, steps = x.shape[:2]
-    u = _input_terms(cell, x, None).transpose(0, 1).contiguous()
+    u = _input_terms(cell, x, None)
     bns = [cell.bn_h, cell.bn_c]
     if compile and cell.training and None not in bns:
-        hs, cs, *stats = _StepFnLSTMLayer.apply(u, cell.weight_h, cell.bn_h.weight, cell.bn_c.weight, cell.bn_c.bias,
+        hs, cs, *stats = _StepFnLSTMLayer.apply(u.transpose(0, 1).contiguous(), cell.weight_h, cell.bn_h.weight, cell.bn_c.weight, cell.bn_c.bias,
                                                 h0, c0, _step_functions(), (cell.bn_h.eps, cell.bn_c.eps))
         for bn, (mean, var) in zip(bns, (stats[:2], stats[2:])):
             _update_running(bn, mean, var, batch)
