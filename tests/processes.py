@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from geomopt.train.distributed import leave
+
 
 def _entry(fn: Callable, rank: int, world: int, init: str, timeout: float, args: tuple) -> None:
     torch.set_num_threads(1)
@@ -21,7 +23,8 @@ def _entry(fn: Callable, rank: int, world: int, init: str, timeout: float, args:
     try:
         fn(rank, world, *args)
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():  # a worker may leave the group itself
+            leave()
 
 
 def run_processes(world: int, fn: Callable, *args, timeout: float = 60.0, collective_timeout: float = 30.0) -> list[int]:

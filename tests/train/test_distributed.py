@@ -173,3 +173,36 @@ def test_cli_nproc_2_matches_one_process(tmp_path):
     for key in ("train_loss", "test_loss", "train_acc", "test_acc"):
         assert math.isclose(one[key], two[key], rel_tol=1e-4), (key, one[key], two[key])  # float32
     assert one["steps"] == two["steps"] == 4
+
+
+def _group_threads() -> list[str]:
+    """Names of this process's threads that belong to a process group (gloo's workers and loop, the TCP
+    store's server); Linux only."""
+    names = [Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in os.listdir("/proc/self/task")]
+    return [n for n in names if "gloo" in n or "tcpstore" in n]
+
+
+def _own_group_worker(rank, world, root, port):
+    from geomopt.train.distributed import leave
+    leave()  # the harness's group: train() joins its own from the environment, as under torchrun
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    before = _group_threads()
+    config = TrainConfig(data="digits", train_size=100, widths=(8,), epochs=1, batch_size=50, optimizer="kfac")
+    train(config, Path(root) / "run", progress=False)  # K-FAC's hooks and DDP's reducer form reference cycles
+    Path(root, f"threads{rank}.json").write_text(json.dumps([before, _group_threads()]))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads thread names in /proc")
+def test_train_ends_its_process_group_threads(tmp_path):
+    """A finished data-parallel ``train`` leaves no process-group thread running: one left running into
+    interpreter shutdown can abort the process after a successful run (a gloo worker releasing a
+    tensor without the GIL: "terminate called without an active exception", exit -6)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert run_processes(2, _own_group_worker, str(tmp_path), port, timeout=120) == [0, 0]
+    for rank in range(2):
+        before, after = json.loads((tmp_path / f"threads{rank}.json").read_text())
+        assert before == [] and after == [], f"rank {rank}: threads before train {before}, after {after}"

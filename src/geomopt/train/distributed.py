@@ -17,6 +17,7 @@ Collectives time out (``timeout``) instead of hanging when a process dies.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,6 +64,20 @@ def init_from_env(device_type: str, timeout: float = DEFAULT_TIMEOUT) -> DataPar
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
     return current()
+
+
+def leave() -> None:
+    """Destroy the process group so that its backend's worker threads end while Python is still running.
+
+    ``DistributedDataParallel``'s reducer sits in reference cycles that keep the group's gloo backend,
+    and its worker threads, alive past ``destroy_process_group`` until the collector runs. At
+    interpreter shutdown a worker thread still releasing a finished all-reduce then needs the GIL,
+    cannot take it, and the process aborts ("terminate called without an active exception", exit
+    -6) after a successful run. Collecting first lets the backend's destructor join its threads here.
+    """
+    gc.collect()
+    dist.destroy_process_group()
+    gc.collect()
 
 
 def local_device(device: torch.device) -> torch.device:

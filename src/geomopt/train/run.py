@@ -131,7 +131,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
                       stop_after_steps=stop_after_steps)
     finally:
         if own_group:
-            dist.destroy_process_group()
+            distributed.leave()
 
 
 def _train(config: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, progress: bool,
