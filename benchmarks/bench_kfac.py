@@ -3,11 +3,23 @@
 Part 1 -- per-step time over SGD. A step = zero_grad + forward + cross-entropy + backward +
 optimizer.step() (statistics hooks included). update_freq=10, inv_freq=100: a cycle of `inv_freq`
 steps holds exactly one inversion and ten factor updates, so the mean step over whole cycles is the
-amortized cost. The contenders run on the same model and batch and take turns cycle by cycle; median
-over `--blocks` cycles each (this 2-core virtual machine's speed drifts by tens of percent over
-minutes, so ratios move by about 10% from run to run: compare code versions by alternating runs).
+amortized cost. Times are CPU seconds of this process (`time.process_time`, one torch thread), so other
+processes on a shared machine count only through what they do to this one's speed. The contenders run
+on the same model and batch and take turns cycle by cycle; each ratio is a contender's cycle over SGD's
+cycle of the same round, min / median / max over `--blocks` rounds.
 Contenders: SGD with momentum, K-FAC, EKFAC (the paper's algorithm: diagonal every step), EKFAC with
 `diag_freq=10`.
+
+The floor of each ratio is what the algorithm cannot avoid, timed on this machine in the same process:
+`(SGD's step + floor) / SGD's step`, where the floor is the CPU time of the operations listed in
+`floor_ops` (the batch factors every `update_freq` steps, the eigendecompositions or Cholesky inverses
+every `inv_freq` steps, K-FAC's two products `G^-1 M A^-1`, EKFAC's back-rotation `U_G X U_A^T`, its
+per-example projection to the eigenbasis, diagonal and rotation in), each run on random float32
+inputs of the layer's exact shapes (mean of 3 runs, timed right after the contender's cycle in every
+round, so that both see the same machine) and weighted by how often it runs. Elementwise
+work is left out, so the floor is optimistic; `--show-floor` prints every operation with its time.
+The column "extra multiply-adds / SGD's" counts the same products (`3 B T d_out d_in` per layer for
+SGD's forward + backward).
 
 Part 2 -- time to build the curvature on one batch and to compute the preconditioned gradient,
 on the same model and batch, against the public implementations (installed by the `bench` extra):
@@ -17,27 +29,11 @@ on the same model and batch, against the public implementations (installed by th
 - nngeometry `FIM(representation=PMatEKFAC)` (exact expectation over classes, C backward passes)
   + `solvePVec`; geomopt's counterpart there is `fisher='ggn'`.
 
-Part 1 and 1b (the MLP over batch sizes, `--batches`, default 128,512,2048) print beside each
-measured ratio what the algorithm cannot avoid: the multiply-adds every step must do besides SGD's
-forward + backward (`3 B T d_out d_in` per layer, `T` positions per example: 1 for a Linear layer,
-output pixels for a convolution), as a ratio to SGD's, and the floor of the time ratio they imply
-at this machine's peak matmul rate, `1 + extra / (peak * SGD step time)` (no kernel beats the peak,
-so no implementation of the algorithm can go below it). Counted per layer (`d_in` with the bias):
-- K-FAC: `G^-1 M A^-1`, `d_out d_in (d_out + d_in)`, plus the factors every `update_freq` steps,
-  `B T (d_in^2 + d_out^2) / update_freq`;
-- EKFAC: the back-rotation `U_G X U_A^T`, `d_out d_in (d_out + d_in)`, the factors as K-FAC, the
-  every-step eigenbasis diagonal (Linear: `a U_A`, `g U_G` and the product of their squares,
-  `B (d_in^2 + d_out^2 + d_out d_in)`; convolution: the per-example gradients `B T d_out d_in` and
-  each side's rotation in the cheaper order, as `eigenbasis_diagonal`), and the rotation into the
-  eigenbasis (Linear: `min(B d_out d_in, d_out d_in (d_out + d_in))`, from the diagonal's rotated
-  examples; convolution: dense);
-- EKFAC with `diag_freq=10`: the diagonal on one step in ten; on the others the rotation in is dense,
-  or for a Linear layer, if cheaper, from its rotated examples `B (d_in^2 + d_out^2 + d_out d_in)`.
-Eigendecompositions and inverses (every `inv_freq` steps) and elementwise work are left out, so the
-floors are optimistic.
+Part 1b: the MLP over batch sizes (`--batches`, default 128,512,2048), the same columns.
 
 Usage: python benchmarks/bench_kfac.py [--threads 1] [--blocks 3] [--rounds 3] [--batches 128,512,2048]
-       [--sweep-blocks 1] [--models mlp,cnn] [--contenders sgd,kfac,ekfac,...]
+       [--sweep-blocks 1] [--models mlp,cnn] [--contenders sgd,kfac,ekfac,...] [--show-floor]
+Quick (about 2 minutes): python benchmarks/bench_kfac.py --rounds 0 --batches '' --blocks 3 --contenders sgd,ekfac
 """
 
 from __future__ import annotations
@@ -46,6 +42,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -77,49 +74,121 @@ def layer_shapes(model: nn.Module, x: Tensor) -> list[tuple[int, int, int]]:
 
 
 def extra_macs(shapes: list[tuple[int, int, int]], batch: int, update_freq: int = 10) -> dict[str, float]:
-    """Multiply-adds per step that each algorithm must do besides SGD's forward + backward
-    (``3 B T d_out d_in`` per layer, under "sgd_macs"); see the module docstring."""
+    """Multiply-adds per step of the work each algorithm must do besides SGD's forward + backward
+    (``3 B T d_out d_in`` per layer, under "sgd_macs"): the products of :func:`floor_ops`, each weighted by
+    how often it runs; eigendecompositions and inverses are left out here (not in the timed floor)."""
     out = {n: 0.0 for n in STEP_MAKERS}
-    sgd = 0.0
-    b = batch
-    for d_out, d_in, t in shapes:
-        sgd += 3 * b * t * d_out * d_in
-        solve = d_out * d_in * (d_out + d_in)  # G^-1 M A^-1, or one dense rotation (U_G^T M U_A or back)
-        factors = b * t * (d_in * d_in + d_out * d_out) / update_freq
-        if t == 1:  # rotated examples (a U_A, g U_G), their squares' product; rotation in from them
-            rotated = b * (d_in * d_in + d_out * d_out)
-            diag = rotated + b * d_out * d_in
-            rotate_in = min(b * d_out * d_in, solve)  # on diagonal steps, from the rotated examples
-            rotate_off = min(rotated + b * d_out * d_in, solve)  # between them, rotating the examples first
-        else:  # per-example gradients, each side rotated in the cheaper order (eigenbasis_diagonal)
-            diag = (b * t * d_out * d_in + (b * t * d_in * d_in if t <= d_out else b * d_out * d_in * d_in)
-                    + (b * t * d_out * d_out if t <= d_in else b * d_in * d_out * d_out))
-            rotate_in = rotate_off = solve
-        out["kfac"] += solve + factors
-        for name, diag_freq in (("ekfac", 1), ("ekfac diag_freq=10", 10)):
-            # back-rotation every step; the diagonal and the rotation in on diagonal steps, the rotation between
-            out[name] += solve + factors + ((diag_freq - 1) * rotate_off + rotate_in + diag) / diag_freq
+    sgd = sum(3 * batch * t * d_out * d_in for d_out, d_in, t in shapes)
+    for name in out:
+        for _, macs, weight, _ in floor_ops(shapes, batch, name, update_freq=update_freq, inv_freq=None):
+            out[name] += macs * weight
     return {"sgd_macs": sgd, **out}
 
 
-def peak_mac_rate(repeats: int = 5) -> float:
-    """Multiply-adds per second of float32 matmuls on this machine: the best of square and tall shapes
-    (best of ``repeats`` each; the rate drifts by tens of percent with the machine's load, so it is
-    measured again before every table and the largest value so far is used)."""
-    rates = []
-    for m, k, n in ((1024, 1024, 1024), (2048, 2048, 2048), (512, 2048, 784)):
-        a, b = torch.randn(m, k), torch.randn(k, n)
-        rates.append(m * k * n / best_of(lambda: a @ b, repeats))
-    return max(rates)
+def floor_ops(shapes: list[tuple[int, int, int]], batch: int, name: str, *, update_freq: int = 10,
+              inv_freq: int | None = 100) -> list[tuple[str, float, float, Callable[[], Callable[[], object]]]]:
+    """The work optimizer ``name`` must do per amortized step besides SGD's, as ``(label, multiply-adds,
+    weight, make)``: ``make()`` returns a function running the operation on random float32 inputs of the
+    exact shapes (``weight`` = runs per step: 1, ``1 / update_freq`` for the factors, ``1 / inv_freq`` for
+    the eigendecompositions / inverses, which are timed but have no multiply-add count; ``inv_freq=None``
+    leaves them out). Per layer (``d_in`` with the bias, ``T`` positions per example, ``B`` examples):
+
+    - every Kronecker optimizer: the batch factors ``a^T a`` ``(d_in, BT) x (BT, d_in)`` and ``g^T g``;
+    - K-FAC: ``G^-1 M A^-1`` (two products) and the two Cholesky inverses;
+    - EKFAC: the back-rotation ``U_G X U_A^T`` (two products), the two eigendecompositions, and on every
+      diagonal step (every step, or one in ``diag_freq``): Linear (T = 1): the rotated examples
+      ``g U_G``, ``a U_A``, the diagonal ``(gU_G)^2^T (aU_A)^2`` and the rotation in from them
+      ``(gU_G)^T (aU_A)`` (``B d_out d_in`` each); convolution: the per-example gradients as one batched
+      product ``(B, d_out, T) x (B, T, d_in)``, each side rotated in the cheaper order (as
+      :func:`geomopt.curvature.eigenbasis_diagonal`), and the dense rotation in ``U_G^T M U_A``;
+    - EKFAC ``diag_freq=10``: between diagonal steps the rotation in is dense, or for a Linear layer,
+      if cheaper, the rotated examples and ``(gU_G)^T (aU_A)``.
+    Elementwise work (squares, the division by ``s + damping``, momentum) is left out: the floor is
+    optimistic.
+    """
+    ops = []
+    if name == "sgd":
+        return ops
+    r = torch.randn
+    for li, (d_out, d_in, t) in enumerate(shapes):
+        b, bt = batch, batch * t
+
+        def gemm(m, k, n, label, weight):
+            ops.append((f"layer {li} {label} ({m}x{k})@({k}x{n})", m * k * n, weight,
+                        lambda: (lambda x=r(m, k), y=r(k, n): x @ y)))
+
+        def eig(d, label):
+            if inv_freq is None:
+                return
+            def make():
+                x = r(2 * d, d)
+                spd = x.T @ x / (2 * d)
+                if name == "kfac":
+                    return lambda: torch.cholesky_inverse(torch.linalg.cholesky(spd + 0.1 * torch.eye(d)))
+                return lambda: torch.linalg.eigh(spd)
+            ops.append((f"layer {li} {label} ({d}x{d})", 0.0, 1 / inv_freq, make))
+
+        gemm(d_in, bt, d_in, "factor a^T a", 1 / update_freq)
+        gemm(d_out, bt, d_out, "factor g^T g", 1 / update_freq)
+        gemm(d_out, d_out, d_in, "G^-1 M" if name == "kfac" else "U_G X", 1)
+        gemm(d_out, d_in, d_in, "(.) A^-1" if name == "kfac" else "(.) U_A^T", 1)
+        eig(d_in, "inverse of A" if name == "kfac" else "eigh A")
+        eig(d_out, "inverse of G" if name == "kfac" else "eigh G")
+        if name == "kfac":
+            continue
+        diag_freq = 10 if "diag_freq=10" in name else 1
+        w, off = 1 / diag_freq, 1 - 1 / diag_freq
+        if t == 1:
+            rotated = b * (d_in * d_in + d_out * d_out)
+            gemm(b, d_out, d_out, "g U_G", w)
+            gemm(b, d_in, d_in, "a U_A", w)
+            gemm(d_out, b, d_in, "diagonal (gU_G)^2^T (aU_A)^2", w)
+            dense = d_out * d_in * (d_out + d_in)
+            if min(b * d_out * d_in, dense) == dense:  # the rotation in on diagonal steps
+                gemm(d_out, d_out, d_in, "rotation in U_G^T M", w)
+                gemm(d_out, d_in, d_in, "rotation in (.) U_A", w)
+            else:
+                gemm(d_out, b, d_in, "rotation in (gU_G)^T (aU_A)", w)
+            if off and rotated + b * d_out * d_in < dense:
+                gemm(b, d_out, d_out, "g U_G (between)", off)
+                gemm(b, d_in, d_in, "a U_A (between)", off)
+                gemm(d_out, b, d_in, "rotation in (gU_G)^T (aU_A) (between)", off)
+            elif off:
+                gemm(d_out, d_out, d_in, "rotation in U_G^T M (between)", off)
+                gemm(d_out, d_in, d_in, "rotation in (.) U_A (between)", off)
+            continue
+        ops.append((f"layer {li} per-example gradients ({b}: {d_out}x{t} @ {t}x{d_in})", b * t * d_out * d_in, w,
+                    lambda b=b, t=t, d_out=d_out, d_in=d_in: (lambda x=r(b, d_out, t), y=r(b, t, d_in): x @ y)))
+        if t <= d_out:
+            gemm(bt, d_in, d_in, "a U_A", w)
+        else:
+            gemm(b * d_out, d_in, d_in, "M_n U_A", w)
+        if t <= d_in:
+            gemm(bt, d_out, d_out, "g U_G", w)
+        else:
+            ops.append((f"layer {li} U_G^T M_n ({b}: {d_out}x{d_out} @ {d_out}x{d_in})", b * d_out * d_out * d_in, w,
+                        lambda b=b, d_out=d_out, d_in=d_in: (lambda x=r(d_out, d_out), y=r(b, d_out, d_in): x @ y)))
+        gemm(d_out, d_out, d_in, "rotation in U_G^T M", 1)
+        gemm(d_out, d_in, d_in, "rotation in (.) U_A", 1)
+    return ops
 
 
-def floors(model: nn.Module, x: Tensor, sgd_seconds: float, peak: float) -> dict[str, tuple[float, float]]:
-    """Per contender: (extra multiply-adds / SGD's, floor of the step-time ratio at the peak GEMM rate =
-    1 + extra multiply-adds / (peak * SGD's measured step time)); the peak is at least SGD's own rate."""
-    macs = extra_macs(layer_shapes(model, x), x.shape[0])
-    sgd = macs.pop("sgd_macs")
-    peak = max(peak, sgd / sgd_seconds)
-    return {k: (v / sgd, 1 + v / (peak * sgd_seconds)) for k, v in macs.items()}
+def floor_seconds(ops: list, repeats: int = 3, show: str | None = None) -> float:
+    """CPU seconds per amortized step of the operations ``ops`` (from :func:`floor_ops`, each made once
+    and warmed up), each the mean of ``repeats`` runs -- a mean, as the step times are means over a
+    cycle, so that both see the same interference from the machine's other processes -- times its
+    weight. ``show``: print every operation with its time, prefixed by this label."""
+    total = 0.0
+    for label, macs, weight, fn in ops:
+        t = time.process_time()
+        for _ in range(repeats):
+            fn()
+        sec = (time.process_time() - t) / repeats
+        total += weight * sec
+        if show:
+            rate = f", {2 * macs / sec / 1e9:.0f} GFLOP/s" if macs else ""
+            print(f"    {show}: {label}: {1000 * sec:.3f} ms x {weight:g}{rate}", flush=True)
+    return total
 
 
 def cases():
@@ -139,10 +208,13 @@ STEP_MAKERS = {
 }
 
 
-def step_times(model, x, y, blocks: int, inv_freq: int = 100, contenders=None):
-    """Amortized step time per contender: median over ``blocks`` cycles of ``inv_freq`` steps (after a
-    warm-up cycle), the contenders taking turns cycle by cycle. (Turns of 10 steps instead gave the same
-    ratios within this machine's run-to-run noise, and are further from real use.)"""
+def step_times(model, x, y, blocks: int, inv_freq: int = 100, contenders=None,
+               show_floor: bool = False) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """CPU seconds (``time.process_time``) per amortized step of each contender in each of ``blocks`` cycles
+    of ``inv_freq`` steps (after a warm-up cycle), the contenders taking turns cycle by cycle, so that
+    block ``i`` of every contender ran at about the same time; and, right after each cycle, the
+    contender's :func:`floor_seconds` (shown for the last block with ``show_floor``). (Turns of 10 steps
+    instead gave the same ratios within this machine's run-to-run noise, and are further from real use.)"""
     state = {k: v.clone() for k, v in model.state_dict().items()}
     opts = {}
     for name, make in STEP_MAKERS.items():
@@ -151,35 +223,44 @@ def step_times(model, x, y, blocks: int, inv_freq: int = 100, contenders=None):
         model.load_state_dict(state)
         opts[name] = make(model, inv_freq)  # every optimizer hooks the model; only the active one's hooks record
     times = {n: [] for n in opts}
-    for _ in range(blocks + 1):  # the first cycle is a warm-up
+    shapes = layer_shapes(model, x)
+    ops = {n: [(label, macs, w, make()) for label, macs, w, make in floor_ops(shapes, x.shape[0], n, inv_freq=inv_freq)]
+           for n in opts}
+    floors = {n: [] for n in opts}
+    for block in range(blocks + 1):  # the first cycle is a warm-up
         for name, opt in opts.items():
             for o in opts.values():
                 if hasattr(o, "_capture"):
                     o._capture.active = False
             if hasattr(opt, "_arm"):
                 opt._arm()  # records exactly when its next step needs statistics
-            t = time.perf_counter()
+            t = time.process_time()
             for _ in range(inv_freq):
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(model(x), y).backward()
                 opt.step()
-            times[name].append((time.perf_counter() - t) / inv_freq)
+            times[name].append((time.process_time() - t) / inv_freq)
+            floors[name].append(floor_seconds(ops[name], show=name if show_floor and block == blocks else None))
         model.load_state_dict(state)
     for o in opts.values():
         if hasattr(o, "remove_hooks"):
             o.remove_hooks()
-    return {n: statistics.median(t[1:]) for n, t in times.items()}
+    return {n: t[1:] for n, t in times.items()}, {n: f[1:] for n, f in floors.items()}
 
 
-def print_step_table(label: str, model, x, y, blocks: int, peak: float, contenders=None) -> float:
-    """Print one table's rows; returns the peak rate used (at least ``peak``)."""
-    peak = max(peak, peak_mac_rate())
-    t = step_times(model, x, y, blocks, contenders=contenders)
-    bounds = floors(model, x, t["sgd"], peak)
+def print_step_table(label: str, model, x, y, blocks: int, contenders=None, show_floor: bool = False) -> None:
+    """One table's rows: per contender its median step; its step over SGD's of the same block (min / median
+    / max over blocks); the floor of that ratio, ``1 + floor / SGD's step`` with the floor timed right after
+    the contender's cycle (median over blocks); and the median over blocks of ratio / floor."""
+    t, floor = step_times(model, x, y, blocks, contenders=contenders, show_floor=show_floor)
+    macs = extra_macs(layer_shapes(model, x), x.shape[0])
     for opt, v in t.items():
-        mac, floor = bounds[opt]
-        print(f"| {label} | {opt} | {1000 * v:.2f} | {v / t['sgd']:.3f} | {mac:.2f} | {floor:.2f} |", flush=True)
-    return peak
+        ratios = [a / b for a, b in zip(v, t["sgd"])]
+        floors = [1 + f / b for f, b in zip(floor[opt], t["sgd"])]
+        print(f"| {label} | {opt} | {1000 * statistics.median(v):.2f} | {min(ratios):.2f} / "
+              f"**{statistics.median(ratios):.2f}** / {max(ratios):.2f} | {macs[opt] / macs['sgd_macs']:.2f} | "
+              f"{min(floors):.2f} / {statistics.median(floors):.2f} / {max(floors):.2f} | "
+              f"**{statistics.median(r / f for r, f in zip(ratios, floors)):.2f}** |", flush=True)
 
 
 def best_of(fn, repeats=3):
@@ -246,12 +327,12 @@ def main() -> None:
                              "checkout's code through PYTHONPATH)")
     parser.add_argument("--batches", default="128,512,2048", help="MLP batch sizes of part 1b ('' to skip)")
     parser.add_argument("--sweep-blocks", type=int, default=1, help="timed blocks per batch size in part 1b")
+    parser.add_argument("--show-floor", action="store_true", help="print every operation of the floors and its time")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"Machine: {describe_machine()}\n")
-    peak = 0.0
-    header = ("| {} | optimizer | amortized step (ms) | ratio to SGD | extra multiply-adds / SGD's | "
-              "floor of the ratio at peak rate |\n|---|---|---|---|---|---|")
+    header = ("| {} | optimizer | amortized step (CPU ms, median) | ratio to SGD (min / median / max) | "
+              "extra multiply-adds / SGD's | floor of the ratio (min / median / max) | ratio / floor (median) |\n|---|---|---|---|---|---|---|")
     print(header.format("model"))
     contenders = {"sgd", *args.contenders.split(",")}
     unknown = contenders - set(STEP_MAKERS)
@@ -260,7 +341,7 @@ def main() -> None:
     models = set(args.models.split(","))
     for name, model, x, y in cases():
         if name.split()[0].lower() in models:
-            peak = print_step_table(name, model, x, y, args.blocks, peak, contenders)
+            print_step_table(name, model, x, y, args.blocks, contenders, args.show_floor)
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
     if batches:
         print("\n" + header.format("MLP 784-512-512-10 batch"))
@@ -268,7 +349,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = MLP((1, 28, 28), (512, 512), 10, seed=0)
         x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
-        peak = print_step_table(str(batch), model, x, y, args.sweep_blocks, peak, contenders)
+        print_step_table(str(batch), model, x, y, args.sweep_blocks, contenders, args.show_floor)
     if args.rounds:
         print("\n| model | implementation | build curvature (ms) | build + preconditioned gradient (ms) |\n|---|---|---|---|")
     for name, model, x, y in cases() if args.rounds else ():
@@ -282,7 +363,6 @@ def main() -> None:
                 print(f"| {name} | {lib} | {v} | |", flush=True)
             else:
                 print(f"| {name} | {lib} | {1000 * v[0]:.1f} | {1000 * v[1]:.1f} |", flush=True)
-    print(f"\nPeak float32 matmul rate used for the floors: {2 * peak / 1e9:.1f} GFLOP/s ({args.threads} thread(s))")
     print(f"Machine after: {describe_machine()}")
 
 

@@ -368,6 +368,11 @@ def test_factored_rotation_is_the_dense_rotation_or_refuses():
     torch.testing.assert_close(factored_rotation(0.3 * m, a, g, ga, aa), ug.T @ (0.3 * m) @ ua)  # clipped gradient
     other = torch.randn(d_out, d_in)
     assert factored_rotation(m + 1e-6 * other, a, g, ga, aa) is None  # e.g. an L2 term: rotate densely
+    tol = 4 * n ** 0.5 * torch.finfo(m.dtype).eps * g.norm() * a.norm() / n  # the rounding level it accepts
+    for _ in range(10):  # rank-one mismatches (a hook on one output) 10x that level: seen by the probes
+        u, v = torch.randn(d_out), torch.randn(d_in)
+        e = torch.outer(u, v) * (10 * tol / (u.norm() * v.norm()))
+        assert factored_rotation(m + e, a, g, ga, aa) is None
     g2 = torch.cat([g, g])
     assert factored_rotation(2 * m, a, g2, g2 @ ug, aa) is None  # several backward passes
     assert factored_rotation(m * float("nan"), a, g, ga, aa) is None

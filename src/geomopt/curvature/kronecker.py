@@ -22,6 +22,7 @@ column-stacking ``vec`` of the papers), and ``(A (x) G) vec(M) = vec(G M A)``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -101,6 +102,17 @@ def diagonal_from_rotated(ga: Tensor, aa: Tensor) -> Tensor:
     return (ga[:, :, 0].square().sum(0).T @ aa[:, 0].square()).div_(n)
 
 
+#: Random probe vectors of the exactness check of :func:`factored_rotation`.
+PROBES = 8
+
+
+@functools.lru_cache(maxsize=32)
+def _probes(d_in: int, device: torch.device) -> Tensor:
+    """The fixed probe vectors (rows) of :func:`factored_rotation`: Gaussian, variance ``1 / PROBES``, seed 0."""
+    probes = torch.randn(PROBES, d_in, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return probes.div_(math.sqrt(PROBES)).to(device)
+
+
 def factored_rotation(grad_matrix: Tensor, a: Tensor, g: Tensor, ga: Tensor, aa: Tensor) -> Tensor | None:
     """``U_G^T M U_A`` of a gradient matrix ``M`` ``(d_out, d_in)`` from the per-example quantities that
     produced it, without the two dense rotations.
@@ -111,10 +123,13 @@ def factored_rotation(grad_matrix: Tensor, a: Tensor, g: Tensor, ga: Tensor, aa:
     any ``c`` for a clipped or rescaled gradient), ``U_G^T M U_A = c ga^T aa / N``: ``2 N T d_out d_in``
     flops instead of ``2 d_out d_in (d_out + d_in)``.
 
-    The identity is checked, never assumed: ``M_cap = g^T a / N`` is formed, ``c`` is the
-    least-squares scale of ``M`` on it, and the residual must be at rounding level,
-    ``||M - c M_cap||_F <= 4 sqrt(N T) eps ||g||_F ||a||_F / N`` (``eps`` of the dtype; the rounding
-    of a length-``N T`` sum of products is about ``sqrt(N T) eps`` times ``||g||_F ||a||_F / N``).
+    The identity is checked, never assumed, on ``PROBES`` = 8 Gaussian probe vectors ``V`` ``(d_in, 8)``
+    (entries of variance 1/8, a fixed seed), in float64: with ``P = g^T (a V) / N`` (exact up to float64
+    rounding, ``N T d_in 8`` multiply-adds instead of forming ``g^T a``), ``c`` is the least-squares scale
+    of ``M V`` on ``P`` and the residual ``||M V - c P||_F`` must be at the rounding level of ``M``,
+    ``4 sqrt(N T) eps ||g||_F ||a||_F / N`` (``eps`` of the dtype; the rounding of a length-``N T`` sum of
+    products). ``E ||E V||_F^2 = ||E||_F^2`` for any mismatch ``E = M - c g^T a / N``, and a mismatch
+    ``r`` times that level passes with probability ``P(chi2_8 < 8 / r^2)`` (below 1e-5 for ``r = 5``).
     Otherwise -- an L2 term in the loss, a parameter also used outside the layer, a gradient hook, an
     uncaptured second backward, several passes (``K > 1``) -- returns ``None``: rotate ``M`` densely.
     """
@@ -123,12 +138,14 @@ def factored_rotation(grad_matrix: Tensor, a: Tensor, g: Tensor, ga: Tensor, aa:
     n, t, d_in = a.shape
     d_out = g.shape[-1]
     a2, g2 = a.reshape(n * t, d_in), g.reshape(n * t, d_out)
-    m_cap = (g2.T @ a2).div_(n)
-    mm = float(torch.dot(m_cap.reshape(-1), m_cap.reshape(-1)))
-    c = float(torch.dot(grad_matrix.reshape(-1), m_cap.reshape(-1))) / mm if mm > 0 else 1.0
+    probes = _probes(d_in, grad_matrix.device)  # (8, d_in): products in this order are the fast ones
+    mv = probes @ grad_matrix.T.double()
+    pv = (probes @ a2.T.double()) @ g2.double() / n
+    pp = float(torch.dot(pv.reshape(-1), pv.reshape(-1)))
+    c = float(torch.dot(mv.reshape(-1), pv.reshape(-1))) / pp if pp > 0 else 1.0
     if not math.isfinite(c):
         return None
-    residual = float(torch.linalg.vector_norm(grad_matrix - m_cap.mul_(c)))
+    residual = float(torch.linalg.vector_norm(mv - pv.mul_(c)))
     eps = torch.finfo(grad_matrix.dtype).eps
     tol = 4 * math.sqrt(n * t) * eps * float(torch.linalg.vector_norm(g2)) * float(torch.linalg.vector_norm(a2)) / n
     if not residual <= tol * abs(c):
