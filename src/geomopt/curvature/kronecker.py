@@ -46,8 +46,9 @@ def kronecker_factors(a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
     return (a2.T @ a2).div_(n * t), (g2.T @ g2).div_(n)
 
 
-def eigenbasis_diagonal(a: Tensor | Callable[[], Tensor], g: Tensor, u_a: Tensor, u_g: Tensor, *,
-                        per_example: Callable[[int, int], Tensor] | None = None) -> Tensor:
+def eigenbasis_diagonal(a: Tensor | Callable[[], Tensor], g: Tensor | Callable[[], Tensor], u_a: Tensor, u_g: Tensor,
+                        *, per_example: Callable[[int, int], Tensor] | None = None,
+                        g_shape: Sequence[int] | None = None) -> Tensor:
     """``s = (1/N) sum_{n,k} (U_G^T M_nk U_A)^2`` ``(d_out, d_in)``, ``M_nk = sum_t g_nkt a_nt^T``.
 
     One position per example (T = 1): ``s = sum_k (g_k U_G)^2^T (a U_A)^2 / N``, two matmuls
@@ -58,19 +59,20 @@ def eigenbasis_diagonal(a: Tensor | Callable[[], Tensor], g: Tensor, u_a: Tensor
 
     ``per_example(i, j)``, when given, returns ``M_nk`` of examples ``i:j`` ``(K, j - i, d_out, d_in)``
     (e.g. :meth:`Capture.per_example_gradients`, which for a convolution needs no patches); it is
-    used when both sides rotate after. ``a`` may be a function returning the inputs, called only if
-    they are needed.
+    used when both sides rotate after. ``a`` and ``g`` may be functions returning the inputs / output
+    gradients, called only if they are needed (``g`` then with its shape ``g_shape``).
     """
-    k, n, t, d_out = g.shape
+    k, n, t, d_out = g.shape if g_shape is None else g_shape
     d_in = u_a.shape[0]
     a_first, g_first = t <= d_out, t <= d_in
     if t == 1 or a_first or g_first or per_example is None:
         a = a() if callable(a) else a
+        g = g() if callable(g) else g
     if t == 1:
         return diagonal_from_rotated(g @ u_g, a @ u_a)
     aa = a @ u_a if a_first else None  # (N, T, d_in)
     ga = g @ u_g if g_first else g  # (K, N, T, d_out)
-    s = torch.zeros(d_out, d_in, dtype=g.dtype, device=g.device)
+    s = torch.zeros(d_out, d_in, dtype=u_a.dtype, device=u_a.device)
     step = max(1, CHUNK_ELEMENTS // max(1, k * d_out * d_in))
     for i in range(0, n, step):
         if a_first or g_first:
@@ -91,8 +93,9 @@ def captured_diagonal(capture: Capture, name: str, u_a: Tensor, u_g: Tensor, bat
     """:func:`eigenbasis_diagonal` of layer ``name`` (micro-batch ``batch``) recorded by ``capture``: per-example
     gradients by the layer's own rule (:meth:`Capture.per_example_gradients`), inputs expanded only if the
     order needs them."""
-    return eigenbasis_diagonal(lambda: capture.inputs(name, batch), capture.output_grads(name, batch), u_a, u_g,
-                               per_example=lambda i, j: capture.per_example_gradients(name, i, j, batch))
+    return eigenbasis_diagonal(lambda: capture.inputs(name, batch), lambda: capture.output_grads(name, batch), u_a,
+                               u_g, per_example=lambda i, j: capture.per_example_gradients(name, i, j, batch),
+                               g_shape=capture.grad_shape(name, batch))
 
 
 def diagonal_from_rotated(ga: Tensor, aa: Tensor) -> Tensor:
