@@ -35,9 +35,10 @@ loop order works: ``zero_grad(); loss = f(model(x)); loss.backward(); step()``, 
 zero_grad(); loss.backward(); step()`` (the order of Lightning's closure), ``step(closure)``, and
 gradient accumulation. Each forward of ``model`` with gradients enabled starts a micro-batch; the
 factors of a step are over every micro-batch backpropagated since the last step (each example weighted
-equally: ``A = sum_b (N_b / N) A_b``); :meth:`zero_grad` drops the records whose gradients it discards
-(those already backpropagated) and keeps forwards still waiting for their backward; a forward that is
-never backpropagated is ignored.
+equally: ``A = sum_b (N_b / N) A_b``; a model called several times for one loss, as a siamese network,
+marks its forwards as one micro-batch with ``with opt.micro_batch(): ...``); :meth:`zero_grad` drops the
+records whose gradients it discards (those already backpropagated) and keeps forwards still waiting for
+their backward; a forward that is never backpropagated is ignored.
 
 - ``fisher='empirical'``: the gradients of *your* loss, which must be a mean over the batch (as
   ``F.cross_entropy`` and ``F.mse_loss`` are by default) and, when accumulating ``B`` micro-batches,
@@ -216,6 +217,7 @@ class _KroneckerOptimizer(Optimizer):
         self._step_count = 0
         self._inputs: list[dict[str, Any]] = []  # the model's inputs per micro-batch (fisher 'true'/'ggn')
         self._internal = False  # inside a pass of the optimizer's own: record nothing
+        self._one_batch = False  # inside micro_batch(): forwards do not start micro-batches
         self._generator = torch.Generator().manual_seed(torch.initial_seed() if seed is None else int(seed))
         self._capture = Capture(self.layers, grad_scale=None if fisher == "empirical" else 1.0).attach()
         self._hooks = [model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True),
@@ -288,10 +290,40 @@ class _KroneckerOptimizer(Optimizer):
         self._want_inputs = (need and self.fisher != "empirical") or self._needs_model(self._step_count)
 
     # -- recording: every forward of the model with gradients enabled is one micro-batch
+    @contextlib.contextmanager
+    def micro_batch(self):
+        """Every forward of the model inside is part of ONE micro-batch (outside, each forward starts one).
+
+        For a model called several times for one loss over the same examples (siamese networks, two
+        views of each example): ``with opt.micro_batch(): loss = f(model(x1), model(x2))``. Each layer's
+        calls are then one layer applied at ``T`` = calls positions per example, as KFC treats shared
+        weights: ``A`` averages the inputs of every call, ``G`` sums the calls' output-gradient products
+        per example, EKFAC's per-example gradients are ``M_n = sum_calls g a^T``; the empirical gradients
+        are scaled by ``N`` (one micro-batch). Without it the two forwards are two micro-batches: factors
+        averaged over them and the output gradients scaled by ``2 N`` (``G`` 4x too large for one loss).
+
+        Raises:
+            ValueError: with ``fisher='true'``/``'ggn'`` (the Fisher pass samples targets per forward) or
+                the adaptive options (their quadratic model re-evaluates each forward as a micro-batch).
+        """
+        if self.fisher != "empirical" or self.adaptive_damping or self.adaptive_step:
+            raise ValueError(f"{self._name}: micro_batch() needs fisher='empirical' without adaptive_damping / "
+                             f"adaptive_step (got fisher={self.fisher!r}): their passes treat each forward of the "
+                             "model as its own micro-batch")
+        outer = self._one_batch
+        if not outer:
+            self._capture.new_batch()
+        self._one_batch = True
+        try:
+            yield self
+        finally:
+            self._one_batch = outer
+
     def _on_model_forward(self, module, args, kwargs):
         if self._internal or not torch.is_grad_enabled():
             return
-        self._capture.new_batch()
+        if not self._one_batch:
+            self._capture.new_batch()
         if self._want_inputs:
             self._inputs.append({"args": tuple(a.detach() if isinstance(a, Tensor) else a for a in args),
                                  "kwargs": {k: v.detach() if isinstance(v, Tensor) else v for k, v in kwargs.items()},
