@@ -267,12 +267,15 @@ def _folded(plan: _StepPlan, gamma: Tensor, beta: Tensor | None, eps: float) -> 
 class _FusedLSTMLayer(torch.autograd.Function):
     """One LSTM layer over all steps with a hand-written backward: per step one matmul, one fused
     batch normalization of the four gates' ``W_h h`` (``torch.native_batch_norm``, which also updates
-    the step's running statistics), one of ``c_t``, and a few elementwise kernels; the backward
-    runs the same recurrence in reverse with ``native_batch_norm_backward`` and accumulates the
-    weight gradient in one matmul over all steps. Same equations as the step-by-step loop of
+    the step's running statistics), one of ``c_t``, and a few elementwise kernels writing into
+    buffers of all steps (11 kernels per step); what is off the recurrence (the gates' derivative
+    factors) is computed for all steps at once after the loop. The backward runs the same recurrence
+    in reverse with ``native_batch_norm_backward`` (8 kernels per step) and accumulates the weight
+    gradient in one matmul over all steps. Same equations as the step-by-step loop of
     ``_lstm_forward`` (tested against it in float64, values and gradients, train and eval).
 
-    Inputs: ``u (T, B, 4H)`` the input terms ``BN(W_x x_t) + b`` time-major, ``weight = W_h (4H, H)``,
+    Inputs: ``u (B, T, 4H)`` the input terms ``BN(W_x x_t) + b`` (batch-first; the gradient comes back
+    time-major, transposed), ``weight = W_h (4H, H)``,
     ``gamma_h (4H,)``, ``gamma_c, beta_c (H,)`` (None without ``bn_h`` / ``bn_c``), ``h0, c0 (B, H)``,
     the per-step plans of ``bn_h`` and ``bn_c`` (:meth:`StepBatchNorm.plan`) and their momentum and eps,
     ``keep``: whether a backward will follow. Outputs ``hs, cs (T + 1, B, H)``: the states h_0 .. h_T and c_0 .. c_T.
