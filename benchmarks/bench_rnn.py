@@ -20,6 +20,7 @@ Side by side in one process, contenders alternating step by step, medians report
 Usage: python benchmarks/bench_rnn.py [--steps 20] [--threads N] [--lengths 100,400,750]
        python benchmarks/bench_rnn.py --bnlstm [--steps 5] [--long-steps 2] [--hidden 100,1000]
               [--bn-lengths 100,784] [--batches 16,64] [--reference]
+       python benchmarks/bench_rnn.py --bnlstm --breakdown [--bn-lengths 100,784] [--steps 5]
 """
 
 from __future__ import annotations
@@ -209,6 +210,69 @@ HEADER = ("| {} | contender | wall min (ms) | wall median (ms) | wall max (ms) |
           "CPU max (ms) | wall ratio | CPU ratio |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
+def breakdown(T: int, batch: int, reps: int) -> None:
+    """Where a BNLSTM training step goes (hidden 100, per time step, thread CPU time, medians over ``reps``):
+    before the fused Function (input terms ``BN(W_x x) + b`` of all steps, plans), its forward, between
+    (loss, gradient materialization), its backward, after it (input-term backward, parameter gradients);
+    then the ATen operations inside the Function by torch.profiler (self CPU per time step; the profiler
+    adds its own overhead to each call, so these are relative weights)."""
+    from torch.profiler import profile
+
+    from geomopt.nn import BNLSTM
+    from geomopt.nn import bn_rnn
+    fn = bn_rnn._FusedLSTMLayer
+    marks: dict[str, float] = {}
+    forward, backward = fn.forward, fn.backward
+
+    def timed(name, f):
+        def wrapper(*a):
+            marks[name + "0"] = time.thread_time()
+            out = f(*a)
+            marks[name + "1"] = time.thread_time()
+            return out
+        return staticmethod(wrapper)
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, T, 1)
+    model = BNLSTM(1, 100, max_steps=T)
+    parts: dict[str, list[float]] = {k: [] for k in ("input terms, plans", "forward loop (Function)", "loss, grads",
+                                                     "backward loop (Function)", "input-term backward, rest")}
+    fn.forward, fn.backward = timed("f", forward), timed("b", backward)
+    try:
+        for i in range(reps + 1):
+            model.zero_grad(set_to_none=True)
+            t0 = time.thread_time()
+            out, _ = model(x)
+            t1 = time.thread_time()
+            out[:, -1].sum().backward()
+            t2 = time.thread_time()
+            if i:  # the first pass is warm-up
+                for k, v in zip(parts, (marks["f0"] - t0, marks["f1"] - marks["f0"], marks["b0"] - marks["f1"],
+                                        marks["b1"] - marks["b0"], t2 - marks["b1"])):
+                    parts[k].append(1e6 * v / T)
+    finally:
+        fn.forward, fn.backward = forward, backward
+    total = sum(statistics.median(v) for v in parts.values())
+    print(f"\nBNLSTM training step, hidden 100, T = {T}, batch {batch}: thread CPU time per time step (medians of "
+          f"{reps}; sum {total:.0f} us)\n\n| part | us per step |\n|---|---|")
+    for k, v in parts.items():
+        print(f"| {k} | {statistics.median(v):.1f} |")
+    with profile() as prof:
+        out, _ = model(x)
+        out[:, -1].sum().backward()
+    inside: dict[str, float] = {}
+    for e in prof.events():
+        parent = e.cpu_parent
+        while parent is not None and not parent.name.startswith("_FusedLSTMLayer"):
+            parent = parent.cpu_parent
+        if parent is not None and e.cpu_parent is parent and e.name.startswith("aten::"):
+            key = f"{parent.name}: {e.name}"
+            inside[key] = inside.get(key, 0.0) + e.self_cpu_time_total
+    print("\n| inside the Function (torch.profiler) | self CPU us per step |\n|---|---|")
+    for k, v in sorted(inside.items(), key=lambda kv: -kv[1])[:16]:
+        print(f"| {k} | {v / T:.1f} |")
+
+
 def print_bnlstm(args: argparse.Namespace) -> None:
     from geomopt.nn import BNLSTM
     x = torch.randn(16, 20, 1)
@@ -217,6 +281,10 @@ def print_bnlstm(args: argparse.Namespace) -> None:
               "torch.nn.LSTM": launches_per_step(nn.LSTM(1, 100, batch_first=True), x)}
     print("\nATen kernels per time step (forward + backward, views not counted, T = 20): "
           + ", ".join(f"{k} {v:.1f}" for k, v in counts.items()))
+    if args.breakdown:
+        for T in [int(t) for t in args.bn_lengths.split(",")]:
+            breakdown(T, 16, args.steps)
+        return
     print("\nRatios: medians over torch.nn.LSTM's.\n\n" + HEADER.format("hidden, T, batch"))
     for hidden in [int(h) for h in args.hidden.split(",")]:
         for T in [int(t) for t in args.bn_lengths.split(",")]:
@@ -246,6 +314,8 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true", help="--bnlstm: also the step-by-step BNLSTM")
     parser.add_argument("--compile", action="store_true", help="--bnlstm: also BNLSTM(compile=True)")
     parser.add_argument("--no-urnn", action="store_true", help="--bnlstm: skip the uRNN table")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="--bnlstm: only where a BNLSTM step's time goes (hidden 100, batch 16, each --bn-lengths)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
