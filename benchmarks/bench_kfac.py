@@ -201,10 +201,10 @@ def cases():
 
 STEP_MAKERS = {
     "sgd": lambda m, f: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9),
-    "kfac": lambda m, f: KFAC(m, lr=1e-4, momentum=0.9, damping=0.1, update_freq=10, inv_freq=f),
-    "ekfac": lambda m, f: EKFAC(m, lr=1e-4, momentum=0.9, damping=0.1, update_freq=10, inv_freq=f),
-    "ekfac diag_freq=10": lambda m, f: EKFAC(m, lr=1e-4, momentum=0.9, damping=0.1, update_freq=10, inv_freq=f,
-                                             diag_freq=10),
+    "kfac": lambda m, f: KFAC(m, lr=1e-4, momentum=0.9, damping=0.1, kl_clip=None, update_freq=10, inv_freq=f),
+    "ekfac": lambda m, f: EKFAC(m, lr=1e-4, momentum=0.9, damping=0.1, kl_clip=None, update_freq=10, inv_freq=f),
+    "ekfac diag_freq=10": lambda m, f: EKFAC(m, lr=1e-4, momentum=0.9, damping=0.1, kl_clip=None, update_freq=10,
+                                             inv_freq=f, diag_freq=10),
 }
 
 

@@ -454,8 +454,10 @@ class _KroneckerOptimizer(Optimizer):
             factors: dict[str, tuple[Tensor, Tensor]] = {}
             for name, _, _ in self.layers:
                 if self._capture.batches(name):
-                    fa = self._combined(name, lambda b: kronecker_factors(*self._capture.get(name, b))[0])
-                    fg = self._combined(name, lambda b: kronecker_factors(*self._capture.get(name, b))[1])
+                    per_batch = {}  # both factors of a micro-batch from one pass over its records
+                    fa = self._combined(name, lambda b: per_batch.setdefault(
+                        b, kronecker_factors(*self._capture.get(name, b)))[0])
+                    fg = self._combined(name, lambda b: per_batch.pop(b)[1])
                     factors[name] = (fa, fg)
             self._check_finite({n: torch.stack([f[0].sum(), f[1].sum()]) for n, f in factors.items()},
                                "its factors (its inputs or output gradients)")
