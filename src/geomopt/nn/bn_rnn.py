@@ -34,6 +34,8 @@ import torch
 from torch import Tensor, nn
 from torch._inductor import config as inductor_config
 
+from geomopt.nn import _gate_kernels
+
 
 class StepBatchNorm(nn.Module):
     """Batch normalization with separate statistics for each time step.
@@ -295,10 +297,19 @@ class _FusedLSTMLayer(torch.autograd.Function):
         hs = u.new_empty(steps + 1, batch, n)
         cs = u.new_empty(steps + 1, batch, n)
         hs[0], cs[0] = h0, c0
+        fold_h, fold_c = (not keep and plan is not None and not any(p[0] for p in plan) for plan in (plan_h, plan_c))
+        kernels = None
+        if plan_h is not None and plan_c is not None and not fold_h and not fold_c and u.device.type == "cpu":
+            kernels = _gate_kernels.load(u.dtype)
+        if kernels is not None:  # the elementwise work of a step in two C kernels
+            saved = _native_forward(kernels, u, weight, gamma_h, gamma_c, beta_c, hs, cs, plan_h, plan_c, momentum,
+                                    eps, keep)
+            ctx.save_for_backward(weight, gamma_h, gamma_c, beta_c, hs, cs)  # outputs: see below
+            ctx.saved = (*saved, plan_h, plan_c, eps, kernels)
+            return hs, cs
         acts = u.new_empty(steps, batch, gates)  # pre-activations, then their sigmoids (g's slot unused)
         gs = u.new_empty(steps, batch, n)  # tanh(g)
         tcs = u.new_empty(steps, batch, n)  # tanh(BN(c_t))
-        fold_h, fold_c = (not keep and plan is not None and not any(p[0] for p in plan) for plan in (plan_h, plan_c))
         if fold_h:
             scale_h, shift_h = _folded(plan_h, gamma_h, None, eps[0])
             u = u + shift_h
@@ -349,16 +360,21 @@ class _FusedLSTMLayer(torch.autograd.Function):
         # outputs go through save_for_backward: kept on ctx they would form a reference cycle through
         # their grad_fn that Python's collector cannot see, and every step's states would leak
         ctx.save_for_backward(weight, gamma_h, gamma_c, beta_c, hs, cs)
-        ctx.saved = (f_all, partner, coef, rec, stats_h, stats_c, plan_h, plan_c, eps)
+        ctx.saved = (f_all, partner, coef, rec, stats_h, stats_c, plan_h, plan_c, eps, None)
         return hs, cs
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_hs, grad_cs):
         weight, gamma_h, gamma_c, beta_c, hs, cs = ctx.saved_tensors
-        f_all, partner, coef, rec, stats_h, stats_c, plan_h, plan_c, eps = ctx.saved
+        f_all, partner, coef, rec, stats_h, stats_c, plan_h, plan_c, eps, kernels = ctx.saved
         steps, batch, gates = partner.shape
         n = gates // 4
+        if kernels is not None:
+            du, dr, dh, dc, grads = _native_backward(kernels, grad_hs, grad_cs, weight, gamma_h, gamma_c, cs, f_all,
+                                                     partner, coef, rec, stats_h, stats_c, plan_h, plan_c, eps)
+            grad_weight = dr.reshape(-1, gates).t() @ hs[:steps].reshape(-1, n)
+            return du.transpose(0, 1), grad_weight, *grads, dh, dc, None, None, None, None, None
         du = torch.empty_like(partner)
         c_t, f_t, p_t, k_t, du_t, gh_t, gc_t = (v.unbind(0) for v in (cs, f_all, partner, coef, du, grad_hs, grad_cs))
         r_t = None if rec is None else rec.unbind(0)
@@ -387,6 +403,80 @@ class _FusedLSTMLayer(torch.autograd.Function):
         grad_weight = dr.reshape(-1, gates).t() @ hs[:steps].reshape(-1, n)
         grads = [torch.stack(g).sum(0) if g else None for g in (grad_gamma_h, grad_gamma_c, grad_beta_c)]
         return du.transpose(0, 1), grad_weight, *grads, dh, dc, None, None, None, None, None
+
+
+def _native_forward(kernels: _gate_kernels.GateKernels, u, weight, gamma_h, gamma_c, beta_c, hs, cs,
+                    plan_h: _StepPlan, plan_c: _StepPlan, momentum: tuple[float, float], eps: tuple[float, float],
+                    keep: bool):
+    """The step loop of :class:`_FusedLSTMLayer` (both recurrent batch norms, CPU) with the elementwise
+    work in :mod:`geomopt.nn._gate_kernels`: per step ``mm``, ``native_batch_norm`` of ``W_h h``, the
+    gates kernel (``c_t``), ``native_batch_norm`` of ``c_t``, the output kernel (``h_t``). Fills ``hs, cs``;
+    returns what the backward reads: ``f (T, B, H)``, the gates' derivative factors ``(T, B, 4H)``,
+    ``d h_t / d BN(c_t) (T, B, H)``, ``W_h h (T, B, 4H)`` and the two batch norms' statistics."""
+    batch, steps, gates = u.shape
+    n = gates // 4
+    u = u.contiguous()
+    size = u.element_size()
+    rec = u.new_empty(steps, batch, gates)
+    kept = steps if keep else 1  # without a backward the kernels write nothing there
+    partner, f_all, coef = u.new_empty(kept, batch, gates), u.new_empty(kept, batch, n), u.new_empty(kept, batch, n)
+    o_tmp = u.new_empty(batch, n)
+    u_ptr, c_ptr, h_ptr, p_ptr, f_ptr, k_ptr, o_ptr = (v.data_ptr() for v in (u, cs, hs, partner, f_all, coef, o_tmp))
+    nstep = batch * n * size  # bytes per step of a (T, B, H) buffer
+    pstep, kstep = (4 * nstep, nstep) if keep else (0, 0)
+    h_t, c_t, r_t = hs.unbind(0), cs.unbind(0), rec.unbind(0)
+    stats_h, stats_c = [], []
+    wt = weight.t()
+    for t in range(steps):
+        use_batch, rm, rv = plan_h[t]
+        pre, mean, invstd = torch.native_batch_norm(torch.mm(h_t[t], wt, out=r_t[t]), gamma_h, None, rm, rv,
+                                                    use_batch, momentum[0], eps[0])
+        stats_h.append((mean, invstd))
+        kernels.gates(batch, n, pre.data_ptr(), u_ptr + t * gates * size, steps * gates, c_ptr + t * nstep,
+                      c_ptr + (t + 1) * nstep, o_ptr, p_ptr + t * pstep, f_ptr + t * kstep, keep)
+        use_batch, rm, rv = plan_c[t]
+        cn, mean, invstd = torch.native_batch_norm(c_t[t + 1], gamma_c, beta_c, rm, rv, use_batch, momentum[1], eps[1])
+        stats_c.append((mean, invstd))
+        kernels.output(batch, n, cn.data_ptr(), o_ptr, h_ptr + (t + 1) * nstep, p_ptr + t * pstep, k_ptr + t * kstep,
+                       keep)
+    return f_all, partner, coef, rec, stats_h, stats_c
+
+
+def _native_backward(kernels: _gate_kernels.GateKernels, grad_hs, grad_cs, weight, gamma_h, gamma_c, cs, f_all,
+                     partner, coef, rec, stats_h, stats_c, plan_h: _StepPlan, plan_c: _StepPlan,
+                     eps: tuple[float, float]):
+    """The backward step loop of :func:`_native_forward`: per step ``mul`` and ``native_batch_norm_backward``
+    for ``BN(c_t)``, the backward kernel (``d pre``, ``d c_{t-1}``), ``native_batch_norm_backward`` for
+    ``BN(W_h h)`` and ``addmm`` for ``d h_{t-1}``. Returns ``d pre (T, B, 4H)``, ``d W_h h (T, B, 4H)``,
+    ``d h_0``, ``d c_0`` and the gradients of ``gamma_h, gamma_c, beta_c``."""
+    steps, batch, gates = partner.shape
+    n = gates // 4
+    grad_hs, grad_cs = grad_hs.contiguous(), grad_cs.contiguous()
+    du = torch.empty_like(partner)
+    size = du.element_size()
+    nstep = batch * n * size
+    p_ptr, f_ptr, gc_ptr, du_ptr = (v.data_ptr() for v in (partner, f_all, grad_cs, du))
+    c_t, k_t, gh_t, r_t, du_t = (v.unbind(0) for v in (cs, coef, grad_hs, rec, du))
+    carry = (du.new_empty(batch, n), du.new_empty(batch, n))  # d c_t of alternate steps
+    drec, grad_gamma_h, grad_gamma_c, grad_beta_c = [], [], [], []
+    dh, dc = gh_t[steps], grad_cs[steps]
+    for t in reversed(range(steps)):
+        use_batch, rm, rv = plan_c[t]
+        dcn, dgamma, dbeta = _bn_backward(dh * k_t[t], c_t[t + 1], gamma_c, rm, rv, *stats_c[t], use_batch, eps[1],
+                                          [True, True, True])
+        grad_gamma_c.append(dgamma)
+        grad_beta_c.append(dbeta)
+        kernels.backward(batch, n, dc.data_ptr(), dcn.data_ptr(), dh.data_ptr(), p_ptr + t * 4 * nstep,
+                         gc_ptr + t * nstep, f_ptr + t * nstep, du_ptr + t * 4 * nstep, carry[t % 2].data_ptr())
+        dc = carry[t % 2]
+        use_batch, rm, rv = plan_h[t]
+        dr, dgamma, _ = _bn_backward(du_t[t], r_t[t], gamma_h, rm, rv, *stats_h[t], use_batch, eps[0],
+                                     [True, True, False])
+        drec.append(dr)
+        grad_gamma_h.append(dgamma)
+        dh = torch.addmm(gh_t[t], dr, weight)
+    grads = [torch.stack(g).sum(0) for g in (grad_gamma_h, grad_gamma_c, grad_beta_c)]
+    return du, torch.stack(drec[::-1]), dh, dc, grads
 
 
 class _FusedRNNLayer(torch.autograd.Function):
