@@ -10,7 +10,7 @@ Side by side in one process, contenders alternating step by step, medians report
      over T steps), the reference implementation.
 2. Model speed: forward + backward (no optimizer) of geomopt.nn.ReLURNN against
    torch.nn.RNN(nonlinearity='relu', batch_first=True) + the same Linear read-out, same sizes.
-3. With --bnlstm (only this part): forward + backward of geomopt.nn.BNLSTM (fused) against
+3. With --bnlstm (only this part): forward + backward of geomopt.nn.BNLSTM (fused, C gate kernels) against
    torch.nn.LSTM (oneDNN kernels, no normalization) at hidden 100 and 1000, T = 100 and 784, batch 16
    and 64 (--steps repetitions at T <= 100, --long-steps beyond), with the time of the matrix
    products alone (the floor of any step-by-step LSTM) and, with --reference, the step-by-step
@@ -19,7 +19,7 @@ Side by side in one process, contenders alternating step by step, medians report
 
 Usage: python benchmarks/bench_rnn.py [--steps 20] [--threads N] [--lengths 100,400,750]
        python benchmarks/bench_rnn.py --bnlstm [--steps 5] [--long-steps 2] [--hidden 100,1000]
-              [--bn-lengths 100,784] [--batches 16,64] [--reference]
+              [--bn-lengths 100,784] [--batches 16,64] [--reference] [--aten-gates]
        python benchmarks/bench_rnn.py --bnlstm --breakdown [--bn-lengths 100,784] [--steps 5]
 """
 
@@ -145,17 +145,38 @@ def matmul_floor(hidden: int, T: int, batch: int) -> tuple[float, float]:
     return since(start)
 
 
-def bench_bnlstm(hidden: int, T: int, batch: int, reps: int, reference: bool,
-                 compile: bool) -> dict[str, list[tuple[float, float]]]:
-    """(wall, CPU) seconds of forward + backward of BNLSTM (fused), torch.nn.LSTM, the matmul floor
-    and, with ``reference``, the step-by-step BNLSTM, with ``compile`` BNLSTM(compile=True);
-    contenders alternate, after one short warm-up pass each (which compiles)."""
+class AtenGates(nn.Module):
+    """A BNLSTM whose fused layers run their elementwise step work as ATen calls (what runs without a
+    C compiler) instead of the C gate kernels."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        from geomopt.nn import _gate_kernels
+        load = _gate_kernels.load
+        _gate_kernels.load = lambda dtype: None
+        try:
+            return self.model(x)
+        finally:
+            _gate_kernels.load = load
+
+
+def bench_bnlstm(hidden: int, T: int, batch: int, reps: int, reference: bool, compile: bool,
+                 aten_gates: bool = False) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) seconds of forward + backward of BNLSTM (fused; C gate kernels where they compile),
+    torch.nn.LSTM, the matmul floor and, with ``reference``, the step-by-step BNLSTM, with ``compile``
+    BNLSTM(compile=True), with ``aten_gates`` the fused BNLSTM without the C kernels; contenders
+    alternate, after one short warm-up pass each (which compiles)."""
     from geomopt.nn import BNLSTM
     torch.manual_seed(0)
     x = torch.randn(batch, T, 1)
     models = {"BNLSTM": BNLSTM(1, hidden, max_steps=T), "torch.nn.LSTM": nn.LSTM(1, hidden, batch_first=True)}
     if reference:
         models["BNLSTM step-by-step"] = BNLSTM(1, hidden, max_steps=T, fused=False)
+    if aten_gates:
+        models["BNLSTM ATen gates"] = AtenGates(BNLSTM(1, hidden, max_steps=T))
     if compile:
         models["BNLSTM compile=True"] = BNLSTM(1, hidden, max_steps=T, compile=True)
     for k, m in models.items():
@@ -290,7 +311,7 @@ def print_bnlstm(args: argparse.Namespace) -> None:
         for T in [int(t) for t in args.bn_lengths.split(",")]:
             for batch in [int(b) for b in args.batches.split(",")]:
                 reps = args.steps if T <= 100 else args.long_steps
-                times = bench_bnlstm(hidden, T, batch, reps, args.reference, args.compile)
+                times = bench_bnlstm(hidden, T, batch, reps, args.reference, args.compile, args.aten_gates)
                 print_rows(f"{hidden}, {T}, {batch}", times, "torch.nn.LSTM", "BNLSTM")
     if not args.no_urnn:
         print("\nRatios: medians over geomopt.nn.ReLURNN's (adding problem, MSE).\n\n"
@@ -313,6 +334,8 @@ def main() -> None:
     parser.add_argument("--long-steps", type=int, default=2, help="--bnlstm: repetitions for T > 100")
     parser.add_argument("--reference", action="store_true", help="--bnlstm: also the step-by-step BNLSTM")
     parser.add_argument("--compile", action="store_true", help="--bnlstm: also BNLSTM(compile=True)")
+    parser.add_argument("--aten-gates", action="store_true",
+                        help="--bnlstm: also the fused BNLSTM without the C gate kernels (as without a compiler)")
     parser.add_argument("--no-urnn", action="store_true", help="--bnlstm: skip the uRNN table")
     parser.add_argument("--breakdown", action="store_true",
                         help="--bnlstm: only where a BNLSTM step's time goes (hidden 100, batch 16, each --bn-lengths)")
