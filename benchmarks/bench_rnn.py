@@ -145,29 +145,11 @@ def matmul_floor(hidden: int, T: int, batch: int) -> tuple[float, float]:
     return since(start)
 
 
-class AtenGates(nn.Module):
-    """A BNLSTM whose fused layers run their elementwise step work as ATen calls (what runs without a
-    C compiler) instead of the C gate kernels."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        from geomopt.nn import _gate_kernels
-        load = _gate_kernels.load
-        _gate_kernels.load = lambda dtype: None
-        try:
-            return self.model(x)
-        finally:
-            _gate_kernels.load = load
-
-
 def bench_bnlstm(hidden: int, T: int, batch: int, reps: int, reference: bool, compile: bool,
                  aten_gates: bool = False) -> dict[str, list[tuple[float, float]]]:
     """(wall, CPU) seconds of forward + backward of BNLSTM (fused; C gate kernels where they compile),
     torch.nn.LSTM, the matmul floor and, with ``reference``, the step-by-step BNLSTM, with ``compile``
-    BNLSTM(compile=True), with ``aten_gates`` the fused BNLSTM without the C kernels; contenders
+    BNLSTM(compile=True), with ``aten_gates`` BNLSTM(native=False) (no C kernels); contenders
     alternate, after one short warm-up pass each (which compiles)."""
     from geomopt.nn import BNLSTM
     torch.manual_seed(0)
@@ -176,7 +158,7 @@ def bench_bnlstm(hidden: int, T: int, batch: int, reps: int, reference: bool, co
     if reference:
         models["BNLSTM step-by-step"] = BNLSTM(1, hidden, max_steps=T, fused=False)
     if aten_gates:
-        models["BNLSTM ATen gates"] = AtenGates(BNLSTM(1, hidden, max_steps=T))
+        models["BNLSTM ATen gates"] = BNLSTM(1, hidden, max_steps=T, native=False)
     if compile:
         models["BNLSTM compile=True"] = BNLSTM(1, hidden, max_steps=T, compile=True)
     for k, m in models.items():
@@ -335,7 +317,7 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true", help="--bnlstm: also the step-by-step BNLSTM")
     parser.add_argument("--compile", action="store_true", help="--bnlstm: also BNLSTM(compile=True)")
     parser.add_argument("--aten-gates", action="store_true",
-                        help="--bnlstm: also the fused BNLSTM without the C gate kernels (as without a compiler)")
+                        help="--bnlstm: also BNLSTM(native=False): no C gate kernels, as without a compiler")
     parser.add_argument("--no-urnn", action="store_true", help="--bnlstm: skip the uRNN table")
     parser.add_argument("--breakdown", action="store_true",
                         help="--bnlstm: only where a BNLSTM step's time goes (hidden 100, batch 16, each --bn-lengths)")

@@ -236,12 +236,11 @@ def test_fused_recurrence_equals_step_by_step_reference(cls, kw):
 
 @pytest.mark.parametrize("kw", [dict(max_steps=4), dict(max_steps=8, missing_stats="batch")])
 def test_fused_bnlstm_with_aten_gates_equals_step_by_step_reference(kw, monkeypatch):
-    """The same check with the gate kernels unavailable (as without a C compiler): the ATen calls of
-    the fused loop, in float64 against the plain loop."""
+    """The same check with ``native=False`` (what runs without a C compiler): the ATen calls of the
+    fused loop, in float64 against the plain loop."""
     import geomopt.nn.bn_rnn as bn_rnn
-    monkeypatch.setattr(bn_rnn._gate_kernels, "load", lambda dtype: None)
     monkeypatch.setattr(bn_rnn, "_native_forward", None)  # would fail if called
-    _check_fused_against_reference(BNLSTM, kw)
+    _check_fused_against_reference(BNLSTM, dict(kw, native=False))
 
 
 def _check_fused_against_reference(cls, kw):
@@ -339,18 +338,17 @@ def test_gate_kernels_in_float32_and_without_gradients(monkeypatch):
     x = torch.randn(8, 12, 3, dtype=torch.float64)
     weights = torch.randn(8, 12, 16, dtype=torch.float64)
 
-    def run(dtype):
-        model = BNLSTM(3, 16, num_layers=2, max_steps=12).to(dtype)
+    def run(dtype, native=True):
+        model = BNLSTM(3, 16, num_layers=2, max_steps=12, native=native).to(dtype)
         model.load_state_dict(reference.state_dict())
         state = tuple(torch.zeros(2, 8, 16, dtype=dtype, requires_grad=True) for _ in range(2))
-        return model, _run(model, x.detach().to(dtype).requires_grad_(), state, weights.to(dtype)) + list(model.buffers())
+        got = _run(model, x.detach().to(dtype).requires_grad_(), state, weights.to(dtype))
+        return model, got + list(model.buffers())
 
     _, want = run(torch.float64)
     model, got = run(torch.float32)
     assert len(calls) == 4  # both layers of both runs
-    with monkeypatch.context() as m:
-        m.setattr(_gate_kernels, "load", lambda dtype: None)
-        _, aten = run(torch.float32)
+    _, aten = run(torch.float32, native=False)
     assert len(calls) == 4
     for a, b, r in zip(got, aten, want):
         scale = 2e-5 * float(r.detach().abs().max())

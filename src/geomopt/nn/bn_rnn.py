@@ -21,8 +21,9 @@ sequence stops changing after its last step.
 
 Implementation: unmasked batches run each layer as one autograd Function with a hand-written
 backward (``_FusedLSTMLayer``, ``_FusedRNNLayer``: per step one matmul, ``native_batch_norm`` and a
-few elementwise kernels); masked batches and ``fused=False`` run the plain step-by-step loop, the
-reference the fused layers are tested against.
+few elementwise kernels; on CPU the BN-LSTM's elementwise step work runs in the C kernels of
+:mod:`geomopt.nn._gate_kernels` where a C compiler is available); masked batches and ``fused=False``
+run the plain step-by-step loop, the reference the fused layers are tested against.
 """
 
 from __future__ import annotations
@@ -273,8 +274,10 @@ class _FusedLSTMLayer(torch.autograd.Function):
     buffers of all steps (11 kernels per step); what is off the recurrence (the gates' derivative
     factors) is computed for all steps at once after the loop. The backward runs the same recurrence
     in reverse with ``native_batch_norm_backward`` (8 kernels per step) and accumulates the weight
-    gradient in one matmul over all steps. Same equations as the step-by-step loop of
-    ``_lstm_forward`` (tested against it in float64, values and gradients, train and eval).
+    gradient in one matmul over all steps. With both recurrent batch norms on CPU, the elementwise work
+    of a step runs in C kernels instead (:func:`_native_forward`, :func:`_native_backward`: 5 calls per
+    step forward and 5 backward). Same equations as the step-by-step loop of ``_lstm_forward`` (tested
+    against it in float64, values and gradients, train and eval, with and without the kernels).
 
     Inputs: ``u (B, T, 4H)`` the input terms ``BN(W_x x_t) + b`` (batch-first; the gradient comes back
     time-major, transposed), ``weight = W_h (4H, H)``,
@@ -291,7 +294,8 @@ class _FusedLSTMLayer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, weight, gamma_h, gamma_c, beta_c, h0, c0, plan_h: _StepPlan | None,
-                plan_c: _StepPlan | None, momentum: tuple[float, float], eps: tuple[float, float], keep: bool):
+                plan_c: _StepPlan | None, momentum: tuple[float, float], eps: tuple[float, float], keep: bool,
+                native: bool = True):
         batch, steps, gates = u.shape
         n = gates // 4
         hs = u.new_empty(steps + 1, batch, n)
@@ -299,7 +303,7 @@ class _FusedLSTMLayer(torch.autograd.Function):
         hs[0], cs[0] = h0, c0
         fold_h, fold_c = (not keep and plan is not None and not any(p[0] for p in plan) for plan in (plan_h, plan_c))
         kernels = None
-        if plan_h is not None and plan_c is not None and not fold_h and not fold_c and u.device.type == "cpu":
+        if native and u.device.type == "cpu" and None not in (plan_h, plan_c) and not (fold_h or fold_c):
             kernels = _gate_kernels.load(u.dtype)
         if kernels is not None:  # the elementwise work of a step in two C kernels
             saved = _native_forward(kernels, u, weight, gamma_h, gamma_c, beta_c, hs, cs, plan_h, plan_c, momentum,
@@ -374,7 +378,7 @@ class _FusedLSTMLayer(torch.autograd.Function):
             du, dr, dh, dc, grads = _native_backward(kernels, grad_hs, grad_cs, weight, gamma_h, gamma_c, cs, f_all,
                                                      partner, coef, rec, stats_h, stats_c, plan_h, plan_c, eps)
             grad_weight = dr.reshape(-1, gates).t() @ hs[:steps].reshape(-1, n)
-            return du.transpose(0, 1), grad_weight, *grads, dh, dc, None, None, None, None, None
+            return du.transpose(0, 1), grad_weight, *grads, dh, dc, None, None, None, None, None, None
         du = torch.empty_like(partner)
         c_t, f_t, p_t, k_t, du_t, gh_t, gc_t = (v.unbind(0) for v in (cs, f_all, partner, coef, du, grad_hs, grad_cs))
         r_t = None if rec is None else rec.unbind(0)
@@ -402,7 +406,7 @@ class _FusedLSTMLayer(torch.autograd.Function):
         dr = du if plan_h is None else torch.stack(drec[::-1])
         grad_weight = dr.reshape(-1, gates).t() @ hs[:steps].reshape(-1, n)
         grads = [torch.stack(g).sum(0) if g else None for g in (grad_gamma_h, grad_gamma_c, grad_beta_c)]
-        return du.transpose(0, 1), grad_weight, *grads, dh, dc, None, None, None, None, None
+        return du.transpose(0, 1), grad_weight, *grads, dh, dc, None, None, None, None, None, None
 
 
 def _native_forward(kernels: _gate_kernels.GateKernels, u, weight, gamma_h, gamma_c, beta_c, hs, cs,
@@ -647,16 +651,17 @@ def _step_functions() -> tuple:
     return _COMPILED[0]
 
 
-def _fused_lstm_layer(cell: nn.Module, x: Tensor, h0: Tensor, c0: Tensor,
-                      compile: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """One layer by :class:`_FusedLSTMLayer` (or, with ``compile`` for a BN-LSTM in training,
-    :class:`_StepFnLSTMLayer`): outputs ``(batch, T, H)``, ``h_T``, ``c_T``."""
+def _fused_lstm_layer(cell: nn.Module, x: Tensor, h0: Tensor, c0: Tensor, compile: bool,
+                      native: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """One layer by :class:`_FusedLSTMLayer` (with the C gate kernels if ``native``; or, with ``compile``
+    for a BN-LSTM in training, :class:`_StepFnLSTMLayer`): outputs ``(batch, T, H)``, ``h_T``, ``c_T``."""
     batch, steps = x.shape[:2]
     u = _input_terms(cell, x, None)
     bns = [cell.bn_h, cell.bn_c]
     if compile and cell.training and None not in bns:
-        hs, cs, *stats = _StepFnLSTMLayer.apply(u.transpose(0, 1).contiguous(), cell.weight_h, cell.bn_h.weight, cell.bn_c.weight, cell.bn_c.bias,
-                                                h0, c0, _step_functions(), (cell.bn_h.eps, cell.bn_c.eps))
+        hs, cs, *stats = _StepFnLSTMLayer.apply(u.transpose(0, 1).contiguous(), cell.weight_h, cell.bn_h.weight,
+                                                cell.bn_c.weight, cell.bn_c.bias, h0, c0, _step_functions(),
+                                                (cell.bn_h.eps, cell.bn_c.eps))
         for bn, (mean, var) in zip(bns, (stats[:2], stats[2:])):
             _update_running(bn, mean, var, batch)
             bn.count_steps(steps)
@@ -666,7 +671,7 @@ def _fused_lstm_layer(cell: nn.Module, x: Tensor, h0: Tensor, c0: Tensor,
               None if cell.bn_c is None else cell.bn_c.weight, None if cell.bn_c is None else cell.bn_c.bias, h0, c0)
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     hs, cs = _FusedLSTMLayer.apply(*inputs, *plans, tuple(bn.momentum if bn else 0.0 for bn in bns),
-                                   tuple(bn.eps if bn else 0.0 for bn in bns), keep)
+                                   tuple(bn.eps if bn else 0.0 for bn in bns), keep, native)
     for bn in bns:
         if bn is not None:
             bn.count_steps(steps)
@@ -674,8 +679,8 @@ def _fused_lstm_layer(cell: nn.Module, x: Tensor, h0: Tensor, c0: Tensor,
 
 
 def _lstm_forward(cells: nn.ModuleList, hidden: int, x: Tensor, lengths: Tensor | None,
-                  state: tuple[Tensor, Tensor] | None, fused: bool,
-                  compile: bool = False) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                  state: tuple[Tensor, Tensor] | None, fused: bool, compile: bool = False,
+                  native: bool = True) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """Multi-layer LSTM over time; a cell's ``bn_h`` / ``bn_c`` (per-step BN of W_h h and of c_t)
     may be None (BN-input LSTM), its ``bn_x`` normalizes W_x x for all steps at once. Without
     ``lengths`` (and with more than one sequence in training) each layer runs fused
@@ -687,7 +692,7 @@ def _lstm_forward(cells: nn.ModuleList, hidden: int, x: Tensor, lengths: Tensor 
         for layer, cell in enumerate(cells):
             h, c = (x.new_zeros(batch, hidden), x.new_zeros(batch, hidden)) if state is None else \
                 (state[0][layer], state[1][layer])
-            x, h, c = _fused_lstm_layer(cell, x, h, c, compile)
+            x, h, c = _fused_lstm_layer(cell, x, h, c, compile, native)
             hs.append(h)
             cs.append(c)
         return x, (torch.stack(hs), torch.stack(cs))
@@ -740,6 +745,10 @@ class BNLSTM(nn.Module):
         compile: in training, run each fused step as two ``torch.compile``-d functions (forward and
             backward, one generated kernel each); compiled once per process (about a minute or more on
             a loaded CPU), without a C++ compiler they run eagerly. See benchmarks/RESULTS.md for when it pays.
+        native: on CPU, run the elementwise work of each fused step in C kernels
+            (:mod:`geomopt.nn._gate_kernels`, compiled once per process with the system's C compiler,
+            well under a second; ~15% faster per training step at hidden 100); without a compiler, or
+            False, the same step as ATen calls (same numbers up to rounding).
 
     Forward: ``output, (h_n, c_n) = bnlstm(x, lengths=None, state=None)`` with ``x`` of shape
     ``(batch, T, input_size)``, ``output`` ``(batch, T, hidden)`` (zeros after each sequence's end),
@@ -748,10 +757,10 @@ class BNLSTM(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, max_steps: int = 784,
                  reuse_last: bool = True, gamma: float = 0.1, momentum: float = 0.1, missing_stats: str = "error",
-                 fused: bool = True, compile: bool = False):
+                 fused: bool = True, compile: bool = False, native: bool = True):
         super().__init__()
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.fused, self.compile = fused, compile
+        self.fused, self.compile, self.native = fused, compile, native
         self.max_steps = max_steps
         bn = dict(reuse_last=reuse_last, momentum=momentum, missing_stats=missing_stats)
         self.cells = nn.ModuleList()
@@ -766,7 +775,7 @@ class BNLSTM(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor | None = None,
                 state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         _check_input("BNLSTM", x, self.input_size)
-        return _lstm_forward(self.cells, self.hidden_size, x, lengths, state, self.fused, self.compile)
+        return _lstm_forward(self.cells, self.hidden_size, x, lengths, state, self.fused, self.compile, self.native)
 
 
 class BNRNN(nn.Module):
