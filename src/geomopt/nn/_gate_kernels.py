@@ -111,16 +111,19 @@ def _compile() -> ctypes.CDLL | None:
     compiler = next((c for c in (os.environ.get("CC"), "cc", "gcc") if c and shutil.which(c)), None)
     if compiler is None:
         return None
-    folder = tempfile.mkdtemp(prefix="geomopt-gates-")
+    try:
+        folder = tempfile.mkdtemp(prefix="geomopt-gates-")
+    except OSError:  # no writable temporary directory
+        return None
     source, library = os.path.join(folder, "gates.c"), os.path.join(folder, "gates.so")
-    with open(source, "w") as f:
-        f.write(_SOURCE)
     command = [compiler, "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd",
                "-shared", "-fPIC", source, "-o", library, "-lmvec", "-lm"]
     try:
+        with open(source, "w") as f:
+            f.write(_SOURCE)
         done = subprocess.run(command, capture_output=True, timeout=120)
         return ctypes.CDLL(library) if done.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError):  # also a library that cannot be loaded (noexec)
         return None
     finally:  # the loaded library stays mapped
         shutil.rmtree(folder, ignore_errors=True)
