@@ -275,9 +275,10 @@ class _FusedLSTMLayer(torch.autograd.Function):
     factors) is computed for all steps at once after the loop. The backward runs the same recurrence
     in reverse with ``native_batch_norm_backward`` (8 kernels per step) and accumulates the weight
     gradient in one matmul over all steps. With both recurrent batch norms on CPU, the elementwise work
-    of a step runs in C kernels instead (:func:`_native_forward`, :func:`_native_backward`: 5 calls per
-    step forward and 5 backward). Same equations as the step-by-step loop of ``_lstm_forward`` (tested
-    against it in float64, values and gradients, train and eval, with and without the kernels).
+    of a step and the batch norm of ``c_t`` run in C kernels instead (:func:`_native_forward`,
+    :func:`_native_backward`: 4 calls per step forward and 3 backward). Same equations as the
+    step-by-step loop of ``_lstm_forward`` (tested against it in float64, values and gradients, train
+    and eval, with and without the kernels).
 
     Inputs: ``u (B, T, 4H)`` the input terms ``BN(W_x x_t) + b`` (batch-first; the gradient comes back
     time-major, transposed), ``weight = W_h (4H, H)``,
@@ -413,10 +414,11 @@ def _native_forward(kernels: _gate_kernels.GateKernels, u, weight, gamma_h, gamm
                     plan_h: _StepPlan, plan_c: _StepPlan, momentum: tuple[float, float], eps: tuple[float, float],
                     keep: bool):
     """The step loop of :class:`_FusedLSTMLayer` (both recurrent batch norms, CPU) with the elementwise
-    work in :mod:`geomopt.nn._gate_kernels`: per step ``mm``, ``native_batch_norm`` of ``W_h h``, the
-    gates kernel (``c_t``), ``native_batch_norm`` of ``c_t``, the output kernel (``h_t``). Fills ``hs, cs``;
-    returns what the backward reads: ``f (T, B, H)``, the gates' derivative factors ``(T, B, 4H)``,
-    ``d h_t / d BN(c_t) (T, B, H)``, ``W_h h (T, B, 4H)`` and the two batch norms' statistics."""
+    work and the batch norm of ``c_t`` in :mod:`geomopt.nn._gate_kernels`: per step ``mm`` and
+    ``native_batch_norm`` of ``W_h h``, the gates kernel (``c_t``), the output kernel (``BN(c_t)``, its
+    running statistics, ``h_t``). Fills ``hs, cs``; returns what the backward reads: ``f (T, B, H)``, the
+    gates' derivative factors ``(T, B, 4H)``, ``d h_t / d BN(c_t) (T, B, H)``, ``W_h h (T, B, 4H)``, the
+    statistics of ``BN(W_h h)`` per step and those of ``BN(c_t)`` (mean and 1/std ``(T, H)``)."""
     batch, steps, gates = u.shape
     n = gates // 4
     u = u.contiguous()
@@ -424,12 +426,14 @@ def _native_forward(kernels: _gate_kernels.GateKernels, u, weight, gamma_h, gamm
     rec = u.new_empty(steps, batch, gates)
     kept = steps if keep else 1  # without a backward the kernels write nothing there
     partner, f_all, coef = u.new_empty(kept, batch, gates), u.new_empty(kept, batch, n), u.new_empty(kept, batch, n)
+    mean_c, invstd_c = u.new_empty(steps, n), u.new_empty(steps, n)
     o_tmp = u.new_empty(batch, n)
-    u_ptr, c_ptr, h_ptr, p_ptr, f_ptr, k_ptr, o_ptr = (v.data_ptr() for v in (u, cs, hs, partner, f_all, coef, o_tmp))
+    u_ptr, c_ptr, h_ptr, p_ptr, f_ptr, k_ptr, o_ptr, m_ptr, s_ptr, g_ptr, b_ptr = (
+        v.data_ptr() for v in (u, cs, hs, partner, f_all, coef, o_tmp, mean_c, invstd_c, gamma_c, beta_c))
     nstep = batch * n * size  # bytes per step of a (T, B, H) buffer
     pstep, kstep = (4 * nstep, nstep) if keep else (0, 0)
-    h_t, c_t, r_t = hs.unbind(0), cs.unbind(0), rec.unbind(0)
-    stats_h, stats_c = [], []
+    h_t, r_t = hs.unbind(0), rec.unbind(0)
+    stats_h = []
     wt = weight.t()
     for t in range(steps):
         use_batch, rm, rv = plan_h[t]
@@ -439,39 +443,41 @@ def _native_forward(kernels: _gate_kernels.GateKernels, u, weight, gamma_h, gamm
         kernels.gates(batch, n, pre.data_ptr(), u_ptr + t * gates * size, steps * gates, c_ptr + t * nstep,
                       c_ptr + (t + 1) * nstep, o_ptr, p_ptr + t * pstep, f_ptr + t * kstep, keep)
         use_batch, rm, rv = plan_c[t]
-        cn, mean, invstd = torch.native_batch_norm(c_t[t + 1], gamma_c, beta_c, rm, rv, use_batch, momentum[1], eps[1])
-        stats_c.append((mean, invstd))
-        kernels.output(batch, n, cn.data_ptr(), o_ptr, h_ptr + (t + 1) * nstep, p_ptr + t * pstep, k_ptr + t * kstep,
-                       keep)
-    return f_all, partner, coef, rec, stats_h, stats_c
+        kernels.output(batch, n, c_ptr + (t + 1) * nstep, g_ptr, b_ptr, None if rm is None else rm.data_ptr(),
+                       None if rv is None else rv.data_ptr(), use_batch, momentum[1], eps[1], o_ptr,
+                       h_ptr + (t + 1) * nstep, p_ptr + t * pstep, k_ptr + t * kstep, m_ptr + t * n * size,
+                       s_ptr + t * n * size, keep)
+    return f_all, partner, coef, rec, stats_h, (mean_c, invstd_c)
 
 
 def _native_backward(kernels: _gate_kernels.GateKernels, grad_hs, grad_cs, weight, gamma_h, gamma_c, cs, f_all,
                      partner, coef, rec, stats_h, stats_c, plan_h: _StepPlan, plan_c: _StepPlan,
                      eps: tuple[float, float]):
-    """The backward step loop of :func:`_native_forward`: per step ``mul`` and ``native_batch_norm_backward``
-    for ``BN(c_t)``, the backward kernel (``d pre``, ``d c_{t-1}``), ``native_batch_norm_backward`` for
-    ``BN(W_h h)`` and ``addmm`` for ``d h_{t-1}``. Returns ``d pre (T, B, 4H)``, ``d W_h h (T, B, 4H)``,
-    ``d h_0``, ``d c_0`` and the gradients of ``gamma_h, gamma_c, beta_c``."""
+    """The backward step loop of :func:`_native_forward`: per step the backward kernel (through
+    ``h_t = o tanh(BN(c_t))`` and the gates: ``d pre``, ``d c_{t-1}``, the gradients of ``gamma_c, beta_c``),
+    ``native_batch_norm_backward`` for ``BN(W_h h)`` and ``addmm`` for ``d h_{t-1}``. Returns ``d pre
+    (T, B, 4H)``, ``d W_h h (T, B, 4H)``, ``d h_0``, ``d c_0`` and the gradients of ``gamma_h, gamma_c, beta_c``."""
     steps, batch, gates = partner.shape
     n = gates // 4
     grad_hs, grad_cs = grad_hs.contiguous(), grad_cs.contiguous()
     du = torch.empty_like(partner)
+    grad_gamma_c, grad_beta_c = gamma_c.new_zeros(n), gamma_c.new_zeros(n)  # the kernel adds every step's terms
+    scratch = du.new_empty(2, n)
     size = du.element_size()
     nstep = batch * n * size
-    p_ptr, f_ptr, gc_ptr, du_ptr = (v.data_ptr() for v in (partner, f_all, grad_cs, du))
-    c_t, k_t, gh_t, r_t, du_t = (v.unbind(0) for v in (cs, coef, grad_hs, rec, du))
+    mean_c, invstd_c = stats_c
+    p_ptr, f_ptr, gc_ptr, du_ptr, k_ptr, c_ptr, m_ptr, s_ptr = (
+        v.data_ptr() for v in (partner, f_all, grad_cs, du, coef, cs, mean_c, invstd_c))
+    fixed = (gamma_c.data_ptr(),)
+    tail = (grad_gamma_c.data_ptr(), grad_beta_c.data_ptr(), scratch[0].data_ptr(), scratch[1].data_ptr())
+    gh_t, r_t, du_t = (v.unbind(0) for v in (grad_hs, rec, du))
     carry = (du.new_empty(batch, n), du.new_empty(batch, n))  # d c_t of alternate steps
-    drec, grad_gamma_h, grad_gamma_c, grad_beta_c = [], [], [], []
+    drec, grad_gamma_h = [], []
     dh, dc = gh_t[steps], grad_cs[steps]
     for t in reversed(range(steps)):
-        use_batch, rm, rv = plan_c[t]
-        dcn, dgamma, dbeta = _bn_backward(dh * k_t[t], c_t[t + 1], gamma_c, rm, rv, *stats_c[t], use_batch, eps[1],
-                                          [True, True, True])
-        grad_gamma_c.append(dgamma)
-        grad_beta_c.append(dbeta)
-        kernels.backward(batch, n, dc.data_ptr(), dcn.data_ptr(), dh.data_ptr(), p_ptr + t * 4 * nstep,
-                         gc_ptr + t * nstep, f_ptr + t * nstep, du_ptr + t * 4 * nstep, carry[t % 2].data_ptr())
+        kernels.backward(batch, n, dh.data_ptr(), k_ptr + t * nstep, c_ptr + (t + 1) * nstep, m_ptr + t * n * size,
+                         s_ptr + t * n * size, *fixed, plan_c[t][0], dc.data_ptr(), p_ptr + t * 4 * nstep,
+                         gc_ptr + t * nstep, f_ptr + t * nstep, du_ptr + t * 4 * nstep, carry[t % 2].data_ptr(), *tail)
         dc = carry[t % 2]
         use_batch, rm, rv = plan_h[t]
         dr, dgamma, _ = _bn_backward(du_t[t], r_t[t], gamma_h, rm, rv, *stats_h[t], use_batch, eps[0],
@@ -479,8 +485,7 @@ def _native_backward(kernels: _gate_kernels.GateKernels, grad_hs, grad_cs, weigh
         drec.append(dr)
         grad_gamma_h.append(dgamma)
         dh = torch.addmm(gh_t[t], dr, weight)
-    grads = [torch.stack(g).sum(0) for g in (grad_gamma_h, grad_gamma_c, grad_beta_c)]
-    return du, torch.stack(drec[::-1]), dh, dc, grads
+    return du, torch.stack(drec[::-1]), dh, dc, [torch.stack(grad_gamma_h).sum(0), grad_gamma_c, grad_beta_c]
 
 
 class _FusedRNNLayer(torch.autograd.Function):
@@ -745,10 +750,10 @@ class BNLSTM(nn.Module):
         compile: in training, run each fused step as two ``torch.compile``-d functions (forward and
             backward, one generated kernel each); compiled once per process (about a minute or more on
             a loaded CPU), without a C++ compiler they run eagerly. See benchmarks/RESULTS.md for when it pays.
-        native: on CPU, run the elementwise work of each fused step in C kernels
-            (:mod:`geomopt.nn._gate_kernels`, compiled once per process with the system's C compiler,
-            well under a second; ~15% faster per training step at hidden 100); without a compiler, or
-            False, the same step as ATen calls (same numbers up to rounding).
+        native: on CPU, run the elementwise work of each fused step and the batch norm of ``c_t`` in C
+            kernels (:mod:`geomopt.nn._gate_kernels`, compiled once per process with the system's C
+            compiler, well under a second; ~20-30% faster per training step at hidden 100); without a
+            compiler, or False, the same step as ATen calls (same numbers up to rounding).
 
     Forward: ``output, (h_n, c_n) = bnlstm(x, lengths=None, state=None)`` with ``x`` of shape
     ``(batch, T, input_size)``, ``output`` ``(batch, T, hidden)`` (zeros after each sequence's end),
