@@ -281,10 +281,11 @@ class _FusedLSTMLayer(torch.autograd.Function):
     and eval, with and without the kernels).
 
     Inputs: ``u (B, T, 4H)`` the input terms ``BN(W_x x_t) + b`` (batch-first; the gradient comes back
-    time-major, transposed), ``weight = W_h (4H, H)``,
-    ``gamma_h (4H,)``, ``gamma_c, beta_c (H,)`` (None without ``bn_h`` / ``bn_c``), ``h0, c0 (B, H)``,
-    the per-step plans of ``bn_h`` and ``bn_c`` (:meth:`StepBatchNorm.plan`) and their momentum and eps,
-    ``keep``: whether a backward will follow. Outputs ``hs, cs (T + 1, B, H)``: the states h_0 .. h_T and c_0 .. c_T.
+    time-major, transposed), ``weight = W_h (4H, H)``, ``gamma_h (4H,)``, ``gamma_c, beta_c (H,)`` (None
+    without ``bn_h`` / ``bn_c``), ``h0, c0 (B, H)``, the per-step plans of ``bn_h`` and ``bn_c``
+    (:meth:`StepBatchNorm.plan`) and their momentum and eps, ``keep``: whether a backward will follow,
+    ``native``: whether to use the C kernels where they apply. Outputs ``hs, cs (T + 1, B, H)``: the
+    states h_0 .. h_T and c_0 .. c_T.
 
     When no gradient is needed, nothing is kept for the backward, and a BN with population
     statistics (eval) is folded, for all steps at once, into per-step affine maps
@@ -306,7 +307,7 @@ class _FusedLSTMLayer(torch.autograd.Function):
         kernels = None
         if native and u.device.type == "cpu" and None not in (plan_h, plan_c) and not (fold_h or fold_c):
             kernels = _gate_kernels.load(u.dtype)
-        if kernels is not None:  # the elementwise work of a step in two C kernels
+        if kernels is not None:  # the elementwise work of a step and BN(c_t) in C kernels
             saved = _native_forward(kernels, u, weight, gamma_h, gamma_c, beta_c, hs, cs, plan_h, plan_c, momentum,
                                     eps, keep)
             ctx.save_for_backward(weight, gamma_h, gamma_c, beta_c, hs, cs)  # outputs: see below
@@ -454,9 +455,10 @@ def _native_backward(kernels: _gate_kernels.GateKernels, grad_hs, grad_cs, weigh
                      partner, coef, rec, stats_h, stats_c, plan_h: _StepPlan, plan_c: _StepPlan,
                      eps: tuple[float, float]):
     """The backward step loop of :func:`_native_forward`: per step the backward kernel (through
-    ``h_t = o tanh(BN(c_t))`` and the gates: ``d pre``, ``d c_{t-1}``, the gradients of ``gamma_c, beta_c``),
-    ``native_batch_norm_backward`` for ``BN(W_h h)`` and ``addmm`` for ``d h_{t-1}``. Returns ``d pre
-    (T, B, 4H)``, ``d W_h h (T, B, 4H)``, ``d h_0``, ``d c_0`` and the gradients of ``gamma_h, gamma_c, beta_c``."""
+    ``h_t = o tanh(BN(c_t))`` and the gates: ``d pre``, ``d c_{t-1}``, the gradients of ``gamma_c``
+    and ``beta_c``), ``native_batch_norm_backward`` for ``BN(W_h h)`` and ``addmm`` for ``d h_{t-1}``.
+    Returns ``d pre (T, B, 4H)``, ``d W_h h (T, B, 4H)``, ``d h_0``, ``d c_0`` and the gradients of
+    ``gamma_h, gamma_c, beta_c``."""
     steps, batch, gates = partner.shape
     n = gates // 4
     grad_hs, grad_cs = grad_hs.contiguous(), grad_cs.contiguous()
@@ -466,9 +468,8 @@ def _native_backward(kernels: _gate_kernels.GateKernels, grad_hs, grad_cs, weigh
     size = du.element_size()
     nstep = batch * n * size
     mean_c, invstd_c = stats_c
-    p_ptr, f_ptr, gc_ptr, du_ptr, k_ptr, c_ptr, m_ptr, s_ptr = (
-        v.data_ptr() for v in (partner, f_all, grad_cs, du, coef, cs, mean_c, invstd_c))
-    fixed = (gamma_c.data_ptr(),)
+    p_ptr, f_ptr, gc_ptr, du_ptr, k_ptr, c_ptr, m_ptr, s_ptr, g_ptr = (
+        v.data_ptr() for v in (partner, f_all, grad_cs, du, coef, cs, mean_c, invstd_c, gamma_c))
     tail = (grad_gamma_c.data_ptr(), grad_beta_c.data_ptr(), scratch[0].data_ptr(), scratch[1].data_ptr())
     gh_t, r_t, du_t = (v.unbind(0) for v in (grad_hs, rec, du))
     carry = (du.new_empty(batch, n), du.new_empty(batch, n))  # d c_t of alternate steps
@@ -476,7 +477,7 @@ def _native_backward(kernels: _gate_kernels.GateKernels, grad_hs, grad_cs, weigh
     dh, dc = gh_t[steps], grad_cs[steps]
     for t in reversed(range(steps)):
         kernels.backward(batch, n, dh.data_ptr(), k_ptr + t * nstep, c_ptr + (t + 1) * nstep, m_ptr + t * n * size,
-                         s_ptr + t * n * size, *fixed, plan_c[t][0], dc.data_ptr(), p_ptr + t * 4 * nstep,
+                         s_ptr + t * n * size, g_ptr, plan_c[t][0], dc.data_ptr(), p_ptr + t * 4 * nstep,
                          gc_ptr + t * nstep, f_ptr + t * nstep, du_ptr + t * 4 * nstep, carry[t % 2].data_ptr(), *tail)
         dc = carry[t % 2]
         use_batch, rm, rv = plan_h[t]
