@@ -49,6 +49,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         hint = field_hints(TrainConfig)[f.name]
         default = _shown(f.default)
+        if f.name == "kl_clip":
+            from geomopt.optim.kfac import DEFAULT_KL_CLIP
+            default += f": {DEFAULT_KL_CLIP}, none with --adaptive-step true"
         extra = {"choices": choices[f.name]} if f.name in choices else {}
         if f.name == "device":
             extra = {"metavar": "{cpu,cuda,cuda:N,auto}"}
