@@ -5,6 +5,8 @@ here (issue 16, item 4); one source of defaults: the command line builds the sam
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +15,7 @@ from geomopt.data.digits import load_digits
 from geomopt.nn import CNN, MLP
 from geomopt.optim import EKFAC, KFAC, build_optimizer
 from geomopt.optim.kfac import DEFAULT_DAMPING, DEFAULT_KL_CLIP, DEFAULT_LR, DEFAULT_MOMENTUM
-from geomopt.train.config import TrainConfig
+from geomopt.train.config import TrainConfig, same_config
 
 EPOCHS, BATCH, EXAMPLES = 3, 64, 640
 
@@ -65,3 +67,18 @@ def test_one_source_of_defaults():
         DEFAULT_LR, DEFAULT_DAMPING, DEFAULT_MOMENTUM, DEFAULT_KL_CLIP)
     with pytest.raises(ValueError, match="kl_clip"):
         KFAC(model, kl_clip="yes")
+
+
+def test_runs_stored_before_the_new_defaults_still_match(tmp_path):
+    """A config.json written before (damping 1e-3 and no KL clip stored for every run; the command line's
+    0.03 / 0.001 stored for K-FAC runs) still holds the same run: the Kronecker options count only for
+    kfac/ekfac, and kl_clip "auto" is the value it stands for."""
+    stored = tmp_path / "config.json"
+    stored.write_text(json.dumps(TrainConfig(optimizer="momentum", damping=1e-3, kl_clip=None).to_dict()))
+    assert same_config(stored, TrainConfig(optimizer="momentum"))
+    stored.write_text(json.dumps(TrainConfig(optimizer="kfac", damping=0.03, kl_clip=0.001).to_dict()))
+    assert same_config(stored, TrainConfig(optimizer="kfac"))
+    assert not same_config(stored, TrainConfig(optimizer="kfac", damping=1e-3))  # real differences
+    assert not same_config(stored, TrainConfig(optimizer="kfac", kl_clip=None))
+    assert TrainConfig(optimizer="kfac", damping=0.03).differences(TrainConfig(optimizer="kfac", damping=0.1)) == {
+        "damping": (0.03, 0.1)}

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from geomopt.optim.kfac import DEFAULT_DAMPING
+from geomopt.optim.kfac import DEFAULT_DAMPING, DEFAULT_KL_CLIP
+from geomopt.optim.registry import KRONECKER_OPTIONS
 
 
 def _describe(hint: Any) -> str:
@@ -232,9 +233,20 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **overrides})
 
     def differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
-        """``{field: (self's value, other's value)}`` for every field that differs."""
-        mine, theirs = self.to_dict(), other.to_dict()
-        return {k: (v, theirs[k]) for k, v in mine.items() if theirs[k] != v}
+        """``{field: (self's value, other's value)}`` for every field that differs in effect: the K-FAC/EKFAC
+        options only between runs of those optimizers (a stored SGD run's ``damping`` is not a difference),
+        ``kl_clip="auto"`` as the value it stands for."""
+        mine, theirs = self._effective(), other._effective()
+        return {k: (mine.get(k), theirs.get(k)) for k in self.to_dict() if mine.get(k) != theirs.get(k)}
+
+    def _effective(self) -> dict[str, Any]:
+        d = self.to_dict()
+        if self.optimizer not in ("kfac", "ekfac"):
+            for k in KRONECKER_OPTIONS:
+                del d[k]
+        elif d["kl_clip"] == "auto":
+            d["kl_clip"] = None if self.adaptive_step else DEFAULT_KL_CLIP
+        return d
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -242,9 +254,10 @@ class TrainConfig:
 
 
 def same_config(stored: Path, config: TrainConfig) -> bool:
-    """Whether the config file ``stored`` holds ``config``, compared as TrainConfigs (a file written before
-    a field was added reads with that field's default; one that no longer loads does not match)."""
+    """Whether the config file ``stored`` holds ``config``, compared as TrainConfigs by
+    :meth:`TrainConfig.differences` (a file written before a field was added reads with that field's
+    default; one that no longer loads does not match)."""
     try:
-        return stored.is_file() and TrainConfig.load(stored) == config
+        return stored.is_file() and not TrainConfig.load(stored).differences(config)
     except ValueError:
         return False
