@@ -366,9 +366,10 @@ def test_gate_kernels_fall_back_without_a_compiler(monkeypatch):
     import warnings
 
     import geomopt.nn.bn_rnn as bn_rnn
+    from geomopt import native
     from geomopt.nn import _gate_kernels
-    monkeypatch.setattr(_gate_kernels, "_LOADED", {})
-    monkeypatch.setattr(_gate_kernels.shutil, "which", lambda name: None)
+    monkeypatch.setattr(native, "_LOADED", {})
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
     monkeypatch.setattr(bn_rnn, "_native_forward", None)  # would fail if called
     with warnings.catch_warnings():
         warnings.simplefilter("error")

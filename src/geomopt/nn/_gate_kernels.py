@@ -19,7 +19,7 @@ three C loops do the elementwise part of a step and the batch norm of ``c_t`` in
 
 ``exp`` and ``tanh`` are glibc's vectorized ones (libmvec, glibc 2.35 or later). The matrix
 products and the batch norm of ``W_h h`` stay ATen calls. :func:`load` compiles once per process with the C
-compiler found on the path (``cc``, ``gcc``); without one, or if compiling fails (no libmvec,
+compiler found on the path (:func:`geomopt.native.compile_c`); without one, or if compiling fails (no libmvec,
 another compiler), it returns None and the caller runs its ATen path (same numbers; tested
 against each other in float64).
 """
@@ -27,13 +27,11 @@ against each other in float64).
 from __future__ import annotations
 
 import ctypes
-import os
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 
 import torch
+
+from geomopt import native
 
 _SOURCE = r"""
 #include <math.h>
@@ -150,39 +148,12 @@ class GateKernels:
     backward: ctypes._CFuncPtr
 
 
-_LOADED: dict[str, object] = {}
-
-
-def _compile() -> ctypes.CDLL | None:
-    compiler = next((c for c in (os.environ.get("CC"), "cc", "gcc") if c and shutil.which(c)), None)
-    if compiler is None:
-        return None
-    try:
-        folder = tempfile.mkdtemp(prefix="geomopt-gates-")
-    except OSError:  # no writable temporary directory
-        return None
-    source, library = os.path.join(folder, "gates.c"), os.path.join(folder, "gates.so")
-    command = [compiler, "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd",
-               "-shared", "-fPIC", source, "-o", library, "-lmvec", "-lm"]
-    try:
-        with open(source, "w") as f:
-            f.write(_SOURCE)
-        done = subprocess.run(command, capture_output=True, timeout=120)
-        return ctypes.CDLL(library) if done.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):  # also a library that cannot be loaded (noexec)
-        return None
-    finally:  # the loaded library stays mapped
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def load(dtype: torch.dtype) -> GateKernels | None:
     """The kernels for ``dtype`` (float32 or float64), compiled on first use in this process; None
     for other dtypes or when no C compiler (or libmvec) is available."""
     if dtype not in (torch.float32, torch.float64):
         return None
-    if "lib" not in _LOADED:
-        _LOADED["lib"] = _compile()
-    lib = _LOADED["lib"]
+    lib = native.compile_c(_SOURCE, ("mvec", "m"))
     if lib is None:
         return None
     suffix = "f32" if dtype == torch.float32 else "f64"
