@@ -7,7 +7,8 @@ cached per source and libraries for the life of the process. Without a compiler,
 loading fails (another compiler, a missing library, a ``noexec`` temporary folder), it returns None
 and the caller runs its ATen path: every kernel here has an eager reference it is tested against.
 
-Used by the BN-LSTM gate kernels (:mod:`geomopt.nn._gate_kernels`). ctypes releases the GIL during a call, so a caller may run
+Used by the BN-LSTM gate kernels (:mod:`geomopt.nn._gate_kernels`) and Path-SGD's fused update
+(:mod:`geomopt.optim._path_sgd_kernels`). ctypes releases the GIL during a call, so a caller may run
 a kernel on disjoint parts of its data from several Python threads.
 """
 

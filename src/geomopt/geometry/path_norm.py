@@ -55,7 +55,10 @@ BLOCK_ELEMENTS = 1 << 18
 BlockVisitor = Callable[[int, int, Tensor], None]
 """``visit(r0, r1, scratch)``: called on rows ``[r0, r1)`` of a weight matrix during a blocked pass over
 it; ``scratch`` is a cache-resident buffer of the block's shape ``(r1 - r0, in)`` that the visitor may
-overwrite (the pass reuses it after the visit)."""
+overwrite (the pass reuses it after the visit). A visitor may also have a method
+``fused_contract(vin, vout)`` that visits all rows and returns the contractions of the visited weight
+``(W^2 @ vin, (W^2)^T @ vout)`` (None where ``vin`` / ``vout`` is None) in one pass of its own, or None
+to be visited block by block; :class:`PathScales` (p = 2) calls it first (PathSGD's C kernel)."""
 
 
 def row_block(weight: Tensor) -> int:
@@ -329,7 +332,12 @@ class PathScales:
         are powered into a scratch buffer (on CPU; one block on GPUs), so |W|^p is never stored.
         ``visit(r0, r1, scratch)``, when given, is called on each row block before it is read, with the
         scratch block it may use (PathSGD updates the block there, so the contraction sees the new weights
-        while they are still in cache, and its temporary and the powered block share one buffer)."""
+        while they are still in cache, and its temporary and the powered block share one buffer);
+        ``visit.fused_contract`` (see :data:`BlockVisitor`) replaces the whole pass where it applies."""
+        fused = getattr(visit, "fused_contract", None) if self.p == 2.0 else None
+        done = fused(vin, vout) if fused is not None else None
+        if done is not None:
+            return done
         rows, cols = weight.shape
         block = row_block(weight)
         if self._scratch is None or self._scratch.numel() < block * cols or self._scratch.dtype != weight.dtype \

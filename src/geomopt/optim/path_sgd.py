@@ -25,6 +25,7 @@ from torch.optim import Optimizer
 from geomopt.geometry.path_norm import (BLOCK_ELEMENTS, BlockVisitor, PathScales, RankOneScale,
                                         UnsupportedModuleError, visit_rows)
 from geomopt.geometry.rnn_path import RNNPathScales, is_relu_rnn
+from geomopt.optim import _path_sgd_kernels
 
 
 def _floored(scale: Tensor | RankOneScale, eps: float) -> Tensor:
@@ -46,6 +47,9 @@ class _RowBlockUpdate:
     applies it (``w += g * (-lr/gamma)``, or ``buf = m buf + g/gamma`` before ``w -= lr buf``). With weight
     decay, ``(g + wd w)`` is formed in the scratch and scaled by rows, then by columns in the ``addcmul_``.
     The momentum buffer (``buf``) is allocated at construction when there is none yet.
+
+    :meth:`fused_contract` does the update and the next scales' contractions in one C pass
+    (:mod:`geomopt.optim._path_sgd_kernels`) where a C compiler is available (else None: the eager blocks).
     """
 
     def __init__(self, param: Tensor, grad: Tensor, scale: RankOneScale, buf: Tensor | None, *, lr: float,
@@ -57,6 +61,19 @@ class _RowBlockUpdate:
         self.inv_cols = scale.in_scale.clamp_min(floor).reciprocal_()
         self.first = buf is None and momentum != 0
         self.buf = torch.empty_like(param) if self.first else buf
+
+    def fused_contract(self, vin: Tensor | None, vout: Tensor | None) -> tuple[Tensor | None, Tensor | None] | None:
+        """Update every row and return ``(W^2 @ vin, (W^2)^T @ vout)`` of the updated weight in one C pass;
+        None (nothing done) without a compiler or for tensors the kernel does not take."""
+        kernel = _path_sgd_kernels.load(self.param.dtype)
+        tensors = [t for t in (self.param, self.grad, self.buf, self.inv_rows, self.inv_cols, vin, vout) if t is not None]
+        if kernel is None or not _path_sgd_kernels.supports(*tensors):
+            return None
+        done = _path_sgd_kernels.update_contract(
+            kernel, self.param, self.grad, self.buf if self.momentum != 0 else None, self.inv_rows, self.inv_cols,
+            lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, first=self.first, vin=vin, vout=vout)
+        self.first = False
+        return done
 
     def __call__(self, r0: int, r1: int, scratch: Tensor) -> None:
         w, g, rows = self.param[r0:r1], self.grad[r0:r1], self.inv_rows[r0:r1]
