@@ -4,6 +4,7 @@ reference: scales recomputed from the current weights at every step by the dense
 from __future__ import annotations
 
 import io
+import os
 
 import pytest
 import torch
@@ -217,7 +218,7 @@ def _eager_update_contract(weight, grad, buf, scale, vin, vout, **options):
 @pytest.mark.parametrize("sides", ["fwd", "bwd", "both"])
 def test_kernel_equals_eager_pass_and_chunks_equal_one_chunk(momentum, weight_decay, first, sides):
     """The C kernel's update, momentum buffer and contractions (float64) equal the eager row-block pass
-    followed by dense contractions, for 1 and 3 row chunks (the threads' split; w and buf bitwise)."""
+    followed by dense contractions, for 1 and 3 row chunks (OpenMP threads, each its own bwd; w and buf bitwise)."""
     from geomopt.geometry.path_norm import RankOneScale
     g = torch.Generator().manual_seed(3)
     weight = torch.randn(70, 9, generator=g, dtype=torch.float64)
@@ -255,7 +256,7 @@ def test_kernel_equals_eager_pass_and_chunks_equal_one_chunk(momentum, weight_de
 
 @pytest.mark.skipif(not HAS_KERNEL, reason="no C compiler here: PathSGD runs the eager pass (tested above)")
 def test_kernel_in_float32_and_threads_match_float64(monkeypatch):
-    """float32 steps through the kernel with 2 torch threads (row chunks in Python threads) stay within
+    """float32 steps through the kernel with 2 torch threads (row chunks in OpenMP threads) stay within
     float32 rounding of the float64 run; a non-contiguous gradient (step 2) takes the eager pass."""
     calls = []
     original = _path_sgd_kernels.update_contract
@@ -277,6 +278,16 @@ def test_kernel_in_float32_and_threads_match_float64(monkeypatch):
         assert calls == ([(torch.float32, (520, 600))] if step < 2 else [])
     for (n, p), q in zip(model.named_parameters(), single.parameters()):
         torch.testing.assert_close(q.double(), p.detach(), rtol=0, atol=2e-5 * float(p.detach().abs().max()), msg=n)
+
+
+@pytest.mark.skipif(not HAS_KERNEL or not os.path.exists("/proc/self/maps"), reason="no kernel, or not Linux")
+def test_kernel_runs_in_torchs_openmp_runtime():
+    """The kernel's OpenMP binds to the libgomp torch has loaded: one OpenMP runtime in the process
+    (a second one would oversubscribe the cores with its own pool)."""
+    assert torch.backends.openmp.is_available()
+    with open("/proc/self/maps") as maps:
+        runtimes = {line.split()[-1] for line in maps if "gomp" in line or "libomp" in line or "iomp" in line}
+    assert len(runtimes) == 1, runtimes
 
 
 def test_no_compiler_falls_back_to_the_eager_pass(monkeypatch):
