@@ -23,6 +23,7 @@ caller runs the eager path (:class:`geomopt.optim.path_sgd._RowBlockUpdate`), it
 from __future__ import annotations
 
 import ctypes
+import platform
 
 import torch
 from torch import Tensor
@@ -95,12 +96,17 @@ KERNEL(float, f32)
 KERNEL(double, f64)
 """
 
+# -fopenmp: torch's pool (see above). On x86, 256-bit vectors: with AVX-512 (AMD EPYC, gcc 12) the
+# 512-bit loop took 8.3 ms on the 4000 x 4000 update against 7.4 ms (torch's add_ 6.1 ms).
+_FLAGS = ("-fopenmp",) + (("-mprefer-vector-width=256",) if platform.machine().lower() in ("x86_64", "amd64") else ())
+
+
 def load(dtype: torch.dtype) -> ctypes._CFuncPtr | None:
     """The kernel for ``dtype`` (float32 or float64), compiled on first use in this process; None for
     other dtypes or without a C compiler."""
     if dtype not in (torch.float32, torch.float64):
         return None
-    lib = native.compile_c(_SOURCE, flags=("-fopenmp",))
+    lib = native.compile_c(_SOURCE, flags=_FLAGS)
     if lib is None:
         return None
     fn = getattr(lib, "update_contract_f32" if dtype == torch.float32 else "update_contract_f64")

@@ -71,7 +71,8 @@ class _RowBlockUpdate:
             return None
         done = _path_sgd_kernels.update_contract(
             kernel, self.param, self.grad, self.buf if self.momentum != 0 else None, self.inv_rows, self.inv_cols,
-            lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, first=self.first, vin=vin, vout=vout)
+            lr=float(self.lr), momentum=float(self.momentum), weight_decay=float(self.weight_decay), first=self.first,
+            vin=vin, vout=vout)
         self.first = False
         return done
 
