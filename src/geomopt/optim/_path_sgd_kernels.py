@@ -16,8 +16,9 @@ momentum plus nothing, where the eager row-block pass also writes and reads a sc
 With ``torch.get_num_threads() > 1`` the rows are split in as many chunks, one per thread of an OpenMP
 parallel region: the kernel links the ``libgomp.so.1`` torch has loaded, so it runs in torch's own pool
 (Python threads instead lost the second core to torch's worker, which spin-waits after each parallel
-op: 9.6 ms instead of 5.5 ms for the 4000 x 4000 weight at 2 threads). float32 and float64, contiguous CPU tensors; :func:`load` is None without a compiler and the
-caller runs the eager path (:class:`geomopt.optim.path_sgd._RowBlockUpdate`), its float64 reference.
+op: 9.6 ms instead of 5.5 ms for the 4000 x 4000 weight at 2 threads). float32 and float64,
+contiguous CPU tensors; :func:`load` is None without a compiler and the caller runs the eager path
+(:class:`geomopt.optim.path_sgd._RowBlockUpdate`), its float64 reference.
 """
 
 from __future__ import annotations
