@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from geomopt.nn import UnitaryRNN, build_model, mod_relu
@@ -56,6 +56,7 @@ def test_recurrent_matrix_stays_unitary_through_training():
 
 @settings(max_examples=30, deadline=None)
 @given(re=st.floats(-3, 3), im=st.floats(-3, 3), b=st.floats(-2, 2))
+@example(re=0.0, im=5e-324, b=1.0)  # a subnormal modulus: its phase must survive
 def test_mod_relu_matches_hand_formula(re, im, b):
     z = complex(re, im)
     expected = 0j if abs(z) == 0 or abs(z) + b < 0 else (abs(z) + b) * z / abs(z)

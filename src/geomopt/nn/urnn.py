@@ -35,7 +35,10 @@ from geomopt.nn.relu_rnn import OUTPUTS, _check_sizes
 def mod_relu(z: Tensor, bias: Tensor) -> Tensor:
     """``modReLU(z) = relu(|z| + b) z / |z|`` elementwise (0 where ``z = 0``); ``bias`` real, broadcast."""
     mag = z.abs()
-    return z * (torch.relu(mag + bias) / mag.clamp_min(torch.finfo(mag.dtype).tiny))
+    # the phase z / |z| as real divisions of (Re z, Im z) by |z| (complex division and torch.sgn lose
+    # it, NaN, for subnormal moduli); dividing by 1 where z = 0 keeps it 0
+    phase = torch.view_as_complex(torch.view_as_real(z) / torch.where(mag > 0, mag, 1.0).unsqueeze(-1))
+    return phase * torch.relu(mag + bias)
 
 
 class UnitaryRNN(nn.Module):
