@@ -56,10 +56,12 @@ def test_recurrent_matrix_stays_unitary_through_training():
 
 @settings(max_examples=30, deadline=None)
 @given(re=st.floats(-3, 3), im=st.floats(-3, 3), b=st.floats(-2, 2))
-@example(re=0.0, im=5e-324, b=1.0)  # a subnormal modulus: its phase must survive
+@example(re=0.0, im=5e-324, b=1.0)  # subnormal moduli: the phase must survive
+@example(re=0.0, im=5e-324, b=1.5)
 def test_mod_relu_matches_hand_formula(re, im, b):
     z = complex(re, im)
-    expected = 0j if abs(z) == 0 or abs(z) + b < 0 else (abs(z) + b) * z / abs(z)
+    phase = complex(re / abs(z), im / abs(z)) if abs(z) > 0 else 0j  # real divisions: exact for subnormal |z|
+    expected = 0j if abs(z) + b < 0 else (abs(z) + b) * phase
     got = complex(mod_relu(torch.tensor([z], dtype=torch.complex128), torch.tensor(b, dtype=torch.float64))[0])
     assert cmath.isclose(got, expected, rel_tol=1e-12, abs_tol=1e-12)
 
