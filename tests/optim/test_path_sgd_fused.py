@@ -71,6 +71,25 @@ def _step(model, opt, step):
     opt.step()
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_a_step_is_an_in_place_write_that_autograd_sees(momentum, update_path):
+    """Both paths write the weights (and the momentum buffer) in place as torch ops do: a graph that saved
+    a weight before the step refuses its backward afterwards instead of using the new values silently."""
+    torch.manual_seed(0)
+    model = _model()
+    opt = PathSGD(model, lr=0.1, momentum=momentum)
+    _step(model, opt, 0)
+    _step(model, opt, 1)  # steady state: the update runs in the scales' pass (the kernel where compiled)
+    big = max(model.parameters(), key=lambda p: p.numel())
+    before = big._version
+    stale = _loss(model, 2)  # saves the weights for its backward
+    _loss(model, 3).backward()
+    opt.step()
+    assert big._version > before
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        stale.backward()
+
+
 @pytest.mark.parametrize("momentum,weight_decay", [(0.0, 0.0), (0.0, 0.01), (0.9, 0.0), (0.5, 0.01)])
 def test_fused_steps_equal_reference_with_groups_momentum_and_decay(momentum, weight_decay, update_path):
     lrs = [0.05, 0.02, 0.1, 0.03]

@@ -147,5 +147,8 @@ def update_contract(kernel: ctypes._CFuncPtr, weight: Tensor, grad: Tensor, buf:
 
     kernel(chunks, out, width, ptr(weight), ptr(grad), ptr(buf), ptr(rows), ptr(cols), lr, momentum, weight_decay,
            0 if buf is None else 1 if first else 2, ptr(vin), ptr(fwd), ptr(vout), ptr(bwds))
+    for written in (weight, buf):  # as an in-place torch op would: autograd and version caches see the write
+        if written is not None:
+            torch.autograd.graph.increment_version(written)
     bwd = None if bwds is None else bwds[0] if chunks == 1 else bwds.sum(0)
     return fwd, bwd
