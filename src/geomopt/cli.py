@@ -142,7 +142,14 @@ def _reproduce_one(name: str, args: argparse.Namespace, overrides: dict) -> Path
     from geomopt.experiments import EXPERIMENTS
     from geomopt.report.html import print_section
     experiment = EXPERIMENTS[name]
-    kwargs = {"quick": args.quick, "jobs": args.jobs, "overrides": dict(overrides), "overwrite": args.overwrite}
+    tier = "quick" if args.quick else args.tier
+    kwargs = {"jobs": args.jobs, "overrides": dict(overrides), "overwrite": args.overwrite}
+    if "tier" in inspect.signature(experiment.reproduce).parameters:
+        kwargs["tier"] = tier
+    elif tier == "mid":
+        raise ValueError(f"{name}: no 'mid' tier is defined for this reproduction (tiers: quick, full)")
+    else:
+        kwargs["quick"] = tier == "quick"
     if "seeds" in inspect.signature(experiment.reproduce).parameters:
         kwargs["seeds"] = args.seeds
     elif args.seeds is not None:  # an experiment not yet on the multi-seed protocol: its config's seeds field
@@ -364,7 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reproduce", help="run one paper's headline experiment and write its report section")
     p.add_argument("name", choices=sorted(EXPERIMENTS) + ["all"], help="a reproduction, or all of them in turn")
-    p.add_argument("--quick", action="store_true", help="CPU-scale protocol (minutes on 2 cores)")
+    p.add_argument("--tier", choices=["quick", "mid", "full"], default="full",
+                   help="protocol tier: quick (CI-sized, embedded data, minutes), mid (real data, up to about "
+                        "45 minutes per reproduction on 2 cores), full (the paper's own protocol; default)")
+    p.add_argument("--quick", action="store_true", help="the same as --tier quick")
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds 0..N-1 (default: 3 with --quick, 5 in the full protocol); tables and claims "
                         "give the mean and 95%% interval over them")

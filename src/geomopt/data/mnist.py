@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +164,25 @@ def load_mnist(data_dir: str | Path) -> DatasetBundle:
         input_shape=(1, *IMAGE_SIZE),
         num_classes=10,
     )
+
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist package
+
+
+def load_fashion_mnist(data_dir: str | Path | None = None) -> DatasetBundle:
+    """Load Fashion-MNIST (Xiao et al. 2017: 60,000 / 10,000 28x28 images of clothing, 10 classes) from
+    its four IDX files, in MNIST's format.
+
+    Args:
+        data_dir: Folder holding the files; default: Debian's ``dataset-fashion-mnist`` package
+            (``/usr/share/datasets/fashion-mnist``).
+
+    Raises:
+        DataFormatError: The folder or a file is missing (the message says how to install the package).
+    """
+    folder = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
+    if data_dir is None and not folder.is_dir():
+        raise DataFormatError(f"fashion-mnist: {folder} not found; install it with "
+                              "`apt-get install dataset-fashion-mnist` or pass --data-dir DIR")
+    bundle = load_mnist(folder)
+    return replace(bundle, name="fashion-mnist")

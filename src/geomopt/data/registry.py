@@ -26,7 +26,7 @@ from .core import (
     subsample,
 )
 from .digits import load_digits
-from .mnist import load_mnist
+from .mnist import load_fashion_mnist, load_mnist
 from .mnist1d import load_mnist1d
 from .sequences import load_adding, load_chars, load_copy, sequential_bundle
 
@@ -39,6 +39,7 @@ _LOADERS: dict[str, _Loader] = {
     "mnist1d": lambda data_dir, seed, cache_dir: load_mnist1d(cache_dir=cache_dir),
     "mnist": lambda data_dir, seed, cache_dir: load_mnist(resolve_data_dir(data_dir, "mnist")),
     "cifar10": lambda data_dir, seed, cache_dir: load_cifar10(resolve_data_dir(data_dir, "cifar10")),
+    "fashion-mnist": lambda data_dir, seed, cache_dir: load_fashion_mnist(data_dir),
 }
 
 # Sequence datasets (recurrent models): (data_dir, seed, cache_dir, seq_len, train_size) -> bundle.

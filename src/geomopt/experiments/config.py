@@ -31,11 +31,29 @@ def experiment_dir(out: str | Path, name: str, config: Any) -> Path:
 
 
 QUICK_SEEDS, FULL_SEEDS = 3, 5
+TIERS = ("quick", "mid", "full")  # CI-sized on embedded data; real data on 2 CPU cores; the paper's own protocol
 
 
-def seed_list(seeds: int | None, quick: bool, overrides: dict[str, Any] | None = None) -> tuple[int, ...] | None:
+def check_tier(tier: str, name: str) -> str:
+    """``tier`` if it is one of ``TIERS``, else ValueError naming the experiment."""
+    if tier not in TIERS:
+        raise ValueError(f"{name}: tier must be one of {', '.join(TIERS)}, got {tier!r}")
+    return tier
+
+
+def tier_config(cls: Any, tier: str, name: str) -> Any:
+    """The experiment config of a protocol tier: ``cls.quick()``, ``cls.mid()`` or ``cls()`` (full)."""
+    check_tier(tier, name)
+    if tier == "full":
+        return cls()
+    if not hasattr(cls, tier):
+        raise ValueError(f"{name}: no {tier!r} tier is defined for this reproduction (tiers: quick, full)")
+    return getattr(cls, tier)()
+
+
+def seed_list(seeds: int | None, quick: bool | str, overrides: dict[str, Any] | None = None) -> tuple[int, ...] | None:
     """The seeds of ``geomopt reproduce NAME --seeds N``: ``(0, ..., N-1)``; N defaults to 3 with
-    ``--quick`` and 5 in the full protocol. None when ``--set seeds=[...]`` names them instead.
+    ``--quick`` and the mid tier (``quick`` may be the tier's name) and 5 in the full protocol. None when ``--set seeds=[...]`` names them instead.
 
     Raises:
         ValueError: ``N < 1``, or both ``--seeds`` and ``--set seeds=...`` given.
@@ -44,7 +62,8 @@ def seed_list(seeds: int | None, quick: bool, overrides: dict[str, Any] | None =
         if seeds is not None:
             raise ValueError("give the seeds once: --seeds N or --set seeds=[...], not both")
         return None
-    n = seeds if seeds is not None else (QUICK_SEEDS if quick else FULL_SEEDS)
+    small = quick in ("quick", "mid") if isinstance(quick, str) else bool(quick)
+    n = seeds if seeds is not None else (QUICK_SEEDS if small else FULL_SEEDS)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"--seeds must be a positive integer, got {n!r}")
     return tuple(range(n))
