@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from geomopt.experiments.config import experiment_dir, merge_overrides, seed_list, tier_config
-from geomopt.experiments.tuning import Problem, Tuned, compute_seconds, edge_caveats, tune
-from geomopt.report import Section, plot_bands, run_warnings, write_records, write_section, write_tables
-from geomopt.sweep import Claim, Grid, Outcome, all_of, band, less, seed_stats, write_claims
+from geomopt.experiments.tuning import Problem, Tuned, compute_seconds, tune
+from geomopt.report import Section, plot_bands, run_warnings, write_section, write_tables
+from geomopt.experiments.records import Records, read_stored
+from geomopt.sweep import Claim, Grid, Outcome, RunGate, all_of, band, gated, less, seed_stats, untestable, write_claims
 from geomopt.train import TrainConfig, read_metrics
 
 NAME = "path-sgd"
@@ -110,7 +111,7 @@ def _epochs(run_dir: Path, name: str) -> list[float]:
 def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None,
               overrides: dict[str, Any] | None = None, seeds: int | None = None, overwrite: bool = False) -> Path:
     """Tune and run the grid over seeds (skipping finished runs); write results, tables, figures, claims
-    and the report section."""
+    and the report section. ``tier``: ``quick``, ``mid`` or ``full`` (see the module docstring)."""
     overrides = dict(overrides or {})
     chosen_seeds = seed_list(seeds, tier, overrides)
     if chosen_seeds is not None:
@@ -119,56 +120,54 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None,
     root = experiment_dir(out, NAME, exp)
     tuned = tune(_problems(exp, root), exp.seeds, jobs=jobs, desc=NAME, score="val_acc", minimize=False,
                  overwrite=overwrite)
-
-    rows = []
-    for (data, init, opt), t in tuned.items():
-        for (lr, seed), (_, run_dir, s) in sorted(t.runs.items()):
-            rows.append({"dataset": data, "init": init, "optimizer": opt, "lr": lr, "seed": seed,
-                         "train_loss": s["train_loss"], "val_loss": s.get("val_loss"), "train_err": 1 - s["train_acc"],
-                         "val_err": 1 - s["val_acc"] if "val_acc" in s else None, "test_err": 1 - s["test_acc"],
-                         "diverged": bool(s.get("diverged", False)), "chosen": lr == t.value, "dir": str(run_dir)})
-    write_records(root / "results.csv", rows, key=("dataset", "init", "optimizer", "lr", "seed"))
+    records = _records(exp, tuned, root)
+    records.write(root)
+    records = read_stored(root, exp)  # the claims are decided on what is stored, as `geomopt results check` does
 
     columns = ["dataset", "init", "optimizer", "chosen lr", "final train loss", "validation error %", "test error %"]
     table_rows = []
     for (data, init, opt), t in tuned.items():
-        val_err = [1 - a for a in t.metric("val_acc")] if all("val_acc" in s for *_, s in t.at()) else None
-        diverged = sum(bool(s.get("diverged")) for *_, s in t.at())
-        table_rows.append([data, init, opt, t.selection.label, seed_stats(t.metric("train_loss")).fmt()
-                           + (f" ({diverged} of {len(t.at())} seeds DIVERGED)" if diverged else ""),
-                           seed_stats(val_err).fmt(100) if val_err else "diverged",
-                           seed_stats([1 - a for a in t.metric("test_acc")]).fmt(100)])
+        chosen = records.where(dataset=data, init=init, optimizer=opt, chosen=True)
+        diverged = sum(bool(r["diverged"]) for r in chosen)
+        val_err = [r["val_err"] for r in chosen]
+        table_rows.append([data, init, opt, t.selection.label, seed_stats([r["train_loss"] for r in chosen]).fmt()
+                           + (f" ({diverged} of {len(chosen)} seeds DIVERGED)" if diverged else ""),
+                           seed_stats(val_err).fmt(100) if None not in val_err else "diverged",
+                           seed_stats([r["test_err"] for r in chosen]).fmt(100)])
     write_tables(root / "table.csv", (columns, table_rows))
 
     figures = []
     for field_name, label, fname in [("train_loss", "training cross-entropy", "train_loss.png"),
-                                     ("test_acc", "test error", "test_error.png")]:
+                                     ("test_err", "test error (%)", "test_error.png")]:
         panels: dict[str, dict[str, tuple[list[float], ...]]] = {}
         for (data, init, opt), t in tuned.items():
-            runs = [d for _, d, s in t.at() if not s.get("diverged")]
+            runs = [r["run"] for r in records.where(dataset=data, init=init, optimizer=opt, chosen=True)
+                    if not r["diverged"]]
             if not runs:
                 continue
-            curves = [_epochs(d, field_name) for d in runs]
+            curves = [records.curve(run, field_name) for run in runs]
             n = min(len(c) for c in curves)
-            curves = [[1 - y for y in c[:n]] if field_name == "test_acc" else c[:n] for c in curves]
+            curves = [[100 * y for y in c[:n]] if field_name == "test_err" else c[:n] for c in curves]
             panels.setdefault(f"{data}, {init} init", {})[f"{opt} (lr {t.value:g})"] = (list(range(n)), *band(curves))
         plot_bands(panels, root / fname, xlabel="epoch", ylabel=label, logy=field_name == "train_loss")
         figures.append({"file": fname, "caption": f"{label} per epoch, each optimizer at its chosen learning rate: "
                                                   f"mean over seeds {list(exp.seeds)} with its 95% interval."})
 
-    results = {"exp": exp, "tuned": tuned}
-    write_claims(root, NAME, claims(exp), results, title=TITLE, seeds=exp.seeds, seconds=compute_seconds(tuned),
-                 quick=quick)
+    write_claims(root, NAME, claims(exp), records, title=TITLE, seeds=exp.seeds, seconds=compute_seconds(tuned),
+                 tier=tier)
     paragraphs = [
-        f"Protocol: MLP {'-'.join(map(str, exp.widths))} hidden ReLU units, batch {exp.batch_size}, {exp.epochs} epochs, "
-        f"datasets {', '.join(exp.datasets)}, seeds {list(exp.seeds)}; learning rate per optimizer chosen from "
+        f"Protocol ({tier} tier): MLP {'-'.join(map(str, exp.widths))} hidden ReLU units, batch {exp.batch_size}, "
+        f"{exp.epochs} epochs, datasets {', '.join(exp.datasets)}"
+        + (f" ({exp.train_size} training examples)" if exp.train_size else "") + f", seeds {list(exp.seeds)}; "
+        f"learning rate per optimizer chosen from "
         f"{json.dumps({o: exp.lrs[o] for o in exp.optimizers})} by the highest mean validation accuracy over seeds "
-        f"({100 * exp.val_fraction:g}% of the training set held out; a best value at a grid's edge extends the "
-        f"grid by up to {exp.max_extensions} steps). The unbalanced initialization is the balanced (He) one with "
-        "every hidden unit rescaled by its own random factor (incoming weights times c, outgoing divided by c, c "
-        "log-uniform in [0.1, 10]): the same function, badly scaled units.",
+        f"(each run scored by the mean of its last epochs; {100 * exp.val_fraction:g}% of the training set held out; "
+        f"a best value at a grid's edge extends the grid by up to {exp.max_extensions} steps). The unbalanced "
+        "initialization is the balanced (He) one with every hidden unit rescaled by its own random factor "
+        "(incoming weights times c, outgoing divided by c, c log-uniform in [0.1, 10]): the same function, badly "
+        f"scaled units. Run-quality gate of every compared run: {GATE_TEXT}.",
     ]
-    warnings, caveat = run_warnings(rows, _describe_run, _unconverged_above)
+    warnings, caveat = run_warnings(records.rows, _describe_run, _unconverged_above)
     paragraphs += [caveat] if caveat else []
     section = Section(citations=list(CITATIONS), warnings=warnings, title=TITLE, paragraphs=paragraphs,
                       tables=[{"caption": "Each optimizer at its chosen learning rate: mean [95% interval] over seeds",
@@ -176,50 +175,83 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None,
     return write_section(root, section)
 
 
-def init_gaps(exp: PathSGDExperiment, tuned: dict[tuple[str, str, str], Tuned], opt: str) -> list[float]:
+def _records(exp: PathSGDExperiment, tuned: dict[tuple[str, str, str], Tuned], root: Path) -> Records:
+    """One row per run (setting, seed, final numbers, selection) and its per-epoch numbers."""
+    rows, curves = [], {}
+    for (data, init, opt), t in tuned.items():
+        for (lr, seed), (_, run_dir, s) in sorted(t.runs.items()):
+            run = str(Path(run_dir).relative_to(root))
+            rows.append({"run": run, "dataset": data, "init": init, "optimizer": opt, "lr": lr, "seed": seed,
+                         "train_loss": s["train_loss"], "val_loss": s.get("val_loss"),
+                         "train_err": 1 - s["train_acc"], "val_err": 1 - s["val_acc"] if "val_acc" in s else None,
+                         "test_err": 1 - s["test_acc"], "diverged": bool(s.get("diverged", False)),
+                         "chosen": lr == t.value, "edge": t.selection.edge if lr == t.value else None,
+                         "seconds": s.get("seconds", 0.0)})
+            curves[run] = [{"epoch": r["epoch"], "train_loss": r["train_loss"], "test_err": 1 - r["test_acc"],
+                            **({"val_err": 1 - r["val_acc"]} if "val_acc" in r else {})}
+                           for r in read_metrics(run_dir) if r["kind"] == "epoch"]
+    return Records(exp, rows, curves)
+
+
+def init_gaps(records: Records, opt: str) -> list[float]:
     """Per seed, the median over (dataset, learning rate of the initial grid) of the relative spread of
     the training loss across initializations after epoch 1 (runs that diverged are left out)."""
+    exp = records.exp
     per_seed = []
     for seed in exp.seeds:
         gaps = []
         for data in exp.datasets:
             for lr in exp.lrs[opt]:
-                runs = [tuned[data, init, opt].runs.get((lr, seed)) for init in exp.inits]
-                if any(r is None or r[2].get("diverged") for r in runs):
+                runs = [records.where(dataset=data, init=init, optimizer=opt, lr=lr, seed=seed) for init in exp.inits]
+                if any(len(r) != 1 or r[0]["diverged"] for r in runs):
                     continue
-                first = [_epochs(r[1], "train_loss")[1] for r in runs]
+                first = [records.curve(r[0]["run"], "train_loss")[1] for r in runs]
                 gaps.append((max(first) - min(first)) / min(first))
         per_seed.append(statistics.median(gaps) if gaps else float("inf"))
     return per_seed
 
 
-def _invariance(results: dict[str, Any]) -> Outcome:
-    exp, tuned = results["exp"], results["tuned"]
-    gaps = init_gaps(exp, tuned, "path-sgd")
+def _invariance(records: Records) -> Outcome:
+    exp = records.exp
+    gaps = init_gaps(records, "path-sgd")
+    if not all(math.isfinite(g) for g in gaps):
+        return untestable("no learning rate of the initial grid ran without diverging from both initializations in "
+                          "every seed")
     out = less(gaps, INVARIANCE_TOLERANCE, label="gap - tolerance", scale=100, digits=2)
-    contrast = {o: init_gaps(exp, tuned, o) for o in exp.optimizers if o != "path-sgd"}
+    contrast = {o: init_gaps(records, o) for o in exp.optimizers if o != "path-sgd"}
     ours = (f"median epoch-1 gap {seed_stats(gaps).fmt(100, 2)} % (tolerance {100 * INVARIANCE_TOLERANCE:g} %); "
             + ", ".join(f"{o}: {seed_stats(g).fmt(100, 2)} %" for o, g in contrast.items()))
-    return Outcome(out.verdict, ours, {**out.numbers, "contrast": contrast})
+    return Outcome(out.verdict, ours, {**out.numbers, "contrast": contrast}, out.why)
+
+
+def gate_failures(records: Records, rows: list[dict[str, Any]]) -> list[str]:
+    """The run-quality gate's failures among ``rows`` (chosen runs): a diverged or unconverged run
+    (:data:`GATE`), and a selection still at its grid's edge after the extensions."""
+    failures = []
+    for r in rows:
+        name = _describe_run(r)
+        if r["diverged"]:
+            failures.append(f"{name}: diverged")
+        else:
+            failures.append(GATE.check(records.curve(r["run"], "train_loss"), name))
+        if r.get("edge"):
+            failures.append(f"{name}: chosen lr at the {r['edge']} edge of its grid after extension")
+    return list(dict.fromkeys(f for f in failures if f))
 
 
 def _beats(metric: str, init: str):
-    """Path-SGD's final ``metric`` (train_loss, or test error) below each baseline's, on every dataset."""
-    def test(results: dict[str, Any]) -> Outcome:
-        exp, tuned = results["exp"], results["tuned"]
-        parts, keys = {}, []
-
-        def values(key):
-            t = tuned[key]
-            return t.metric("train_loss") if metric == "train_loss" else [1 - a for a in t.metric("test_acc")]
+    """Path-SGD's final ``metric`` (train_loss, or test_err) below each baseline's, on every dataset."""
+    def test(records: Records) -> Outcome:
+        exp = records.exp
+        parts, compared = {}, []
         for data in exp.datasets:
+            mine = records.where(dataset=data, init=init, optimizer="path-sgd", chosen=True)
             for other in [o for o in BASELINES if o in exp.optimizers]:
-                mine, theirs = (data, init, "path-sgd"), (data, init, other)
-                parts[f"{data} vs {other}"] = less(values(mine), values(theirs), label=f"Path-SGD - {other}",
-                                                   scale=1 if metric == "train_loss" else 100)
-                keys += [mine, theirs]
-        return all_of(parts).with_caveats(*edge_caveats(tuned, list(dict.fromkeys(keys)),
-                                                        label=lambda k: f"{k[0]}/{k[1]}/{k[2]}"))
+                theirs = records.where(dataset=data, init=init, optimizer=other, chosen=True)
+                parts[f"{data} vs {other}"] = less([r[metric] for r in mine], [r[metric] for r in theirs],
+                                                   label=f"Path-SGD - {other}", scale=1 if metric == "train_loss" else 100)
+                compared += mine + theirs
+        return gated(all_of(parts), gate_failures(records, list({r["run"]: r for r in compared}.values())))
     return test
 
 
@@ -240,6 +272,11 @@ def claims(exp: PathSGDExperiment) -> list[Claim]:
                          f"({name} init)", PAPER, "Fig. 2", "lower on the 4 datasets (curves, no table)",
                          _beats("test_err", init)))
     return out
+
+
+GATE = RunGate(drop=0.5, rebound=0.5)
+GATE_TEXT = ("finite, final training loss at most half its value before training (it learned) and at most 1.5x its "
+             "best (stable at the end), selected learning rate not at a grid edge after extension")
 
 
 def _describe_run(r: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from geomopt.sweep import Grid, Selection, run_all, select_grids
-from geomopt.train import TrainConfig
+from geomopt.train import TrainConfig, read_metrics
 
 __all__ = ["Problem", "Tuned", "tune", "edge_caveats", "compute_seconds"]
 
@@ -57,13 +57,32 @@ def run_dir(directory: Path, grid: Grid, value: float, seed: int) -> Path:
     return Path(directory) / f"{grid.name}{value:g}" / f"seed{seed}"
 
 
+SMOOTH_EPOCHS = 3  # selection scores a run by the mean of its last 3 epochs' validation score
+
+
+def smoothed_score(run_dir: Path, score: str, summary: dict[str, Any]) -> float:
+    """The mean ``score`` over a run's last ``SMOOTH_EPOCHS`` epochs (from its metrics.jsonl), so that an
+    unstable run's lucky last epoch does not win the selection; the summary's value for runs that log
+    no epochs with it (custom jobs)."""
+    try:
+        values = [float(r[score]) for r in read_metrics(run_dir) if r.get("kind") == "epoch" and score in r
+                  and r.get("epoch", 1) > 0]
+    except (OSError, ValueError):
+        values = []
+    if not values:
+        return float(summary[score])
+    tail = values[-SMOOTH_EPOCHS:]
+    return sum(tail) / len(tail)
+
+
 RESTART_SEED = 1000  # restart r of seed s trains with TrainConfig.seed = s + RESTART_SEED * r (a new init)
 
 
 def tune(problems: Mapping[Hashable, Problem], seeds: Sequence[int], *, jobs: int | None, desc: str,
          score: str = "val_loss", minimize: bool = True, overwrite: bool = False,
          restarts: Mapping[Hashable, int] | None = None) -> dict[Hashable, Tuned]:
-    """Select every problem's value by its mean ``score`` over ``seeds`` (lower is better, or higher with
+    """Select every problem's value by its mean smoothed ``score`` over ``seeds`` (:func:`smoothed_score`:
+    the mean of a run's last epochs) (lower is better, or higher with
     ``minimize=False``, e.g. ``score="val_acc"``).
 
     Each round of :func:`geomopt.sweep.select_grids` is one sweep over all pending (problem, value, seed)
@@ -103,7 +122,8 @@ def tune(problems: Mapping[Hashable, Problem], seeds: Sequence[int], *, jobs: in
                     raise ValueError(f"{desc}: run {out} has no {score!r} in its summary; its TrainConfig needs "
                                      "val_fraction > 0 (a validation split carved from the training set)")
                 tuned[k].runs[v, s] = (cfg, out, {**summary, "restarts": r})
-                got[k, v, s] = float(summary[score])
+                got[k, v, s] = (float(summary[score]) if summary.get("diverged")
+                                else smoothed_score(out, score, summary))
         return {(k, v): [got[k, v, s] for s in seeds] for k, v in pairs}
 
     for k, sel in select_grids({k: p.grid for k, p in problems.items()}, run, minimize=minimize).items():

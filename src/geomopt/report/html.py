@@ -12,7 +12,7 @@ from typing import Any
 
 from geomopt.report.scoreboard import STYLE as SCOREBOARD_STYLE
 from geomopt.report.scoreboard import anchor, claims_table, scoreboard
-from geomopt.sweep.claims import CLAIMS_FILE, read_claims
+from geomopt.sweep.claims import CLAIMS_FILE, INCONCLUSIVE, count_verdicts, read_claims
 from geomopt.train.checkpoint import atomic_write_bytes, find_json, write_json
 
 SECTION = "section.json"
@@ -84,12 +84,13 @@ def print_section(path: str | Path) -> None:
     claims = Path(path).parent / CLAIMS_FILE
     if claims.is_file():
         record = json.loads(claims.read_text())
-        print(f"\nClaims (seeds {record.get('seeds')}):")
+        counts = ", ".join(f"{n} {v}" for v, n in count_verdicts(record["claims"]).items())
+        print(f"\nClaims (seeds {record.get('seeds')}): {counts}")
         for c in record["claims"]:
-            print(f"  [{c['verdict']}] {c['text']} ({c['where']}; published: {c['published']})")
-            print("    ours: " + str(c["ours"]).replace("\n", "\n          "))
-            for caveat in c.get("caveats", []):
-                print(f"    caveat: {caveat}")
+            print(f"  [{c['verdict']}] {c['text']} ({c['where']}; the paper: {c['published']})")
+            print("    we measured: " + str(c["ours"]).replace("\n", "\n          "))
+            if c.get("why"):
+                print(f"    {'what would decide it' if c['verdict'] == INCONCLUSIVE else 'why'}: {c['why']}")
     for p in section.get("paragraphs", []):
         if p.startswith(("Our result", "Verdict")):
             print(f"\n{p}")

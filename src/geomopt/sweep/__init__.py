@@ -13,17 +13,22 @@ hyperparameter selection on validation data, claims as data.
 - :mod:`geomopt.sweep.select`: grid selection on validation scores with the grid-edge extension rule
   (``Grid``, ``select_grids``, ``Selection``).
 - :mod:`geomopt.sweep.claims`: a paper's claims with their tests over multi-seed results
-  (``Claim``, ``Outcome``, ``less``, ``greater``, ``all_of``, ``write_claims``).
+  (``Claim``, ``Outcome``, four verdicts, ``less``, ``greater``, ``equivalent``, ``all_of``, ``gated``,
+  ``write_claims``).
 """
 
-from geomopt.sweep.claims import FAILS, HOLDS, PARTLY, Claim, Outcome, all_of, greater, less, read_claims, write_claims
+from geomopt.sweep.claims import (FAILS, HOLDS, INCONCLUSIVE, UNTESTABLE, VERDICTS, Claim, Outcome, RunGate, all_of,
+                                  count_verdicts, equivalent, gated, greater, hierarchical_interval, less, read_claims,
+                                  untestable, write_claims)
 from geomopt.sweep.engine import (BACKENDS, SweepError, TrialResult, default_jobs, make_backend, run_all, run_sweep,
                                   sweep_options)
 from geomopt.sweep.select import Grid, Selection, select_grids
 from geomopt.sweep.stats import SeedStats, band, seed_stats, t_quantile
 from geomopt.sweep.trial import FAILED, Output, Trial, TrainJob, execute
 
-__all__ = ["FAILS", "HOLDS", "PARTLY", "Claim", "Outcome", "all_of", "greater", "less", "read_claims", "write_claims",
+__all__ = ["FAILS", "HOLDS", "INCONCLUSIVE", "UNTESTABLE", "VERDICTS", "Claim", "Outcome", "RunGate", "all_of",
+           "count_verdicts", "equivalent", "gated", "greater", "hierarchical_interval", "less", "read_claims",
+           "untestable", "write_claims",
            "Grid", "Selection", "select_grids", "SeedStats", "band", "seed_stats", "t_quantile",
            "BACKENDS", "FAILED", "Output", "SweepError", "Trial", "TrainJob", "TrialResult", "default_jobs", "execute",
            "make_backend", "run_all", "run_sweep", "sweep_options"]
