@@ -1,86 +1,149 @@
-"""Claims as data: a claim holds only when it holds across seeds.
-
-References: hand-made per-seed numbers whose verdict is known (every seed agrees with an interval
-excluding the opposite; one seed disagrees; one seed only; diverged runs).
-"""
-
-from __future__ import annotations
+"""The verdict rules: four verdicts decided symmetrically, gates, equivalence, hierarchical intervals."""
 
 import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from geomopt.sweep import FAILS, HOLDS, PARTLY, Claim, Outcome, all_of, greater, less, read_claims, write_claims
-
-
-def test_less_holds_only_across_seeds():
-    assert less([0.10, 0.11, 0.12], [0.20, 0.22, 0.21]).verdict == HOLDS
-    # holds in one seed, fails in another: not reported as holding
-    assert less([0.10, 0.30], [0.20, 0.20]).verdict == PARTLY
-    # every seed agrees but the interval of the mean difference includes 0 (n = 2, t = 12.7)
-    assert less([0.10, 0.10], [0.11, 0.30]).verdict == PARTLY
-    # one large outlier keeps the interval below 0 while one seed disagrees: still not holding
-    out = less([0.0] * 5 + [0.11], [10.0] * 5 + [0.1])
-    assert out.numbers["difference"]["high"] < 0 and out.verdict == PARTLY
-    # one seed never makes a claim hold
-    assert less([0.1], [0.2]).verdict == PARTLY
-    assert less([0.3, 0.3], [0.2, 0.2]).verdict == FAILS
-    assert less([0.1, 0.4, 0.3], [0.2, 0.2, 0.2]).verdict == FAILS  # mean difference >= 0
+from geomopt.sweep import (FAILS, HOLDS, INCONCLUSIVE, UNTESTABLE, Claim, Outcome, RunGate, all_of, equivalent,
+                           gated, greater, hierarchical_interval, less, read_claims, untestable, write_claims)
+from geomopt.sweep.stats import seed_stats
 
 
-def test_greater_and_numbers():
-    out = greater([0.9, 0.95, 0.93], 0.5, label="acc - chance")
-    assert out.verdict == HOLDS and out.numbers["seeds_agreeing"] == 3
-    assert out.numbers["difference"]["mean"] == pytest.approx(0.4266666, rel=1e-5)
-    assert out.ours.startswith("acc - chance = 0.427 [") and "> 0 in 3/3 seeds" in out.ours
-    assert greater([0.4, 0.7], 0.5).verdict == PARTLY  # one seed each way, mean difference > 0
-    assert greater([0.4, 0.6], 0.5).verdict == FAILS  # mean difference 0
-    json.dumps(out.numbers)
+def test_less_holds_only_with_every_seed_and_the_interval():
+    assert less([1.0, 1.1, 0.9], [2.0, 2.1, 2.0]).verdict == HOLDS
+    assert less([1.0], [2.0]).verdict == INCONCLUSIVE  # one seed decides nothing, either way
+    assert less([3.0], [2.0]).verdict == INCONCLUSIVE
+    mixed = less([1.0, 2.5, 1.0], [2.0, 2.0, 2.0])
+    assert mixed.verdict == INCONCLUSIVE and "seeds" in mixed.why and "disagree" in mixed.why
 
 
-def test_diverged_runs():
-    # the baseline diverged in every seed: the method is better in all of them
-    assert less([0.1, 0.2], [math.inf, math.inf]).verdict == HOLDS
-    assert less([math.inf, 0.1], [0.2, 0.2]).verdict in (PARTLY, FAILS)
-    assert less([math.inf, math.inf], [math.inf, math.inf]).verdict == FAILS  # both diverged: ties
+def test_fails_needs_the_same_evidence_as_holds():
+    """Swapping the sides turns holds into fails and inconclusive into inconclusive: the rule is symmetric."""
+    a, b = [1.0, 1.1, 0.9], [2.0, 2.1, 2.0]
+    assert less(b, a).verdict == FAILS
+    assert greater(a, b).verdict == FAILS and greater(b, a).verdict == HOLDS
+    # every seed on the opposite side but a wide interval: inconclusive, not fails
+    wide = less([2.1, 2.01, 6.0], [2.0, 2.0, 2.0])
+    assert wide.verdict == INCONCLUSIVE and "would decide it" in wide.why
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-10, 10), min_size=1, max_size=6), st.floats(-5, 5))
+def test_symmetry_property(d, shift):
+    """For any per-seed differences, the claim a < b and its mirror a > b get mirrored verdicts."""
+    a = [shift + x for x in d]
+    b = [shift] * len(d)
+    mirror = {HOLDS: FAILS, FAILS: HOLDS, INCONCLUSIVE: INCONCLUSIVE}
+    assert greater(a, b).verdict == mirror[less(a, b).verdict]
+    assert greater(b, a).verdict == less(a, b).verdict
+
+
+def test_inconclusive_says_how_many_seeds_would_decide():
+    out = less([1.0, 1.4, 0.7], [1.5, 1.2, 1.6])  # mean -0.13, sd ~0.47 over 3 seeds
+    assert out.verdict == INCONCLUSIVE
+    assert "about" in out.why and "seeds would decide it" in out.why and "detect" in out.why
+
+
+def test_non_finite_is_untestable_not_a_verdict():
+    out = less([math.inf, 1.0, 1.0], [2.0, 2.0, 2.0])
+    assert out.verdict == UNTESTABLE and "diverged" in out.why
     with pytest.raises(ValueError, match="NaN"):
-        less([math.nan, 0.1], [0.2, 0.2])
-    with pytest.raises(ValueError, match="pair them"):
-        less([0.1, 0.2], [0.3])
+        less([math.nan, 1.0], [2.0, 2.0])
+    with pytest.raises(ValueError, match="pair them by seed"):
+        less([1.0, 2.0], [1.0])
 
 
-def test_all_of_and_caveats():
-    h, p, f = Outcome(HOLDS, "h"), Outcome(PARTLY, "p"), Outcome(FAILS, "f")
+def test_equivalence_by_two_one_sided_tests():
+    assert equivalent([1.00, 1.01, 0.99, 1.0], [1.0, 1.0, 1.0, 1.0], margin=0.05).verdict == HOLDS
+    assert equivalent([1.5, 1.6, 1.55], [1.0, 1.0, 1.0], margin=0.1).verdict == FAILS
+    assert equivalent([0.5, 0.4, 0.45], [1.0, 1.0, 1.0], margin=0.1).verdict == FAILS
+    noisy = equivalent([1.0, 1.2, 0.85], [1.0, 1.0, 1.0], margin=0.1)
+    assert noisy.verdict == INCONCLUSIVE and noisy.why
+    # a mean difference of 0 with 2 of 3 seeds on one side is not "no difference" unless inside the margin
+    assert equivalent([0.9, 1.1, 1.0], [1.0, 1.0, 1.0], margin=0.05).verdict == INCONCLUSIVE
+    with pytest.raises(ValueError, match="margin"):
+        equivalent([1.0, 1.0], [1.0, 1.0], margin=0)
+
+
+def test_equivalence_90_percent_interval_matches_t_quantile():
+    d = [0.01, -0.02, 0.03, 0.0, 0.01]
+    s = seed_stats(d, 0.90)
+    out = equivalent(d, 0.0, margin=0.1)
+    assert out.numbers["low90"] == pytest.approx(s.low) and out.numbers["high90"] == pytest.approx(s.high)
+
+
+def test_hierarchical_interval_widens_with_within_seed_uncertainty():
+    """Per-seed taus 0.3, 0.35, 0.4 look decisive; with each seed's bootstrap spread across 0 they are not."""
+    tight = [[t] for t in (0.3, 0.35, 0.4)]
+    loose = [[t + u for u in (-0.6, -0.3, 0.0, 0.3, 0.6)] for t in (0.3, 0.35, 0.4)]
+    lo_t, hi_t = hierarchical_interval(tight)
+    lo_l, hi_l = hierarchical_interval(loose)
+    assert lo_l < lo_t and hi_l > hi_t and lo_l < 0 < hi_l
+    assert hierarchical_interval(loose) == (lo_l, hi_l)  # seeded
+    assert greater([0.3, 0.35, 0.4], 0.0).verdict == HOLDS
+    assert greater([0.3, 0.35, 0.4], 0.0, within=loose).verdict == INCONCLUSIVE
+    with pytest.raises(ValueError, match="within-seed draw"):
+        hierarchical_interval([[0.1], []])
+
+
+def test_hierarchical_interval_of_constant_draws_is_the_mean():
+    lo, hi = hierarchical_interval([[2.0, 2.0], [2.0]])
+    assert lo == hi == 2.0
+
+
+def test_all_of_gets_what_every_part_supports():
+    h, f = less([1, 1.1], [2, 2.1]), less([3, 3.1], [2, 2.1])
+    i = less([1.0, 2.5, 1.0], [2.0, 2.0, 2.0])
+    u = untestable("not run")
     assert all_of({"a": h, "b": h}).verdict == HOLDS
-    assert all_of({"a": h, "b": f}).verdict == PARTLY
-    assert all_of({"a": f, "b": f}).verdict == FAILS
-    assert all_of({"a": p}).verdict == PARTLY
-    combined = all_of({"mnist": h.with_caveats("lr at the high edge"), "cifar": h})
-    assert combined.caveats == ("mnist: lr at the high edge",) and combined.ours.startswith("holds in 2/2")
-    claim = Claim("c", "text", "paper", "Fig. 1", "1.6%", lambda r: combined)
-    assert claim.evaluate(None)["verdict"] == PARTLY  # a caveat turns holds into partly
+    assert all_of({"a": h, "b": f}).verdict == FAILS
+    assert all_of({"a": h, "b": i, "c": u}).verdict == UNTESTABLE
+    mixed = all_of({"a": h, "b": i})
+    assert mixed.verdict == INCONCLUSIVE and mixed.why.startswith("b:")
+    assert "(holds)" in mixed.ours and "(inconclusive)" in mixed.ours
+    with pytest.raises(ValueError):
+        all_of({})
+
+
+def test_gates_turn_holds_and_fails_alike_into_untestable():
+    for out in (less([1, 1.1], [2, 2.1]), less([3, 3.1], [2, 2.1])):
+        g = gated(out, ["sgd lr 0.3 seed 1: diverged", ""])
+        assert g.verdict == UNTESTABLE and "diverged" in g.why
+        assert g.numbers["verdict_without_gates"] == out.verdict
+        assert gated(out, []) is out
+
+
+def test_run_gate():
+    gate = RunGate(drop=0.5, rebound=0.5, plateau=0.05, window=2)
+    assert gate.check([2.3, 1.0, 0.5, 0.49, 0.488], "run") == ""
+    assert "not converged" in gate.check([2.3, 2.0, 1.9, 1.9], "run")
+    assert "unstable" in gate.check([2.3, 0.2, 0.1, 0.9], "run")
+    assert "diverged" in gate.check([2.3, math.inf], "run")
+    assert "not plateaued" in gate.check([2.3, 1.0, 0.8, 0.6], "run")
+    assert RunGate().check([2.3, 1.0, 0.8, 0.6], "run") == ""
+
+
+def test_outcome_validates():
     with pytest.raises(ValueError, match="verdict"):
-        Outcome("maybe", "x")
+        Outcome("partly", "x")
+    with pytest.raises(ValueError, match="say why"):
+        Outcome(INCONCLUSIVE, "x")
 
 
 def test_write_and_read_claims(tmp_path):
-    claims = [Claim("lower-loss", "A reaches lower loss than B", "Someone 2015", "Fig. 2", "0.01 vs 0.05",
-                    lambda r: less(r["a"], r["b"], label="A - B loss")),
-              Claim("one-seed-flip", "A beats B in accuracy", "Someone 2015", "Tab. 1", "98% vs 97%",
-                    lambda r: greater(r["acc_a"], r["acc_b"]))]
-    results = {"a": [0.01, 0.02, 0.015], "b": [0.05, 0.06, 0.055], "acc_a": [0.99, 0.95, 0.98], "acc_b": [0.97, 0.97, 0.96]}
-    path = write_claims(tmp_path / "exp", "demo", claims, results, title="Demo", seeds=[0, 1, 2], seconds=12.5, quick=True)
+    claims = [Claim("a", "A is lower", "Someone 2015", "Fig. 1", "1.0 vs 2.0", lambda r: less(r["a"], r["b"])),
+              Claim("b", "B", "Someone 2015", "Tab. 1", "n/a",
+                    lambda r: Outcome(HOLDS, "x", seeds=(7, 8)))]
+    path = write_claims(tmp_path, "exp", claims, {"a": [1.0, 1.1], "b": [2.0, 2.1]}, title="T", seeds=[0, 1],
+                        seconds=3.0, tier="mid")
     record = json.loads(path.read_text())
-    assert [c["verdict"] for c in record["claims"]] == [HOLDS, PARTLY]
-    assert record["seeds"] == [0, 1, 2] and record["seconds"] == 12.5 and record["claims"][0]["published"] == "0.01 vs 0.05"
-    ((found, folder),) = read_claims(tmp_path)
-    assert found == record and folder == tmp_path / "exp"
+    assert record["tier"] == "mid" and record["counts"] == {HOLDS: 2, FAILS: 0, INCONCLUSIVE: 0, UNTESTABLE: 0}
+    assert record["claims"][0]["seeds"] == [0, 1] and record["claims"][1]["seeds"] == [7, 8]
+    [(read, folder)] = read_claims(tmp_path)
+    assert read == record and folder == tmp_path
     with pytest.raises(ValueError, match="duplicate"):
-        write_claims(tmp_path, "demo", claims[:1] * 2, results, title="Demo", seeds=[0], seconds=0, quick=True)
-    (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "claims.json").write_text("[1]")
-    with pytest.raises(ValueError, match="not a claims record"):
-        read_claims(tmp_path)
-    with pytest.raises(TypeError, match="expected an Outcome"):
-        Claim("x", "", "", "", "", lambda r: HOLDS).evaluate(None)
+        write_claims(tmp_path, "exp", claims + claims[:1], {"a": [1.0, 1.1], "b": [2.0, 2.1]}, title="T",
+                     seeds=[0, 1], seconds=0.0, tier="quick")

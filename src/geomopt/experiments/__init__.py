@@ -1,25 +1,37 @@
-"""One module per reproduced paper; each exposes ``reproduce(out, quick, jobs, overrides) -> section path``."""
+"""One module per reproduced paper; each exposes ``reproduce(out, *, tier, jobs, overrides, seeds, overwrite) -> section
+path``, its config dataclass and ``claims(exp)`` over its stored records.
 
-from geomopt.experiments import exploring_generalization, path_sgd, path_sgd_rnn, pruning
-from geomopt.experiments import ekfac  # noqa: E402  (K-FAC/EKFAC, issue 4)
+``EXPERIMENTS`` maps each reproduction's name to its module, imported on first use (listing the names
+imports nothing, so the command line starts fast and one experiment's import cannot break another's).
+"""
 
-EXPERIMENTS = {"path-sgd": path_sgd, "ekfac": ekfac, "path-sgd-rnn": path_sgd_rnn, "pruning": pruning,
-               "exploring-generalization": exploring_generalization}
+from __future__ import annotations
 
-from geomopt.experiments import deep_mf, implicit_mf  # noqa: E402  (implicit regularization lab, issue 6)
+import importlib
+from collections.abc import Iterator, Mapping
+from types import ModuleType
 
-EXPERIMENTS.update({"implicit-mf": implicit_mf, "deep-mf": deep_mf})
+_MODULES = {"path-sgd": "path_sgd", "ekfac": "ekfac", "path-sgd-rnn": "path_sgd_rnn", "pruning": "pruning",
+            "exploring-generalization": "exploring_generalization", "implicit-mf": "implicit_mf",
+            "deep-mf": "deep_mf", "bn-lstm": "bn_lstm", "overparametrization": "overparametrization",
+            "edge-of-stability": "edge_of_stability"}
 
-from geomopt.experiments import bn_lstm  # noqa: E402  (recurrent batch normalization, issue 8)
 
-EXPERIMENTS["bn-lstm"] = bn_lstm
+class _Experiments(Mapping[str, ModuleType]):
+    """Reproduction name -> its module, imported when first looked up."""
 
-from geomopt.experiments import overparametrization  # noqa: E402  (network size and generalization, issue 20)
+    def __getitem__(self, name: str) -> ModuleType:
+        if name not in _MODULES:
+            raise KeyError(name)
+        return importlib.import_module(f"geomopt.experiments.{_MODULES[name]}")
 
-EXPERIMENTS["overparametrization"] = overparametrization
+    def __iter__(self) -> Iterator[str]:
+        return iter(_MODULES)
 
-from geomopt.experiments import edge_of_stability  # noqa: E402  (curvature toolbox, issue 18)
+    def __len__(self) -> int:
+        return len(_MODULES)
 
-EXPERIMENTS["edge-of-stability"] = edge_of_stability
+
+EXPERIMENTS: Mapping[str, ModuleType] = _Experiments()
 
 __all__ = ["EXPERIMENTS"]
