@@ -139,7 +139,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _reproduce_one(name: str, args: argparse.Namespace, overrides: dict) -> Path:
     import inspect
 
+    import time
+
     from geomopt.experiments import EXPERIMENTS
+    from geomopt.experiments.ledger import write_provenance
     from geomopt.report.html import print_section
     experiment = EXPERIMENTS[name]
     tier = "quick" if args.quick else args.tier
@@ -154,7 +157,9 @@ def _reproduce_one(name: str, args: argparse.Namespace, overrides: dict) -> Path
         kwargs["seeds"] = args.seeds
     elif args.seeds is not None:  # an experiment not yet on the multi-seed protocol: its config's seeds field
         kwargs["overrides"].setdefault("seeds", list(range(args.seeds)))
+    started = time.time()
     section = experiment.reproduce(Path(args.out), **kwargs)
+    write_provenance(Path(section).parent, args.argv, started, time.time() - started)
     print_section(section)
     print(f"wrote {section}")
     return section
@@ -233,7 +238,19 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 print(f"geomopt reproduce all: {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
     print(f"{len(EXPERIMENTS) - len(failed)}/{len(EXPERIMENTS)} reproductions done"
           + (f"; failed: {', '.join(failed)}" if failed else "") + f"; next: geomopt report {args.out}")
+    _print_verdict_counts(Path(args.out))
     return 1 if failed else 0
+
+
+def _print_verdict_counts(runs: Path) -> None:
+    """One line per verdict over every claims.json under ``runs``, each inconclusive claim with what would decide it."""
+    from geomopt.sweep.claims import INCONCLUSIVE, count_verdicts, read_claims
+    claims = [(r["experiment"], c) for r, _ in read_claims(runs) for c in r["claims"]]
+    counts = count_verdicts([c for _, c in claims])
+    print(f"{len(claims)} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
+    for name, c in claims:
+        if c["verdict"] == INCONCLUSIVE:
+            print(f"  inconclusive: {name}/{c['id']}: {c['why']}")
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -341,8 +358,20 @@ def cmd_correlate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from geomopt.report import build_report
-    path = build_report(Path(args.runs), Path(args.out) if args.out else Path(args.runs) / "report")
+    runs = Path(args.results if args.results is not None else args.runs)
+    default = Path("runs") / "ledger-report" if args.results is not None else runs / "report"
+    path = build_report(runs, Path(args.out) if args.out else default)
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from geomopt.experiments import ledger
+    if args.action == "check":
+        return ledger.main_check(args.ledger)
+    for target in ledger.add(args.runs, args.ledger):
+        print(f"filed {target}")
+    print(f"wrote {Path(args.ledger) / 'README.md'}; check it with `geomopt results check {args.ledger}`")
     return 0
 
 
@@ -453,9 +482,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_implicit_parser(sub)  # geomopt implicit sensing | completion | deep-linear
 
     p = sub.add_parser("report", help="build the self-contained HTML report from a runs directory")
-    p.add_argument("runs", nargs="?", default="runs")
+    p.add_argument("runs", nargs="?", default="runs",
+                   help="the folder `geomopt reproduce --out` wrote (its reproductions' sections and claims; default: runs)")
+    p.add_argument("--results", nargs="?", const="results", default=None, metavar="LEDGER",
+                   help="render the results ledger instead (default folder: results; report in runs/ledger-report)")
     p.add_argument("--out", help="report directory (default: RUNS/report)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("results", help="the results ledger: file reproductions into it, or recompute and check it")
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser("check", help="recompute every claim of the ledger from its stored raw numbers; exit 1 "
+                                         "when a stored verdict does not follow or a file was edited by hand")
+    q.add_argument("ledger", nargs="?", default="results", help="the ledger folder (default: results)")
+    q = actions.add_parser("add", help="file every reproduction under RUNS into the ledger (results/<name>/<tier>/) "
+                                       "with its provenance, and regenerate the ledger's README.md")
+    q.add_argument("runs", help="a folder `geomopt reproduce --out` wrote")
+    q.add_argument("--ledger", default="results", help="the ledger folder (default: results)")
+    p.set_defaults(func=cmd_results)
     return parser
 
 

@@ -93,6 +93,9 @@ class PathSGDExperiment:
         return PathSGDExperiment(**d)
 
 
+CONFIG = PathSGDExperiment  # the config class (geomopt results check rebuilds it from experiment.json)
+
+
 def _problems(exp: PathSGDExperiment, root: Path) -> dict[tuple[str, str, str], Problem]:
     def make(data: str, init: str, opt: str):
         return lambda lr, seed: TrainConfig(

@@ -1,0 +1,90 @@
+"""The results ledger: `geomopt results add` files a reproduction with provenance; `results check` recomputes
+every verdict from the stored raw numbers and catches hand edits, changed numbers and a stale README."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+
+import pytest
+
+from geomopt.cli import main
+from geomopt.experiments.ledger import PROVENANCE, check
+
+TINY = {"datasets": ["digits"], "widths": [16], "epochs": 2, "optimizers": ["sgd", "path-sgd"],
+        "inits": ["kaiming", "unbalanced"], "lrs": {"sgd": [0.1], "path-sgd": [0.1]}, "seeds": [0, 1]}
+
+
+@pytest.fixture(scope="module")
+def ledger(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ledger")
+    argv = ["reproduce", "path-sgd", "--tier", "quick", "--out", str(root / "runs"), "--jobs", "1"]
+    for key, value in TINY.items():
+        argv += ["--set", f"{key}={json.dumps(value)}"]
+    assert main(argv) == 0
+    assert main(["results", "add", str(root / "runs"), "--ledger", str(root / "results")]) == 0
+    return root / "results"
+
+
+def _copy(ledger, tmp_path):
+    import shutil
+    target = tmp_path / "results"
+    shutil.copytree(ledger, target)
+    return target, target / "path-sgd" / "quick"
+
+
+def test_add_writes_entry_with_provenance_and_readme(ledger, capsys):
+    entry = ledger / "path-sgd" / "quick"
+    prov = json.loads((entry / PROVENANCE).read_text())
+    assert prov["command"].startswith("geomopt reproduce path-sgd --tier quick")
+    assert prov["seeds"] == [0, 1] and prov["torch"] and prov["machine"] and prov["commit"]
+    assert {"claims.json", "results.csv", "curves.csv", "experiment.json", "train_loss.png"} <= set(prov["files"])
+    readme = (ledger / "README.md").read_text()
+    assert "Path-SGD" in readme and "| claim | verdict | the paper | we measured" in readme
+    assert main(["results", "check", str(ledger)]) == 0
+    assert "every verdict follows" in capsys.readouterr().out
+
+
+def test_check_fails_after_a_number_is_changed(ledger, tmp_path, capsys):
+    target, entry = _copy(ledger, tmp_path)
+    with (entry / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    rows[0]["train_loss"] = str(float(rows[0]["train_loss"]) * 1.5)
+    with (entry / "results.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert main(["results", "check", str(target)]) == 1
+    assert "results.csv: differs from the hash" in capsys.readouterr().err
+
+
+def test_check_recomputes_verdicts_even_when_the_hashes_are_forged(ledger, tmp_path):
+    """Change a stored per-epoch number and update its hash too: the recomputed claim no longer matches."""
+    target, entry = _copy(ledger, tmp_path)
+    text = (entry / "curves.csv").read_text().splitlines()
+    header = text[0].split(",")
+    col = header.index("train_loss")
+    cells = text[2].split(",")  # a path-sgd or sgd run's epoch-1 record
+    cells[col] = repr(float(cells[col]) * 3)
+    text[2] = ",".join(cells)
+    (entry / "curves.csv").write_text("\n".join(text) + "\n")
+    prov = json.loads((entry / PROVENANCE).read_text())
+    prov["files"]["curves.csv"] = hashlib.sha256((entry / "curves.csv").read_bytes()).hexdigest()
+    (entry / PROVENANCE).write_text(json.dumps(prov))
+    problems = check(target)
+    assert problems and all("claim" in p for p in problems), problems
+
+
+def test_check_reports_a_stale_readme_and_a_missing_folder(ledger, tmp_path, capsys):
+    target, _ = _copy(ledger, tmp_path)
+    (target / "README.md").write_text("# edited\n")
+    assert any("README.md is stale" in p for p in check(target))
+    assert main(["results", "check", str(tmp_path / "nowhere")]) == 2
+    assert "no ledger folder" in capsys.readouterr().err
+
+
+def test_report_renders_the_ledger(ledger, tmp_path):
+    assert main(["report", "--results", str(ledger), "--out", str(tmp_path / "rep")]) == 0
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "Scoreboard" in page and "quick tier" in page
