@@ -76,3 +76,11 @@ def test_band_is_pointwise():
 
 def test_fmt():
     assert seed_stats([0.01, 0.03]).fmt(scale=100, digits=2) == "2 [-11, 15]"
+
+
+def test_fmt_clips_the_interval_to_the_quantity_range():
+    s = seed_stats([0.01, 0.0, 0.05])
+    assert s.low < 0
+    text = s.fmt(100, bounds=(0, 1))
+    assert text.startswith("2 [0, ") and "-" not in text
+    assert "-" in s.fmt(100)

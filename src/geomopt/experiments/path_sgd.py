@@ -135,8 +135,8 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None,
         val_err = [r["val_err"] for r in chosen]
         table_rows.append([data, init, opt, t.selection.label, seed_stats([r["train_loss"] for r in chosen]).fmt()
                            + (f" ({diverged} of {len(chosen)} seeds DIVERGED)" if diverged else ""),
-                           seed_stats(val_err).fmt(100) if None not in val_err else "diverged",
-                           seed_stats([r["test_err"] for r in chosen]).fmt(100)])
+                           seed_stats(val_err).fmt(100, bounds=(0, 1)) if None not in val_err else "diverged",
+                           seed_stats([r["test_err"] for r in chosen]).fmt(100, bounds=(0, 1))])
     write_tables(root / "table.csv", (columns, table_rows))
 
     figures = []

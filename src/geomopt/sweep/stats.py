@@ -85,13 +85,15 @@ class SeedStats:
     def half_width(self) -> float:
         return 0.5 * (self.high - self.low)
 
-    def fmt(self, scale: float = 1.0, digits: int = 3) -> str:
-        """``"mean [low, high]"`` (each times ``scale``), e.g. ``"2.31 [1.9, 2.72]"``; one seed: ``"2.31 (1 seed)"``."""
+    def fmt(self, scale: float = 1.0, digits: int = 3, bounds: tuple[float, float] | None = None) -> str:
+        """``"mean [low, high]"`` (each times ``scale``), e.g. ``"2.31 [1.9, 2.72]"``; one seed: ``"2.31 (1 seed)"``.
+        ``bounds``: the quantity's range (e.g. ``(0, 1)`` for an error rate); the interval is clipped to it."""
         def g(v: float) -> str:
             return f"{v * scale:.{digits}g}"
         if self.n == 1:
             return f"{g(self.mean)} (1 seed)"
-        return f"{g(self.mean)} [{g(self.low)}, {g(self.high)}]"
+        low, high = (self.low, self.high) if bounds is None else (max(self.low, bounds[0]), min(self.high, bounds[1]))
+        return f"{g(self.mean)} [{g(low)}, {g(high)}]"
 
     def to_dict(self) -> dict[str, float | int | list[float]]:
         return {"mean": self.mean, "low": self.low, "high": self.high, "std": self.std, "n": self.n,
