@@ -165,6 +165,26 @@ def _reproduce_one(name: str, args: argparse.Namespace, overrides: dict) -> Path
     return section
 
 
+def _ladder(name: str, args: argparse.Namespace, overrides: dict) -> Path:
+    """``reproduce NAME --ladder FIELD=[v1, v2, v3]``: the reproduction at each value (geomopt.experiments.ladder)."""
+    import json
+
+    from geomopt.experiments.ladder import run_ladder
+    field, sep, text = args.ladder.partition("=")
+    try:
+        values = json.loads(text) if sep else None
+    except json.JSONDecodeError:
+        values = None
+    if not isinstance(values, list) or field.strip() in overrides:
+        raise ValueError(f"--ladder expects FIELD=[v1, v2, v3] (a JSON list) of a field not also given by --set, "
+                         f"got {args.ladder!r}")
+
+    def one(rung_dir: Path, value) -> Path:
+        rung = argparse.Namespace(**{**vars(args), "out": str(rung_dir)})
+        return _reproduce_one(name, rung, {**overrides, field.strip(): value})
+    return run_ladder(name, field.strip(), values, Path(args.out), one)
+
+
 def _add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     """The sweep engine's flags (geomopt.sweep): backend, cluster address, resources, retries, timeout."""
     parser.add_argument("--jobs", type=int, default=None,
@@ -220,7 +240,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             print(f"geomopt reproduce: --set expects key=value, got {item!r}", file=sys.stderr)
             return 2
         overrides[key.strip()] = CommandLineText(value)
+    if args.ladder is not None and args.name == "all":
+        print("geomopt reproduce all: --ladder applies to one experiment; run that experiment alone", file=sys.stderr)
+        return 2
     with _sweep_session(args), sweep_options(**options):
+        if args.ladder is not None:
+            section = _ladder(args.name, args, overrides)
+            print(f"wrote {section}; build the HTML report with `geomopt report {args.out}`")
+            return 0
         if args.name != "all":
             _reproduce_one(args.name, args, overrides)
             print(f"build the HTML report with `geomopt report {args.out}`")
@@ -404,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="protocol tier: quick (CI-sized, embedded data, minutes), mid (real data, up to about "
                         "45 minutes per reproduction on 2 cores), full (the paper's own protocol; default)")
     p.add_argument("--quick", action="store_true", help="the same as --tier quick")
+    p.add_argument("--ladder", metavar="FIELD=[V1,V2,V3]",
+                   help="a scale ladder: run the reproduction at each value of one config field (3 or more, a JSON "
+                        "list) and plot each claim's effect against it (OUT/NAME-ladder-FIELD)")
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds 0..N-1 (default: 3 with --quick, 5 in the full protocol); tables and claims "
                         "give the mean and 95%% interval over them")

@@ -101,6 +101,8 @@ def add(runs: str | Path, ledger: str | Path = "results") -> list[Path]:
         if not prov_path.is_file():
             raise ValueError(f"results add: {directory} has no {PROVENANCE}; write it with `geomopt reproduce`")
         target = Path(ledger) / record["experiment"] / record.get("tier", "quick" if record.get("quick") else "full")
+        if record.get("variant"):  # a rung of a scale ladder
+            target = target / ("ladder-" + "".join(c if c.isalnum() or c in "=-_." else "_" for c in record["variant"]))
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
@@ -111,6 +113,16 @@ def add(runs: str | Path, ledger: str | Path = "results") -> list[Path]:
         provenance.update(seeds=record["seeds"], compute_seconds=record["seconds"],
                           files={name: _sha256(target / name) for name in names})
         write_json(target / PROVENANCE, provenance)
+        written.append(target)
+    for summary in sorted(Path(runs).rglob("ladder.json")):
+        if Path(ledger).resolve() in summary.resolve().parents:
+            continue
+        info = json.loads(summary.read_text())
+        target = Path(ledger) / info["experiment"] / info["tier"] / f"ladder-{info['field']}"
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("ladder.json", "ladder.png", "section.json"):
+            if (summary.parent / name).is_file():
+                shutil.copy2(summary.parent / name, target / name)
         written.append(target)
     _write_readme(Path(ledger))
     return written

@@ -201,7 +201,7 @@ def _compare(a: float | Sequence[float], b: float | Sequence[float], sign: int, 
     d = [x - y for x, y in zip(xa, xb)]
     if within is not None and len(within) != n:
         raise ValueError(f"{label}: {len(within)} within-seed draw lists for {n} seeds")
-    numbers: dict[str, Any] = {"a": list(xa), "b": list(xb), "difference": d, "seeds": n}
+    numbers: dict[str, Any] = {"a": list(xa), "b": list(xb), "difference": d, "seeds": n, "claim_sign": -sign}
     rel = "<" if sign > 0 else ">"
     if not all(math.isfinite(v) for v in d):
         bad = [i for i, v in enumerate(d) if not math.isfinite(v)]
