@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench clean ledger
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+	$(VENV)/bin/geomopt results check results
+
+# The results ledger: every reproduction at one protocol tier (TIER=quick|mid|full), resumable (rerun the same
+# command after an interruption: finished runs are kept), then filed into results/ with its provenance.
+TIER ?= mid
+LEDGER_RUNS ?= runs-ledger
+ledger: $(STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/geomopt reproduce all --tier $(TIER) --out $(LEDGER_RUNS)/$(TIER) --jobs 1
+	$(VENV)/bin/geomopt results add $(LEDGER_RUNS)/$(TIER)
 
 # Peers (nngeometry, curvlinops, backpack) declare torchvision, which would replace the CPU torch
 # with a CUDA build: they are installed without dependencies (none of the code we call imports it).
