@@ -31,7 +31,7 @@ test: $(STAMP)
 TIER ?= mid
 LEDGER_RUNS ?= runs-ledger
 ledger: $(STAMP)
-	OMP_NUM_THREADS=1 $(VENV)/bin/geomopt reproduce all --tier $(TIER) --out $(LEDGER_RUNS)/$(TIER) --jobs 1
+	-OMP_NUM_THREADS=1 $(VENV)/bin/geomopt reproduce all --tier $(TIER) --out $(LEDGER_RUNS)/$(TIER) --jobs 1
 	$(VENV)/bin/geomopt results add $(LEDGER_RUNS)/$(TIER)
 
 # Peers (nngeometry, curvlinops, backpack) declare torchvision, which would replace the CPU torch
