@@ -1,0 +1,157 @@
+"""Mirror descent with a strongly convex potential (Nemirovski & Yudin 1983; Beck & Teboulle 2003), the
+geometry whose implicit bias Gunasekar, Lee, Soudry & Srebro characterize ("Characterizing Implicit Bias in
+Terms of Optimization Geometry", ICML 2018, Sec. 2): on underdetermined linear regression it converges to
+the zero-loss solution closest to the start in the potential's Bregman divergence,
+``argmin_{Xw = y} D_psi(w, w_0)``, whatever the step size and momentum.
+
+The step, with momentum ``m`` taken in the mirror (dual) space:
+
+    theta_t = grad psi(w_t),   theta_{t+1} = theta_t - lr * g_t + m (theta_t - theta_{t-1}),   w_{t+1} = grad psi^*(theta_{t+1}).
+
+Potentials (each over all of a parameter group's tensors as one vector ``w``):
+
+- ``"lp"`` with ``p`` in (1, inf): ``psi(w) = 1/2 ||w||_p^2``; ``grad psi(w) = ||w||_p^{2-p} sign(w) |w|^{p-1}``, and
+  ``grad psi^*`` is the same map with the dual exponent ``q = p / (p - 1)`` (``p = 2``: gradient descent);
+- ``"entropy"``: ``psi(w) = sum w_i log w_i`` on ``w > 0``; ``grad psi(w) = 1 + log w``, so
+  ``w_{t+1} = w_t exp(-lr g_t)`` (exponentiated gradient, unnormalized);
+- ``"hypentropy"`` with ``beta > 0`` (Ghai, Hazan & Singer 2020): ``psi(w) = sum w_i arcsinh(w_i / beta) -
+  sqrt(w_i^2 + beta^2)``; ``grad psi(w) = arcsinh(w / beta)``, ``grad psi^*(theta) = beta sinh(theta)``; it
+  interpolates between the squared l2 potential (beta large) and the entropy (beta -> 0), for signed weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+__all__ = ["POTENTIALS", "MirrorDescent", "mirror_map", "inverse_mirror_map", "bregman"]
+
+POTENTIALS = ("lp", "entropy", "hypentropy")
+
+
+def _lp_map(w: torch.Tensor, p: float) -> torch.Tensor:
+    """``grad (1/2 ||w||_p^2) = ||w||_p^{2-p} sign(w) |w|^{p-1}`` (0 at w = 0)."""
+    norm = torch.linalg.vector_norm(w, ord=p)
+    if norm == 0:
+        return torch.zeros_like(w)
+    return norm ** (2 - p) * torch.sign(w) * w.abs() ** (p - 1)
+
+
+def mirror_map(w: torch.Tensor, potential: str, p: float = 2.0, beta: float = 1.0) -> torch.Tensor:
+    """``grad psi(w)`` of a potential (module docstring) on the vector ``w``."""
+    if potential == "lp":
+        return _lp_map(w, p)
+    if potential == "entropy":
+        return 1 + torch.log(w)
+    if potential == "hypentropy":
+        return torch.asinh(w / beta)
+    raise ValueError(f"mirror_map: potential must be one of {POTENTIALS}, got {potential!r}")
+
+
+def inverse_mirror_map(theta: torch.Tensor, potential: str, p: float = 2.0, beta: float = 1.0) -> torch.Tensor:
+    """``grad psi^*(theta)``, the inverse of :func:`mirror_map`."""
+    if potential == "lp":
+        return _lp_map(theta, p / (p - 1))
+    if potential == "entropy":
+        return torch.exp(theta - 1)
+    if potential == "hypentropy":
+        return beta * torch.sinh(theta)
+    raise ValueError(f"inverse_mirror_map: potential must be one of {POTENTIALS}, got {potential!r}")
+
+
+def _psi(w: torch.Tensor, potential: str, p: float, beta: float) -> torch.Tensor:
+    if potential == "lp":
+        return 0.5 * torch.linalg.vector_norm(w, ord=p) ** 2
+    if potential == "entropy":
+        return (w * torch.log(w)).sum()
+    return (w * torch.asinh(w / beta) - torch.sqrt(w * w + beta * beta)).sum()
+
+
+def bregman(w: torch.Tensor, v: torch.Tensor, potential: str, p: float = 2.0, beta: float = 1.0) -> torch.Tensor:
+    """``D_psi(w, v) = psi(w) - psi(v) - <grad psi(v), w - v>``."""
+    return (_psi(w, potential, p, beta) - _psi(v, potential, p, beta)
+            - (mirror_map(v, potential, p, beta) * (w - v)).sum())
+
+
+def _check(lr, potential, p, beta, momentum) -> None:
+    def finite(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    if not (finite(lr) and lr >= 0):
+        raise ValueError(f"MirrorDescent: lr must be a finite number >= 0, got {lr!r}")
+    if potential not in POTENTIALS:
+        raise ValueError(f"MirrorDescent: potential must be one of {POTENTIALS}, got {potential!r}")
+    if not (finite(p) and p > 1):
+        raise ValueError(f"MirrorDescent: p must be a finite number > 1, got {p!r}")
+    if not (finite(beta) and beta > 0):
+        raise ValueError(f"MirrorDescent: beta must be a finite number > 0, got {beta!r}")
+    if not (finite(momentum) and 0 <= momentum < 1):
+        raise ValueError(f"MirrorDescent: momentum must lie in [0, 1), got {momentum!r}")
+
+
+class MirrorDescent(torch.optim.Optimizer):
+    """Mirror descent with the ``lp``, ``entropy`` or ``hypentropy`` potential (module docstring).
+
+    Args:
+        params: Parameters or parameter groups (each group is one vector ``w``).
+        lr: Step size.
+        potential: ``"lp"`` (with ``p``), ``"entropy"`` (positive weights) or ``"hypentropy"`` (with ``beta``).
+        p: The exponent of the ``lp`` potential, in (1, inf).
+        beta: The scale of the ``hypentropy`` potential, > 0.
+        momentum: Heavy-ball momentum in the mirror space, in [0, 1).
+
+    Raises:
+        ValueError: an option out of range (per group, at construction and at each step), or non-positive
+            weights under the entropy potential.
+        FloatingPointError: a non-finite gradient or update (no parameter is changed then).
+    """
+
+    def __init__(self, params: Iterable, lr: float = 0.01, potential: str = "lp", p: float = 2.0, beta: float = 1.0,
+                 momentum: float = 0.0) -> None:
+        _check(lr, potential, p, beta, momentum)
+        super().__init__(params, {"lr": lr, "potential": potential, "p": p, "beta": beta, "momentum": momentum})
+
+    def add_param_group(self, param_group: dict) -> None:
+        m = {**self.defaults, **param_group}
+        _check(m["lr"], m["potential"], m["p"], m["beta"], m["momentum"])
+        super().add_param_group(param_group)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        new = []
+        for i, group in enumerate(self.param_groups):
+            _check(group["lr"], group["potential"], group["p"], group["beta"], group["momentum"])
+            params = [q for q in group["params"] if q.grad is not None]
+            if not params:
+                continue
+            opts = {"potential": group["potential"], "p": group["p"], "beta": group["beta"]}
+            w = torch.cat([q.reshape(-1) for q in params])
+            g = torch.cat([q.grad.reshape(-1) for q in params])
+            if not torch.isfinite(g).all():
+                raise FloatingPointError("MirrorDescent: non-finite gradient; no parameter was changed")
+            if group["potential"] == "entropy" and not (w > 0).all():
+                raise ValueError("MirrorDescent: the entropy potential needs positive weights")
+            theta = mirror_map(w, **opts)
+            step = -group["lr"] * g
+            state = self.state[params[0]]
+            if group["momentum"]:
+                prev = state.get("mirror_step")
+                if prev is not None and prev.shape == step.shape:
+                    step = step + group["momentum"] * prev
+            w_new = inverse_mirror_map(theta + step, **opts)
+            if not torch.isfinite(w_new).all():
+                raise FloatingPointError(f"MirrorDescent: the {group['potential']} update is non-finite (lr "
+                                         f"{group['lr']:g} too large?); no parameter was changed")
+            new.append((params, w_new, state, step))
+        for params, w_new, state, step in new:
+            state["mirror_step"] = step
+            i = 0
+            for q in params:
+                q.copy_(w_new[i:i + q.numel()].reshape(q.shape))
+                i += q.numel()
+        return loss

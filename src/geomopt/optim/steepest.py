@@ -1,0 +1,137 @@
+"""Steepest descent with respect to a norm (Gunasekar, Lee, Soudry & Srebro, "Characterizing Implicit Bias in
+Terms of Optimization Geometry", ICML 2018, Sec. 4).
+
+For a norm ``||.||`` with dual norm ``||g||_* = max_{||u|| <= 1} <g, u>``, the unnormalized steepest
+descent step is
+
+    w <- w + lr * dw,   dw = argmin_v <g, v> + 1/2 ||v||^2 = -||g||_* u(g),   u(g) = argmax_{||u|| <= 1} <g, u>,
+
+and the normalized step uses ``dw = -u(g)`` (a step of length ``lr`` in the norm). The maximizers:
+
+- ``l2``: ``u = g / ||g||_2``, ``||g||_* = ||g||_2`` (plain gradient descent);
+- ``linf``: ``u = sign(g)``, ``||g||_* = ||g||_1`` (sign descent);
+- ``l1``: ``u = sign(g_i) e_i`` at the largest ``|g_i|`` (ties share it equally), ``||g||_* = ||g||_inf``
+  (greedy coordinate descent);
+- ``spectral`` (matrices): ``u = U V^T`` from the reduced SVD ``g = U S V^T``, ``||g||_* = sum(S)`` (the
+  nuclear norm); the normalized step is the orthogonalized gradient Muon approximates.
+
+``l1``, ``l2`` and ``linf`` act on all of a parameter group's tensors as one vector (the paper's geometry).
+``spectral`` acts on each tensor as a matrix (``(shape[0], -1)``; a vector is a column) and the group's
+norm is the largest of their spectral norms, whose dual is the sum of their nuclear norms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+__all__ = ["NORMS", "SteepestDescent", "steepest_direction"]
+
+NORMS = ("l1", "l2", "linf", "spectral")
+
+
+def _as_matrix(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1) if t.dim() >= 2 else t.reshape(-1, 1)
+
+
+def steepest_direction(grads: list[torch.Tensor], norm: str) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``(u, ||g||_*)``: the unit-norm maximizer of ``<g, u>`` for ``norm`` over the tensors ``grads`` (one vector
+    for l1/l2/linf, the max of per-tensor spectral norms for ``spectral``) and the dual norm of ``g``.
+
+    Raises:
+        ValueError: an unknown norm.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"steepest_direction: norm must be one of {NORMS}, got {norm!r}")
+    if norm == "spectral":
+        units, dual = [], grads[0].new_zeros(())
+        for g in grads:
+            u, s, vh = torch.linalg.svd(_as_matrix(g), full_matrices=False)
+            keep = (s > s.max() * torch.finfo(s.dtype).eps * max(u.shape[0], vh.shape[1])).to(s.dtype)
+            units.append(((u * keep) @ vh).reshape(g.shape))
+            dual = dual + s.sum()
+        return units, dual
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    if norm == "l2":
+        dual = torch.linalg.vector_norm(flat)
+        unit = flat / dual if dual > 0 else torch.zeros_like(flat)
+    elif norm == "linf":
+        dual, unit = flat.abs().sum(), torch.sign(flat)
+    else:  # l1: the coordinates of largest magnitude share the unit step
+        dual = flat.abs().max()
+        top = (flat.abs() == dual) & (dual > 0)
+        unit = torch.sign(flat) * top / top.sum().clamp(min=1)
+    out, i = [], 0
+    for g in grads:
+        out.append(unit[i:i + g.numel()].reshape(g.shape))
+        i += g.numel()
+    return out, dual
+
+
+def _check(lr: float, norm: str, momentum: float) -> None:
+    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and torch.isfinite(torch.tensor(lr))
+            and lr >= 0):
+        raise ValueError(f"SteepestDescent: lr must be a finite number >= 0, got {lr!r}")
+    if norm not in NORMS:
+        raise ValueError(f"SteepestDescent: norm must be one of {NORMS}, got {norm!r}")
+    if not (isinstance(momentum, (int, float)) and not isinstance(momentum, bool) and 0 <= momentum < 1):
+        raise ValueError(f"SteepestDescent: momentum must lie in [0, 1), got {momentum!r}")
+
+
+class SteepestDescent(torch.optim.Optimizer):
+    """Steepest descent with respect to the ``l1``, ``l2``, ``linf`` or ``spectral`` norm (module docstring).
+
+    Args:
+        params: Parameters or parameter groups (each group is one vector for l1/l2/linf).
+        lr: Step size.
+        norm: ``"l1"``, ``"l2"``, ``"linf"`` or ``"spectral"``.
+        normalized: Step ``-lr u(g)`` (unit length in the norm) instead of ``-lr ||g||_* u(g)``.
+        momentum: Heavy-ball momentum on the gradient before the direction is taken (``b <- m b + g``).
+
+    Raises:
+        ValueError: an option out of range (checked per group at construction and at each step), or a
+            non-finite gradient at a step (no parameter is changed then).
+    """
+
+    def __init__(self, params: Iterable, lr: float = 0.01, norm: str = "l2", normalized: bool = False,
+                 momentum: float = 0.0) -> None:
+        _check(lr, norm, momentum)
+        super().__init__(params, {"lr": lr, "norm": norm, "normalized": bool(normalized), "momentum": momentum})
+
+    def add_param_group(self, param_group: dict) -> None:
+        merged = {**self.defaults, **param_group}
+        _check(merged["lr"], merged["norm"], merged["momentum"])
+        super().add_param_group(param_group)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        updates = []
+        for group in self.param_groups:
+            _check(group["lr"], group["norm"], group["momentum"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = []
+            for p in params:
+                if not torch.isfinite(p.grad).all():
+                    raise FloatingPointError(f"SteepestDescent: non-finite gradient in a tensor of shape "
+                                             f"{tuple(p.grad.shape)}; no parameter was changed")
+                g = p.grad
+                if group["momentum"]:
+                    buf = self.state[p].get("momentum_buffer")
+                    g = g.clone() if buf is None else buf.mul(group["momentum"]).add(g)
+                grads.append(g)
+            units, dual = steepest_direction(grads, group["norm"])
+            scale = group["lr"] if group["normalized"] else group["lr"] * dual
+            updates.append((group, params, grads, units, scale))
+        for group, params, grads, units, scale in updates:  # every check passed: now change the parameters
+            for p, g, u in zip(params, grads, units):
+                if group["momentum"]:
+                    self.state[p]["momentum_buffer"] = g
+                p.sub_(scale * u)
+        return loss
