@@ -1,4 +1,4 @@
-"""MNIST IDX reader, checked against IDX files written by hand with struct/gzip."""
+"""MNIST and Fashion-MNIST IDX readers, checked against IDX files written by hand with struct/gzip."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from geomopt.data import DataFormatError, load_dataset
-from geomopt.data.mnist import MNIST_FILES, load_mnist, read_idx
+from geomopt.data import mnist as mnist_module
+from geomopt.data.mnist import FASHION_MNIST_DIR, MNIST_FILES, load_mnist, read_idx
 
 
 def _idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
@@ -133,3 +134,49 @@ def test_wrong_image_size_and_label_range(tmp_path: Path) -> None:
     _write(tmp_path / MNIST_FILES["train_labels"], _idx_bytes(np.array([1, 10, 2], np.uint8)), gz=False)
     with pytest.raises(DataFormatError, match=r"train-labels-idx1-ubyte: label 10 out of range"):
         load_mnist(tmp_path)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_fashion_mnist_from_data_dir_and_torchvision_layout(tmp_path: Path, gz: bool) -> None:
+    arrays = _fake_mnist(tmp_path / "flat", gz)
+    bundle = load_dataset("fashion-mnist", data_dir=tmp_path / "flat")
+    assert bundle.name == "fashion-mnist" and bundle.input_shape == (1, 28, 28) and bundle.num_classes == 10
+    x, y = bundle.train.tensors
+    torch.testing.assert_close(x[:, 0], torch.from_numpy(arrays["train_images"].astype(np.float64) / 255).float(),
+                               rtol=0, atol=0)  # x / 255 rounded once to float32
+    assert y.tolist() == arrays["train_labels"].tolist()
+    assert bundle.test.tensors[1].tolist() == arrays["test_labels"].tolist()
+    tv = _fake_mnist(tmp_path / "root" / "FashionMNIST" / "raw", gz, seed=1)
+    assert load_dataset("fashion-mnist", data_dir=tmp_path / "root").train.tensors[1].tolist() == tv["train_labels"].tolist()
+
+
+def test_fashion_mnist_finds_the_package_folder_not_geomopt_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fashion = _fake_mnist(tmp_path / "system", gz=True, seed=1)
+    _fake_mnist(tmp_path / "mnist", gz=True, seed=2)  # $GEOMOPT_DATA holds MNIST's files, of the same names
+    monkeypatch.setattr(mnist_module, "FASHION_MNIST_DIR", tmp_path / "system")
+    monkeypatch.setenv("GEOMOPT_DATA", str(tmp_path / "mnist"))
+    bundle = load_dataset("fashion-mnist")
+    assert bundle.train.tensors[1].tolist() == fashion["train_labels"].tolist()
+
+
+def test_fashion_mnist_absent_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from geomopt.cli import main
+    monkeypatch.setattr(mnist_module, "FASHION_MNIST_DIR", tmp_path / "none")
+    monkeypatch.setenv("GEOMOPT_DATA", str(tmp_path))
+    with pytest.raises(ValueError, match=r"apt-get install dataset-fashion-mnist.*--data-dir"):
+        load_dataset("seq-fashion-mnist")
+    assert main(["train", "--data", "fashion-mnist", "--no-progress", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "apt-get install dataset-fashion-mnist" in err and str(tmp_path / "none") in err
+    with pytest.raises(DataFormatError, match=r"Fashion-MNIST file not found.*FashionMNIST/raw"):
+        load_dataset("fashion-mnist", data_dir=tmp_path)
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason=f"{FASHION_MNIST_DIR} absent (apt-get install dataset-fashion-mnist)")
+def test_real_fashion_mnist_package() -> None:
+    bundle = load_dataset("fashion-mnist")
+    (x, y), (x_test, y_test) = bundle.train.tensors, bundle.test.tensors
+    assert x.shape == (60000, 1, 28, 28) and x_test.shape == (10000, 1, 28, 28)
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+    assert torch.equal(torch.bincount(y), torch.full((10,), 6000))  # balanced classes 0..9
+    assert torch.equal(torch.bincount(y_test), torch.full((10,), 1000))

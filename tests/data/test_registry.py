@@ -9,11 +9,11 @@ from geomopt.data import DATASETS, DatasetBundle, load_dataset
 
 
 def test_dataset_names() -> None:
-    assert DATASETS == ("digits", "mnist1d", "mnist", "cifar10")
+    assert DATASETS == ("digits", "mnist1d", "mnist", "cifar10", "fashion-mnist")
 
 
 def test_unknown_name_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*digits, mnist1d, mnist, cifar10"):
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*digits, mnist1d, mnist, cifar10, fashion-mnist"):
         load_dataset("imagenet")
 
 

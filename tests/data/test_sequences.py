@@ -23,6 +23,7 @@ from geomopt.data.sequences import (
     copy_memory,
     fixed_permutation,
     load_chars,
+    row_bundle,
 )
 
 
@@ -84,6 +85,39 @@ def test_sequential_and_permuted(name, length):
         load_dataset(name, seq_len=length + 1)
 
 
+def test_rows_definition_by_index():
+    """Row by row: step h carries row h of every channel, x_rows[n, h, c * W + w] = x[n, c, h, w]."""
+    from torch.utils.data import TensorDataset
+    from geomopt.data import DatasetBundle
+    n, C, H, W = 3, 2, 4, 5
+    x = torch.randn(n, C, H, W, generator=torch.Generator().manual_seed(0))
+    ds = TensorDataset(x, torch.tensor([0, 1, 2]))
+    rows = row_bundle(DatasetBundle("img", ds, ds, (C, H, W), 3))
+    assert rows.name == "rows-img" and rows.input_shape == (H, C * W)
+    xr = rows.train.tensors[0]
+    for i, c, h, w in ((i, c, h, w) for i in range(n) for c in range(C) for h in range(H) for w in range(W)):
+        assert xr[i, h, c * W + w] == x[i, c, h, w]
+    digits, rows_digits = load_dataset("digits"), load_dataset("rows-digits")
+    assert rows_digits.input_shape == (8, 8) and torch.equal(rows_digits.train.tensors[0], digits.train.tensors[0][:, 0])
+    with pytest.raises(ValueError, match="fixed length 8"):
+        load_dataset("rows-digits", seq_len=64)
+    with pytest.raises(ValueError, match=r"not a classification dataset of \(C, H, W\) images"):
+        row_bundle(load_dataset("mnist1d"))
+
+
+def test_fashion_mnist_sequences_from_idx_files(tmp_path):
+    from tests.data.test_mnist import _fake_mnist
+    arrays = _fake_mnist(tmp_path, gz=True)
+    images = torch.from_numpy(arrays["train_images"]).float() / 255
+    seq, perm = load_dataset("seq-fashion-mnist", data_dir=tmp_path), load_dataset("seq-fashion-mnist-perm", data_dir=tmp_path)
+    rows = load_dataset("rows-fashion-mnist", data_dir=tmp_path, seq_len=28)
+    assert seq.input_shape == perm.input_shape == (784, 1) and rows.input_shape == (28, 28)
+    assert torch.equal(seq.train.tensors[0][..., 0], images.reshape(3, 784))
+    assert torch.equal(perm.train.tensors[0][..., 0], images.reshape(3, 784)[:, fixed_permutation(784)])
+    assert torch.equal(rows.train.tensors[0], images) and rows.train.tensors[1].tolist() == arrays["train_labels"].tolist()
+    assert load_dataset("rows-mnist", data_dir=tmp_path).input_shape == (28, 28)
+
+
 def test_chars(tmp_path):
     text = "hello world, this is a tiny corpus. " * 30
     path = tmp_path / "corpus.txt"
@@ -124,4 +158,5 @@ def test_registry_errors(monkeypatch):
 def test_sequence_dataset_names():
     from geomopt.data import SEQUENCE_DATASETS
     assert set(SEQUENCE_DATASETS) == {"adding", "copy", "chars"} | {
-        f"seq-{b}{s}" for b in ("digits", "mnist1d", "mnist") for s in ("", "-perm")}
+        f"seq-{b}{s}" for b in ("digits", "mnist1d", "mnist", "fashion-mnist") for s in ("", "-perm")} | {
+        f"rows-{b}" for b in ("digits", "mnist", "fashion-mnist")}

@@ -6,10 +6,13 @@
 - ``"digits"``: scikit-learn's 8x8 digits, seeded stratified 80/20 split, ``(1, 8, 8)``;
 - ``"mnist1d"``: MNIST-1D (Greydanus, 2020) generated locally and cached, ``(1, 40)``;
 - ``"mnist"``: MNIST from local IDX files (raw or ``.gz``), ``(1, 28, 28)``;
+- ``"fashion-mnist"``: Fashion-MNIST, same format, found in the folder of Debian's package
+  ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``) unless a folder is given;
 - ``"cifar10"``: CIFAR-10 from the local python pickle batches, ``(3, 32, 32)``;
 - sequence tasks for recurrent nets (``geomopt.data.sequences``; ``seq_len=`` where the length
   is free): ``"adding"`` (regression), ``"copy"`` and ``"chars"`` (one label per step),
-  ``"seq-digits"``, ``"seq-mnist1d"``, ``"seq-mnist"`` and their ``-perm`` versions (pixel by pixel).
+  ``"seq-digits"``, ``"seq-mnist1d"``, ``"seq-mnist"``, ``"seq-fashion-mnist"`` and their ``-perm``
+  versions (pixel by pixel), ``"rows-digits"``, ``"rows-mnist"``, ``"rows-fashion-mnist"`` (row by row).
   ``DatasetBundle.task`` tells the engine which loss to use.
 
 Nothing is downloaded. Optional seeded subsampling (``train_size``) and label noise

@@ -189,28 +189,46 @@ def _torch_generator(seed: int) -> torch.Generator:
     return g
 
 
-def resolve_data_dir(data_dir: str | Path | None, dataset: str) -> Path:
+def resolve_data_dir(
+    data_dir: str | Path | None, dataset: str, *, system_dir: Path | None = None, package: str | None = None
+) -> Path:
     """Return the directory holding a dataset's local files.
 
+    Order: ``data_dir`` if given; else, for a dataset that a system package installs (``system_dir``,
+    e.g. Debian's ``dataset-fashion-mnist``), that folder; else ``$GEOMOPT_DATA``. A dataset with a
+    ``system_dir`` never reads ``$GEOMOPT_DATA``: that variable names the folder of MNIST's files, which
+    have the same names as Fashion-MNIST's.
+
     Args:
-        data_dir: Explicit directory, or ``None`` to use ``$GEOMOPT_DATA``.
+        data_dir: Explicit directory, or ``None``.
         dataset: Dataset name, used in the error message.
+        system_dir: The folder a system package installs the files in, or ``None``.
+        package: That package's name (named in the error message when ``system_dir`` is absent).
 
     Returns:
         The directory as a ``Path`` (its contents are checked by the reader).
 
     Raises:
-        ValueError: If neither ``data_dir`` nor ``$GEOMOPT_DATA`` is given.
+        ValueError: If no directory is given and ``system_dir`` does not exist (the one-line
+            message says how to install the package), or, without ``system_dir``, ``$GEOMOPT_DATA``
+            is unset.
     """
-    if data_dir is None:
-        env = os.environ.get(DATA_ENV_VAR)
-        if not env:
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    if system_dir is not None:
+        if not system_dir.is_dir():
             raise ValueError(
-                f"dataset {dataset!r} is read from local files and no data directory was "
-                f"given: pass --data-dir DIR (data_dir=... in Python) or set ${DATA_ENV_VAR}"
+                f"dataset {dataset!r} is read from local files and {system_dir} does not exist: install them "
+                f"with `apt-get install {package}` (Debian/Ubuntu) or pass --data-dir DIR (data_dir=... in Python)"
             )
-        data_dir = env
-    return Path(data_dir).expanduser()
+        return system_dir
+    env = os.environ.get(DATA_ENV_VAR)
+    if not env:
+        raise ValueError(
+            f"dataset {dataset!r} is read from local files and no data directory was "
+            f"given: pass --data-dir DIR (data_dir=... in Python) or set ${DATA_ENV_VAR}"
+        )
+    return Path(env).expanduser()
 
 
 def resolve_cache_dir(cache_dir: str | Path | None) -> Path:

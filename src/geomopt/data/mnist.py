@@ -1,11 +1,15 @@
-"""MNIST (LeCun et al., 1998) read from local IDX files.
+"""MNIST (LeCun et al., 1998) and Fashion-MNIST (Xiao et al., 2017) read from local IDX files.
+
+Fashion-MNIST (Zalando's 28x28 grey images of 10 kinds of clothing) uses MNIST's four file names
+and format; Debian's package ``dataset-fashion-mnist`` installs them gzipped in
+``FASHION_MNIST_DIR``, where ``load_dataset("fashion-mnist")`` finds them by itself.
 
 IDX layout (http://yann.lecun.com/exdb/mnist/): a big-endian 4-byte magic number
 ``0x00 0x00 <type> <ndim>`` (type ``0x08`` = unsigned byte), then ``ndim`` big-endian
 uint32 dimensions, then exactly ``prod(dims)`` data bytes. Images are ``0x00000803``
 (n, 28, 28), labels ``0x00000801`` (n,). Each file may be raw or gzip-compressed
-(``.gz`` suffix) and is looked up in ``data_dir`` and ``data_dir/MNIST/raw``.
-Pixels are scaled as ``x / 255``.
+(``.gz`` suffix) and is looked up in ``data_dir`` and in torchvision's layout
+``data_dir/MNIST/raw`` (``data_dir/FashionMNIST/raw``). Pixels are scaled as ``x / 255``.
 """
 
 from __future__ import annotations
@@ -13,16 +17,16 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from .core import DataFormatError, DatasetBundle
+from .core import DataFormatError, DatasetBundle, resolve_data_dir
 
-__all__ = ["load_mnist", "read_idx", "find_idx_file", "MNIST_FILES"]
+__all__ = ["load_mnist", "load_fashion_mnist", "read_idx", "find_idx_file", "MNIST_FILES", "FASHION_MNIST_DIR",
+           "FASHION_MNIST_PACKAGE"]
 
 IDX_UBYTE = 0x08
 MNIST_FILES = {
@@ -32,18 +36,23 @@ MNIST_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 IMAGE_SIZE = (28, 28)
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # where dataset-fashion-mnist installs the files
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+# dataset name -> (name in messages, torchvision's subfolder)
+_LAYOUT = {"mnist": ("MNIST", "MNIST"), "fashion-mnist": ("Fashion-MNIST", "FashionMNIST")}
 
 
-def _search_dirs(data_dir: Path) -> list[Path]:
-    return [data_dir, data_dir / "MNIST" / "raw"]
+def _search_dirs(data_dir: Path, dataset: str) -> list[Path]:
+    return [data_dir, data_dir / _LAYOUT[dataset][1] / "raw"]
 
 
-def find_idx_file(data_dir: Path, name: str) -> Path:
-    """Find ``name`` or ``name.gz`` in ``data_dir`` or ``data_dir/MNIST/raw``.
+def find_idx_file(data_dir: Path, name: str, dataset: str = "mnist") -> Path:
+    """Find ``name`` or ``name.gz`` in ``data_dir`` or torchvision's ``data_dir/MNIST/raw``.
 
     Args:
         data_dir: Root data directory.
         name: Base file name, e.g. ``"train-images-idx3-ubyte"``.
+        dataset: ``"mnist"`` or ``"fashion-mnist"`` (its subfolder is ``FashionMNIST/raw``).
 
     Returns:
         The first existing candidate (raw before ``.gz``, ``data_dir`` before its subfolder).
@@ -51,16 +60,17 @@ def find_idx_file(data_dir: Path, name: str) -> Path:
     Raises:
         DataFormatError: If none exists; the message lists the names and folders searched.
     """
-    dirs = _search_dirs(data_dir)
+    dirs = _search_dirs(data_dir, dataset)
     for d in dirs:
         for candidate in (d / name, d / f"{name}.gz"):
             if candidate.is_file():
                 return candidate
     where = ", ".join(str(d) for d in dirs)
     note = "" if data_dir.is_dir() else f" (the directory {data_dir} does not exist)"
+    label = _LAYOUT[dataset][0]
     raise DataFormatError(
-        f"MNIST file not found: looked for {name} or {name}.gz in {where}{note}; "
-        f"pass --data-dir pointing to the folder holding the four MNIST IDX files"
+        f"{label} file not found: looked for {name} or {name}.gz in {where}{note}; "
+        f"pass --data-dir pointing to the folder holding the four {label} IDX files"
     )
 
 
@@ -122,14 +132,14 @@ def read_idx(path: str | Path, expected_ndim: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _load_split(data_dir: Path, images_name: str, labels_name: str) -> TensorDataset:
-    images_path = find_idx_file(data_dir, images_name)
-    labels_path = find_idx_file(data_dir, labels_name)
+def _load_split(data_dir: Path, images_name: str, labels_name: str, dataset: str) -> TensorDataset:
+    images_path = find_idx_file(data_dir, images_name, dataset)
+    labels_path = find_idx_file(data_dir, labels_name, dataset)
     images = read_idx(images_path, 3)
     labels = read_idx(labels_path, 1)
     if images.shape[1:] != IMAGE_SIZE:
         raise DataFormatError(
-            f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, MNIST images are 28x28"
+            f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, {_LAYOUT[dataset][0]} images are 28x28"
         )
     if len(images) != len(labels):
         raise DataFormatError(
@@ -138,9 +148,21 @@ def _load_split(data_dir: Path, images_name: str, labels_name: str) -> TensorDat
         )
     if len(labels) and labels.max() > 9:
         raise DataFormatError(f"{labels_path}: label {int(labels.max())} out of range 0..9")
-    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    # x / 255 in float32, as torch ops on one writable copy of the bytes (twice as fast as numpy's astype and divide)
+    x = torch.from_numpy(images.copy()).to(torch.float32).div_(255.0).unsqueeze(1)
     y = torch.from_numpy(labels.astype(np.int64))
     return TensorDataset(x, y)
+
+
+def _load_idx_dataset(data_dir: str | Path, dataset: str) -> DatasetBundle:
+    data_dir = Path(data_dir)
+    return DatasetBundle(
+        name=dataset,
+        train=_load_split(data_dir, MNIST_FILES["train_images"], MNIST_FILES["train_labels"], dataset),
+        test=_load_split(data_dir, MNIST_FILES["test_images"], MNIST_FILES["test_labels"], dataset),
+        input_shape=(1, *IMAGE_SIZE),
+        num_classes=10,
+    )
 
 
 def load_mnist(data_dir: str | Path) -> DatasetBundle:
@@ -156,33 +178,24 @@ def load_mnist(data_dir: str | Path) -> DatasetBundle:
     Raises:
         DataFormatError: If a file is missing or malformed (the message names it).
     """
-    data_dir = Path(data_dir)
-    return DatasetBundle(
-        name="mnist",
-        train=_load_split(data_dir, MNIST_FILES["train_images"], MNIST_FILES["train_labels"]),
-        test=_load_split(data_dir, MNIST_FILES["test_images"], MNIST_FILES["test_labels"]),
-        input_shape=(1, *IMAGE_SIZE),
-        num_classes=10,
-    )
-
-
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist package
+    return _load_idx_dataset(data_dir, "mnist")
 
 
 def load_fashion_mnist(data_dir: str | Path | None = None) -> DatasetBundle:
-    """Load Fashion-MNIST (Xiao et al. 2017: 60,000 / 10,000 28x28 images of clothing, 10 classes) from
-    its four IDX files, in MNIST's format.
+    """Load Fashion-MNIST (60,000 / 10,000 images) from its four IDX files in ``data_dir``.
 
-    Args:
-        data_dir: Folder holding the files; default: Debian's ``dataset-fashion-mnist`` package
-            (``/usr/share/datasets/fashion-mnist``).
+    Same file names, format and checks as :func:`load_mnist`; the torchvision subfolder is
+    ``data_dir/FashionMNIST/raw``. Without ``data_dir``: ``FASHION_MNIST_DIR``, the folder of Debian's
+    ``dataset-fashion-mnist`` (never ``$GEOMOPT_DATA``, MNIST's folder: see ``resolve_data_dir``).
+
+    Returns:
+        A ``DatasetBundle`` named ``"fashion-mnist"``, ``x`` of shape ``(n, 1, 28, 28)`` in ``[0, 1]``,
+        10 classes (0 T-shirt/top, 1 trouser, 2 pullover, 3 dress, 4 coat, 5 sandal, 6 shirt, 7 sneaker,
+        8 bag, 9 ankle boot).
 
     Raises:
-        DataFormatError: The folder or a file is missing (the message says how to install the package).
+        ValueError: No ``data_dir`` and no package folder (the one-line message says how to install it).
+        DataFormatError: If a file is missing or malformed (the message names it).
     """
-    folder = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
-    if data_dir is None and not folder.is_dir():
-        raise DataFormatError(f"fashion-mnist: {folder} not found; install it with "
-                              "`apt-get install dataset-fashion-mnist` or pass --data-dir DIR")
-    bundle = load_mnist(folder)
-    return replace(bundle, name="fashion-mnist")
+    folder = resolve_data_dir(data_dir, "fashion-mnist", system_dir=FASHION_MNIST_DIR, package=FASHION_MNIST_PACKAGE)
+    return _load_idx_dataset(folder, "fashion-mnist")

@@ -28,7 +28,7 @@ from .core import (
 from .digits import load_digits
 from .mnist import load_fashion_mnist, load_mnist
 from .mnist1d import load_mnist1d
-from .sequences import load_adding, load_chars, load_copy, sequential_bundle
+from .sequences import load_adding, load_chars, load_copy, row_bundle, sequential_bundle
 
 __all__ = ["DATASETS", "SEQUENCE_DATASETS", "load_dataset"]
 
@@ -52,11 +52,14 @@ _SEQUENCE_LOADERS: dict[str, _SeqLoader] = {
 }
 _GENERATED = ("adding", "copy")
 _VARIABLE_LENGTH = ("adding", "copy", "chars")
-for _base in ("digits", "mnist1d", "mnist"):
+for _base in ("digits", "mnist1d", "mnist", "fashion-mnist"):
     for _perm in (False, True):
         _SEQUENCE_LOADERS[f"seq-{_base}{'-perm' if _perm else ''}"] = (
             lambda data_dir, seed, cache_dir, seq_len, n, _b=_base, _p=_perm:
             sequential_bundle(_LOADERS[_b](data_dir, seed, cache_dir), permuted=_p))
+for _base in ("digits", "mnist", "fashion-mnist"):
+    _SEQUENCE_LOADERS[f"rows-{_base}"] = (lambda data_dir, seed, cache_dir, seq_len, n, _b=_base:
+                                          row_bundle(_LOADERS[_b](data_dir, seed, cache_dir)))
 
 DATASETS: tuple[str, ...] = tuple(_LOADERS)
 SEQUENCE_DATASETS: tuple[str, ...] = tuple(_SEQUENCE_LOADERS)
@@ -76,10 +79,11 @@ def load_dataset(
     """Load a dataset as in-memory train/test tensors.
 
     Args:
-        name: One of ``DATASETS`` (``"digits"``, ``"mnist1d"``, ``"mnist"``, ``"cifar10"``) or
-            ``SEQUENCE_DATASETS`` (see :mod:`geomopt.data.sequences`).
-        data_dir: Folder with the local files of ``"mnist"`` / ``"cifar10"``; default
-            ``$GEOMOPT_DATA``. Unused by ``"digits"`` and ``"mnist1d"``.
+        name: One of ``DATASETS`` (``"digits"``, ``"mnist1d"``, ``"mnist"``, ``"cifar10"``,
+            ``"fashion-mnist"``) or ``SEQUENCE_DATASETS`` (see :mod:`geomopt.data.sequences`).
+        data_dir: Folder with the local files of ``"mnist"`` / ``"fashion-mnist"`` / ``"cifar10"``;
+            default ``$GEOMOPT_DATA``, for ``"fashion-mnist"`` the folder Debian's package
+            ``dataset-fashion-mnist`` installs (``resolve_data_dir``). Unused by ``"digits"`` and ``"mnist1d"``.
         seed: Non-negative seed of the digits train/test split, the subsample and the
             label noise (each uses an independent stream derived from it). The MNIST-1D
             examples themselves are fixed (package seed 42) whatever this seed is.
@@ -90,8 +94,9 @@ def load_dataset(
             or ``~/.cache/geomopt``.
         seq_len: Sequence length T of ``"adding"`` / ``"copy"`` (delay) / ``"chars"`` (window),
             default 100. The pixel-by-pixel tasks (``"seq-digits"``, ``"seq-mnist1d"``,
-            ``"seq-mnist"`` and their ``-perm`` versions) have a fixed length (64, 40, 784):
-            ``seq_len`` must then be None or that length. Other datasets reject it.
+            ``"seq-mnist"``, ``"seq-fashion-mnist"`` and their ``-perm`` versions) and the row-by-row
+            ones (``"rows-digits"``, ``"rows-mnist"``, ``"rows-fashion-mnist"``) have a fixed length
+            (64, 40, 784, 784; 8, 28, 28): ``seq_len`` must then be None or that length. Other datasets reject it.
             See :mod:`geomopt.data.sequences`.
         val_fraction: Hold out this fraction of the (subsampled) training set as ``bundle.valid``
             (``carve_validation``: stratified for classification, seeded), before label noise, so

@@ -11,7 +11,8 @@ r"""Sequence tasks with long-term dependencies, for recurrent networks.
   ``10 ln 8 / (T + 20)`` per step.
 - **Sequential images** (Le et al. 2015): an image read pixel by pixel, ``(n, H*W*C, 1)``, classified
   from the last state; "permuted": the pixels in one fixed random order (the same for every seed and
-  split: ``PERMUTATION_SEED``).
+  split: ``PERMUTATION_SEED``). Row by row (``rows-*``): one image row per step, ``(n, H, W*C)``,
+  T = 28 for (Fashion-)MNIST.
 - **Character-level language modelling** from any local UTF-8 text file: the text is split in
   order into train / valid / test (90 / 5 / 5 % by default), the vocabulary is every character of the
   file, and each split is cut into non-overlapping windows of ``T + 1`` characters: input the first T
@@ -33,7 +34,7 @@ from torch.utils.data import TensorDataset
 
 from .core import DataFormatError, DatasetBundle, derive_seed
 
-__all__ = ["adding_problem", "copy_memory", "sequential_bundle", "load_adding", "load_copy", "load_chars",
+__all__ = ["adding_problem", "copy_memory", "sequential_bundle", "row_bundle", "load_adding", "load_copy", "load_chars",
            "ADDING_BASELINE_MSE", "PERMUTATION_SEED", "TEST_SEED"]
 
 ADDING_BASELINE_MSE = 1.0 / 6.0
@@ -148,6 +149,28 @@ def sequential_bundle(bundle: DatasetBundle, *, permuted: bool, name: str | None
 
     return DatasetBundle(name or f"seq-{bundle.name}{'-perm' if permuted else ''}", convert(bundle.train),
                          convert(bundle.test), (length, 1), bundle.num_classes)
+
+
+def row_bundle(bundle: DatasetBundle, *, name: str | None = None) -> DatasetBundle:
+    """Read every image of a classification bundle row by row: ``x[n, c, h, w]`` -> ``x[n, h, c * W + w]``.
+
+    Step ``h`` of the sequence of length ``T = H`` carries the ``h``-th row of every channel
+    (channel-major), so ``input_shape`` is ``(H, C * W)``: ``(28, 28)`` for (Fashion-)MNIST.
+
+    Raises:
+        ValueError: Not a classification bundle of images ``(C, H, W)``.
+    """
+    if bundle.task != "classification" or len(bundle.input_shape) != 3:
+        raise ValueError(f"row_bundle: {bundle.name!r} is not a classification dataset of (C, H, W) images "
+                         f"(task {bundle.task}, input shape {bundle.input_shape})")
+    c, h, w = bundle.input_shape
+
+    def convert(ds: TensorDataset) -> TensorDataset:
+        x, y = ds.tensors
+        return TensorDataset(x.transpose(1, 2).reshape(len(x), h, c * w).contiguous(), y)
+
+    return DatasetBundle(name or f"rows-{bundle.name}", convert(bundle.train), convert(bundle.test), (h, c * w),
+                         bundle.num_classes)
 
 
 def _find_text(data_dir: Path) -> Path:
