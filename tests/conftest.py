@@ -20,3 +20,30 @@ def float64_default():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--cuda-as-cpu", action="store_true",
+                     help="run the tests marked cuda with the CPU standing in for the GPU (checks their code and "
+                          "references where no GPU is; on a GPU, `pytest -m cuda` runs them for real)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` are skipped without a CUDA device (unless ``--cuda-as-cpu``)."""
+    if torch.cuda.is_available() or config.getoption("--cuda-as-cpu"):
+        return
+    skip = pytest.mark.skip(reason="no CUDA device (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def cuda_device(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> torch.device:
+    """The GPU of a test marked ``cuda`` (the CPU under ``--cuda-as-cpu``), with TF32 off: its float32
+    results are compared with the CPU's."""
+    if request.config.getoption("--cuda-as-cpu"):
+        return torch.device("cpu")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    return torch.device("cuda")

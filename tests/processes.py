@@ -1,4 +1,5 @@
-"""Run a test function in several real processes joined by a gloo process group (spawned, not forked)."""
+"""Run a test function in several real processes joined by a process group (spawned, not forked): gloo, or
+nccl with one GPU per rank (``torch.cuda.set_device(rank)``)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import torch.multiprocessing as mp
 from geomopt.train.distributed import leave
 
 
-def _entry(fn: Callable, rank: int, world: int, init: str, timeout: float, args: tuple) -> None:
+def _entry(fn: Callable, rank: int, world: int, init: str, timeout: float, args: tuple, backend: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world,
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=f"file://{init}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=timeout))
     try:
         fn(rank, world, *args)
@@ -27,13 +30,14 @@ def _entry(fn: Callable, rank: int, world: int, init: str, timeout: float, args:
             leave()
 
 
-def run_processes(world: int, fn: Callable, *args, timeout: float = 60.0, collective_timeout: float = 30.0) -> list[int]:
+def run_processes(world: int, fn: Callable, *args, timeout: float = 60.0, collective_timeout: float = 30.0,
+                  backend: str = "gloo") -> list[int]:
     """``fn(rank, world, *args)`` in ``world`` processes; their exit codes. Fails the test if one is still
     running after ``timeout`` seconds (a hang); ``collective_timeout``: the process group's timeout."""
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         init = os.path.join(tmp, "rendezvous")
-        procs = [ctx.Process(target=_entry, args=(fn, r, world, init, collective_timeout, args)) for r in range(world)]
+        procs = [ctx.Process(target=_entry, args=(fn, r, world, init, collective_timeout, args, backend)) for r in range(world)]
         for p in procs:
             p.start()
         deadline = time.monotonic() + timeout

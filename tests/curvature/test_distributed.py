@@ -80,22 +80,25 @@ class _Counter:
             setattr(dist, name, wrapped)
 
 
-def _train(model_name: str, opt_name: str, rank: int = 0, world: int = 1, counter: _Counter | None = None):
-    """Final weights, and per step the collectives called inside ``optimizer.step()`` (float64)."""
+def _train(model_name: str, opt_name: str, rank: int = 0, world: int = 1, counter: _Counter | None = None,
+           device: str = "cpu"):
+    """Final weights (on the CPU), and per step the collectives called inside ``optimizer.step()`` (float64);
+    in a process group (of any size) the model is in DistributedDataParallel and the optimizer gets the group."""
     # EKFAC's diagonal in a degenerate eigenspace (e.g. dead ReLUs) depends on the basis LAPACK returns,
     # which rounding changes: smooth units keep the eigenvalues distinct (Path-SGD needs ReLU)
-    model = _model(model_name, nn.Tanh if opt_name == "ekfac" else nn.ReLU).double()
-    net = DistributedDataParallel(model) if world > 1 else model
-    opt = _optimizer(opt_name, model, dist.group.WORLD if world > 1 else None)
+    model = _model(model_name, nn.Tanh if opt_name == "ekfac" else nn.ReLU).double().to(device)
+    grouped = dist.is_available() and dist.is_initialized()
+    net = DistributedDataParallel(model) if grouped else model
+    opt = _optimizer(opt_name, model, dist.group.WORLD if grouped else None)
     per_step = []
     for x, y in _batches(model_name):
         lo, hi = rank * BATCH // world, (rank + 1) * BATCH // world
 
-        def closure(x=x[lo:hi], y=y[lo:hi]):  # returns the global batch's loss (the shards are equal)
+        def closure(x=x[lo:hi].to(device), y=y[lo:hi].to(device)):  # the global batch's loss (equal shards)
             opt.zero_grad()
             loss = F.cross_entropy(net(x), y)
             loss.backward()
-            if world > 1:
+            if grouped:
                 loss = loss.detach().clone()
                 dist.all_reduce(loss)
                 loss /= world
@@ -110,7 +113,7 @@ def _train(model_name: str, opt_name: str, rank: int = 0, world: int = 1, counte
             counter.on = False
             per_step.append(list(counter.calls))
     work = (opt.comm.work_done, opt.comm.work_total) if getattr(opt, "comm", None) is not None else None
-    return [p.detach().clone() for p in model.parameters()], per_step, work
+    return [p.detach().cpu().clone() for p in model.parameters()], per_step, work
 
 
 def _worker(rank: int, world: int, out: str) -> None:
