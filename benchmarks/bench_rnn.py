@@ -16,10 +16,12 @@ Side by side in one process, contenders alternating step by step, medians report
    products alone (the floor of any step-by-step LSTM) and, with --reference, the step-by-step
    BNLSTM; the ATen kernels per time step of each (torch.profiler); then geomopt.nn.UnitaryRNN beside
    geomopt.nn.ReLURNN at hidden 100 and 512 (adding problem, T = 100, batch 16). Min / median / max.
+   ``--device cuda``: the BN-LSTM table on the GPU (fused ATen loop, no C kernels, against cuDNN's LSTM;
+   each time taken after ``torch.cuda.synchronize``: read the wall columns).
 
 Usage: python benchmarks/bench_rnn.py [--steps 20] [--threads N] [--lengths 100,400,750]
        python benchmarks/bench_rnn.py --bnlstm [--steps 5] [--long-steps 2] [--hidden 100,1000]
-              [--bn-lengths 100,784] [--batches 16,64] [--reference] [--aten-gates]
+              [--bn-lengths 100,784] [--batches 16,64] [--reference] [--aten-gates] [--device cuda --no-urnn]
        python benchmarks/bench_rnn.py --bnlstm --breakdown [--bn-lengths 100,784] [--steps 5]
 """
 
@@ -122,38 +124,42 @@ def launches_per_step(model: nn.Module, x: torch.Tensor) -> float:
     return ops / x.shape[1]
 
 
-def clocks() -> tuple[float, float]:
+def clocks(device: torch.device = torch.device("cpu")) -> tuple[float, float]:
     """(wall, CPU time of this process): on a shared, oversubscribed machine the CPU time leaves out
-    the time spent waiting for a core (with one torch thread it is the work done)."""
+    the time spent waiting for a core (with one torch thread it is the work done). On CUDA, after the
+    device has finished the work queued so far."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter(), time.process_time()
 
 
-def since(start: tuple[float, float]) -> tuple[float, float]:
-    now = clocks()
+def since(start: tuple[float, float], device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+    now = clocks(device)
     return now[0] - start[0], now[1] - start[1]
 
 
-def matmul_floor(hidden: int, T: int, batch: int) -> tuple[float, float]:
+def matmul_floor(hidden: int, T: int, batch: int, device: torch.device = torch.device("cpu")) -> tuple[float, float]:
     """(wall, CPU) seconds of the matrix products any step-by-step LSTM runs (forward W_h h, backward dh), no other work."""
-    h, w = torch.randn(batch, hidden), torch.randn(4 * hidden, hidden)
-    d = torch.randn(batch, 4 * hidden)
-    start = clocks()
+    h, w = torch.randn(batch, hidden, device=device), torch.randn(4 * hidden, hidden, device=device)
+    d = torch.randn(batch, 4 * hidden, device=device)
+    start = clocks(device)
     for _ in range(T):
         torch.mm(h, w.t())
         torch.mm(d, w)
     torch.mm(d.t(), h)  # the weight gradient, once per sequence in the fused BN-LSTM (T times smaller here)
-    return since(start)
+    return since(start, device)
 
 
 def bench_bnlstm(hidden: int, T: int, batch: int, reps: int, reference: bool, compile: bool,
-                 aten_gates: bool = False) -> dict[str, list[tuple[float, float]]]:
+                 aten_gates: bool = False, device: torch.device = torch.device("cpu")
+                 ) -> dict[str, list[tuple[float, float]]]:
     """(wall, CPU) seconds of forward + backward of BNLSTM (fused; C gate kernels where they compile),
     torch.nn.LSTM, the matmul floor and, with ``reference``, the step-by-step BNLSTM, with ``compile``
     BNLSTM(compile=True), with ``aten_gates`` BNLSTM(native=False) (no C kernels); contenders
     alternate, after one short warm-up pass each (which compiles)."""
     from geomopt.nn import BNLSTM
     torch.manual_seed(0)
-    x = torch.randn(batch, T, 1)
+    x = torch.randn(batch, T, 1, device=device)
     models = {"BNLSTM": BNLSTM(1, hidden, max_steps=T), "torch.nn.LSTM": nn.LSTM(1, hidden, batch_first=True)}
     if reference:
         models["BNLSTM step-by-step"] = BNLSTM(1, hidden, max_steps=T, fused=False)
@@ -161,6 +167,7 @@ def bench_bnlstm(hidden: int, T: int, batch: int, reps: int, reference: bool, co
         models["BNLSTM ATen gates"] = BNLSTM(1, hidden, max_steps=T, native=False)
     if compile:
         models["BNLSTM compile=True"] = BNLSTM(1, hidden, max_steps=T, compile=True)
+    models = {k: m.to(device) for k, m in models.items()}
     for k, m in models.items():
         t0 = time.perf_counter()
         out, _ = m(x[:, :10])
@@ -171,11 +178,11 @@ def bench_bnlstm(hidden: int, T: int, batch: int, reps: int, reference: bool, co
     for _ in range(reps):
         for k, m in models.items():
             m.zero_grad(set_to_none=True)
-            start = clocks()
+            start = clocks(device)
             out, _ = m(x)
             out[:, -1].sum().backward()
-            times[k].append(since(start))
-        times["matmul floor"].append(matmul_floor(hidden, T, batch))
+            times[k].append(since(start, device))
+        times["matmul floor"].append(matmul_floor(hidden, T, batch, device))
     return times
 
 
@@ -293,7 +300,8 @@ def print_bnlstm(args: argparse.Namespace) -> None:
         for T in [int(t) for t in args.bn_lengths.split(",")]:
             for batch in [int(b) for b in args.batches.split(",")]:
                 reps = args.steps if T <= 100 else args.long_steps
-                times = bench_bnlstm(hidden, T, batch, reps, args.reference, args.compile, args.aten_gates)
+                times = bench_bnlstm(hidden, T, batch, reps, args.reference, args.compile, args.aten_gates,
+                                     torch.device(args.device))
                 print_rows(f"{hidden}, {T}, {batch}", times, "torch.nn.LSTM", "BNLSTM")
     if not args.no_urnn:
         print("\nRatios: medians over geomopt.nn.ReLURNN's (adding problem, MSE).\n\n"
@@ -319,13 +327,16 @@ def main() -> None:
     parser.add_argument("--aten-gates", action="store_true",
                         help="--bnlstm: also BNLSTM(native=False): no C gate kernels, as without a compiler")
     parser.add_argument("--no-urnn", action="store_true", help="--bnlstm: skip the uRNN table")
+    parser.add_argument("--device", default="cpu", help="--bnlstm: cpu or cuda (the BN-LSTM table only)")
     parser.add_argument("--breakdown", action="store_true",
                         help="--bnlstm: only where a BNLSTM step's time goes (hidden 100, batch 16, each --bn-lengths)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     lengths = [int(t) for t in args.lengths.split(",")]
-    print(f"Machine: {describe_machine()}; load average {os.getloadavg()}")
+    if args.device != "cpu" and not (args.bnlstm and args.no_urnn and not args.breakdown):
+        parser.error("--device applies to the BN-LSTM table only: pass --bnlstm --no-urnn (without --breakdown)")
+    print(f"Machine: {describe_machine(args.device)}; load average {os.getloadavg()}")
     if args.bnlstm:
         args.steps = args.steps or 5
         print_bnlstm(args)
