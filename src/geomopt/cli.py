@@ -322,8 +322,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 def cmd_curvature(args: argparse.Namespace) -> int:
     from geomopt.measures.runs import CURVATURE_FILE, curvature_run
-    result = curvature_run(args.run_dir, top_k=args.top_k, trace=args.trace, spectrum=args.spectrum,
-                           operator=args.operator, examples=args.examples, seed=args.seed)
+    try:
+        result = curvature_run(args.run_dir, top_k=args.top_k, trace=args.trace, spectrum=args.spectrum,
+                               operator=args.operator, examples=args.examples, seed=args.seed)
+    except FloatingPointError as exc:  # a NaN weight or input: bad input, nothing written
+        print(f"geomopt curvature: {exc}", file=sys.stderr)
+        return 2
     print(f"{args.operator} of {args.run_dir}: {result['parameters']} parameters, {result['examples']} examples, "
           f"{result['products']} products in {result['seconds']:.1f} s")
     if "top_eigenvalues" in result:

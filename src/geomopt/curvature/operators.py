@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from geomopt.curvature.capture import LIKELIHOODS, hessian_sqrt_columns, nll_grad, sample_targets
+from geomopt.nn.checks import first_non_finite
 
 FISHER_KINDS = ("empirical", "mc", "true")
 OPERATORS = ("hessian", "ggn", "fisher")
@@ -50,8 +51,12 @@ def read_batches(data, device: torch.device | str | None = None, max_examples: i
     ``max_examples`` examples when given; ``device=None`` leaves them where they are).
 
     Raises:
-        ValueError: no examples, or a batch that is not an ``(x, y)`` pair.
+        ValueError: no examples, a batch that is not an ``(x, y)`` pair, or ``max_examples`` not an
+            integer >= 1.
     """
+    if max_examples is not None and (isinstance(max_examples, bool) or not isinstance(max_examples, int)
+                                     or max_examples < 1):
+        raise ValueError(f"{what}: max_examples must be an integer >= 1 (or None for all), got {max_examples!r}")
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
         data = [tuple(data)]
     out, count = [], 0
@@ -104,6 +109,7 @@ class CurvatureOperator:
 
     Raises:
         ValueError: an unknown or frozen parameter name, an empty subset, or empty data.
+        FloatingPointError: a NaN or inf in a parameter, a buffer or the data (the message names it).
     """
 
     def __init__(self, model: nn.Module, data, *, params: Sequence[str] | None = None,
@@ -129,6 +135,13 @@ class CurvatureOperator:
         self._fixed = {**{n: p.detach() for n, p in named.items() if n not in set(names)},
                        **dict(model.named_buffers())}
         self.batches = read_batches(data, self.theta.device, max_examples)
+        bad = first_non_finite([*((f"parameter '{n}'", p) for n, p in named.items()),
+                                *((f"buffer '{n}'", b) for n, b in model.named_buffers()),
+                                *((f"the data's batch {i} {'xy'[j]}", t) for i, batch in enumerate(self.batches)
+                                  for j, t in enumerate(batch))])
+        if bad is not None:
+            raise FloatingPointError(f"{type(self).__name__}: {bad}; a diverged model or corrupt data has no "
+                                     "meaningful curvature")
         self.num_examples = sum(len(y) for _, y in self.batches)
         self.products = 0
         self.cache = cache

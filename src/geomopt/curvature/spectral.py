@@ -7,10 +7,20 @@ matrix; ``matmat`` is used when present (Hutchinson's probes in blocks).
 - Lanczos (Lanczos 1950) with full reorthogonalization (classical Gram-Schmidt twice against all
   previous vectors): ``A Q_m = Q_m T_m + beta_m q_{m+1} e_m^T``, ``T_m`` tridiagonal; the Ritz values
   ``theta_i`` (eigenvalues of ``T_m``) converge to the extreme eigenvalues; the residual of a Ritz pair
-  is ``|beta_m s_{m,i}|`` (``s_i`` the eigenvector of ``T_m``), which is the stop rule of
-  :func:`lanczos_top_eigenvalues`: every wanted pair has residual ``<= tol * |theta_i|``.
-- Power iteration: ``v <- A v / ||A v||``; the Rayleigh quotient converges to the eigenvalue of largest
-  magnitude; stops when it changes by at most ``tol`` relative (the PyHessian rule).
+  ``(theta_i, u_i = Q_m s_i)`` is ``||A u_i - theta_i u_i|| = |beta_m s_{m,i}|`` in exact arithmetic.
+- Rounding, independent of the dimension ``d``: a product ``A q`` and its reorthogonalization are exact
+  up to about ``eps ||A||`` (``eps`` of the operator's dtype), whatever ``d``; ``||A||`` is estimated by
+  ``scale = max_j ||A q_j||`` over the products seen (a lower bound that the largest eigenvalues reach
+  quickly). So a residual below ``floor = 16 eps scale`` is rounding noise:
+
+  * breakdown (the Krylov space is invariant) is declared when ``beta_j <= floor``;
+  * a pair has converged when its residual is ``<= max(tol |theta_i|, floor)``: the Ritz estimate
+    ``|beta_m s_{m,i}|`` decides when to stop, and :func:`lanczos_top_eigenvalues` and
+    :func:`power_iteration` report ``converged`` only after checking the true residual
+    ``||A u_i - theta_i u_i||`` with one more product per pair (for a symmetric matrix an eigenvalue
+    lies within that residual of ``theta_i``).
+- Power iteration: ``v <- A v / ||A v||``; the Rayleigh quotient ``rho = v^T A v`` converges to the
+  eigenvalue of largest magnitude; stops at the true residual rule above (``A v`` is computed anyway).
 - Hutchinson (1989): ``tr(A) = E[z^T A z]`` and ``diag(A) = E[z * A z]`` for Rademacher ``z``. Stop rule
   (the stated tolerance): after at least ``min_samples`` probes, stop when the estimated standard error
   of the mean is at most ``tol / 2`` relative (``tol * |estimate| / 2``; for the diagonal in the
@@ -23,6 +33,9 @@ matrix; ``matmat`` is used when present (Hutchinson's probes in blocks).
   ``(1/d) sum_i delta(lambda_i)``. The quadrature is exact for polynomials of degree ``< 2m``, so its
   moments ``sum_j tau_j^2 theta_j^k`` equal ``v^T A^k v`` for ``k < 2m``. The smooth density averages
   the probes' quadratures convolved with a Gaussian of width ``sigma``.
+
+Every product is checked: a NaN or inf in the operator's output (a NaN weight or input) raises
+``FloatingPointError`` naming the function and the product, never a NaN result or a ``LinAlgError``.
 """
 
 from __future__ import annotations
@@ -33,6 +46,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from geomopt.nn.checks import check_count, check_positive
 
 
 class _Dense:
@@ -86,26 +101,81 @@ def _like(op) -> dict:
     return {"dtype": getattr(op, "dtype", torch.get_default_dtype()), "device": getattr(op, "device", "cpu")}
 
 
-def _matmat(op, V: Tensor) -> Tensor:
-    if hasattr(op, "matmat"):
-        return op.matmat(V)
-    return torch.stack([op.mv(V[:, i]) for i in range(V.shape[1])], dim=1)
+#: Rounding noise of a product and its reorthogonalization, in units of ``eps * scale`` (module docstring).
+NOISE = 16.0
 
 
-def _unit(d: int, generator: torch.Generator | None, like: dict) -> Tensor:
-    v = torch.randn(d, generator=generator, dtype=torch.float64).to(**like)
-    return v / torch.linalg.vector_norm(v)
+def _floor(like: dict, scale: float) -> float:
+    """The residual below which a product's rounding hides everything: ``NOISE eps scale``."""
+    return NOISE * torch.finfo(like["dtype"]).eps * scale
+
+
+#: Block length of the sums over ``d`` (below).
+_BLOCK = 16384
+
+
+def _dots(rows: Tensor, w: Tensor) -> Tensor:
+    """``rows @ w`` in float64 for ``rows`` ``(m, d)`` or ``(d,)``: the products summed by blocks of 16384 in
+    the working dtype, the blocks' sums in float64, so the rounding does not grow with ``d`` (a float32 BLAS
+    dot product of length 10^7 is off by about 1e-3 relative on a CPU, 1e4 eps)."""
+    parts = [rows[..., s:s + _BLOCK] @ w[s:s + _BLOCK] for s in range(0, w.shape[0], _BLOCK)]
+    return torch.stack(parts).double().sum(0)
+
+
+def _norm(w: Tensor) -> float:
+    return math.sqrt(float(_dots(w, w)))
+
+
+def _finite(t: Tensor, who: str, what: str) -> Tensor:
+    """``t``, or ``FloatingPointError`` naming ``what`` and how many of its entries are NaN / inf."""
+    if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):  # the sum: one cheap pass
+        nan, total = int(torch.isnan(t).sum()), t.numel()
+        inf = int(torch.isinf(t).sum())
+        raise FloatingPointError(f"{who}: {what} is non-finite ({nan} NaN and {inf} inf of {total} entries; "
+                                 "a NaN or inf weight or input?)")
+    return t
+
+
+def _apply(op, V: Tensor, like: dict, who: str, first: int) -> Tensor:
+    """``A V`` for a vector or the columns of a matrix (products ``first``, ``first + 1``, ...), checked finite."""
+    if V.dim() == 1:
+        out = op.mv(V)
+    elif hasattr(op, "matmat"):
+        out = op.matmat(V)
+    else:
+        out = torch.stack([op.mv(V[:, i]) for i in range(V.shape[1])], dim=1)
+    n = 1 if V.dim() == 1 else V.shape[1]
+    where = f"product {first}" if n == 1 else f"products {first}-{first + n - 1}"
+    return _finite(out.to(**like), who, f"the operator's output at {where}")
+
+
+def _start(d: int, v0: Tensor | None, generator: torch.Generator | None, like: dict, who: str) -> Tensor:
+    """A unit start vector: ``v0`` normalized, or a random Gaussian direction."""
+    if v0 is None:
+        v = torch.randn(d, generator=generator, dtype=torch.float64)
+        return (v / torch.linalg.vector_norm(v)).to(**like)
+    if not isinstance(v0, Tensor) or v0.shape != (d,):
+        got = tuple(v0.shape) if isinstance(v0, Tensor) else type(v0).__name__
+        raise ValueError(f"{who}: v0 of shape {got} for an operator of size {d}")
+    v = _finite(v0.to(**like), who, "v0")
+    norm = _norm(v)
+    if norm == 0:
+        raise ValueError(f"{who}: v0 is the zero vector")
+    return v / norm
 
 
 @dataclass
 class Lanczos:
-    """``m`` Lanczos steps: ``alpha`` ``(m,)`` and ``beta`` ``(m,)`` (``beta[-1]`` couples to the next,
-    unformed vector; 0 at breakdown), orthonormal ``Q`` ``(d, m)``; ``products`` = matrix-vector products."""
+    """``m`` Lanczos steps: ``alpha`` ``(m,)`` and ``beta`` ``(m,)`` (``beta[j]`` couples step ``j`` to the
+    next; 0 at a breakdown, after which a restart goes on from a new direction), orthonormal ``Q``
+    ``(d, m)``; ``products`` = matrix-vector products; ``scale`` = ``max_j ||A q_j||`` (a lower bound on
+    ``||A||``, the scale of the rounding noise)."""
 
     alpha: Tensor
     beta: Tensor
     Q: Tensor
     products: int
+    scale: float = 0.0
 
     def tridiagonal(self) -> Tensor:
         """``T_m`` ``(m, m)`` in float64."""
@@ -113,58 +183,65 @@ class Lanczos:
         return torch.diag(a) + torch.diag(b, 1) + torch.diag(b, -1)
 
 
-def lanczos(op, steps: int, *, v0: Tensor | None = None, generator: torch.Generator | None = None,
-            callback: Callable[[Lanczos], bool] | None = None) -> Lanczos:
-    """Lanczos tridiagonalization with full reorthogonalization, from ``v0`` (default: a random unit vector).
+def _orthogonalize(w: Tensor, basis: Tensor) -> Tensor:
+    """``w`` minus its projection on the rows of ``basis``: classical Gram-Schmidt, twice ("twice is enough")."""
+    for _ in range(2):
+        w = w - basis.T @ _dots(basis, w).to(w.dtype)
+    return w
 
-    Stops after ``steps`` steps, at breakdown (an invariant subspace: ``beta`` below ``d eps ||T||``),
-    or when ``callback(partial result)`` returns true (checked after every step).
 
-    Raises:
-        ValueError: ``steps < 1`` or a ``v0`` of the wrong shape.
-    """
+def _lanczos(op, steps: int, v0: Tensor | None, generator: torch.Generator | None,
+             callback: Callable[[Lanczos], bool] | None, restart: bool, who: str) -> Lanczos:
     op = as_operator(op)
     d = _dim(op)
-    if steps < 1:
-        raise ValueError(f"lanczos: steps must be >= 1, got {steps}")
-    steps = min(steps, d)
+    steps = min(check_count(steps, "steps", who), d)
     like = _like(op)
-    if v0 is None:
-        q = _unit(d, generator, like)
-    else:
-        if v0.shape != (d,):
-            raise ValueError(f"lanczos: v0 of shape {tuple(v0.shape)} for an operator of size {d}")
-        q = (v0 / torch.linalg.vector_norm(v0)).to(**like)
-    Q = torch.zeros(d, steps, **like)
+    q = _start(d, v0, generator, like, who)
+    Q = torch.empty(steps, d, **like)  # rows: only the pages of the steps taken are touched
     alpha = torch.zeros(steps, dtype=torch.float64)
     beta = torch.zeros(steps, dtype=torch.float64)
-    eps = torch.finfo(like["dtype"]).eps
-    scale = 0.0
-    m = 0
+    scale, m = 0.0, 0
     for j in range(steps):
-        Q[:, j] = q
-        w = op.mv(q).to(**like)
-        alpha[j] = float(torch.dot(q, w))
-        basis = Q[:, :j + 1]
-        for _ in range(2):  # classical Gram-Schmidt, twice ("twice is enough")
-            w = w - basis @ (basis.T @ w)
-        b = float(torch.linalg.vector_norm(w))
-        beta[j] = b
+        Q[j] = q
+        w = _apply(op, q, like, who, j + 1)
+        scale = max(scale, _norm(w))
+        alpha[j] = float(_dots(q, w))
+        w = _orthogonalize(w, Q[:j + 1])
+        b = _norm(w)
         m = j + 1
-        scale = max(scale, abs(float(alpha[j])) + b)
-        if b <= d * eps * max(scale, 1e-300):
-            beta[j] = 0.0
-            break
-        if callback is not None and callback(Lanczos(alpha[:m], beta[:m], Q[:, :m], m)):
-            break
+        breakdown = b <= _floor(like, scale)  # A q_j lies in the span of Q up to rounding
+        beta[j] = 0.0 if breakdown else b
+        run = Lanczos(alpha[:m], beta[:m], Q[:m].T, m, scale)
+        if m == steps or (breakdown and not restart) or (callback is not None and callback(run)):
+            return run
+        if breakdown:  # an invariant subspace: go on from a random direction orthogonal to it
+            w = _orthogonalize(_start(d, None, generator, like, who), Q[:m])
+            b = _norm(w)
         q = w / b
-    return Lanczos(alpha[:m], beta[:m], Q[:, :m], m)
+    raise AssertionError("unreachable: the loop returns at its last step")
+
+
+def lanczos(op, steps: int, *, v0: Tensor | None = None, generator: torch.Generator | None = None,
+            callback: Callable[[Lanczos], bool] | None = None, restart: bool = False) -> Lanczos:
+    """Lanczos tridiagonalization with full reorthogonalization, from ``v0`` (default: a random unit vector).
+
+    Stops after ``steps`` steps, or when ``callback(partial result)`` returns true (checked after every
+    step), or at a breakdown (an invariant subspace: ``beta_j <= 16 eps max_i ||A q_i||``, module
+    docstring); with ``restart``, a breakdown sets ``beta_j = 0`` and goes on from a random direction
+    orthogonal to the vectors so far (the top eigenvalues need it, a quadrature of ``v0`` does not).
+
+    Raises:
+        ValueError: ``steps < 1``, or a ``v0`` of the wrong shape or zero.
+        FloatingPointError: a non-finite ``v0`` or operator output.
+    """
+    return _lanczos(op, steps, v0, generator, callback, restart, "lanczos")
 
 
 @dataclass
 class EigenResult:
-    """Eigenvalues ``(k,)`` (descending in the chosen order), eigenvectors ``(d, k)``, the Ritz residual
-    bounds ``(k,)``, matrix-vector products spent, and whether the stop rule was met."""
+    """Eigenvalues ``(k,)`` (descending in the chosen order), eigenvectors ``(d, k)``, the residuals
+    ``||A u_i - lambda_i u_i||`` ``(k,)`` (true residuals, from one more product per pair), matrix-vector
+    products spent (those included), and whether every residual met the stop rule."""
 
     values: Tensor
     vectors: Tensor
@@ -180,71 +257,84 @@ def _ritz(run: Lanczos, k: int, which: str) -> tuple[Tensor, Tensor, Tensor]:
     return theta[order], s[:, order], res
 
 
+def _met(residuals: Tensor, theta: Tensor, tol: float, like: dict, scale: float) -> bool:
+    """Every residual ``<= max(tol |theta_i|, NOISE eps scale)`` (module docstring)."""
+    return bool((residuals <= torch.clamp(tol * theta.abs(), min=_floor(like, scale))).all())
+
+
 def lanczos_top_eigenvalues(op, k: int = 1, *, tol: float = 1e-6, max_steps: int | None = None, which: str = "LA",
                             generator: torch.Generator | None = None, v0: Tensor | None = None) -> EigenResult:
     """The ``k`` largest eigenvalues (``which='LA'``, algebraic; ``'LM'``: largest magnitude) of a
-    symmetric operator by Lanczos with full reorthogonalization.
+    symmetric operator by Lanczos with full reorthogonalization (restarted at a breakdown).
 
-    Stop rule: every wanted Ritz pair has residual ``|beta_m s_{m,i}| <= tol * |theta_i|`` (for a symmetric
-    matrix an eigenvalue lies within that residual of each Ritz value), or ``max_steps`` steps
-    (default ``min(d, max(2k + 20, 50))``; ``converged`` says which).
+    Stop rule: every wanted Ritz pair has residual ``|beta_m s_{m,i}| <= max(tol |theta_i|, 16 eps ||A||)``
+    (for a symmetric matrix an eigenvalue lies within that residual of each Ritz value; the second term is
+    the rounding floor of the dtype, module docstring), or ``max_steps`` steps (default
+    ``min(d, max(2k + 20, 50))``). Then the true residuals ``||A u_i - theta_i u_i||`` are computed
+    (``k`` more products) and ``converged`` is true only if they meet the same rule; ``residuals`` are
+    those true residuals.
 
     Raises:
-        ValueError: ``k`` outside ``1..d``, an unknown ``which``, or a non-positive ``tol``.
+        ValueError: ``k`` outside ``1..d``, ``max_steps < k``, an unknown ``which``, or ``tol`` not a
+            finite number > 0.
+        FloatingPointError: the operator's output is non-finite (a NaN weight or input).
     """
+    who = "lanczos_top_eigenvalues"
     op = as_operator(op)
     d = _dim(op)
-    if not 1 <= k <= d:
-        raise ValueError(f"lanczos_top_eigenvalues: k={k} must be between 1 and the operator size {d}")
+    k = check_count(k, "k", who)
+    if k > d:
+        raise ValueError(f"{who}: k={k} must be between 1 and the operator size {d}")
     if which not in ("LA", "LM"):
-        raise ValueError(f"lanczos_top_eigenvalues: which must be 'LA' or 'LM', got {which!r}")
-    if tol <= 0:
-        raise ValueError(f"lanczos_top_eigenvalues: tol must be > 0, got {tol}")
-    max_steps = min(d, max_steps if max_steps is not None else max(2 * k + 20, 50))
+        raise ValueError(f"{who}: which must be 'LA' or 'LM', got {which!r}")
+    tol = check_positive(tol, "tol", who)
+    max_steps = min(d, check_count(max_steps, "max_steps", who, k) if max_steps is not None else max(2 * k + 20, 50))
+    like = _like(op)
 
     def done(run: Lanczos) -> bool:
         if run.products < k:
             return False
         theta, _, res = _ritz(run, k, which)
-        return bool((res <= tol * theta.abs()).all())
+        return _met(res, theta, tol, like, run.scale)
 
-    run = lanczos(op, max_steps, v0=v0, generator=generator, callback=done)
-    theta, s, res = _ritz(run, min(k, run.products), which)
-    exhausted = run.beta[-1] == 0  # invariant subspace: the Ritz values are exact eigenvalues
-    converged = bool(exhausted or (len(theta) == k and (res <= tol * theta.abs()).all()))
-    if len(theta) < k:
-        raise ValueError(f"lanczos_top_eigenvalues: the start vector lies in an invariant subspace of dimension "
-                         f"{len(theta)} < k={k}; pass another v0 or generator")
+    run = _lanczos(op, max_steps, v0, generator, done, True, who)
+    theta, s, _ = _ritz(run, k, which)
     vectors = run.Q @ s.to(run.Q.dtype)
-    return EigenResult(theta, vectors, res, run.products, converged)
+    product = _apply(op, vectors, like, who, run.products + 1)
+    residuals = torch.tensor([_norm(product[:, i] - theta[i].item() * vectors[:, i]) for i in range(k)])
+    converged = _met(residuals, theta, tol, like, run.scale)
+    return EigenResult(theta, vectors, residuals, run.products + k, converged)
 
 
 def power_iteration(op, *, tol: float = 1e-4, max_iter: int = 100, generator: torch.Generator | None = None,
                     v0: Tensor | None = None) -> EigenResult:
     """The eigenvalue of largest magnitude by power iteration (the simple reference).
 
-    Stop rule: the Rayleigh quotient ``v^T A v`` changes by at most ``tol`` relative between two
-    iterations, or ``max_iter`` iterations.
+    Stop rule: the true residual of the current iterate, ``||A v - rho v|| <= max(tol |rho|, 16 eps ||A v||)``
+    with ``rho = v^T A v`` (so ``rho`` is within ``tol |rho|`` of an eigenvalue; free: ``A v`` is the
+    iteration's product), or ``max_iter`` iterations (``converged`` says which).
+
+    Raises:
+        ValueError: ``tol`` not a finite number > 0, ``max_iter < 1``, a bad ``v0``.
+        FloatingPointError: the operator's output is non-finite (a NaN weight or input).
     """
+    who = "power_iteration"
     op = as_operator(op)
-    d = _dim(op)
+    tol = check_positive(tol, "tol", who)
+    max_iter = check_count(max_iter, "max_iter", who)
     like = _like(op)
-    v = _unit(d, generator, like) if v0 is None else (v0 / torch.linalg.vector_norm(v0)).to(**like)
-    value, converged, it = None, False, 0
+    v = _start(_dim(op), v0, generator, like, who)
+    scale = 0.0
     for it in range(1, max_iter + 1):
-        w = op.mv(v).to(**like)
-        new = float(torch.dot(v, w))
-        norm = torch.linalg.vector_norm(w)
-        if norm == 0:
-            value, converged = 0.0, True
+        w = _apply(op, v, like, who, it)
+        value = float(_dots(v, w))
+        residual, norm = _norm(w - value * v), _norm(w)
+        scale = max(scale, norm)
+        converged = _met(torch.tensor([residual]), torch.tensor([value]), tol, like, scale)
+        if converged or it == max_iter:
             break
         v = w / norm
-        if value is not None and abs(new - value) <= tol * abs(value):
-            value, converged = new, True
-            break
-        value = new
-    residual = torch.tensor([float(torch.linalg.vector_norm(op.mv(v).to(**like) - value * v))])
-    return EigenResult(torch.tensor([value], dtype=torch.float64), v[:, None], residual, it + 1, converged)
+    return EigenResult(torch.tensor([value], dtype=torch.float64), v[:, None], torch.tensor([residual]), it, converged)
 
 
 @dataclass
@@ -266,17 +356,20 @@ def _rademacher(d: int, b: int, generator: torch.Generator | None, like: dict) -
 
 def _hutchinson(op, kind: str, tol: float, min_samples: int, max_samples: int, block: int,
                 generator: torch.Generator | None, deflate: int = 0) -> HutchinsonResult:
+    who = "hutchinson_trace" if kind == "trace" else "hutchinson_diagonal"
     op = as_operator(op)
     d = _dim(op)
-    if tol <= 0 or min_samples < 2 or max_samples < min_samples or block < 1 or not 0 <= deflate < d:
-        raise ValueError(f"hutchinson: need tol > 0, 2 <= min_samples <= max_samples, block >= 1 and "
-                         f"0 <= deflate < {d}; got tol={tol}, min_samples={min_samples}, max_samples={max_samples}, "
-                         f"block={block}, deflate={deflate}")
+    tol = check_positive(tol, "tol", who)
+    min_samples = check_count(min_samples, "min_samples", who, 2)
+    max_samples = check_count(max_samples, "max_samples (>= min_samples)", who, min_samples)
+    block = check_count(block, "block", who)
+    if check_count(deflate, "deflate", who, 0) >= d:
+        raise ValueError(f"{who}: deflate must be < the operator size {d}, got {deflate}")
     like = _like(op)
     exact, Q = 0.0, None
     if deflate:  # Hutch++: the trace on range(A S) exactly, Hutchinson on its complement
-        Q = torch.linalg.qr(_matmat(op, _rademacher(d, deflate, generator, like)).to(**like))[0]
-        exact = float(torch.sum(Q * _matmat(op, Q).to(**like)))
+        Q = torch.linalg.qr(_apply(op, _rademacher(d, deflate, generator, like), like, who, 1))[0]
+        exact = float(torch.sum(Q * _apply(op, Q, like, who, deflate + 1)))
     s1 = torch.zeros(d if kind == "diag" else 1, dtype=torch.float64)
     s2 = torch.zeros_like(s1)
     n = 0
@@ -285,7 +378,7 @@ def _hutchinson(op, kind: str, tol: float, min_samples: int, max_samples: int, b
         Z = _rademacher(d, b, generator, like)
         if Q is not None:
             Z = Z - Q @ (Q.T @ Z)
-        prod = (Z * _matmat(op, Z).to(**like)).double().cpu()  # (d, b): z * A z
+        prod = (Z * _apply(op, Z, like, who, 2 * deflate + n + 1)).double().cpu()  # (d, b): z * A z
         samples = prod if kind == "diag" else prod.sum(0, keepdim=True)
         s1 += samples.sum(1)
         s2 += samples.square().sum(1)
@@ -313,6 +406,11 @@ def hutchinson_trace(op, *, tol: float = 1e-2, min_samples: int = 10, max_sample
 
     Stop rule (module docstring): standard error ``<= tol |estimate| / 2`` (about 95% probability of a
     relative error ``<= tol``), after at least ``min_samples`` and at most ``max_samples`` probes.
+
+    Raises:
+        ValueError: ``tol`` not a finite number > 0, ``min_samples < 2``, ``max_samples < min_samples``,
+            ``block < 1``, or ``deflate`` outside ``[0, d)``.
+        FloatingPointError: the operator's output is non-finite (a NaN weight or input).
     """
     return _hutchinson(op, "trace", tol, min_samples, max_samples, block, generator, deflate)
 
@@ -320,7 +418,7 @@ def hutchinson_trace(op, *, tol: float = 1e-2, min_samples: int = 10, max_sample
 def hutchinson_diagonal(op, *, tol: float = 1e-1, min_samples: int = 10, max_samples: int = 1000, block: int = 10,
                         generator: torch.Generator | None = None) -> HutchinsonResult:
     """``diag(A)`` ``(d,)`` by ``mean(z * A z)`` over Rademacher probes; stops when the standard errors'
-    Euclidean norm is ``<= tol ||estimate|| / 2``."""
+    Euclidean norm is ``<= tol ||estimate|| / 2``. Raises as :func:`hutchinson_trace`."""
     return _hutchinson(op, "diag", tol, min_samples, max_samples, block, generator)
 
 
@@ -355,16 +453,22 @@ class SpectralDensity:
 def slq_density(op, *, steps: int = 30, probes: int = 10, generator: torch.Generator | None = None
                 ) -> SpectralDensity:
     """The spectral density by stochastic Lanczos quadrature: ``probes`` random unit Gaussian start
-    vectors, ``steps`` Lanczos steps each (full reorthogonalization)."""
+    vectors, ``steps`` Lanczos steps each (full reorthogonalization; a probe stops at a breakdown, its
+    quadrature then exact).
+
+    Raises:
+        ValueError: ``steps`` or ``probes`` not an integer >= 1.
+        FloatingPointError: the operator's output is non-finite (a NaN weight or input).
+    """
+    who = "slq_density"
     op = as_operator(op)
-    if probes < 1:
-        raise ValueError(f"slq_density: probes must be >= 1, got {probes}")
-    m = min(steps, _dim(op))
+    m = min(check_count(steps, "steps", who), _dim(op))
+    probes = check_count(probes, "probes", who)
     nodes = torch.zeros(probes, m, dtype=torch.float64)
     weights = torch.zeros(probes, m, dtype=torch.float64)
     products = 0
     for p in range(probes):
-        run = lanczos(op, m, generator=generator)
+        run = _lanczos(op, m, None, generator, None, False, who)
         theta, s = torch.linalg.eigh(run.tridiagonal())
         j = len(theta)
         nodes[p, :j], weights[p, :j] = theta, s[0] ** 2

@@ -18,6 +18,7 @@ from geomopt.curvature import curvature_operator, hutchinson_trace, lanczos_top_
 from geomopt.data import load_dataset, make_loader
 from geomopt.measures.core import compute
 from geomopt.nn import build_model
+from geomopt.nn.checks import check_count, check_positive
 from geomopt.report.figures import plot_curves
 from geomopt.train.checkpoint import load_checkpoint, load_model_state, write_json
 from geomopt.train.config import TrainConfig, same_config
@@ -117,12 +118,20 @@ def curvature_run(run_dir: str | Path, *, top_k: int | None = None, trace: bool 
     ``spectrum``: stochastic Lanczos quadrature (``probes`` x ``steps``), its density written to
     ``RUN_DIR/spectrum.png`` and its nodes and weights to ``curvature.json``.
 
-    Returns the result, also written to ``RUN_DIR/curvature.json``.
+    Returns the result, also written to ``RUN_DIR/curvature.json`` (only when every number is finite).
+
+    Raises:
+        ValueError: nothing asked for, or a count (``--top-k``, ``--examples``, ``steps``, ``probes``) or a
+            tolerance out of range.
+        FloatingPointError: a NaN or inf in the weights, the data or a product (nothing is written).
     """
     if top_k is None and not trace and not spectrum:
         raise ValueError("curvature: ask for at least one of --top-k K, --trace, --spectrum")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"curvature: --top-k must be >= 1, got {top_k}")
+    for flag, value in (("--top-k", top_k), ("--examples", examples), ("steps", steps), ("probes", probes)):
+        if value is not None:
+            check_count(value, flag, "curvature")
+    check_positive(tol, "tol", "curvature")
+    check_positive(trace_tol, "trace_tol", "curvature")
     run_dir = Path(run_dir)
     config, model, _, bundle = load_run(run_dir)
     batches = read_batches(make_loader(bundle.train, 1000, shuffle=False), None, examples)
