@@ -30,3 +30,27 @@ def test_curvature_cli_top_k_trace_spectrum(tmp_path, capsys):
     torch.testing.assert_close(weights.sum(1), torch.ones(len(weights)), rtol=0, atol=1e-5)
     assert main(["curvature", str(run)]) == 2  # nothing asked for
     assert "at least one of" in capsys.readouterr().err
+
+
+def test_curvature_cli_refuses_a_nan_weight_and_bad_counts_in_one_line(tmp_path, capsys):
+    """A NaN weight in the checkpoint: exit 2, one line naming the parameter, curvature.json untouched
+    (the old code printed a LinAlgError traceback for --top-k, 'trace nan' with exit 0 for --trace)."""
+    run = tmp_path / "run"
+    train(TrainConfig(widths=(4,), epochs=1, train_size=60, batch_size=30, lr=0.1), run, progress=False)
+    for flag, value in (("--examples", "-5"), ("--examples", "0"), ("--top-k", "0")):
+        assert main(["curvature", str(run), "--top-k", "1", flag, value]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{flag} must be an integer >= 1, got {value}" in err
+    assert main(["curvature", str(run), "--top-k", "1", "--examples", "40"]) == 0
+    before = (run / "curvature.json").read_text()
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    state["model"]["1.weight"][2, 7] = float("nan")
+    torch.save(state, run / "checkpoint.pt")
+    capsys.readouterr()
+    for asked in (["--top-k", "3"], ["--trace"], ["--spectrum"]):
+        assert main(["curvature", str(run), *asked, "--examples", "40"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert err.startswith("geomopt curvature: HessianOperator: parameter '1.weight' (shape (4, 64)) has 1 "
+                              "non-finite (NaN/inf) entries")
+    assert (run / "curvature.json").read_text() == before and not (run / "spectrum.png").exists()

@@ -300,8 +300,8 @@ def lanczos_top_eigenvalues(op, k: int = 1, *, tol: float = 1e-6, max_steps: int
     run = _lanczos(op, max_steps, v0, generator, done, True, who)
     theta, s, _ = _ritz(run, k, which)
     vectors = run.Q @ s.to(run.Q.dtype)
-    product = _apply(op, vectors, like, who, run.products + 1)
-    residuals = torch.tensor([_norm(product[:, i] - theta[i].item() * vectors[:, i]) for i in range(k)])
+    residuals = torch.tensor([_norm(_apply(op, u, like, who, run.products + i + 1) - theta[i].item() * u)
+                              for i, u in enumerate(vectors.T)])  # one mv each (no vmap through a model's hooks)
     converged = _met(residuals, theta, tol, like, run.scale)
     return EigenResult(theta, vectors, residuals, run.products + k, converged)
 
