@@ -102,12 +102,12 @@ def _like(op) -> dict:
 
 
 #: Rounding noise of a product and its reorthogonalization, in units of ``eps * scale`` (module docstring).
-NOISE = 16.0
+_NOISE = 16.0
 
 
 def _floor(like: dict, scale: float) -> float:
-    """The residual below which a product's rounding hides everything: ``NOISE eps scale``."""
-    return NOISE * torch.finfo(like["dtype"]).eps * scale
+    """The residual below which a product's rounding hides everything: ``16 eps scale``."""
+    return _NOISE * torch.finfo(like["dtype"]).eps * scale
 
 
 #: Block length of the sums over ``d`` (below).
@@ -200,7 +200,7 @@ def _lanczos(op, steps: int, v0: Tensor | None, generator: torch.Generator | Non
     Q = torch.empty(steps, d, **like)  # rows: only the pages of the steps taken are touched
     alpha = torch.zeros(steps, dtype=torch.float64)
     beta = torch.zeros(steps, dtype=torch.float64)
-    scale, m = 0.0, 0
+    scale = 0.0
     for j in range(steps):
         Q[j] = q
         w = _apply(op, q, like, who, j + 1)
@@ -213,12 +213,12 @@ def _lanczos(op, steps: int, v0: Tensor | None, generator: torch.Generator | Non
         beta[j] = 0.0 if breakdown else b
         run = Lanczos(alpha[:m], beta[:m], Q[:m].T, m, scale)
         if m == steps or (breakdown and not restart) or (callback is not None and callback(run)):
-            return run
+            break
         if breakdown:  # an invariant subspace: go on from a random direction orthogonal to it
             w = _orthogonalize(_start(d, None, generator, like, who), Q[:m])
             b = _norm(w)
         q = w / b
-    raise AssertionError("unreachable: the loop returns at its last step")
+    return run
 
 
 def lanczos(op, steps: int, *, v0: Tensor | None = None, generator: torch.Generator | None = None,
@@ -258,7 +258,7 @@ def _ritz(run: Lanczos, k: int, which: str) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _met(residuals: Tensor, theta: Tensor, tol: float, like: dict, scale: float) -> bool:
-    """Every residual ``<= max(tol |theta_i|, NOISE eps scale)`` (module docstring)."""
+    """Every residual ``<= max(tol |theta_i|, 16 eps scale)`` (module docstring)."""
     return bool((residuals <= torch.clamp(tol * theta.abs(), min=_floor(like, scale))).all())
 
 
