@@ -8,8 +8,10 @@ matrix; ``matmat`` is used when present (Hutchinson's probes in blocks).
   previous vectors): ``A Q_m = Q_m T_m + beta_m q_{m+1} e_m^T``, ``T_m`` tridiagonal; the Ritz values
   ``theta_i`` (eigenvalues of ``T_m``) converge to the extreme eigenvalues; the residual of a Ritz pair
   ``(theta_i, u_i = Q_m s_i)`` is ``||A u_i - theta_i u_i|| = |beta_m s_{m,i}|`` in exact arithmetic.
-- Rounding, independent of the dimension ``d``: a product ``A q`` and its reorthogonalization are exact
-  up to about ``eps ||A||`` (``eps`` of the operator's dtype), whatever ``d``; ``||A||`` is estimated by
+- Rounding, independent of the dimension ``d``: the sums over the ``d`` entries (dot products, norms,
+  Gram-Schmidt coefficients) add blocks of 16384 terms in float64, so a product ``A q`` and its
+  reorthogonalization are exact up to about ``eps ||A||`` (``eps`` of the operator's dtype) whatever ``d``
+  (a float32 BLAS dot product of length 10^7 is off by ~1e-3 relative); ``||A||`` is estimated by
   ``scale = max_j ||A q_j||`` over the products seen (a lower bound that the largest eigenvalues reach
   quickly). So a residual below ``floor = 16 eps scale`` is rounding noise:
 
@@ -116,8 +118,7 @@ _BLOCK = 16384
 
 def _dots(rows: Tensor, w: Tensor) -> Tensor:
     """``rows @ w`` in float64 for ``rows`` ``(m, d)`` or ``(d,)``: the products summed by blocks of 16384 in
-    the working dtype, the blocks' sums in float64, so the rounding does not grow with ``d`` (a float32 BLAS
-    dot product of length 10^7 is off by about 1e-3 relative on a CPU, 1e4 eps)."""
+    the working dtype, the blocks' sums in float64, so the rounding does not grow with ``d``."""
     parts = [rows[..., s:s + _BLOCK] @ w[s:s + _BLOCK] for s in range(0, w.shape[0], _BLOCK)]
     return torch.stack(parts).double().sum(0)
 

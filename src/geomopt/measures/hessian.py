@@ -8,7 +8,7 @@ unchanged (rescaling a ReLU layer by ``alpha`` and the next by ``1/alpha``). The
 rescaling) ``H -> T^-1 H T^-1``, so ``D H D`` is unchanged (the magnitude-aware normalization of
 Jiang et al. 2020 / Tsuzuku et al. 2020, in its simplest diagonal form).
 
-- ``hessian_top_eigenvalue`` = ``lambda_max(H)`` (Lanczos, relative Ritz residual ``<= tol``);
+- ``hessian_top_eigenvalue`` = ``lambda_max(H)`` (Lanczos, relative residual ``<= tol``, checked by one more product);
 - ``hessian_trace`` = ``tr(H)`` (Hutch++, stop rule of :func:`~geomopt.curvature.hutchinson_trace`);
 - ``hessian_top_eigenvalue_normalized`` = ``lambda_max(D H D)``;
 - ``hessian_trace_normalized`` = ``tr(D H D) = sum_i theta_i^2 H_ii``.

@@ -1,7 +1,7 @@
 r"""Sharpness along training: the top eigenvalue of the training loss's Hessian every ``k`` steps.
 
 ``lambda_max(H)`` of the mean loss on a fixed set of training examples, by Lanczos
-(:func:`geomopt.curvature.lanczos_top_eigenvalues`, relative Ritz residual ``<= tol``), warm-started
+(:func:`geomopt.curvature.lanczos_top_eigenvalues`, relative residual ``<= tol``, checked), warm-started
 from the previous top eigenvector (which moves little between two measurements, so few products are
 needed). Gradient descent on a quadratic is stable iff ``lr * lambda_max < 2``; Cohen, Kaur, Li, Kolter
 & Talwalkar (ICLR 2021) found that full-batch GD drives ``lambda_max`` up to about ``2 / lr`` and holds
