@@ -156,3 +156,12 @@ def test_lanczos_residuals_are_true_and_converged_means_within_tol(d, k, steps, 
         assert (true <= torch.clamp(tol * res.values.abs(), min=floor) * (1 + 1e-6)).all()
         nearest = (res.values[:, None] - lam[None, :]).abs().min(1).values
         assert (nearest <= true + 1e-12).all()
+
+
+@pytest.mark.parametrize("bad", [-5, 0, 2.5, True])
+def test_operators_refuse_a_max_examples_below_one(bad):
+    """The old x[:max_examples] silently used all but 5 examples for max_examples=-5."""
+    model, x, y = _model_and_data()
+    with pytest.raises(ValueError, match=rf"max_examples must be an integer >= 1 \(or None for all\), got {bad!r}"):
+        GGNOperator(model, (x, y), max_examples=bad)
+    assert GGNOperator(model, (x, y), max_examples=3).num_examples == 3
