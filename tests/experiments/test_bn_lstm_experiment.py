@@ -23,7 +23,7 @@ def test_train_bnlstm_through_the_engine(tmp_path):
 def test_reproduce_bn_lstm_tiny(tmp_path):
     """Two seeds, one fixed learning rate; the claim's per-seed numbers are results.csv's."""
     assert EXPERIMENTS["bn-lstm"] is bn_lstm
-    section = bn_lstm.reproduce(tmp_path, quick=True, jobs=1, seeds=2, overrides={
+    section = bn_lstm.reproduce(tmp_path, tier="quick", jobs=1, seeds=2, overrides={
         "datasets": ["seq-digits"], "models": ["lstm", "bnlstm"], "hidden": 8, "epochs": 1, "train_size": 200,
         "lrs": [3e-3]})
     root = tmp_path / "bn-lstm"
@@ -36,7 +36,10 @@ def test_reproduce_bn_lstm_tiny(tmp_path):
     assert set(claims) == {"generalizes-better", "converges-faster"} and record["seeds"] == [0, 1]
     acc = {(r["model"], r["seed"]): float(r["final"]) for r in results}
     numbers = claims["generalizes-better"]["numbers"]["seq-digits"]
-    assert numbers["a"]["values"] == pytest.approx([acc["bnlstm", "0"], acc["bnlstm", "1"]])
-    assert numbers["b"]["values"] == pytest.approx([acc["lstm", "0"], acc["lstm", "1"]])
+    assert numbers["a"] == pytest.approx([acc["bnlstm", "0"], acc["bnlstm", "1"]])
+    assert numbers["b"] == pytest.approx([acc["lstm", "0"], acc["lstm", "1"]])
+    # one epoch of 200 examples learns little: the gate names the runs instead of deciding
+    assert claims["converges-faster"]["verdict"] in ("untestable here", "inconclusive", "holds", "fails")
+    assert (root / "curves.csv").is_file()
     with pytest.raises(ValueError, match="unknown experiment key"):
-        bn_lstm.reproduce(tmp_path, quick=True, overrides={"hiden": 8})
+        bn_lstm.reproduce(tmp_path, tier="quick", overrides={"hiden": 8})
