@@ -43,3 +43,9 @@ def test_reproduce_bn_lstm_tiny(tmp_path):
     assert (root / "curves.csv").is_file()
     with pytest.raises(ValueError, match="unknown experiment key"):
         bn_lstm.reproduce(tmp_path, tier="quick", overrides={"hiden": 8})
+
+
+def test_mid_tier_config():
+    mid = bn_lstm.BNLSTMExperiment.mid().replace({})
+    assert mid.datasets == ("seq-mnist1d", "seq-mnist1d-perm") and mid.models == ("lstm", "bnlstm")
+    assert [c.id for c in bn_lstm.claims(mid)] == ["generalizes-better", "converges-faster"]

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from geomopt.experiments import EXPERIMENTS
+from geomopt.experiments.config import tier_config
 from geomopt.experiments.ekfac import EKFACExperiment, loss_at
 from geomopt.sweep import VERDICTS
 from geomopt.train import read_metrics
@@ -51,3 +52,9 @@ def test_unknown_key_and_optimizer_rejected():
         EKFACExperiment.quick().replace({"bogus": 1})
     with pytest.raises(ValueError, match="unknown optimizer"):
         EKFACExperiment.quick().replace({"optimizers": ["lbfgs"]})
+
+
+def test_mid_tier_is_fashion_mnist_autoencoder():
+    mid = tier_config(EKFACExperiment, "mid", "ekfac").replace({})
+    assert (mid.dataset, mid.train_size, mid.widths[0], mid.seeds) == ("fashion-mnist", 10_000, 256, (0, 1, 2))
+    assert set(mid.optimizers) == set(EKFACExperiment().optimizers) and mid.lrs == EKFACExperiment().lrs

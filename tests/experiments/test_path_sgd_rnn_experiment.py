@@ -74,3 +74,10 @@ def test_config_errors():
         PathSGDRNNExperiment().replace({"methods": ["gru"]})
     with pytest.raises(ValueError, match="lengths must be >= 2"):
         PathSGDRNNExperiment().replace({"lengths": [1]})
+
+
+def test_mid_tier_config():
+    mid = PathSGDRNNExperiment.mid().replace({})
+    assert mid.lengths == (50,) and mid.methods == ("rnn-path", "irnn-sgd") and mid.lrs["rnn-path"] == mid.lrs["irnn-sgd"]
+    with pytest.raises(ValueError, match="no learning-rate grid"):
+        PathSGDRNNExperiment.mid().replace({"methods": ["rnn-path", "lstm-sgd"], "lrs": {"rnn-path": [1e-3]}})

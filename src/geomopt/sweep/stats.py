@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 __all__ = ["SeedStats", "band", "seed_stats", "t_quantile"]
 
@@ -94,11 +94,6 @@ class SeedStats:
             return f"{g(self.mean)} (1 seed)"
         low, high = (self.low, self.high) if bounds is None else (max(self.low, bounds[0]), min(self.high, bounds[1]))
         return f"{g(self.mean)} [{g(low)}, {g(high)}]"
-
-    def clip(self, lowest: float, highest: float) -> SeedStats:
-        """The same statistics with the interval clipped to the quantity's range ``[lowest, highest]`` (e.g.
-        an error rate's [0, 1]): a Student-t interval of a bounded quantity can cross its bounds."""
-        return replace(self, low=min(max(self.low, lowest), highest), high=max(min(self.high, highest), lowest))
 
     def to_dict(self) -> dict[str, float | int | list[float]]:
         return {"mean": self.mean, "low": self.low, "high": self.high, "std": self.std, "n": self.n,
