@@ -9,6 +9,7 @@ import pytest
 
 from geomopt.experiments import EXPERIMENTS, bn_lstm
 from geomopt.train import TrainConfig, read_metrics, train
+from tests.experiments.ledger_roundtrip import ledger_problems
 
 
 def test_train_bnlstm_through_the_engine(tmp_path):
@@ -41,11 +42,12 @@ def test_reproduce_bn_lstm_tiny(tmp_path):
     # one epoch of 200 examples learns little: the gate names the runs instead of deciding
     assert claims["converges-faster"]["verdict"] in ("untestable here", "inconclusive", "holds", "fails")
     assert (root / "curves.csv").is_file()
+    assert ledger_problems(tmp_path, "bn-lstm", tmp_path / "ledger") == []
     with pytest.raises(ValueError, match="unknown experiment key"):
         bn_lstm.reproduce(tmp_path, tier="quick", overrides={"hiden": 8})
 
 
 def test_mid_tier_config():
     mid = bn_lstm.BNLSTMExperiment.mid().replace({})
-    assert mid.datasets == ("seq-mnist1d", "seq-mnist1d-perm") and mid.models == ("lstm", "bnlstm")
+    assert mid.datasets == ("rows-fashion-mnist",) and mid.train_size == 10_000 and mid.models == ("lstm", "bnlstm")
     assert [c.id for c in bn_lstm.claims(mid)] == ["generalizes-better", "converges-faster"]

@@ -12,6 +12,7 @@ from geomopt.experiments.config import tier_config
 from geomopt.experiments.ekfac import EKFACExperiment, loss_at
 from geomopt.sweep import VERDICTS
 from geomopt.train import read_metrics
+from tests.experiments.ledger_roundtrip import ledger_problems
 
 
 def test_tiny_reproduction(tmp_path):
@@ -37,6 +38,7 @@ def test_tiny_reproduction(tmp_path):
     assert len(recs) == 3 and recs[-1]["train_loss"] < recs[0]["train_loss"] and "val_loss" in recs[-1]
     assert (root / "train_loss_epochs.png").is_file() and (root / "train_loss_seconds.png").is_file()
     assert json.loads(section.read_text())["tables"]
+    assert ledger_problems(tmp_path, "ekfac", tmp_path / "ledger") == []
     EXPERIMENTS["ekfac"].reproduce(tmp_path, tier="quick", jobs=1, overrides=overrides)  # skips finished runs
     assert list(csv.DictReader((root / "table.csv").open())) == rows
 

@@ -12,6 +12,7 @@ from geomopt.experiments.path_sgd_rnn import NAME, PathSGDRNNExperiment, reprodu
 from geomopt.experiments.tuning import Problem, tune
 from geomopt.sweep import Grid
 from geomopt.train import TrainConfig
+from tests.experiments.ledger_roundtrip import ledger_problems
 
 TINY = {"lengths": [4, 6], "sequential": ["seq-digits"], "hidden": 4,
         "methods": ["rnn-path", "rnn-path-k12", "irnn-sgd", "lstm-sgd"],
@@ -49,6 +50,7 @@ def test_outputs_tables_and_claims(tiny):
     assert claims["sequential"]["verdict"] in ("untestable here", "inconclusive", "holds", "fails")
     assert json.loads((root / "claims.json").read_text())["tier"] == "quick"
     assert "first-step ratio" in " ".join(data["paragraphs"])
+    assert ledger_problems(out, NAME, out / "ledger") == []  # `geomopt results check` recomputes every verdict
     # a rerun skips every finished run and writes the same section
     assert reproduce(out, tier="quick", jobs=1, overrides=TINY).read_text() == section.read_text()
 
@@ -78,6 +80,7 @@ def test_config_errors():
 
 def test_mid_tier_config():
     mid = PathSGDRNNExperiment.mid().replace({})
-    assert mid.lengths == (50,) and mid.methods == ("rnn-path", "irnn-sgd") and mid.lrs["rnn-path"] == mid.lrs["irnn-sgd"]
+    assert mid.lengths == (50,) and mid.methods == ("rnn-path", "irnn-sgd")
+    assert mid.lrs["rnn-path"] == mid.lrs["irnn-sgd"]  # equal care
     with pytest.raises(ValueError, match="no learning-rate grid"):
         PathSGDRNNExperiment.mid().replace({"methods": ["rnn-path", "lstm-sgd"], "lrs": {"rnn-path": [1e-3]}})

@@ -13,17 +13,17 @@ and the claims are tested across them (``claims.json``).
 
 Tiers: ``quick``: sequential and permuted digits (64 steps), LSTM and BN-LSTM, 100 units, Adam with the
 learning rate chosen from {3e-3, 1e-2} (one extension step allowed; with {1e-3, 3e-3} three of the four
-selections ended at the high edge 9e-3), 6 epochs, 3 seeds. ``mid``: the same comparison on a larger
-pixel-by-pixel task, sequential and permuted MNIST-1D (40 steps, 3,600 training sequences after the
-validation split, 1,000 test), 100 units, both models from the learning rates {1e-3, 3e-3, 1e-2} (one
-extension step at an edge: equal care for both), 15 epochs, 3 seeds. It can test the headline (faster
-convergence, better test accuracy): both models learn within a few epochs (training cross-entropy 2.3 -> 1.6
-after 2 epochs in a timed run) so the averaged training loss compares converging runs, and the permuted task
-is where the paper's gap is largest. Cost, from single timed runs (CPU seconds of one core): about 4 s per
-epoch for the BN-LSTM and 2.5 s for the LSTM, so 36 runs of about 50 s: about 35 minutes with ``--jobs 1``
-(45 with grid extensions). Row-by-row Fashion-MNIST (T = 28) is the natural next size once a sequence variant
-of it exists. ``full``: sequential and permuted MNIST (784 steps) from ``data_dir`` and, with ``text`` set to
-a local text file, character-level modelling; BN-RNN too, 5 seeds.
+selections ended at the high edge 9e-3), 6 epochs, 3 seeds. ``mid``: row-by-row Fashion-MNIST
+(``rows-fashion-mnist``, T = 28 steps of 28 pixels; Debian's ``dataset-fashion-mnist``), 10,000 training
+images (9,000 after the validation split) and the 10,000 test images, 100 units, both models from the learning
+rates {1e-3, 3e-3, 1e-2} (one extension step at an edge: equal care for both), 15 epochs, 3 seeds. It can test
+the headline (faster convergence, better test accuracy) on real images: both models learn within the budget
+(in timed runs at lr 3e-3, training cross-entropy 2.3 -> 0.51 (BN-LSTM) and 0.60 (LSTM) after 2 epochs, test
+accuracy 81.5% and 77.4%), so the averaged training loss compares converging runs and the accuracies are far
+from chance and from a ceiling. Cost, from those runs (CPU seconds of one core, evaluation included): about 10
+s per epoch for the BN-LSTM and 3.5 s for the LSTM, so 18 runs in about 30 minutes with ``--jobs 1`` (about 40
+with a grid extension). ``full``: sequential and permuted MNIST (784 steps) from ``data_dir`` and, with
+``text`` set to a local text file, character-level modelling; BN-RNN too, 5 seeds.
 """
 
 from __future__ import annotations
@@ -82,12 +82,15 @@ class BNLSTMExperiment:
 
     @classmethod
     def mid(cls) -> BNLSTMExperiment:
-        return cls(datasets=("seq-mnist1d", "seq-mnist1d-perm"), models=("lstm", "bnlstm"), lrs=(1e-3, 3e-3, 1e-2),
-                   max_extensions=1, epochs=15, seeds=(0, 1, 2))
+        return cls(datasets=("rows-fashion-mnist",), models=("lstm", "bnlstm"), lrs=(1e-3, 3e-3, 1e-2),
+                   max_extensions=1, epochs=15, train_size=10_000, seeds=(0, 1, 2))
 
     def replace(self, overrides: dict[str, Any]) -> BNLSTMExperiment:
         d = merge_overrides(self, overrides, NAME)
         return BNLSTMExperiment(**d)
+
+
+CONFIG = BNLSTMExperiment  # the config class (geomopt results check rebuilds it from experiment.json)
 
 
 def _problems(exp: BNLSTMExperiment, root: Path) -> dict[tuple[str, str], Problem]:

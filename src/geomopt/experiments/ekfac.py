@@ -29,8 +29,9 @@ converged runs with 3 seeds. Cost, from single timed runs (CPU seconds of one co
 for K-FAC / EKFAC and 1.5 s for the baselines, so 54 fixed-damping runs of about 36 s, 6 adaptive runs and
 18 baseline runs: about 40 minutes with ``--jobs 1`` (more if a grid is extended). The paper's 8-layer
 784-1000-500-250-30 network took 680 s of wall-clock per epoch on this loaded machine (too slow for the
-tier). ``full``: MNIST from ``data_dir`` with 784-1000-500-250-30-250-500-1000-784, 50 epochs, 5 seeds. Wall-clock times come from runs side by side on a shared machine (noisy; the engine's time
-includes the per-epoch evaluation).
+tier). ``full``: MNIST from ``data_dir`` with 784-1000-500-250-30-250-500-1000-784, 50 epochs, 5 seeds.
+Wall-clock times come from runs side by side on a shared machine (noisy; the engine's time includes the
+per-epoch evaluation).
 """
 
 from __future__ import annotations
@@ -114,6 +115,9 @@ class EKFACExperiment:
         if missing:
             raise ValueError(f"{NAME}: no learning-rate grid in `lrs` for optimizer(s) {missing}")
         return EKFACExperiment(**d)
+
+
+CONFIG = EKFACExperiment  # the config class (geomopt results check rebuilds it from experiment.json)
 
 
 def autoencoder(d: int, widths: tuple[int, ...], seed: int) -> nn.Sequential:

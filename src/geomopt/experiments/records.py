@@ -20,8 +20,8 @@ from typing import Any
 
 from geomopt.report.tables import write_records
 
-__all__ = ["RESULTS_FILE", "CURVES_FILE", "Records", "parse_cell", "read_csv", "write_curves", "read_stored", "rows_seeds",
-           "gate_failures"]
+__all__ = ["RESULTS_FILE", "CURVES_FILE", "Records", "parse_cell", "read_csv", "write_curves", "read_stored",
+           "rows_seeds", "gate_failures"]
 
 RESULTS_FILE, CURVES_FILE = "results.csv", "curves.csv"
 
@@ -116,8 +116,9 @@ def rows_seeds(rows: Iterable[dict[str, Any]]) -> tuple[int, ...]:
     return tuple(sorted({int(r["seed"]) for r in rows}))
 
 
-def gate_failures(records: Records, rows: Iterable[dict[str, Any]], gate: Any, describe: Callable[[dict[str, Any]], str],
-                  edges: dict[str, str] | None = None, loss: str = "train_loss") -> list[str]:
+def gate_failures(records: Records, rows: Iterable[dict[str, Any]], gate: Any,
+                  describe: Callable[[dict[str, Any]], str], edges: dict[str, str] | None = None,
+                  loss: str = "train_loss") -> list[str]:
     """The run-quality gate's failures among ``rows`` (compared runs), each naming its run (``describe(row)``):
     a diverged run (``row["diverged"]``), a curve ``loss`` that fails ``gate`` (a
     :class:`geomopt.sweep.RunGate`), and a selection still at its grid's edge after extension (``edges``:
