@@ -13,14 +13,15 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from geomopt.report.tables import write_records
 
-__all__ = ["RESULTS_FILE", "CURVES_FILE", "Records", "parse_cell", "read_csv", "write_curves", "read_stored", "rows_seeds"]
+__all__ = ["RESULTS_FILE", "CURVES_FILE", "Records", "parse_cell", "read_csv", "write_curves", "read_stored",
+           "rows_seeds", "gate_failures"]
 
 RESULTS_FILE, CURVES_FILE = "results.csv", "curves.csv"
 
@@ -113,3 +114,19 @@ def read_stored(directory: str | Path, exp: Any) -> Records:
 def rows_seeds(rows: Iterable[dict[str, Any]]) -> tuple[int, ...]:
     """The sorted distinct seeds of ``rows``."""
     return tuple(sorted({int(r["seed"]) for r in rows}))
+
+
+def gate_failures(records: Records, rows: Iterable[dict[str, Any]], gate: Any,
+                  describe: Callable[[dict[str, Any]], str], edges: dict[str, str] | None = None,
+                  loss: str = "train_loss") -> list[str]:
+    """The run-quality gate's failures among ``rows`` (compared runs), each naming its run (``describe(row)``):
+    a diverged run (``row["diverged"]``), a curve ``loss`` that fails ``gate`` (a
+    :class:`geomopt.sweep.RunGate`), and a selection still at its grid's edge after extension (``edges``:
+    row field -> what it selected, default ``{"edge": "lr"}``: the row's ``edge`` is ``"low"``/``"high"``)."""
+    failures = []
+    for r in rows:
+        name = describe(r)
+        failures.append(f"{name}: diverged" if r["diverged"] else gate.check(records.curve(r["run"], loss), name))
+        failures += [f"{name}: chosen {what} at the {r[k]} edge of its grid after extension"
+                     for k, what in (edges or {"edge": "lr"}).items() if r.get(k)]
+    return list(dict.fromkeys(f for f in failures if f))
