@@ -28,7 +28,7 @@ from typing import Any
 from geomopt.experiments.config import experiment_dir, merge_overrides, seed_list, tier_config
 from geomopt.experiments.tuning import Problem, Tuned, compute_seconds, tune
 from geomopt.report import Section, plot_bands, run_warnings, write_section, write_tables
-from geomopt.experiments.records import Records, read_stored
+from geomopt.experiments.records import Records, gate_failures, read_stored
 from geomopt.sweep import Claim, Grid, Outcome, RunGate, all_of, band, gated, less, seed_stats, untestable, write_claims
 from geomopt.train import TrainConfig, read_metrics
 
@@ -227,21 +227,6 @@ def _invariance(records: Records) -> Outcome:
     return Outcome(out.verdict, ours, {**out.numbers, "contrast": contrast}, out.why)
 
 
-def gate_failures(records: Records, rows: list[dict[str, Any]]) -> list[str]:
-    """The run-quality gate's failures among ``rows`` (chosen runs): a diverged or unconverged run
-    (:data:`GATE`), and a selection still at its grid's edge after the extensions."""
-    failures = []
-    for r in rows:
-        name = _describe_run(r)
-        if r["diverged"]:
-            failures.append(f"{name}: diverged")
-        else:
-            failures.append(GATE.check(records.curve(r["run"], "train_loss"), name))
-        if r.get("edge"):
-            failures.append(f"{name}: chosen lr at the {r['edge']} edge of its grid after extension")
-    return list(dict.fromkeys(f for f in failures if f))
-
-
 def _beats(metric: str, init: str):
     """Path-SGD's final ``metric`` (train_loss, or test_err) below each baseline's, on every dataset."""
     def test(records: Records) -> Outcome:
@@ -254,7 +239,8 @@ def _beats(metric: str, init: str):
                 parts[f"{data} vs {other}"] = less([r[metric] for r in mine], [r[metric] for r in theirs],
                                                    label=f"Path-SGD - {other}", scale=1 if metric == "train_loss" else 100)
                 compared += mine + theirs
-        return gated(all_of(parts), gate_failures(records, list({r["run"]: r for r in compared}.values())))
+        return gated(all_of(parts), gate_failures(records, list({r["run"]: r for r in compared}.values()), GATE,
+                                                  _describe_run))
     return test
 
 
