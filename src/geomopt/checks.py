@@ -3,8 +3,10 @@
 Every check names where it runs (``where``: the function or class, e.g. ``"PathSGD: param group 1"``) and
 the argument (``key``), and raises
 
-- ``TypeError`` for a value of the wrong type (a string, a bool or ``None`` where a number is expected,
-  ``2.5`` where an integer is expected, a list where a tensor is expected);
+- :class:`WrongTypeError` (a ``TypeError`` that is also a ``ValueError``, so that code catching bad input as
+  ``ValueError``, as the command line does, reports it too) for a value of the wrong type (a string, a bool
+  or ``None`` where a number is expected, ``2.5`` where an integer is expected, a list where a tensor is
+  expected);
 - ``ValueError`` for a value of the right type outside its range: NaN, +-inf (unless allowed), the wrong
   sign, an empty tensor, the wrong number of dimensions, NaN/inf entries.
 
@@ -23,6 +25,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+
+class WrongTypeError(TypeError, ValueError):
+    """An argument of the wrong type: a ``TypeError``, and a ``ValueError`` for code that catches bad input so."""
 
 
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
@@ -55,12 +61,12 @@ def check_number(where: str, key: str, value: Any, *, low: float | None = None, 
     (``low < v`` with ``low_open``, else ``low <= v``; likewise ``high``).
 
     Raises:
-        TypeError: ``value`` is not a real number (bools, strings, ``None`` are not).
+        WrongTypeError: ``value`` is not a real number (bools, strings, ``None`` are not).
         ValueError: NaN, +-inf (without ``allow_inf``) or out of range; the message gives the range.
     """
     what = ("a number" if allow_inf else "a finite number") + _interval(low, high, low_open, high_open)
     if not _is_real(value):
-        raise TypeError(f"{where}: {key} must be {what}, got {type(value).__name__} {value!r}")
+        raise WrongTypeError(f"{where}: {key} must be {what}, got {type(value).__name__} {value!r}")
     v = float(value)
     if math.isnan(v) or (math.isinf(v) and not allow_inf) or not _inside(v, low, high, low_open, high_open):
         raise ValueError(f"{where}: {key} must be {what}, got {value!r}")
@@ -71,12 +77,12 @@ def check_int(where: str, key: str, value: Any, *, low: int | None = None, high:
     """``int(value)`` for an integer (``numbers.Integral``, not a bool) within ``[low, high]``.
 
     Raises:
-        TypeError: not an integer (``2.5``, ``2.0``, ``"2"``, ``True``, ``None``).
+        WrongTypeError: not an integer (``2.5``, ``2.0``, ``"2"``, ``True``, ``None``).
         ValueError: outside ``[low, high]``.
     """
     what = "an integer" + _interval(low, high, False, False)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{where}: {key} must be {what}, got {type(value).__name__} {value!r}")
+        raise WrongTypeError(f"{where}: {key} must be {what}, got {type(value).__name__} {value!r}")
     if not _inside(int(value), low, high, False, False):
         raise ValueError(f"{where}: {key} must be {what}, got {value!r}")
     return int(value)
@@ -88,11 +94,11 @@ def check_tensor(where: str, key: str, value: Any, *, ndim: int | tuple[int, ...
     with at least one entry (``nonempty``) and no NaN/inf entry (``finite``, floating tensors).
 
     Raises:
-        TypeError: not a tensor.
+        WrongTypeError: not a tensor.
         ValueError: wrong number of dimensions, no entries, or NaN/inf entries (the message counts them).
     """
     if not isinstance(value, Tensor):
-        raise TypeError(f"{where}: {key} must be a tensor, got {type(value).__name__}")
+        raise WrongTypeError(f"{where}: {key} must be a tensor, got {type(value).__name__}")
     shape = tuple(value.shape)
     dims = (ndim,) if isinstance(ndim, int) else ndim
     if dims is not None and value.dim() not in dims:

@@ -234,8 +234,8 @@ class _KroneckerOptimizer(Optimizer):
 
     # -- bookkeeping
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self._check_group(len(self.param_groups), {**self.defaults, **param_group})  # before: a bad group is not added
         super().add_param_group(param_group)
-        self._check_group(len(self.param_groups) - 1, self.param_groups[-1])
 
     def _check_group(self, index: int, group: dict[str, Any]) -> None:
         for key, rule in _GROUP_RULES.items():
@@ -929,10 +929,10 @@ class EKFAC(_KroneckerOptimizer):
         if diag_decay is not None:
             check_number("EKFAC: option", "diag_decay", diag_decay, low=0, high=1, high_open=True)
         self.diag_freq = int(diag_freq)  # before the base class arms the hooks for step 0
-        self.diag_decay = float(factor_decay if diag_decay is None else diag_decay)
         super().__init__(model, lr, damping, momentum, weight_decay, factor_decay, update_freq, inv_freq, fisher,
                          likelihood, kl_clip, mc_samples, param_groups, seed, adaptive_damping, damping_interval,
                          damping_decay, min_damping, max_damping, adaptive_step, process_group)
+        self.diag_decay = float(factor_decay if diag_decay is None else diag_decay)  # both checked by now
         self._rotated: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
         #: layers whose gradient was rotated into the eigenbasis from the per-example quantities in the
         #: last step (:func:`geomopt.curvature.factored_rotation`); the others were rotated densely

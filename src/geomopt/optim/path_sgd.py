@@ -297,8 +297,8 @@ class PathSGD(Optimizer):
                                      f"{type(model).__name__}; path scales are defined by the model")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        _check_group(f"PathSGD: param group {len(self.param_groups) - 1}", self.param_groups[-1])
+        _check_group(f"PathSGD: param group {len(self.param_groups)}", {**self.defaults, **param_group})
+        super().add_param_group(param_group)  # after the check: a bad group is not added
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
