@@ -147,7 +147,7 @@ def solve_admm(op: MeasurementOperator, y: Tensor, *, psd: bool = False, tol: fl
     Raises:
         RuntimeError: no convergence in ``max_iter`` iterations (the message gives the residuals).
     """
-    where = "min_nuclear_norm (admm)"
+    where = "solve_admm"
     check_number(where, "relaxation", relaxation, low=0, high=2, low_open=True, high_open=True)
     check_number(where, "balance", balance, low=1, low_open=True)
     check_number(where, "tol", tol, low=0, low_open=True)  # tol <= 0 is never met: max_iter runs, then an error

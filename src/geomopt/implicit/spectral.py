@@ -27,6 +27,7 @@ def singular_values(X: Tensor) -> Tensor:
 
 def nuclear_norm(X: Tensor) -> Tensor:
     """Sum of singular values, ``(..., n1, n2) -> (...)``."""
+    _check_matrix("nuclear_norm", X)
     return singular_values(X).sum(-1)
 
 
@@ -43,6 +44,7 @@ def effective_rank_from_sv(sv: Tensor, eps: float = 0.0) -> Tensor:
 
 def effective_rank(X: Tensor) -> Tensor:
     """Roy & Vetterli's effective rank of ``(..., n1, n2)`` matrices, ``-> (...)``."""
+    _check_matrix("effective_rank", X)
     return effective_rank_from_sv(singular_values(X))
 
 

@@ -126,7 +126,7 @@ def centered_targets(y: Tensor, num_classes: int | None = None) -> Tensor:
     if not y.dtype.is_floating_point:
         top = num_classes if num_classes is not None else int(y.max()) + 1
         if y.dim() != 1 or int(y.min()) < 0 or int(y.max()) >= top:
-            raise ValueError(f"centered_targets: integer labels must be (n,) in [0, {top}), got shape "
+            raise ValueError(f"centered_targets: y: integer labels must be (n,) in [0, {top}), got shape "
                              f"{tuple(y.shape)} with values in [{int(y.min())}, {int(y.max())}]")
         num_classes = top
         y = nn.functional.one_hot(y.long(), num_classes).to(torch.get_default_dtype())

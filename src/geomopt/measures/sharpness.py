@@ -196,6 +196,7 @@ def standard_normal(params: Params, seed: int) -> Params:
 
 def sample_perturbation(params: Params, sigma: float, mode: str, seed: int, eps: float = 1e-3) -> Params:
     """``u = s * z`` with ``s`` the standard deviation of :func:`perturbation_std` and ``z ~ N(0, I)``."""
+    check_int("sample_perturbation", "seed", seed)
     std = perturbation_std(params, sigma, mode, eps)
     z = standard_normal(params, seed)
     return {k: std[k] * z[k] for k in params}
