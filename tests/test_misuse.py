@@ -28,7 +28,7 @@ from torch import nn
 from geomopt import implicit, measures
 from geomopt.cli import main
 from geomopt.implicit.lab import DeepLinearLabConfig, MatrixLabConfig, NormsVsRankConfig
-from geomopt.optim import EKFAC, KFAC, PathSGD
+from geomopt.optim import EKFAC, KFAC, MirrorDescent, PathSGD, SteepestDescent
 from geomopt.train.config import TrainConfig
 
 ERRORS = (ValueError, TypeError, FloatingPointError)
@@ -108,7 +108,17 @@ OPTIMIZER_OPTIONS = {
 OPTIMIZER_OPTIONS[EKFAC] = {**OPTIMIZER_OPTIONS[KFAC], "diag_freq": COUNT, "diag_decay": not_none(UNIT)}
 GROUP_OPTIONS = {PathSGD: ("lr", "momentum", "weight_decay", "eps"), KFAC: ("lr", "damping", "momentum", "weight_decay")}
 GROUP_OPTIONS[EKFAC] = GROUP_OPTIONS[KFAC]
+#: optimizers over parameters (not a model): built from ``model.parameters()``
+OPTIMIZER_OPTIONS[SteepestDescent] = {"lr": NONNEGATIVE, "momentum": UNIT}
+OPTIMIZER_OPTIONS[MirrorDescent] = {"lr": NONNEGATIVE, "momentum": UNIT, "p": bad_number(low=1, low_open=True),
+                                    "beta": POSITIVE}
 OPTIMIZER_CASES = [(cls, key) for cls, opts in OPTIMIZER_OPTIONS.items() for key in opts]
+
+
+def build(cls, model: nn.Module, **options):
+    if cls in (SteepestDescent, MirrorDescent):
+        return cls(model.parameters(), **options)
+    return cls(model, **options)
 
 
 @FAST
@@ -118,7 +128,7 @@ def test_optimizer_option_refused_at_construction(cls, key, data):
     model = mlp()
     before = _params(model)
     bad = data.draw(OPTIMIZER_OPTIONS[cls][key], label=key)
-    _raises_naming(lambda: cls(model, **{key: bad}), cls.__name__, key)
+    _raises_naming(lambda: build(cls, model, **{key: bad}), cls.__name__, key)
     assert _unchanged(model, before)
 
 
