@@ -407,3 +407,21 @@ def test_implicit_cli_refuses_bad_flags_in_one_line(argv):
         code, err = run_cli(argv + ["--no-progress", "--out", str(out)])
         assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
         assert not out.exists()
+
+
+def test_the_reproductions_of_issue_25():
+    """Each was a raw ZeroDivisionError/IndexError/TypeError, a silent non-convergence or a pass."""
+    _raises_naming(lambda: implicit.balanced_factors(W4, 0), "balanced_factors", "depth")
+    _raises_naming(lambda: implicit.balanced_factors(W4, -2), "balanced_factors", "depth")
+    _raises_naming(lambda: implicit.init_factors((4, 4), 2.5, alphas=[1.0], seeds=[0]), "init_factors", "depth")
+    _raises_naming(lambda: implicit.Completion.random(10, 10, 10.5), "Completion.random", "m")
+    _raises_naming(lambda: implicit.run_factorized(SENSING, FACTORS, lr=0.1, steps=5, tol=-1e-3), "tol")
+    _raises_naming(lambda: DeepLinearLabConfig(lr=math.inf).validate(), "deep-linear", "lr")
+    model, x, y = probe()
+    _raises_naming(lambda: measures.kernel_alignment(model, x[:0], y[:0]), "kernel_alignment", "x")
+    frozen = mlp().requires_grad_(False)
+    _raises_naming(lambda: KFAC(frozen), "KFAC", "frozen")
+    for key in ("lr", "weight_decay", "eps"):
+        model = mlp()
+        _raises_naming(lambda: PathSGD(model, **{key: math.nan}), "PathSGD", key)
+    _raises_naming(lambda: PathSGD(mlp(), lr=math.inf), "PathSGD", "lr")
