@@ -103,7 +103,9 @@ class Capture:
             :meth:`output_tensors`.
 
     Use as a context manager, or call :meth:`attach` / :meth:`remove`. Recording happens only in
-    forwards with gradients enabled (never inside ``torch.no_grad()`` evaluation).
+    forwards with gradients enabled (never inside ``torch.no_grad()`` evaluation). The hooks are
+    :class:`WeakHook` objects: they hold the Capture weakly (keep a reference to it while recording),
+    ignore modules other than the ones given, and become :class:`InertHook` in a copy of the model.
     """
 
     def __init__(self, layers: Sequence[tuple[str, nn.Module, LayerHandler]], grad_scale: float | None = None,
