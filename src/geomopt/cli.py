@@ -16,6 +16,14 @@ from pathlib import Path
 from geomopt.train.config import TrainConfig, field_hints, parse_text
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): ``geomopt train: error: argument --lr: ... (see
+    geomopt train --help)``, exit code 2 (bad input). Subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _flag_type(name: str, hint):
     def parse(text: str):
         where = f"--{name.replace('_', '-')}"
@@ -409,7 +417,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from geomopt.experiments import EXPERIMENTS
     from geomopt import __version__
-    parser = argparse.ArgumentParser(prog="geomopt", description=__doc__,
+    parser = _Parser(prog="geomopt", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"geomopt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -110,6 +110,38 @@ def test_bad_hyperparameters_and_foreign_params():
         PathSGD(model, lr=0.1, param_groups=[{"params": other.parameters()}])
 
 
+BAD_OPTIONS = [("lr", float("nan")), ("lr", float("inf")), ("lr", -0.1), ("weight_decay", float("nan")),
+               ("weight_decay", -1e-3), ("weight_decay", float("inf")), ("eps", float("nan")), ("eps", 0.0),
+               ("eps", float("-inf")), ("momentum", 1.0), ("momentum", float("nan")), ("momentum", -0.5)]
+
+
+@pytest.mark.parametrize("key,bad", BAD_OPTIONS)
+def test_options_are_validated_at_construction_in_groups_and_at_step(key, bad):
+    """Like K-FAC: a NaN, infinite or out-of-range option is an error naming it and its group, never NaN weights."""
+    model = MLP((5,), (4,), 3).double()
+    with pytest.raises(ValueError, match=f"PathSGD: option: {key} must be"):
+        PathSGD(model, **{"lr": 0.1, key: bad})
+    with pytest.raises(ValueError, match=f"PathSGD: param group 1: {key} must be"):
+        PathSGD(model, lr=0.1, param_groups=[{"params": [model[1].weight]},
+                                             {"params": [model[1].bias], key: bad}])
+    opt = PathSGD(model, lr=0.1, param_groups=[{"params": [model[1].weight]}])
+    with pytest.raises(ValueError, match=f"PathSGD: param group 1: {key} must be"):
+        opt.add_param_group({"params": [model[1].bias], key: bad})
+    opt = PathSGD(model, lr=0.1, momentum=0.5)
+    _loss(model).backward()
+    opt.param_groups[0][key] = bad  # as a scheduler or a user might
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=f"PathSGD: param group 0: {key} must be"):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+@pytest.mark.parametrize("kwargs", [{"lr": "0.1"}, {"lr": None}, {"momentum": True}, {"p": "2"}, {"seq_len": 2.5}])
+def test_options_of_the_wrong_type_are_type_errors(kwargs):
+    with pytest.raises(TypeError, match=f"PathSGD: option: {next(iter(kwargs))} must be"):
+        PathSGD(MLP((5,), (4,), 3), **{"lr": 0.1, **kwargs})
+
+
 def test_non_homogeneous_model_rejected_at_construction():
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
     with pytest.raises(UnsupportedModuleError, match=r"'1' \(BatchNorm1d\)"):

@@ -41,7 +41,9 @@ backward passes for ``fisher``:
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +52,42 @@ from geomopt.curvature.layers import LayerHandler
 
 LIKELIHOODS = ("categorical", "gaussian", "bernoulli")
 FISHERS = ("empirical", "true", "ggn")
+
+
+class InertHook:
+    """What a :class:`WeakHook` becomes in a copy of its model (``copy.deepcopy``, pickle, ``torch.save``):
+    a module hook that does nothing."""
+
+    def __call__(self, *args, **kwargs) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "InertHook()"
+
+
+class WeakHook:
+    """A module hook that calls ``owner.<method>(*extra, module, *hook_args)`` for calls of the one module it
+    was registered on, reaching ``owner`` (a :class:`Capture`, an optimizer) through a weak reference.
+
+    So a hook never keeps its owner alive (an optimizer that is dropped stops recording), a module that
+    shares the hook (``copy.copy`` of a layer shares its hook dict) is ignored, and a copy of the model
+    (``copy.deepcopy`` for an EMA, teacher or best model; pickle; ``torch.save(model)``) gets an
+    :class:`InertHook` in its place: the copy runs and saves like the original and feeds nothing into the
+    original's statistics.
+    """
+
+    def __init__(self, owner: Any, method: str, module: nn.Module, *extra: Any):
+        self._owner, self._module = weakref.ref(owner), weakref.ref(module)
+        self.method, self.extra = method, extra
+
+    def __call__(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        owner = self._owner()
+        if owner is None or module is not self._module():
+            return None
+        return getattr(owner, self.method)(*self.extra, module, *args, **kwargs)
+
+    def __reduce__(self):
+        return (InertHook, ())
 
 
 class Capture:
@@ -65,7 +103,9 @@ class Capture:
             :meth:`output_tensors`.
 
     Use as a context manager, or call :meth:`attach` / :meth:`remove`. Recording happens only in
-    forwards with gradients enabled (never inside ``torch.no_grad()`` evaluation).
+    forwards with gradients enabled (never inside ``torch.no_grad()`` evaluation). The hooks are
+    :class:`WeakHook` objects: they hold the Capture weakly (keep a reference to it while recording),
+    ignore modules other than the ones given, and become :class:`InertHook` in a copy of the model.
     """
 
     def __init__(self, layers: Sequence[tuple[str, nn.Module, LayerHandler]], grad_scale: float | None = None,
@@ -82,7 +122,7 @@ class Capture:
     def attach(self) -> Capture:
         if not self._handles:
             for name, module, handler in self.layers:
-                self._handles.append(module.register_forward_hook(self._make_hook(name, handler)))
+                self._handles.append(module.register_forward_hook(WeakHook(self, "_record", module, name, handler)))
         return self
 
     def remove(self) -> None:
@@ -117,20 +157,19 @@ class Capture:
         ids = sorted({c["batch"] for c in calls})
         return [b for b in ids if all(c["g"] for c in calls if c["batch"] == b)]
 
-    def _make_hook(self, name: str, handler: LayerHandler):
-        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            if not self.active or not torch.is_grad_enabled():
-                return
-            x = handler.batched(module, inputs[0].detach())  # expanded (patches) only when asked: inputs()
-            record = {"x": x, "x_version": x._version, "a": None, "g": [], "batch": self._batch}
-            self._calls[name].append(record)
-            if isinstance(output, Tensor) and output.requires_grad:
-                def grad_hook(grad: Tensor) -> None:
-                    record["g"].append(handler.batched(module, grad.detach()))
-                output.register_hook(grad_hook)
-                if self.keep_outputs:
-                    record["out"] = (output, output._version)
-        return hook
+    def _record(self, name: str, handler: LayerHandler, module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        """The forward hook of layer ``name`` (through a :class:`WeakHook`)."""
+        if not self.active or not torch.is_grad_enabled():
+            return
+        x = handler.batched(module, inputs[0].detach())  # expanded (patches) only when asked: inputs()
+        record = {"x": x, "x_version": x._version, "a": None, "g": [], "batch": self._batch}
+        self._calls[name].append(record)
+        if isinstance(output, Tensor) and output.requires_grad:
+            def grad_hook(grad: Tensor) -> None:
+                record["g"].append(handler.batched(module, grad.detach()))
+            output.register_hook(grad_hook)
+            if self.keep_outputs:
+                record["out"] = (output, output._version)
 
     def output_tensors(self, batch: int | None = None) -> list[Tensor] | None:
         """The recorded layers' outputs (``keep_outputs=True``; of micro-batch ``batch`` if given):

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from geomopt.checks import check_int, check_number, check_tensor
+
 
 class RegressionObjective:
     """``L(W) = 1/(p n) sum_i ||W x_i - y_i||_p^p`` for a batch of ``W (B, k, d)``.
@@ -37,13 +39,12 @@ class RegressionObjective:
     """
 
     def __init__(self, X: Tensor, Y: Tensor, p: float = 2.0) -> None:
-        if X.dim() != 2 or Y.dim() != 2 or X.shape[0] != Y.shape[0]:
+        check_tensor("RegressionObjective", "X", X, ndim=2)
+        check_tensor("RegressionObjective", "Y", Y, ndim=2)
+        if X.shape[0] != Y.shape[0]:
             raise ValueError(f"RegressionObjective: X must be (n, d) and Y (n, k) with the same n, got "
                              f"{tuple(X.shape)} and {tuple(Y.shape)}")
-        if not (torch.isfinite(X).all() and torch.isfinite(Y).all()):
-            raise ValueError("RegressionObjective: X or Y contains NaN or inf")
-        if not p >= 1:
-            raise ValueError(f"RegressionObjective: p must be >= 1, got {p}")
+        check_number("RegressionObjective", "p", p, low=1)
         self.X, self.Y, self.p = X, Y, float(p)
         self.shape = (Y.shape[1], X.shape[1])
 
@@ -61,6 +62,11 @@ class RegressionObjective:
 
 def balancedness(factors: Sequence[Tensor]) -> Tensor:
     """``max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F`` per run, factors ``(B, d_out, d_in)`` -> ``(B,)``."""
+    if isinstance(factors, Tensor) or not isinstance(factors, Sequence) or not factors:
+        raise ValueError(f"balancedness: factors must be a non-empty list of (B, d_out, d_in) tensors, got "
+                         f"{type(factors).__name__}")
+    for j, f in enumerate(factors):
+        check_tensor("balancedness", f"factors[{j}]", f, min_ndim=2)
     if len(factors) < 2:
         return torch.zeros(factors[0].shape[:-2], dtype=factors[0].dtype)
     gaps = [torch.linalg.matrix_norm(b.transpose(-1, -2) @ b - a @ a.transpose(-1, -2))
@@ -70,6 +76,8 @@ def balancedness(factors: Sequence[Tensor]) -> Tensor:
 
 def deficiency_margin(W: Tensor, Phi: Tensor) -> Tensor:
     """``sigma_min(Phi) - ||W - Phi||_F`` (Arora, Cohen, Golowich & Hu 2019, Def. 2); ``(..., k, d)``."""
+    check_tensor("deficiency_margin", "W", W, min_ndim=2)
+    check_tensor("deficiency_margin", "Phi", Phi, min_ndim=2)
     if W.shape[-2:] != Phi.shape[-2:]:
         raise ValueError(f"deficiency_margin: W {tuple(W.shape)} and Phi {tuple(Phi.shape)} differ in shape")
     return torch.linalg.svdvals(Phi)[..., -1] - torch.linalg.matrix_norm(W - Phi)
@@ -77,6 +85,12 @@ def deficiency_margin(W: Tensor, Phi: Tensor) -> Tensor:
 
 def convergence_bound(loss0: float, lr: float, margin: float, depth: int, steps: int) -> float:
     """``loss0 (1 - lr c^(2(N-1)/N))^t``: the linear rate guaranteed by a positive deficiency margin."""
+    where = "convergence_bound"
+    check_number(where, "loss0", loss0, low=0)
+    check_number(where, "lr", lr, low=0, low_open=True)
+    check_number(where, "margin", margin)
+    check_int(where, "depth", depth, low=1)
+    check_int(where, "steps", steps, low=0)
     if margin <= 0:
         return math.inf
     rate = lr * margin ** (2 * (depth - 1) / depth)
@@ -86,7 +100,18 @@ def convergence_bound(loss0: float, lr: float, margin: float, depth: int, steps:
 def synthetic_regression(n: int, d: int, *, k: int = 1, seed: int = 0, condition: float = 10.0,
                          noise: float = 0.0, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor]:
     """Ill-conditioned linear regression data: ``X (n, d)`` with singular values spaced log-uniformly over
-    ``[1/condition, 1] * sqrt(n)``, ``Y = X W*^T + noise``, ``W* (k, d)`` Gaussian. Returns ``(X, Y, W*)``."""
+    ``[1/condition, 1] * sqrt(n)``, ``Y = X W*^T + noise``, ``W* (k, d)`` Gaussian. Returns ``(X, Y, W*)``.
+
+    Raises:
+        ValueError: ``n < d`` (X could not have ``d`` non-zero singular values), sizes < 1, ``condition < 1``,
+            negative or non-finite ``noise``. TypeError: a size or seed that is not an integer."""
+    where = "synthetic_regression"
+    d = check_int(where, "d", d, low=1)
+    check_int(where, "n", n, low=d)
+    check_int(where, "k", k, low=1)
+    check_int(where, "seed", seed)
+    check_number(where, "condition", condition, low=1)
+    check_number(where, "noise", noise, low=0)
     g = torch.Generator().manual_seed(seed)
     q1, _ = torch.linalg.qr(torch.randn(n, d, generator=g, dtype=torch.float64))
     q2, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
@@ -114,9 +139,17 @@ def run_scaled_gd(objective, W0: Tensor, depth: int, *, lr: float | Tensor, step
         ``(W, losses (T, B), diverged (B,))``; a run whose loss or ``W`` stops being finite is frozen at its
         last finite iterate and flagged.
     """
-    if depth < 1 or steps < 0 or log_every < 1:
-        raise ValueError(f"run_scaled_gd: need depth >= 1, steps >= 0, log_every >= 1; got {depth}, {steps}, "
-                         f"{log_every}")
+    where = "run_scaled_gd"
+    check_tensor(where, "W0", W0, ndim=3)
+    check_int(where, "depth", depth, low=1)
+    check_int(where, "steps", steps, low=0)
+    check_int(where, "log_every", log_every, low=1)
+    if isinstance(lr, Tensor):
+        check_tensor(where, "lr", lr, ndim=(0, 1))
+        if not bool((lr > 0).all()):
+            raise ValueError(f"{where}: lr must be > 0 (every entry), got {lr.tolist()}")
+    else:
+        check_number(where, "lr", lr, low=0, low_open=True)
     W = W0.clone()
     B = W.shape[0]
     eta = torch.as_tensor(lr, dtype=W.dtype).expand(B).reshape(B, 1, 1)

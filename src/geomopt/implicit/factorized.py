@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from geomopt.checks import WrongTypeError, check_int, check_number, check_tensor
 from geomopt.implicit.operators import MeasurementOperator
 from geomopt.implicit.spectral import effective_rank_from_sv, psd_power
 
@@ -60,6 +61,9 @@ class SensingObjective:
     """
 
     def __init__(self, op: MeasurementOperator, y: Tensor) -> None:
+        if not isinstance(op, MeasurementOperator):
+            raise WrongTypeError(f"SensingObjective: op must be a MeasurementOperator, got {type(op).__name__}")
+        check_tensor("SensingObjective", "y", y, finite=False)
         if y.dim() not in (1, 2) or y.shape[-1] != op.m:
             raise ValueError(f"SensingObjective: y must have shape (m,) or (B, m) with m={op.m}, got {tuple(y.shape)}")
         if not torch.isfinite(y).all():
@@ -79,15 +83,19 @@ class SensingObjective:
 
 def factor_shapes(shape: tuple[int, int], depth: int, width: int | None = None) -> list[tuple[int, int]]:
     """Shapes ``(d_out, d_in)`` of ``W_1 .. W_N`` for an end-to-end ``(n1, n2)`` matrix; hidden width ``width``."""
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
-    n1, n2 = shape
-    h = width if width is not None else min(n1, n2)
-    if h < 1:
-        raise ValueError(f"width must be >= 1, got {h}")
+    n1, n2 = _check_shape("factor_shapes", shape)
+    check_int("factor_shapes", "depth", depth, low=1)
+    h = check_int("factor_shapes", "width", width, low=1) if width is not None else min(n1, n2)
     if depth == 1:
         return [(n1, n2)]
     return [(h, n2)] + [(h, h)] * (depth - 2) + [(n1, h)]
+
+
+def _check_shape(where: str, shape: Sequence[int]) -> tuple[int, int]:
+    """A matrix shape ``(n1, n2)`` of positive integers."""
+    if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) != 2:
+        raise WrongTypeError(f"{where}: shape must be a pair (n1, n2), got {shape!r}")
+    return check_int(where, "shape[0]", shape[0], low=1), check_int(where, "shape[1]", shape[1], low=1)
 
 
 def _orthogonal(rows: int, cols: int, g: torch.Generator) -> Tensor:
@@ -142,11 +150,12 @@ def balanced_factors(W: Tensor, depth: int, width: int | None = None, *, seed: i
     Raises:
         ValueError: when ``width < min(n1, n2)`` (the factors could not represent W).
     """
-    if W.dim() != 2:
-        raise ValueError(f"balanced_factors: expected one matrix (n1, n2), got shape {tuple(W.shape)}")
+    check_tensor("balanced_factors", "W", W, ndim=2)
+    check_int("balanced_factors", "depth", depth, low=1)
+    check_int("balanced_factors", "seed", seed)
     n1, n2 = W.shape
     k = min(n1, n2)
-    h = width if width is not None else k
+    h = check_int("balanced_factors", "width", width, low=1) if width is not None else k
     if depth == 1:
         return [W.clone()]
     if h < k:
@@ -162,6 +171,15 @@ def balanced_factors(W: Tensor, depth: int, width: int | None = None, *, seed: i
     return factors
 
 
+def _check_grid(where: str, alphas: Sequence[float], seeds: Sequence[int]) -> tuple[list[float], list[int]]:
+    """Init scales (finite, >= 0) and seeds (integers), each list non-empty."""
+    for key, values in (("alphas", alphas), ("seeds", seeds)):
+        if not isinstance(values, (Sequence, Tensor)) or isinstance(values, str) or len(values) == 0:
+            raise ValueError(f"{where}: {key} must be a non-empty sequence, got {values!r}")
+    return ([check_number(where, f"alphas[{i}]", a, low=0) for i, a in enumerate(alphas)],
+            [check_int(where, f"seeds[{i}]", s) for i, s in enumerate(seeds)])
+
+
 def init_factors(shape: tuple[int, int], depth: int, *, alphas: Sequence[float], seeds: Sequence[int],
                  init: str = "gaussian", width: int | None = None, symmetric: bool = False,
                  dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> list[Tensor]:
@@ -173,14 +191,17 @@ def init_factors(shape: tuple[int, int], depth: int, *, alphas: Sequence[float],
     Raises:
         ValueError: bad init, depth, lengths, negative alpha, alpha = 0 at depth >= 2 (a saddle: nothing moves),
             or ``symmetric`` with depth != 2 / non-square.
+        TypeError: a depth, width, size or seed that is not an integer, an alpha that is not a number.
     """
     if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
-    if len(alphas) != len(seeds) or len(alphas) == 0:
-        raise ValueError(f"init_factors: alphas and seeds must be equally long and non-empty, got {len(alphas)} "
-                         f"and {len(seeds)}")
-    if any(not (a >= 0 and math.isfinite(a)) for a in alphas):
-        raise ValueError(f"init_factors: alphas must be finite and >= 0, got {list(alphas)}")
+        raise ValueError(f"init_factors: unknown init {init!r}; choose one of {INITS}")
+    _check_shape("init_factors", shape)
+    check_int("init_factors", "depth", depth, low=1)
+    if width is not None:
+        check_int("init_factors", "width", width, low=1)
+    alphas, seeds = _check_grid("init_factors", alphas, seeds)
+    if len(alphas) != len(seeds):
+        raise ValueError(f"init_factors: alphas and seeds must be equally long, got {len(alphas)} and {len(seeds)}")
     if (depth >= 2 or symmetric) and any(a == 0 for a in alphas):
         raise ValueError(f"init_factors: alpha = 0 at depth {depth} puts every factor at 0, a saddle where all factor "
                          "gradients vanish and gradient descent never moves; use a small alpha > 0 (alpha = 0 is "
@@ -256,14 +277,28 @@ class FactorizedResult:
     meta: dict = field(default_factory=dict)
 
 
-def _as_batch(x: float | Sequence[float] | Tensor, batch: int, name: str, dtype, device) -> Tensor:
+def _check_run(where: str, steps: int, log_every: int) -> None:
+    check_int(where, "steps", steps, low=0)
+    check_int(where, "log_every", log_every, low=1)
+
+
+def _as_batch(x: float | Sequence[float] | Tensor, batch: int, name: str, dtype, device,
+              where: str = "run_factorized") -> Tensor:
+    """``x`` (one finite number > 0, or one per run) as a ``(batch,)`` tensor."""
+    if isinstance(x, Tensor):
+        check_tensor(where, name, x, ndim=(0, 1))
+    elif isinstance(x, Sequence) and not isinstance(x, str):
+        x = [check_number(where, f"{name}[{i}]", v, low=0, low_open=True) for i, v in enumerate(x)]
+    else:
+        x = check_number(where, name, x, low=0, low_open=True)
     t = torch.as_tensor(x, dtype=dtype, device=device)
     if t.dim() == 0:
         t = t.expand(batch).clone()
     if t.shape != (batch,):
-        raise ValueError(f"{name}: expected a scalar or {batch} values (one per run), got shape {tuple(t.shape)}")
-    if not (torch.isfinite(t).all() and (t > 0).all()):
-        raise ValueError(f"{name}: must be finite and > 0, got {t.tolist()}")
+        raise ValueError(f"{where}: {name}: expected a scalar or {batch} values (one per run), got shape "
+                         f"{tuple(t.shape)}")
+    if not bool((t > 0).all()):
+        raise ValueError(f"{where}: {name} must be > 0, got {t.tolist()}")
     return t
 
 
@@ -311,10 +346,13 @@ def run_factorized(objective: Objective, factors: Sequence[Tensor], *, lr: float
         raise ValueError(f"run_factorized: run(s) {stuck.nonzero().flatten().tolist()} start at a saddle: with "
                          f"{'U = 0' if symmetric else 'two or more zero factors'} every factor gradient is zero and "
                          "gradient descent never moves (alpha = 0 at depth >= 2); use alpha > 0")
-    if steps < 0 or log_every < 1:
-        raise ValueError(f"run_factorized: steps must be >= 0 and log_every >= 1, got {steps}, {log_every}")
-    if adaptive and not rel_step > 0:
-        raise ValueError(f"run_factorized: rel_step must be > 0, got {rel_step}")
+    _check_run("run_factorized", steps, log_every)
+    check_number("run_factorized", "rel_step", rel_step, low=0, low_open=True)
+    if tol is not None:  # a negative tol is never reached: a silent run to `steps`
+        check_number("run_factorized", "tol", tol, low=0)
+    check_int("run_factorized", "track_sv", track_sv, low=0)
+    if reference is not None:
+        check_tensor("run_factorized", "reference", reference, ndim=(2, 3))
     B, dtype, device = factors[0].shape[0], factors[0].dtype, factors[0].device
 
     def forward(factors: list[Tensor]) -> tuple[Tensor, list[Tensor] | None]:
@@ -406,13 +444,23 @@ def run_factorized(objective: Objective, factors: Sequence[Tensor], *, lr: float
 
 # ----------------------------------------------------------------------------- end-to-end dynamics
 
+def _check_end_to_end(where: str, W: Tensor, G: Tensor, depth: int, lr: float | None = None,
+                      min_ndim: int = 2) -> None:
+    check_tensor(where, "W", W, min_ndim=min_ndim)
+    check_tensor(where, "G", G, min_ndim=min_ndim)
+    if W.shape != G.shape:
+        raise ValueError(f"{where}: W {tuple(W.shape)} and G {tuple(G.shape)} differ in shape")
+    check_int(where, "depth", depth, low=1)
+    if lr is not None:
+        check_number(where, "lr", lr, low=0, low_open=True)
+
+
 def end_to_end_direction(W: Tensor, G: Tensor, depth: int) -> Tensor:
     """``sum_{j=1..N} (W W^T)^((j-1)/N) G (W^T W)^((N-j)/N)`` for ``(..., n1, n2)`` (Arora, Cohen & Hazan 2018).
 
     Under gradient flow from a balanced init, ``dW/dt = -end_to_end_direction(W, grad L(W), N)``.
     """
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
+    _check_end_to_end("end_to_end_direction", W, G, depth)
     if depth == 1:
         return G.clone()
     wwt = W @ W.transpose(-1, -2)
@@ -425,12 +473,14 @@ def end_to_end_direction(W: Tensor, G: Tensor, depth: int) -> Tensor:
 
 def end_to_end_step(W: Tensor, G: Tensor, depth: int, lr: float) -> Tensor:
     """One step of the end-to-end update rule: ``W - lr * end_to_end_direction(W, G, depth)``."""
+    check_number("end_to_end_step", "lr", lr, low=0, low_open=True)
     return W - lr * end_to_end_direction(W, G, depth)
 
 
 def end_to_end_vector_step(w: Tensor, g: Tensor, depth: int, lr: float) -> Tensor:
     """Single-output closed form (Arora, Cohen & Hazan 2018, Eq. 9 / Thm. 2):
     ``w <- w - lr ||w||^(2 - 2/N) (g + (N - 1) Pr_w g)`` with ``Pr_w g = (w . g) w / ||w||^2``; ``w, g (..., d)``."""
+    _check_end_to_end("end_to_end_vector_step", w, g, depth, lr, min_ndim=1)
     norm2 = (w * w).sum(-1, keepdim=True)
     proj = (w * g).sum(-1, keepdim=True) * w / norm2.clamp(min=torch.finfo(w.dtype).tiny)
     return w - lr * norm2 ** (1 - 1 / depth) * (g + (depth - 1) * proj)
@@ -439,6 +489,10 @@ def end_to_end_vector_step(w: Tensor, g: Tensor, depth: int, lr: float) -> Tenso
 def run_end_to_end(objective: Objective, W0: Tensor, depth: int, *, lr: float, steps: int,
                    log_every: int = 1) -> tuple[Tensor, Tensor]:
     """Iterate :func:`end_to_end_step` from ``W0 (B, n1, n2)``; returns ``(W_final, loss history (T, B))``."""
+    check_tensor("run_end_to_end", "W0", W0, ndim=3)
+    check_int("run_end_to_end", "depth", depth, low=1)
+    check_number("run_end_to_end", "lr", lr, low=0, low_open=True)
+    _check_run("run_end_to_end", steps, log_every)
     W = W0.clone()
     losses = []
     for step in range(steps + 1):
@@ -460,8 +514,11 @@ def run_sweep(objective: Objective, *, depths: Sequence[int], alphas: Sequence[f
     Returns:
         ``{depth: ([(alpha, seed) of each run, in batch order], FactorizedResult)}``.
     """
+    if not depths:
+        raise ValueError("run_sweep: depths must be non-empty")
+    alphas, seeds = _check_grid("run_sweep", alphas, seeds)
     out = {}
-    runs = [(float(a), int(s)) for a in alphas for s in seeds]
+    runs = [(a, s) for a in alphas for s in seeds]
     for depth in depths:
         factors = init_factors(objective.shape, depth, alphas=[a for a, _ in runs], seeds=[s for _, s in runs],
                                init=init, width=width, symmetric=symmetric, dtype=dtype, device=device)

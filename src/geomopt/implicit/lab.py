@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
+from geomopt.checks import check_int, check_number
 from geomopt.implicit.deep_linear import RegressionObjective, synthetic_regression
-from geomopt.implicit.factorized import SensingObjective, end_to_end, init_factors, run_factorized
-from geomopt.implicit.nuclear import min_nuclear_norm
+from geomopt.implicit.factorized import INITS, SensingObjective, end_to_end, init_factors, run_factorized
+from geomopt.implicit.nuclear import SOLVERS, min_nuclear_norm
 from geomopt.implicit.operators import Completion, GaussianSensing, MeasurementOperator, random_low_rank, random_psd
 from geomopt.implicit.spectral import effective_rank, nuclear_norm, relative_distance
 from geomopt.report import plot_curves, write_records
@@ -55,18 +56,44 @@ class MatrixLabConfig:
     dtype: str = "float64"
 
     def validate(self) -> None:
+        """Raise ValueError (a value out of range) or TypeError (a value of the wrong type) naming the field."""
+        where = f"implicit {self.kind}"
         if self.kind not in ("sensing", "completion"):
             raise ValueError(f"implicit: kind must be sensing or completion, got {self.kind!r}")
-        if not 1 <= self.rank <= self.n:
-            raise ValueError(f"implicit: need 1 <= rank <= n, got rank={self.rank}, n={self.n}")
-        if self.kind == "completion" and not 1 <= self.m <= self.n * self.n:
-            raise ValueError(f"implicit completion: need 1 <= m <= n^2 = {self.n ** 2}, got m={self.m}")
+        check_int(where, "n", self.n, low=1)
+        check_int(where, "rank", self.rank, low=1, high=self.n)
+        check_int(where, "m", self.m, low=1)
+        if self.kind == "completion" and self.m > self.n * self.n:
+            raise ValueError(f"implicit completion: need 1 <= m <= n^2 = {self.n ** 2} (entries of an n x n matrix), "
+                             f"got m={self.m}")
+        _check_lists(where, depths=self.depths, alphas=self.alphas, seeds=self.seeds)
         if self.psd and any(d != 2 for d in self.depths if d > 1):
             raise ValueError("implicit: psd=True uses X = U U^T, so depths must be 1 or 2")
-        if not self.depths or min(self.depths) < 1 or not self.alphas or not self.seeds:
-            raise ValueError("implicit: depths (>= 1), alphas and seeds must be non-empty")
+        if self.init not in INITS:
+            raise ValueError(f"{where}: init must be one of {INITS}, got {self.init!r}")
+        check_number(where, "lr_factor", self.lr_factor, low=0, low_open=True)
+        check_int(where, "steps", self.steps, low=0)
+        check_number(where, "rel_step", self.rel_step, low=0, low_open=True)
+        check_number(where, "tol", self.tol, low=0)
+        check_int(where, "problem_seed", self.problem_seed)
+        if self.solver not in SOLVERS + ("none",):
+            raise ValueError(f"{where}: solver must be one of {SOLVERS + ('none',)}, got {self.solver!r}")
+        check_int(where, "log_every", self.log_every, low=1)
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"implicit: dtype must be float32 or float64, got {self.dtype!r}")
+
+
+def _check_lists(where: str, **lists) -> None:
+    """Non-empty lists: ``depths`` (integers >= 1), ``alphas`` (finite numbers >= 0), ``seeds`` (integers),
+    ``thresholds`` (finite numbers > 0)."""
+    rules = {"depths": lambda k, v: check_int(where, k, v, low=1), "seeds": lambda k, v: check_int(where, k, v),
+             "alphas": lambda k, v: check_number(where, k, v, low=0),
+             "thresholds": lambda k, v: check_number(where, k, v, low=0, low_open=True)}
+    for key, values in lists.items():
+        if not isinstance(values, (tuple, list)) or not values:
+            raise ValueError(f"{where}: {key} must be a non-empty list, got {values!r}")
+        for i, v in enumerate(values):
+            rules[key](f"{key}[{i}]", v)
 
 
 def build_problem(cfg: MatrixLabConfig) -> tuple[MeasurementOperator, torch.Tensor, torch.Tensor]:
@@ -86,6 +113,7 @@ def build_problem(cfg: MatrixLabConfig) -> tuple[MeasurementOperator, torch.Tens
 
 def operator_norm2(op: MeasurementOperator, iters: int = 50, seed: int = 0) -> float:
     """``lambda_max(A* A)`` by power iteration on the operator."""
+    check_int("operator_norm2", "iters", iters, low=1)
     x = torch.randn(*op.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     lam = 0.0
     for _ in range(iters):
@@ -96,6 +124,9 @@ def operator_norm2(op: MeasurementOperator, iters: int = 50, seed: int = 0) -> f
 
 
 def default_lr(op: MeasurementOperator, target: torch.Tensor, depth: int, factor: float) -> float:
+    """``factor / (N lambda_max(A*A/m) ||W*||_2^(2 - 2/N))``: the inverse of the loss's curvature at the target."""
+    check_int("default_lr", "depth", depth, low=1)
+    check_number("default_lr", "factor", factor, low=0, low_open=True)
     sigma = float(torch.linalg.matrix_norm(target, ord=2))
     return factor / (depth * operator_norm2(op) / op.m * sigma ** (2 - 2 / depth))
 
@@ -109,6 +140,8 @@ def _write_table(rows: list[dict[str, Any]], out: Path, stem: str) -> None:
 @contextmanager
 def torch_threads(n: int | None):
     """Run with ``n`` torch threads and restore the previous count (small matrices run fastest on 1)."""
+    if n is not None:
+        check_int("torch_threads", "threads", n, low=1)
     old = torch.get_num_threads()
     if n:
         torch.set_num_threads(n)
@@ -247,10 +280,23 @@ class DeepLinearLabConfig:
     target_loss: float | None = None  # steps to reach it are reported (default: 1.5x depth 1's final loss)
 
     def validate(self) -> None:
-        if min(self.n, self.d, self.k, self.steps) < 1 or not self.depths or min(self.depths) < 1:
-            raise ValueError("deep-linear: n, d, k, steps and depths must be positive")
-        if not self.p >= 1 or not self.lr > 0:
-            raise ValueError(f"deep-linear: need p >= 1 and lr > 0, got p={self.p}, lr={self.lr}")
+        """Raise ValueError (a value out of range) or TypeError (a value of the wrong type) naming the field."""
+        where = "deep-linear"
+        check_int(where, "d", self.d, low=1)
+        check_int(where, "n", self.n, low=self.d)  # X (n, d) needs d non-zero singular values
+        check_int(where, "k", self.k, low=1)
+        check_int(where, "steps", self.steps, low=1)
+        _check_lists(where, depths=self.depths)
+        check_number(where, "p", self.p, low=1)
+        check_number(where, "lr", self.lr, low=0, low_open=True)
+        check_number(where, "init_scale", self.init_scale, low=0, low_open=True)
+        if self.width is not None:
+            check_int(where, "width", self.width, low=min(self.k, self.d))  # balanced factors of W (k, d)
+        check_number(where, "condition", self.condition, low=1)
+        check_int(where, "seed", self.seed)
+        check_int(where, "log_every", self.log_every, low=1)
+        if self.target_loss is not None:
+            check_number(where, "target_loss", self.target_loss, low=0)
 
 
 def run_deep_linear_lab(cfg: DeepLinearLabConfig, out: Path | None = None, *, progress: bool = False,
@@ -312,8 +358,17 @@ class NormsVsRankConfig:
     thresholds: tuple[float, ...] = (1e-2, 1e-3)  # paper-unit losses at which the norms are read
 
     def validate(self) -> None:
-        if self.depth < 2 or not self.inits or not self.seeds or self.steps < 1 or not self.init_std > 0:
-            raise ValueError("norms-vs-rank: need depth >= 2, inits, seeds, steps >= 1 and init_std > 0")
+        """Raise ValueError (a value out of range) or TypeError (a value of the wrong type) naming the field."""
+        where = "norms-vs-rank"
+        check_int(where, "depth", self.depth, low=2)
+        if not self.inits or any(i not in INITS for i in self.inits):
+            raise ValueError(f"{where}: inits must be a non-empty list of {INITS}, got {self.inits!r}")
+        _check_lists(where, seeds=self.seeds, thresholds=self.thresholds)
+        check_number(where, "init_std", self.init_std, low=0, low_open=True)
+        check_number(where, "lr", self.lr, low=0, low_open=True)
+        check_number(where, "rel_step", self.rel_step, low=0, low_open=True)
+        check_int(where, "steps", self.steps, low=1)
+        check_int(where, "log_every", self.log_every, low=1)
 
 
 def norms_vs_rank_problem() -> tuple[Completion, torch.Tensor]:

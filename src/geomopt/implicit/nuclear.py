@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from geomopt.checks import WrongTypeError, check_int, check_number, check_tensor
 from geomopt.implicit.operators import Completion, MeasurementOperator
 
 SOLVERS = ("auto", "cvxpy", "admm")
@@ -73,11 +74,10 @@ def _import_cvxpy():
 
 def _check(op: MeasurementOperator, y: Tensor, psd: bool) -> Tensor:
     if not isinstance(op, MeasurementOperator):
-        raise TypeError(f"min_nuclear_norm: op must be a MeasurementOperator, got {type(op).__name__}")
+        raise WrongTypeError(f"min_nuclear_norm: op must be a MeasurementOperator, got {type(op).__name__}")
+    check_tensor("min_nuclear_norm", "y", y)
     if y.shape != (op.m,):
         raise ValueError(f"min_nuclear_norm: y must have shape ({op.m},), got {tuple(y.shape)}")
-    if not torch.isfinite(y).all():
-        raise ValueError("min_nuclear_norm: y contains NaN or inf")
     if psd and op.shape[0] != op.shape[1]:
         raise ValueError(f"min_nuclear_norm: psd=True needs a square matrix, got {op.shape}")
     return y.double()
@@ -97,6 +97,7 @@ def solve_cvxpy(op: MeasurementOperator, y: Tensor, *, psd: bool = False, solver
         ImportError: cvxpy is missing (the message says how to install it).
         RuntimeError: the solver did not reach an optimal status.
     """
+    check_number("solve_cvxpy", "eps", eps, low=0, low_open=True)
     cp = _import_cvxpy()
     y = _check(op, y, psd)
     t0 = time.perf_counter()
@@ -146,9 +147,15 @@ def solve_admm(op: MeasurementOperator, y: Tensor, *, psd: bool = False, tol: fl
     Raises:
         RuntimeError: no convergence in ``max_iter`` iterations (the message gives the residuals).
     """
-    if not (0 < relaxation < 2 and balance > 1):
-        raise ValueError(f"min_nuclear_norm (admm): need 0 < relaxation < 2 and balance > 1, got relaxation="
-                         f"{relaxation}, balance={balance}")
+    where = "solve_admm"
+    check_number(where, "relaxation", relaxation, low=0, high=2, low_open=True, high_open=True)
+    check_number(where, "balance", balance, low=1, low_open=True)
+    check_number(where, "tol", tol, low=0, low_open=True)  # tol <= 0 is never met: max_iter runs, then an error
+    check_int(where, "max_iter", max_iter, low=1)
+    if rho is not None:
+        check_number(where, "rho", rho, low=0, low_open=True)
+    if X0 is not None:
+        check_tensor(where, "X0", X0, ndim=2)
     y = _check(op, y, psd)
     t0 = time.perf_counter()
     op64 = op.to(dtype=torch.float64)

@@ -21,16 +21,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from geomopt.checks import check_int, check_number, check_tensor
 
-def _generator(seed: int) -> torch.Generator:
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    return torch.Generator().manual_seed(seed)
+
+def _generator(where: str, seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(check_int(where, "seed", seed))
+
+
+def _sizes(where: str, **sizes: int) -> None:
+    for key, value in sizes.items():
+        check_int(where, key, value, low=1)
 
 
 def _check_input(name: str, x: Tensor, trailing: tuple[int, ...], what: str) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name}: expected a tensor {what}, got {type(x).__name__}")
+    check_tensor(name, what, x, nonempty=False, finite=False)
     if x.dim() < len(trailing) or tuple(x.shape[x.dim() - len(trailing):]) != trailing:
         raise ValueError(f"{name}: expected {what} with trailing shape {trailing}, got shape {tuple(x.shape)}")
 
@@ -92,15 +96,16 @@ class GaussianSensing(MeasurementOperator):
 
     def __init__(self, n1: int, n2: int, m: int, *, seed: int = 0, symmetric: bool = False, scale: float = 1.0,
                  dtype: torch.dtype = torch.float64, matrices: Tensor | None = None) -> None:
-        if min(n1, n2, m) < 1:
-            raise ValueError(f"GaussianSensing: sizes must be positive, got n1={n1}, n2={n2}, m={m}")
+        _sizes("GaussianSensing", n1=n1, n2=n2, m=m)
         if symmetric and n1 != n2:
             raise ValueError(f"GaussianSensing: symmetric=True needs a square matrix, got {n1} x {n2}")
-        if not scale > 0:
-            raise ValueError(f"GaussianSensing: scale must be positive, got {scale}")
+        check_number("GaussianSensing", "scale", scale, low=0, low_open=True)
+        if matrices is not None and tuple(matrices.shape) != (m, n1, n2):
+            raise ValueError(f"GaussianSensing: matrices must have shape (m, n1, n2) = {(m, n1, n2)}, got "
+                             f"{tuple(matrices.shape)}")
         self.shape, self.m, self.symmetric, self.scale, self.seed = (n1, n2), m, symmetric, scale, seed
         if matrices is None:
-            g = torch.randn(m, n1, n2, generator=_generator(seed), dtype=torch.float64) * scale
+            g = torch.randn(m, n1, n2, generator=_generator("GaussianSensing", seed), dtype=torch.float64) * scale
             if symmetric:
                 g = (g + g.transpose(1, 2)) / 2
             matrices = g.to(dtype)
@@ -152,6 +157,7 @@ class Completion(MeasurementOperator):
     """
 
     def __init__(self, n1: int, n2: int, rows: Tensor, cols: Tensor) -> None:
+        _sizes("Completion", n1=n1, n2=n2)
         rows, cols = torch.as_tensor(rows, dtype=torch.long).flatten(), torch.as_tensor(cols, dtype=torch.long).flatten()
         if min(n1, n2) < 1 or rows.numel() < 1 or rows.shape != cols.shape:
             raise ValueError(f"Completion: need n1, n2 >= 1 and equally long non-empty rows/cols, got n1={n1}, "
@@ -170,9 +176,9 @@ class Completion(MeasurementOperator):
         With ``symmetric`` (square, for PSD problems) the set is closed under transposition: entries of the
         upper triangle (diagonal included) are drawn and mirrored, so the count is about ``m``.
         """
-        if min(n1, n2) < 1 or not 1 <= m <= n1 * n2:
-            raise ValueError(f"Completion.random: need 1 <= m <= n1*n2={n1 * n2}, got m={m}")
-        g = _generator(seed)
+        _sizes("Completion.random", n1=n1, n2=n2)
+        check_int("Completion.random", "m", m, low=1, high=n1 * n2)
+        g = _generator("Completion.random", seed)
         if not symmetric:
             flat = torch.randperm(n1 * n2, generator=g)[:m]
             return cls(n1, n2, flat // n2, flat % n2)
@@ -219,11 +225,12 @@ class Completion(MeasurementOperator):
 def random_psd(n: int, rank: int, *, seed: int = 0, fro_norm: float | None = None,
                dtype: torch.dtype = torch.float64) -> Tensor:
     """A random PSD ``n x n`` matrix of rank ``rank``: ``U U^T`` with U ``N(0, 1/n)`` (or rescaled to ``fro_norm``)."""
-    if not 1 <= rank <= n:
-        raise ValueError(f"random_psd: need 1 <= rank <= n, got rank={rank}, n={n}")
-    u = torch.randn(n, rank, generator=_generator(seed), dtype=torch.float64) / n ** 0.5
+    _sizes("random_psd", n=n)
+    check_int("random_psd", "rank", rank, low=1, high=n)
+    u = torch.randn(n, rank, generator=_generator("random_psd", seed), dtype=torch.float64) / n ** 0.5
     x = u @ u.T
     if fro_norm is not None:
+        check_number("random_psd", "fro_norm", fro_norm, low=0, low_open=True)
         x = x * (fro_norm / torch.linalg.matrix_norm(x))
     return x.to(dtype)
 
@@ -235,12 +242,13 @@ def random_low_rank(n1: int, n2: int, rank: int, *, seed: int = 0, fro_norm: flo
     With ``fro_norm`` the matrix is rescaled to that Frobenius norm (Arora et al. 2019 use
     ``||W*||_F = n`` for ``n = 100``).
     """
-    if not 1 <= rank <= min(n1, n2):
-        raise ValueError(f"random_low_rank: need 1 <= rank <= min(n1, n2), got rank={rank}, shape {n1} x {n2}")
-    g = _generator(seed)
+    _sizes("random_low_rank", n1=n1, n2=n2)
+    check_int("random_low_rank", "rank", rank, low=1, high=min(n1, n2))
+    g = _generator("random_low_rank", seed)
     u = torch.randn(n1, rank, generator=g, dtype=torch.float64)
     v = torch.randn(n2, rank, generator=g, dtype=torch.float64)
     x = u @ v.T / rank ** 0.5
     if fro_norm is not None:
+        check_number("random_low_rank", "fro_norm", fro_norm, low=0, low_open=True)
         x = x * (fro_norm / torch.linalg.matrix_norm(x))
     return x.to(dtype)

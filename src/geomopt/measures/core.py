@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from geomopt.checks import check_int, check_number
 from geomopt.curvature.operators import read_batches
 from geomopt.geometry import path_norm
 from geomopt.geometry.path_norm import UnsupportedModuleError
@@ -66,6 +67,32 @@ def _groups(measures: str | Sequence[str]) -> tuple[list[str], bool]:
     if unknown:
         raise ValueError(f"unknown measure group(s) {unknown}; choose from {list(GROUPS)} or 'all'")
     return list(measures), True
+
+
+#: The numeric options of :func:`compute` and their ranges (:mod:`geomopt.checks`); None allowed for the
+#: ``*_examples`` (all examples).
+_OPTION_RULES: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
+    "margin_quantile": (check_number, dict(low=0, high=1)),
+    "sharpness_alpha": (check_number, dict(low=0, low_open=True)),
+    "sharpness_steps": (check_int, dict(low=1)),
+    "sharpness_restarts": (check_int, dict(low=1)),
+    "sharpness_examples": (check_int, dict(low=1)),
+    "flatness_threshold": (check_number, dict(low=0, low_open=True)),
+    "flatness_samples": (check_int, dict(low=1)),
+    "flatness_examples": (check_int, dict(low=1)),
+    "magnitude_eps": (check_number, dict(low=0)),
+    "delta": (check_number, dict(low=0, high=1, low_open=True, high_open=True)),
+    "hessian_examples": (check_int, dict(low=1)),
+    "seed": (check_int, {}),
+}
+
+
+def _check_options(**options: Any) -> None:
+    for key, value in options.items():
+        if value is None and key.endswith("_examples"):
+            continue
+        check, rule = _OPTION_RULES[key]
+        check("measures", key, value, **rule)
 
 
 def _batches(loader: DataLoader | Sequence[tuple[Tensor, Tensor]], limit: int | None) -> list[tuple[Tensor, Tensor]]:
@@ -125,6 +152,13 @@ def compute(model: nn.Module, train_loader: DataLoader | Sequence[tuple[Tensor, 
         ValueError: bad options, empty data, or a NaN/inf parameter (named).
     """
     groups, explicit = _groups(measures)
+    _check_options(margin_quantile=margin_quantile, sharpness_alpha=sharpness_alpha, sharpness_steps=sharpness_steps,
+                   sharpness_restarts=sharpness_restarts, sharpness_examples=sharpness_examples,
+                   flatness_threshold=flatness_threshold, flatness_samples=flatness_samples,
+                   flatness_examples=flatness_examples, magnitude_eps=magnitude_eps, delta=delta,
+                   hessian_examples=hessian_examples, seed=seed)
+    if flatness_metric not in ("loss", "error"):
+        raise ValueError(f"measures: flatness_metric must be 'loss' or 'error', got {flatness_metric!r}")
     check_finite_parameters(model, "generalization measures")
     if init_model is not None:
         check_finite_parameters(init_model, "generalization measures (init_model)")

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from geomopt.checks import check_int, check_number
 from geomopt.curvature import HessianOperator, ScaledOperator, hutchinson_trace, lanczos_top_eigenvalues
 
 HESSIAN_MEASURES = ("hessian_top_eigenvalue", "hessian_trace", "hessian_top_eigenvalue_normalized",
@@ -36,6 +37,14 @@ def hessian_measures(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]],
     (all when None), plus the Hessian-vector products spent (``hessian_products``) and whether the
     estimates met their stop rules (``hessian_converged``; the traces within ``max_probes`` probes, by
     Hutch++ with ``deflate`` sign vectors, :func:`~geomopt.curvature.hutchinson_trace`)."""
+    where = "hessian_measures"
+    if max_examples is not None:
+        check_int(where, "max_examples", max_examples, low=1)
+    check_number(where, "eig_tol", eig_tol, low=0, low_open=True)
+    check_number(where, "trace_tol", trace_tol, low=0, low_open=True)
+    check_int(where, "max_probes", max_probes, low=1)
+    check_int(where, "deflate", deflate, low=0)
+    check_int(where, "seed", seed)
     H = HessianOperator(model, batches, loss_fn=loss_fn, max_examples=max_examples)
     D = ScaledOperator(H, H.theta.abs())
     out: dict[str, Any] = {}

@@ -34,6 +34,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from geomopt.checks import check_number, check_tensor
 from geomopt.measures.layers import LayerInfo, spectral_norm
 
 
@@ -64,8 +65,8 @@ def margins(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: 
 
 def margin_quantile(m: Tensor, q: float) -> float:
     """The ``q`` quantile of the signed margins (linear interpolation, ``torch.quantile``)."""
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f"margin_quantile must be in [0, 1], got {q} (0.05 is the 5th percentile)")
+    check_tensor("margin_quantile", "m", m, ndim=1)
+    check_number("margin_quantile", "q", q, low=0, high=1)  # 0.05: the 5th percentile
     return float(torch.quantile(m.double(), q))
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
+from geomopt.checks import check_int, check_tensor
 from geomopt.nn.checks import check_finite_parameters
 
 
@@ -49,6 +50,8 @@ def jacobian(model: nn.Module, x: Tensor, *, chunk_size: int = 64,
         chunk_size: examples per vmapped jacrev call.
         params: parameter names to differentiate (default: all that require grad).
     """
+    check_tensor("jacobian", "x", x, min_ndim=1)
+    check_int("jacobian", "chunk_size", chunk_size, low=1)
     _check_eval(model)
     check_finite_parameters(model, "tangent kernel")
     all_params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
@@ -103,19 +106,29 @@ def ntk_gram(model: nn.Module, x: Tensor, *, per_layer: bool = False, chunk_size
 
 def center_kernel(kernel: Tensor) -> Tensor:
     """``(H (x) I) K (H (x) I)`` for ``K`` of shape ``(n, k, n, k)`` (or ``(n, n)``)."""
+    check_tensor("center_kernel", "kernel", kernel, ndim=(2, 4))
     if kernel.dim() == 2:
         return kernel - kernel.mean(0, keepdim=True) - kernel.mean(1, keepdim=True) + kernel.mean()
-    if kernel.dim() != 4:
-        raise ValueError(f"kernel must be (n, n) or (n, k, n, k), got shape {tuple(kernel.shape)}")
     k = kernel - kernel.mean(0, keepdim=True)
     return k - k.mean(2, keepdim=True)
 
 
 def centered_targets(y: Tensor, num_classes: int | None = None) -> Tensor:
-    """One-hot labels minus their mean over examples, ``(n, k)``; real targets ``(n,)``/``(n, k)`` are centered."""
+    """One-hot labels minus their mean over examples, ``(n, k)``; real targets ``(n,)``/``(n, k)`` are centered.
+
+    Raises:
+        ValueError: no example, NaN/inf targets, integer labels that are not ``(n,)`` or outside
+            ``[0, num_classes)``. TypeError: ``y`` is not a tensor, ``num_classes`` not an integer.
+    """
+    check_tensor("centered_targets", "y", y, ndim=(1, 2))
+    if num_classes is not None:
+        check_int("centered_targets", "num_classes", num_classes, low=1)
     if not y.dtype.is_floating_point:
-        if num_classes is None:
-            num_classes = int(y.max()) + 1
+        top = num_classes if num_classes is not None else int(y.max()) + 1
+        if y.dim() != 1 or int(y.min()) < 0 or int(y.max()) >= top:
+            raise ValueError(f"centered_targets: y: integer labels must be (n,) in [0, {top}), got shape "
+                             f"{tuple(y.shape)} with values in [{int(y.min())}, {int(y.max())}]")
+        num_classes = top
         y = nn.functional.one_hot(y.long(), num_classes).to(torch.get_default_dtype())
     if y.dim() == 1:
         y = y[:, None]
@@ -129,6 +142,8 @@ def alignment(kernel: Tensor, y: Tensor, num_classes: int | None = None) -> floa
     set in which some class is missing still gets ``k`` one-hot columns); ``num_classes``, if given, must
     equal it. For an ``(n, n)`` kernel it is ``num_classes`` (default: the largest label + 1).
     """
+    check_tensor("alignment", "kernel", kernel, ndim=(2, 4))
+    check_tensor("alignment", "y", y, ndim=(1, 2))
     if kernel.dim() == 4 and not y.dtype.is_floating_point:
         if num_classes is not None and num_classes != kernel.shape[1]:
             raise ValueError(f"alignment: num_classes={num_classes} but the kernel has {kernel.shape[1]} outputs "
@@ -158,7 +173,15 @@ def kernel_alignment(model: nn.Module, x: Tensor, y: Tensor, num_classes: int | 
     """Alignment of the full tangent kernel and of each layer's, with ``trace K`` (sum over the n examples).
 
     The number of classes is the model's number of outputs (``num_classes``, if given, must equal it).
+
+    Raises:
+        ValueError: no examples (or a different number of inputs and targets), NaN/inf inputs, a model with
+            NaN/inf parameters; see :func:`alignment`.
     """
+    check_tensor("kernel_alignment", "x", x, min_ndim=1)
+    check_tensor("kernel_alignment", "y", y, ndim=(1, 2))
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"kernel_alignment: x has {x.shape[0]} examples, y {y.shape[0]}")
     was_training = model.training
     model.eval()
     try:
@@ -173,6 +196,7 @@ def kernel_alignment(model: nn.Module, x: Tensor, y: Tensor, num_classes: int | 
 
 def logging_points(last: int) -> list[int]:
     """Iterations 0 and ``floor(5 * 1.15^j)`` up to ``last`` (Baratin et al.)."""
+    check_int("logging_points", "last", last, low=0)
     pts, j = {0}, 0
     while (t := math.floor(5 * 1.15 ** j)) <= last:
         pts.add(t)
@@ -195,6 +219,10 @@ class TrajectoryComplexity:
     """
 
     def __init__(self, x: Tensor, y: Tensor, num_classes: int | None = None, points: Sequence[int] | None = None):
+        check_tensor("TrajectoryComplexity", "x", x, min_ndim=1)
+        check_tensor("TrajectoryComplexity", "y", y, ndim=(1, 2))
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"TrajectoryComplexity: x has {x.shape[0]} examples, y {y.shape[0]}")
         self.x, self.y, self.num_classes = x, y, num_classes
         self.points = set(points) if points is not None else None
         self.complexity = 0.0

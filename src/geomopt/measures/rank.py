@@ -19,6 +19,8 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 
+from geomopt.checks import check_int, check_number
+
 VARIANTS = ("a", "b")
 
 
@@ -104,8 +106,9 @@ def bootstrap_kendall(x: Sequence[float], y: Sequence[float], variant: str = "a"
     same call gives the same interval.
     """
     _variant(variant)
-    if not 0 < level < 1:
-        raise ValueError(f"bootstrap_kendall: level must be in (0, 1), got {level}")
+    check_number("bootstrap_kendall", "level", level, low=0, high=1, low_open=True, high_open=True)
+    check_int("bootstrap_kendall", "samples", samples, low=0)  # 0: no interval (NaN, NaN)
+    check_int("bootstrap_kendall", "seed", seed)
     n = len(x)
     if len(y) != n:
         raise ValueError(f"bootstrap_kendall: x and y differ in length ({n} vs {len(y)})")

@@ -40,6 +40,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from geomopt.checks import WrongTypeError, check_int, check_number, check_tensor
+
 Params = dict[str, Tensor]
 
 
@@ -57,7 +59,7 @@ class DatasetObjective:
         self.batches = [(x.to(device), y.to(device)) for x, y in batches]
         self.count = sum(len(y) for _, y in self.batches)
         if self.count == 0:
-            raise ValueError("the loader yielded no examples")
+            raise ValueError("DatasetObjective: the loader yielded no examples")
         self.evaluations = 0  # full passes over the data
 
     def params(self) -> Params:
@@ -135,9 +137,13 @@ def worst_case_sharpness(objective, params: Params, *, alpha: float = 5e-4, step
     Returns:
         :class:`SharpnessResult`; ``sharpness >= 0`` always.
     """
-    if alpha <= 0 or steps < 1 or restarts < 1 or step_size <= 0:
-        raise ValueError(f"sharpness needs alpha > 0, steps >= 1, restarts >= 1, step_size > 0; got alpha={alpha}, "
-                         f"steps={steps}, restarts={restarts}, step_size={step_size}")
+    where = "worst_case_sharpness"
+    _check_params(where, params)
+    check_number(where, "alpha", alpha, low=0, low_open=True)
+    check_int(where, "steps", steps, low=1)
+    check_int(where, "restarts", restarts, low=1)
+    check_number(where, "step_size", step_size, low=0, low_open=True)
+    check_int(where, "seed", seed)
     g = torch.Generator().manual_seed(seed)
     box = {k: alpha * (w.abs() + 1) for k, w in params.items()}
     base, _, _ = objective(params)
@@ -162,8 +168,19 @@ def worst_case_sharpness(objective, params: Params, *, alpha: float = 5e-4, step
     return SharpnessResult((best - base) / (1 + base), base, best, best_nu, history)
 
 
+def _check_params(where: str, params: Params, key: str = "params") -> None:
+    """A non-empty ``{name: tensor}`` of finite tensors."""
+    if not isinstance(params, dict) or not params:
+        raise WrongTypeError(f"{where}: {key} must be a non-empty dict of name -> tensor, got {type(params).__name__}")
+    for name, w in params.items():
+        check_tensor(where, f"{key}[{name!r}]", w, nonempty=False)
+
+
 def perturbation_std(params: Params, sigma: float, mode: str, eps: float = 1e-3) -> Params:
     """Per-parameter standard deviation: ``sigma`` (isotropic) or ``sigma |w| + eps`` (magnitude-aware)."""
+    _check_params("perturbation_std", params)
+    check_number("perturbation_std", "sigma", sigma, low=0)
+    check_number("perturbation_std", "eps", eps, low=0)
     if mode == "isotropic":
         return {k: torch.full_like(w, sigma) for k, w in params.items()}
     if mode == "magnitude":
@@ -173,19 +190,27 @@ def perturbation_std(params: Params, sigma: float, mode: str, eps: float = 1e-3)
 
 def standard_normal(params: Params, seed: int) -> Params:
     """A fixed draw ``z ~ N(0, I)`` shaped like ``params`` (regenerated from ``seed``)."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(check_int("standard_normal", "seed", seed))
     return {k: torch.randn(w.shape, generator=g, dtype=w.dtype).to(w.device) for k, w in params.items()}
 
 
 def sample_perturbation(params: Params, sigma: float, mode: str, seed: int, eps: float = 1e-3) -> Params:
     """``u = s * z`` with ``s`` the standard deviation of :func:`perturbation_std` and ``z ~ N(0, I)``."""
+    check_int("sample_perturbation", "seed", seed)
     std = perturbation_std(params, sigma, mode, eps)
     z = standard_normal(params, seed)
     return {k: std[k] * z[k] for k in params}
 
 
 def kl_term(params: Params, prior_mean: Params | None, sigma: float, mode: str, eps: float = 1e-3) -> float:
-    """``KL(N(w, diag s^2) || N(w0, diag s^2)) = sum (w - w0)^2 / (2 s^2)``."""
+    """``KL(N(w, diag s^2) || N(w0, diag s^2)) = sum (w - w0)^2 / (2 s^2)``; ``s > 0`` everywhere: ``sigma > 0``
+    (and ``eps > 0`` for ``mode='magnitude'``)."""
+    check_number("kl_term", "sigma", sigma, low=0, low_open=True)
+    if prior_mean is not None:
+        _check_params("kl_term", prior_mean, "prior_mean")
+        missing = sorted(set(params) - set(prior_mean))
+        if missing:
+            raise ValueError(f"kl_term: prior_mean has no entry for {missing}")
     std = perturbation_std(params, sigma, mode, eps)
     total = 0.0
     for k, w in params.items():
@@ -196,6 +221,10 @@ def kl_term(params: Params, prior_mean: Params | None, sigma: float, mode: str, 
 
 def pac_bayes_bound(expected_error: float, kl: float, m: int, delta: float = 0.05) -> float:
     """``E err_hat + 4 sqrt((KL + ln(2m/delta)) / m)`` (Neyshabur et al. 2017, eq. 7)."""
+    check_number("pac_bayes_bound", "expected_error", expected_error, low=0, high=1)
+    check_number("pac_bayes_bound", "kl", kl, low=0)
+    check_int("pac_bayes_bound", "m", m, low=1)
+    check_number("pac_bayes_bound", "delta", delta, low=0, high=1, low_open=True, high_open=True)
     return expected_error + 4 * math.sqrt((kl + math.log(2 * m / delta)) / m)
 
 
@@ -222,6 +251,15 @@ def _expected(objective, params: Params, sigma: float, mode: str, samples: int, 
     return inc / samples, err / samples
 
 
+def _check_search(where: str, params: Params, threshold: float, samples: int, seed: int, metric: str) -> None:
+    _check_params(where, params)
+    check_number(where, "threshold", threshold, low=0, low_open=True)
+    check_int(where, "samples", samples, low=1)
+    check_int(where, "seed", seed)
+    if metric not in ("loss", "error"):
+        raise ValueError(f"{where}: flatness metric must be 'loss' or 'error', got {metric!r}")
+
+
 def search_sigma(objective, params: Params, *, threshold: float = 0.1, mode: str = "isotropic",
                  samples: int = 10, seed: int = 0, eps: float = 1e-3, metric: str = "loss",
                  sigma_init: float = 0.05, sigma_max: float = 10.0, xtol: float = 2.0 / 2 ** 15,
@@ -241,11 +279,11 @@ def search_sigma(objective, params: Params, *, threshold: float = 0.1, mode: str
         xtol: final width of the bracket on sigma.
         max_evals: most sigma values evaluated (each costs ``samples`` passes).
     """
-    if threshold <= 0 or samples < 1 or xtol <= 0 or not 0 < sigma_init <= sigma_max:
-        raise ValueError(f"search_sigma needs threshold > 0, samples >= 1, xtol > 0, 0 < sigma_init <= sigma_max; "
-                         f"got {threshold}, {samples}, {xtol}, {sigma_init}, {sigma_max}")
-    if metric not in ("loss", "error"):
-        raise ValueError(f"flatness metric must be 'loss' or 'error', got {metric!r}")
+    _check_search("search_sigma", params, threshold, samples, seed, metric)
+    check_number("search_sigma", "xtol", xtol, low=0, low_open=True)
+    check_number("search_sigma", "sigma_init", sigma_init, low=0, low_open=True)
+    check_number("search_sigma", "sigma_max", sigma_max, low=sigma_init)
+    check_int("search_sigma", "max_evals", max_evals, low=1)
     loss0, err0, _ = objective(params)
     base = (loss0, err0)
     trace: list[tuple[float, float]] = []
@@ -299,6 +337,10 @@ def bisection_sigma(objective, params: Params, *, threshold: float = 0.1, mode: 
                     lo: float = 0.0, hi: float = 2.0, steps: int = 15, common_noise: bool = False) -> SigmaSearch:
     """The reference protocol (Dziugaite et al. 2020): ``steps`` bisection steps on ``[lo, hi]``,
     ``samples`` fresh Monte-Carlo draws per step (or the same draws if ``common_noise``)."""
+    _check_search("bisection_sigma", params, threshold, samples, seed, metric)
+    check_number("bisection_sigma", "lo", lo, low=0)
+    check_number("bisection_sigma", "hi", hi, low=lo, low_open=True)
+    check_int("bisection_sigma", "steps", steps, low=1)
     loss0, err0, _ = objective(params)
     trace = []
     inc_lo, err_lo = 0.0, float("nan")

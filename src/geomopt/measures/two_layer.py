@@ -32,6 +32,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from geomopt.checks import check_number
 from geomopt.measures.layers import MeasureError
 from geomopt.measures.norms import margin_quantile, margins
 
@@ -94,6 +95,10 @@ def two_layer_measures(model: nn.Module, init_model: nn.Module, batches: Iterabl
     Raises:
         MeasureError: not a two-layer ReLU net, init of another shape, or NaN/inf weights (named).
     """
+    if margin is not None:
+        check_number("two_layer_measures", "margin", margin)
+    check_number("two_layer_measures", "margin_q", margin_q, low=0, high=1)
+    check_number("two_layer_measures", "delta", delta, low=0, high=1, low_open=True, high_open=True)
     u_layer, v_layer = two_layer_weights(model)
     u0_layer, v0_layer = two_layer_weights(init_model)
     for name, a, b in (("hidden", u_layer, u0_layer), ("output", v_layer, v0_layer)):

@@ -54,6 +54,11 @@ their backward; a forward that is never backpropagated is ignored.
   too (inside the pass they are seeded from the optimizer's own generator, option ``seed``, whose state
   is in :meth:`state_dict`, so a resumed run samples the same targets).
 
+The hooks reach the optimizer through weak references and record only calls of the layers they were
+registered on (:class:`geomopt.curvature.capture.WeakHook`): ``copy.deepcopy(model)`` (an EMA, teacher or
+best-model copy), ``pickle`` and ``torch.save(model)`` work, the copy's hooks do nothing, and nothing the
+copy computes enters this optimizer's statistics; the model's ``state_dict`` holds no trace of them.
+
 Statistics are recorded only in forwards with gradients enabled and only before steps that need them.
 Every numeric option is checked at construction, in ``add_param_group`` and in every param group at
 each :meth:`step` (finite, right sign; the error names the option and the group). A NaN/inf gradient,
@@ -89,7 +94,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.optim import Optimizer
 
-from geomopt.curvature.capture import FISHERS, LIKELIHOODS, Capture, backprop_output_grads, output_hessian_gram
+from geomopt.checks import check_int, check_number
+from geomopt.curvature.capture import (FISHERS, LIKELIHOODS, Capture, WeakHook, backprop_output_grads,
+                                       output_hessian_gram)
 from geomopt.curvature.distributed import FactorComm, default_group
 from geomopt.curvature.kronecker import (all_finite, captured_diagonal, damped_inverse, diagonal_from_rotated,
                                          factored_rotation, kronecker_factors, pi_split, symeig)
@@ -131,20 +138,14 @@ def _rng_state(devices: Sequence[int]) -> tuple[Tensor, list[Tensor]]:
 DEFAULT_LR, DEFAULT_DAMPING, DEFAULT_MOMENTUM, DEFAULT_KL_CLIP = 0.05, 0.03, 0.9, 1e-3
 
 
-def _check_number(name: str, where: str, key: str, value: Any, ok: Callable[[float], bool], what: str) -> float:
-    v = float(value) if isinstance(value, (Tensor, int, float)) and not isinstance(value, bool) else math.nan
-    if not (math.isfinite(v) and ok(v)):
-        raise ValueError(f"{name}: {where}: {key} must be {what}, got {value!r}")
-    return v
-
-
-#: The per-group options and their rules (checked at construction, in add_param_group and at every step).
-_GROUP_RULES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
-    ("lr", lambda v: v >= 0, "a finite number >= 0"),
-    ("damping", lambda v: v > 0, "a finite number > 0"),
-    ("momentum", lambda v: 0 <= v < 1, "a finite number in [0, 1)"),
-    ("weight_decay", lambda v: v >= 0, "a finite number >= 0"),
-)
+#: The per-group options and their ranges (:func:`geomopt.checks.check_number`; checked at construction, in
+#: add_param_group and at every step).
+_GROUP_RULES: dict[str, dict[str, Any]] = {
+    "lr": dict(low=0),
+    "damping": dict(low=0, low_open=True),
+    "momentum": dict(low=0, high=1, high_open=True),
+    "weight_decay": dict(low=0),
+}
 
 
 class _KroneckerOptimizer(Optimizer):
@@ -157,13 +158,16 @@ class _KroneckerOptimizer(Optimizer):
                  min_damping: float, max_damping: float, adaptive_step: bool,
                  process_group: dist.ProcessGroup | None = None):
         n = self._name
+        where = f"{n}: option"
         defaults = dict(lr=lr, damping=damping, momentum=momentum, weight_decay=weight_decay)
-        for key, ok, what in _GROUP_RULES:
-            _check_number(n, "option", key, defaults[key], ok, what)
-        _check_number(n, "option", "factor_decay", factor_decay, lambda v: 0 <= v < 1, "a finite number in [0, 1)")
-        for key, v in (("update_freq", update_freq), ("inv_freq", inv_freq), ("mc_samples", mc_samples)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{n}: option: {key} must be a positive integer, got {v!r}")
+        for key, rule in _GROUP_RULES.items():
+            check_number(where, key, defaults[key], **rule)
+        check_number(where, "factor_decay", factor_decay, low=0, high=1, high_open=True)
+        for key, v in (("update_freq", update_freq), ("inv_freq", inv_freq), ("mc_samples", mc_samples),
+                       ("damping_interval", damping_interval)):
+            check_int(where, key, v, low=1)
+        if seed is not None:
+            check_int(where, "seed", seed)
         if fisher not in FISHERS:
             raise ValueError(f"{n}: fisher must be one of {FISHERS}, got {fisher!r}")
         if likelihood not in LIKELIHOODS:
@@ -171,16 +175,13 @@ class _KroneckerOptimizer(Optimizer):
         if kl_clip == "auto":
             kl_clip = None if adaptive_step else DEFAULT_KL_CLIP
         if kl_clip is not None:
-            _check_number(n, "option", "kl_clip", kl_clip, lambda v: v > 0, "a finite number > 0 or None")
+            check_number(where, "kl_clip", kl_clip, low=0, low_open=True)
             if adaptive_step:
                 raise ValueError(f"{n}: kl_clip and adaptive_step exclude each other (the step size comes from the "
                                  "quadratic model)")
-        if isinstance(damping_interval, bool) or not isinstance(damping_interval, int) or damping_interval < 1:
-            raise ValueError(f"{n}: option: damping_interval must be a positive integer, got {damping_interval!r}")
-        _check_number(n, "option", "damping_decay", damping_decay, lambda v: 0 < v < 1, "a finite number in (0, 1)")
-        _check_number(n, "option", "min_damping", min_damping, lambda v: v > 0, "a finite number > 0")
-        if not (max_damping >= min_damping):  # may be inf
-            raise ValueError(f"{n}: option: max_damping must be >= min_damping, got {max_damping!r}")
+        check_number(where, "damping_decay", damping_decay, low=0, high=1, low_open=True, high_open=True)
+        check_number(where, "min_damping", min_damping, low=0, low_open=True)
+        check_number(where, "max_damping", max_damping, low=min_damping, allow_inf=True)
         self.adaptive_damping, self.adaptive_step = bool(adaptive_damping), bool(adaptive_step)
         self.damping_interval, self.damping_decay = damping_interval, float(damping_decay)
         self.min_damping, self.max_damping = float(min_damping), float(max_damping)
@@ -202,6 +203,10 @@ class _KroneckerOptimizer(Optimizer):
         if not self.layers:
             raise ValueError(f"{n}: {type(model).__name__} has no optimized layer that {n} supports "
                              f"(supported: {names_of_supported()}; grouped convolutions are not); use SGD or Adam")
+        if not any(m.weight.requires_grad for _, m, _ in self.layers):
+            raise ValueError(f"{n}: nothing to train: the weight of every layer it would precondition is frozen "
+                             f"(requires_grad=False: {', '.join(name for name, _, _ in self.layers)}); unfreeze a "
+                             "layer before building the optimizer")
         covered = {p for _, m, h in self.layers for p in h.params(m)}
         fallback = [self._param_names[p] for g in self.param_groups for p in g["params"] if p not in covered]
         if fallback:
@@ -220,8 +225,8 @@ class _KroneckerOptimizer(Optimizer):
         self._one_batch = False  # inside micro_batch(): forwards do not start micro-batches
         self._generator = torch.Generator().manual_seed(torch.initial_seed() if seed is None else int(seed))
         self._capture = Capture(self.layers, grad_scale=None if fisher == "empirical" else 1.0).attach()
-        self._hooks = [model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True),
-                       model.register_forward_hook(self._after_model_forward)]
+        self._hooks = [model.register_forward_pre_hook(WeakHook(self, "_on_model_forward", model), with_kwargs=True),
+                       model.register_forward_hook(WeakHook(self, "_after_model_forward", model))]
         group = process_group if process_group is not None else default_group()
         #: the collectives across data-parallel processes (None in one process)
         self.comm = FactorComm(group) if group is not None and dist.get_world_size(group) > 1 else None
@@ -229,12 +234,12 @@ class _KroneckerOptimizer(Optimizer):
 
     # -- bookkeeping
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self._check_group(len(self.param_groups), {**self.defaults, **param_group})  # before: a bad group is not added
         super().add_param_group(param_group)
-        self._check_group(len(self.param_groups) - 1, self.param_groups[-1])
 
     def _check_group(self, index: int, group: dict[str, Any]) -> None:
-        for key, ok, what in _GROUP_RULES:
-            _check_number(self._name, f"param group {index}", key, group[key], ok, what)
+        for key, rule in _GROUP_RULES.items():
+            check_number(f"{self._name}: param group {index}", key, group[key], **rule)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -825,7 +830,8 @@ _ARGS_DOC = """
 
     Raises:
         ValueError: a bad hyperparameter (naming it and its param group), a parameter that is not the
-            model's, or a model without any supported layer.
+            model's, a model without any supported layer, or one whose supported layers are all frozen.
+        TypeError: a hyperparameter of the wrong type (a string for a number, 1.5 for an integer).
 """
 
 
@@ -919,16 +925,14 @@ class EKFAC(_KroneckerOptimizer):
                  adaptive_damping: bool = False, damping_interval: int = 5, damping_decay: float = 0.95,
                  min_damping: float = 1e-8, max_damping: float = math.inf, adaptive_step: bool = False,
                  process_group: dist.ProcessGroup | None = None):
-        if isinstance(diag_freq, bool) or not isinstance(diag_freq, int) or diag_freq < 1:
-            raise ValueError(f"EKFAC: option: diag_freq must be a positive integer, got {diag_freq!r}")
+        check_int("EKFAC: option", "diag_freq", diag_freq, low=1)
         if diag_decay is not None:
-            _check_number("EKFAC", "option", "diag_decay", diag_decay, lambda v: 0 <= v < 1,
-                          "a finite number in [0, 1) or None")
+            check_number("EKFAC: option", "diag_decay", diag_decay, low=0, high=1, high_open=True)
         self.diag_freq = int(diag_freq)  # before the base class arms the hooks for step 0
-        self.diag_decay = float(factor_decay if diag_decay is None else diag_decay)
         super().__init__(model, lr, damping, momentum, weight_decay, factor_decay, update_freq, inv_freq, fisher,
                          likelihood, kl_clip, mc_samples, param_groups, seed, adaptive_damping, damping_interval,
                          damping_decay, min_damping, max_damping, adaptive_step, process_group)
+        self.diag_decay = float(factor_decay if diag_decay is None else diag_decay)  # both checked by now
         self._rotated: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
         #: layers whose gradient was rotated into the eigenbasis from the per-example quantities in the
         #: last step (:func:`geomopt.curvature.factored_rotation`); the others were rotated densely

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from geomopt.checks import check_int, check_number
 from geomopt.geometry.path_norm import (BLOCK_ELEMENTS, BlockVisitor, PathScales, RankOneScale,
                                         UnsupportedModuleError, visit_rows)
 from geomopt.geometry.rnn_path import RNNPathScales, is_relu_rnn
@@ -112,6 +113,7 @@ def path_sgd_(params: Sequence[Tensor], grads: Sequence[Tensor], scales: Sequenc
             row block (:meth:`geomopt.geometry.PathScales.compute` does so while it reads the block
             for the next step's scales). Their momentum buffers are allocated now.
     """
+    _check_group("path_sgd_", dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eps=eps))
     small: list[int] = []
     dense: list[Tensor] = []
     for i, (param, scale) in enumerate(zip(params, scales)):
@@ -169,6 +171,24 @@ def first_step_ratio(grads: Sequence[Tensor], scales: Sequence[Tensor | RankOneS
         raise ValueError(f"PathSGD(normalize='first-step'): the first-step ratio is {ratio} (sum ||g|| = {sgd_norm}, "
                          f"sum ||g/gamma||^2 = {path_norm2}); the first gradient must be finite and non-zero")
     return ratio
+
+
+#: The options of a param group and their ranges (:func:`geomopt.checks.check_number`): checked at construction,
+#: in ``add_param_group`` and in every group at each step, so a NaN, infinite or negative option is an error
+#: naming it and its group instead of NaN weights. ``ratio`` (the first-step ratio) is None or > 0.
+_GROUP_RULES: dict[str, dict[str, Any]] = {
+    "lr": dict(low=0),
+    "momentum": dict(low=0, high=1, high_open=True),
+    "weight_decay": dict(low=0),
+    "eps": dict(low=0, low_open=True),
+}
+
+
+def _check_group(where: str, group: dict[str, Any]) -> None:
+    for key, rule in _GROUP_RULES.items():
+        check_number(where, key, group[key], **rule)
+    if group.get("ratio") is not None:
+        check_number(where, "ratio", group["ratio"], low=0, low_open=True)
 
 
 def _recurrent_cells(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -243,8 +263,10 @@ class PathSGD(Optimizer):
     Raises:
         UnsupportedModuleError: the model has a layer that is not positively homogeneous, or a
             recurrent cell that is not a ReLU RNN (LSTM, GRU, tanh RNN, torch.nn.RNN).
-        ValueError: a bad hyperparameter, a parameter that is not the model's, a ReLU RNN without
-            a sequence length, or RNN options for a feedforward model.
+        ValueError: a bad hyperparameter (NaN, inf, out of range; also checked in ``add_param_group`` and
+            in every param group at each step, naming the option and the group), a parameter that is not the
+            model's, a ReLU RNN without a sequence length, or RNN options for a feedforward model.
+        TypeError: a hyperparameter that is not a number.
 
     Example:
         >>> opt = PathSGD(model, lr=0.05)
@@ -258,15 +280,11 @@ class PathSGD(Optimizer):
                  include_kappa2: bool = False, normalize: str | None = None):
         if normalize not in NORMALIZE:
             raise ValueError(f"PathSGD: normalize must be one of {NORMALIZE}, got {normalize!r}")
-        if lr < 0:
-            raise ValueError(f"PathSGD: invalid learning rate {lr}")
-        if not 0 <= momentum < 1:
-            raise ValueError(f"PathSGD: momentum must be in [0, 1), got {momentum}")
-        if weight_decay < 0:
-            raise ValueError(f"PathSGD: invalid weight_decay {weight_decay}")
-        if eps <= 0:
-            raise ValueError(f"PathSGD: eps must be positive, got {eps}")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eps=eps, ratio=None)
+        _check_group("PathSGD: option", defaults)
+        check_number("PathSGD: option", "p", p, low=0, low_open=True)
+        if seq_len is not None:
+            check_int("PathSGD: option", "seq_len", seq_len, low=1)
         super().__init__(list(param_groups) if param_groups is not None else model.parameters(), defaults)
         self.normalize = normalize  # the first-step ratio lives in every group's "ratio" (saved by state_dict)
         self.scales = _build_scales(model, p, input_shape, seq_len, include_kappa2)
@@ -277,6 +295,10 @@ class PathSGD(Optimizer):
                 if param not in self._names:
                     raise ValueError(f"PathSGD: a parameter of shape {tuple(param.shape)} is not a parameter of "
                                      f"{type(model).__name__}; path scales are defined by the model")
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        _check_group(f"PathSGD: param group {len(self.param_groups)}", {**self.defaults, **param_group})
+        super().add_param_group(param_group)  # after the check: a bad group is not added
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -316,6 +338,8 @@ class PathSGD(Optimizer):
         time while the block is in cache, so the scales cost no extra read of those weights; they are
         reused at the next step unless a weight has changed in between.
         """
+        for index, group in enumerate(self.param_groups):  # an option changed since (a scheduler, by hand)
+            _check_group(f"PathSGD: param group {index}", group)
         loss = None
         if closure is not None:
             with torch.enable_grad():

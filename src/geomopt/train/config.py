@@ -16,10 +16,12 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from geomopt.checks import check_int, check_number
 from geomopt.optim.kfac import DEFAULT_DAMPING, DEFAULT_KL_CLIP
 from geomopt.optim.registry import KRONECKER_OPTIONS
 
@@ -163,6 +165,34 @@ def read_json(path: str | Path, what: str = "a JSON file") -> Any:
                          f"fix or delete the file") from None
 
 
+#: The range of every numeric TrainConfig field (:mod:`geomopt.checks`; NaN and inf are never in range), checked
+#: on every config (flags, files, ``--set``, stored runs), so that a bad value is refused before a run starts.
+_VALUE_RULES: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
+    "widths": (check_int, dict(low=1)),
+    "dropout": (check_number, dict(low=0, high=1, high_open=True)),
+    "train_size": (check_int, dict(low=1)),
+    "val_fraction": (check_number, dict(low=0, high=1, high_open=True)),
+    "label_noise": (check_number, dict(low=0, high=1)),
+    "lr": (check_number, dict(low=0)),
+    "momentum": (check_number, dict(low=0, high=1, high_open=True)),
+    "weight_decay": (check_number, dict(low=0)),
+    "epochs": (check_int, dict(low=1)),
+    "batch_size": (check_int, dict(low=1)),
+    "checkpoint_every": (check_int, dict(low=0)),
+    "max_grad_norm": (check_number, dict(low=0, low_open=True)),
+    "target_train_loss": (check_number, dict(low=0)),
+    "track_sharpness": (check_int, dict(low=0)),  # 0: off, else every this many steps
+    "sharpness_examples": (check_int, dict(low=1)),
+    "seq_len": (check_int, dict(low=1)),
+    "damping": (check_number, dict(low=0, low_open=True)),
+    "factor_decay": (check_number, dict(low=0, high=1, high_open=True)),
+    "update_freq": (check_int, dict(low=1)),
+    "inv_freq": (check_int, dict(low=1)),
+    "kl_clip": (check_number, dict(low=0, low_open=True)),
+    "diag_freq": (check_int, dict(low=1)),
+}
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines one training run of ``geomopt train``; every value is type-checked."""
@@ -210,12 +240,12 @@ class TrainConfig:
         checked = check_fields(TrainConfig, dataclasses.asdict(self), "TrainConfig")
         for name, value in checked.items():
             object.__setattr__(self, name, value)
-        for name in ("epochs", "batch_size", "sharpness_examples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig: field {name!r} must be at least 1, got {getattr(self, name)}")
-        if self.track_sharpness < 0:
-            raise ValueError(f"TrainConfig: field 'track_sharpness' must be 0 (off) or a number of steps, "
-                             f"got {self.track_sharpness}")
+        for name, (check, rule) in _VALUE_RULES.items():
+            value = getattr(self, name)
+            if value is not None and value != "auto":  # None / "auto": the field's documented default meaning
+                for i, v in enumerate(value if isinstance(value, tuple) else (value,)):
+                    check("TrainConfig", f"field {name!r}" + (f"[{i}]" if isinstance(value, tuple) else ""), v,
+                          **rule)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
