@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 class WrongTypeError(TypeError, ValueError):
@@ -112,3 +113,26 @@ def check_tensor(where: str, key: str, value: Any, *, ndim: int | tuple[int, ...
         if bad:
             raise ValueError(f"{where}: {key} has {bad} NaN/inf entries of {value.numel()} (shape {shape})")
     return value
+
+
+def first_non_finite(named: Iterable[tuple[str, Tensor]]) -> str | None:
+    """``"NAME (shape S) has K non-finite (NaN/inf) entries of N"`` for the first floating-point tensor of
+    ``(NAME, tensor)`` pairs with a NaN or inf entry, or None when all are finite."""
+    for name, t in named:
+        if t.is_floating_point() or t.is_complex():
+            bad = ~torch.isfinite(t.detach())
+            if bool(bad.any()):
+                return f"{name} (shape {tuple(t.shape)}) has {int(bad.sum())} non-finite (NaN/inf) entries of {t.numel()}"
+    return None
+
+
+def check_finite_parameters(model: nn.Module, what: str) -> None:
+    """Raise ``ValueError`` naming the first parameter with a NaN or inf entry (and how many it has).
+
+    Args:
+        model: the network.
+        what: the computation asked for, for the message (e.g. ``"path norm"``).
+    """
+    bad = first_non_finite((f"parameter '{name}'", p) for name, p in model.named_parameters())
+    if bad is not None:
+        raise ValueError(f"{what}: {bad}; a diverged model has no meaningful {what}")

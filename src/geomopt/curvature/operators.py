@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from geomopt.curvature.capture import LIKELIHOODS, hessian_sqrt_columns, nll_grad, sample_targets
-from geomopt.nn.checks import first_non_finite
+from geomopt.checks import first_non_finite
 
 FISHER_KINDS = ("empirical", "mc", "true")
 OPERATORS = ("hessian", "ggn", "fisher")

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from geomopt.nn.checks import check_count, check_positive
+from geomopt.checks import check_int, check_number
 
 
 class _Dense:
@@ -195,7 +195,7 @@ def _lanczos(op, steps: int, v0: Tensor | None, generator: torch.Generator | Non
              callback: Callable[[Lanczos], bool] | None, restart: bool, who: str) -> Lanczos:
     op = as_operator(op)
     d = _dim(op)
-    steps = min(check_count(steps, "steps", who), d)
+    steps = min(check_int(who, "steps", steps, low=1), d)
     like = _like(op)
     q = _start(d, v0, generator, like, who)
     Q = torch.empty(steps, d, **like)  # rows: only the pages of the steps taken are touched
@@ -283,13 +283,13 @@ def lanczos_top_eigenvalues(op, k: int = 1, *, tol: float = 1e-6, max_steps: int
     who = "lanczos_top_eigenvalues"
     op = as_operator(op)
     d = _dim(op)
-    k = check_count(k, "k", who)
+    k = check_int(who, "k", k, low=1)
     if k > d:
         raise ValueError(f"{who}: k={k} must be between 1 and the operator size {d}")
     if which not in ("LA", "LM"):
         raise ValueError(f"{who}: which must be 'LA' or 'LM', got {which!r}")
-    tol = check_positive(tol, "tol", who)
-    max_steps = min(d, check_count(max_steps, "max_steps", who, k) if max_steps is not None else max(2 * k + 20, 50))
+    tol = check_number(who, "tol", tol, low=0, low_open=True)
+    max_steps = min(d, check_int(who, "max_steps", max_steps, low=k) if max_steps is not None else max(2 * k + 20, 50))
     like = _like(op)
 
     def done(run: Lanczos) -> bool:
@@ -321,8 +321,8 @@ def power_iteration(op, *, tol: float = 1e-4, max_iter: int = 100, generator: to
     """
     who = "power_iteration"
     op = as_operator(op)
-    tol = check_positive(tol, "tol", who)
-    max_iter = check_count(max_iter, "max_iter", who)
+    tol = check_number(who, "tol", tol, low=0, low_open=True)
+    max_iter = check_int(who, "max_iter", max_iter, low=1)
     like = _like(op)
     v = _start(_dim(op), v0, generator, like, who)
     scale = 0.0
@@ -360,11 +360,11 @@ def _hutchinson(op, kind: str, tol: float, min_samples: int, max_samples: int, b
     who = "hutchinson_trace" if kind == "trace" else "hutchinson_diagonal"
     op = as_operator(op)
     d = _dim(op)
-    tol = check_positive(tol, "tol", who)
-    min_samples = check_count(min_samples, "min_samples", who, 2)
-    max_samples = check_count(max_samples, "max_samples (>= min_samples)", who, min_samples)
-    block = check_count(block, "block", who)
-    if check_count(deflate, "deflate", who, 0) >= d:
+    tol = check_number(who, "tol", tol, low=0, low_open=True)
+    min_samples = check_int(who, "min_samples", min_samples, low=2)
+    max_samples = check_int(who, "max_samples (>= min_samples)", max_samples, low=min_samples)
+    block = check_int(who, "block", block, low=1)
+    if check_int(who, "deflate", deflate, low=0) >= d:
         raise ValueError(f"{who}: deflate must be < the operator size {d}, got {deflate}")
     like = _like(op)
     exact, Q = 0.0, None
@@ -463,8 +463,8 @@ def slq_density(op, *, steps: int = 30, probes: int = 10, generator: torch.Gener
     """
     who = "slq_density"
     op = as_operator(op)
-    m = min(check_count(steps, "steps", who), _dim(op))
-    probes = check_count(probes, "probes", who)
+    m = min(check_int(who, "steps", steps, low=1), _dim(op))
+    probes = check_int(who, "probes", probes, low=1)
     nodes = torch.zeros(probes, m, dtype=torch.float64)
     weights = torch.zeros(probes, m, dtype=torch.float64)
     products = 0

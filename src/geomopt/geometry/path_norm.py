@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from geomopt.nn.checks import check_finite_parameters
+from geomopt.checks import check_finite_parameters
 
 
 class UnsupportedModuleError(ValueError):

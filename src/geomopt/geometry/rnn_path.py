@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from geomopt.geometry.path_norm import RankOneScale, UnsupportedModuleError
-from geomopt.nn.checks import check_finite_parameters
+from geomopt.checks import check_finite_parameters
 
 METHODS = ("fast", "autograd")
 

@@ -53,7 +53,7 @@ from geomopt.measures.norms import bartlett_log_r, layer_norms, margin_quantile 
 from geomopt.measures.sharpness import (DatasetObjective, kl_term, pac_bayes_bound, search_sigma,
                                         worst_case_sharpness)
 from geomopt.measures.two_layer import two_layer_measures
-from geomopt.nn.checks import check_finite_parameters
+from geomopt.checks import check_finite_parameters
 
 GROUPS = ("margin", "norms", "path", "bounds", "sharpness", "flatness", "hessian", "two_layer")
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from geomopt.checks import check_int, check_tensor
-from geomopt.nn.checks import check_finite_parameters
+from geomopt.checks import check_finite_parameters
 
 
 def _check_eval(model: nn.Module) -> None:

@@ -18,7 +18,7 @@ from geomopt.curvature import curvature_operator, hutchinson_trace, lanczos_top_
 from geomopt.data import load_dataset, make_loader
 from geomopt.measures.core import compute
 from geomopt.nn import build_model
-from geomopt.nn.checks import check_count, check_positive
+from geomopt.checks import check_int, check_number
 from geomopt.report.figures import plot_curves
 from geomopt.train.checkpoint import load_checkpoint, load_model_state, write_json
 from geomopt.train.config import TrainConfig, same_config
@@ -129,9 +129,9 @@ def curvature_run(run_dir: str | Path, *, top_k: int | None = None, trace: bool 
         raise ValueError("curvature: ask for at least one of --top-k K, --trace, --spectrum")
     for flag, value in (("--top-k", top_k), ("--examples", examples), ("steps", steps), ("probes", probes)):
         if value is not None:
-            check_count(value, flag, "curvature")
-    check_positive(tol, "tol", "curvature")
-    check_positive(trace_tol, "trace_tol", "curvature")
+            check_int("curvature", flag, value, low=1)
+    check_number("curvature", "tol", tol, low=0, low_open=True)
+    check_number("curvature", "trace_tol", trace_tol, low=0, low_open=True)
     run_dir = Path(run_dir)
     config, model, _, bundle = load_run(run_dir)
     batches = read_batches(make_loader(bundle.train, 1000, shuffle=False), None, examples)

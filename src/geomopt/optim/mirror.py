@@ -21,10 +21,11 @@ Potentials (each over all of a parameter group's tensors as one vector ``w``):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
+
+from geomopt.checks import check_number
 
 __all__ = ["POTENTIALS", "MirrorDescent", "mirror_map", "inverse_mirror_map", "bregman"]
 
@@ -75,19 +76,13 @@ def bregman(w: torch.Tensor, v: torch.Tensor, potential: str, p: float = 2.0, be
             - (mirror_map(v, potential, p, beta) * (w - v)).sum())
 
 
-def _check(lr, potential, p, beta, momentum) -> None:
-    def finite(x) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-    if not (finite(lr) and lr >= 0):
-        raise ValueError(f"MirrorDescent: lr must be a finite number >= 0, got {lr!r}")
+def _check(lr, potential, p, beta, momentum, where: str = "MirrorDescent") -> None:
+    check_number(where, "lr", lr, low=0)
     if potential not in POTENTIALS:
-        raise ValueError(f"MirrorDescent: potential must be one of {POTENTIALS}, got {potential!r}")
-    if not (finite(p) and p > 1):
-        raise ValueError(f"MirrorDescent: p must be a finite number > 1, got {p!r}")
-    if not (finite(beta) and beta > 0):
-        raise ValueError(f"MirrorDescent: beta must be a finite number > 0, got {beta!r}")
-    if not (finite(momentum) and 0 <= momentum < 1):
-        raise ValueError(f"MirrorDescent: momentum must lie in [0, 1), got {momentum!r}")
+        raise ValueError(f"{where}: potential must be one of {POTENTIALS}, got {potential!r}")
+    check_number(where, "p", p, low=1, low_open=True)
+    check_number(where, "beta", beta, low=0, low_open=True)
+    check_number(where, "momentum", momentum, low=0, high=1, high_open=True)
 
 
 class MirrorDescent(torch.optim.Optimizer):
@@ -125,7 +120,8 @@ class MirrorDescent(torch.optim.Optimizer):
                 loss = closure()
         new = []
         for i, group in enumerate(self.param_groups):
-            _check(group["lr"], group["potential"], group["p"], group["beta"], group["momentum"])
+            _check(group["lr"], group["potential"], group["p"], group["beta"], group["momentum"],
+                   f"MirrorDescent: param group {i}")
             params = [q for q in group["params"] if q.grad is not None]
             if not params:
                 continue

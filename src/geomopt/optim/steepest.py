@@ -26,6 +26,8 @@ from collections.abc import Iterable
 
 import torch
 
+from geomopt.checks import check_number
+
 __all__ = ["NORMS", "SteepestDescent", "steepest_direction"]
 
 NORMS = ("l1", "l2", "linf", "spectral")
@@ -69,14 +71,11 @@ def steepest_direction(grads: list[torch.Tensor], norm: str) -> tuple[list[torch
     return out, dual
 
 
-def _check(lr: float, norm: str, momentum: float) -> None:
-    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and torch.isfinite(torch.tensor(lr))
-            and lr >= 0):
-        raise ValueError(f"SteepestDescent: lr must be a finite number >= 0, got {lr!r}")
+def _check(lr: float, norm: str, momentum: float, where: str = "SteepestDescent") -> None:
+    check_number(where, "lr", lr, low=0)
     if norm not in NORMS:
-        raise ValueError(f"SteepestDescent: norm must be one of {NORMS}, got {norm!r}")
-    if not (isinstance(momentum, (int, float)) and not isinstance(momentum, bool) and 0 <= momentum < 1):
-        raise ValueError(f"SteepestDescent: momentum must lie in [0, 1), got {momentum!r}")
+        raise ValueError(f"{where}: norm must be one of {NORMS}, got {norm!r}")
+    check_number(where, "momentum", momentum, low=0, high=1, high_open=True)
 
 
 class SteepestDescent(torch.optim.Optimizer):
@@ -111,8 +110,8 @@ class SteepestDescent(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         updates = []
-        for group in self.param_groups:
-            _check(group["lr"], group["norm"], group["momentum"])
+        for i, group in enumerate(self.param_groups):
+            _check(group["lr"], group["norm"], group["momentum"], f"SteepestDescent: param group {i}")
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
