@@ -219,6 +219,9 @@ class TrainConfig:
     checkpoint_every: int = 0
     max_grad_norm: float | None = None
     target_train_loss: float | None = None  # stop at the end of the first epoch with train loss <= this
+    # the training loss: "task" (the dataset task's: cross-entropy for classification) or "mse" (classification
+    # only: 1/2 the squared distance of the outputs to the one-hot labels, mean over examples; Cohen et al. 2021)
+    loss: Literal["task", "mse"] = "task"
     # log the top Hessian eigenvalue (geomopt.train.sharpness) every this many steps (0: off), on the
     # first sharpness_examples training examples
     track_sharpness: int = 0

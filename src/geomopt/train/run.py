@@ -160,7 +160,7 @@ def _train(config: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool,
     model = build_model(config.model, bundle.input_shape, bundle.num_classes, widths=config.widths,
                         bias=config.bias, dropout=config.dropout, init=config.init, seed=config.seed,
                         task=bundle.task).to(device)
-    loss_fn, metric = task_objective(bundle.task)
+    loss_fn, metric = task_objective(bundle.task, config.loss)
     kronecker = {k: getattr(config, k) for k in KRONECKER_OPTIONS} if config.optimizer in ("kfac", "ekfac") else {}
     optimizer = build_optimizer(config.optimizer, model, lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, **kronecker)

@@ -1,6 +1,7 @@
 """Loss and metric of each dataset task (``DatasetBundle.task``), for the training engine.
 
-- ``"classification"``: cross-entropy, top-1 accuracy;
+- ``"classification"``: cross-entropy (or, with ``TrainConfig.loss = "mse"``, the squared loss against
+  one-hot labels, :func:`one_hot_mse`), top-1 accuracy;
 - ``"regression"``: mean squared error (e.g. the adding problem, trivial baseline 1/6), no metric;
 - ``"sequence"``: one label per step; cross-entropy averaged over every step of every sequence
   (in nats; bits per character = loss / ln 2), metric: per-step accuracy (each sequence counts
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from geomopt.train.engine import accuracy
 
-__all__ = ["sequence_cross_entropy", "sequence_accuracy", "task_objective", "bits"]
+__all__ = ["sequence_cross_entropy", "sequence_accuracy", "one_hot_mse", "task_objective", "bits"]
 
 
 def sequence_cross_entropy(output: Tensor, target: Tensor) -> Tensor:
@@ -40,8 +41,27 @@ def mse(output: Tensor, target: Tensor) -> Tensor:
     return F.mse_loss(output, target)
 
 
-def task_objective(task: str) -> tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor, Tensor], Tensor] | None]:
-    """``(loss_fn, metric)`` for ``fit`` given a dataset task."""
+def one_hot_mse(output: Tensor, target: Tensor) -> Tensor:
+    r"""Squared loss of a classifier against one-hot labels: ``(1/n) sum_i 1/2 ||f(x_i) - e_{y_i}||^2``
+    (summed over classes, as Cohen et al. 2021 train classifiers with MSE); ``output`` ``(n, C)``, ``target``
+    ``(n,)`` class indices."""
+    if output.dim() != 2 or target.shape != output.shape[:1]:
+        raise ValueError(f"mse loss for classification: expected output (batch, classes) and target (batch,), got "
+                         f"{tuple(output.shape)} and {tuple(target.shape)}")
+    return 0.5 * (output - F.one_hot(target, output.shape[1]).to(output.dtype)).pow(2).sum(1).mean()
+
+
+def task_objective(task: str, loss: str = "task") -> tuple[Callable[[Tensor, Tensor], Tensor],
+                                                           Callable[[Tensor, Tensor], Tensor] | None]:
+    """``(loss_fn, metric)`` for ``fit`` given a dataset task and ``TrainConfig.loss`` (``"task"``: the task's
+    own loss; ``"mse"``: :func:`one_hot_mse` for classification, with accuracy as the metric)."""
+    if loss == "mse":
+        if task != "classification":
+            raise ValueError(f"TrainConfig.loss 'mse' is for classification data (one-hot targets); this data set's "
+                             f"task is {task!r}: use loss 'task'")
+        return one_hot_mse, accuracy
+    if loss != "task":
+        raise ValueError(f"unknown loss {loss!r}; choose task or mse")
     if task == "classification":
         return F.cross_entropy, accuracy
     if task == "regression":
