@@ -10,30 +10,55 @@ random-label training set, tracking the test error, while they stay small for tr
 Part (b) follows Jiang et al. (2019): a small zoo over width, learning rate, batch size and weight
 decay, each measure's Kendall tau and granulated Kendall coefficient with the generalization gap.
 
-Both parts run for several seeds (``--seeds N``: 3 with ``--quick``, 5 in full): part (a) once per seed,
-part (b) one zoo per seed, correlated on its own; each claim is tested across seeds
-(``geomopt.sweep.claims``) and written to ``claims.json``. No hyperparameter is selected here: part (a)
-trains every network to the same training-loss target with a fixed step size (the claims compare label
-kinds and sizes, not methods) and part (b) varies the hyperparameters by design.
+Both parts run for several seeds (``--seeds N``: 3 with the quick and mid tiers, 5 in full; the seed
+reaches every trained network: part (a) once per seed, part (b) one zoo per seed, correlated on its own).
+Every run's final numbers and measures are stored in ``results.csv`` (``part`` = ``labels`` or ``zoo``),
+its training curve in ``curves.csv``, and the claims are decided on them (``geomopt.sweep.claims``):
 
-``--quick``: digits, a 512-unit 1-hidden-layer MLP, sizes 250/500/1000, a 12-model zoo per seed (minutes on
-2 cores). Full: MNIST-1D, 2 hidden layers of 512, sizes up to 4000 and a 48-model zoo per seed.
+- part (a): per training-set size, the measure with random labels minus with true labels over seeds (and
+  the random-label value at the largest size minus the smallest); a seed where the measure is undefined
+  (margin not positive) is left out of that comparison and the claim records the seeds it used; undefined
+  in every seed is ``untestable here``;
+- part (b): per seed's zoo, the Kendall tau-a of the measure with the generalization gap over its fitted
+  models, with 1000 bootstrap resamples of the models; the 95% interval of the mean tau over seeds is
+  hierarchical (seeds and, within each, its bootstrap taus: ``within=``), so a zoo too small to pin its
+  own tau down cannot make the claim hold.
+
+Run-quality gates: part (a): every run finite and fitted (training error <= 2%, the paper's "zero training
+error"); part (b): every seed's zoo keeps at least ``MIN_MODELS`` fitted models (training accuracy >=
+``min_train_acc``, Jiang et al.'s 0.99). A failed gate makes the claims that rest on it ``untestable here``.
+No hyperparameter is selected here: part (a) trains every network to the same training-loss target with a
+fixed step size (the claims compare label kinds and sizes, not methods) and part (b) varies the
+hyperparameters by design.
+
+Tiers: ``quick``: digits, a 512-unit 1-hidden-layer MLP, sizes 250/500/1000, a 12-model zoo per seed
+(minutes on 2 cores). ``mid``: Fashion-MNIST (Debian's ``dataset-fashion-mnist``), a 512-unit MLP on 500,
+1000 and 2000 images with true and with random labels, and a 12-model zoo per seed on 1000 images, 3
+seeds: real images where true and random labels differ in difficulty (the random-label networks must
+memorize), every network trained to near-zero training loss, and zoos whose models differ in gap (width,
+learning rate, weight decay), so both headlines are testable; about 45 minutes on 2 cores (from a 1-run
+timing, see ``MID_COST``). ``full``: MNIST-1D, 2 hidden layers of 512, sizes up to 4000 and a 48-model zoo
+per seed, 5 seeds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geomopt.experiments.config import experiment_dir, merge_overrides, seed_list
-from geomopt.experiments.zoo import ZOO_KEY, correlate, measure_zoo
+from geomopt.experiments.config import experiment_dir, merge_overrides, seed_list, tier_config
+from geomopt.experiments.records import Records, read_stored
+from geomopt.experiments.zoo import CORRELATED, ZOO_KEY, correlate, measure_zoo
+from geomopt.measures.rank import bootstrap_kendall_draws, kendall_tau
 from geomopt.measures.runs import MEASURES_FILE
-from geomopt.report import Section, plot_bands, write_records, write_section
-from geomopt.sweep import FAILS, Claim, Outcome, all_of, band, greater, less, run_all, seed_stats, write_claims
-from geomopt.train import TrainConfig
+from geomopt.report import Section, plot_bands, write_section
+from geomopt.sweep import Claim, Outcome, RunGate, all_of, band, gated, greater, less, run_all, seed_stats, untestable
+from geomopt.sweep import write_claims
+from geomopt.train import TrainConfig, read_metrics
 from geomopt.train.checkpoint import write_json
 
 NAME = "exploring-generalization"
@@ -43,7 +68,10 @@ CITATIONS = (
 )  # the papers, by title, for the report
 TITLE = ("Exploring generalization: measures on true vs random labels, and over a zoo "
          "(Neyshabur et al. 2017; Jiang et al. 2019)")
-FITTED = 0.02  # a run is fitted when its training error is at most this
+NEYSHABUR, JIANG = "Neyshabur, Bhojanapalli, McAllester & Srebro 2017", "Jiang, Neyshabur, Mobahi, Krishnan & Bengio 2020"
+FITTED = 0.02  # a part-(a) run is fitted when its training error is at most this
+MIN_MODELS = 6  # a seed's zoo needs this many fitted models (15 pairs) for its Kendall tau
+BOOTSTRAP = 1000  # bootstrap resamples of a zoo's models per tau (seeded by the zoo's seed)
 # measures shown in part (a) (key in measures.json, label)
 PANEL_MEASURES = [("log_frobenius_over_margin", "log l2 norm product / margin^2"),
                   ("log_l1_path_over_margin", "log l1-path / margin^2"),
@@ -52,9 +80,12 @@ PANEL_MEASURES = [("log_frobenius_over_margin", "log l2 norm product / margin^2"
                   ("sharpness", "worst-case sharpness"),
                   ("pacbayes_mag_flatness", "PAC-Bayes flatness 1/sigma'^2 (magnitude-aware)"),
                   ("test_error", "test error")]
-# Jiang et al. (2019), Kendall tau with the gap over their CIFAR-10+SVHN zoo (approximate, from papers.md)
-PAPER_TAU = {"sharpness": 0.40, "pacbayes_mag_flatness": 0.38, "log_l1_path_over_margin": None,
-             "l2_path": 0.37, "log_spectral_product": -0.5, "num_params": -0.2}
+# Jiang et al. (2020), Kendall tau with the gap over their CIFAR-10 + SVHN model zoo (Table 5, approximate)
+PAPER_TAU = {"sharpness": 0.40, "pacbayes_mag_flatness": 0.38, "l2_path": 0.37, "log_spectral_product": -0.5,
+             "num_params": -0.2}
+HP_KEYS = ("width", "depth", "lr", "batch_size", "weight_decay", "dropout")
+
+
 @dataclass
 class ExploringGeneralizationExperiment:
     """Plain-data configuration; every field can be set with ``--set key=value``."""
@@ -87,6 +118,14 @@ class ExploringGeneralizationExperiment:
                    target_train_loss=0.02, seeds=(0, 1, 2), zoo_widths=(64, 256), zoo_depths=(1,),
                    zoo_lrs=(0.03, 0.1), zoo_batch_sizes=(64,), zoo_weight_decays=(0.0, 1e-3, 1e-2),
                    zoo_train_size=500, zoo_epochs=150, min_train_acc=0.98,
+                   measure={"sharpness_steps": 5, "sharpness_restarts": 1, "flatness_samples": 3})
+
+    @classmethod
+    def mid(cls) -> ExploringGeneralizationExperiment:
+        return cls(data="fashion-mnist", widths=(512,), sizes=(500, 1000, 2000), lr=0.05, epochs=300,
+                   target_train_loss=0.02, seeds=(0, 1, 2), zoo_widths=(128, 512), zoo_depths=(1,),
+                   zoo_lrs=(0.03, 0.1), zoo_batch_sizes=(64,), zoo_weight_decays=(0.0, 1e-3, 1e-2),
+                   zoo_train_size=1000, zoo_epochs=150, min_train_acc=0.98,
                    measure={"sharpness_steps": 5, "sharpness_restarts": 1, "flatness_samples": 3})
 
     def replace(self, overrides: dict[str, Any]) -> ExploringGeneralizationExperiment:
@@ -130,16 +169,36 @@ def _zoo_runs(exp, root: Path) -> list[tuple[TrainConfig, Path, dict[str, Any]]]
     return runs
 
 
-def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
-              overrides: dict[str, Any] | None = None, overwrite: bool = False, seeds: int | None = None) -> Path:
-    """Train both parts for every seed (finished runs skipped), compute measures, write tables, figures,
-    claims and the section."""
+def _records(exp: ExploringGeneralizationExperiment, labels, zoo, summaries, root: Path) -> Records:
+    """One row per run (part, setting, seed, final numbers, every measure of measures.json) and its
+    per-epoch training loss and error."""
+    rows, curves = [], {}
+    for (_, run_dir, hp), summary in zip(labels + zoo, summaries):
+        run = str(Path(run_dir).relative_to(root))
+        path = run_dir / MEASURES_FILE
+        res = json.loads(path.read_text()) if path.is_file() else {}
+        part = run.split("/")[0]
+        keys = [k for k, _ in PANEL_MEASURES if k != "test_error"] if part == "labels" else list(CORRELATED)
+        seed = hp["seed"] if part == "labels" else int(Path(run_dir).parent.name.removeprefix("seed"))
+        rows.append({"run": run, "part": part, **hp, "seed": seed, "diverged": bool(summary.get("diverged")),
+                     "train_loss": summary.get("train_loss"), "train_error": res.get("train_error", math.nan),
+                     "test_error": res.get("test_error", math.nan), "gap": res.get("gap", math.nan),
+                     **{k: res.get(k, math.nan) for k in keys}})
+        curves[run] = [{"epoch": r["epoch"], "train_loss": r["train_loss"], "train_err": 1 - r["train_acc"]}
+                       for r in read_metrics(run_dir) if r["kind"] == "epoch"]
+    return Records(exp, rows, curves)
+
+
+def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrides: dict[str, Any] | None = None,
+              seeds: int | None = None, overwrite: bool = False) -> Path:
+    """Train both parts for every seed (finished runs skipped), compute measures, write results.csv and
+    curves.csv, tables, figures, claims (decided on the stored files) and the section. ``tier``: ``quick``,
+    ``mid`` or ``full`` (see the module docstring)."""
     overrides = dict(overrides or {})
-    chosen = seed_list(seeds, quick, overrides)
+    chosen = seed_list(seeds, tier, overrides)
     if chosen is not None:
         overrides["seeds"] = chosen
-    exp = (ExploringGeneralizationExperiment.quick() if quick else ExploringGeneralizationExperiment()).replace(
-        overrides)
+    exp = tier_config(ExploringGeneralizationExperiment, tier, NAME).replace(overrides)
     root = experiment_dir(out, NAME, exp)
     labels, zoo = _labels_runs(exp, root), _zoo_runs(exp, root)
     for _, run_dir, hp in labels + zoo:
@@ -150,53 +209,47 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
     measure_zoo(root / "labels", workers=jobs, options=exp.measure)
     for seed in exp.seeds:
         measure_zoo(root / "zoo" / f"seed{seed}", workers=jobs, options=exp.measure)
+    _records(exp, labels, zoo, summaries, root).write(root)
+    records = read_stored(root, exp)  # the claims are decided on what is stored, as `geomopt results check` does
 
     # (a) true vs random labels, per seed
-    rows = []
-    for cfg, run_dir, hp in labels:
-        path = run_dir / MEASURES_FILE
-        res = json.loads(path.read_text()) if path.is_file() else {}
-        rows.append({**hp, "train_error": res.get("train_error", math.nan),
-                     "test_error": res.get("test_error", math.nan),
-                     **{k: res.get(k, math.nan) for k, _ in PANEL_MEASURES if k != "test_error"}})
-    write_records(root / "labels.csv", rows, key=("labels", "size", "seed"))
     panels: dict[str, dict[str, tuple[list[float], ...]]] = {}
     table = []
     for key, label in PANEL_MEASURES:
+        scale = 100 if key == "test_error" else 1
         for kind in ("true", "random"):
-            xs, curves = list(exp.sizes), [[_value(rows, kind, n, s, key) for n in exp.sizes] for s in exp.seeds]
+            xs = list(exp.sizes)
+            curves = [[scale * _value(records, kind, n, s, key) for n in exp.sizes] for s in exp.seeds]
             defined = [c for c in curves if all(math.isfinite(v) for v in c)]
             if defined:
-                panels.setdefault(label, {})[f"{kind} labels ({len(defined)} seeds)"] = (xs, *band(defined))
-            table += [[label, kind, n, _fmt([c[i] for c in curves])] for i, n in enumerate(xs)]
+                panels.setdefault(label + (" (%)" if scale == 100 else ""), {})[
+                    f"{kind} labels ({len(defined)} seeds)"] = (xs, *band(defined))
+            table += [[label + (" (%)" if scale == 100 else ""), kind, n, _fmt([c[i] for c in curves], scale)]
+                      for i, n in enumerate(xs)]
     plot_bands(panels, root / "labels.png", xlabel="training-set size", ylabel="measure", ncols=4)
 
-    # (b) zoo rank correlations, one zoo per seed
-    corr, too_few = {}, []
+    # (b) zoo rank correlations, one zoo per seed (correlation.csv per zoo with the granulated Kendall)
+    too_few = []
     for seed in exp.seeds:
         try:
-            corr[seed] = correlate(root / "zoo" / f"seed{seed}", root / "zoo" / f"seed{seed}",
-                                   min_train_acc=exp.min_train_acc)
+            correlate(root / "zoo" / f"seed{seed}", root / "zoo" / f"seed{seed}", min_train_acc=exp.min_train_acc)
         except ValueError as exc:  # fewer than 2 models fitted: no correlation for this seed's zoo
-            corr[seed], too_few = [], too_few + [f"seed {seed}: {exc}"]
-    taus: dict[str, list[float]] = {}
-    for seed in exp.seeds:
-        for r in corr[seed]:
-            taus.setdefault(r["measure"], []).append(r["kendall_tau"])
-    full = {m: v for m, v in taus.items() if len(v) == len(exp.seeds)}
-    zoo_table = [[m, _fmt(v), PAPER_TAU.get(m) if PAPER_TAU.get(m) is not None else "-"] for m, v in full.items()]
-    write_records(root / "correlation.csv", [{"seed": seed, **r} for seed in exp.seeds for r in corr[seed]])
+            too_few.append(f"seed {seed}: {exc}")
+    zoo_table = []
+    for m in CORRELATED:
+        taus = [zoo_tau(records, seed, m)[0] for seed in exp.seeds]
+        if any(math.isfinite(t) for t in taus):
+            zoo_table.append([m, _fmt(taus), PAPER_TAU.get(m, "-")])
     figures = [{"file": "labels.png", "caption": "Each measure against the training-set size, true vs random "
                                                   "labels (Neyshabur et al. 2017, Fig. 1 protocol): mean over the "
                                                   "seeds where it is defined, with its 95% interval."}]
 
-    results = {"exp": exp, "rows": rows, "taus": full}
-    write_claims(root, NAME, claims(exp), results, title=TITLE, seeds=exp.seeds, seconds=seconds, quick=quick)
-    kept = {seed: (corr[seed][0]["models"] if corr[seed] else 0) for seed in exp.seeds}
+    write_claims(root, NAME, claims(exp), records, title=TITLE, seeds=exp.seeds, seconds=seconds, tier=tier)
+    kept = {seed: len(_fitted_zoo(records, seed)) for seed in exp.seeds}
     paragraphs = [
-        f"Protocol (a): MLP {'-'.join(map(str, exp.widths))} on {exp.data}, training sets of {list(exp.sizes)} "
-        f"examples with true labels or all labels random (TrainConfig.label_noise = 1), SGD lr {exp.lr} momentum "
-        f"{exp.momentum}, batch {exp.batch_size}, trained until the training cross-entropy is <= "
+        f"Protocol ({tier} tier) (a): MLP {'-'.join(map(str, exp.widths))} on {exp.data}, training sets of "
+        f"{list(exp.sizes)} examples with true labels or all labels random (TrainConfig.label_noise = 1), SGD lr "
+        f"{exp.lr} momentum {exp.momentum}, batch {exp.batch_size}, trained until the training cross-entropy is <= "
         f"{exp.target_train_loss} (at most {exp.epochs} epochs), seeds {list(exp.seeds)}. Margin = 5th percentile of "
         f"the signed training margins. (b): per seed, {len(zoo) // len(exp.seeds)} MLPs on {exp.zoo_train_size} "
         f"{exp.data} examples over width {list(exp.zoo_widths)}, depth {list(exp.zoo_depths)}, lr "
@@ -204,6 +257,9 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
         f"dropout {list(exp.zoo_dropouts)}; models with training accuracy >= {exp.min_train_acc} (per seed: "
         f"{kept}) are correlated with the gap (test error - train error). Measure settings: "
         + json.dumps(exp.measure) + "." + (f" No correlation for {'; '.join(too_few)}." if too_few else ""),
+        f"Run-quality gates: (a) every run finite and fitted to <= {100 * FITTED:g}% training error; (b) every "
+        f"seed's zoo keeps at least {MIN_MODELS} fitted models. The zoo claims' intervals are hierarchical: "
+        f"seeds and, within each, {BOOTSTRAP} bootstrap resamples of its models.",
     ]
     section = Section(citations=list(CITATIONS), title=TITLE, paragraphs=paragraphs,
                       tables=[{"caption": "Part (a): each measure per label kind and training-set size, mean [95% "
@@ -216,67 +272,124 @@ def reproduce(out: Path, *, quick: bool = False, jobs: int | None = None,
     return write_section(root, section)
 
 
-def _value(rows: list[dict[str, Any]], labels: str, size: int, seed: int, key: str) -> float:
-    (row,) = [r for r in rows if (r["labels"], r["size"], r["seed"]) == (labels, size, seed)]
-    return float(row[key])
+def _value(records: Records, labels: str, size: int, seed: int, key: str) -> float:
+    rows = records.where(part="labels", labels=labels, size=size, seed=seed)
+    if len(rows) != 1 or rows[0].get(key) is None:
+        return math.nan
+    return float(rows[0][key])
 
 
-def _fmt(values: list[float]) -> str:
+def _fmt(values: list[float], scale: float = 1.0) -> str:
     defined = [v for v in values if math.isfinite(v)]
     if not defined:
         return "undefined"
-    text = seed_stats(defined).fmt()
+    text = seed_stats(defined).fmt(bounds=(0.0, 100.0) if scale == 100 else None)
     return text if len(defined) == len(values) else f"{text} ({len(defined)}/{len(values)} seeds)"
 
 
-def _defined(outcome_of, a: list[float], b: list[float], label: str) -> Outcome:
-    """``outcome_of(a, b)`` over the seeds where both are finite (a measure is NaN where the margin is not
-    positive, a Kendall tau where it cannot be computed); a seed left out is a caveat."""
-    pairs = [(x, y) for x, y in zip(a, b) if math.isfinite(x) and math.isfinite(y)]
-    if not pairs:
-        return Outcome(FAILS, f"{label}: undefined in every seed")
-    out = outcome_of([p[0] for p in pairs], [p[1] for p in pairs], label=label)
-    missing = len(a) - len(pairs)
-    return out.with_caveats(f"{label}: undefined in {missing}/{len(a)} seeds" if missing else "")
+def _with_seeds(outcome: Outcome, seeds: list[int]) -> Outcome:
+    return dataclasses.replace(outcome, seeds=tuple(seeds))
+
+
+def _defined(test, a: dict[int, float], b: dict[int, float], label: str) -> Outcome:
+    """``test(a, b)`` over the seeds where both are finite (a measure is NaN where the margin is not positive),
+    recording those seeds; ``untestable here`` when no seed has both."""
+    seeds = [s for s in a if math.isfinite(a[s]) and math.isfinite(b[s])]
+    if not seeds:
+        return untestable(f"{label}: undefined in every seed (margin not positive)", f"{label}: undefined")
+    out = test([a[s] for s in seeds], [b[s] for s in seeds], label=label)
+    if len(seeds) < len(a):
+        out = dataclasses.replace(out, ours=f"{out.ours} (defined in {len(seeds)}/{len(a)} seeds)")
+    return _with_seeds(out, seeds)
+
+
+LABELS_GATE = RunGate(drop=1.0, rebound=1.0)  # finite curve; fitted is checked on the training error
+
+
+def labels_gate(records: Records) -> list[str]:
+    """Part (a)'s run-quality gate: every run finite and fitted (training error <= ``FITTED``)."""
+    failures = []
+    for r in records.where(part="labels"):
+        name = f"{r['labels']} labels n={r['size']} seed {r['seed']}"
+        if r["diverged"]:
+            failures.append(f"{name}: diverged")
+        elif not (r["train_error"] is not None and r["train_error"] <= FITTED):
+            failures.append(f"{name}: not fitted (training error {100 * float(r['train_error']):.3g}% > "
+                            f"{100 * FITTED:g}%)")
+        else:
+            failures.append(LABELS_GATE.check(records.curve(r["run"], "train_loss"), name))
+    return [f for f in failures if f]
 
 
 def _random_larger(key: str):
-    def test(results: dict[str, Any]) -> Outcome:
-        exp, rows = results["exp"], results["rows"]
-        rand = {n: [_value(rows, "random", n, s, key) for s in exp.seeds] for n in exp.sizes}
-        true = {n: [_value(rows, "true", n, s, key) for s in exp.seeds] for n in exp.sizes}
+    def test(records: Records) -> Outcome:
+        exp = records.exp
+        rand = {n: {s: _value(records, "random", n, s, key) for s in exp.seeds} for n in exp.sizes}
+        true = {n: {s: _value(records, "true", n, s, key) for s in exp.seeds} for n in exp.sizes}
         parts = {f"n={n}": _defined(greater, rand[n], true[n], "random - true") for n in exp.sizes}
         if len(exp.sizes) > 1:
             lo, hi = min(exp.sizes), max(exp.sizes)
             parts[f"grows n={lo}->{hi}"] = _defined(greater, rand[hi], rand[lo], "random: large - small n")
-        unfitted = [f"{r['labels']} n={r['size']} seed {r['seed']}" for r in rows
-                    if not r["train_error"] <= FITTED]
-        out = all_of(parts)
-        return out.with_caveats(f"not fitted to <= {100 * FITTED:g}% training error: {', '.join(unfitted)}"
-                                if unfitted else "")
+        return gated(all_of(parts), labels_gate(records))
     return test
 
 
+def _fitted_zoo(records: Records, seed: int) -> list[dict[str, Any]]:
+    """Seed ``seed``'s zoo models that did not diverge and reached ``min_train_acc`` (Jiang et al.'s filter)."""
+    return [r for r in records.where(part="zoo", seed=seed) if not r["diverged"] and r["train_error"] is not None
+            and math.isfinite(r["train_error"]) and 1 - r["train_error"] >= records.exp.min_train_acc]
+
+
+def zoo_tau(records: Records, seed: int, measure: str) -> tuple[float, list[float]]:
+    """Kendall tau-a of ``measure`` with the gap over seed ``seed``'s fitted zoo models, and its ``BOOTSTRAP``
+    bootstrap draws (seeded by ``seed``); NaN and no draws when fewer than 2 models have it finite."""
+    pts = [(float(r[measure]), float(r["gap"])) for r in _fitted_zoo(records, seed)
+           if r.get(measure) is not None and math.isfinite(r[measure]) and math.isfinite(r["gap"])]
+    if len(pts) < 2:
+        return math.nan, []
+    x, y = [p[0] for p in pts], [p[1] for p in pts]
+    return kendall_tau(x, y, "a"), bootstrap_kendall_draws(x, y, "a", samples=BOOTSTRAP, seed=seed)
+
+
+def zoo_gate(records: Records) -> list[str]:
+    """Part (b)'s run-quality gate: every seed's zoo keeps at least ``MIN_MODELS`` fitted models."""
+    exp = records.exp
+    return [f"seed {s}'s zoo: {len(_fitted_zoo(records, s))} of {len(records.where(part='zoo', seed=s))} models "
+            f"fitted (training accuracy >= {exp.min_train_acc:g}), fewer than {MIN_MODELS}"
+            for s in exp.seeds if len(_fitted_zoo(records, s)) < MIN_MODELS]
+
+
 def _tau(measure: str, sign: int):
-    def test(results: dict[str, Any]) -> Outcome:
-        taus = results["taus"].get(measure)
-        if taus is None:
-            return Outcome(FAILS, f"{measure} not measured in every seed's zoo")
-        return _defined(greater if sign > 0 else less, taus, [0.0] * len(taus), f"tau({measure})")
+    def test(records: Records) -> Outcome:
+        failures = zoo_gate(records)
+        if failures:
+            return gated(untestable("gated"), failures)
+        per_seed = {s: zoo_tau(records, s, measure) for s in records.exp.seeds}
+        seeds = [s for s, (tau, draws) in per_seed.items() if math.isfinite(tau) and draws]
+        if not seeds:
+            return untestable(f"tau({measure}) undefined in every seed's zoo (the measure is not finite on 2 "
+                              "fitted models, or it or the gap is constant)", f"tau({measure}): undefined")
+        compare = greater if sign > 0 else less
+        out = compare([per_seed[s][0] for s in seeds], 0.0, label=f"tau({measure})",
+                      within=[per_seed[s][1] for s in seeds])
+        if len(seeds) < len(per_seed):
+            out = dataclasses.replace(out, ours=f"{out.ours} (defined in {len(seeds)}/{len(per_seed)} zoos)")
+        return _with_seeds(out, seeds)
     return test
 
 
 def claims(exp: ExploringGeneralizationExperiment) -> list[Claim]:
     """Part (a): one claim per measure; part (b): the signs Jiang et al. found for three measures."""
-    neyshabur, jiang = "Neyshabur, Bhojanapalli, McAllester & Srebro 2017", "Jiang et al. 2019"
     out = [Claim(f"random-larger-{key}", f"{label} is larger with random than with true labels at every "
-                 "training-set size and grows with the random-label set size", neyshabur, "Fig. 1",
-                 "larger and increasing (curves, no table)", _random_larger(key))
+                 "training-set size and grows with the random-label set size", NEYSHABUR, "Sec. 2, Fig. 1",
+                 "larger with random labels and increasing with the random-label set size (curves, no table)",
+                 _random_larger(key))
            for key, label in PANEL_MEASURES if key != "test_error"]
-    out += [Claim("tau-sharpness", "Sharpness correlates positively with the generalization gap", jiang, "tau table",
-                  "Kendall tau ~0.40 (approx.)", _tau("sharpness", 1)),
-            Claim("tau-pacbayes-mag", "Magnitude-aware PAC-Bayes flatness correlates positively with the gap", jiang,
-                  "tau table", "Kendall tau ~0.37-0.40 (approx.)", _tau("pacbayes_mag_flatness", 1)),
-            Claim("tau-spectral", "The product of spectral norms correlates negatively with the gap", jiang,
-                  "tau table", "Kendall tau ~-0.5 (approx.)", _tau("log_spectral_product", -1))]
+    out += [Claim("tau-sharpness", "Sharpness correlates positively with the generalization gap over a model zoo",
+                  JIANG, "Sec. 6, Table 5", "Kendall tau about 0.40 (approx.)", _tau("sharpness", 1)),
+            Claim("tau-pacbayes-mag", "Magnitude-aware PAC-Bayes flatness correlates positively with the gap over a "
+                  "model zoo", JIANG, "Sec. 6, Table 5", "Kendall tau about 0.37-0.40 (approx.)",
+                  _tau("pacbayes_mag_flatness", 1)),
+            Claim("tau-spectral", "The product of spectral norms correlates negatively with the gap over a model zoo",
+                  JIANG, "Sec. 6, Table 5", "Kendall tau about -0.5 (approx.)", _tau("log_spectral_product", -1))]
     return out

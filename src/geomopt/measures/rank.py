@@ -93,27 +93,26 @@ def granulated_kendall(hparams: Sequence[Mapping[str, Hashable]], measure: Seque
     return out
 
 
-def bootstrap_kendall(x: Sequence[float], y: Sequence[float], variant: str = "a", *, samples: int = 1000,
-                      seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    r"""Percentile bootstrap interval of Kendall's tau (variant ``"a"`` or ``"b"``) over the models
-    (resampled with replacement).
+def bootstrap_kendall_draws(x: Sequence[float], y: Sequence[float], variant: str = "a", *, samples: int = 1000,
+                            seed: int = 0) -> list[float]:
+    r"""Kendall's tau (variant ``"a"`` or ``"b"``) of ``samples`` bootstrap resamples of the models (drawn
+    with replacement), for percentile intervals or hierarchical intervals over several zoos.
 
     A resample with counts ``w`` (``sum w = n``) has, over its ``n0 = n(n-1)/2`` position pairs,
     ``C - D = 1/2 w^T (S_x * S_y) w``, ``S_x = sign(x_i - x_j)`` (copies of one model tie, counting 0);
     tau-a is ``(C - D) / n0``; tau-b divides by ``sqrt((n0 - n1)(n0 - n2))`` with
     ``n1 = 1/2 w^T [S_x = 0]_{i != j} w + sum_i w_i (w_i - 1) / 2`` pairs tied in x (and ``n2`` in y),
     and drops resamples where x or y is constant. All resamples in one batch of products. Seeded: the
-    same call gives the same interval.
+    same call gives the same draws. Empty when ``n < 2`` or ``samples == 0``.
     """
     _variant(variant)
-    check_number("bootstrap_kendall", "level", level, low=0, high=1, low_open=True, high_open=True)
-    check_int("bootstrap_kendall", "samples", samples, low=0)  # 0: no interval (NaN, NaN)
+    check_int("bootstrap_kendall", "samples", samples, low=0)  # 0: no draws
     check_int("bootstrap_kendall", "seed", seed)
     n = len(x)
     if len(y) != n:
         raise ValueError(f"bootstrap_kendall: x and y differ in length ({n} vs {len(y)})")
     if n < 2 or samples < 1:
-        return float("nan"), float("nan")
+        return []
     a = torch.as_tensor(list(x), dtype=torch.float64)
     b = torch.as_tensor(list(y), dtype=torch.float64)
     sx, sy = torch.sign(a[:, None] - a[None, :]), torch.sign(b[:, None] - b[None, :])
@@ -126,14 +125,22 @@ def bootstrap_kendall(x: Sequence[float], y: Sequence[float], variant: str = "a"
 
     s, n0 = quad(sx * sy), n * (n - 1) / 2
     if variant == "a":
-        taus = s / n0
-    else:
-        off = 1 - torch.eye(n, dtype=torch.float64)
-        self_ties = (w * (w - 1) / 2).sum(1)
-        n1 = quad((sx == 0).double() * off) + self_ties
-        n2 = quad((sy == 0).double() * off) + self_ties
-        denom = ((n0 - n1) * (n0 - n2)).clamp_min(0).sqrt()
-        taus = (s / denom)[denom > 0]
+        return (s / n0).tolist()
+    off = 1 - torch.eye(n, dtype=torch.float64)
+    self_ties = (w * (w - 1) / 2).sum(1)
+    n1 = quad((sx == 0).double() * off) + self_ties
+    n2 = quad((sy == 0).double() * off) + self_ties
+    denom = ((n0 - n1) * (n0 - n2)).clamp_min(0).sqrt()
+    return (s / denom)[denom > 0].tolist()
+
+
+def bootstrap_kendall(x: Sequence[float], y: Sequence[float], variant: str = "a", *, samples: int = 1000,
+                      seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval (``level``) of Kendall's tau over the models: the
+    ``(1 -+ level) / 2`` quantiles of :func:`bootstrap_kendall_draws` (NaN when there are none, e.g.
+    ``samples = 0``)."""
+    check_number("bootstrap_kendall", "level", level, low=0, high=1, low_open=True, high_open=True)
+    taus = torch.tensor(bootstrap_kendall_draws(x, y, variant, samples=samples, seed=seed), dtype=torch.float64)
     if taus.numel() == 0:
         return float("nan"), float("nan")
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
