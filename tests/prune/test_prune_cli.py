@@ -48,7 +48,7 @@ def test_prune_cli_errors(tmp_path, capsys):
 def test_reproduce_pruning_tiny(tmp_path):
     """Two seeds, the dense learning rate chosen on validation data from a fixed one-value grid; the claims'
     numbers are the per-seed values of results.csv."""
-    section = pruning.reproduce(tmp_path, quick=True, jobs=1, seeds=2, overrides={
+    section = pruning.reproduce(tmp_path, tier="quick", jobs=1, seeds=2, overrides={
         "datasets": ["digits"], "widths": [16], "train_epochs": 2, "criteria": ["mp", "lm", "qm"], "steps": [1, 3],
         "examples": 200, "finetune_epochs": 1, "sparsity": 0.8, "lrs": [0.1]})
     root = tmp_path / "pruning"
@@ -57,14 +57,17 @@ def test_reproduce_pruning_tiny(tmp_path):
     data = json.loads(section.read_text())
     assert "seeds [0, 1]" in data["paragraphs"][0]
     assert (root / "predicted_vs_actual.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    results = list(csv.DictReader((root / "results.csv").open()))
+    results = [r for r in csv.DictReader((root / "results.csv").open()) if r["part"] == "pruned"]
     assert len(results) == 12 and {r["seed"] for r in results} == {"0", "1"}
+    steps = [r for r in csv.DictReader((root / "curves.csv").open()) if r["run"] == "pruned/digits/lr0.1/seed0/qm-k3"]
+    assert [int(r["step"]) for r in steps] == [1, 2, 3] and all(r["actual_change"] for r in steps)
     record = json.loads((root / "claims.json").read_text())
     claims = {c["id"]: c for c in record["claims"]}
     assert set(claims) == {"locality", "first-vs-second-order"}
+    assert record["tier"] == "quick" and all(c["verdict"] == "untestable here" for c in claims.values())
     qm = claims["locality"]["numbers"]["digits qm"]
     loss = {(r["seed"], r["steps"]): float(r["pruned_train_loss"]) for r in results if r["criterion"] == "qm"}
-    assert qm["a"]["values"] == pytest.approx([loss["0", "3"], loss["1", "3"]])
-    assert qm["b"]["values"] == pytest.approx([loss["0", "1"], loss["1", "1"]])
+    assert qm["a"] == pytest.approx([loss["0", "3"], loss["1", "3"]])
+    assert qm["b"] == pytest.approx([loss["0", "1"], loss["1", "1"]])
     with pytest.raises(ValueError, match="unknown experiment key"):
-        pruning.reproduce(tmp_path, quick=True, overrides={"sparsty": 0.5})
+        pruning.reproduce(tmp_path, tier="quick", overrides={"sparsty": 0.5})

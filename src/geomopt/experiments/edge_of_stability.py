@@ -100,7 +100,7 @@ class EdgeOfStabilityExperiment:
 
     @classmethod
     def mid(cls) -> EdgeOfStabilityExperiment:
-        return cls(data="fashion-mnist", train_size=1000, widths=(200, 200), lrs=(0.1,), steps=500, track_every=10,
+        return cls(data="fashion-mnist", train_size=1000, widths=(200, 200), lrs=(0.1,), steps=400, track_every=10,
                    seeds=(0, 1, 2))
 
     def replace(self, overrides: dict[str, Any]) -> EdgeOfStabilityExperiment:
