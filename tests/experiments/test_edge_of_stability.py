@@ -95,3 +95,15 @@ def test_tiny_reproduction_writes_curves_section_and_claims(tmp_path):
         exp.reproduce(tmp_path, tier="quick", overrides={"seeds": [0]})
     with pytest.raises(ValueError, match="losses must be among"):
         exp.reproduce(tmp_path, tier="quick", overrides={"losses": ["hinge"]})
+
+
+def test_stored_claims_are_recomputed_from_the_ledger_files(tmp_path):
+    """What `geomopt results check` does: the config from experiment.json, the records from the csv files, the
+    same verdicts as claims.json."""
+    from geomopt.experiments.ledger import _recompute
+    exp = EXPERIMENTS["edge-of-stability"]
+    root = exp.reproduce(tmp_path, tier="quick", jobs=1, overrides={
+        "train_size": 40, "widths": [4], "lrs": [0.5], "steps": 6, "track_every": 3, "losses": ["mse"],
+        "seeds": [0, 1]}).parent
+    stored = json.loads((root / "claims.json").read_text())
+    assert [c["verdict"] for c in _recompute(stored, root)] == [c["verdict"] for c in stored["claims"]]

@@ -13,6 +13,7 @@ import pytest
 
 from geomopt.experiments import EXPERIMENTS
 from geomopt.experiments.exploring_generalization import NAME, ExploringGeneralizationExperiment, reproduce, zoo_tau
+from geomopt.experiments.ledger import _recompute
 from geomopt.experiments.records import read_stored
 
 TINY = {"data": "digits", "widths": [16], "sizes": [60, 120], "epochs": 3, "lr": 0.1, "target_train_loss": 0.5,
@@ -52,6 +53,8 @@ def test_tiny_reproduction_writes_tables_figures_and_a_section(tmp_path):
     stored = read_stored(root, ExploringGeneralizationExperiment.quick().replace(TINY))
     stored_taus = [zoo_tau(stored, seed, "sharpness")[0] for seed in (0, 1)]
     assert stored_taus == pytest.approx(per_seed)
+    # `geomopt results check` recomputes the same verdicts from experiment.json and the csv files
+    assert [c["verdict"] for c in _recompute(record, root)] == [c["verdict"] for c in record["claims"]]
 
 
 def test_unknown_key_is_rejected(tmp_path):

@@ -10,6 +10,7 @@ import torch
 
 from geomopt.cli import main
 from geomopt.experiments import pruning
+from geomopt.experiments.ledger import _recompute
 from geomopt.train import TrainConfig, train
 
 
@@ -65,6 +66,7 @@ def test_reproduce_pruning_tiny(tmp_path):
     claims = {c["id"]: c for c in record["claims"]}
     assert set(claims) == {"locality", "first-vs-second-order"}
     assert record["tier"] == "quick" and all(c["verdict"] == "untestable here" for c in claims.values())
+    assert [c["verdict"] for c in _recompute(record, root)] == [c["verdict"] for c in record["claims"]]
     qm = claims["locality"]["numbers"]["digits qm"]
     loss = {(r["seed"], r["steps"]): float(r["pruned_train_loss"]) for r in results if r["criterion"] == "qm"}
     assert qm["a"] == pytest.approx([loss["0", "3"], loss["1", "3"]])
