@@ -57,7 +57,7 @@ def test_tracked_sharpness_is_the_dense_float64_hessian_eigenvalue(tmp_path, los
             i += shape.numel()
         return loss_fn(torch.func.functional_call(model, params, (x.double(),)), y)
 
-    top = float(torch.linalg.eigvalsh(torch.autograd.functional.hessian(f, theta))[-1])
+    top = float(torch.linalg.eigvalsh(torch.autograd.functional.hessian(f, theta, vectorize=True))[-1])
     assert len(logged) == 2 and logged[-1] == pytest.approx(top, rel=2e-3)
 
 
