@@ -270,14 +270,14 @@ def claims(exp: PruningExperiment) -> list[Claim]:
     out = []
     if len(exp.steps) > 1 and any(c != "mp" for c in exp.criteria):
         out.append(Claim("locality", f"Pruning in {max(exp.steps)} steps leaves a lower training loss right after "
-                         f"pruning than in {min(exp.steps)} (loss-model criteria)", PAPER, "Sec. 5, locality "
+                         f"pruning than in {min(exp.steps)} (loss-model criteria)", PAPER, "locality "
                          "experiments", "many small steps prune far better than one at high sparsity (MLP 300-100 "
                          "on MNIST at 98.85%)", _locality))
     if "lm" in exp.criteria and any(c in SECOND_ORDER for c in exp.criteria) and exp.finetune_epochs > 0:
         out.append(Claim("first-vs-second-order", f"With {max(exp.steps)} steps, first-order (LM) and second-order "
                          f"criteria end up within +-{SIMILAR:g} accuracy point of each other after fine-tuning",
-                         PAPER, "Sec. 5, MLP / VGG11 / PreActResNet18 tables",
-                         "similar accuracy after fine-tuning (differences of a few tenths of a point)", _similar))
+                         PAPER, "MLP / VGG11 / PreActResNet18 tables",
+                         "first- and second-order criteria reach similar accuracy after fine-tuning", _similar))
     return out
 
 
