@@ -114,3 +114,19 @@ def test_a_run_starting_above_the_band_cannot_show_sharpening():
     records = build({"mse": high})
     out = next(c for c in claims(records.exp) if c.id == "sharpening-mse").test(records)
     assert out.verdict == UNTESTABLE and "nothing to rise" in out.why
+
+
+def test_an_overshoot_does_not_blur_the_sharpening_claim():
+    """One seed's catapult to 4x 2/lr: sharpening still holds (it reached the band), the overshoot is the edge
+    claim's business; a seed whose loss falls monotonically makes the non-monotone part inconclusive."""
+    catapult = [_curve(_ratios(1.02, 0.05, 0)), _curve(_ratios(1.02, 0.05, 1)),
+                _curve(_ratios(1.02, 0.05, 2)[:6] + [4.0] + _ratios(1.02, 0.05, 2)[7:])]
+    records = build({"mse": catapult})
+    assert verdict_of(records, "sharpening-mse").verdict == HOLDS
+    monotone = [_curve(_ratios(1.02, 0.05, s), spikes=3 if s else 0) for s in range(3)]
+    out = verdict_of(build({"mse": monotone}), "loss-falls-mse")
+    assert out.verdict == INCONCLUSIVE and "non-monotone" in out.why
+
+
+def verdict_of(records: Records, cid: str):
+    return next(c for c in claims(records.exp) if c.id == cid).test(records)

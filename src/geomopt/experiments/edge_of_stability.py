@@ -27,9 +27,11 @@ Per run, with ``s_t = lambda_max(H_t) lr / 2`` (1 at the threshold) and the band
 
 Claims (per loss, each tested per learning rate over seeds with :mod:`geomopt.sweep.claims`; a claim
 holds when it holds at every learning rate): progressive sharpening (``initial_ratio < 1 - band`` is a
-gate, then ``peak > 1 - band``); the edge (``within > 0.5``: most measurements after the sharpness first
+gate, then ``min(peak, 1 + band) > 1 - band``: it enters the band; how far it overshoots is the edge
+claim's question); the edge (``within > 0.5``: most measurements after the sharpness first
 reaches ``2 / lr`` lie within 10% of it, so neither a plateau below nor an overshoot counts); the loss
-falls over the window (``loss_drop > 1``) with at least one increase. Run-quality gate: finite loss and
+falls over the window (``loss_drop > 1``) and is not monotone (per seed: whether it rose at some step of
+the window, tested against 1/2). Run-quality gate: finite loss and
 sharpness, the training loss ends at most half its initial value and at most twice its best (a run in a
 blow-up decides nothing); a run that never reaches ``2 / lr`` has no edge window, so the edge and loss
 claims are ``untestable here`` for its learning rate (run longer), while the sharpening claim tests it.
@@ -229,7 +231,9 @@ def _sharpening(records: Records, rows, stats) -> Outcome:
     low = 1 - records.exp.band
     started = [f"{_describe_run(r)}: starts at {s['initial_ratio']:.3g} x 2/lr, not below {low:g} (nothing to rise)"
                for r, s in zip(rows, stats) if not s["initial_ratio"] < low]
-    return gated(greater([s["peak"] for s in stats], low, label=f"peak lambda lr/2 - {low:g}"), started)
+    high = 1 + records.exp.band  # how far the sharpness overshoots is the edge claim's question, not this one's
+    peaks = [min(s["peak"], high) for s in stats]
+    return gated(greater(peaks, low, label=f"min(peak lambda lr/2, {high:g}) - {low:g}"), started)
 
 
 def _window(rows, stats) -> list[str]:
@@ -251,8 +255,8 @@ def _loss_falls(records: Records, rows, stats) -> Outcome:
     if missing:
         return gated(untestable("no edge window"), missing)
     return all_of({"falls": greater([s["loss_drop"] for s in stats], 1.0, label="loss at 2/lr / final loss - 1"),
-                   "non-monotone": greater([s["loss_increases"] for s in stats], 0.5,
-                                           label="loss increases in the window - 0.5")})
+                   "non-monotone": greater([float(s["loss_increases"] > 0) for s in stats], 0.5,
+                                           label="[the loss rose at some step of the window] - 0.5")})
 
 
 def claims(exp: EdgeOfStabilityExperiment) -> list[Claim]:
@@ -322,8 +326,9 @@ def _table(records: Records) -> tuple[list[str], list[list[Any]]]:
             st = [run_statistics(records, r) for r in rows]
             reached = [s for s in st if s["reach_step"] is not None]
 
-            def fmt(key: str, scale: float = 1.0) -> str:
-                return seed_stats([s[key] for s in reached]).fmt(scale) + (
+            def fmt(key: str, scale: float = 1.0) -> str:  # fractions (scale 100: %) and counts are >= 0
+                bounds = (0.0, 1.0) if scale == 100 else (0.0, math.inf)
+                return seed_stats([s[key] for s in reached]).fmt(scale, bounds=bounds) + (
                     f" ({len(reached)}/{len(st)} seeds)" if len(reached) < len(st) else "") if reached else "-"
             table.append([loss, lr, 2 / lr, seed_stats([s["initial_ratio"] for s in st]).fmt(),
                           seed_stats([s["peak"] for s in st]).fmt(),
