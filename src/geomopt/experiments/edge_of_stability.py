@@ -62,6 +62,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from geomopt.experiments.config import experiment_dir, merge_overrides, seed_list, tier_config  # noqa: E402
 from geomopt.experiments.records import Records, read_stored  # noqa: E402
+from geomopt.experiments.records import gate_failures as shared_gate  # noqa: E402
 from geomopt.report import Section, write_section, write_tables  # noqa: E402
 from geomopt.sweep import run_all  # noqa: E402
 from geomopt.sweep.claims import (Claim, Outcome, RunGate, all_of, gated, greater, untestable,  # noqa: E402
@@ -193,17 +194,9 @@ def run_statistics(records: Records, row: dict[str, Any]) -> dict[str, Any]:
 
 def gate_failures(records: Records, rows: list[dict[str, Any]]) -> list[str]:
     """The run-quality gate's failures among ``rows`` (:data:`GATE_TEXT`)."""
-    failures = []
-    for r in rows:
-        name = _describe_run(r)
-        curve = records.curves.get(r["run"], [])
-        if r["diverged"]:
-            failures.append(f"{name}: diverged")
-        elif not all(math.isfinite(c["sharpness"]) for c in curve if c.get("sharpness") is not None):
-            failures.append(f"{name}: non-finite sharpness")
-        else:
-            failures.append(GATE.check([c["loss"] for c in curve], name))
-    return [f for f in failures if f]
+    nonfinite = [f"{_describe_run(r)}: non-finite sharpness" for r in rows if not r["diverged"] and not all(
+        math.isfinite(c["sharpness"]) for c in records.curves.get(r["run"], []) if c.get("sharpness") is not None)]
+    return nonfinite + shared_gate(records, rows, GATE, _describe_run, loss="loss")
 
 
 def _describe_run(r: dict[str, Any]) -> str:

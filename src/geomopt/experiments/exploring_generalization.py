@@ -56,6 +56,7 @@ from typing import Any
 
 from geomopt.experiments.config import experiment_dir, merge_overrides, seed_list, tier_config
 from geomopt.experiments.records import Records, read_stored
+from geomopt.experiments.records import gate_failures as shared_gate
 from geomopt.experiments.zoo import CORRELATED, ZOO_KEY, correlate, measure_zoo
 from geomopt.measures.rank import bootstrap_kendall_draws, kendall_tau
 from geomopt.measures.runs import MEASURES_FILE
@@ -320,18 +321,17 @@ LABELS_GATE = RunGate(drop=1.0, rebound=1.0)  # finite curve; fitted is checked 
 
 
 def labels_gate(records: Records) -> list[str]:
-    """Part (a)'s run-quality gate: every run finite and fitted (training error <= ``FITTED``)."""
-    failures = []
-    for r in records.where(part="labels"):
-        name = f"{r['labels']} labels n={r['size']} seed {r['seed']}"
-        if r["diverged"]:
-            failures.append(f"{name}: diverged")
-        elif not (r["train_error"] is not None and r["train_error"] <= FITTED):
-            failures.append(f"{name}: not fitted (training error {100 * float(r['train_error']):.3g}% > "
-                            f"{100 * FITTED:g}%)")
-        else:
-            failures.append(LABELS_GATE.check(records.curve(r["run"], "train_loss"), name))
-    return [f for f in failures if f]
+    """Part (a)'s run-quality gate: every run finite (a finite, not diverged training curve) and fitted
+    (training error <= ``FITTED``)."""
+    rows = records.where(part="labels")
+    unfitted = [f"{_describe_run(r)}: not fitted (training error {100 * float(r['train_error']):.3g}% > "
+                f"{100 * FITTED:g}%)" for r in rows
+                if not r["diverged"] and not (r["train_error"] is not None and r["train_error"] <= FITTED)]
+    return shared_gate(records, rows, LABELS_GATE, _describe_run) + unfitted
+
+
+def _describe_run(r: dict[str, Any]) -> str:
+    return f"{r['labels']} labels n={r['size']} seed {r['seed']}"
 
 
 def _random_larger(key: str):

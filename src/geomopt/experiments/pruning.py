@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from geomopt.experiments.config import experiment_dir, merge_overrides, seed_list, tier_config
 from geomopt.experiments.records import Records, read_stored
+from geomopt.experiments.records import gate_failures as shared_gate
 from geomopt.experiments.tuning import Problem, Tuned, compute_seconds, tune
 from geomopt.prune import prune_run
 from geomopt.report import Section, write_section, write_tables
@@ -212,16 +213,10 @@ def _fmt(values, scale: float = 1.0) -> str:
 
 def gate_failures(records: Records, data: str, pruned: list[dict[str, Any]], key: str) -> list[str]:
     """The run-quality gate (:data:`GATE_TEXT`) for ``data``'s chosen dense networks and the prunings compared."""
-    failures = []
-    for r in records.where(part="dense", dataset=data, chosen=True):
-        name = f"{data} dense lr {r['lr']:g} seed {r['seed']}"
-        failures.append(f"{name}: diverged" if r["diverged"] else GATE.check(records.curve(r["run"], "train_loss"),
-                                                                               name))
-        if r.get("edge"):
-            failures.append(f"{name}: chosen lr at the {r['edge']} edge of its grid after extension")
-    failures += [f"{data} {r['criterion']} k={r['steps']} seed {r['seed']}: non-finite {key}"
-                 for r in pruned if r.get(key) is None or not math.isfinite(r[key])]
-    return list(dict.fromkeys(f for f in failures if f))
+    dense = records.where(part="dense", dataset=data, chosen=True)
+    failures = shared_gate(records, dense, GATE, lambda r: f"{data} dense lr {r['lr']:g} seed {r['seed']}")
+    return failures + [f"{data} {r['criterion']} k={r['steps']} seed {r['seed']}: non-finite {key}"
+                       for r in pruned if r.get(key) is None or not math.isfinite(r[key])]
 
 
 def _per_seed(records: Records, data: str, criterion: str, steps: int) -> list[dict[str, Any]]:
