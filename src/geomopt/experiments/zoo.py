@@ -42,6 +42,7 @@ from typing import Any
 
 from geomopt.measures.rank import bootstrap_kendall, granulated_kendall, kendall_tau
 from geomopt.measures.runs import MEASURES_FILE, measure_run, stored_measures
+from geomopt.nn.factory import check_trusted, trusted_models
 from geomopt.report import write_records
 from geomopt.sweep import Trial, TrainJob, TrialResult, make_backend, run_sweep
 from geomopt.sweep.trial import SUMMARY
@@ -64,7 +65,9 @@ CORRELATED = ("num_params", "log_frobenius_product", "log_spectral_product", "di
 
 
 def load_grid(path: str | Path, out: str | Path) -> tuple[list[tuple[TrainConfig, Path, dict[str, Any]]], dict]:
-    """Expand a zoo TOML file into ``[(config, run_dir, hyperparameters)]`` and the measure options."""
+    """Expand a zoo TOML file into ``[(config, run_dir, hyperparameters)]`` and the measure options.
+
+    A ``MODULE:FACTORY`` model must be trusted (``--trust-config``, :func:`geomopt.nn.trusted_models`)."""
     try:
         spec = tomllib.loads(Path(path).read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -91,6 +94,7 @@ def load_grid(path: str | Path, out: str | Path) -> tuple[list[tuple[TrainConfig
             depth = check_value(hp.get("depth", len(base.widths)), int, f"{path} [grid] depth")
             fields["widths"] = (width,) * depth
         config = TrainConfig.from_dict({**base.to_dict(), **fields}, source=f"{path} [grid]")
+        check_trusted(config.model, path)  # a zoo file from someone else imports nothing by itself
         name = "_".join(f"{k}{v}" for k, v in hp.items()) or "run"
         runs.append((config, Path(out) / name, hp))
     return runs, spec.get("measure", {})
@@ -124,10 +128,12 @@ class MeasureJob:
 
     options: dict[str, Any]
     overwrite: bool = False
+    models: tuple[str, ...] = ()  # MODULE:FACTORY references the driver trusted
     result_file = MEASURES_FILE
 
     def __call__(self, workdir: Path) -> dict[str, Any]:
-        return measure_run(workdir, progress=False, overwrite=True, **self.options)
+        with trusted_models(*self.models):
+            return measure_run(workdir, progress=False, overwrite=True, **self.options)
 
     def done(self, out: Path) -> bool:
         return not self.overwrite and stored_measures(out, self.options) is not None
@@ -144,8 +150,11 @@ def measure_zoo(zoo: str | Path, *, workers: int | None = None, options: dict[st
     if options is None:
         stored = Path(zoo) / MEASURE_OPTIONS
         options = json.loads(stored.read_text()) if stored.is_file() else {}
-    job = MeasureJob(options, overwrite)
-    todo = [d for d in dirs if not job.done(d)]
+    todo = [d for d in dirs if not MeasureJob(options, overwrite).done(d)]
+    models = {d / CONFIG: TrainConfig.load(d / CONFIG).model for d in todo}
+    for source, model in models.items():
+        check_trusted(model, source)
+    job = MeasureJob(options, overwrite, tuple(sorted(set(models.values()))))
     lacking = [d.name for d in todo if not (d / CHECKPOINT).is_file()]
     if lacking:
         raise FileNotFoundError(f"{zoo}: cannot compute measures without a checkpoint.pt in {lacking[:5]} "
