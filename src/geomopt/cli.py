@@ -408,7 +408,7 @@ def cmd_correlate(args: argparse.Namespace) -> int:
         with sweep_options(**options):
             measure_zoo(args.zoo, overwrite=True)
     rows = correlate(args.zoo, args.out, min_train_acc=args.min_train_acc, variant=args.kendall,
-                     bootstrap=args.bootstrap, seed=args.seed)
+                     bootstrap=args.bootstrap, seed=args.seed, echo=print)
     kind = rows[0]["kendall_variant"] if rows else "tau-a"
     print(f"{'measure':40s} {'models':>6s} {kind:>7s} {'95% bootstrap':>17s} {'granulated':>10s}")
     for r in rows:
