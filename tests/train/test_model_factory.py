@@ -2,15 +2,18 @@
 a zoo, a sweep worker process), its errors in one line, and the rule that a run folder, zoo file or
 checkpoint from someone else never runs code by itself (the module is not even imported)."""
 
+import argparse
 import json
 import os
 import sys
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from geomopt.cli import main
-from geomopt.nn import build_model, trusted_models
+from geomopt.cli import _model_type, main
+from geomopt.nn import MODELS, build_model, trusted_models
 from geomopt.nn.factory import UntrustedModelError, is_factory_reference
 from geomopt.sweep import Trial, run_sweep
 from geomopt.sweep.local import LocalBackend
@@ -42,6 +45,9 @@ def test_train_resume_and_measure_a_factory_model(tmp_path, capsys, monkeypatch)
     monkeypatch.delitem(sys.modules, CANARY)
     _refused(main(["train", "--resume", str(cut), "--no-progress"]), capsys, str(cut / "config.json"))
     _refused(main(["measure", str(full), "--measures", "norms", "--no-progress"]), capsys, str(full / "config.json"))
+    given = tmp_path / "given.json"  # a --config file naming a module: the same rule
+    given.write_text(json.dumps(CONFIG.to_dict()))
+    _refused(main(["train", "--config", str(given), "--out", str(tmp_path / "c"), "--no-progress"]), capsys, str(given))
     assert main(["train", "--resume", str(cut), "--model", SMALL, "--no-progress"]) == 2  # another model: refused
     assert "model: stored" in capsys.readouterr().err
     assert main(["train", "--resume", str(cut), "--model", REF, "--no-progress"]) == 0
@@ -85,6 +91,21 @@ def test_factory_errors_are_one_line(tmp_path, capsys, model, options, message):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@given(st.text(max_size=30))
+@settings(max_examples=200, deadline=None)
+def test_model_flag_accepts_exactly_names_and_references(text):
+    try:
+        assert _model_type(text) == text and (text in MODELS or is_factory_reference(text))
+    except argparse.ArgumentTypeError as exc:
+        assert text not in MODELS and not is_factory_reference(text) and "invalid choice" in str(exc)
+
+
+@given(st.lists(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,5}", fullmatch=True), min_size=1, max_size=3),
+       st.lists(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,5}", fullmatch=True), min_size=1, max_size=2))
+def test_dotted_module_colon_attribute_is_a_reference(module, attribute):
+    assert is_factory_reference(".".join(module) + ":" + ".".join(attribute))
 
 
 @pytest.mark.parametrize("text, ok", [("pkg.mod:f", True), ("m:Cls.build", True), ("mlp", False), ("a:b:c", False),

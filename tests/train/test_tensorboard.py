@@ -59,6 +59,12 @@ def test_resumed_run_purges_the_events_after_its_checkpoint(tmp_path):
         _assert_same(events, tmp_path, kind, key)
 
 
+def test_log_is_not_part_of_the_run():
+    """Switching TensorBoard on or off neither changes the run nor makes its folder "a different run"."""
+    assert CONFIG.differences(CONFIG.replace(log="jsonl")) == {}
+    assert set(CONFIG.differences(CONFIG.replace(log="jsonl", lr=0.2))) == {"lr"}
+
+
 def test_sweep_trial_sends_its_event_files_back(tmp_path):
     [result] = run_sweep([Trial(CONFIG, tmp_path / "t")], workers=1, progress=False)
     assert result.status == "done" and not (tmp_path / "t" / ".partial").exists()
