@@ -59,6 +59,11 @@ def _model_type(text: str) -> str:
                                      "MODULE:FACTORY such as mymodels:small_cnn)")
 
 
+def _field_help(description: str, default: str) -> str:
+    """A TrainConfig field's description and its default (unless the description says what None means)."""
+    return description if default == "None" and "(None: " in description else f"{description} (default: {default})"
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (``--batch-size``, ``--widths 256,256``, ...), parsed by the config schema;
     its help is the field's description and default."""
@@ -77,7 +82,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         if f.name == "model":
             extra, kind = {"metavar": "{" + ",".join(MODELS) + "}|MODULE:FACTORY"}, _model_type
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=argparse.SUPPRESS,
-                            help=f"{f.metadata['help']} (default: {default})".replace("%", "%%"), **extra)
+                            help=_field_help(f.metadata["help"], default).replace("%", "%%"), **extra)
 
 
 def _train_overrides(args: argparse.Namespace) -> dict:

@@ -217,17 +217,18 @@ class TrainConfig:
     dropout: float = _field(0.0, "dropout probability after each hidden layer (mlp, cnn)")
     init: str = _field("kaiming", "weight initialization; unbalanced, unbalanced-layer: kaiming with random "
                                   "function-preserving rescalings (Path-SGD's paper); irnn ... irnn-le: relu-rnn")
-    data: str = _field("digits", "dataset: digits and mnist1d are embedded, mnist and cifar10 are read from "
-                                 "--data-dir; adding, copy, chars and the pixel tasks are sequences")
-    data_dir: str | None = _field(None, "folder of the local mnist / cifar10 / chars files (default: $GEOMOPT_DATA)")
-    train_size: int | None = _field(None, "train on a seeded random subset of this many examples (default: all)")
+    data: str = _field("digits", "dataset: digits and mnist1d are embedded, the others read --data-dir; adding, "
+                                 "copy, chars, seq-* (pixel by pixel) and rows-* are sequence tasks")
+    data_dir: str | None = _field(None, "folder of the mnist / fashion-mnist / cifar10 files, or the chars text "
+                                        "file (None: $GEOMOPT_DATA)")
+    train_size: int | None = _field(None, "train on a seeded random subset of this many examples (None: all)")
     val_fraction: float = _field(0.0, "stratified fraction of the training set held out as a validation split "
                                       "(val_loss, val_acc) for choosing hyperparameters")
     label_noise: float = _field(0.0, "fraction of training labels redrawn at random (1.0: random labels)")
     optimizer: str = _field("sgd", "optimizer; path-sgd: Path-SGD (ReLU nets), kfac / ekfac: Kronecker-factored "
                                    "natural gradient (see --damping ...)")
     lr: float = _field(0.05, "learning rate")
-    momentum: float | None = _field(None, "momentum (default: 0.9 for --optimizer momentum, else 0)")
+    momentum: float | None = _field(None, "momentum (None: 0.9 for --optimizer momentum, else 0)")
     weight_decay: float = _field(0.0, "L2 weight decay coefficient")
     schedule: str = _field("constant", "learning-rate schedule over the run: constant, cosine to 0, or step "
                                        "(x0.1 at 50% and 75% of the steps)")
@@ -236,13 +237,13 @@ class TrainConfig:
     seed: int = _field(0, "seed of the initialization, the data order and the data split")
     device: str = _field("cpu", "where to train: cpu, cuda, cuda:N, or auto (cuda when available)")
     checkpoint_every: int = _field(0, "also checkpoint every this many steps (0: at the end of each epoch only)")
-    max_grad_norm: float | None = _field(None, "clip the global gradient norm to this value (default: no clipping)")
+    max_grad_norm: float | None = _field(None, "clip the global gradient norm to this value (None: no clipping)")
     target_train_loss: float | None = _field(None, "stop at the end of the first epoch whose training loss is "
                                                    "at most this")
     track_sharpness: int = _field(0, "log the top Hessian eigenvalue (sharpness) every this many steps (0: off)")
     sharpness_examples: int = _field(1000, "training examples the tracked sharpness is computed on")
     seq_len: int | None = _field(None, "sequence length T of the adding, copy and chars tasks "
-                                       "(default: the dataset's)")
+                                       "(None: the dataset's)")
     damping: float = _field(DEFAULT_DAMPING, "kfac / ekfac: Tikhonov damping added to the curvature")
     factor_decay: float = _field(0.95, "kfac / ekfac: running-average decay of the Kronecker factors")
     update_freq: int = _field(10, "kfac / ekfac: re-estimate the factors every this many steps")
