@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+NEXT := Next: source $(VENV)/bin/activate   (puts geomopt on the PATH; then: geomopt --help)
 
 .PHONY: demo test install bench clean ledger
 
@@ -21,10 +22,12 @@ demo: $(STAMP)
 	$(VENV)/bin/geomopt reproduce path-sgd --quick --out runs
 	$(VENV)/bin/geomopt report runs --out runs/report
 	@echo "Report: runs/report/index.html"
+	@echo "$(NEXT)"
 
 test: $(STAMP)
 	$(PY) -m pytest
 	$(VENV)/bin/geomopt results check results
+	@echo "$(NEXT)"
 
 # The results ledger: every reproduction at one protocol tier (TIER=quick|mid|full), resumable (rerun the same
 # command after an interruption: finished runs are kept), then filed into results/ with its provenance.

@@ -39,11 +39,10 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from geomopt.curvature.capture import FISHERS
     from geomopt.data.registry import DATASETS, SEQUENCE_DATASETS
     from geomopt.nn.init import INITS
-    from geomopt.nn.registry import MODELS
     from geomopt.nn.relu_rnn import RNN_INITS
     from geomopt.optim.registry import OPTIMIZERS
     from geomopt.train.run import SCHEDULES
-    return {"model": MODELS, "init": INITS + RNN_INITS, "data": DATASETS + SEQUENCE_DATASETS, "optimizer": OPTIMIZERS,
+    return {"init": INITS + RNN_INITS, "data": DATASETS + SEQUENCE_DATASETS, "optimizer": OPTIMIZERS,
             "schedule": SCHEDULES, "fisher": tuple(FISHERS)}
 
 
@@ -51,20 +50,39 @@ def _shown(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
+def _model_type(text: str) -> str:
+    """``--model``: a built-in name or ``MODULE:FACTORY`` (checked for its form here, imported when the run starts)."""
+    from geomopt.nn.registry import MODELS, is_factory_reference
+    if text in MODELS or is_factory_reference(text):
+        return text
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(MODELS)}, or your own "
+                                     "MODULE:FACTORY such as mymodels:small_cnn)")
+
+
+def _field_help(description: str, default: str) -> str:
+    """A TrainConfig field's description and its default (unless the description says what None means)."""
+    return description if default == "None" and "(None: " in description else f"{description} (default: {default})"
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (``--batch-size``, ``--widths 256,256``, ...), parsed by the config schema."""
+    """One flag per TrainConfig field (``--batch-size``, ``--widths 256,256``, ...), parsed by the config schema;
+    its help is the field's description and default."""
+    import typing
+    from geomopt.nn.registry import MODELS
     choices = _choices()
     for f in dataclasses.fields(TrainConfig):
         hint = field_hints(TrainConfig)[f.name]
-        default = _shown(f.default)
-        if f.name == "kl_clip":
-            from geomopt.optim.kfac import DEFAULT_KL_CLIP
-            default += f": {DEFAULT_KL_CLIP}, none with --adaptive-step true"
+        default = _shown(f.default if f.default is not dataclasses.MISSING else f.default_factory())
         extra = {"choices": choices[f.name]} if f.name in choices else {}
+        if typing.get_origin(hint) is typing.Literal:
+            extra = {"choices": typing.get_args(hint)}
+        kind = _flag_type(f.name, hint)
         if f.name == "device":
             extra = {"metavar": "{cpu,cuda,cuda:N,auto}"}
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_flag_type(f.name, hint),
-                            default=argparse.SUPPRESS, help=f"(default: {default})", **extra)
+        if f.name == "model":
+            extra, kind = {"metavar": "{" + ",".join(MODELS) + "}|MODULE:FACTORY"}, _model_type
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=argparse.SUPPRESS,
+                            help=_field_help(f.metadata["help"], default).replace("%", "%%"), **extra)
 
 
 def _train_overrides(args: argparse.Namespace) -> dict:
@@ -101,6 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"geomopt train: --resume {out}: no config.json there; nothing to resume", file=sys.stderr)
             return 2
         config = TrainConfig.load(out / "config.json").replace(**overrides)
+        source = out / "config.json"
     else:
         if args.out is None:
             print("geomopt train: --out DIR is required (where config.json, metrics.jsonl and the checkpoint go)",
@@ -109,7 +128,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         from_file = read_json(args.config, "a TrainConfig JSON file") if args.config else {}
         base = TrainConfig.from_dict(from_file, source=str(args.config)) if args.config else TrainConfig()
         config = base.replace(**overrides)
-        out = Path(args.out)
+        out, source = Path(args.out), args.config
+    if source is not None:  # a run folder or config file from someone else imports nothing by itself
+        from geomopt.nn.factory import check_trusted
+        check_trusted(config.model, source)
     try:
         summary = train(config, out, resume=bool(args.resume), overwrite=args.overwrite,
                         progress=not args.no_progress, timeout=args.timeout)
@@ -191,6 +213,12 @@ def _ladder(name: str, args: argparse.Namespace, overrides: dict) -> Path:
         rung = argparse.Namespace(**{**vars(args), "out": str(rung_dir)})
         return _reproduce_one(name, rung, {**overrides, field.strip(): value})
     return run_ladder(name, field.strip(), values, Path(args.out), one)
+
+
+def _add_trust_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--trust-config", action="store_true",
+                        help=f"import the MODULE:FACTORY model that {what} names (importing runs its code: "
+                             "refused unless you trust where the file comes from)")
 
 
 def _add_sweep_flags(parser: argparse.ArgumentParser) -> None:
@@ -385,7 +413,7 @@ def cmd_correlate(args: argparse.Namespace) -> int:
         with sweep_options(**options):
             measure_zoo(args.zoo, overwrite=True)
     rows = correlate(args.zoo, args.out, min_train_acc=args.min_train_acc, variant=args.kendall,
-                     bootstrap=args.bootstrap, seed=args.seed)
+                     bootstrap=args.bootstrap, seed=args.seed, echo=print)
     kind = rows[0]["kendall_variant"] if rows else "tau-a"
     print(f"{'measure':40s} {'models':>6s} {kind:>7s} {'95% bootstrap':>17s} {'granulated':>10s}")
     for r in rows:
@@ -414,10 +442,20 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+START_HERE = """start here:
+  1. make demo                      (once: the Path-SGD reproduction and runs/report/index.html;
+                                     then `source .venv/bin/activate` puts geomopt on the PATH)
+  2. geomopt train --model mlp --data digits --optimizer path-sgd --epochs 5 --out runs/x
+                                    (one network; `geomopt train --help` lists every option)
+  3. geomopt reproduce path-sgd --quick --out runs && geomopt report runs
+                                    (a paper's headline experiment, then the HTML report)
+`geomopt COMMAND --help` explains each command."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from geomopt.experiments import EXPERIMENTS
     from geomopt import __version__
-    parser = _Parser(prog="geomopt", description=__doc__,
+    parser = _Parser(prog="geomopt", description=__doc__, epilog=START_HERE,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"geomopt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -431,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a different run already in --out (refused otherwise; the same config resumes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_trust_flag(p, "the --config file or the --resume folder's config.json")
     p.add_argument("--nproc", type=int, default=None,
                    help="data-parallel processes on this machine (runs torchrun --standalone --nproc-per-node N)")
     p.add_argument("--timeout", type=float, default=300.0,
@@ -463,14 +502,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kobs: Optimal Brain Surgeon with K-FAC factors (Linear layers)")
     p.add_argument("--sparsity", type=float, required=True, help="fraction of Linear/Conv weights to remove")
     p.add_argument("--steps", type=int, default=1, help="pruning steps (scores recomputed on the masked net)")
-    p.add_argument("--finetune-epochs", type=int, default=0)
+    p.add_argument("--finetune-epochs", type=int, default=0,
+                   help="epochs of training with the pruning mask after pruning (default: 0, none)")
     p.add_argument("--examples", type=int, default=1000, help="examples to estimate gradient and curvature on")
     p.add_argument("--locality", type=float, default=0.0, help="lambda of the 0.5 lambda theta^2 penalty")
     p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: the run's)")
     p.add_argument("--compensate", action="store_true",
                    help="kobs: apply the OBS compensating update (sum of single-weight updates) after each step")
     p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/prune-CRITERION-SPARSITY-STEPS)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_trust_flag(p, "RUN_DIR's config.json")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("measure", help="generalization measures of a trained run (writes RUN_DIR/measures.json)")
@@ -481,9 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sharpness-alpha", type=float, default=5e-4, help="box |nu| <= alpha (|w| + 1)")
     p.add_argument("--flatness-threshold", type=float, default=0.1, help="largest expected loss increase")
     p.add_argument("--flatness-samples", type=int, default=10, help="Monte-Carlo draws per sigma")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random perturbations (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="recompute even if measures.json is up to date")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_trust_flag(p, "RUN_DIR's config.json")
     p.set_defaults(func=cmd_measure)
 
     p = sub.add_parser("curvature", help="top Hessian/GGN/Fisher eigenvalues, trace or spectral density of a trained run")
@@ -492,9 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", action="store_true", help="the trace (Hutch++, 1%% relative tolerance)")
     p.add_argument("--spectrum", action="store_true",
                    help="spectral density by stochastic Lanczos quadrature (RUN_DIR/spectrum.png)")
-    p.add_argument("--operator", choices=["hessian", "ggn", "fisher"], default="hessian")
+    p.add_argument("--operator", choices=["hessian", "ggn", "fisher"], default="hessian",
+                   help="the curvature matrix: loss Hessian, Gauss-Newton, or (true) Fisher (default: hessian)")
     p.add_argument("--examples", type=int, default=1000, help="training examples the curvature is taken on")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random probe vectors (default: 0)")
+    _add_trust_flag(p, "RUN_DIR's config.json")
     p.set_defaults(func=cmd_curvature)
 
     p = sub.add_parser("zoo", help="train a grid of small networks (a model zoo) from a TOML file")
@@ -504,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-measures", action="store_true", help="do not compute measures.json in each trial")
     p.add_argument("--no-checkpoints", action="store_true",
                    help="do not bring the final checkpoints back (less data; measures cannot be recomputed)")
+    _add_trust_flag(p, "the grid file")
     _add_sweep_flags(p)
     p.set_defaults(func=cmd_zoo)
 
@@ -517,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--recompute", action="store_true",
                    help="compute every run's measures.json again (otherwise the stored measures are read)")
+    _add_trust_flag(p, "a run's config.json (with --recompute)")
     _add_sweep_flags(p)
     p.set_defaults(func=cmd_correlate)
 
@@ -545,12 +591,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from geomopt.nn.factory import trusted_models
     from geomopt.sweep import SweepError
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
-        return args.func(args)
+        with trusted_models(*([args.model] if "model" in vars(args) else []),  # typed here: the user's own
+                            everything=getattr(args, "trust_config", False)):
+            return args.func(args)
     except (ValueError, ImportError, OSError) as exc:  # bad input, a missing optional package, a file system error
         if isinstance(exc, OSError) and exc.filename is not None and not isinstance(exc, FileNotFoundError):
             exc = f"cannot use {exc.filename}: {exc.strerror}"

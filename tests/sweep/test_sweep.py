@@ -20,11 +20,20 @@ from geomopt.sweep.ray_backend import RayBackend
 from geomopt.train import TrainConfig
 
 
+RAY_MODELS = """from torch import nn
+
+
+def tiny(input_shape, num_classes, hidden=8):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+"""
+
+
 @pytest.fixture(scope="module")
 def ray_session(tmp_path_factory):
     """Ray with 2 CPUs whose workers run in a copy of another folder (runtime_env working_dir); yields it."""
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     (elsewhere / "note.txt").write_text("the workers' working directory")
+    (elsewhere / "raymodels.py").write_text(RAY_MODELS)  # a user's --model module, shipped with the working dir
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"working_dir": str(elsewhere)})
     ray.cloudpickle.register_pickle_by_value(jobs)  # the workers need not import the tests package
     yield elsewhere
@@ -257,3 +266,12 @@ def test_the_same_zoo_on_both_backends(tmp_path, ray_session, capsys):
         assert local[name][2] and not remote[name][2]
     assert main(["zoo", "--grid", str(grid), "--out", str(tmp_path / "ray"), "--backend", "ray"]) == 0
     assert "0 trained now, 2 finished before" in capsys.readouterr().out
+
+
+def test_ray_worker_builds_a_factory_model_from_its_working_dir(tmp_path, ray_session):
+    """--model MODULE:FACTORY on Ray: the job carries the reference (trusted by the driver that made it);
+    the worker imports the module from its runtime_env working dir (the driver cannot import it)."""
+    config = TrainConfig(model="raymodels:tiny", model_options={"hidden": 4}, train_size=100, epochs=1)
+    [result] = run_sweep([Trial(config, tmp_path / "t")], backend="ray", progress=False)
+    assert result.status == "done", result.errors
+    assert result.result["steps"] == 1 and TrainConfig.load(tmp_path / "t" / "config.json") == config

@@ -36,12 +36,14 @@ import itertools
 import json
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from geomopt.measures.rank import bootstrap_kendall, granulated_kendall, kendall_tau
 from geomopt.measures.runs import MEASURES_FILE, measure_run, stored_measures
+from geomopt.nn.factory import check_trusted, trusted_models
 from geomopt.report import write_records
 from geomopt.sweep import Trial, TrainJob, TrialResult, make_backend, run_sweep
 from geomopt.sweep.trial import SUMMARY
@@ -64,7 +66,9 @@ CORRELATED = ("num_params", "log_frobenius_product", "log_spectral_product", "di
 
 
 def load_grid(path: str | Path, out: str | Path) -> tuple[list[tuple[TrainConfig, Path, dict[str, Any]]], dict]:
-    """Expand a zoo TOML file into ``[(config, run_dir, hyperparameters)]`` and the measure options."""
+    """Expand a zoo TOML file into ``[(config, run_dir, hyperparameters)]`` and the measure options.
+
+    A ``MODULE:FACTORY`` model must be trusted (``--trust-config``, :func:`geomopt.nn.trusted_models`)."""
     try:
         spec = tomllib.loads(Path(path).read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -91,6 +95,7 @@ def load_grid(path: str | Path, out: str | Path) -> tuple[list[tuple[TrainConfig
             depth = check_value(hp.get("depth", len(base.widths)), int, f"{path} [grid] depth")
             fields["widths"] = (width,) * depth
         config = TrainConfig.from_dict({**base.to_dict(), **fields}, source=f"{path} [grid]")
+        check_trusted(config.model, path)  # a zoo file from someone else imports nothing by itself
         name = "_".join(f"{k}{v}" for k, v in hp.items()) or "run"
         runs.append((config, Path(out) / name, hp))
     return runs, spec.get("measure", {})
@@ -124,10 +129,12 @@ class MeasureJob:
 
     options: dict[str, Any]
     overwrite: bool = False
+    models: tuple[str, ...] = ()  # MODULE:FACTORY references the driver trusted
     result_file = MEASURES_FILE
 
     def __call__(self, workdir: Path) -> dict[str, Any]:
-        return measure_run(workdir, progress=False, overwrite=True, **self.options)
+        with trusted_models(*self.models):
+            return measure_run(workdir, progress=False, overwrite=True, **self.options)
 
     def done(self, out: Path) -> bool:
         return not self.overwrite and stored_measures(out, self.options) is not None
@@ -144,8 +151,11 @@ def measure_zoo(zoo: str | Path, *, workers: int | None = None, options: dict[st
     if options is None:
         stored = Path(zoo) / MEASURE_OPTIONS
         options = json.loads(stored.read_text()) if stored.is_file() else {}
-    job = MeasureJob(options, overwrite)
-    todo = [d for d in dirs if not job.done(d)]
+    todo = [d for d in dirs if not MeasureJob(options, overwrite).done(d)]
+    models = {d / CONFIG: TrainConfig.load(d / CONFIG).model for d in todo}
+    for source, model in models.items():
+        check_trusted(model, source)
+    job = MeasureJob(options, overwrite, tuple(sorted(set(models.values()))))
     lacking = [d.name for d in todo if not (d / CHECKPOINT).is_file()]
     if lacking:
         raise FileNotFoundError(f"{zoo}: cannot compute measures without a checkpoint.pt in {lacking[:5]} "
@@ -157,7 +167,7 @@ def measure_zoo(zoo: str | Path, *, workers: int | None = None, options: dict[st
 
 def correlate(zoo: str | Path, out: str | Path | None = None, *, min_train_acc: float = 0.99,
               measures: tuple[str, ...] = CORRELATED, variant: str = "a", bootstrap: int = 1000,
-              seed: int = 0) -> list[dict[str, Any]]:
+              seed: int = 0, echo: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Kendall tau (with a 95% bootstrap interval over the models) and granulated Kendall of every
     measure vs the generalization gap over a zoo.
 
@@ -166,26 +176,17 @@ def correlate(zoo: str | Path, out: str | Path | None = None, *, min_train_acc: 
     keep 0.99). ``variant``: ``"a"`` (Jiang et al.'s tau-a over all groups, the default) or ``"b"``
     (tau-b); each row names it in ``kendall_variant``. ``bootstrap`` resamples of the models (seeded
     by ``seed``; 0: no interval). Writes ``correlation.csv`` and ``correlation.png`` into ``out``
-    (default: the zoo directory). Returns the table rows.
+    (default: the zoo directory). Returns the table rows. ``echo`` (e.g. ``print``) receives one line:
+    how many models were kept and why the others were dropped (:func:`select_models`).
     """
     zoo = Path(zoo)
     out = Path(out) if out is not None else zoo
-    models, missing = [], []
-    for key in sorted(zoo.glob(f"*/{ZOO_KEY}")):
-        mpath, summary = key.parent / MEASURES_FILE, key.parent / SUMMARY
-        if not mpath.is_file():
-            if summary.is_file() and not json.loads(summary.read_text()).get("diverged"):
-                missing.append(key.parent.name)
-            continue
-        res = json.loads(mpath.read_text())
-        if 1 - res["train_error"] >= min_train_acc:
-            models.append((json.loads(key.read_text()), res))
-    if missing:
-        raise ValueError(f"{zoo}: {len(missing)} finished run(s) without {MEASURES_FILE} (e.g. {missing[:3]}); "
-                         "compute them with `geomopt correlate --recompute` (or `geomopt zoo` without --no-measures)")
+    models, dropped = select_models(zoo, min_train_acc)
+    message = _selection_message(len(models), dropped, min_train_acc)
     if len(models) < 2:
-        raise ValueError(f"{zoo}: {len(models)} measured run(s) with training accuracy >= {min_train_acc}; need >= 2 "
-                         "(run `geomopt zoo`, or lower --min-train-acc)")
+        raise ValueError(f"{zoo}: {message}; need >= 2 (run `geomopt zoo`, or lower --min-train-acc)")
+    if echo is not None:
+        echo(message)
     rows = []
     for name in measures:
         pts = [(hp, r[name], r["gap"]) for hp, r in models
@@ -208,6 +209,50 @@ def correlate(zoo: str | Path, out: str | Path | None = None, *, min_train_acc: 
         write_records(out / "correlation.csv", rows, fields=fields)
         plot_correlation(rows, out / "correlation.png")
     return rows
+
+
+def select_models(zoo: Path, min_train_acc: float) -> tuple[list[tuple[dict, dict]], dict[str, list[tuple[str, float]]]]:
+    """The zoo's models that :func:`correlate` ranks, as (hyperparameters, measures), and the others as
+    (run name, training accuracy) by the reason they are left out: ``"unfinished"`` (no summary.json:
+    failed or not yet run; accuracy NaN), ``"diverged"`` (NaN), ``"underfit"`` (training accuracy below
+    ``min_train_acc``).
+
+    Raises:
+        ValueError: a finished run lacks its measures.json (they must be computed first).
+    """
+    models, missing = [], []
+    dropped: dict[str, list[tuple[str, float]]] = {"unfinished": [], "diverged": [], "underfit": []}
+    for key in sorted(zoo.glob(f"*/{ZOO_KEY}")):
+        name, mpath, summary = key.parent.name, key.parent / MEASURES_FILE, key.parent / SUMMARY
+        if not summary.is_file():
+            dropped["unfinished"].append((name, math.nan))
+        elif json.loads(summary.read_text()).get("diverged"):
+            dropped["diverged"].append((name, math.nan))
+        elif not mpath.is_file():
+            missing.append(name)
+        else:
+            res = json.loads(mpath.read_text())
+            if 1 - res["train_error"] >= min_train_acc:
+                models.append((json.loads(key.read_text()), res))
+            else:
+                dropped["underfit"].append((name, 1 - res["train_error"]))
+    if missing:
+        raise ValueError(f"{zoo}: {len(missing)} finished run(s) without {MEASURES_FILE} (e.g. {missing[:3]}); "
+                         "compute them with `geomopt correlate --recompute` (or `geomopt zoo` without --no-measures)")
+    return models, dropped
+
+
+def _selection_message(kept: int, dropped: dict[str, list[tuple[str, float]]], min_train_acc: float) -> str:
+    total = kept + sum(map(len, dropped.values()))
+    reasons = []
+    if dropped["underfit"]:
+        reasons.append(f"{len(dropped['underfit'])} with training accuracy below --min-train-acc {min_train_acc:g} "
+                       f"(lowest {min(acc for _, acc in dropped['underfit']):.4f}; train them longer, or lower --min-train-acc)")
+    if dropped["diverged"]:
+        reasons.append(f"{len(dropped['diverged'])} diverged")
+    if dropped["unfinished"]:
+        reasons.append(f"{len(dropped['unfinished'])} unfinished (failed or not run: run `geomopt zoo` again)")
+    return f"kept {kept} of {total} models" + (f"; dropped {', '.join(reasons)}" if reasons else "")
 
 
 def plot_correlation(rows: list[dict[str, Any]], path: Path) -> Path:

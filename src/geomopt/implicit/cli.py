@@ -82,20 +82,23 @@ def add_implicit_parser(sub: argparse._SubParsersAction) -> None:
                        help="init scales ||W(0)||_F ~ alpha sqrt(n) (default 1e-3,1e-2,1e-1,1)")
         q.add_argument("--seeds", type=int, default=1, help="number of init seeds per alpha (default 1)")
         q.add_argument("--psd", action="store_true", help="PSD target, symmetric measurements, X = U U^T at depth 2")
-        q.add_argument("--init", default="gaussian", choices=["gaussian", "orthogonal", "identity", "balanced"])
+        q.add_argument("--init", default="gaussian", choices=["gaussian", "orthogonal", "identity", "balanced"],
+                       help="factor initialization, scaled to alpha (default: gaussian)")
         q.add_argument("--steps", type=int, default=20000, help="maximal steps (default 20000)")
         q.add_argument("--lr-factor", type=float, default=0.5,
                        help="step = factor / curvature at the target (default 0.5)")
         q.add_argument("--fixed-step", action="store_true", help="no adaptive step control")
         q.add_argument("--rel-step", type=float, default=0.01, help="adaptive: largest relative factor change")
         q.add_argument("--tol", type=float, default=1e-10, help="stop at this loss relative to the loss at 0")
-        q.add_argument("--problem-seed", type=int, default=0)
+        q.add_argument("--problem-seed", type=int, default=0,
+                       help="seed of the target matrix and the measurements (default: 0)")
         q.add_argument("--solver", default="auto", choices=["auto", "cvxpy", "admm", "none"],
                        help="nuclear-norm baseline (cvxpy needs pip install 'geomopt[convex]')")
-        q.add_argument("--log-every", type=int, default=50)
-        q.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+        q.add_argument("--log-every", type=int, default=50, help="record the trajectory every this many steps")
+        q.add_argument("--dtype", default="float64", choices=["float32", "float64"],
+                       help="floating-point precision of the factors (default: float64)")
         q.add_argument("--out", required=True, help="output directory (table.csv/json, PNG figures)")
-        q.add_argument("--no-progress", action="store_true")
+        q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q = isub.add_parser("deep-linear", help="l_p regression with depth-N linear networks (balanced init, same lr)")
     q.set_defaults(func=cmd_deep_linear)
     q.add_argument("--n", type=int, default=512, help="examples (default 512)")
@@ -104,16 +107,16 @@ def add_implicit_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--p", type=float, default=4.0, help="loss exponent (default 4)")
     q.add_argument("--depths", "--depth", dest="depths", type=_ints, default=(1, 2, 3),
                    help="depths, e.g. 1,2,3 (default; --depth is the same flag)")
-    q.add_argument("--lr", type=float, default=1e-3)
-    q.add_argument("--steps", type=int, default=5000)
+    q.add_argument("--lr", type=float, default=1e-3, help="learning rate of every depth (default 1e-3)")
+    q.add_argument("--steps", type=int, default=5000, help="gradient descent steps (default 5000)")
     q.add_argument("--init-scale", type=float, default=1.0, help="||W(0)||_F (default 1)")
     q.add_argument("--width", type=int, default=None, help="hidden width (default d)")
     q.add_argument("--condition", type=float, default=10.0, help="condition number of the inputs")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0, help="seed of the data and the initialization (default 0)")
     q.add_argument("--target-loss", type=float, default=None,
                    help="report steps to reach this loss (default 1.5 x the shallowest depth's final loss)")
-    q.add_argument("--out", required=True)
-    q.add_argument("--no-progress", action="store_true")
+    q.add_argument("--out", required=True, help="output directory (table.csv/json, loss.png)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 __all__ = ["add_implicit_parser"]

@@ -17,19 +17,14 @@ import torch
 from geomopt.curvature import curvature_operator, hutchinson_trace, lanczos_top_eigenvalues, read_batches, slq_density
 from geomopt.data import load_dataset, make_loader
 from geomopt.measures.core import compute
-from geomopt.nn import build_model
 from geomopt.checks import check_int, check_number
+from geomopt.nn.factory import check_trusted
 from geomopt.report.figures import plot_curves
 from geomopt.train.checkpoint import load_checkpoint, load_model_state, write_json
 from geomopt.train.config import TrainConfig, same_config
+from geomopt.train.run import build_run_model
 
 MEASURES_FILE = "measures.json"
-
-
-def _build(config: TrainConfig, bundle) -> torch.nn.Module:
-    kwargs = {"task": bundle.task} if getattr(bundle, "task", None) is not None else {}
-    return build_model(config.model, bundle.input_shape, bundle.num_classes, widths=config.widths, bias=config.bias,
-                       dropout=config.dropout, init=config.init, seed=config.seed, **kwargs)
 
 
 def load_run(run_dir: str | Path):
@@ -38,12 +33,13 @@ def load_run(run_dir: str | Path):
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir}: no config.json; pass a `geomopt train` output directory")
     config = TrainConfig.load(run_dir / "config.json")
+    check_trusted(config.model, run_dir / "config.json")
     bundle = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, train_size=config.train_size,
                           label_noise=config.label_noise, val_fraction=config.val_fraction)
     if getattr(bundle, "task", "classification") not in (None, "classification"):
         raise ValueError(f"{run_dir}: generalization measures need a classification run, got task {bundle.task!r}")
-    init = _build(config, bundle)
-    model = _build(config, bundle)
+    init = build_run_model(config, bundle)
+    model = build_run_model(config, bundle)
     state = load_checkpoint(run_dir / "checkpoint.pt")
     load_model_state(model, state["model"], run_dir / "checkpoint.pt")
     return config, model.eval(), init.eval(), bundle

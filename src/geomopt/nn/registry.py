@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from geomopt.nn.cnn import CNN
+from geomopt.nn.factory import build_from_factory, is_factory_reference
 from geomopt.nn.mlp import MLP
 from geomopt.nn.bn_rnn import BNSequenceModel
 from geomopt.nn.relu_rnn import LSTMBaseline, ReLURNN, sequence_sizes
@@ -17,8 +18,10 @@ MODELS = ("mlp", "cnn", "relu-rnn", "lstm", "bnlstm", "bnrnn", "urnn")
 
 def build_model(name: str, input_shape: Sequence[int], num_outputs: int, *, widths: Sequence[int],
                 bias: bool = True, dropout: float = 0.0, init: str = "kaiming", seed: int = 0,
-                task: str = "classification") -> nn.Module:
-    """Build a model by name.
+                task: str = "classification", options: dict | None = None) -> nn.Module:
+    """Build a model by name, or by a factory reference ``MODULE:FACTORY`` (:mod:`geomopt.nn.factory`:
+    ``factory(input_shape, num_outputs, **options)``, imported only when trusted; ``widths``, ``bias``,
+    ``dropout``, ``init`` and ``task`` are not passed to it, ``seed`` seeds torch's RNG around the call).
 
     ``widths`` are the hidden widths of an ``mlp`` and the conv channels of a ``cnn``.
     ``relu-rnn`` (:class:`ReLURNN`), ``lstm`` (:class:`LSTMBaseline`), ``bnlstm`` and ``bnrnn``
@@ -28,6 +31,11 @@ def build_model(name: str, input_shape: Sequence[int], num_outputs: int, *, widt
     when ``task == "sequence"`` (else from the last state). ``relu-rnn`` inits: ``irnn``,
     ``np-rnn``, ``orthogonal``, ``gaussian``; the feedforward default ``kaiming`` selects ``irnn``.
     """
+    if is_factory_reference(name):
+        return build_from_factory(name, input_shape, num_outputs, options or {}, seed)
+    if options:
+        raise ValueError(f"model options {options} are the keyword arguments of a MODULE:FACTORY model; the built-in "
+                         f"{name!r} takes --widths, --bias, --dropout and --init instead")
     if name in ("relu-rnn", "lstm", "bnlstm", "bnrnn", "urnn"):
         return _recurrent(name, input_shape, num_outputs, widths, bias, dropout, init, seed, task)
     if task == "sequence":
@@ -37,7 +45,7 @@ def build_model(name: str, input_shape: Sequence[int], num_outputs: int, *, widt
         return MLP(input_shape, widths, num_outputs, bias=bias, dropout=dropout, init=init, seed=seed)
     if name == "cnn":
         return CNN(input_shape, widths, num_outputs, bias=bias, dropout=dropout, init=init, seed=seed)
-    raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
+    raise ValueError(f"unknown model {name!r}; choose one of {MODELS} or MODULE:FACTORY")
 
 
 def _recurrent(name: str, input_shape: Sequence[int], num_outputs: int, widths: Sequence[int], bias: bool,

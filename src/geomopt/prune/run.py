@@ -97,21 +97,22 @@ def prune_run(run_dir: str | Path, *, criterion: str, target_sparsity: float, st
     (default ``RUN_DIR/prune-{criterion}-{sparsity}-{steps}``).
     """
     from geomopt.data import load_dataset, make_loader
-    from geomopt.nn import build_model
     from geomopt.optim import build_optimizer
     from geomopt.train import TrainConfig, evaluate, fit, load_checkpoint, resolve_device, write_json
+    from geomopt.nn.factory import check_trusted
+    from geomopt.train.run import build_run_model
     from geomopt.train.checkpoint import load_model_state, save_checkpoint
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file() or not (run_dir / "checkpoint.pt").is_file():
         raise FileNotFoundError(f"{run_dir} is not a `geomopt train` run: it needs config.json and checkpoint.pt")
     config = TrainConfig.load(run_dir / "config.json")
+    check_trusted(config.model, run_dir / "config.json")
     out = Path(out) if out else run_dir / f"prune-{criterion}-{target_sparsity:g}-{steps}"
     device = resolve_device(config.device)
     bundle = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, train_size=config.train_size,
                           label_noise=config.label_noise, val_fraction=config.val_fraction)
-    model = build_model(config.model, bundle.input_shape, bundle.num_classes, widths=config.widths, bias=config.bias,
-                        dropout=config.dropout, init=config.init, seed=config.seed).to(device)
+    model = build_run_model(config, bundle).to(device)
     load_model_state(model, load_checkpoint(run_dir / "checkpoint.pt", map_location=device)["model"],
                      run_dir / "checkpoint.pt")
     train_eval = make_loader(bundle.train, 1000, shuffle=False)

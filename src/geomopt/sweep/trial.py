@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from geomopt.nn.factory import trusted_models
 from geomopt.train.checkpoint import atomic_write_bytes, write_json
 from geomopt.train.config import TrainConfig, same_config
 from geomopt.train.engine import CHECKPOINT, NonFiniteLossError
@@ -40,6 +41,8 @@ class TrainJob:
     of :func:`geomopt.measures.runs.measure_run`), also compute ``measures.json`` on the worker.
 
     A divergence (:class:`NonFiniteLossError`) is a result (``summary["diverged"]``), not a failure.
+    A ``MODULE:FACTORY`` model is imported on the worker: whoever made the job from a file checked that
+    the reference is trusted (:func:`geomopt.nn.factory.check_trusted`).
     """
 
     config: TrainConfig
@@ -47,6 +50,10 @@ class TrainJob:
     result_file = SUMMARY
 
     def __call__(self, workdir: Path) -> dict[str, Any]:
+        with trusted_models(self.config.model):
+            return self._run(workdir)
+
+    def _run(self, workdir: Path) -> dict[str, Any]:
         # a work folder holding this config (an interrupted attempt) resumes; anything else starts over
         overwrite = not same_config(workdir / CONFIG, self.config)
         try:

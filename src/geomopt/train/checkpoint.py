@@ -47,7 +47,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: nothing to resume (was the run started with this --out?)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a damaged file
         reason = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
         raise ValueError(f"{path} is not a readable geomopt checkpoint ({'empty file' if path.stat().st_size == 0 else reason}); "

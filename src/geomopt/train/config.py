@@ -193,51 +193,76 @@ _VALUE_RULES: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
 }
 
 
+def _field(default: Any, help: str) -> Any:
+    """A :class:`TrainConfig` field and its one-line description (``geomopt train --help`` shows it)."""
+    if isinstance(default, dict):
+        return dataclasses.field(default_factory=lambda: dict(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    """Everything that defines one training run of ``geomopt train``; every value is type-checked."""
+    """Everything that defines one training run of ``geomopt train``; every value is type-checked.
 
-    model: str = "mlp"
-    widths: tuple[int, ...] = (256, 256)
-    bias: bool = True
-    dropout: float = 0.0
-    init: str = "kaiming"
-    data: str = "digits"
-    data_dir: str | None = None
-    train_size: int | None = None
-    val_fraction: float = 0.0  # held out of the training set for choosing hyperparameters (val_loss, val_acc)
-    label_noise: float = 0.0
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float | None = None
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    epochs: int = 20
-    batch_size: int = 100
-    seed: int = 0
-    device: str = "cpu"
-    checkpoint_every: int = 0
-    max_grad_norm: float | None = None
-    target_train_loss: float | None = None  # stop at the end of the first epoch with train loss <= this
-    # the training loss: "task" (the dataset task's: cross-entropy for classification) or "mse" (classification
-    # only: 1/2 the squared distance of the outputs to the one-hot labels, mean over examples; Cohen et al. 2021)
-    loss: Literal["task", "mse"] = "task"
-    # log the top Hessian eigenvalue (geomopt.train.sharpness) every this many steps (0: off), on the
-    # first sharpness_examples training examples
-    track_sharpness: int = 0
-    sharpness_examples: int = 1000
-    # sequence datasets only (adding, copy, chars): the sequence length T (None: the dataset's default)
-    seq_len: int | None = None
-    # kfac / ekfac only (geomopt.optim.KFAC, EKFAC)
-    damping: float = DEFAULT_DAMPING
-    factor_decay: float = 0.95
-    update_freq: int = 10
-    inv_freq: int = 100
-    fisher: str = "empirical"
-    kl_clip: float | Literal["auto"] | None = "auto"  # "auto": DEFAULT_KL_CLIP, off with adaptive_step
-    diag_freq: int = 1  # ekfac only: re-estimate the eigenbasis diagonal every this many steps
-    adaptive_damping: bool = False  # Levenberg-Marquardt damping (Martens & Grosse 2015, sec. 6.5)
-    adaptive_step: bool = False  # step size and momentum from the exact 2x2 quadratic model (sec. 7)
+    Each field's description is in its metadata (``dataclasses.fields(TrainConfig)[i].metadata["help"]``).
+    """
+
+    model: str = _field("mlp", "network: mlp, cnn, relu-rnn, lstm, bnlstm, bnrnn, urnn, or your own as "
+                               "MODULE:FACTORY, a function factory(input_shape, num_classes, **model_options)")
+    model_options: dict[str, Any] = _field({}, "keyword arguments of a MODULE:FACTORY model, a JSON object "
+                                               "(e.g. '{\"hidden\": 64}'); unused by the built-in models")
+    widths: tuple[int, ...] = _field((256, 256), "hidden widths of an mlp, conv channels of a cnn, the hidden "
+                                                 "size of a recurrent model (a comma list)")
+    bias: bool = _field(True, "layers with bias terms (true or false)")
+    dropout: float = _field(0.0, "dropout probability after each hidden layer (mlp, cnn)")
+    init: str = _field("kaiming", "weight initialization; unbalanced, unbalanced-layer: kaiming with random "
+                                  "function-preserving rescalings (Path-SGD's paper); irnn ... irnn-le: relu-rnn")
+    data: str = _field("digits", "dataset: digits and mnist1d are embedded, the others read --data-dir; adding, "
+                                 "copy, chars, seq-* (pixel by pixel) and rows-* are sequence tasks")
+    data_dir: str | None = _field(None, "folder of the mnist / fashion-mnist / cifar10 files, or the chars text "
+                                        "file (None: $GEOMOPT_DATA)")
+    train_size: int | None = _field(None, "train on a seeded random subset of this many examples (None: all)")
+    val_fraction: float = _field(0.0, "stratified fraction of the training set held out as a validation split "
+                                      "(val_loss, val_acc) for choosing hyperparameters")
+    label_noise: float = _field(0.0, "fraction of training labels redrawn at random (1.0: random labels)")
+    optimizer: str = _field("sgd", "optimizer; path-sgd: Path-SGD (ReLU nets), kfac / ekfac: Kronecker-factored "
+                                   "natural gradient (see --damping ...)")
+    lr: float = _field(0.05, "learning rate")
+    momentum: float | None = _field(None, "momentum (None: 0.9 for --optimizer momentum, else 0)")
+    weight_decay: float = _field(0.0, "L2 weight decay coefficient")
+    schedule: str = _field("constant", "learning-rate schedule over the run: constant, cosine to 0, or step "
+                                       "(x0.1 at 50% and 75% of the steps)")
+    epochs: int = _field(20, "passes over the training set")
+    batch_size: int = _field(100, "examples per optimizer step")
+    seed: int = _field(0, "seed of the initialization, the data order and the data split")
+    device: str = _field("cpu", "where to train: cpu, cuda, cuda:N, or auto (cuda when available)")
+    checkpoint_every: int = _field(0, "also checkpoint every this many steps (0: at the end of each epoch only)")
+    max_grad_norm: float | None = _field(None, "clip the global gradient norm to this value (None: no clipping)")
+    target_train_loss: float | None = _field(None, "stop at the end of the first epoch whose training loss is "
+                                                   "at most this")
+    loss: Literal["task", "mse"] = _field("task", "training loss: task (the dataset's: cross-entropy for "
+                                                  "classification) or mse (classification only: 1/2 the squared "
+                                                  "distance of the outputs to one-hot labels; Cohen et al. 2021)")
+    track_sharpness: int = _field(0, "log the top Hessian eigenvalue (sharpness) every this many steps (0: off)")
+    sharpness_examples: int = _field(1000, "training examples the tracked sharpness is computed on")
+    seq_len: int | None = _field(None, "sequence length T of the adding, copy and chars tasks "
+                                       "(None: the dataset's)")
+    damping: float = _field(DEFAULT_DAMPING, "kfac / ekfac: Tikhonov damping added to the curvature")
+    factor_decay: float = _field(0.95, "kfac / ekfac: running-average decay of the Kronecker factors")
+    update_freq: int = _field(10, "kfac / ekfac: re-estimate the factors every this many steps")
+    inv_freq: int = _field(100, "kfac / ekfac: invert (eigendecompose) the factors every this many steps")
+    fisher: str = _field("empirical", "kfac / ekfac: curvature the factors estimate: empirical Fisher, true "
+                                      "Fisher (sampled labels) or GGN")
+    kl_clip: float | Literal["auto"] | None = _field(
+        "auto", f"kfac / ekfac: clip the step so that its KL change is at most this (auto: {DEFAULT_KL_CLIP}, "
+                "none with --adaptive-step true; none: no clipping)")
+    diag_freq: int = _field(1, "ekfac: re-estimate the eigenbasis diagonal every this many steps")
+    adaptive_damping: bool = _field(False, "kfac / ekfac: Levenberg-Marquardt damping (Martens & Grosse 2015, "
+                                           "sec. 6.5)")
+    adaptive_step: bool = _field(False, "kfac / ekfac: step size and momentum from the exact 2x2 quadratic model "
+                                        "(Martens & Grosse 2015, sec. 7)")
+    log: Literal["jsonl", "tensorboard"] = _field("jsonl", "metrics.jsonl only, or also TensorBoard event files "
+                                                           "in OUT/tensorboard (pip install 'geomopt[tensorboard]')")
 
     def __post_init__(self) -> None:
         checked = check_fields(TrainConfig, dataclasses.asdict(self), "TrainConfig")
@@ -268,12 +293,13 @@ class TrainConfig:
     def differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
         """``{field: (self's value, other's value)}`` for every field that differs in effect: the K-FAC/EKFAC
         options only between runs of those optimizers (a stored SGD run's ``damping`` is not a difference),
-        ``kl_clip="auto"`` as the value it stands for."""
+        ``kl_clip="auto"`` as the value it stands for; ``log`` never (it does not change the run)."""
         mine, theirs = self._effective(), other._effective()
         return {k: (mine.get(k), theirs.get(k)) for k in self.to_dict() if mine.get(k) != theirs.get(k)}
 
     def _effective(self) -> dict[str, Any]:
         d = self.to_dict()
+        del d["log"]  # where the metrics also go does not change the run
         if self.optimizer not in ("kfac", "ekfac"):
             for k in KRONECKER_OPTIONS:
                 del d[k]

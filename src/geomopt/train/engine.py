@@ -121,7 +121,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
         stop_after_steps: int | None = None,
         step_callback: Callable[[int, nn.Module], dict[str, Any] | None] | None = None,
         target_train_loss: float | None = None, val_loader: DataLoader | None = None,
-        divergence_factor: float | None = 10.0) -> dict[str, Any]:
+        divergence_factor: float | None = 10.0, sink: Any = None) -> dict[str, Any]:
     """Train ``model`` for ``epochs`` epochs; log, checkpoint, and return a summary dict.
 
     Args:
@@ -148,6 +148,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
         divergence_factor: an epoch whose training loss exceeds this many times the loss before
             training stops the run as diverged (:class:`DivergedError`, a :class:`NonFiniteLossError`);
             None: only NaN/inf stop it.
+        sink: also receives every metrics record: ``sink.open(out_dir, step)`` once the starting step
+            is known, ``sink(record)``, ``sink.flush()`` with the metrics file, ``sink.close()`` at the
+            end (e.g. :class:`geomopt.train.tensorboard.TensorBoardLog`); rank 0 only.
 
     Data parallelism: when ``torch.distributed`` is initialized with several processes (``torchrun``),
     every process calls ``fit`` with the same arguments; each trains a ``DistributedDataParallel``
@@ -218,15 +221,22 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
         })
 
     metrics_file = metrics_path.open("a") if main else None
+    sink = sink if main else None
+    if sink is not None:
+        sink.open(out_dir, step)
     start = time.perf_counter()
 
     def log(record: dict[str, Any]) -> None:
         if metrics_file is not None:
             metrics_file.write(json.dumps(record) + "\n")
+        if sink is not None:
+            sink(record)
 
     def flush() -> None:
         if metrics_file is not None:
             metrics_file.flush()
+        if sink is not None:
+            sink.flush()
 
     def epoch_record(ep: int) -> dict[str, Any]:
         train_loss, train_acc = evaluate(model, eval_train_loader, loss_fn, device, metric, ctx)
@@ -333,6 +343,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
         bar.close()
         if metrics_file is not None:
             metrics_file.close()
+        if sink is not None:
+            sink.close()
     if last is None:  # resumed a finished run: report its stored final epoch
         last = distributed.broadcast_object([r for r in read_metrics(out_dir) if r["kind"] == "epoch"][-1]
                                             if main else None, ctx)

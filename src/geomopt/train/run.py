@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from geomopt.curvature import read_batches
 from geomopt.data import load_dataset, make_loader
-from geomopt.nn import build_model
+from geomopt.nn import build_model, trusted_models
 from geomopt.optim import build_optimizer
 from geomopt.optim.registry import KRONECKER_OPTIONS
 from geomopt.train import distributed
@@ -20,6 +20,7 @@ from geomopt.train.checkpoint import write_json
 from geomopt.train.config import TrainConfig, read_json
 from geomopt.train.engine import CHECKPOINT, fit
 from geomopt.train.sharpness import SharpnessTracker
+from geomopt.train.tensorboard import TensorBoardLog
 from geomopt.train.tasks import bits, task_objective
 
 SCHEDULES = ("constant", "cosine", "step")
@@ -57,6 +58,14 @@ def resolve_device(name: str) -> torch.device:
 
 # fields a resumed run may change: it trains on to the new number of epochs
 EXTENDABLE = ("epochs", "checkpoint_every")
+
+
+def build_run_model(config: TrainConfig, bundle) -> torch.nn.Module:
+    """The network ``config`` describes for the data ``bundle``; its initialization is a pure function of
+    ``config.seed``. A ``MODULE:FACTORY`` model is imported only when trusted (:mod:`geomopt.nn.factory`)."""
+    return build_model(config.model, bundle.input_shape, bundle.num_classes, widths=config.widths, bias=config.bias,
+                       dropout=config.dropout, init=config.init, seed=config.seed,
+                       task=getattr(bundle, "task", None) or "classification", options=config.model_options)
 
 
 def writable_dir(out_dir: Path) -> Path:
@@ -122,13 +131,17 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
     Started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), this process joins the process
     group (collectives time out after ``timeout`` seconds) and trains data-parallel (see :func:`fit`);
     rank 0 decides what to do with ``out_dir`` and writes into it.
+
+    ``config`` comes from the caller: a ``MODULE:FACTORY`` model it names is trusted (imported) for the
+    run; callers that read a config from a file check it first (:func:`geomopt.nn.factory.check_trusted`).
     """
     own_group = not (dist.is_available() and dist.is_initialized()) and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if own_group:
         distributed.init_from_env(resolve_device(config.device).type, timeout)
     try:
-        return _train(config, Path(out_dir), resume=resume, overwrite=overwrite, progress=progress,
-                      stop_after_steps=stop_after_steps)
+        with trusted_models(config.model):
+            return _train(config, Path(out_dir), resume=resume, overwrite=overwrite, progress=progress,
+                          stop_after_steps=stop_after_steps)
     finally:
         if own_group:
             distributed.leave()
@@ -153,13 +166,12 @@ def _train(config: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool,
     if isinstance(plan, dict):
         return plan
     resume = plan == "resume"
+    sink = TensorBoardLog(config.to_dict()) if config.log == "tensorboard" and main else None
     device = distributed.local_device(resolve_device(config.device))
     bundle = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, train_size=config.train_size,
                           label_noise=config.label_noise, seq_len=config.seq_len, val_fraction=config.val_fraction)
     torch.manual_seed(config.seed)
-    model = build_model(config.model, bundle.input_shape, bundle.num_classes, widths=config.widths,
-                        bias=config.bias, dropout=config.dropout, init=config.init, seed=config.seed,
-                        task=bundle.task).to(device)
+    model = build_run_model(config, bundle).to(device)
     loss_fn, metric = task_objective(bundle.task, config.loss)
     kronecker = {k: getattr(config, k) for k in KRONECKER_OPTIONS} if config.optimizer in ("kfac", "ekfac") else {}
     optimizer = build_optimizer(config.optimizer, model, lr=config.lr, momentum=config.momentum,
@@ -182,7 +194,7 @@ def _train(config: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool,
                   eval_train_loader=make_loader(bundle.train, eval_batch, shuffle=False), resume=resume,
                   checkpoint_every=config.checkpoint_every, max_grad_norm=config.max_grad_norm,
                   progress=progress, extra_state={"config": config.to_dict()}, stop_after_steps=stop_after_steps,
-                  target_train_loss=config.target_train_loss, step_callback=tracker,
+                  target_train_loss=config.target_train_loss, step_callback=tracker, sink=sink,
                   val_loader=make_loader(bundle.valid, eval_batch, shuffle=False) if bundle.valid is not None else None)
     if bundle.task == "sequence":  # per-step cross-entropy in bits (bits per character for a language model)
         summary.update({f"{k}_bits": bits(summary[f"{k}_loss"]) for k in ("train", "test", "val")
