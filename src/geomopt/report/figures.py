@@ -15,16 +15,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def _panels(panels: Mapping[str, Mapping[str, Any]], path: str | Path, draw: Callable[[Any, str, Any], None], *,
             xlabel: str, ylabel: str, logx: bool, logy: bool, ncols: int, legend_size: int) -> Path:
-    """One subplot per panel; ``draw(ax, label, line)`` draws each line. Saved as PNG."""
+    """One subplot per panel; ``draw(ax, label, line)`` draws each line. Saved as PNG.
+
+    Panels are 5.4 x 4.2 inches, titles wrap to the panel's width, and each panel's legend sits below its
+    axes (never over the data)."""
+    import textwrap
     path = Path(path)
     n = max(len(panels), 1)
     ncols = min(ncols, n)
     nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    most = max((len(lines) for lines in panels.values()), default=1)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.4 * ncols, (3.6 + 0.22 * most) * nrows), squeeze=False)
     for ax, (title, lines) in zip(axes.flat, panels.items()):
         for label, line in lines.items():
             draw(ax, label, line)
-        ax.set_title(title, fontsize=10)
+        ax.set_title("\n".join(textwrap.wrap(title, 48)), fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         if logx:
@@ -32,12 +37,13 @@ def _panels(panels: Mapping[str, Mapping[str, Any]], path: str | Path, draw: Cal
         if logy:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=legend_size)
+        if lines:
+            ax.legend(fontsize=max(legend_size, 8), loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 
