@@ -120,18 +120,21 @@ def test_scoreboard_rows_link_to_sections(runs, tmp_path):
     claims = [Claim("a", "Path<SGD> is faster", "Neyshabur et al. 2015", "Fig. 2", "0.01 vs 0.05",
                     lambda r: Outcome("holds", "-0.04 [-0.05, -0.03], < 0 in 3/3 seeds")),
               Claim("b", "It generalizes better", "Neyshabur et al. 2015", "Fig. 2", "1.6% vs 1.9%",
-                    lambda r: Outcome("holds", "x", caveats=("lr 0.3 at the high edge",)))]
-    write_claims(runs / "alpha", "alpha-exp", claims, None, title="Alpha", seeds=[0, 1, 2], seconds=150, quick=True)
+                    lambda r: Outcome("untestable here", "x", why="lr 0.3 at the high edge"))]
+    write_claims(runs / "alpha", "alpha-exp", claims, None, title="Alpha", seeds=[0, 1, 2], seconds=150, tier="quick")
     page = build_report(runs, tmp_path / "report").read_text()
     board = page.split('<section id="scoreboard">', 1)[1].split("</section>", 1)[0]
-    assert board.count("<tr>") == 3  # header + 2 claims
-    assert '<a href="#sec-alpha">Path&lt;SGD&gt; is faster</a>' in board
+    assert board.count("<tr>") == 3  # header + 2 claims; the paper's group row has its own class
+    assert board.count('<tr class="paper">') == 1 and '<a href="#sec-alpha">Alpha</a>' in board
+    assert "Path&lt;SGD&gt; is faster" in board
     assert '<section id="sec-alpha">' in page and 'href="#sec-alpha"' in page.split("<ul>", 1)[1]
-    assert ">holds<" in board and ">partly<" in board  # a caveat turns holds into partly
-    assert "lr 0.3 at the high edge" in board and "2.5 min" in board and "(quick)" in board
+    assert ">holds<" in board and ">untestable here<" in board
+    assert "lr 0.3 at the high edge" in board and "2.5 min" in board and "quick tier" in board
+    # the verdict is the second column, visible on a narrow screen
+    assert board.index(">verdict<") < board.index(">the paper<")
     # the section shows its claims as a short table
     section = page.split('<section id="sec-alpha">', 1)[1].split("</section>", 1)[0]
-    assert "Claims, over seeds [0, 1, 2]" in section and "0.01 vs 0.05" in section
+    assert "Claims (quick tier), over seeds [0, 1, 2]" in section and "0.01 vs 0.05" in section
     # no claims: no scoreboard
     (runs / "alpha" / "claims.json").unlink()
     assert 'id="scoreboard"' not in build_report(runs, tmp_path / "report").read_text()
