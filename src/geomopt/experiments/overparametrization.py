@@ -13,8 +13,18 @@ Protocol (the 2019 code): ``x -> V relu(U x + b) + c``, SGD with momentum 0.9, b
 decay, each run stopped at the end of the first epoch with training cross-entropy <= 0.01 (or the epoch
 budget; a run that did not reach it is marked and left out of the bound's claims), several seeds per
 width. The learning rate is a protocol constant, not tuned: the claims compare widths, not methods.
-Full protocol: H = 2^2 .. 2^13 on MNIST and CIFAR-10 read from ``data_dir``, with and without label
-noise. ``--quick``: H = 2^2 .. 2^11 on digits and MNIST-1D.
+
+Tiers: ``quick``: H = 2^2 .. 2^11 on digits and MNIST-1D (CI-sized). ``mid``: H = 2^2 .. 2^11 on a seeded
+subset of 1,000 Fashion-MNIST training images (Debian's ``dataset-fashion-mnist``), tested on all 10,000
+test images, with and without 20% label noise, lr 0.05, at most 150 epochs, 3 seeds. Why it tests the
+headline: real images, and a training set small enough that widths from a few dozen units up interpolate
+it within the budget while H reaches 2^11, 1.6 million parameters for 1,000 examples, so test error has
+room to keep falling (or not) far beyond the interpolation threshold; runs stop at the same training
+loss, so the bounds compare networks trained equally far. Cost, measured with OMP_NUM_THREADS=1 on a
+heavily shared 2-core machine: one run at H = 2048 reached cross-entropy 0.0088 (training error 0, test
+accuracy 82%) in 51 epochs and 38 s of CPU time (0.74 s per epoch); COST_TODO. ``full``: H = 2^2 ..
+2^13 on MNIST and CIFAR-10 read from ``data_dir``, with and without label noise, lr 0.001, up to 1,000
+epochs, 5 seeds.
 """
 
 from __future__ import annotations
@@ -71,6 +81,13 @@ class OverparamExperiment:
     def quick(cls) -> OverparamExperiment:
         return cls(datasets=("digits", "mnist1d"), widths=tuple(2 ** k for k in range(2, 12)), label_noises=(0.0, 0.1),
                    lr=0.05, epochs=150, seeds=(0, 1, 2))
+
+    @classmethod
+    def mid(cls) -> OverparamExperiment:
+        """Fashion-MNIST, 1,000 training images (the full 10,000 test images), H = 2^2 .. 2^11, with and without
+        20% label noise, lr 0.05, at most 150 epochs, 3 seeds (see the module docstring for why and the cost)."""
+        return cls(datasets=("fashion-mnist",), widths=tuple(2 ** k for k in range(2, 12)), label_noises=(0.0, 0.2),
+                   lr=0.05, epochs=150, train_size=1000, seeds=(0, 1, 2))
 
     def replace(self, overrides: dict[str, Any]) -> OverparamExperiment:
         d = merge_overrides(self, overrides, NAME)
