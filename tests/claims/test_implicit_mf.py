@@ -120,3 +120,10 @@ def test_norms_vs_rank_gates(bad, phrase):
 def test_rank_one_threshold_is_below_every_finite_solution():
     """The finite-norm solutions of the 2 x 2 problem have rank 2: sigma2/sigma1 of [[0,1],[1,0]] is 1."""
     assert RANK_ONE < 1.0
+
+
+def test_missing_runs_are_untestable():
+    rows = [r for r in sweep(shrinking) if not (r["part"] == "alpha-sweep" and r["alpha"] == 1e-5 and r["seed"] == 2)]
+    for claim in ("nuclear-well-sampled", "nuclear-undersampled", "low-rank-undersampled"):
+        out = BY_ID[claim].evaluate(Records(EXP, rows))
+        assert out["verdict"] == UNTESTABLE and "not run" in out["why"]

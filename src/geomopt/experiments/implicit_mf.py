@@ -145,15 +145,20 @@ def _not_compared(failures: list[str]) -> Outcome:
 
 # ----------------------------------------------------------------------------- claims
 
-def _sweep_rows(records: Records, problem: str, seeds: tuple[int, ...]) -> dict[float, list[dict[str, Any]]]:
-    """Per alpha, the runs of ``problem`` in the order of ``seeds`` (missing runs: ValueError)."""
+def _sweep_rows(records: Records, problem: str, seeds: tuple[int, ...]) -> dict[float, list[dict[str, Any]]] | None:
+    """Per alpha, the runs of ``problem`` in the order of ``seeds`` (None when one is not stored)."""
     out = {}
     for a in records.exp.alphas:
         rows = [records.where(part="alpha-sweep", problem=problem, alpha=a, seed=s) for s in seeds]
         if any(len(r) != 1 for r in rows):
-            raise ValueError(f"{NAME}: {problem} alpha {a:g} not stored for every seed of {list(seeds)}")
+            return None
         out[a] = [r[0] for r in rows]
-    return out
+    return out if len(out) >= 2 else None
+
+
+def _not_run(problem: str, seeds: tuple[int, ...]) -> Outcome:
+    return untestable(f"not run: {problem} lacks a run of some alpha and seed of {list(seeds)}, or has fewer than "
+                      "2 alphas")
 
 
 def _nuc_equals_truth(records: Records, problem: str) -> dict[int, bool]:
@@ -165,6 +170,8 @@ def _nuc_equals_truth(records: Records, problem: str) -> dict[int, bool]:
 def _towards_nuclear(records: Records, problem: str, seeds: tuple[int, ...]) -> Outcome:
     """The conjecture's prediction: the smallest alpha gives the smallest distance to X_nuc (per seed)."""
     by_alpha = _sweep_rows(records, problem, seeds)
+    if by_alpha is None:
+        return _not_run(problem, seeds)
     failures = sweep_failures(records, [r for rs in by_alpha.values() for r in rs])
     if failures:
         return _not_compared(failures)
@@ -202,6 +209,8 @@ def _test_undersampled(records: Records, seeds: tuple[int, ...]) -> Outcome:
 
 def _test_low_rank(records: Records, seeds: tuple[int, ...]) -> Outcome:
     by_alpha = _sweep_rows(records, "undersampled", seeds)
+    if by_alpha is None:
+        return _not_run("undersampled", seeds)
     small, large = min(by_alpha), max(by_alpha)
     failures = sweep_failures(records, by_alpha[small] + by_alpha[large])
     if failures:
