@@ -26,7 +26,7 @@ def sweep(dist, erank=lambda p, a, s: 2.0, *, nuc_truth=lambda p, s: 0.0 if p !=
                 bad = (p, a, s) in unconverged
                 rows.append({"run": f"{p}/{a}/{s}", "part": "alpha-sweep", "problem": p, "alpha": a, "seed": s,
                              "dist_nuc": dist(p, a, s), "dist_truth": 0.1, "erank": erank(p, a, s), "nuclear": 10.0,
-                             "train_loss": 1e-6 if bad else 1e-14, "loss_zero": 0.5, "steps": exp.steps,
+                             "train_loss": 1e-2 if bad else 1e-14, "loss_zero": 0.5, "steps": exp.steps,
                              "diverged": False})
     return rows
 
@@ -127,3 +127,17 @@ def test_missing_runs_are_untestable():
     for claim in ("nuclear-well-sampled", "nuclear-undersampled", "low-rank-undersampled"):
         out = BY_ID[claim].evaluate(Records(EXP, rows))
         assert out["verdict"] == UNTESTABLE and "not run" in out["why"]
+
+
+def test_unconverged_run_passes_when_its_fit_resolves_the_distance():
+    """Stopped at the step limit with relative residual 1e-4 against a distance of 1e-2: the distance is measured."""
+    rows = sweep(lambda p, a, s: 1e-2 * (1 + a + 0.001 * s))
+    for r in rows:
+        if r["part"] == "alpha-sweep" and r["problem"] == "sensing":
+            r["train_loss"] = 0.5 * 1e-8  # residual sqrt(1e-8) = 1e-4 <= 0.1 x 1e-2
+    assert BY_ID["nuclear-well-sampled"].evaluate(Records(EXP, rows))["verdict"] == HOLDS
+    for r in rows:
+        if r["part"] == "alpha-sweep" and r["problem"] == "sensing" and r["alpha"] == 1e-5:
+            r["train_loss"] = 0.5 * 1e-5  # residual 3e-3 > 1e-3
+    out = BY_ID["nuclear-well-sampled"].evaluate(Records(EXP, rows))
+    assert out["verdict"] == UNTESTABLE and "relative residual 0.0032" in out["why"]
