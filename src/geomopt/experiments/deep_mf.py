@@ -111,8 +111,8 @@ class DeepMFExperiment:
         Why it tests the headline: at m = 2000 the paper separates depth 2 (error 2.5e-2 to 1e-1) and nuclear
         norm (~1.1e-1) from depths 3-4 (~3e-5), and all depths converge there: one seed measured here reached
         the stop (training loss 1e-6 x its start) at depth 2 in 4,000 steps (error 6.8e-2), depth 3 in 36,000
-        (3.1e-5) and depth 4 in 11,500 (1.9e-5). Cost (measured with OMP_NUM_THREADS=1 on 2 heavily shared cores): 19 s, 313 s and 170 s
-        wall for depths 2, 3 and 4 of one seed, so about 9 minutes per seed with depth 1 and the convex
+        (3.1e-5) and depth 4 in 11,500 (1.9e-5). Cost (measured with OMP_NUM_THREADS=1 on 2 heavily shared
+        cores): 19 s, 313 s and 170 s wall for depths 2, 3 and 4 of one seed, so about 9 minutes per seed with depth 1 and the convex
         baseline, about 30 minutes for 3 seeds plus a few minutes of regression."""
         return cls(ms=(2000,), steps=60000, seeds=(0, 1, 2), reg_seeds=(0, 1, 2))
 
@@ -238,11 +238,13 @@ def claims(exp: Any) -> list[Claim]:
 
 CLAIMS = [
     Claim("deep-beats-depth2", "With few observed entries (the smallest m run), depth >= 3 reconstructs with lower "
-          "error than depth 2 (every depth >= 3 and alpha; log10 error, paired by problem seed).", MF_PAPER, "Fig. 1, Table 1",
+          "error than depth 2 (every depth >= 3 and alpha; log10 error, paired by problem seed).", MF_PAPER,
+          "Fig. 1, Table 1",
           "completion 100 x 100, rank 5, 2000 entries: error ~3e-5 at depths 3-4 vs 2.5e-2 to 1.0e-1 at depth 2; "
           "effective rank ~4.9 vs 6.6-10.1", _test_deep_vs(2)),
     Claim("deep-beats-nuclear", "With few observed entries (the smallest m run), depth >= 3 reconstructs with lower "
-          "error than minimum nuclear norm (every depth >= 3 and alpha; log10 error, paired by problem seed).", MF_PAPER, "Fig. 1, Table 1",
+          "error than minimum nuclear norm (every depth >= 3 and alpha; log10 error, paired by problem seed).",
+          MF_PAPER, "Fig. 1, Table 1",
           "2000 entries: ~3e-5 vs ~1.1e-1 for nuclear-norm minimization (effective rank 9.5)",
           _test_deep_vs("nuclear")),
     Claim("l4-acceleration", "For l4 regression, depth 2 and 3 (each at its tuned step) descend faster than depth 1 "
