@@ -102,8 +102,10 @@ class ImplicitMFExperiment:
         steps; the well-sampled problems are the paper's own figures at its scale. Completion at n = 50 stays
         at training loss ~1e-7 after 10^5 steps, but its relative residual (at most 4e-4) is below a tenth of
         the distances it reports (2.4e-3 to 7.3e-2), which the gate accepts. Cost of one seed, measured with
-        OMP_NUM_THREADS=1 on 2 heavily shared cores: undersampled 4 s of CPU plus 16 s for the convex
-        solve, completion 77 s plus 37 s, SENSING_TODO; about MID_TODO minutes for 3 seeds."""
+        OMP_NUM_THREADS=1 on 2 cores shared with a load of about 15: undersampled 4 s of CPU plus 16 s for
+        the convex solve, completion 77 s plus 37 s, sensing more than 260 s (10^5 steps of 6 alphas with
+        300 Gaussian measurements of 50 x 50; still running when this was written, about 330 s expected):
+        about 8-9 minutes per seed, 25-30 minutes for 3 seeds, plus about a minute for the 2 x 2 example."""
         return cls(seeds=(0, 1, 2), rc_seeds=(0, 1, 2))
 
     def replace(self, overrides: dict[str, Any]) -> ImplicitMFExperiment:
