@@ -17,6 +17,7 @@ from geomopt.measures.two_layer import two_layer_measures
 from geomopt.experiments.records import Records
 from geomopt.sweep.claims import HOLDS, UNTESTABLE
 from geomopt.train import TrainConfig, read_metrics
+from tests.experiments.ledger_roundtrip import ledger_problems
 
 TINY = {"datasets": ["digits"], "widths": [4, 16, 64], "label_noises": [0.0], "epochs": 4, "lr": 0.1,
         "target_train_loss": 0.3, "seeds": [0, 1], "train_size": 300}
@@ -64,6 +65,7 @@ def test_claims_and_section_written(tiny):
     assert [c["id"] for c in claims["claims"]] == [c.id for c in CLAIMS]
     assert claims["seeds"] == [0, 1]
     assert (tiny / "errors.png").is_file() and (tiny / "section.json").is_file()
+    assert ledger_problems(tiny.parent, NAME, tiny.parent / "ledger") == []  # verdicts follow from the stored rows
 
 
 def _records(values, noises=(0.0,)):

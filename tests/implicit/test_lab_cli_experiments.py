@@ -18,6 +18,7 @@ from geomopt.cli import main
 from geomopt.experiments import EXPERIMENTS
 from geomopt.implicit import min_nuclear_norm, relative_distance
 from geomopt.implicit.lab import MatrixLabConfig, build_problem, run_matrix_lab
+from tests.experiments.ledger_roundtrip import ledger_problems
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -121,6 +122,7 @@ def test_implicit_mf_tiny_outputs_and_claims(tmp_path):
     # 2000 steps do not reach the 1e-12 stop: the runs are gated, never compared
     assert first["verdict"] == "untestable here" and "not converged" in first["why"]
     assert any("Run-quality gates" in p for p in data["paragraphs"])
+    assert ledger_problems(tmp_path, "implicit-mf", tmp_path / "ledger") == []  # verdicts follow from the stored rows
 
 
 def _csv_typed(root):
@@ -155,3 +157,4 @@ def test_deep_mf_tiny_outputs_and_unknown_key(tmp_path):
     rows = _csv_typed(root)
     assert {r["seed"] for r in rows if r["part"] == "regression"} == {0, 1}
     assert claims["l4-acceleration"]["seeds"] == [0, 1]
+    assert ledger_problems(tmp_path, "deep-mf", tmp_path / "ledger") == []  # verdicts follow from the stored rows

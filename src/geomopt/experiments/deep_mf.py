@@ -124,6 +124,9 @@ class DeepMFExperiment:
         return DeepMFExperiment(**d)
 
 
+CONFIG = DeepMFExperiment  # the config class (geomopt results check rebuilds it from experiment.json)
+
+
 def _method(d: int | str) -> str:
     return "min nuclear norm" if d == "nuclear" else f"depth {d}"
 

@@ -112,6 +112,9 @@ class ImplicitMFExperiment:
         d = merge_overrides(self, overrides, NAME)
         return ImplicitMFExperiment(**d)
 
+
+CONFIG = ImplicitMFExperiment  # the config class (geomopt results check rebuilds it from experiment.json)
+
     def problems(self) -> dict[str, tuple[str, int, int]]:
         """``{name: (kind, n, m)}``."""
         return {"sensing": ("sensing", self.n, self.m_sensing), "completion": ("completion", self.n, self.m_completion),

@@ -104,6 +104,9 @@ class OverparamExperiment:
         return exp
 
 
+CONFIG = OverparamExperiment  # the config class (geomopt results check rebuilds it from experiment.json)
+
+
 def _configs(exp: OverparamExperiment, root: Path) -> list[tuple[TrainConfig, Path, dict[str, Any]]]:
     jobs = []
     for data in exp.datasets:
