@@ -25,7 +25,7 @@ its initial loss, and the step size is not at its grid's edge after the extensio
 
 Tiers: ``quick``: n = 30, rank 2, m in {250, 400}, depths 1-4, small regression (minutes on 2 cores).
 ``mid``: the paper's n = 100, rank 5, m = 2000 completion, where depths 2-4 all converge and the paper's gap
-appears, about 35-40 minutes (:meth:`DeepMFExperiment.mid`). ``full``: n = 100, rank 5, m in {2000, 5000} (the
+appears, at most about 36 minutes (:meth:`DeepMFExperiment.mid`). ``full``: n = 100, rank 5, m in {2000, 5000} (the
 paper's protocol), 10^5 steps, 5 seeds. The completion claims compare methods at the smallest m (the
 paper's few-observations headline; with 5000 entries every method recovers W*, nuclear norm best).
 """
@@ -115,8 +115,7 @@ class DeepMFExperiment:
         with a load of about 15): 19 s, 313 s and 170 s wall for depths 2, 3 and 4 of one seed (an upper bound
         on the CPU time, which at this load was about a tenth of the wall time), so at most about 9 minutes
         per seed with depth 1 and the convex baseline (8.6 s), under 30 minutes for 3 seeds; the regression
-        (10 method-loss pairs, about 6 step sizes each, 3 seeds, 20,000 steps) took more than 4.5 minutes of
-        CPU (still running when this was written)."""
+        (10 method-loss pairs, 5-7 step sizes each, 3 seeds, 20,000 steps) took 372 s of CPU."""
         return cls(ms=(2000,), steps=60000, seeds=(0, 1, 2), reg_seeds=(0, 1, 2))
 
     def replace(self, overrides: dict[str, Any]) -> DeepMFExperiment:
