@@ -256,7 +256,7 @@ def test_report_marks_diverged_and_unconverged_runs(tmp_path):
 def test_long_reproductions_show_progress(tmp_path, capsys):
     from geomopt.experiments import EXPERIMENTS
     EXPERIMENTS["deep-mf"].reproduce(
-        tmp_path, quick=True, jobs=1,
+        tmp_path, tier="quick", jobs=1,
         overrides={"n": 6, "rank": 1, "ms": [20], "depths": [1, 2], "steps": 100, "solver": "admm", "seeds": [0],
                    "reg_n": 20, "reg_d": 3, "reg_steps": 20, "reg_seeds": [0], "reg_lrs": [1e-2, 3e-2, 1e-1]})
     err = capsys.readouterr().err

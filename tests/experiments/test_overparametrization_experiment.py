@@ -14,8 +14,10 @@ from geomopt.experiments.overparametrization import (CLAIMS, NAME, OverparamExpe
                                                      _interpolating_width, reproduce)
 from geomopt.measures.runs import load_run
 from geomopt.measures.two_layer import two_layer_measures
-from geomopt.sweep.claims import HOLDS, PARTLY
+from geomopt.experiments.records import Records
+from geomopt.sweep.claims import HOLDS, UNTESTABLE
 from geomopt.train import TrainConfig, read_metrics
+from tests.experiments.ledger_roundtrip import ledger_problems
 
 TINY = {"datasets": ["digits"], "widths": [4, 16, 64], "label_noises": [0.0], "epochs": 4, "lr": 0.1,
         "target_train_loss": 0.3, "seeds": [0, 1], "train_size": 300}
@@ -24,7 +26,7 @@ TINY = {"datasets": ["digits"], "widths": [4, 16, 64], "label_noises": [0.0], "e
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("overparam")
-    reproduce(out, quick=True, jobs=1, overrides=TINY)
+    reproduce(out, tier="quick", jobs=1, overrides=TINY)
     return out / NAME
 
 
@@ -39,19 +41,19 @@ def test_grid_seeds_and_target_read_back(tiny):
     stored = json.loads((tiny / "experiment.json").read_text())
     assert stored["widths"] == [4, 16, 64] and stored["seeds"] == [0, 1] and stored["target_train_loss"] == 0.3
     for r in rows:
-        config = TrainConfig.load(f"{r['dir']}/config.json")
+        config = TrainConfig.load(tiny / r["run"] / "config.json")
         assert config.widths == (int(r["width"]),) and config.seed == int(r["seed"])
         assert config.target_train_loss == 0.3 and config.weight_decay == 0 and config.dropout == 0
-        epochs = [m for m in read_metrics(r["dir"]) if m["kind"] == "epoch"]
+        epochs = [m for m in read_metrics(tiny / r["run"]) if m["kind"] == "epoch"]
         reached = [m["epoch"] for m in epochs if m["epoch"] > 0 and m["train_loss"] <= 0.3]
         # stopped at the first epoch that reached the target, else ran the whole budget
         assert epochs[-1]["epoch"] == (reached[0] if reached else 4)
-        assert (r["converged"] == "True") == bool(reached)
+        assert (r["reached_target"] == "True") == bool(reached)
 
 
 def test_measures_equal_direct_computation_on_stored_run(tiny):
     row = _rows(tiny)[-1]
-    _, model, init, bundle = load_run(row["dir"])
+    _, model, init, bundle = load_run(tiny / row["run"])
     direct = two_layer_measures(model.double(), init.double(),
                                 [(x.double(), y) for x, y in make_loader(bundle.train, 1000, shuffle=False)])
     assert float(row["overparam_bound"]) == pytest.approx(direct["overparam_bound"], rel=1e-9)
@@ -63,34 +65,40 @@ def test_claims_and_section_written(tiny):
     assert [c["id"] for c in claims["claims"]] == [c.id for c in CLAIMS]
     assert claims["seeds"] == [0, 1]
     assert (tiny / "errors.png").is_file() and (tiny / "section.json").is_file()
+    assert ledger_problems(tiny.parent, NAME, tiny.parent / "ledger") == []  # verdicts follow from the stored rows
 
 
-def _group(values):
-    """{width: [rows per seed]} from {width: [(train_err, test_err, converged, bound)]}."""
-    return {w: [{"train_err": a, "test_err": b, "converged": c, "overparam_bound": d, "vc_bound": 1.0 + w,
-                 "frobenius_bound": w, "spectral_l1_bound": w, "spectral_fro_bound": w} for a, b, c, d in rs]
-            for w, rs in values.items()}
+def _records(values, noises=(0.0,)):
+    """Records of dataset ``d`` from {width: [(train_err, test_err, converged, bound)] per seed}."""
+    rows = [{"run": f"{n}/{w}/{s}", "dataset": "d", "label_noise": n, "width": w, "seed": s, "train_err": a,
+             "test_err": b, "reached_target": c, "diverged": False, "overparam_bound": d, "vc_bound": 1.0 + w,
+             "frobenius_bound": w, "spectral_l1_bound": w, "spectral_fro_bound": w}
+            for n in noises for w, rs in values.items() for s, (a, b, c, d) in enumerate(rs)]
+    exp = OverparamExperiment().replace({"datasets": ["d"], "widths": sorted(values), "label_noises": list(noises),
+                                         "seeds": list(range(len(next(iter(values.values())))))})
+    return Records(exp, rows)
 
 
 def test_claims_need_every_seed():
     """Test error falls beyond interpolation in one seed and rises in the other: not reported as holding."""
-    mixed = _group({4: [(0.1, 0.30, False, 9.0), (0.1, 0.30, False, 9.0)],
-                    16: [(0.0, 0.20, True, 5.0), (0.0, 0.20, True, 5.0)],
-                    64: [(0.0, 0.10, True, 4.0), (0.0, 0.25, True, 6.0)]})
-    res = {"groups": {("d", 0.0): mixed}, "target": 0.01}
-    assert _interpolating_width(mixed) == 16 and _converged_width(mixed) == 16
-    by_id = {c.id: c.evaluate(res) for c in CLAIMS}
+    values = {4: [(0.1, 0.30, False, 9.0), (0.1, 0.30, False, 9.0)],
+              16: [(0.0, 0.20, True, 5.0), (0.0, 0.20, True, 5.0)],
+              64: [(0.0, 0.10, True, 4.0), (0.0, 0.25, True, 6.0)]}
+    mixed = _records(values)
+    group = {w: [r for r in mixed.rows if r["width"] == w] for w in values}
+    assert _interpolating_width(group) == 16 and _converged_width(group) == 16
+    by_id = {c.id: c.evaluate(mixed) for c in CLAIMS}
     assert by_id["test-falls-beyond-interpolation"]["verdict"] != HOLDS
     assert by_id["overparam-bound-falls"]["verdict"] != HOLDS
-    clean = _group({4: [(0.1, 0.30, False, 9.0)] * 3, 16: [(0.0, 0.20, True, 5.0), (0.0, 0.21, True, 5.1),
-                                                           (0.0, 0.19, True, 4.9)],
-                    64: [(0.0, 0.10, True, 4.0), (0.0, 0.12, True, 4.1), (0.0, 0.11, True, 3.9)]})
-    by_id = {c.id: c.evaluate({"groups": {("d", 0.0): clean}, "target": 0.01}) for c in CLAIMS}
+    clean = _records({4: [(0.1, 0.30, False, 9.0)] * 3, 16: [(0.0, 0.20, True, 5.0), (0.0, 0.21, True, 5.1),
+                                                             (0.0, 0.19, True, 4.9)],
+                      64: [(0.0, 0.10, True, 4.0), (0.0, 0.12, True, 4.1), (0.0, 0.11, True, 3.9)]})
+    by_id = {c.id: c.evaluate(clean) for c in CLAIMS}
     assert by_id["test-falls-beyond-interpolation"]["verdict"] == HOLDS
     assert by_id["overparam-bound-falls"]["verdict"] == HOLDS
     assert by_id["other-bounds-grow"]["verdict"] == HOLDS
-    untested = by_id["test-falls-with-label-noise"]  # no noisy setting was run: untested, never "holds"
-    assert untested["verdict"] == PARTLY and untested["ours"].startswith("untested")
+    untested = by_id["test-falls-with-label-noise"]  # no noisy setting was run: untestable, never "holds"
+    assert untested["verdict"] == UNTESTABLE and "not run" in untested["why"]
 
 
 def test_bad_config_rejected():

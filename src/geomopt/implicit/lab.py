@@ -161,7 +161,8 @@ def run_matrix_lab(cfg: MatrixLabConfig, out: Path | None = None, *, progress: b
         ``{"rows": [...], "baseline": {...} or None, "histories": {depth: (runs, FactorizedResult)}}``.
         The baseline says whether the minimum-nuclear-norm solution equals the truth
         (``equals_truth``: ``||X_nuc - X*||_F / ||X*||_F <= NUC_EQUALS_TRUTH``, ``dist_truth``): only where
-        it does not can the distance to ``X_nuc`` tell a nuclear-norm bias from plain recovery.
+        it does not can the distance to ``X_nuc`` tell a nuclear-norm bias from plain recovery. Every row
+        has ``loss_zero``, the loss at ``W = 0``: a run converged when ``train_loss <= tol * loss_zero``.
     """
     with torch_threads(threads):
         return _run_matrix_lab(cfg, out, progress)
@@ -203,7 +204,7 @@ def _run_matrix_lab(cfg: MatrixLabConfig, out: Path | None, progress: bool) -> d
                    "train_loss": float(result.final_loss[b]), "converged": bool(result.converged[b]),
                    "diverged": bool(result.diverged[b]), "err": float(err[b]), "dist_truth": float(err[b]) ** 0.5,
                    "nuclear": float(nuclear_norm(W[b])), "erank": float(effective_rank(W[b])),
-                   "seconds_batch": seconds}
+                   "loss_zero": loss_zero, "seconds_batch": seconds}
             if baseline is not None:
                 row["dist_nuc"] = float(relative_distance(W[b], baseline["X"]))
             rows.append(row)
@@ -211,7 +212,8 @@ def _run_matrix_lab(cfg: MatrixLabConfig, out: Path | None, progress: bool) -> d
         rows.append({"depth": "nuclear", "alpha": "", "seed": "", "lr": "", "steps": "", "train_loss": "",
                      "converged": True, "diverged": False, "err": baseline["err"],
                      "dist_truth": baseline["dist_truth"], "nuclear": baseline["nuclear"],
-                     "erank": baseline["erank"], "seconds_batch": baseline["seconds"], "dist_nuc": 0.0})
+                     "erank": baseline["erank"], "loss_zero": loss_zero, "seconds_batch": baseline["seconds"],
+                     "dist_nuc": 0.0})
     if out is not None:
         out = Path(out)
         _write_table(rows, out, "table")
