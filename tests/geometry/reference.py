@@ -1,7 +1,6 @@
 """Slow, obvious reference implementations of path norms, used only by the tests.
 
-Neyshabur, Salakhutdinov & Srebro, "Path-SGD", NeurIPS 2015 (see /work/shared/papers.md,
-section 1):
+Neyshabur, Salakhutdinov & Srebro, "Path-SGD", NeurIPS 2015 (Sec. 2):
 
     pi_p(w)  = sum over input->output paths P of prod_{e in P} |w_e|^p
     gamma_e  = sum over paths P through e of prod_{e' in P, e' != e} |w_e'|^p

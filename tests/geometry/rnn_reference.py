@@ -1,6 +1,6 @@
 """Slow, obvious references for ReLU RNN path norms, used only by the tests.
 
-Neyshabur, Wu, Salakhutdinov & Srebro 2016 (/work/shared/papers.md, section 2). The RNN unrolled for
+Neyshabur, Wu, Salakhutdinov & Srebro 2016 (Sec. 3). The RNN unrolled for
 T steps is a DAG whose edges are copies of shared weights; here every input->output path of the
 unrolled net is enumerated explicitly as the list of (parameter name, index) occurrences it uses,
 each time copy counted separately. Nothing here calls geomopt's scale code.

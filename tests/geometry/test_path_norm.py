@@ -1,6 +1,6 @@
 """Path norms and path scales against independent references.
 
-References (Neyshabur, Salakhutdinov & Srebro 2015, /work/shared/papers.md section 1):
+References (Neyshabur, Salakhutdinov & Srebro 2015, Sec. 2-3):
 - MLPs and residual sums: explicit enumeration of every path (tests/geometry/reference.py).
 - CNNs with pooling: the product of dense, entrywise-powered layer operators (pooling windows
   written out index by index) for pi, and central finite differences of pi with respect to

@@ -18,7 +18,7 @@ from typing import Any
 from geomopt.sweep import Grid, Selection, run_all, select_grids
 from geomopt.train import TrainConfig, read_metrics
 
-__all__ = ["Problem", "Tuned", "tune", "edge_caveats", "compute_seconds"]
+__all__ = ["Problem", "Tuned", "tune", "smoothed_score", "compute_seconds"]
 
 
 @dataclass(frozen=True)
@@ -129,13 +129,6 @@ def tune(problems: Mapping[Hashable, Problem], seeds: Sequence[int], *, jobs: in
     for k, sel in select_grids({k: p.grid for k, p in problems.items()}, run, minimize=minimize).items():
         tuned[k].selection = sel
     return tuned
-
-
-def edge_caveats(tuned: Mapping[Hashable, Tuned], keys: Sequence[Hashable] | None = None,
-                 label: Callable[[Hashable], str] = str) -> list[str]:
-    """A caveat per selection (of ``keys``, default all) still at its grid's edge, for a claim's Outcome."""
-    keys = list(tuned) if keys is None else keys
-    return [f"{label(k)}: {tuned[k].selection.note}" for k in keys if tuned[k].selection.edge is not None]
 
 
 def compute_seconds(tuned: Mapping[Hashable, Tuned]) -> float:
