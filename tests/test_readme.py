@@ -1,4 +1,5 @@
-"""Every ```python block of README.md runs as written (issue 16, point 9).
+"""Every ```python block of README.md and of the documentation pages (docs/*.md) runs as written (issue 16,
+point 9), and every geomopt command they show parses.
 
 Reference: the README text itself; a block that raises, or a K-FAC/Path-SGD example whose loss is
 not finite, fails. Blocks run in a fresh namespace each, in a temporary working directory (some write
@@ -15,7 +16,8 @@ import pytest
 import torch
 
 README = Path(__file__).parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+PAGES = [README, *sorted((README.parent / "docs").glob("*.md"))]
+BLOCKS = [b for page in PAGES for b in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)]
 
 
 def test_readme_has_python_blocks():
@@ -27,7 +29,7 @@ def test_readme_block_runs(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
     namespace: dict = {"__name__": f"readme_block_{index}"}
-    exec(compile(BLOCKS[index], f"README.md python block {index}", "exec"), namespace)
+    exec(compile(BLOCKS[index], f"README.md / docs python block {index}", "exec"), namespace)
     if "loss" in namespace:  # a training example: it must not have blown up
         assert math.isfinite(float(namespace["loss"])) and float(namespace["loss"]) < 2.0
 
@@ -47,6 +49,10 @@ SHELL_BLOCKS = [body for lang, body in re.findall(r"^```(\w*)\n(.*?)^```", TEXT,
                 if lang in ("", "sh", "bash", "shell")]
 COMMANDS = [line.strip() for block in SHELL_BLOCKS[1:] for line in block.replace("\\\n", " ").splitlines()
             if line.strip().startswith("geomopt ")]
+DOC_COMMANDS = [line.strip() for page in PAGES[1:]
+                for lang, body in re.findall(r"^```(\w*)\n(.*?)^```", page.read_text(), re.S | re.M)
+                if lang in ("", "sh", "bash", "shell") for line in body.replace("\\\n", " ").splitlines()
+                if line.strip().startswith("geomopt ")]
 FIRST = 5  # the README's first five commands after the two set-up commands must work as typed
 # Flags appended to a command (argparse: the last value wins) so that it runs in seconds; commands of
 # other subcommands (reproduce, zoo: minutes at their smallest) are only parsed.
@@ -69,9 +75,9 @@ def test_setup_is_two_commands_then_activation():
     assert "source $(VENV)/bin/activate" in makefile and makefile.count('@echo "$(NEXT)"') == 2
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", COMMANDS + DOC_COMMANDS)
 def test_readme_command_parses(command):
-    """Every geomopt command the README shows is accepted by the command line (flags, choices, types)."""
+    """Every geomopt command the README and the docs show is accepted by the command line (flags, choices, types)."""
     build_parser().parse_args(_argv(command)[1:])
 
 
