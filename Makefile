@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NEXT := Next: source $(VENV)/bin/activate   (puts geomopt on the PATH; then: geomopt --help)
 
-.PHONY: demo test install bench clean ledger
+.PHONY: demo test install bench clean ledger docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,convex]'
+	$(PY) -m pip install -q -e '.[test,convex,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,6 +28,11 @@ test: $(STAMP)
 	$(PY) -m pytest
 	$(VENV)/bin/geomopt results check results
 	@echo "$(NEXT)"
+
+# The documentation site (mkdocs, strict: a warning fails the build) into site/.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+	@echo "Docs: site/index.html"
 
 # The results ledger: every reproduction at one protocol tier (TIER=quick|mid|full), resumable (rerun the same
 # command after an interruption: finished runs are kept), then filed into results/ with its provenance.
@@ -53,4 +58,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_curvature.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

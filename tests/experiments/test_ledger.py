@@ -42,7 +42,7 @@ def test_add_writes_entry_with_provenance_and_readme(ledger, capsys):
     assert prov["seeds"] == [0, 1] and prov["torch"] and prov["machine"] and prov["commit"]
     assert {"claims.json", "results.csv", "curves.csv", "experiment.json", "train_loss.png"} <= set(prov["files"])
     readme = (ledger / "README.md").read_text()
-    assert "Path-SGD" in readme and "| claim | verdict | the paper | we measured" in readme
+    assert "Path-SGD" in readme and "| verdict | claim | the paper | we measured" in readme
     assert main(["results", "check", str(ledger)]) == 0
     assert "every verdict follows" in capsys.readouterr().out
 

@@ -154,9 +154,9 @@ def readme(ledger: str | Path) -> str:
         lines += [f"## {record['title']} — {rel}", "",
                   f"`{prov['command']}` · seeds {record['seeds']} · {prov['wall_seconds'] / 60:.0f} min wall, "
                   f"{record['seconds'] / 60:.0f} min compute · commit {prov['commit'][:12]} · {prov['machine']}", "",
-                  "| claim | verdict | the paper | we measured | why / what would decide it |",
+                  "| verdict | claim | the paper | we measured | why / what would decide it |",
                   "|---|---|---|---|---|"]
-        lines += [f"| {_cell(c['text'])} ({_cell(c['where'])}) | **{c['verdict']}** | {_cell(c['published'])} | "
+        lines += [f"| **{c['verdict']}** | {_cell(c['text'])} ({_cell(c['where'])}) | {_cell(c['published'])} | "
                   f"{_cell(c['ours'])} | {_cell(c.get('why', ''))} |" for c in record["claims"]]
         lines.append("")
     return "\n".join(lines)
