@@ -7,9 +7,14 @@ its finished runs byte for byte); real signals sent to real subprocesses.
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
+import pytest
+
 from geomopt.cli import main
+from tests.processes import descendants, geomopt, running, wait_for
 
 TINY = ["--data", "digits", "--train-size", "200", "--widths", "16", "--batch-size", "50", "--no-progress"]
 
@@ -39,3 +44,36 @@ def test_after_a_divergence_a_changed_config_points_at_overwrite(tmp_path, capsy
     # a change a resumed run may make (more epochs) still names --resume
     assert main(["train", *TINY, "--epochs", "2", "--lr", "0.05", "--optimizer", "sgd", "--out", str(out)]) == 2
     assert f"--resume {out}" in capsys.readouterr().err
+
+
+# a reproduction of 2 x 5 short trials on 2 workers
+REPRODUCE = ["reproduce", "path-sgd", "--quick", "--jobs", "2", "--seeds", "5", "--set", "datasets=digits",
+             "--set", "inits=kaiming", "--set", "optimizers=sgd", "--set", 'lrs={"sgd": [0.1, 0.3]}',
+             "--set", "max_extensions=0", "--set", "widths=8", "--set", "train_size=100", "--set", "epochs=8"]
+
+
+def _summaries(root: Path) -> dict[Path, bytes]:
+    """The stored trials' summaries (not those in a worker's scratch folder OUT/.partial)."""
+    return {p: p.read_bytes() for p in root.rglob("summary.json") if ".partial" not in p.parts}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the worker processes")
+def test_ctrl_c_during_reproduce_stops_the_workers_and_keeps_finished_runs(tmp_path):
+    proc = geomopt(*REPRODUCE, "--out", str(tmp_path))
+    wait_for(lambda: _summaries(tmp_path) or proc.poll() is not None, 120, "a first stored trial")
+    workers = descendants(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    kept = _summaries(tmp_path)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "leaked semaphore" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("geomopt reproduce: path-sgd: interrupted; the ") and "stored" in last, last
+    assert workers  # the pool's workers, its forkserver and resource tracker: they end with the driver
+    wait_for(lambda: not [pid for pid in workers if running(pid)], 10, "the end of every worker process")
+    assert 0 < len(kept) < 10
+    rerun = geomopt(*REPRODUCE, "--out", str(tmp_path))
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err[-3000:]
+    after = _summaries(tmp_path)
+    assert len(after) == 10 and all(after[p] == data for p, data in kept.items())  # resumed, not retrained

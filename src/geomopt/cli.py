@@ -600,6 +600,10 @@ def main(argv: list[str] | None = None) -> int:
         with trusted_models(*([args.model] if "model" in vars(args) else []),  # typed here: the user's own
                             everything=getattr(args, "trust_config", False)):
             return args.func(args)
+    except KeyboardInterrupt as exc:  # Ctrl-C: the sweeps have stopped their workers and stored finished trials
+        detail = str(exc) or "interrupted; what was finished is kept: run the same command again to continue"
+        print(f"\ngeomopt {args.command}: {detail}", file=sys.stderr)
+        return 130
     except (ValueError, ImportError, OSError) as exc:  # bad input, a missing optional package, a file system error
         if isinstance(exc, OSError) and exc.filename is not None and not isinstance(exc, FileNotFoundError):
             exc = f"cannot use {exc.filename}: {exc.strerror}"
