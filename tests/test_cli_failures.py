@@ -7,6 +7,8 @@ its finished runs byte for byte); real signals sent to real subprocesses.
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -77,3 +79,49 @@ def test_ctrl_c_during_reproduce_stops_the_workers_and_keeps_finished_runs(tmp_p
     assert rerun.returncode == 0, err[-3000:]
     after = _summaries(tmp_path)
     assert len(after) == 10 and all(after[p] == data for p, data in kept.items())  # resumed, not retrained
+
+
+# data-parallel runs whose rank 1 is killed / hangs after its 3rd step (tests/faults/sitecustomize.py)
+FAULTS = str(Path(__file__).parent / "faults")
+DP = ["train", "--data", "digits", "--train-size", "200", "--widths", "16", "--batch-size", "50", "--epochs", "2",
+      "--checkpoint-every", "2", "--no-progress", "--nproc", "2"]
+
+
+def _with_fault(fault: str) -> dict[str, str]:
+    return {"GEOMOPT_TEST_FAULT": fault, "PYTHONPATH": os.pathsep.join([FAULTS, *sys.path])}
+
+
+def test_nproc_2_a_killed_rank_is_named_and_the_run_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    proc = geomopt(*DP, "--out", str(out), "--timeout", "60", env=_with_fault("1:3:kill"))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 4, err[-3000:]
+    assert err.strip() == (f"geomopt train: rank 1 of 2 was killed (SIGKILL); the launcher stopped the others; the last "
+                           f"checkpoint in {out} is intact: continue with `geomopt train --resume {out} --nproc 2`"), err
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0  # with any number of processes
+    assert json.loads((out / "summary.json").read_text())["steps"] == 8
+
+
+def test_nproc_2_a_rank_silent_past_timeout_is_named(tmp_path):
+    out = tmp_path / "run"
+    proc = geomopt(*DP, "--out", str(out), "--timeout", "8", env=_with_fault("1:3:hang"))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 4, err[-3000:]
+    assert err.strip() == (f"geomopt train: rank 1 of 2 stopped answering (rank 0 waited --timeout 8 s); the launcher "
+                           f"stopped the others; the last checkpoint in {out} is intact: continue with "
+                           f"`geomopt train --resume {out} --nproc 2`"), err
+
+
+def test_a_rank_that_cannot_join_says_so_and_leaves_nothing(tmp_path):
+    """Under torchrun (here its environment by hand) rank 0 of 2, alone: the rendezvous times out."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    proc = geomopt(*DP[:-2], "--out", str(tmp_path / "run"), "--timeout", "2", env=env)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 4, err[-3000:]
+    assert err.startswith(f"geomopt train: rank 0 of 2 could not join the process group at 127.0.0.1:{port} within "
+                          "--timeout 2 s (") and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()

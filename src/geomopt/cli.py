@@ -2,7 +2,8 @@
 
 Train networks with geometry-aware optimizers (Path-SGD, K-FAC, EKFAC), measure generalization,
 prune, explore implicit regularization, and reproduce papers' headline experiments into an HTML report.
-Exit codes: 0 ok, 2 bad input (config, files, output folder), 3 diverged run, 130 interrupted.
+Exit codes: 0 ok, 2 bad input (config, files, output folder), 3 diverged run, 4 a process of a data-parallel
+run died, stopped answering for --timeout seconds, or could not join (train --nproc N / torchrun), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -102,11 +103,22 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def _resume_hint(out: Path, nproc: int | None = None) -> str:
+    """How to go on from what ``out`` holds: resume from its checkpoint, or start again."""
+    if (out / "checkpoint.pt").is_file():
+        procs = f" --nproc {nproc}" if nproc and nproc > 1 else ""
+        return f"the last checkpoint in {out} is intact: continue with `geomopt train --resume {out}{procs}`"
+    return f"no checkpoint had been written in {out} yet: start the run again (same command)"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from geomopt.train import NonFiniteLossError, train
-    from geomopt.train.distributed import launch
+    from geomopt.train.distributed import EXIT_PROCESS_LOST, LAUNCHED, ProcessLostError, launch, report_lost
     if args.nproc is not None and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: start it
-        return launch(args.nproc, _without_nproc(args.argv))
+        code, lost = launch(args.nproc, _without_nproc(args.argv))
+        if lost is not None:
+            print(f"geomopt train: {lost}; {_resume_hint(Path(args.resume or args.out), args.nproc)}", file=sys.stderr)
+        return code
     from geomopt.train.config import read_json
     overrides = _train_overrides(args)
     if args.resume:
@@ -137,8 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                         progress=not args.no_progress, timeout=args.timeout)
     except KeyboardInterrupt:
         if (out / "checkpoint.pt").is_file():
-            print(f"\ninterrupted; the last checkpoint in {out} is intact: "
-                  f"continue with `geomopt train --resume {out}`", file=sys.stderr)
+            print(f"\ninterrupted; {_resume_hint(out)}", file=sys.stderr)
         else:
             print(f"\ninterrupted before the first checkpoint was written; nothing in {out} to resume: "
                   "start the run again (same command, or lower --checkpoint-every)", file=sys.stderr)
@@ -146,6 +157,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"geomopt train: {exc}", file=sys.stderr)
         return 3
+    except ProcessLostError as exc:  # data-parallel: another process died, went silent, or could not join
+        report_lost(exc)
+        if LAUNCHED not in os.environ:  # under `--nproc N` the launcher says it, once
+            print(f"geomopt train: {exc}; {_resume_hint(out, exc.world)}", file=sys.stderr)
+        return EXIT_PROCESS_LOST
     if os.environ.get("RANK", "0") != "0":  # data-parallel: rank 0 reports
         return 0
     if summary.get("skipped"):
@@ -473,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=None,
                    help="data-parallel processes on this machine (runs torchrun --standalone --nproc-per-node N)")
     p.add_argument("--timeout", type=float, default=300.0,
-                   help="data-parallel: seconds a collective waits for the other processes (default: 300)")
+                   help="data-parallel: seconds a collective (and joining) waits for the other processes; past "
+                        "it the run stops with exit code 4 (default: 300)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("reproduce", help="run one paper's headline experiment and write its report section")

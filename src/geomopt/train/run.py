@@ -139,7 +139,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
 
     Started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), this process joins the process
     group (collectives time out after ``timeout`` seconds) and trains data-parallel (see :func:`fit`);
-    rank 0 decides what to do with ``out_dir`` and writes into it.
+    rank 0 decides what to do with ``out_dir`` and writes into it. A process that dies, stops answering
+    or cannot join raises :class:`~geomopt.train.distributed.ProcessLostError` on the others.
 
     ``config`` comes from the caller: a ``MODULE:FACTORY`` model it names is trusted (imported) for the
     run; callers that read a config from a file check it first (:func:`geomopt.nn.factory.check_trusted`).
@@ -156,6 +157,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
     except Exception as exc:
         if created and not isinstance(exc, NonFiniteLossError) and not (out_dir / CHECKPOINT).exists():
             _remove_failed_start(out_dir, created)
+        lost = distributed.lost_process(exc, ctx, timeout) if ctx is not None else None
+        if lost is not None:  # the backend's words for a dead or silent process
+            raise lost from None
         raise
     finally:
         if own_group:
