@@ -3,7 +3,6 @@ then, after 2 steps, which eigenvectors of each factor turned and where the diag
 
 Run: PYTHONPATH=src python benchmarks/ekfac_rounding.py
 """
-import sys
 import torch
 from torch import nn
 from geomopt.data import load_dataset
