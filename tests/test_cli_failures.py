@@ -125,3 +125,15 @@ def test_a_rank_that_cannot_join_says_so_and_leaves_nothing(tmp_path):
     assert err.startswith(f"geomopt train: rank 0 of 2 could not join the process group at 127.0.0.1:{port} within "
                           "--timeout 2 s (") and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+def test_nproc_2_ctrl_c_is_one_line_and_exit_130(tmp_path):
+    out = tmp_path / "run"
+    proc = geomopt(*DP[:7], "--epochs", "30", "--batch-size", "20", "--checkpoint-every", "2", "--no-progress",
+                   "--nproc", "2", "--out", str(out))
+    wait_for(lambda: (out / "checkpoint.pt").exists() or proc.poll() is not None, 200, "a first checkpoint")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip() == (f"interrupted; the last checkpoint in {out} is intact: continue with "
+                           f"`geomopt train --resume {out} --nproc 2`"), err

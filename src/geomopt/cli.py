@@ -148,8 +148,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = train(config, out, resume=bool(args.resume), overwrite=args.overwrite,
                         progress=not args.no_progress, timeout=args.timeout)
     except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") != "0":  # data-parallel: rank 0 reports
+            return 130
         if (out / "checkpoint.pt").is_file():
-            print(f"\ninterrupted; {_resume_hint(out)}", file=sys.stderr)
+            print(f"\ninterrupted; {_resume_hint(out, int(os.environ.get('WORLD_SIZE', '1')))}", file=sys.stderr)
         else:
             print(f"\ninterrupted before the first checkpoint was written; nothing in {out} to resume: "
                   "start the run again (same command, or lower --checkpoint-every)", file=sys.stderr)

@@ -264,7 +264,9 @@ def launch(nproc: int, argv: list[str]) -> tuple[int, str | None]:
     """Run ``python -m geomopt.cli ARGV`` in ``nproc`` processes on this machine with ``torchrun``
     (``torch.distributed.run``, standalone rendezvous). Returns the exit status (non-zero if any
     failed) and, when a process was lost (killed, silent past the timeout, unable to join), one
-    sentence naming it, with status :data:`EXIT_PROCESS_LOST`; torchrun's own log lines are muted."""
+    sentence naming it, with status :data:`EXIT_PROCESS_LOST`; Ctrl-C gives 130 (rank 0 reports it).
+    torchrun's own log lines are muted."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
     if nproc < 1:
@@ -276,6 +278,10 @@ def launch(nproc: int, argv: list[str]) -> tuple[int, str | None]:
         run(args)
     except ChildFailedError as exc:
         return _explain(exc.failures, nproc)
+    except SignalException as exc:  # torchrun has passed the signal on to the workers and waited for them
+        if exc.sigval == signal.SIGINT:
+            return 130, None  # Ctrl-C: rank 0 has said what it kept
+        return 128 + exc.sigval, f"the launcher got {signal.Signals(exc.sigval).name} and stopped the processes"
     finally:
         logging.disable(logging.NOTSET)
         del os.environ[LAUNCHED]
