@@ -243,3 +243,23 @@ def test_under_torchrun_the_survivor_of_a_killed_rank_says_so(tmp_path):
     assert err.startswith("geomopt train: rank 0 of 2 lost its connection to another process of the run, which died (")
     assert err.endswith(f"the last checkpoint in {out} is intact: continue with `geomopt train --resume {out} --nproc 2`")
     assert len(err.splitlines()) == 1, err
+
+
+def test_the_launcher_names_the_cause_among_torchruns_failures():
+    """torchrun stops the other ranks with SIGTERM once one fails: the cause is what is named."""
+    from types import SimpleNamespace
+
+    from geomopt.train.distributed import _explain
+
+    def failure(code, kind=None):
+        data = {"geomopt": {"kind": kind, "rank": 0, "timeout": 5.0}} if kind else {}
+        return SimpleNamespace(exitcode=code, error_file_data=data, message=f"report of a {kind}")
+    assert _explain({0: failure(-15), 1: failure(-9)}, 2) == (
+        4, "rank 1 of 2 was killed (SIGKILL); the launcher stopped the others")
+    assert _explain({0: failure(4, "timeout"), 2: failure(-15)}, 3) == (
+        4, "ranks [1, 2] of 3 stopped answering (rank 0 waited --timeout 5 s); the launcher stopped the others")
+    assert _explain({0: failure(4, "join"), 1: failure(-15)}, 2) == (
+        4, "report of a join; the launcher stopped the others")
+    assert _explain({0: failure(-15), 1: failure(3)}, 2) == (3, None)  # a NaN loss: the ranks said it themselves
+    assert _explain({0: failure(-15), 1: failure(-15)}, 2) == (
+        4, "ranks [0, 1] of 2 stopped by SIGTERM from outside the run")
