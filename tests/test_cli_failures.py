@@ -60,8 +60,11 @@ def _summaries(root: Path) -> dict[Path, bytes]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the worker processes")
-def test_ctrl_c_during_reproduce_stops_the_workers_and_keeps_finished_runs(tmp_path):
-    proc = geomopt(*REPRODUCE, "--out", str(tmp_path))
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_ctrl_c_during_reproduce_stops_the_workers_and_keeps_finished_runs(tmp_path, backend):
+    if backend == "ray":
+        pytest.importorskip("ray")
+    proc = geomopt(*REPRODUCE, "--backend", backend, "--out", str(tmp_path))
     wait_for(lambda: _summaries(tmp_path) or proc.poll() is not None, 120, "a first stored trial")
     workers = descendants(proc.pid)
     proc.send_signal(signal.SIGINT)
@@ -71,10 +74,10 @@ def test_ctrl_c_during_reproduce_stops_the_workers_and_keeps_finished_runs(tmp_p
     assert "Traceback" not in err and "leaked semaphore" not in err, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("geomopt reproduce: path-sgd: interrupted; the ") and "stored" in last, last
-    assert workers  # the pool's workers, its forkserver and resource tracker: they end with the driver
-    wait_for(lambda: not [pid for pid in workers if running(pid)], 10, "the end of every worker process")
+    assert workers  # the pool's workers, its forkserver and resource tracker; Ray's: they end with the driver
+    wait_for(lambda: not [pid for pid in workers if running(pid)], 20, "the end of every worker process")
     assert 0 < len(kept) < 10
-    rerun = geomopt(*REPRODUCE, "--out", str(tmp_path))
+    rerun = geomopt(*REPRODUCE, "--backend", backend, "--out", str(tmp_path))
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err[-3000:]
     after = _summaries(tmp_path)
