@@ -2,7 +2,8 @@
 
 Train networks with geometry-aware optimizers (Path-SGD, K-FAC, EKFAC), measure generalization,
 prune, explore implicit regularization, and reproduce papers' headline experiments into an HTML report.
-Exit codes: 0 ok, 2 bad input (config, files, output folder), 3 diverged run, 130 interrupted.
+Exit codes: 0 ok, 2 bad input (config, files, output folder), 3 diverged run, 4 a process of a data-parallel
+run died, stopped answering for --timeout seconds, or could not join (train --nproc N / torchrun), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -102,11 +103,22 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def _resume_hint(out: Path, nproc: int | None = None) -> str:
+    """How to go on from what ``out`` holds: resume from its checkpoint, or start again."""
+    if (out / "checkpoint.pt").is_file():
+        procs = f" --nproc {nproc}" if nproc and nproc > 1 else ""
+        return f"the last checkpoint in {out} is intact: continue with `geomopt train --resume {out}{procs}`"
+    return f"no checkpoint had been written in {out} yet: start the run again (same command)"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from geomopt.train import NonFiniteLossError, train
-    from geomopt.train.distributed import launch
+    from geomopt.train.distributed import EXIT_PROCESS_LOST, LAUNCHED, ProcessLostError, launch, report_lost
     if args.nproc is not None and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: start it
-        return launch(args.nproc, _without_nproc(args.argv))
+        code, lost = launch(args.nproc, _without_nproc(args.argv))
+        if lost is not None:
+            print(f"geomopt train: {lost}; {_resume_hint(Path(args.resume or args.out), args.nproc)}", file=sys.stderr)
+        return code
     from geomopt.train.config import read_json
     overrides = _train_overrides(args)
     if args.resume:
@@ -136,9 +148,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = train(config, out, resume=bool(args.resume), overwrite=args.overwrite,
                         progress=not args.no_progress, timeout=args.timeout)
     except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") != "0":  # data-parallel: rank 0 reports
+            return 130
         if (out / "checkpoint.pt").is_file():
-            print(f"\ninterrupted; the last checkpoint in {out} is intact: "
-                  f"continue with `geomopt train --resume {out}`", file=sys.stderr)
+            print(f"\ninterrupted; {_resume_hint(out, int(os.environ.get('WORLD_SIZE', '1')))}", file=sys.stderr)
         else:
             print(f"\ninterrupted before the first checkpoint was written; nothing in {out} to resume: "
                   "start the run again (same command, or lower --checkpoint-every)", file=sys.stderr)
@@ -146,6 +159,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"geomopt train: {exc}", file=sys.stderr)
         return 3
+    except ProcessLostError as exc:  # data-parallel: another process died, went silent, or could not join
+        report_lost(exc)
+        if LAUNCHED not in os.environ:  # under `--nproc N` the launcher says it, once
+            print(f"geomopt train: {exc}; {_resume_hint(out, exc.world)}", file=sys.stderr)
+        return EXIT_PROCESS_LOST
     if os.environ.get("RANK", "0") != "0":  # data-parallel: rank 0 reports
         return 0
     if summary.get("skipped"):
@@ -473,7 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=None,
                    help="data-parallel processes on this machine (runs torchrun --standalone --nproc-per-node N)")
     p.add_argument("--timeout", type=float, default=300.0,
-                   help="data-parallel: seconds a collective waits for the other processes (default: 300)")
+                   help="data-parallel: seconds a collective (and joining) waits for the other processes; past "
+                        "it the run stops with exit code 4 (default: 300)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("reproduce", help="run one paper's headline experiment and write its report section")
@@ -600,6 +619,10 @@ def main(argv: list[str] | None = None) -> int:
         with trusted_models(*([args.model] if "model" in vars(args) else []),  # typed here: the user's own
                             everything=getattr(args, "trust_config", False)):
             return args.func(args)
+    except KeyboardInterrupt as exc:  # Ctrl-C: the sweeps have stopped their workers and stored finished trials
+        detail = str(exc) or "interrupted; what was finished is kept: run the same command again to continue"
+        print(f"\ngeomopt {args.command}: {detail}", file=sys.stderr)
+        return 130
     except (ValueError, ImportError, OSError) as exc:  # bad input, a missing optional package, a file system error
         if isinstance(exc, OSError) and exc.filename is not None and not isinstance(exc, FileNotFoundError):
             exc = f"cannot use {exc.filename}: {exc.strerror}"

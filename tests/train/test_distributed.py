@@ -206,3 +206,60 @@ def test_train_ends_its_process_group_threads(tmp_path):
     for rank in range(2):
         before, after = json.loads((tmp_path / f"threads{rank}.json").read_text())
         assert before == [] and after == [], f"rank {rank}: threads before train {before}, after {after}"
+
+
+def _cli_worker_losing_rank1(rank, world, root, port):
+    """``geomopt train`` as plain torchrun starts it (its environment), rank 1 killed after its 3rd step."""
+    import contextlib
+    import signal
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from geomopt.cli import main
+    from geomopt.train.distributed import leave
+    leave()  # the harness's group: train() joins its own from the environment
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    steps = []
+    if rank == 1:
+        register_optimizer_step_post_hook(
+            lambda *_: steps.append(1) or (len(steps) == 3 and os.kill(os.getpid(), signal.SIGKILL)))
+    out = Path(root) / "run"
+    with open(Path(root) / f"stderr{rank}.txt", "w") as err, contextlib.redirect_stderr(err):
+        code = main(["train", "--data", "digits", "--train-size", "200", "--widths", "16", "--batch-size", "50",
+                     "--epochs", "2", "--checkpoint-every", "2", "--no-progress", "--out", str(out), "--timeout", "60"])
+    Path(root, f"code{rank}.txt").write_text(str(code))
+
+
+def test_under_torchrun_the_survivor_of_a_killed_rank_says_so(tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert run_processes(2, _cli_worker_losing_rank1, str(tmp_path), port, timeout=120) == [0, -9]
+    out = tmp_path / "run"
+    assert (tmp_path / "code0.txt").read_text() == "4"
+    err = (tmp_path / "stderr0.txt").read_text().strip()
+    assert err.startswith("geomopt train: rank 0 of 2 lost its connection to another process of the run, which died (")
+    assert err.endswith(f"the last checkpoint in {out} is intact: continue with `geomopt train --resume {out} --nproc 2`")
+    assert len(err.splitlines()) == 1, err
+
+
+def test_the_launcher_names_the_cause_among_torchruns_failures():
+    """torchrun stops the other ranks with SIGTERM once one fails: the cause is what is named."""
+    from types import SimpleNamespace
+
+    from geomopt.train.distributed import _explain
+
+    def failure(code, kind=None):
+        data = {"geomopt": {"kind": kind, "rank": 0, "timeout": 5.0}} if kind else {}
+        return SimpleNamespace(exitcode=code, error_file_data=data, message=f"report of a {kind}")
+    assert _explain({0: failure(-15), 1: failure(-9)}, 2) == (
+        4, "rank 1 of 2 was killed (SIGKILL); the launcher stopped the others")
+    assert _explain({0: failure(4, "timeout"), 2: failure(-15)}, 3) == (
+        4, "ranks [1, 2] of 3 stopped answering (rank 0 waited --timeout 5 s); the launcher stopped the others")
+    assert _explain({0: failure(4, "join"), 1: failure(-15)}, 2) == (
+        4, "report of a join; the launcher stopped the others")
+    assert _explain({0: failure(-15), 1: failure(3)}, 2) == (3, None)  # a NaN loss: the ranks said it themselves
+    assert _explain({0: failure(-15), 1: failure(-15)}, 2) == (
+        4, "ranks [0, 1] of 2 stopped by SIGTERM from outside the run")

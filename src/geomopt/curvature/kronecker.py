@@ -204,6 +204,39 @@ def symeig(matrix: Tensor, *, name: str = "factor", max_tries: int = 4) -> tuple
                              + (f" ({last})" if last else ""))
 
 
+def eigen_clusters(evals: Tensor, rtol: float | None = None) -> Tensor:
+    """Labels ``0, 1, ...`` (in ``evals.dtype``) of the runs of ascending ``evals`` whose consecutive gaps
+    are at most ``rtol * max |evals|`` (default ``sqrt(eps)`` of the dtype): numerically repeated
+    eigenvalues, e.g. the zero eigenvalues of a factor whose inputs never vary along some direction
+    (constant pixels). Their eigenvectors are any orthonormal basis of the eigenspace, turned by rounding:
+    a relative change ``delta`` of the matrix turns eigenvectors with gap ``g`` by ``delta max|e| / g``."""
+    if rtol is None:
+        rtol = torch.finfo(evals.dtype).eps ** 0.5
+    apart = (evals[1:] - evals[:-1]) > rtol * evals.abs().max()
+    return torch.cat([apart.new_zeros(1), apart]).cumsum(0).to(evals.dtype)
+
+
+def cluster_mean(s: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``s`` (``(d_G, d_A)``, an eigenbasis diagonal) averaged over each block of equal labels ``rows`` x
+    ``cols`` (:func:`eigen_clusters` of ``G`` and ``A``); returned as it is where every label is distinct.
+
+    Within a block of repeated eigenvalues the eigenvectors are arbitrary, and so is ``s_ij =
+    E[(g.u_i)^2 (a.v_j)^2]`` entry by entry; the block's mean is not: ``sum_{j in C} (a.v_j)^2 =
+    |P_C a|^2`` for any orthonormal basis ``v_j`` of the eigenspace ``C``. With it the preconditioner on
+    the block, ``U_C diag(1 / (s_C + damping)) U_C^T = P_C / (s_C + damping)``, no longer depends on
+    which basis rounding picked."""
+    for dim, labels in ((0, rows), (1, cols)):
+        index = labels.long()
+        count = int(index[-1]) + 1
+        if count == index.numel():
+            continue
+        shape = [1, 1]
+        shape[dim] = count
+        sums = s.new_zeros(*(count if d == dim else s.shape[d] for d in range(2))).index_add_(dim, index, s)
+        s = (sums / torch.bincount(index, minlength=count).to(s.dtype).view(shape)).index_select(dim, index)
+    return s
+
+
 #: Largest upper bound on the condition number of ``matrix + shift I`` for which a float32 (or
 #: lower-precision) factor is factorized in float32: the Cholesky inverse's relative error is about
 #: ``cond * eps_32`` (``eps_32 = 6e-8``), i.e. at most ~1e-2 here, and usually far less because the

@@ -20,8 +20,8 @@ hyperparameter selection on validation data, claims as data.
 from geomopt.sweep.claims import (FAILS, HOLDS, INCONCLUSIVE, UNTESTABLE, VERDICTS, Claim, Outcome, RunGate, all_of,
                                   count_verdicts, equivalent, gated, greater, hierarchical_interval, less, read_claims,
                                   untestable, write_claims)
-from geomopt.sweep.engine import (BACKENDS, SweepError, TrialResult, default_jobs, make_backend, run_all, run_sweep,
-                                  sweep_options)
+from geomopt.sweep.engine import (BACKENDS, SweepError, SweepInterrupted, TrialResult, default_jobs, make_backend,
+                                  run_all, run_sweep, sweep_options)
 from geomopt.sweep.select import Grid, Selection, select_grids
 from geomopt.sweep.stats import SeedStats, band, seed_stats, t_quantile
 from geomopt.sweep.trial import FAILED, Output, Trial, TrainJob, execute
@@ -30,5 +30,5 @@ __all__ = ["FAILS", "HOLDS", "INCONCLUSIVE", "UNTESTABLE", "VERDICTS", "Claim", 
            "count_verdicts", "equivalent", "gated", "greater", "hierarchical_interval", "less", "read_claims",
            "untestable", "write_claims",
            "Grid", "Selection", "select_grids", "SeedStats", "band", "seed_stats", "t_quantile",
-           "BACKENDS", "FAILED", "Output", "SweepError", "Trial", "TrainJob", "TrialResult", "default_jobs", "execute",
-           "make_backend", "run_all", "run_sweep", "sweep_options"]
+           "BACKENDS", "FAILED", "Output", "SweepError", "SweepInterrupted", "Trial", "TrainJob", "TrialResult",
+           "default_jobs", "execute", "make_backend", "run_all", "run_sweep", "sweep_options"]

@@ -57,6 +57,10 @@ class SweepError(RuntimeError):
                          + "\n  ".join(lines) + more)
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep, once its workers are stopped; the message says what is kept."""
+
+
 def make_backend(backend: str = "local", *, workers: int | None = None, address: str | None = None,
                  cpus_per_trial: float = 1, gpus_per_trial: float = 0):
     """A backend by name; raises (before anything is written) when Ray is asked for but missing.
@@ -175,10 +179,12 @@ def run_sweep(trials: Sequence[Trial], *, backend: Any = None, workers: int | No
                     errors[i].append(f"attempt {len(errors[i]) + 1} (timeout): killed after {trial_timeout:g} s")
                     fail(i)
         show()
-    except KeyboardInterrupt:
-        bar.write(f"{desc}: interrupted; the {sum(r is not None and r.status != 'failed' for r in results)} finished "
-                  "trial(s) are stored; run the same command again to run the rest")
-        raise
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, SweepInterrupted):  # a sweep inside a trial run in this process
+            raise
+        kept = sum(r is not None and r.status != "failed" for r in results)
+        raise SweepInterrupted(f"{desc}: interrupted; the {kept} finished trial(s) are stored; run the same "
+                               "command again to run the rest") from None
     finally:
         backend.close()
         bar.close()

@@ -41,10 +41,18 @@ def _exit_with_driver(driver: int) -> None:
         time.sleep(1)
 
 
+def _stop(signum, frame) -> None:
+    """SIGTERM from the driver (a Ctrl-C, a timeout): end the attempt like ``sys.exit``, so that its
+    ``finally`` blocks and the process's exit handlers run (they unregister the semaphores that torch and
+    tqdm created: killed, the worker would leave them to the resource tracker's "leaked semaphore" warning)."""
+    raise SystemExit(0)
+
+
 def _serve(conn, driver: int) -> None:
     """Worker loop: receive (job, inputs, checkpoint, threads, scratch), send back ("ok", Output) or
     ("error", text)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle; it stops the workers
+    signal.signal(signal.SIGTERM, _stop)
     threading.Thread(target=_exit_with_driver, args=(driver,), daemon=True).start()
     while True:
         try:
@@ -55,6 +63,8 @@ def _serve(conn, driver: int) -> None:
             return
         try:
             reply = ("ok", execute(*task))
+        except SystemExit:
+            raise
         except BaseException:
             reply = ("error", traceback.format_exc())
         try:
@@ -85,9 +95,11 @@ class _Worker:
         self.process.start()
         child.close()
 
-    def stop(self, kill: bool) -> None:
-        if kill:
-            self.process.kill()
+    def stop(self, now: bool) -> None:
+        """End the worker: ``now``, its attempt too (SIGTERM: see :func:`_stop`), else once idle; killed
+        if it has not ended within 5 s (stuck in native code)."""
+        if now:
+            self.process.terminate()
         else:
             try:
                 self.conn.send(None)
@@ -155,21 +167,21 @@ class LocalBackend:
                 worker.process.join(timeout=5)
                 done.append((key, "died", f"worker process {worker.process.pid} died (exit code "
                                           f"{worker.process.exitcode})"))
-                worker.stop(kill=True)
+                worker.stop(now=True)
             else:
                 done.append((key, status, value))
                 self._idle.append(worker)
         return done
 
     def cancel(self, key: int) -> None:
-        """Kill the worker running ``key`` (a timeout); a fresh one takes its place when needed."""
+        """Stop the worker running ``key`` (a timeout); a fresh one takes its place when needed."""
         worker = self._busy.pop(key, None)
         if worker is not None:
-            worker.stop(kill=True)
+            worker.stop(now=True)
 
     def close(self) -> None:
         for worker in self._idle:
-            worker.stop(kill=False)
+            worker.stop(now=False)
         for worker in self._busy.values():
-            worker.stop(kill=True)
+            worker.stop(now=True)
         self._idle, self._busy = [], {}

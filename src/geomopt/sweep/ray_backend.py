@@ -119,9 +119,14 @@ class RayBackend:
                 del self._refs[ref]
 
     def close(self) -> None:
-        for ref in self._refs:
+        """Cancel the running tasks (killing their workers) and wait until Ray has settled them (at most
+        30 s): a session shut down with replies still in flight aborts the driver ("Tried to complete
+        task that was not pending")."""
+        refs, self._refs = list(self._refs), {}
+        for ref in refs:
             self._ray.cancel(ref, force=True)
-        self._refs = {}
+        if refs:
+            self._ray.wait(refs, num_returns=len(refs), timeout=30)
         if self._session is not None:
             self._session.__exit__(None, None, None)
             self._session = None

@@ -12,13 +12,22 @@ bucket by ``n_r / N`` before the sum (the default hook's ``1 / world`` is the sa
 Before each backward pass one small all-reduce of ``(n_r loss_r, n_r, non-finite flags)`` gives the
 global-batch loss (logged), ``N``, and which ranks met a NaN/inf loss, so every rank stops together.
 Collectives time out (``timeout``) instead of hanging when a process dies.
+
+When a process dies, stops answering for ``timeout`` seconds, or cannot join the process group, the
+others raise :class:`ProcessLostError` (one sentence naming the rank, not the backend's traceback);
+``geomopt train`` exits with :data:`EXIT_PROCESS_LOST` and says how to resume, and the launcher of
+``--nproc N`` names the rank that was killed or stopped answering (:func:`launch`).
 """
 
 from __future__ import annotations
 
 import datetime
 import gc
+import json
+import logging
 import os
+import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,6 +39,46 @@ from torch.utils.data import DataLoader, Sampler
 
 #: seconds a collective waits for the other processes before raising
 DEFAULT_TIMEOUT = 300.0
+#: exit status of ``geomopt train`` when a process of a data-parallel run died, stopped answering for
+#: ``--timeout`` seconds, or could not join the process group
+EXIT_PROCESS_LOST = 4
+
+# what gloo / nccl / the TCP store say when the other side of a connection is gone or silent
+_DEAD = ("connection reset", "connection closed", "broken pipe", "connection refused", "socket closed",
+         "communicator was aborted", "end of file")
+_SILENT = ("timed out", "timeout")
+
+
+class ProcessLostError(RuntimeError):
+    """A process of a data-parallel run died (``kind="died"``), stopped answering for the collective
+    timeout (``"timeout"``), or a process could not join the process group (``"join"``)."""
+
+    def __init__(self, message: str, kind: str, rank: int, world: int, timeout: float):
+        super().__init__(message)
+        self.kind, self.rank, self.world, self.timeout = kind, rank, world, timeout
+
+
+def lost_process(exc: BaseException, ctx: DataParallel, timeout: float) -> ProcessLostError | None:
+    """The :class:`ProcessLostError` that a backend's error ``exc`` on this rank stands for (None: another
+    error, e.g. a bug). Gloo raises a RuntimeError whose text says "Connection reset by peer" when the
+    other process died, "Timed out waiting ...ms" when it is alive but silent."""
+    if not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc).lower()
+    where = f"rank {ctx.rank} of {ctx.world}"
+    if any(k in text for k in _DEAD):
+        return ProcessLostError(f"{where} lost its connection to another process of the run, which died "
+                                f"({_first_line(exc)})", "died", ctx.rank, ctx.world, timeout)
+    if any(k in text for k in _SILENT):
+        return ProcessLostError(f"{where} waited --timeout {timeout:g} s for the other processes: one stopped "
+                                "answering", "timeout", ctx.rank, ctx.world, timeout)
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The backend's own words, without its source location prefix ("[.../pair.cc:537] ")."""
+    line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return line.split("] ", 1)[1] if line.startswith("[") and "] " in line else line
 
 
 @dataclass
@@ -62,7 +111,13 @@ def init_from_env(device_type: str, timeout: float = DEFAULT_TIMEOUT) -> DataPar
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+    except (RuntimeError, ValueError) as exc:  # the store unreachable, too few processes, a port in use...
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"])
+        address = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        raise ProcessLostError(f"rank {rank} of {world} could not join the process group at {address} within "
+                               f"--timeout {timeout:g} s ({_first_line(exc)})", "join", rank, world, timeout) from None
     return current()
 
 
@@ -191,18 +246,82 @@ def broadcast_object(obj, ctx: DataParallel | None):
     return box[0]
 
 
-def launch(nproc: int, argv: list[str]) -> int:
+#: set by :func:`launch` for its workers: it reports a lost process itself, once
+LAUNCHED = "GEOMOPT_LAUNCHED"
+
+
+def report_lost(exc: ProcessLostError) -> None:
+    """Hand ``exc`` to torchrun in the reply file it names (``TORCHELASTIC_ERROR_FILE``): :func:`launch`
+    reads it, and plain ``torchrun`` prints its message in its failure summary."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        with open(path, "w") as f:
+            json.dump({"message": str(exc), "timestamp": int(time.time()),
+                       "geomopt": {"kind": exc.kind, "rank": exc.rank, "timeout": exc.timeout}}, f)
+
+
+def launch(nproc: int, argv: list[str]) -> tuple[int, str | None]:
     """Run ``python -m geomopt.cli ARGV`` in ``nproc`` processes on this machine with ``torchrun``
-    (``torch.distributed.run``, standalone rendezvous); the exit status (non-zero if any failed)."""
+    (``torch.distributed.run``, standalone rendezvous). Returns the exit status (non-zero if any
+    failed) and, when a process was lost (killed, silent past the timeout, unable to join), one
+    sentence naming it, with status :data:`EXIT_PROCESS_LOST`; Ctrl-C gives 130 (rank 0 reports it).
+    torchrun's own log lines are muted."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
     if nproc < 1:
         raise ValueError(f"--nproc must be at least 1, got {nproc}")
     args = parse_args(["--standalone", "--nnodes", "1", "--nproc-per-node", str(nproc), "-m", "geomopt.cli", *argv])
+    os.environ[LAUNCHED] = "1"  # the workers inherit this process's environment
+    logging.disable(logging.CRITICAL)
     try:
         run(args)
     except ChildFailedError as exc:
-        failures = exc.failures
-        first = failures[min(failures)]
-        return first.exitcode if first.exitcode and first.exitcode > 0 else 1
-    return 0
+        return _explain(exc.failures, nproc)
+    except SignalException as exc:  # torchrun has passed the signal on to the workers and waited for them
+        if exc.sigval == signal.SIGINT:
+            return 130, None  # Ctrl-C: rank 0 has said what it kept
+        return 128 + exc.sigval, f"the launcher got {signal.Signals(exc.sigval).name} and stopped the processes"
+    finally:
+        logging.disable(logging.NOTSET)
+        del os.environ[LAUNCHED]
+    return 0, None
+
+
+def _explain(failures: dict, world: int) -> tuple[int, str | None]:
+    """Exit status and sentence for torchrun's ``ProcessFailure`` by global rank. The launcher stops the
+    other ranks with SIGTERM once one fails, so the cause is, in this order: a rank killed by another
+    signal; the report of a rank that lost another (:func:`report_lost`; those it waited for in vain
+    are the ranks that did not exit by themselves); a rank's own error (it printed it: its status);
+    a SIGTERM from outside."""
+    own = {r: f for r, f in sorted(failures.items()) if f.exitcode > 0}
+    killed = {r: f for r, f in sorted(failures.items()) if f.exitcode < 0 and -f.exitcode != signal.SIGTERM}
+    if killed:
+        how = ", ".join(_signal_name(-f.exitcode) for f in killed.values())
+        verb = "was" if len(killed) == 1 else "were"
+        return EXIT_PROCESS_LOST, f"{_ranks(killed)} of {world} {verb} killed ({how}); the launcher stopped the others"
+    reports = {r: f.error_file_data.get("geomopt") for r, f in own.items()
+               if f.exitcode == EXIT_PROCESS_LOST and isinstance(f.error_file_data, dict)}
+    reports = {r: info for r, info in reports.items() if info}
+    if reports:
+        rank, info = next(iter(reports.items()))
+        silent = [r for r in range(world) if r not in own]
+        if info["kind"] == "timeout" and silent:
+            return EXIT_PROCESS_LOST, (f"{_ranks(silent)} of {world} stopped answering (rank {rank} waited --timeout "
+                                       f"{info['timeout']:g} s); the launcher stopped the others")
+        return EXIT_PROCESS_LOST, f"{failures[rank].message}; the launcher stopped the others"
+    if own:
+        return next(iter(own.values())).exitcode, None
+    return EXIT_PROCESS_LOST, f"{_ranks(failures)} of {world} stopped by SIGTERM from outside the run"
+
+
+def _ranks(ranks) -> str:
+    ranks = list(ranks)
+    return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {ranks}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

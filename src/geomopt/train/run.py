@@ -18,7 +18,7 @@ from geomopt.optim.registry import KRONECKER_OPTIONS
 from geomopt.train import distributed
 from geomopt.train.checkpoint import write_json
 from geomopt.train.config import TrainConfig, read_json
-from geomopt.train.engine import CHECKPOINT, fit
+from geomopt.train.engine import CHECKPOINT, METRICS, NonFiniteLossError, fit
 from geomopt.train.sharpness import SharpnessTracker
 from geomopt.train.tensorboard import TensorBoardLog
 from geomopt.train.tasks import bits, task_objective
@@ -89,15 +89,9 @@ def _plan(config: TrainConfig, out_dir: Path, resume: bool, overwrite: bool) -> 
     """
     stored_path = out_dir / CONFIG
     if resume:
-        stored = TrainConfig.load(stored_path)
-        diff = stored.differences(config)
-        if set(diff) - set(EXTENDABLE):
-            raise ValueError(f"--resume {out_dir}: the config differs from the stored one in "
-                             f"{_describe_diff(diff)}; only {list(EXTENDABLE)} may change on resume")
-        if "epochs" in diff and config.schedule != "constant":
-            raise ValueError(f"--resume {out_dir} --epochs {config.epochs}: the {config.schedule} schedule was laid out "
-                             f"for {stored.epochs} epochs; extending it would change the rates already used. "
-                             "Start a new run instead")
+        refusal = _resume_refusal(TrainConfig.load(stored_path), config, out_dir)
+        if refusal:
+            raise ValueError(refusal)
         return "resume"
     holds_run = any((out_dir / name).exists() for name in (CONFIG, CHECKPOINT, "summary.json"))
     if overwrite or not holds_run:
@@ -105,13 +99,27 @@ def _plan(config: TrainConfig, out_dir: Path, resume: bool, overwrite: bool) -> 
     if not stored_path.exists():
         raise ValueError(f"{out_dir} holds files of an earlier run but no {CONFIG}: choose another --out, "
                          "or pass --overwrite to replace them")
-    diff = TrainConfig.load(stored_path).differences(config)
-    if diff:
-        raise ValueError(f"{out_dir} holds a different run ({_describe_diff(diff)}): choose another --out, "
-                         f"continue it with --resume {out_dir}, or pass --overwrite to replace it")
+    stored = TrainConfig.load(stored_path)
+    diff = stored.differences(config)
+    if diff:  # --resume is named only where it can help (not after a divergence with a lower learning rate)
+        resume_hint = "" if _resume_refusal(stored, config, out_dir) else f", continue it with --resume {out_dir}"
+        raise ValueError(f"{out_dir} holds a different run ({_describe_diff(diff)}): choose another --out"
+                         f"{resume_hint}, or pass --overwrite to replace it")
     if (out_dir / "summary.json").is_file():
         return "done"
     return "resume" if (out_dir / CHECKPOINT).is_file() else "fresh"
+
+
+def _resume_refusal(stored: TrainConfig, config: TrainConfig, out_dir: Path) -> str | None:
+    """Why the run ``stored`` in ``out_dir`` cannot be resumed as ``config`` (None: it can)."""
+    diff = stored.differences(config)
+    if set(diff) - set(EXTENDABLE):
+        return (f"--resume {out_dir}: the config differs from the stored one in {_describe_diff(diff)}; "
+                f"only {list(EXTENDABLE)} may change on resume")
+    if "epochs" in diff and config.schedule != "constant":
+        return (f"--resume {out_dir} --epochs {config.epochs}: the {config.schedule} schedule was laid out "
+                f"for {stored.epochs} epochs; extending it would change the rates already used. Start a new run instead")
+    return None
 
 
 def _describe_diff(diff: dict[str, tuple[Any, Any]]) -> str:
@@ -125,12 +133,14 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
 
     A folder that already holds this config is resumed (or, finished, returned as it is, with
     ``"skipped": True``); one that holds a different run raises ValueError naming what differs,
-    unless ``overwrite``. With ``resume=True`` the stored config.json must equal ``config`` except for
+    unless ``overwrite``. A run that fails before its first checkpoint (other than by a NaN/inf loss)
+    removes the folders it created. With ``resume=True`` the stored config.json must equal ``config`` except for
     ``epochs`` (a finished run trains on to the new number) and ``checkpoint_every``.
 
     Started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), this process joins the process
     group (collectives time out after ``timeout`` seconds) and trains data-parallel (see :func:`fit`);
-    rank 0 decides what to do with ``out_dir`` and writes into it.
+    rank 0 decides what to do with ``out_dir`` and writes into it. A process that dies, stops answering
+    or cannot join raises :class:`~geomopt.train.distributed.ProcessLostError` on the others.
 
     ``config`` comes from the caller: a ``MODULE:FACTORY`` model it names is trusted (imported) for the
     run; callers that read a config from a file check it first (:func:`geomopt.nn.factory.check_trusted`).
@@ -138,13 +148,39 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
     own_group = not (dist.is_available() and dist.is_initialized()) and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if own_group:
         distributed.init_from_env(resolve_device(config.device).type, timeout)
+    out_dir, ctx = Path(out_dir), distributed.current()
+    created = _missing_dirs(out_dir) if ctx is None or ctx.is_main else []
     try:
         with trusted_models(config.model):
-            return _train(config, Path(out_dir), resume=resume, overwrite=overwrite, progress=progress,
+            return _train(config, out_dir, resume=resume, overwrite=overwrite, progress=progress,
                           stop_after_steps=stop_after_steps)
+    except Exception as exc:
+        if created and not isinstance(exc, NonFiniteLossError) and not (out_dir / CHECKPOINT).exists():
+            _remove_failed_start(out_dir, created)
+        lost = distributed.lost_process(exc, ctx, timeout) if ctx is not None else None
+        if lost is not None:  # the backend's words for a dead or silent process
+            raise lost from None
+        raise
     finally:
         if own_group:
             distributed.leave()
+
+
+def _missing_dirs(out_dir: Path) -> list[Path]:
+    """``out_dir`` and those of its parents that do not exist yet (deepest first)."""
+    return [d for d in (out_dir, *out_dir.parents) if not d.exists()]
+
+
+def _remove_failed_start(out_dir: Path, created: list[Path]) -> None:
+    """Undo a run that failed before its first checkpoint (bad data, a process that could not join, ...)
+    in folders this call created: the files it wrote, then the folders, as long as they are empty."""
+    for name in (CONFIG, METRICS, "summary.json"):
+        (out_dir / name).unlink(missing_ok=True)
+    for d in created:
+        try:
+            d.rmdir()
+        except OSError:  # holds something else
+            return
 
 
 def _train(config: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool, progress: bool,
