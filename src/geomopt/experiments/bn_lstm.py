@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geomopt.experiments.config import experiment_dir, merge_overrides, seed_list, tier_config
+from geomopt.experiments.config import configure, experiment_dir, merge_overrides
 from geomopt.experiments.records import Records, gate_failures, read_stored
 from geomopt.experiments.tuning import Problem, Tuned, compute_seconds, tune
 from geomopt.report import Section, plot_bands, run_warnings, write_section, write_tables
@@ -136,11 +136,7 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
               seeds: int | None = None, overwrite: bool = False) -> Path:
     """Tune and train every (dataset, model) over seeds (skipping finished runs); write results, tables, figure,
     claims and the report section. ``tier``: ``quick``, ``mid`` or ``full`` (see the module docstring)."""
-    overrides = dict(overrides or {})
-    chosen = seed_list(seeds, tier, overrides)
-    if chosen is not None:
-        overrides["seeds"] = chosen
-    exp = tier_config(BNLSTMExperiment, tier, NAME).replace(overrides)
+    exp = configure(BNLSTMExperiment, NAME, tier, overrides, seeds)
     root = experiment_dir(out, NAME, exp)
     tuned = tune(_problems(exp, root), exp.seeds, jobs=jobs, desc=NAME, score="val_acc", minimize=False,
                  overwrite=overwrite)

@@ -67,3 +67,20 @@ def seed_list(seeds: int | None, quick: bool | str, overrides: dict[str, Any] | 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"--seeds must be a positive integer, got {n!r}")
     return tuple(range(n))
+
+
+def configure(cls: Any, name: str, tier: str, overrides: dict[str, Any] | None, seeds: int | None,
+              also_seeds: tuple[str, ...] = ()) -> Any:
+    """The config of ``geomopt reproduce NAME --tier TIER [--seeds N] [--set key=value ...]``: the tier's config
+    (:func:`tier_config`) with the overrides applied through its ``replace`` (type-checked), ``--seeds N``
+    as ``seeds = (0, ..., N-1)`` (:func:`seed_list`), and the seeds reaching every other seeded field named in
+    ``also_seeds`` (e.g. an experiment's regression seeds) that ``--set`` does not name itself."""
+    overrides = dict(overrides or {})
+    chosen = seed_list(seeds, tier, overrides)
+    if chosen is not None:
+        overrides["seeds"] = chosen
+    for other in also_seeds:
+        if "seeds" in overrides and other not in overrides:
+            overrides[other] = overrides["seeds"]
+    return tier_config(cls, tier, name).replace(overrides)
+

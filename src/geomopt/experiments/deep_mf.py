@@ -43,7 +43,7 @@ import torch
 
 from tqdm.auto import tqdm
 
-from geomopt.experiments.config import experiment_dir, merge_overrides, seed_list, tier_config
+from geomopt.experiments.config import configure, experiment_dir, merge_overrides
 from geomopt.experiments.records import Records, read_stored
 from geomopt.implicit.deep_linear import RegressionObjective, run_scaled_gd, synthetic_regression
 from geomopt.implicit.factorized import init_factors, run_factorized
@@ -387,13 +387,7 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
 
     ``seeds`` (``--seeds N``) sets the problem seeds and, unless ``reg_seeds`` is overridden, the regression
     seeds. The lab recomputes every run (it keeps no run folders), so ``overwrite`` has nothing to refuse."""
-    overrides = dict(overrides or {})
-    chosen_seeds = seed_list(seeds, tier, overrides)
-    if chosen_seeds is not None:
-        overrides["seeds"] = chosen_seeds
-    if "seeds" in overrides and "reg_seeds" not in overrides:
-        overrides["reg_seeds"] = overrides["seeds"]
-    exp = tier_config(DeepMFExperiment, tier, NAME).replace(overrides)
+    exp = configure(DeepMFExperiment, NAME, tier, overrides, seeds, also_seeds=("reg_seeds",))
     root = experiment_dir(out, NAME, exp)
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, Any]]] = {}

@@ -60,7 +60,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from geomopt.experiments.config import experiment_dir, merge_overrides, seed_list, tier_config  # noqa: E402
+from geomopt.experiments.config import configure, experiment_dir, merge_overrides  # noqa: E402
 from geomopt.experiments.records import Records, read_stored  # noqa: E402
 from geomopt.experiments.records import gate_failures as shared_gate  # noqa: E402
 from geomopt.report import Section, write_section, write_tables  # noqa: E402
@@ -337,11 +337,7 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
     """Train every (loss, lr, seed) by full-batch GD with sharpness tracking (finished runs skipped); write
     results.csv and curves.csv, the table, figure, claims (decided on the stored files) and the section.
     ``tier``: ``quick``, ``mid`` or ``full`` (see the module docstring)."""
-    overrides = dict(overrides or {})
-    chosen_seeds = seed_list(seeds, tier, overrides)
-    if chosen_seeds is not None:
-        overrides["seeds"] = chosen_seeds
-    exp = tier_config(EdgeOfStabilityExperiment, tier, NAME).replace(overrides)
+    exp = configure(EdgeOfStabilityExperiment, NAME, tier, overrides, seeds)
     root = experiment_dir(out, NAME, exp)
     planned = _configs(exp, root)
     summaries = run_all([(c, o) for c, o, _ in planned], jobs, desc=NAME, overwrite=overwrite)

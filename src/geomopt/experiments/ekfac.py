@@ -49,7 +49,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from geomopt.data import load_dataset, make_loader
-from geomopt.experiments.config import experiment_dir, merge_overrides, seed_list, tier_config
+from geomopt.experiments.config import configure, experiment_dir, merge_overrides
 from geomopt.experiments.records import Records, gate_failures, read_stored
 from geomopt.experiments.tuning import Problem, compute_seconds, smoothed_score, tune
 from geomopt.optim import EKFAC, KFAC, build_optimizer
@@ -374,11 +374,7 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
               seeds: int | None = None, overwrite: bool = False) -> Path:
     """Tune and run every optimizer over seeds (skipping finished runs); write results.csv, curves.csv,
     table.csv, figures, claims.json and section.json. ``tier``: ``quick``, ``mid`` or ``full`` (module docstring)."""
-    overrides = dict(overrides or {})
-    chosen_seeds = seed_list(seeds, tier, overrides)
-    if chosen_seeds is not None:
-        overrides["seeds"] = chosen_seeds
-    exp = tier_config(EKFACExperiment, tier, NAME).replace(overrides)
+    exp = configure(EKFACExperiment, NAME, tier, overrides, seeds)
     root = experiment_dir(out, NAME, exp)
     chosen, dampings, tuned = _tune_all(exp, root, jobs, overwrite)
     _records(exp, tuned, chosen, dampings, root).write(root)

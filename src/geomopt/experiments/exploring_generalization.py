@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geomopt.experiments.config import experiment_dir, merge_overrides, seed_list, tier_config
+from geomopt.experiments.config import configure, experiment_dir, merge_overrides
 from geomopt.experiments.records import Records, read_stored
 from geomopt.experiments.records import gate_failures as shared_gate
 from geomopt.experiments.zoo import CORRELATED, ZOO_KEY, correlate, measure_zoo
@@ -206,11 +206,7 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
     """Train both parts for every seed (finished runs skipped), compute measures, write results.csv and
     curves.csv, tables, figures, claims (decided on the stored files) and the section. ``tier``: ``quick``,
     ``mid`` or ``full`` (see the module docstring)."""
-    overrides = dict(overrides or {})
-    chosen = seed_list(seeds, tier, overrides)
-    if chosen is not None:
-        overrides["seeds"] = chosen
-    exp = tier_config(ExploringGeneralizationExperiment, tier, NAME).replace(overrides)
+    exp = configure(ExploringGeneralizationExperiment, NAME, tier, overrides, seeds)
     root = experiment_dir(out, NAME, exp)
     labels, zoo = _labels_runs(exp, root), _zoo_runs(exp, root)
     for _, run_dir, hp in labels + zoo:

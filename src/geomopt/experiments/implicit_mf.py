@@ -45,7 +45,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from geomopt.experiments.config import experiment_dir, merge_overrides, seed_list, tier_config
+from geomopt.experiments.config import configure, experiment_dir, merge_overrides
 from geomopt.experiments.records import Records, read_stored
 from geomopt.implicit.lab import NUC_EQUALS_TRUTH, MatrixLabConfig, NormsVsRankConfig, run_matrix_lab, run_norms_vs_rank
 from geomopt.report import Section, plot_curves, write_section, write_tables
@@ -334,13 +334,7 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
 
     ``seeds`` (``--seeds N``) sets the problem seeds and, unless ``rc_seeds`` is overridden, the 2 x 2 example's
     seeds. The lab recomputes every run (it keeps no run folders), so ``overwrite`` has nothing to refuse."""
-    overrides = dict(overrides or {})
-    chosen_seeds = seed_list(seeds, tier, overrides)
-    if chosen_seeds is not None:
-        overrides["seeds"] = chosen_seeds
-    if "seeds" in overrides and "rc_seeds" not in overrides:
-        overrides["rc_seeds"] = overrides["seeds"]
-    exp = tier_config(ImplicitMFExperiment, tier, NAME).replace(overrides)
+    exp = configure(ImplicitMFExperiment, NAME, tier, overrides, seeds, also_seeds=("rc_seeds",))
     root = experiment_dir(out, NAME, exp)
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, Any]]] = {}

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geomopt.experiments.config import experiment_dir, merge_overrides, seed_list, tier_config
+from geomopt.experiments.config import configure, experiment_dir, merge_overrides
 from geomopt.experiments.records import Records, read_stored
 from geomopt.measures.runs import MEASURES_FILE
 from geomopt.measures.two_layer import BOUNDS
@@ -330,11 +330,7 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
               seeds: int | None = None, overwrite: bool = False) -> Path:
     """Train every (dataset, noise, width, seed), measure the runs, write results.csv + curves.csv, tables,
     figures, claims and the section. ``tier``: ``quick``, ``mid`` or ``full`` (see the module docstring)."""
-    overrides = dict(overrides or {})
-    chosen_seeds = seed_list(seeds, tier, overrides)
-    if chosen_seeds is not None:
-        overrides["seeds"] = chosen_seeds
-    exp = tier_config(OverparamExperiment, tier, NAME).replace(overrides)
+    exp = configure(OverparamExperiment, NAME, tier, overrides, seeds)
     root = experiment_dir(out, NAME, exp)
     planned = _configs(exp, root)
     summaries = run_all([(_job(c), o) for c, o, _ in planned], jobs, desc=NAME, overwrite=overwrite)

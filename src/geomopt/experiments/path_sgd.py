@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geomopt.experiments.config import experiment_dir, merge_overrides, seed_list, tier_config
+from geomopt.experiments.config import configure, experiment_dir, merge_overrides
 from geomopt.experiments.tuning import Problem, Tuned, compute_seconds, tune
 from geomopt.report import Section, plot_bands, run_warnings, write_section, write_tables
 from geomopt.experiments.records import Records, gate_failures, read_stored
@@ -115,11 +115,7 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None,
               overrides: dict[str, Any] | None = None, seeds: int | None = None, overwrite: bool = False) -> Path:
     """Tune and run the grid over seeds (skipping finished runs); write results, tables, figures, claims
     and the report section. ``tier``: ``quick``, ``mid`` or ``full`` (see the module docstring)."""
-    overrides = dict(overrides or {})
-    chosen_seeds = seed_list(seeds, tier, overrides)
-    if chosen_seeds is not None:
-        overrides["seeds"] = chosen_seeds
-    exp = tier_config(PathSGDExperiment, tier, NAME).replace(overrides)
+    exp = configure(PathSGDExperiment, NAME, tier, overrides, seeds)
     root = experiment_dir(out, NAME, exp)
     tuned = tune(_problems(exp, root), exp.seeds, jobs=jobs, desc=NAME, score="val_acc", minimize=False,
                  overwrite=overwrite)

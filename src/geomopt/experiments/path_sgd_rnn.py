@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from geomopt.data.sequences import ADDING_BASELINE_MSE
-from geomopt.experiments.config import experiment_dir, merge_overrides, seed_list, tier_config
+from geomopt.experiments.config import configure, experiment_dir, merge_overrides
 from geomopt.experiments.records import Records, read_stored
 from geomopt.experiments.tuning import Problem, Tuned, compute_seconds, tune
 from geomopt.report import Section, plot_bands, run_warnings, write_section, write_tables
@@ -333,11 +333,7 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
               seeds: int | None = None, overwrite: bool = False) -> Path:
     """Tune and train every (task, method) over seeds (skipping finished runs); tables, figures, claims, section.
     ``tier``: ``quick``, ``mid`` or ``full`` (see the module docstring)."""
-    overrides = dict(overrides or {})
-    chosen_seeds = seed_list(seeds, tier, overrides)
-    if chosen_seeds is not None:
-        overrides["seeds"] = chosen_seeds
-    exp = tier_config(PathSGDRNNExperiment, tier, NAME).replace(overrides)
+    exp = configure(PathSGDRNNExperiment, NAME, tier, overrides, seeds)
     root = experiment_dir(out, NAME, exp)
     problems = _problems(exp, root)
     restarts = {k: exp.restarts for k in problems if k[1] == "irnn-sgd"}

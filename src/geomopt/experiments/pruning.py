@@ -45,7 +45,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from geomopt.experiments.config import experiment_dir, merge_overrides, seed_list, tier_config
+from geomopt.experiments.config import configure, experiment_dir, merge_overrides
 from geomopt.experiments.records import Records, read_stored
 from geomopt.experiments.records import gate_failures as shared_gate
 from geomopt.experiments.tuning import Problem, Tuned, compute_seconds, tune
@@ -118,11 +118,7 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
     """Tune and train the dense networks (skipping finished ones), prune each with every criterion and
     number of steps (skipping finished prunings), then write results.csv and curves.csv, the table, figure,
     claims (decided on the stored files) and section. ``tier``: ``quick``, ``mid`` or ``full``."""
-    overrides = dict(overrides or {})
-    chosen = seed_list(seeds, tier, overrides)
-    if chosen is not None:
-        overrides["seeds"] = chosen
-    exp = tier_config(PruningExperiment, tier, NAME).replace(overrides)
+    exp = configure(PruningExperiment, NAME, tier, overrides, seeds)
     root = experiment_dir(out, NAME, exp)
 
     def make(data: str):
