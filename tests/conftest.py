@@ -1,5 +1,8 @@
 """Shared test settings."""
 
+import signal
+import warnings
+
 import pytest
 import torch
 
@@ -11,6 +14,19 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers(request):
+    """Each test starts with the SIGINT/SIGTERM handlers the session had: a library that installs its own and
+    leaves them (torchrun's agent, Ray) would otherwise change what Ctrl-C does in the tests after it. A test
+    that leaves one is named in a warning."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in before.items():
+        if signal.getsignal(sig) is not handler:
+            warnings.warn(f"{request.node.nodeid} left a {signal.Signals(sig).name} handler; restored")
+            signal.signal(sig, handler)
 
 
 @pytest.fixture

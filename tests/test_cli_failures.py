@@ -51,7 +51,7 @@ def test_after_a_divergence_a_changed_config_points_at_overwrite(tmp_path, capsy
 # a reproduction of 2 x 5 short trials on 2 workers
 REPRODUCE = ["reproduce", "path-sgd", "--quick", "--jobs", "2", "--seeds", "5", "--set", "datasets=digits",
              "--set", "inits=kaiming", "--set", "optimizers=sgd", "--set", 'lrs={"sgd": [0.1, 0.3]}',
-             "--set", "max_extensions=0", "--set", "widths=8", "--set", "train_size=100", "--set", "epochs=8"]
+             "--set", "max_extensions=0", "--set", "widths=8", "--set", "train_size=100", "--set", "epochs=150"]
 
 
 def _summaries(root: Path) -> dict[Path, bytes]:

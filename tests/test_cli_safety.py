@@ -54,14 +54,16 @@ def test_resume_with_more_epochs_extends_a_finished_run_exactly(tmp_path):
     assert TrainConfig.load(tmp_path / "ext" / "config.json").epochs == 2
 
 
-def test_reproduction_keeps_rows_of_other_settings_and_refuses_a_changed_run(tmp_path, capsys):
+def test_reproduction_stores_exactly_its_runs_and_refuses_a_changed_run(tmp_path, capsys):
+    """results.csv holds the runs of the configuration its claims were decided on (a rerun over fewer settings
+    keeps the other settings' run folders, which a rerun with them skips), and a changed finished run is refused."""
     args = ["reproduce", "path-sgd", "--quick", "--out", str(tmp_path), "--jobs", "1", "--seeds", "1",
             "--set", "epochs=1",
             "--set", "widths=[8]", "--set", "train_size=200", "--set", 'lrs={"sgd": [1000.0], "path-sgd": [0.1]}',
             "--set", "max_extensions=0", "--set", "optimizers=sgd,path-sgd", "--set", "inits=kaiming"]
     assert main([*args, "--set", "datasets=digits,mnist1d"]) == 0
     results = tmp_path / "path-sgd" / "results.csv"
-    mnist1d_rows = [line for line in results.read_text().splitlines() if line.startswith("mnist1d")]
+    mnist1d_rows = [line for line in results.read_text().splitlines() if ",mnist1d," in line]
     assert len(mnist1d_rows) == 2
     section = json.loads((tmp_path / "path-sgd" / "section.json").read_text())
     assert any(w.startswith("DIVERGED: mnist1d, kaiming init, sgd lr 1000") for w in section["warnings"])
@@ -72,7 +74,10 @@ def test_reproduction_keeps_rows_of_other_settings_and_refuses_a_changed_run(tmp
     assert main([*args, "--set", "datasets=digits", "--set", "batch_size=20"]) == 2  # a finished run would change
     assert "batch_size" in capsys.readouterr().err
     assert main([*args, "--set", "datasets=digits"]) == 0
-    assert [line for line in results.read_text().splitlines() if line.startswith("mnist1d")] == mnist1d_rows
+    assert not [line for line in results.read_text().splitlines() if ",mnist1d," in line]
+    assert (tmp_path / "path-sgd" / "runs" / "mnist1d").is_dir()  # the runs themselves are kept
+    assert main([*args, "--set", "datasets=digits,mnist1d"]) == 0  # and found again: nothing retrained
+    assert [line for line in results.read_text().splitlines() if ",mnist1d," in line] == mnist1d_rows
 
 
 # 2. one typed schema for every config source

@@ -11,13 +11,7 @@ from geomopt.optim.mirror import MirrorDescent, bregman, inverse_mirror_map, mir
 from geomopt.optim.steepest import SteepestDescent, steepest_direction
 
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def _norm(xs, norm):

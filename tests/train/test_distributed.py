@@ -263,3 +263,21 @@ def test_the_launcher_names_the_cause_among_torchruns_failures():
     assert _explain({0: failure(-15), 1: failure(3)}, 2) == (3, None)  # a NaN loss: the ranks said it themselves
     assert _explain({0: failure(-15), 1: failure(-15)}, 2) == (
         4, "ranks [0, 1] of 2 stopped by SIGTERM from outside the run")
+
+
+def test_launch_restores_the_signal_handlers(monkeypatch):
+    """torchrun's agent installs process-wide SIGINT/SIGTERM handlers: after `launch` (an in-process
+    `geomopt train --nproc N`), Ctrl-C must raise KeyboardInterrupt again in the caller."""
+    import signal
+
+    import torch.distributed.run
+
+    from geomopt.train import distributed
+
+    def fake_run(args):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(torch.distributed.run, "run", fake_run)
+    assert distributed.launch(2, ["train"]) == (0, None)
+    assert {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} == before

@@ -274,6 +274,7 @@ def launch(nproc: int, argv: list[str]) -> tuple[int, str | None]:
     args = parse_args(["--standalone", "--nnodes", "1", "--nproc-per-node", str(nproc), "-m", "geomopt.cli", *argv])
     os.environ[LAUNCHED] = "1"  # the workers inherit this process's environment
     logging.disable(logging.CRITICAL)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         run(args)
     except ChildFailedError as exc:
@@ -285,6 +286,8 @@ def launch(nproc: int, argv: list[str]) -> tuple[int, str | None]:
     finally:
         logging.disable(logging.NOTSET)
         del os.environ[LAUNCHED]
+        for sig, handler in handlers.items():  # torchrun's agent installs its own, process-wide, and leaves them
+            signal.signal(sig, handler)
     return 0, None
 
 
