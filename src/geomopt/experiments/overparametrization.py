@@ -315,7 +315,7 @@ def _figures(records: Records, root: Path) -> list[dict[str, str]]:
             bounds.setdefault(f"{data} ({_stopping(exp)})", {})[BOUND_LABELS[key]] = \
                 (kept, mean, low, high)
     figures = []
-    plot_bands(errors, root / "errors.png", xlabel="hidden units H", ylabel="error %", logx=True)
+    plot_bands(errors, root / "errors.png", xlabel="hidden units H", ylabel="error %", logx=True, bounds=(0, 100))
     figures.append({"file": "errors.png", "caption": "Training and test error vs width (mean and 95% band over "
                                                      f"{len(exp.seeds)} seeds)."})
     if bounds:

@@ -148,7 +148,8 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None,
             n = min(len(c) for c in curves)
             curves = [[100 * y for y in c[:n]] if field_name == "test_err" else c[:n] for c in curves]
             panels.setdefault(f"{data}, {init} init", {})[f"{opt} (lr {t.value:g})"] = (list(range(n)), *band(curves))
-        plot_bands(panels, root / fname, xlabel="epoch", ylabel=label, logy=field_name == "train_loss")
+        plot_bands(panels, root / fname, xlabel="epoch", ylabel=label, logy=field_name == "train_loss",
+                   bounds=None if field_name == "train_loss" else (0, 100))
         figures.append({"file": fname, "caption": f"{label} per epoch, each optimizer at its chosen learning rate: "
                                                   f"mean over seeds {list(exp.seeds)} with its 95% interval."})
 

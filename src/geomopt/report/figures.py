@@ -60,9 +60,11 @@ def plot_curves(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequenc
 
 def plot_bands(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float],
                                                       Sequence[float]]]], path: str | Path, *,
-               xlabel: str, ylabel: str, logx: bool = False, logy: bool = False, ncols: int = 4) -> Path:
+               xlabel: str, ylabel: str, logx: bool = False, logy: bool = False, ncols: int = 4,
+               bounds: tuple[float, float] | None = None) -> Path:
     """Like :func:`plot_curves` with a shaded band per line: ``panels[title][label] = (xs, mean, low, high)``
     (e.g. the mean over seeds and its 95% interval from :func:`geomopt.sweep.stats.band`). Saved as PNG.
+    ``bounds``: the quantity's range (e.g. ``(0, 100)`` for an error in %): bands are clipped to it.
 
     Non-finite bounds (a diverged seed) leave a gap in the band; on a log axis a lower bound at or below 0
     is drawn at a tenth of the mean.
@@ -74,6 +76,9 @@ def plot_bands(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence
         low = [lo if math.isfinite(lo) and (lo > 0 or not logy) else (m / 10 if math.isfinite(m) else math.nan)
                for lo, m in zip(low, mean)]
         high = [hi if math.isfinite(hi) else math.nan for hi in high]
+        if bounds is not None:
+            low = [min(max(lo, bounds[0]), bounds[1]) for lo in low]
+            high = [min(max(hi, bounds[0]), bounds[1]) for hi in high]
         (drawn,) = ax.plot(xs, mean, label=label, linewidth=1.5, marker="o", markersize=2.5)
         ax.fill_between(xs, low, high, color=drawn.get_color(), alpha=0.2, linewidth=0)
     return _panels(panels, path, draw, xlabel=xlabel, ylabel=ylabel, logx=logx, logy=logy, ncols=ncols,
