@@ -38,6 +38,14 @@ def float64_default():
     torch.set_default_dtype(old)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C raises KeyboardInterrupt in the tests and their subprocesses even when the suite was started with
+    SIGINT ignored (a shell starts background jobs so, and an ignored signal stays ignored across exec): the
+    Ctrl-C tests send real SIGINTs."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--cuda-as-cpu", action="store_true",
                      help="run the tests marked cuda with the CPU standing in for the GPU (checks their code and "
