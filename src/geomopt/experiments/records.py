@@ -21,7 +21,7 @@ from typing import Any
 from geomopt.report.tables import write_records
 
 __all__ = ["RESULTS_FILE", "CURVES_FILE", "Records", "parse_cell", "read_csv", "write_curves", "read_stored",
-           "rows_seeds", "gate_failures"]
+           "gate_failures"]
 
 RESULTS_FILE, CURVES_FILE = "results.csv", "curves.csv"
 
@@ -109,11 +109,6 @@ def read_stored(directory: str | Path, exp: Any) -> Records:
         if "run" in r and r["run"] is not None:
             r["run"] = str(r["run"])
     return Records(exp, rows, curves)
-
-
-def rows_seeds(rows: Iterable[dict[str, Any]]) -> tuple[int, ...]:
-    """The sorted distinct seeds of ``rows``."""
-    return tuple(sorted({int(r["seed"]) for r in rows}))
 
 
 def gate_failures(records: Records, rows: Iterable[dict[str, Any]], gate: Any,
