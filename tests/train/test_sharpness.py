@@ -10,7 +10,7 @@ from geomopt.curvature import HessianOperator, read_batches
 from geomopt.data import load_dataset, make_loader
 from geomopt.measures.runs import load_run
 from geomopt.train import TrainConfig, read_metrics, train
-from geomopt.train.sharpness import SharpnessTracker
+from geomopt.train.callbacks import SharpnessTracker
 
 SMALL = dict(widths=(4,), epochs=2, batch_size=60, lr=0.05, train_size=120, track_sharpness=2,
              sharpness_examples=100)

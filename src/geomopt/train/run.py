@@ -19,8 +19,7 @@ from geomopt.train import distributed
 from geomopt.train.checkpoint import write_json
 from geomopt.train.config import TrainConfig, read_json
 from geomopt.train.engine import CHECKPOINT, METRICS, NonFiniteLossError, fit
-from geomopt.train.sharpness import SharpnessTracker
-from geomopt.train.tensorboard import TensorBoardLog
+from geomopt.train.callbacks import SharpnessTracker, TensorBoardLog
 from geomopt.train.tasks import bits, task_objective
 
 SCHEDULES = ("constant", "cosine", "step")
@@ -202,7 +201,7 @@ def _train(config: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool,
     if isinstance(plan, dict):
         return plan
     resume = plan == "resume"
-    sink = TensorBoardLog(config.to_dict()) if config.log == "tensorboard" and main else None
+    callbacks = [TensorBoardLog(config.to_dict())] if config.log == "tensorboard" and main else []
     device = distributed.local_device(resolve_device(config.device))
     bundle = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, train_size=config.train_size,
                           label_noise=config.label_noise, seq_len=config.seq_len, val_fraction=config.val_fraction)
@@ -215,12 +214,11 @@ def _train(config: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool,
     train_loader = make_loader(bundle.train, config.batch_size, shuffle=True, seed=config.seed)
     eval_batch = max(config.batch_size, 1000)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.schedule, config.epochs * len(train_loader)))
-    tracker = None
     if config.track_sharpness:
         with torch.random.fork_rng(devices=[]):  # iterating a DataLoader draws from the global RNG (dropout's)
             batches = read_batches(make_loader(bundle.train, eval_batch, shuffle=False), device,
                                    config.sharpness_examples, what="--sharpness-examples")
-        tracker = SharpnessTracker(config.track_sharpness, batches, loss_fn, seed=config.seed)
+        callbacks.append(SharpnessTracker(config.track_sharpness, batches, loss_fn, seed=config.seed))
     if main:
         write_json(out_dir / CONFIG, config.to_dict())
         (out_dir / "summary.json").unlink(missing_ok=True)
@@ -230,7 +228,7 @@ def _train(config: TrainConfig, out_dir: Path, *, resume: bool, overwrite: bool,
                   eval_train_loader=make_loader(bundle.train, eval_batch, shuffle=False), resume=resume,
                   checkpoint_every=config.checkpoint_every, max_grad_norm=config.max_grad_norm,
                   progress=progress, extra_state={"config": config.to_dict()}, stop_after_steps=stop_after_steps,
-                  target_train_loss=config.target_train_loss, step_callback=tracker, sink=sink,
+                  target_train_loss=config.target_train_loss, callbacks=callbacks,
                   val_loader=make_loader(bundle.valid, eval_batch, shuffle=False) if bundle.valid is not None else None)
     if bundle.task == "sequence":  # per-step cross-entropy in bits (bits per character for a language model)
         summary.update({f"{k}_bits": bits(summary[f"{k}_loss"]) for k in ("train", "test", "val")

@@ -17,11 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from geomopt.curvature import HessianOperator, lanczos_top_eigenvalues
+from geomopt.train.callbacks.step_function import StepFunction
 
 
-class SharpnessTracker:
-    """A :func:`geomopt.train.fit` ``step_callback`` that logs ``{"sharpness": lambda_max, "sharpness_products": m}``
-    at step 0 and every ``every`` steps.
+class SharpnessTracker(StepFunction):
+    """A :func:`geomopt.train.fit` callback that logs ``{"kind": "callback", "step", "sharpness": lambda_max,
+    "sharpness_products": m}`` at step 0 and every ``every`` steps (``tracker(step, model)`` measures).
 
     Args:
         every: steps between two measurements (``>= 1``).
@@ -30,7 +31,7 @@ class SharpnessTracker:
         tol: Lanczos's relative residual tolerance.
         seed: seed of the first start vector.
 
-    Its state (the last eigenvector) is checkpointed by the engine, so a resumed run logs the same values.
+    Its state (the last eigenvector) is checkpointed (key ``"callback"``), so a resumed run logs the same values.
     """
 
     def __init__(self, every: int, batches: Sequence[tuple[Tensor, Tensor]],
@@ -38,6 +39,7 @@ class SharpnessTracker:
                  seed: int = 0):
         if every < 1:
             raise ValueError(f"SharpnessTracker: every must be >= 1 step, got {every}")
+        super().__init__()
         self.every, self.batches, self.loss_fn, self.tol, self.seed = every, list(batches), loss_fn, tol, seed
         self.vector: Tensor | None = None
 
