@@ -116,12 +116,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
             :class:`~geomopt.train.callbacks.TensorBoardLog`); their hooks run after the engine's
             logging, schedule and guards, before the checkpoint (which stores their state).
 
-    Data parallelism: when ``torch.distributed`` is initialized with several processes (``torchrun``),
-    every process calls ``fit`` with the same arguments; each trains a ``DistributedDataParallel``
-    replica on its shard of every batch and evaluates its shard of the evaluation data
-    (:class:`DataParallelSync`); the closure returns the global-batch loss; rank 0 alone writes the
-    metrics (global-batch losses, means over all shards) and the checkpoints, which resume with any
-    number of processes.
+    Data parallelism: under ``torchrun`` every process calls ``fit`` with the same arguments and trains
+    on its shard of every batch (:class:`DataParallelSync`); rank 0 alone writes metrics and checkpoints.
 
     Returns:
         Summary: final train/test (and validation) loss and accuracy, steps, epochs, seconds, out_dir

@@ -29,7 +29,8 @@ class DivergenceGuard(Callback):
     """
 
     def __init__(self, factor: float | None = 10.0):
-        self.factor = None if factor is None else check_number("DivergenceGuard", "factor", factor, low=0, low_open=True)
+        self.factor = factor if factor is None else check_number("DivergenceGuard", "factor", factor, low=0,
+                                                                 low_open=True)
         self.initial: float | None = None
 
     def on_train_start(self, state: TrainState) -> None:
