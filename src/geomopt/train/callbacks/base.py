@@ -52,7 +52,8 @@ class Callback:
 
     ``state.should_stop = True`` (in ``on_train_start``, ``on_step_end`` or ``on_epoch_end``) ends
     training early: after the current step the epoch is cut short, evaluated and checkpointed as usual.
-    Raising an exception stops the run at once (the last checkpoint is kept).
+    Raising an exception stops the run at once (the last checkpoint is kept). ``should_stop`` is not
+    checkpointed: a resumed run's callbacks decide again (:class:`TargetLoss` does in ``on_train_start``).
     """
 
     def setup(self, state: TrainState) -> None:
