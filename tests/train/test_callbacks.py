@@ -109,6 +109,12 @@ def test_should_stop_mid_epoch_ends_that_epoch_evaluated_and_checkpointed(tmp_pa
     assert (ckpt["epoch"], ckpt["batch"], ckpt["step"]) == (2, 0, 4)
 
 
+@pytest.mark.parametrize("record", [{"kind": "mine"}, {"step": 1}, ["kind", "step"]])
+def test_a_record_without_kind_or_step_is_refused(record):
+    with pytest.raises(ValueError, match="TrainState.log: a record is a dict with a 'kind' and a 'step'"):
+        _state(NOWHERE).log(record)
+
+
 def test_should_stop_at_train_start_takes_no_step(tmp_path):
     class Never(Callback):
         def on_train_start(self, state):

@@ -154,7 +154,13 @@ class TrainState:
             getattr(callback, hook)(self, *args)
 
     def log(self, record: dict[str, Any]) -> None:
-        """Log ``record`` (a JSON-able dict with ``"kind"`` and ``"step"``) through every callback's ``on_log``."""
+        """Log ``record`` (a JSON-able dict with ``"kind"`` and ``"step"``) through every callback's ``on_log``.
+
+        Raises:
+            ValueError: ``record`` has no ``"kind"`` or no ``"step"`` (what a resumed run truncates by).
+        """
+        if not (isinstance(record, dict) and "kind" in record and "step" in record):
+            raise ValueError(f"TrainState.log: a record is a dict with a 'kind' and a 'step', got {record!r}")
         self.call("on_log", record)
 
     def kept(self) -> str:
