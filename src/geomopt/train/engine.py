@@ -130,13 +130,14 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
     state = TrainState(model, optimizer, train_loader, eval_train_loader or train_loader, test_loader, val_loader,
                        loss_fn, metric, device, Path(out_dir), epochs, callbacks=[],
                        data_parallel=distributed.current())
-    state.callbacks = [  # the order of their hooks: see the Callback docstring
+    state.callbacks = [  # hooks run in this order: the user's after the log and guards, before the checkpoint
         *([DataParallelSync()] if state.data_parallel is not None else []), MetricsLog(),
         *([LRSchedule(scheduler)] if scheduler is not None else []),
         *([ClipGradNorm(max_grad_norm)] if max_grad_norm is not None else []), DivergenceGuard(divergence_factor),
         *([StepFunction(step_callback)] if step_callback is not None else []), *_user_callbacks(callbacks),
         *([TargetLoss(target_train_loss)] if target_train_loss is not None else []), ProgressBar(progress),
-        Checkpoint(checkpoint_every, extra_state), *([InterruptAfter(stop_after_steps)] if stop_after_steps is not None else [])]
+        Checkpoint(checkpoint_every, extra_state),
+        *([InterruptAfter(stop_after_steps)] if stop_after_steps is not None else [])]
     if state.is_main:
         state.out_dir.mkdir(parents=True, exist_ok=True)
     if resume:
