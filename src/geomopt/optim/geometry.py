@@ -22,8 +22,9 @@ elementwise on those matrices and on the blocks' inner products, so any geometry
 Contract of a geometry (what :class:`geomopt.optim.Preconditioner` and the optimizers call, in order,
 each step ``k`` = 0, 1, ...):
 
-1. ``update(k)``: refresh the statistics that step ``k`` uses (factors, inverses, scales); may raise
-   ``FloatingPointError`` naming the layer (then nothing may have changed a parameter).
+1. ``update(k, groups)``: refresh the statistics that step ``k`` uses (factors, inverses, scales) for the
+   param groups ``groups`` (dicts with ``params`` and the geometry's per-group options, e.g. ``damping``);
+   may raise ``FloatingPointError`` naming the layer (then no parameter may have changed).
 2. ``direction(block, grad, group)`` for each block of :meth:`blocks` with gradients: the direction
    ``(same shape as grad)``, or ``None`` while the geometry has no statistics for that block yet (the
    caller then uses the Euclidean direction, the gradient itself). ``grad`` may be overwritten.
@@ -113,9 +114,10 @@ class Geometry:
         """The blocks of :attr:`params` (default: one per tensor)."""
         return tensor_blocks(self.params, self.names)
 
-    def update(self, step: int) -> None:
-        """Refresh the statistics that step ``step`` (0, 1, ...) uses; called once per step before any
-        :meth:`direction`. Default: none."""
+    def update(self, step: int, groups: Sequence[dict[str, Any]]) -> None:
+        """Refresh the statistics that step ``step`` (0, 1, ...) uses, for the param groups ``groups`` (their
+        per-group options, e.g. ``damping``); called once per step before any :meth:`direction`. Default:
+        none."""
 
     def direction(self, block: Block, grad: Tensor, group: dict[str, Any]) -> Tensor | None:
         """The steepest-descent direction of ``block`` for its gradient matrix ``grad`` (weight decay
