@@ -25,9 +25,9 @@ each step ``k`` = 0, 1, ...):
 1. ``update(k, groups)``: refresh the statistics that step ``k`` uses (factors, inverses, scales) for the
    param groups ``groups`` (dicts with ``params`` and the geometry's per-group options, e.g. ``damping``);
    may raise ``FloatingPointError`` naming the layer (then no parameter may have changed).
-2. ``direction(block, grad, group)`` for each block of :meth:`blocks` with gradients: the direction
-   ``(same shape as grad)``, or ``None`` while the geometry has no statistics for that block yet (the
-   caller then uses the Euclidean direction, the gradient itself). ``grad`` may be overwritten.
+2. ``direction(block, grad, group)`` for each block of :meth:`blocks` that is :meth:`ready` and has
+   gradients: the direction ``(same shape as grad)``. A block that is not ready (no statistics yet) takes
+   the Euclidean direction, the gradient itself. ``grad`` (possibly a view of ``.grad``) is read only.
 3. ``end_step()``: drop what was recorded for this step.
 
 Statistics live in :attr:`Geometry.state`, a ``{parameter: dict}`` mapping: an optimizer composed of a
@@ -119,10 +119,14 @@ class Geometry:
         per-group options, e.g. ``damping``); called once per step before any :meth:`direction`. Default:
         none."""
 
+    def ready(self, block: Block) -> bool:
+        """Whether the block has the statistics its direction needs (default: always)."""
+        return True
+
     def direction(self, block: Block, grad: Tensor, group: dict[str, Any]) -> Tensor | None:
         """The steepest-descent direction of ``block`` for its gradient matrix ``grad`` (weight decay
-        included; may be overwritten) and param group ``group`` (its ``damping`` etc.); ``None`` while
-        the block has no statistics yet. Default: ``grad`` itself (Euclidean)."""
+        included; possibly a view of ``.grad``: do not modify it) and param group ``group`` (its ``damping`` etc.); ``None`` if the
+        block is not :meth:`ready`. Default: ``grad`` itself (Euclidean)."""
         return grad
 
     def end_step(self) -> None:

@@ -102,12 +102,11 @@ from torch.optim import Optimizer
 
 from geomopt.checks import check_int, check_number
 from geomopt.curvature.capture import FISHERS, LIKELIHOODS
-from geomopt.curvature.kronecker import all_finite
 from geomopt.optim.kronecker_geometry import EigenKroneckerGeometry, KroneckerGeometry, ekfac_direction, kfac_direction
 from geomopt.optim.kronecker_recorder import rng_state
 from geomopt.optim.quadratic import LevenbergMarquardt, QuadraticModel
-from geomopt.optim.step_rule import (BlockStep, check_group, decayed_gradient, euclidean_deltas, kl_clip_factor,
-                                     momentum_deltas)
+from geomopt.optim.step_rule import (BlockStep, block_steps, check_gradients, check_group, euclidean_deltas,
+                                     kl_clip_factor, momentum_deltas)
 
 __all__ = ["KFAC", "EKFAC", "kfac_direction", "ekfac_direction", "kl_clip_factor"]
 
@@ -272,13 +271,6 @@ class _KroneckerOptimizer(Optimizer):
         self.geometry.recorder.drop_backpropagated()
         super().zero_grad(set_to_none=set_to_none)
 
-    def _check_gradients(self) -> None:
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None and not all_finite(p.grad):
-                    raise FloatingPointError(f"{self._name}: the gradient of {self.geometry.names[p]!r} has NaN/inf "
-                                             "entries; nothing was updated; lower the learning rate or clip gradients")
-
     # -- the step
     def update_curvature(self, k: int) -> None:
         """Step ``k``'s curvature update (:meth:`KroneckerGeometry.update`)."""
@@ -309,10 +301,10 @@ class _KroneckerOptimizer(Optimizer):
         for i, group in enumerate(self.param_groups):
             self._check_group(i, group)
         group_of = {p: g for g in self.param_groups for p in g["params"]}  # groups change on load_state_dict
-        self._check_gradients()
+        check_gradients(self._name, self.param_groups, self.geometry.names)
         try:
             self.update_curvature(k)
-            steps, covered = self._directions(group_of)
+            steps, covered = block_steps(self.geometry, group_of)
             updates = self._deltas(steps)
             fallback = euclidean_deltas(self.param_groups, covered, self.state)
             predicted = self.quadratic.change(steps, updates, fallback, group_of) if lm else None
@@ -330,23 +322,6 @@ class _KroneckerOptimizer(Optimizer):
         self._step_count += 1
         self._arm()
         return loss
-
-    def _directions(self, group_of: dict) -> tuple[list[BlockStep], set]:
-        """The blocks with statistics and gradients (gradient matrix with weight decay, direction checked
-        finite), and the parameters of every block with statistics (the others take Euclidean steps)."""
-        steps, covered = [], set()
-        for block in self.geometry.blocks():
-            if not self.geometry.ready(block):
-                continue
-            covered.update(block.params)
-            if any(p.grad is None for p in block.params):
-                continue
-            group = group_of[block.key]
-            m = decayed_gradient(block, group)
-            d = self.geometry.direction(block, m, group)
-            self.geometry.check_direction(block, d)
-            steps.append(BlockStep(block, group, m, d))
-        return steps, covered
 
     def _deltas(self, steps: list[BlockStep]) -> list[Tensor]:
         """Each block's parameter change (momentum buffers / last update stored; nothing applied)."""

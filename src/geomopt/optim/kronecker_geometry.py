@@ -234,10 +234,6 @@ class KroneckerGeometry(Geometry):
                 raise FloatingPointError(f"{self.name}: layer {name!r}: NaN/inf in {what}; nothing was updated; "
                                          "lower the learning rate or raise the damping")
 
-    def check_direction(self, block: Block, direction: Tensor) -> None:
-        """Raise ``FloatingPointError`` naming the layer if ``direction`` has NaN/inf entries."""
-        self._check_finite({block.name: direction}, "its preconditioned direction")
-
     # -- inversion schedule
     def _stale(self, module: nn.Module) -> bool:
         """Whether the layer's inverse was computed with another damping than its group's now."""

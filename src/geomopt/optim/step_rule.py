@@ -32,7 +32,8 @@ import torch
 from torch import Tensor
 
 from geomopt.checks import check_number
-from geomopt.optim.geometry import Block
+from geomopt.curvature.kronecker import all_finite
+from geomopt.optim.geometry import Block, Geometry
 
 #: The options every step rule's param group has, and their ranges (:func:`geomopt.checks.check_number`).
 GROUP_RULES: dict[str, dict[str, Any]] = {
@@ -64,6 +65,37 @@ def decayed_gradient(block: Block, group: dict[str, Any]) -> Tensor:
     if group["weight_decay"] != 0:
         m = m + group["weight_decay"] * block.to_matrix([p.detach() for p in block.params])
     return m
+
+
+def block_steps(geometry: Geometry, group_of: dict[Tensor, dict[str, Any]]) -> tuple[list[BlockStep], set[Tensor]]:
+    """The geometry's directions: a :class:`BlockStep` for every ready block whose parameters all have
+    gradients (gradient matrix with its group's weight decay; direction checked finite, else
+    ``FloatingPointError`` naming the block), and the parameters of every ready block (the others take
+    the Euclidean direction)."""
+    steps, covered = [], set()
+    for block in geometry.blocks():
+        if not geometry.ready(block):
+            continue
+        covered.update(block.params)
+        if any(p.grad is None for p in block.params):
+            continue
+        group = group_of[block.key]
+        m = decayed_gradient(block, group)
+        d = geometry.direction(block, m, group)
+        if not all_finite(d):
+            raise FloatingPointError(f"{geometry.name}: layer {block.name!r}: NaN/inf in its preconditioned direction; "
+                                     "nothing was updated; lower the learning rate or raise the damping")
+        steps.append(BlockStep(block, group, m, d))
+    return steps, covered
+
+
+def check_gradients(name: str, groups: Iterable[dict[str, Any]], names: dict[Tensor, str]) -> None:
+    """Raise ``FloatingPointError`` naming the first parameter whose gradient has NaN/inf entries."""
+    for group in groups:
+        for p in group["params"]:
+            if p.grad is not None and not all_finite(p.grad):
+                raise FloatingPointError(f"{name}: the gradient of {names.get(p, 'a parameter')!r} has NaN/inf "
+                                         "entries; nothing was updated; lower the learning rate or clip gradients")
 
 
 def kl_clip_factor(directions: Sequence[Tensor], grads: Sequence[Tensor], lrs: Sequence[float], kl_clip: float) -> float:
