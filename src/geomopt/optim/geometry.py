@@ -20,7 +20,7 @@ Kronecker geometry one per layer, ``[W | b]`` of shape ``(d_out, d_in + 1)``. Th
 elementwise on those matrices and on the blocks' inner products, so any geometry composes with it.
 
 Contract of a geometry (what :class:`geomopt.optim.Preconditioner` and the optimizers call, in order,
-each step ``k`` = 0, 1, ...):
+each step ``k`` = 0, 1, ...; ``arm(k)`` before the passes of step ``k``, at construction and after each step):
 
 1. ``update(k, groups)``: refresh the statistics that step ``k`` uses (factors, inverses, scales) for the
    param groups ``groups`` (dicts with ``params`` and the geometry's per-group options, e.g. ``damping``);
@@ -109,6 +109,10 @@ class Geometry:
     def share_state(self, state: dict[Tensor, dict[str, Any]]) -> None:
         """Keep the statistics in ``state`` (an optimizer's ``self.state``) from now on."""
         self.state = state
+
+    def arm(self, step: int) -> None:
+        """Prepare what the passes before step ``step`` record (hooks that record only when that step needs
+        statistics). Default: nothing."""
 
     def blocks(self) -> list[Block]:
         """The blocks of :attr:`params` (default: one per tensor)."""

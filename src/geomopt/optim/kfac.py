@@ -101,8 +101,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from geomopt.checks import check_int, check_number
-from geomopt.curvature.capture import FISHERS, LIKELIHOODS
-from geomopt.optim.kronecker_geometry import EigenKroneckerGeometry, KroneckerGeometry, ekfac_direction, kfac_direction
+from geomopt.optim.kronecker_geometry import (EigenKroneckerGeometry, KroneckerGeometry, check_kronecker_options,
+                                              ekfac_direction, kfac_direction)
 from geomopt.optim.kronecker_recorder import rng_state
 from geomopt.optim.quadratic import LevenbergMarquardt, QuadraticModel
 from geomopt.optim.step_rule import (BlockStep, block_steps, check_gradients, check_group, euclidean_deltas,
@@ -125,21 +125,13 @@ _GROUP_RULES: dict[str, dict[str, Any]] = {
 }
 
 
-def _check_options(n: str, defaults: dict, *, factor_decay, update_freq, inv_freq, mc_samples, damping_interval,
-                   seed, fisher, likelihood, kl_clip, adaptive_step, damping_decay, min_damping, max_damping):
-    """Check the constructor's options (the error names the option); returns ``kl_clip`` with ``"auto"`` resolved."""
+def _check_options(n: str, defaults: dict, *, kl_clip, adaptive_step, damping_interval, damping_decay, min_damping,
+                   max_damping):
+    """Check the step rule's options (the error names the option; the geometry checks its own); returns
+    ``kl_clip`` with ``"auto"`` resolved."""
     where = f"{n}: option"
     check_group(where, defaults, _GROUP_RULES)
-    check_number(where, "factor_decay", factor_decay, low=0, high=1, high_open=True)
-    for key, v in (("update_freq", update_freq), ("inv_freq", inv_freq), ("mc_samples", mc_samples),
-                   ("damping_interval", damping_interval)):
-        check_int(where, key, v, low=1)
-    if seed is not None:
-        check_int(where, "seed", seed)
-    if fisher not in FISHERS:
-        raise ValueError(f"{n}: fisher must be one of {FISHERS}, got {fisher!r}")
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(f"{n}: likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+    check_int(where, "damping_interval", damping_interval, low=1)
     if kl_clip == "auto":
         kl_clip = None if adaptive_step else DEFAULT_KL_CLIP
     if kl_clip is not None:
@@ -167,11 +159,11 @@ class _KroneckerOptimizer(Optimizer):
                  min_damping: float, max_damping: float, adaptive_step: bool,
                  process_group: dist.ProcessGroup | None = None, **geometry_options: Any):
         defaults = dict(lr=lr, damping=damping, momentum=momentum, weight_decay=weight_decay)
-        self.kl_clip = _check_options(
-            self._name, defaults, factor_decay=factor_decay, update_freq=update_freq, inv_freq=inv_freq,
-            mc_samples=mc_samples, damping_interval=damping_interval, seed=seed, fisher=fisher, likelihood=likelihood,
-            kl_clip=kl_clip, adaptive_step=adaptive_step, damping_decay=damping_decay, min_damping=min_damping,
-            max_damping=max_damping)
+        check_kronecker_options(f"{self._name}: option", factor_decay=factor_decay, update_freq=update_freq,
+                                inv_freq=inv_freq, mc_samples=mc_samples, seed=seed, fisher=fisher, likelihood=likelihood)
+        self.kl_clip = _check_options(self._name, defaults, kl_clip=kl_clip, adaptive_step=adaptive_step,
+                                      damping_interval=damping_interval, damping_decay=damping_decay,
+                                      min_damping=min_damping, max_damping=max_damping)
         self.adaptive_damping, self.adaptive_step = bool(adaptive_damping), bool(adaptive_step)
         self.lm = LevenbergMarquardt(damping_interval, damping_decay, min_damping, max_damping)
         #: the last reduction ratio of the Levenberg-Marquardt rule, step size and momentum of adaptive_step

@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from geomopt.checks import check_int, check_number
+from geomopt.curvature.capture import FISHERS, LIKELIHOODS
 from geomopt.curvature.distributed import FactorComm, default_group
 from geomopt.curvature.kronecker import (all_finite, captured_diagonal, cluster_mean, damped_inverse,
                                          diagonal_from_rotated, eigen_clusters, factored_rotation, kronecker_factors,
@@ -59,6 +61,21 @@ def running_average(state: dict, key: str, value: Tensor, decay: float) -> None:
         state[key].mul_(decay).add_(value, alpha=1 - decay)
     else:
         state[key] = value.clone()
+
+
+def check_kronecker_options(where: str, *, factor_decay, update_freq, inv_freq, mc_samples, seed, fisher,
+                            likelihood) -> None:
+    """Check a Kronecker geometry's options (``ValueError``/``TypeError`` naming ``where`` and the option)."""
+    check_number(where, "factor_decay", factor_decay, low=0, high=1, high_open=True)
+    for key, v in (("update_freq", update_freq), ("inv_freq", inv_freq), ("mc_samples", mc_samples)):
+        check_int(where, key, v, low=1)
+    if seed is not None:
+        check_int(where, "seed", seed)
+    name = where.split(":")[0]
+    if fisher not in FISHERS:
+        raise ValueError(f"{name}: fisher must be one of {FISHERS}, got {fisher!r}")
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"{name}: likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
 
 
 def _layers_of(model: nn.Module, params: Sequence[Tensor], names: dict, name: str, stacklevel: int
@@ -103,9 +120,11 @@ class KroneckerGeometry(Geometry):
     def __init__(self, model: nn.Module, params: Sequence[Tensor], *, factor_decay: float, update_freq: int,
                  inv_freq: int, fisher: str, likelihood: str, mc_samples: int, seed: int | None,
                  process_group: dist.ProcessGroup | None = None, name: str | None = None, stacklevel: int = 2):
+        self.name = name or self.name
+        check_kronecker_options(f"{self.name}: option", factor_decay=factor_decay, update_freq=update_freq,
+                                inv_freq=inv_freq, mc_samples=mc_samples, seed=seed, fisher=fisher, likelihood=likelihood)
         names = {p: n for n, p in model.named_parameters()}
         super().__init__(params, names)
-        self.name = name or self.name
         for p in self.params:
             if p not in names:
                 raise ValueError(f"{self.name}: a parameter of shape {tuple(p.shape)} is not a parameter of "

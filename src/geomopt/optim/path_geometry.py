@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from geomopt.checks import check_int, check_number
 from geomopt.geometry.path_norm import BlockVisitor, PathScales, RankOneScale, UnsupportedModuleError
 from geomopt.geometry.rnn_path import RNNPathScales, is_relu_rnn
 from geomopt.optim.geometry import Block, Geometry
@@ -106,6 +107,9 @@ class PathGeometry(Geometry):
 
     def __init__(self, model: nn.Module, params: Sequence[Tensor], *, p: float = 2.0,
                  input_shape: Sequence[int] | None = None, seq_len: int | None = None, include_kappa2: bool = False):
+        check_number("PathSGD: option", "p", p, low=0, low_open=True)
+        if seq_len is not None:
+            check_int("PathSGD: option", "seq_len", seq_len, low=1)
         names = {param: name for name, param in model.named_parameters()}
         super().__init__(params, names)
         self.scales = build_scales(model, p, input_shape, seq_len, include_kappa2)

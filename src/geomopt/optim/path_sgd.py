@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from geomopt.checks import check_int, check_number
+from geomopt.checks import check_number
 from geomopt.geometry.path_norm import BLOCK_ELEMENTS, BlockVisitor, PathScales, RankOneScale, visit_rows
 from geomopt.geometry.rnn_path import RNNPathScales
 from geomopt.optim import _path_sgd_kernels
@@ -208,9 +208,6 @@ class PathSGD(Optimizer):
             raise ValueError(f"PathSGD: normalize must be one of {NORMALIZE}, got {normalize!r}")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eps=eps, ratio=None)
         _check_group("PathSGD: option", defaults)
-        check_number("PathSGD: option", "p", p, low=0, low_open=True)
-        if seq_len is not None:
-            check_int("PathSGD: option", "seq_len", seq_len, low=1)
         super().__init__(list(param_groups) if param_groups is not None else model.parameters(), defaults)
         self.normalize = normalize  # the first-step ratio lives in every group's "ratio" (saved by state_dict)
         #: the path-norm geometry (:class:`geomopt.optim.path_geometry.PathGeometry`): scales, no statistics
