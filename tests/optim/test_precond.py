@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from geomopt.nn import ReLURNN
-from geomopt.optim import (EKFAC, KFAC, EKFACPreconditioner, Euclidean, KFACPreconditioner, PathPreconditioner,
-                           PathSGD, Preconditioner)
+from geomopt.optim import (EKFAC, KFAC, EKFACPreconditioner, Euclidean, Geometry, KFACPreconditioner,
+                           PathPreconditioner, PathSGD, Preconditioner)
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 STEPS = 5
@@ -123,6 +123,30 @@ def test_euclidean_preconditioner_leaves_gradients_alone():
     before = [p.grad.clone() for p in model.parameters()]
     Preconditioner(Euclidean(list(model.parameters()))).step()
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), before))
+
+
+class Annealed(Geometry):
+    """A user's geometry: ``P = (1 + step) / scale I`` (``scale`` a per-group option)."""
+
+    def update(self, step, groups):
+        self.factor = 1.0 / (1.0 + step)
+
+    def direction(self, block, grad, group):
+        return grad * (self.factor * group["scale"])
+
+
+def test_a_users_geometry_plugs_into_the_preconditioner():
+    data, lr = batches(steps=3), 0.1
+    model, ref = mlp(), mlp()
+    got = run_preconditioned(model, Preconditioner(Annealed(list(model.parameters())), {"scale": 2.0}), lr, data)
+    opt = torch.optim.SGD(ref.parameters(), lr=lr)
+    for k, (x, y) in enumerate(data):
+        opt.zero_grad()
+        F.cross_entropy(ref(x), y).backward()
+        for p in ref.parameters():
+            p.grad.mul_(2.0 / (1.0 + k))
+        opt.step()
+    assert torch.equal(got, torch.cat([p.detach().reshape(-1) for p in ref.parameters()]))
 
 
 @pytest.mark.parametrize("precond_class", [KFACPreconditioner, EKFACPreconditioner])

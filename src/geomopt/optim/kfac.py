@@ -86,6 +86,12 @@ diagonal steps; between them, with ``diag_freq > 1``, the examples must be rotat
 and no weight decay -- and only after checking that ``.grad`` is that captured gradient (or a
 multiple of it, as after clipping) up to rounding; otherwise it rotates densely.
 :attr:`EKFAC.factored_layers` names the layers that took the factored path in the last step.
+
+Composition (issue 27): ``KFAC`` / ``EKFAC`` = a Kronecker geometry (:mod:`geomopt.optim.kronecker_geometry`:
+running factors, inversion schedule, EKFAC's diagonal; :mod:`geomopt.optim.kronecker_recorder`: hooks,
+micro-batches, Fisher passes) + the shared step rule (:mod:`geomopt.optim.step_rule`: weight decay, KL clip,
+momentum; :mod:`geomopt.optim.quadratic`: automatic step, Levenberg-Marquardt). The geometry alone, in front
+of any torch optimizer: :class:`geomopt.optim.KFACPreconditioner`.
 """
 
 from __future__ import annotations
