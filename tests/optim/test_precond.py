@@ -172,6 +172,8 @@ def test_bad_options_and_non_finite_gradients_are_errors():
         KFACPreconditioner(model, damping=-1.0)
     with pytest.raises(ValueError, match="update_freq"):
         KFACPreconditioner(model, update_freq=0)
+    with pytest.raises(ValueError, match="diag_freq"):
+        EKFACPreconditioner(model, diag_freq=0)
     with pytest.raises(ValueError, match="eps"):
         PathPreconditioner(model, eps=0.0)
     precond = KFACPreconditioner(model)
@@ -194,3 +196,13 @@ def test_discard_forgets_a_thrown_away_batch():
     F.cross_entropy(model(x), y).backward()  # a batch whose gradients are thrown away
     precond.discard()
     assert torch.equal(run_preconditioned(model, precond, lr, data), ref)
+
+
+@given(damping=st.one_of(st.floats(max_value=0.0), st.just(float("nan")), st.just(float("inf"))),
+       kind=st.sampled_from([KFACPreconditioner, EKFACPreconditioner]))
+@settings(max_examples=12, deadline=None)
+def test_a_damping_that_is_not_finite_and_positive_is_refused(damping, kind):
+    model = mlp()
+    with pytest.raises(ValueError, match=f"{kind.__name__}: option.*damping"):
+        kind(model, damping=damping)
+    assert not model[0]._forward_hooks  # refused before any hook was registered

@@ -107,8 +107,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from geomopt.checks import check_int, check_number
-from geomopt.optim.kronecker_geometry import (EigenKroneckerGeometry, KroneckerGeometry, check_kronecker_options,
-                                              ekfac_direction, kfac_direction)
+from geomopt.optim.kronecker_geometry import (EigenKroneckerGeometry, KroneckerGeometry, check_eigen_options,
+                                              check_kronecker_options, ekfac_direction, kfac_direction)
 from geomopt.optim.kronecker_recorder import rng_state
 from geomopt.optim.quadratic import LevenbergMarquardt, QuadraticModel
 from geomopt.optim.step_rule import (BlockStep, block_steps, check_gradients, check_group, euclidean_deltas,
@@ -448,9 +448,7 @@ class EKFAC(_KroneckerOptimizer):
                  adaptive_damping: bool = False, damping_interval: int = 5, damping_decay: float = 0.95,
                  min_damping: float = 1e-8, max_damping: float = math.inf, adaptive_step: bool = False,
                  process_group: dist.ProcessGroup | None = None):
-        check_int("EKFAC: option", "diag_freq", diag_freq, low=1)
-        if diag_decay is not None:
-            check_number("EKFAC: option", "diag_decay", diag_decay, low=0, high=1, high_open=True)
+        check_eigen_options("EKFAC: option", diag_freq, diag_decay)  # before the base class's checks, as before
         super().__init__(model, lr, damping, momentum, weight_decay, factor_decay, update_freq, inv_freq, fisher,
                          likelihood, kl_clip, mc_samples, param_groups, seed, adaptive_damping, damping_interval,
                          damping_decay, min_damping, max_damping, adaptive_step, process_group, diag_freq=diag_freq,

@@ -78,6 +78,13 @@ def check_kronecker_options(where: str, *, factor_decay, update_freq, inv_freq, 
         raise ValueError(f"{name}: likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
 
 
+def check_eigen_options(where: str, diag_freq: int, diag_decay: float | None) -> None:
+    """Check EKFAC's own options (``ValueError``/``TypeError`` naming ``where`` and the option)."""
+    check_int(where, "diag_freq", diag_freq, low=1)
+    if diag_decay is not None:
+        check_number(where, "diag_decay", diag_decay, low=0, high=1, high_open=True)
+
+
 def _layers_of(model: nn.Module, params: Sequence[Tensor], names: dict, name: str, stacklevel: int
                ) -> tuple[list, list[str]]:
     """The supported layers whose weight is optimized, and the names of the optimized parameters outside
@@ -322,6 +329,7 @@ class EigenKroneckerGeometry(KroneckerGeometry):
 
     def __init__(self, model: nn.Module, params: Sequence[Tensor], *, diag_freq: int = 1,
                  diag_decay: float | None = None, **options: Any):
+        check_eigen_options(f"{options.get('name') or self.name}: option", diag_freq, diag_decay)
         options["stacklevel"] = options.get("stacklevel", 2) + 1  # this frame
         super().__init__(model, params, **options)
         self.diag_freq = int(diag_freq)
