@@ -6,8 +6,8 @@ separation of kfac-jax (curvature estimator | damping and step size | optimizer)
 
 - a :class:`Geometry` maps the gradient ``g`` of a block of parameters to the steepest-descent direction
   under its norm, ``d = argmin_d <g, d> + ||d||^2 / 2 = P^{-1} g`` for a norm ``||d||^2 = d^T P d``
-  (Euclidean: ``P = I``; path norm: ``P = diag(gamma)``, Path-SGD; Kronecker: ``P = A (x) G + damping``,
-  K-FAC; eigen-Kronecker: ``P = (U_A (x) U_G) diag(s + damping) (U_A (x) U_G)^T``, EKFAC; a non-Euclidean
+  (Euclidean: ``P = I``; path norm: ``P = diag(gamma)``, Path-SGD; Kronecker: ``P = (A + pi sqrt(l) I) (x) (G + sqrt(l)/pi I)``
+  per layer, K-FAC; eigen-Kronecker: ``P = (U_A (x) U_G) diag(s + damping) (U_A (x) U_G)^T``, EKFAC; a non-Euclidean
   norm such as the spectral one gives the dual map instead of a linear solve), and owns the statistics
   that define ``P`` (updated by :meth:`Geometry.update` once per step, before any direction);
 - the step rule turns directions into parameter changes: learning rate, momentum, weight decay (added
@@ -87,14 +87,15 @@ def tensor_blocks(params: Sequence[Tensor], names: dict[Tensor, str] | None = No
 class Geometry:
     """A norm on parameter space: its steepest-descent direction and the statistics that define it.
 
-    Subclasses override :meth:`direction` (and, where they have statistics, :meth:`update`,
-    :meth:`blocks`, :meth:`end_step`, :meth:`extra_state` / :meth:`load_extra_state`,
+    Subclasses override :meth:`direction` (and, where they have statistics, :meth:`update`, :meth:`ready`,
+    :meth:`blocks`, :meth:`arm`, :meth:`end_step`, :meth:`extra_state` / :meth:`load_extra_state`,
     :meth:`remove_hooks`). The base class is the Euclidean geometry's contract: blocks are single
     tensors and the direction is the gradient.
 
     Attributes:
         name: for messages (``"K-FAC"``, ``"PathSGD"``, ...).
         params: the parameters it preconditions, in a fixed order (that of :meth:`state_dict`).
+        names: ``{parameter: name}`` for messages (the model's parameter names where known).
         state: ``{parameter: dict}`` of its statistics; an optimizer composed of it replaces this with its
             own ``Optimizer.state`` (:meth:`share_state`).
     """

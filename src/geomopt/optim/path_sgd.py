@@ -27,7 +27,7 @@ from geomopt.geometry.path_norm import BLOCK_ELEMENTS, BlockVisitor, PathScales,
 from geomopt.geometry.rnn_path import RNNPathScales
 from geomopt.optim import _path_sgd_kernels
 from geomopt.optim.path_geometry import PathGeometry, first_step_ratio, floored
-from geomopt.optim.step_rule import GROUP_RULES, check_group, heavy_ball_
+from geomopt.optim.step_rule import GROUP_RULES, check_group, decayed_gradients, heavy_ball_
 
 __all__ = ["PathSGD", "path_sgd_", "first_step_ratio"]
 
@@ -125,9 +125,8 @@ def path_sgd_(params: Sequence[Tensor], grads: Sequence[Tensor], scales: Sequenc
             visit_rows(param, update)
     if not small:
         return
-    ps, gs = [params[i] for i in small], [grads[i] for i in small]
-    if weight_decay != 0:
-        gs = torch._foreach_add(gs, ps, alpha=weight_decay)
+    ps = [params[i] for i in small]
+    gs = decayed_gradients([grads[i] for i in small], ps, weight_decay)
     bufs = [momentum_buffers[i] for i in small]
     heavy_ball_(ps, torch._foreach_div(gs, dense), bufs, lr=lr, momentum=momentum)
     for k, i in enumerate(small):

@@ -148,6 +148,11 @@ def euclidean_deltas(groups: Iterable[dict[str, Any]], skip: set, state: dict) -
     return out
 
 
+def decayed_gradients(grads: Sequence[Tensor], params: Sequence[Tensor], weight_decay: float) -> Sequence[Tensor]:
+    """Multi-tensor ``g + wd w`` (``grads`` themselves without weight decay)."""
+    return torch._foreach_add(grads, params, alpha=weight_decay) if weight_decay != 0 else grads
+
+
 def heavy_ball_(params: Sequence[Tensor], directions: Sequence[Tensor], momentum_buffers: list[Tensor | None], *,
                 lr: float, momentum: float) -> None:
     """In place, multi-tensor: ``buf = momentum buf + d`` (``buf = d`` where ``momentum_buffers[i]`` is None;
