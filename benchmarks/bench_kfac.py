@@ -230,8 +230,8 @@ def step_times(model, x, y, blocks: int, inv_freq: int = 100, contenders=None,
     for block in range(blocks + 1):  # the first cycle is a warm-up
         for name, opt in opts.items():
             for o in opts.values():
-                if hasattr(o, "_capture"):
-                    o._capture.active = False
+                if hasattr(o, "geometry"):
+                    o.geometry.recorder.capture.active = False
             if hasattr(opt, "_arm"):
                 opt._arm()  # records exactly when its next step needs statistics
             t = time.process_time()

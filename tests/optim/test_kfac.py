@@ -336,7 +336,7 @@ def test_ekfac_between_diagonal_steps_linear_layers_still_rotate_from_their_exam
     both layers from their examples; between them only the layer where rotating the examples first is
     still cheaper than the dense rotation does (layer 0: 3364 < 6032 multiply-adds; layer 2: 1936 > 1870);
     the trajectory equals the one with every rotation dense."""
-    import geomopt.optim.kfac as kfac_module
+    import geomopt.optim.kronecker_geometry as kfac_module  # where the EKFAC direction rotates
     torch.manual_seed(3)
     x, y = torch.randn(4, 12), torch.randint(0, 5, (4,))
 

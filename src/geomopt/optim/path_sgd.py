@@ -22,19 +22,14 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from geomopt.checks import check_int, check_number
-from geomopt.geometry.path_norm import (BLOCK_ELEMENTS, BlockVisitor, PathScales, RankOneScale,
-                                        UnsupportedModuleError, visit_rows)
-from geomopt.geometry.rnn_path import RNNPathScales, is_relu_rnn
+from geomopt.checks import check_number
+from geomopt.geometry.path_norm import BLOCK_ELEMENTS, BlockVisitor, PathScales, RankOneScale, visit_rows
+from geomopt.geometry.rnn_path import RNNPathScales
 from geomopt.optim import _path_sgd_kernels
+from geomopt.optim.path_geometry import PathGeometry, first_step_ratio, floored
+from geomopt.optim.step_rule import GROUP_RULES, check_group, decayed_gradients, heavy_ball_
 
-
-def _floored(scale: Tensor | RankOneScale, eps: float) -> Tensor:
-    """Dense gamma floored as the update uses it: at eps, or each rank-one factor at sqrt(eps)."""
-    if isinstance(scale, RankOneScale):
-        floor = eps ** 0.5
-        return torch.outer(scale.out_scale.clamp_min(floor), scale.in_scale.clamp_min(floor))
-    return scale.clamp_min(eps)
+__all__ = ["PathSGD", "path_sgd_", "first_step_ratio"]
 
 
 class _RowBlockUpdate:
@@ -119,7 +114,7 @@ def path_sgd_(params: Sequence[Tensor], grads: Sequence[Tensor], scales: Sequenc
     for i, (param, scale) in enumerate(zip(params, scales)):
         if not isinstance(scale, RankOneScale) or param.numel() <= BLOCK_ELEMENTS or param.device.type != "cpu":
             small.append(i)
-            dense.append(_floored(scale, eps))
+            dense.append(floored(scale, eps))
         else:
             update = _RowBlockUpdate(param, grads[i], scale, momentum_buffers[i], lr=lr, momentum=momentum,
                                      weight_decay=weight_decay, eps=eps)
@@ -130,97 +125,27 @@ def path_sgd_(params: Sequence[Tensor], grads: Sequence[Tensor], scales: Sequenc
             visit_rows(param, update)
     if not small:
         return
-    ps, gs = [params[i] for i in small], [grads[i] for i in small]
-    if weight_decay != 0:
-        gs = torch._foreach_add(gs, ps, alpha=weight_decay)
-    directions = torch._foreach_div(gs, dense)
-    if momentum == 0:
-        torch._foreach_add_(ps, directions, alpha=-lr)
-        return
+    ps = [params[i] for i in small]
+    gs = decayed_gradients([grads[i] for i in small], ps, weight_decay)
     bufs = [momentum_buffers[i] for i in small]
-    if all(b is not None for b in bufs):
-        torch._foreach_mul_(bufs, momentum)
-        torch._foreach_add_(bufs, directions)
-    else:
-        for k, i in enumerate(small):
-            if momentum_buffers[i] is None:
-                bufs[k] = momentum_buffers[i] = directions[k]
-            else:
-                bufs[k].mul_(momentum).add_(directions[k])
-    torch._foreach_add_(ps, bufs, alpha=-lr)
+    heavy_ball_(ps, torch._foreach_div(gs, dense), bufs, lr=lr, momentum=momentum)
+    for k, i in enumerate(small):
+        momentum_buffers[i] = bufs[k]
 
 
 NORMALIZE = (None, "first-step")
 
 
-def first_step_ratio(grads: Sequence[Tensor], scales: Sequence[Tensor | RankOneScale], eps: float) -> float:
-    """``(sum_p ||g_p|| / sum_p ||g_p / gamma_p||^2)^(1/2)`` over the parameters (Frobenius norms).
-
-    The first author's public Path-SGD code multiplies the path-normalized direction by this number,
-    computed once at the first step and then kept, so that one learning-rate grid serves SGD and
-    Path-SGD. ``gamma`` is floored as in :func:`path_sgd_`. Raises ``ValueError`` when it is not finite
-    and positive (a zero or non-finite first gradient).
-    """
-    sgd_norm, path_norm2 = 0.0, 0.0
-    for g, scale in zip(grads, scales):
-        d = g / _floored(scale, eps)
-        sgd_norm += float(g.double().norm())
-        path_norm2 += float(d.double().norm()) ** 2
-    ratio = (sgd_norm / path_norm2) ** 0.5 if path_norm2 > 0 else float("nan")
-    if not (ratio > 0 and ratio < float("inf")):
-        raise ValueError(f"PathSGD(normalize='first-step'): the first-step ratio is {ratio} (sum ||g|| = {sgd_norm}, "
-                         f"sum ||g/gamma||^2 = {path_norm2}); the first gradient must be finite and non-zero")
-    return ratio
-
-
 #: The options of a param group and their ranges (:func:`geomopt.checks.check_number`): checked at construction,
 #: in ``add_param_group`` and in every group at each step, so a NaN, infinite or negative option is an error
 #: naming it and its group instead of NaN weights. ``ratio`` (the first-step ratio) is None or > 0.
-_GROUP_RULES: dict[str, dict[str, Any]] = {
-    "lr": dict(low=0),
-    "momentum": dict(low=0, high=1, high_open=True),
-    "weight_decay": dict(low=0),
-    "eps": dict(low=0, low_open=True),
-}
+_GROUP_RULES: dict[str, dict[str, Any]] = {**GROUP_RULES, "eps": dict(low=0, low_open=True)}
 
 
 def _check_group(where: str, group: dict[str, Any]) -> None:
-    for key, rule in _GROUP_RULES.items():
-        check_number(where, key, group[key], **rule)
+    check_group(where, group, _GROUP_RULES)
     if group.get("ratio") is not None:
         check_number(where, "ratio", group["ratio"], low=0, low_open=True)
-
-
-def _recurrent_cells(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.RNNBase, nn.RNNCellBase))]
-
-
-def _build_scales(model: nn.Module, p: float, input_shape: Sequence[int] | None, seq_len: int | None,
-                  include_kappa2: bool) -> PathScales | RNNPathScales:
-    """The preconditioner: :class:`RNNPathScales` for a ReLU RNN, :class:`PathScales` otherwise."""
-    cells = _recurrent_cells(model)
-    if cells:
-        name, cell = cells[0]
-        kind = type(cell).__name__
-        if isinstance(cell, (nn.RNN, nn.RNNCell)):
-            kind += f" (nonlinearity={cell.nonlinearity!r})"
-        raise UnsupportedModuleError(
-            f"PathSGD: module '{name or '<root>'}' is a {kind} recurrent cell, not a ReLU RNN with the layout of "
-            "geomopt.nn.ReLURNN. Path-SGD needs a positively homogeneous network: LSTM, GRU and tanh RNNs are not; "
-            "use geomopt.nn.ReLURNN (for torch.nn.RNN(nonlinearity='relu'), copy its weights into one) or train "
-            "this model with sgd/adam.")
-    if is_relu_rnn(model):
-        if p != 2.0:
-            raise ValueError(f"PathSGD: RNN path scales are implemented for p = 2 only, got p={p}")
-        T = seq_len if seq_len is not None else getattr(model, "seq_len", None)
-        if T is None:
-            raise ValueError(f"PathSGD: {type(model).__name__} is a ReLU RNN and its path scales depend on the "
-                             "sequence length: pass seq_len=T (or build the model with seq_len=T)")
-        return RNNPathScales(model, T, include_kappa2=include_kappa2)
-    if seq_len is not None or include_kappa2:
-        raise ValueError(f"PathSGD: seq_len/include_kappa2 apply to ReLU RNNs only; {type(model).__name__} is not "
-                         "one (see geomopt.geometry.is_relu_rnn)")
-    return PathScales(model, p=p, input_shape=input_shape)
 
 
 class PathSGD(Optimizer):
@@ -282,19 +207,20 @@ class PathSGD(Optimizer):
             raise ValueError(f"PathSGD: normalize must be one of {NORMALIZE}, got {normalize!r}")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eps=eps, ratio=None)
         _check_group("PathSGD: option", defaults)
-        check_number("PathSGD: option", "p", p, low=0, low_open=True)
-        if seq_len is not None:
-            check_int("PathSGD: option", "seq_len", seq_len, low=1)
         super().__init__(list(param_groups) if param_groups is not None else model.parameters(), defaults)
         self.normalize = normalize  # the first-step ratio lives in every group's "ratio" (saved by state_dict)
-        self.scales = _build_scales(model, p, input_shape, seq_len, include_kappa2)
-        self._names = {param: name for name, param in model.named_parameters()}
-        self._next: tuple[PathScales | RNNPathScales, dict[str, Tensor | RankOneScale], tuple] | None = None
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param not in self._names:
-                    raise ValueError(f"PathSGD: a parameter of shape {tuple(param.shape)} is not a parameter of "
-                                     f"{type(model).__name__}; path scales are defined by the model")
+        #: the path-norm geometry (:class:`geomopt.optim.path_geometry.PathGeometry`): scales, no statistics
+        self.geometry = PathGeometry(model, [q for g in self.param_groups for q in g["params"]], p=p,
+                                     input_shape=input_shape, seq_len=seq_len, include_kappa2=include_kappa2)
+
+    @property
+    def scales(self) -> PathScales | RNNPathScales:
+        """The geometry's path scales (assignable, e.g. to compare methods)."""
+        return self.geometry.scales
+
+    @scales.setter
+    def scales(self, value: PathScales | RNNPathScales) -> None:
+        self.geometry.scales = value
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         _check_group(f"PathSGD: param group {len(self.param_groups)}", {**self.defaults, **param_group})
@@ -307,7 +233,6 @@ class PathSGD(Optimizer):
             group.setdefault("weight_decay", 0.0)
             group.setdefault("eps", 1e-12)
             group.setdefault("ratio", None)
-        self.__dict__.setdefault("_next", None)
         self.__dict__.setdefault("normalize", None)
 
     def invalidate_scales(self) -> None:
@@ -315,28 +240,26 @@ class PathSGD(Optimizer):
         ``copy_``, ``load_state_dict`` or a new ``.data`` tensor are detected by themselves (tensor
         versions and storage); an in-place change through ``param.data`` is invisible to torch: call
         this after one."""
-        self._next = None
+        self.geometry.invalidate()
 
-    def _weights_version(self) -> tuple[tuple[int, int], ...]:
-        return tuple((p._version, p.data_ptr()) for p in self.scales.model.parameters())
-
-    def _current_scales(self) -> dict[str, Tensor | RankOneScale]:
-        """The scales of the current weights: those computed in the last step's update pass if no
-        weight has changed since (and the preconditioner is the same object), else computed now."""
-        if self._next is not None:
-            scales, gamma, version = self._next
-            if scales is self.scales and version == self._weights_version():
-                return gamma
-        return self.scales.compute()
+    def _first_step_ratio(self) -> None:
+        """Set every group's ``"ratio"`` from this step's gradients and scales (``normalize="first-step"``)."""
+        geo = self.geometry
+        pairs = [(p.grad, geo.scale(p)) for group in self.param_groups for p in group["params"] if p.grad is not None]
+        ratio = first_step_ratio([g for g, _ in pairs], [s for _, s in pairs],
+                                 min(group["eps"] for group in self.param_groups))
+        for group in self.param_groups:
+            group["ratio"] = ratio
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
         """One Path-SGD step; ``closure`` re-evaluates the loss, as in torch.optim.
 
-        For a Linear chain (factored scales), the large weights are updated inside the pass that
-        computes the next step's scales (:meth:`PathScales.compute` with visitors), one row block at a
-        time while the block is in cache, so the scales cost no extra read of those weights; they are
-        reused at the next step unless a weight has changed in between.
+        The geometry's direction ``(g + wd w) / gamma`` and the step rule's momentum and learning rate are
+        applied together by :func:`path_sgd_`. For a Linear chain (factored scales), the large weights are
+        updated inside the pass that computes the next step's scales (:meth:`PathScales.compute` with
+        visitors), one row block at a time while the block is in cache, so the scales cost no extra read of
+        those weights; they are reused at the next step unless a weight has changed in between.
         """
         for index, group in enumerate(self.param_groups):  # an option changed since (a scheduler, by hand)
             _check_group(f"PathSGD: param group {index}", group)
@@ -344,34 +267,28 @@ class PathSGD(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        gamma = self._current_scales()
+        geo = self.geometry
+        geo.update(0, self.param_groups)
         if self.normalize == "first-step" and any(group["ratio"] is None for group in self.param_groups):
-            pairs = [(p.grad, gamma[self._names[p]]) for group in self.param_groups for p in group["params"]
-                     if p.grad is not None]
-            ratio = first_step_ratio([g for g, _ in pairs], [s for _, s in pairs],
-                                     min(group["eps"] for group in self.param_groups))
-            for group in self.param_groups:
-                group["ratio"] = ratio
-        fused = isinstance(self.scales, PathScales) and self.scales.factored
+            self._first_step_ratio()
+        fused = geo.fused
         visitors: dict[str, BlockVisitor] = {}
-        names, state = self._names, self.state
         for group in self.param_groups:
             params = [param for param in group["params"] if param.grad is not None]
             grads = [param.grad for param in params]
             if any(grad.is_sparse for grad in grads):
                 raise RuntimeError("PathSGD does not support sparse gradients")
-            scales = [gamma[names[param]] for param in params]
-            buffers = [state[param].get("momentum_buffer") for param in params] if group["momentum"] != 0 \
+            buffers = [self.state[param].get("momentum_buffer") for param in params] if group["momentum"] != 0 \
                 else [None] * len(params)
             deferred: dict[int, BlockVisitor] | None = {} if fused else None
-            path_sgd_(params, grads, scales, buffers, lr=group["lr"] * (group["ratio"] or 1.0),
-                      momentum=group["momentum"], weight_decay=group["weight_decay"], eps=group["eps"],
-                      deferred=deferred)
-            visitors.update({names[params[i]]: visit for i, visit in (deferred or {}).items()})
+            path_sgd_(params, grads, [geo.scale(param) for param in params], buffers,
+                      lr=group["lr"] * (group["ratio"] or 1.0), momentum=group["momentum"],
+                      weight_decay=group["weight_decay"], eps=group["eps"], deferred=deferred)
+            visitors.update({geo.names[params[i]]: visit for i, visit in (deferred or {}).items()})
             if group["momentum"] != 0:
                 for param, buf in zip(params, buffers):
                     self.state[param]["momentum_buffer"] = buf
-        self._next = None
+        geo.invalidate()
         if fused:
-            self._next = (self.scales, self.scales.compute(visitors), self._weights_version())
+            geo.precompute(visitors)
         return loss
