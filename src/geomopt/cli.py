@@ -335,7 +335,7 @@ def _print_verdict_counts(runs: Path) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from geomopt.prune import prune_run
+    from geomopt.runs import prune_run
     record = prune_run(args.run_dir, criterion=args.criterion, target_sparsity=args.sparsity, steps=args.steps,
                        finetune_epochs=args.finetune_epochs, n_examples=args.examples, locality=args.locality,
                        lr=args.lr, out=args.out, compensate=args.compensate, progress=not args.no_progress)
@@ -348,7 +348,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from geomopt.measures.runs import measure_run
+    from geomopt.runs import measure_run
     options = {"margin_quantile": args.margin_quantile, "sharpness_alpha": args.sharpness_alpha,
                "flatness_threshold": args.flatness_threshold, "flatness_samples": args.flatness_samples,
                "seed": args.seed}
@@ -375,7 +375,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 
 def cmd_curvature(args: argparse.Namespace) -> int:
-    from geomopt.measures.runs import CURVATURE_FILE, curvature_run
+    from geomopt.runs import CURVATURE_FILE, curvature_run
     try:
         result = curvature_run(args.run_dir, top_k=args.top_k, trace=args.trace, spectrum=args.spectrum,
                                operator=args.operator, examples=args.examples, seed=args.seed)

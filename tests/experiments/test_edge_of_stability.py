@@ -13,7 +13,7 @@ from geomopt.curvature import read_batches
 from geomopt.data import make_loader
 from geomopt.experiments import EXPERIMENTS
 from geomopt.experiments.edge_of_stability import edge_statistics
-from geomopt.measures.runs import load_run
+from geomopt.runs import load_run
 from geomopt.train import TrainConfig, read_metrics, train
 from geomopt.train.tasks import one_hot_mse, task_objective
 

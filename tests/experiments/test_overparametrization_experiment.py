@@ -12,7 +12,7 @@ import torch
 from geomopt.data import make_loader
 from geomopt.experiments.overparametrization import (CLAIMS, NAME, OverparamExperiment, _converged_width,
                                                      _interpolating_width, reproduce)
-from geomopt.measures.runs import load_run
+from geomopt.runs import load_run
 from geomopt.measures.two_layer import two_layer_measures
 from geomopt.experiments.records import Records
 from geomopt.sweep.claims import HOLDS, UNTESTABLE

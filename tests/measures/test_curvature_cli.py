@@ -10,7 +10,7 @@ import torch
 from geomopt.cli import main
 from geomopt.curvature import HessianOperator, read_batches
 from geomopt.data import make_loader
-from geomopt.measures.runs import load_run
+from geomopt.runs import load_run
 from geomopt.train import TrainConfig, train
 
 

@@ -9,7 +9,7 @@ import torch
 
 from geomopt.cli import main
 from geomopt.experiments.zoo import correlate, load_grid, measure_zoo, train_zoo
-from geomopt.measures.runs import load_run
+from geomopt.runs import load_run
 from geomopt.train import TrainConfig, train
 
 FAST = {"sharpness_steps": 2, "sharpness_restarts": 1, "flatness_samples": 2}
@@ -108,7 +108,7 @@ def test_stored_measures_compare_configs_not_json_text(tmp_path):
     a different run does not."""
     import json as _json
 
-    from geomopt.measures.runs import stored_measures
+    from geomopt.runs import stored_measures
     from geomopt.train import TrainConfig
     config = TrainConfig(widths=(8,), epochs=1)
     older = config.to_dict()

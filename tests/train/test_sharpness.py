@@ -8,7 +8,7 @@ import torch
 
 from geomopt.curvature import HessianOperator, read_batches
 from geomopt.data import load_dataset, make_loader
-from geomopt.measures.runs import load_run
+from geomopt.runs import load_run
 from geomopt.train import TrainConfig, read_metrics, train
 from geomopt.train.callbacks import SharpnessTracker
 

@@ -59,7 +59,7 @@ from geomopt.experiments.records import Records, read_stored
 from geomopt.experiments.records import gate_failures as shared_gate
 from geomopt.experiments.zoo import CORRELATED, ZOO_KEY, correlate, measure_zoo
 from geomopt.measures.rank import bootstrap_kendall_draws, kendall_tau
-from geomopt.measures.runs import MEASURES_FILE
+from geomopt.runs import MEASURES_FILE
 from geomopt.report import Section, plot_bands, write_section
 from geomopt.sweep import Claim, Outcome, RunGate, all_of, band, gated, greater, less, run_all, seed_stats, untestable
 from geomopt.sweep import write_claims

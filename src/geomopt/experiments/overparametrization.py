@@ -39,7 +39,7 @@ from typing import Any
 
 from geomopt.experiments.config import configure, experiment_dir, merge_overrides
 from geomopt.experiments.records import Records, read_stored
-from geomopt.measures.runs import MEASURES_FILE
+from geomopt.runs import MEASURES_FILE
 from geomopt.measures.two_layer import BOUNDS
 from geomopt.report import Section, plot_bands, write_section, write_tables
 from geomopt.sweep import Claim, Outcome, all_of, gated, greater, less, run_all, untestable, write_claims

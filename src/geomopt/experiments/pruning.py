@@ -49,9 +49,9 @@ from geomopt.experiments.config import configure, experiment_dir, merge_override
 from geomopt.experiments.records import Records, read_stored
 from geomopt.experiments.records import gate_failures as shared_gate
 from geomopt.experiments.tuning import Problem, Tuned, compute_seconds, tune
-from geomopt.prune import prune_run
+from geomopt.runs import prune_run
 from geomopt.report import Section, write_section, write_tables
-from geomopt.report.figures import plt
+from geomopt.figures import plt
 from geomopt.sweep import Claim, Grid, Outcome, RunGate, all_of, equivalent, gated, less, seed_stats, write_claims
 from geomopt.train import TrainConfig, read_metrics
 from geomopt.train.config import read_json

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geomopt.report.tables import write_records
+from geomopt.tables import write_records
 
 __all__ = ["RESULTS_FILE", "CURVES_FILE", "Records", "parse_cell", "read_csv", "write_curves", "read_stored",
            "gate_failures"]
@@ -49,7 +49,7 @@ def parse_cell(text: str) -> Any:
 
 
 def read_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Every row of a CSV file written by :func:`geomopt.report.tables.write_records`, values parsed."""
+    """Every row of a CSV file written by :func:`geomopt.tables.write_records`, values parsed."""
     with Path(path).open(newline="") as f:
         return [{k: parse_cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
 

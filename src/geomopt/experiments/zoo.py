@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from geomopt.measures.rank import bootstrap_kendall, granulated_kendall, kendall_tau
-from geomopt.measures.runs import MEASURES_FILE, measure_run, stored_measures
+from geomopt.runs import MEASURES_FILE, measure_run, stored_measures
 from geomopt.nn.factory import check_trusted, trusted_models
 from geomopt.report import write_records
 from geomopt.sweep import Trial, TrainJob, TrialResult, make_backend, run_sweep

@@ -11,7 +11,7 @@ from geomopt.geometry.path_norm import (
     path_norm,
     path_scales,
 )
-from geomopt.geometry.rescaling import random_node_rescaling, rescale_unit, weighted_layers
+from geomopt.nn.rescaling import random_node_rescaling, rescale_unit, weighted_layers
 from geomopt.geometry.rnn_path import (
     RNNPathScales,
     is_relu_rnn,

@@ -25,7 +25,8 @@ from geomopt.implicit.factorized import INITS, SensingObjective, end_to_end, ini
 from geomopt.implicit.nuclear import SOLVERS, min_nuclear_norm
 from geomopt.implicit.operators import Completion, GaussianSensing, MeasurementOperator, random_low_rank, random_psd
 from geomopt.implicit.spectral import effective_rank, nuclear_norm, relative_distance
-from geomopt.report import plot_curves, write_records
+from geomopt.figures import plot_curves
+from geomopt.tables import write_records
 
 
 # X_nuc counts as the ground truth when ||X_nuc - X*||_F / ||X*||_F is at most this (solver accuracy ~1e-4)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from geomopt.geometry.rescaling import random_node_rescaling
+from geomopt.nn.rescaling import random_node_rescaling
 
 INITS = ("torch", "kaiming", "unbalanced", "unbalanced-layer")
 

@@ -10,9 +10,9 @@ from geomopt.prune.masks import (
     schedule_counts,
     sparsity,
 )
-from geomopt.prune.run import GradualPruner, PruneStep, prune_model, prune_run
+from geomopt.prune.run import GradualPruner, PruneStep, prune_model
 from geomopt.prune.scores import CRITERIA, loss_statistics, predicted_loss_change, prunable_parameters, scores
 
 __all__ = ["CRITERIA", "loss_statistics", "scores", "predicted_loss_change", "prunable_parameters", "prune_lowest",
            "schedule_counts", "gradual_sparsity", "apply_masks", "masks_from_state_dict", "count_prunable",
-           "sparsity", "PruneStep", "prune_model", "prune_run", "GradualPruner"]
+           "sparsity", "PruneStep", "prune_model", "GradualPruner"]

@@ -75,7 +75,7 @@ def _serve(conn, driver: int) -> None:
 
 # imported once by the forkserver: torch, the training engine, the measures, scikit-learn's digits and
 # torch._dynamo (which the first torch.optim.Optimizer imports: seconds)
-PRELOAD = ["geomopt.sweep.trial", "geomopt.measures.runs", "sklearn.datasets", "torch._dynamo"]
+PRELOAD = ["geomopt.sweep.trial", "geomopt.runs", "sklearn.datasets", "torch._dynamo"]
 
 
 def _context():

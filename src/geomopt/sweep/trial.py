@@ -38,7 +38,7 @@ SCRATCH = ".partial"
 @dataclass(frozen=True)
 class TrainJob:
     """Train one :class:`TrainConfig` with :func:`geomopt.train.train`; with ``measures`` (the options
-    of :func:`geomopt.measures.runs.measure_run`), also compute ``measures.json`` on the worker.
+    of :func:`geomopt.runs.measure_run`), also compute ``measures.json`` on the worker.
 
     A divergence (:class:`NonFiniteLossError`) is a result (``summary["diverged"]``), not a failure.
     A ``MODULE:FACTORY`` model is imported on the worker: whoever made the job from a file checked that
@@ -67,7 +67,7 @@ class TrainJob:
             summary.pop(key, None)
         write_json(workdir / SUMMARY, summary)
         if self.measures is not None:
-            from geomopt.measures.runs import measure_run
+            from geomopt.runs import measure_run
             measure_run(workdir, progress=False, **self.measures)
         return summary
 
@@ -77,7 +77,7 @@ class TrainJob:
             return False
         if self.measures is None or json.loads((out / SUMMARY).read_text()).get("diverged"):
             return True
-        from geomopt.measures.runs import stored_measures
+        from geomopt.runs import stored_measures
         return stored_measures(out, self.measures) is not None
 
 

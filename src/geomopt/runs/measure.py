@@ -1,4 +1,4 @@
-"""Measures of a trained run directory (``geomopt measure RUN_DIR``).
+"""Generalization measures of a trained run directory (``geomopt measure RUN_DIR``).
 
 A run directory is what :func:`geomopt.train.train` writes (config.json, checkpoint.pt,
 summary.json). The initial network is rebuilt from the config (initialization is a pure function
@@ -8,20 +8,17 @@ of the seed), so distances to init and the PAC-Bayes prior mean need nothing els
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from geomopt.curvature import curvature_operator, hutchinson_trace, lanczos_top_eigenvalues, read_batches, slq_density
 from geomopt.data import load_dataset, make_loader
 from geomopt.measures.core import compute
-from geomopt.checks import check_int, check_number
 from geomopt.nn.factory import check_trusted
-from geomopt.report.figures import plot_curves
 from geomopt.train.checkpoint import load_checkpoint, load_model_state, write_json
 from geomopt.train.config import TrainConfig, same_config
+from geomopt.train import evaluate
 from geomopt.train.run import build_run_model
 
 MEASURES_FILE = "measures.json"
@@ -61,7 +58,6 @@ def measure_run(run_dir: str | Path, *, measures: str | list[str] = "all", progr
     config, model, init, bundle = load_run(run_dir)
     train = make_loader(bundle.train, 1000, shuffle=False)
     result = compute(model, train, init_model=init, measures=measures, progress=progress, **options)
-    from geomopt.train.engine import evaluate
     if "train_error" not in result:  # groups that never evaluate the training loss
         train_loss, train_acc = evaluate(model, train, torch.nn.functional.cross_entropy)
         result.update({"train_loss": train_loss, "train_error": 1 - train_acc})
@@ -97,65 +93,3 @@ def stored_measures(run_dir: str | Path, options: dict[str, Any], measures: str 
     if ckpt.is_file() and ckpt.stat().st_mtime > path.stat().st_mtime:
         return None
     return stored
-
-
-CURVATURE_FILE = "curvature.json"
-
-
-def curvature_run(run_dir: str | Path, *, top_k: int | None = None, trace: bool = False, spectrum: bool = False,
-                  operator: str = "hessian", examples: int | None = 1000, tol: float = 1e-3, trace_tol: float = 0.01,
-                  steps: int = 40, probes: int = 10, seed: int = 0) -> dict[str, Any]:
-    """Spectral summaries of a trained run's curvature on its training set (``geomopt curvature RUN``).
-
-    ``operator``: ``hessian``, ``ggn`` or ``fisher`` (the true Fisher) of the training cross-entropy on the
-    first ``examples`` training examples (:mod:`geomopt.curvature.operators`). ``top_k``: the largest
-    eigenvalues by Lanczos (relative residual ``tol``); ``trace``: Hutch++ with 40 sign vectors (stop rule
-    ``trace_tol``);
-    ``spectrum``: stochastic Lanczos quadrature (``probes`` x ``steps``), its density written to
-    ``RUN_DIR/spectrum.png`` and its nodes and weights to ``curvature.json``.
-
-    Returns the result, also written to ``RUN_DIR/curvature.json`` (only when every number is finite).
-
-    Raises:
-        ValueError: nothing asked for, or a count (``--top-k``, ``--examples``, ``steps``, ``probes``) or a
-            tolerance out of range.
-        FloatingPointError: a NaN or inf in the weights, the data or a product (nothing is written).
-    """
-    if top_k is None and not trace and not spectrum:
-        raise ValueError("curvature: ask for at least one of --top-k K, --trace, --spectrum")
-    for flag, value in (("--top-k", top_k), ("--examples", examples), ("steps", steps), ("probes", probes)):
-        if value is not None:
-            check_int("curvature", flag, value, low=1)
-    check_number("curvature", "tol", tol, low=0, low_open=True)
-    check_number("curvature", "trace_tol", trace_tol, low=0, low_open=True)
-    run_dir = Path(run_dir)
-    config, model, _, bundle = load_run(run_dir)
-    batches = read_batches(make_loader(bundle.train, 1000, shuffle=False), None, examples)
-    op = curvature_operator(operator, model, batches)
-    gen = torch.Generator().manual_seed(seed)
-    result: dict[str, Any] = {"operator": operator, "examples": op.num_examples, "parameters": op.shape[0],
-                              "seed": seed}
-    start = time.perf_counter()
-    if top_k is not None:
-        eig = lanczos_top_eigenvalues(op, top_k, tol=tol, generator=gen)
-        result["top_eigenvalues"] = eig.values.tolist()
-        result["top_converged"] = eig.converged
-    if trace:
-        tr = hutchinson_trace(op, tol=trace_tol, deflate=min(40, op.shape[0] // 2), generator=gen)
-        result.update(trace=tr.estimate, trace_stderr=tr.stderr, trace_probes=tr.samples, trace_converged=tr.converged)
-    if spectrum:
-        dens = slq_density(op, steps=steps, probes=probes, generator=gen)
-        lo, hi = float(dens.nodes.min()), float(dens.nodes.max())
-        sigma = 0.01 * (hi - lo) if hi > lo else 1e-3
-        grid = dens.grid(500, sigma=sigma)
-        values = dens.density(grid, sigma)
-        plot_curves({f"{operator} spectral density ({op.shape[0]} parameters)":
-                     {"SLQ": (grid.tolist(), values.clamp(min=1e-8 * float(values.max())).tolist())}},
-                    run_dir / "spectrum.png", xlabel="eigenvalue", ylabel="density", logy=True)
-        result.update(spectrum_nodes=dens.nodes.tolist(), spectrum_weights=dens.weights.tolist(),
-                      spectrum_sigma=sigma, spectrum_figure="spectrum.png")
-    result["products"] = op.products
-    result["seconds"] = round(time.perf_counter() - start, 3)
-    result["config"] = config.to_dict()
-    write_json(run_dir / CURVATURE_FILE, result)
-    return result
