@@ -12,7 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geomopt.cli import _model_type, main
+from geomopt.cli import main
+from geomopt.cli.train import _model_type
 from geomopt.nn import MODELS, build_model, trusted_models
 from geomopt.nn.factory import UntrustedModelError, is_factory_reference
 from geomopt.sweep import Trial, run_sweep

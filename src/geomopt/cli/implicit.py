@@ -1,4 +1,4 @@
-"""``geomopt implicit sensing | completion | deep-linear``: the implicit regularization lab from the shell."""
+"""``geomopt implicit sensing | completion | deep-linear``: the implicit regularization lab (:mod:`geomopt.implicit.lab`) from the shell."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def cmd_deep_linear(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_implicit_parser(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Register ``implicit`` and its three subcommands on the top-level parser."""
     p = sub.add_parser("implicit", help="implicit regularization lab: factorized GD, nuclear norm, deep linear nets")
     isub = p.add_subparsers(dest="lab", required=True)
@@ -117,6 +117,3 @@ def add_implicit_parser(sub: argparse._SubParsersAction) -> None:
                    help="report steps to reach this loss (default 1.5 x the shallowest depth's final loss)")
     q.add_argument("--out", required=True, help="output directory (table.csv/json, loss.png)")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-__all__ = ["add_implicit_parser"]
