@@ -229,7 +229,7 @@ def breakdown(T: int, batch: int, reps: int) -> None:
     from torch.profiler import profile
 
     from geomopt.nn import BNLSTM
-    from geomopt.nn import bn_rnn
+    from geomopt.nn.bn_rnn import fused as bn_rnn
     fn = bn_rnn._FusedLSTMLayer
     marks: dict[str, float] = {}
     forward, backward = fn.forward, fn.backward

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import geomopt.nn.bn_rnn as bn_rnn
+import geomopt.nn.bn_rnn.fused as bn_rnn
 import geomopt.optim.path_sgd as path_sgd
 from geomopt.geometry.path_norm import BLOCK_ELEMENTS
 from geomopt.nn import BNRNN, BNInputLSTM, BNLSTM

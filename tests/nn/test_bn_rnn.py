@@ -238,7 +238,7 @@ def test_fused_recurrence_equals_step_by_step_reference(cls, kw):
 def test_fused_bnlstm_with_aten_gates_equals_step_by_step_reference(kw, monkeypatch):
     """The same check with ``native=False`` (what runs without a C compiler): the ATen calls of the
     fused loop, in float64 against the plain loop."""
-    import geomopt.nn.bn_rnn as bn_rnn
+    import geomopt.nn.bn_rnn.fused as bn_rnn
     monkeypatch.setattr(bn_rnn, "_native_forward", None)  # would fail if called
     _check_fused_against_reference(BNLSTM, dict(kw, native=False))
 
@@ -275,7 +275,7 @@ def test_step_function_path_without_compiler_equals_reference(monkeypatch):
     """BNLSTM(compile=True) runs two pure step functions (what torch.compile fuses); without a C++
     compiler they run eagerly, with a warning. Against the step-by-step reference in float64: values,
     gradients, running statistics (T = 6 > T_max = 4)."""
-    import geomopt.nn.bn_rnn as bn_rnn
+    import geomopt.nn.bn_rnn.fused as bn_rnn
     monkeypatch.setattr(bn_rnn, "_COMPILED", [])
     monkeypatch.setattr(bn_rnn.shutil, "which", lambda name: None)
     torch.manual_seed(4)
@@ -326,7 +326,7 @@ def test_gate_kernels_in_float32_and_without_gradients(monkeypatch):
     compile. In float32 (vectorized exp and tanh) their values, gradients and running statistics are
     as close to a float64 run as the ATen path's (within 2e-5 of each tensor's largest entry; both
     measured at ~1e-6); training without gradients (nothing kept) gives the same outputs."""
-    import geomopt.nn.bn_rnn as bn_rnn
+    import geomopt.nn.bn_rnn.fused as bn_rnn
     from geomopt.nn import _gate_kernels
     if _gate_kernels.load(torch.float32) is None:
         pytest.skip("no C compiler with glibc's libmvec here: BNLSTM runs the ATen path (tested above)")
@@ -365,7 +365,7 @@ def test_gate_kernels_fall_back_without_a_compiler(monkeypatch):
     """No C compiler on the path: load() gives None (no warning) and the BNLSTM runs its ATen path."""
     import warnings
 
-    import geomopt.nn.bn_rnn as bn_rnn
+    import geomopt.nn.bn_rnn.fused as bn_rnn
     from geomopt import native
     from geomopt.nn import _gate_kernels
     monkeypatch.setattr(native, "_LOADED", {})

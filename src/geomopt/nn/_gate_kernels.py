@@ -1,6 +1,6 @@
 r"""Fused kernels of one BN-LSTM time step, compiled from C at run time (ctypes).
 
-The fused BN-LSTM layer (:class:`geomopt.nn.bn_rnn._FusedLSTMLayer`) spends most of a step at
+The fused BN-LSTM layer (:class:`geomopt.nn.bn_rnn.fused._FusedLSTMLayer`) spends most of a step at
 hidden 100 in a dozen small ATen calls (each 3-20 us where it runs, for 16 x 400 numbers). These
 three C loops do the elementwise part of a step and the batch norm of ``c_t`` in one call each
 (Cooijmans et al. 2016, gate order i, f, g, o; ``a = pre + u``, ``pre = BN(W_h h)``):
