@@ -7,7 +7,7 @@ Example:
     >>> result["l2_path_over_margin"], result["sharpness"], result["pacbayes_mag_sigma"]
 """
 
-from geomopt.measures.core import GROUPS, compute
+from geomopt.measures.core import GROUPS, MEASURES, compute
 from geomopt.measures.layers import (LayerInfo, MeasureError, fold_batchnorm, operator_matrix, spectral_norm,
                                      weighted_layers)
 from geomopt.measures.norms import margin_quantile, margins
@@ -19,7 +19,7 @@ from geomopt.measures.sharpness import (DatasetObjective, bisection_sigma, funct
                                         pac_bayes_bound, perturbation_std, sample_perturbation, search_sigma,
                                         worst_case_sharpness)
 
-__all__ = ["compute", "GROUPS", "MeasureError", "LayerInfo", "fold_batchnorm", "operator_matrix", "spectral_norm",
+__all__ = ["compute", "GROUPS", "MEASURES", "MeasureError", "LayerInfo", "fold_batchnorm", "operator_matrix", "spectral_norm",
            "weighted_layers", "margins", "margin_quantile", "ntk_gram", "jacobian", "alignment", "center_kernel",
            "centered_targets", "kernel_alignment", "logging_points", "TrajectoryComplexity", "kendall_tau",
            "bootstrap_kendall", "granulated_kendall", "DatasetObjective", "function_objective", "worst_case_sharpness",

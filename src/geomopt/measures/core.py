@@ -1,6 +1,8 @@
 r"""``geomopt.measures.compute``: every generalization measure of a trained classifier, in one dict.
 
-Groups (``measures='all'`` or a list of group names):
+Groups (``measures='all'`` or a list of group names), each one function of the registry :data:`MEASURES`
+(group name -> function, its docstring the formula); :data:`STEPS` runs them in a fixed order with the steps
+whose numbers several groups share (the margin, the training loss, the distance to init, the BatchNorm fold):
 
 Every group first checks the parameters: a NaN/inf entry raises ``ValueError`` naming the parameter.
 The training loss is evaluated only for the groups that use it (margin, sharpness, flatness).
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -110,6 +113,220 @@ def _exp(x: float) -> float:
         return float("inf")
 
 
+@dataclass
+class _Run:
+    """What the measure groups of one :func:`compute` call share: the model and its training batches, the
+    options, the numbers computed so far (``out``, in the order they are computed) and the ingredients that
+    several groups use (the margin ``gamma``, the BatchNorm-folded networks, the per-layer norms ``rows``)."""
+
+    model: nn.Module
+    batches: list[tuple[Tensor, Tensor]]
+    init_model: nn.Module | None
+    loss_fn: Callable[[Tensor, Tensor], Tensor]
+    device: str | torch.device
+    input_shape: tuple[int, ...]
+    options: dict[str, Any]
+    explicit: bool
+    out: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    init_params: dict[str, Tensor] | None = None
+    gamma: float = float("nan")
+    folded: nn.Module | None = None
+    folded_init: nn.Module | None = None
+    rows: list[dict[str, float]] | None = None
+
+    def __post_init__(self) -> None:
+        self.m = sum(len(y) for _, y in self.batches)
+        self.x0 = self.batches[0][0].to(self.device)
+        self.objective = DatasetObjective(self.model, self.batches, self.loss_fn, self.device)
+        self.params = self.objective.params()
+
+    def skip(self, group: str, exc: Exception) -> None:
+        """A group that does not apply: an error when it was asked for by name, else a warning."""
+        if self.explicit:
+            raise MeasureError(f"measure group '{group}': {exc}") from exc
+        self.warnings.append(f"{group}: skipped: {exc}")
+
+    def subset(self, examples: int | None) -> DatasetObjective:
+        """The training objective on the first ``examples`` examples (all: None)."""
+        return self.objective if examples is None else DatasetObjective(
+            self.model, _batches(self.batches, examples), self.loss_fn, self.device)
+
+
+def _margin(run: _Run) -> None:
+    """``margin`` = gamma, the ``margin_quantile`` quantile of the signed training margins
+    ``f(x)_y - max_{j != y} f(x)_j``; also ``margin_min``, ``margin_median``. A gamma <= 0 is warned about
+    (the margin-normalized measures are then NaN)."""
+    q = run.options["margin_quantile"]
+    ms = margins(run.model, run.batches, run.device)
+    run.gamma = quantile(ms, q)
+    run.out.update(margin=run.gamma, margin_min=float(ms.min()), margin_median=float(ms.median()))
+    if run.gamma <= 0:
+        run.warnings.append(f"the {q:g}-quantile training margin is {run.gamma:.4g} <= 0 (more than a "
+                            f"{q:g} fraction of training points misclassified or on the boundary): "
+                            "margin-normalized measures are NaN")
+
+
+def _training_loss(run: _Run) -> None:
+    """``train_loss`` = (1/m) sum_i loss(f(x_i), y_i) and ``train_error``, the fraction misclassified."""
+    run.out["train_loss"], run.out["train_error"], _ = run.objective(run.params)
+
+
+def _distance_to_init(run: _Run) -> None:
+    """``dist_init`` = ||w - w0||_2 over all parameters (with ``init_model``, which must have the model's
+    parameter names and shapes)."""
+    if run.init_model is None:
+        return
+    params = run.params
+    run.init_params = init = {k: v.detach().to(run.device) for k, v in run.init_model.named_parameters()}
+    if set(init) != set(params) or any(init[k].shape != params[k].shape for k in params):
+        raise ValueError("init_model does not have the same parameters (names and shapes) as model")
+    run.out["dist_init"] = math.sqrt(sum(float(((params[k] - init[k]).double() ** 2).sum()) for k in params))
+
+
+def _fold(run: _Run) -> None:
+    """BatchNorm (eval) folded into the preceding layer, of the model and of ``init_model``: the norm and path
+    measures need a positively homogeneous network."""
+    try:
+        run.folded = fold_batchnorm(run.model) if has_batchnorm(run.model) else run.model
+        if run.init_model is not None:
+            init = run.init_model
+            run.folded_init = fold_batchnorm(init.to(run.device)) if has_batchnorm(init) else init
+    except MeasureError as exc:
+        run.skip("norms", exc)
+
+
+def _norms(run: _Run) -> None:
+    """Per-layer Frobenius and exact spectral norms ``||W_i||_F``, ``||W_i||_2`` and distances to init; their
+    products ``prod_i ||W_i||`` (and logs), sums, the spectral complexity
+    ``prod_i ||W_i||_2 (sum_i ||W_i - M_i||_{2,1}^{2/3} / ||W_i||_2^{2/3})^{3/2}`` (Bartlett et al. 2017)
+    (:func:`~geomopt.measures.norms.norm_measures`); per-layer numbers in ``layers``."""
+    if run.folded is None:
+        return
+    layers = weighted_layers(run.folded, run.x0)
+    init_layers = weighted_layers(run.folded_init, run.x0) if run.folded_init is not None else None
+    run.rows = layer_norms(layers, init_layers, run.options["spectral_method"])
+    run.out.update(norm_measures(run.rows))
+    run.out["layers"] = run.rows
+
+
+def _path(run: _Run) -> None:
+    """``l1_path`` = (sum_paths prod_e |w_e|)^2 and ``l2_path`` = sum_paths prod_e w_e^2 of the folded network
+    (:func:`geomopt.geometry.path_norm`; biases are edges, max-pool counts every path)."""
+    if run.folded is None:
+        return
+    try:
+        shape = getattr(run.model, "input_shape", None) or run.input_shape
+        run.out["l1_path"] = float(path_norm(run.folded, 1.0, shape)) ** 2
+        run.out["l2_path"] = float(path_norm(run.folded, 2.0, shape)) ** 2
+    except UnsupportedModuleError as exc:
+        run.skip("path", exc)
+
+
+def _bounds(run: _Run) -> None:
+    """Margin-normalized measures ``measure / gamma^2`` (and logs; the path norms' only when ``path`` is asked
+    for too), the Bartlett et al. (2017) bound
+    ``||X||_F R log(W) / (gamma m)`` and the PAC-Bayes spectral bound of Neyshabur et al. (2018)
+    ``sqrt((B^2 d^2 h log(d h) R^2 + log(d m / delta)) / (gamma^2 m))`` (:func:`_bound_values`)."""
+    if run.rows is not None:
+        run.out.update(_bound_values(run.out, run.rows, run.gamma, run.batches, run.m, run.options["delta"],
+                                     run.input_shape))
+
+
+def _sharpness(run: _Run) -> None:
+    """``sharpness`` = max over ``|nu| <= alpha (|w| + 1)`` of L(w + nu) - L(w) by projected ascent (restarts),
+    and ``sharpness_max_loss`` = L(w + nu*) (:func:`~geomopt.measures.sharpness.worst_case_sharpness`)."""
+    o = run.options
+    bar = tqdm(total=o["sharpness_steps"] * o["sharpness_restarts"], disable=not o["progress"], desc="sharpness",
+               leave=False)
+    res = worst_case_sharpness(run.subset(o["sharpness_examples"]), run.params, alpha=o["sharpness_alpha"],
+                               steps=o["sharpness_steps"], restarts=o["sharpness_restarts"], seed=o["seed"],
+                               progress=bar)
+    bar.close()
+    run.out["sharpness"] = res.sharpness
+    run.out["sharpness_max_loss"] = res.max_loss
+
+
+def _flatness(run: _Run) -> None:
+    """PAC-Bayes flatness, isotropic (``pacbayes_*``, nu ~ N(0, sigma^2 I)) and magnitude-aware
+    (``pacbayes_mag_*``, sigma_i = sigma (|w_i| + eps)): the largest sigma whose expected loss increase stays
+    under the threshold, ``1 / sigma^2``, the KL term, the expected error, the bound
+    ``E[err] + sqrt((KL + log(m / delta)) / (2 (m - 1)))`` and the loss evaluations spent."""
+    o = run.options
+    obj = run.subset(o["flatness_examples"])
+    for mode, prefix in (("isotropic", "pacbayes"), ("magnitude", "pacbayes_mag")):
+        if o["progress"]:
+            print(f"PAC-Bayes flatness ({mode}) ...", flush=True)
+        s = search_sigma(obj, run.params, threshold=o["flatness_threshold"], mode=mode, samples=o["flatness_samples"],
+                         seed=o["seed"], eps=o["magnitude_eps"], metric=o["flatness_metric"])
+        kl = kl_term(run.params, run.init_params, s.sigma, mode, o["magnitude_eps"])
+        run.out[f"{prefix}_sigma"] = s.sigma
+        run.out[f"{prefix}_flatness"] = 1.0 / s.sigma ** 2
+        run.out[f"{prefix}_kl"] = kl
+        run.out[f"{prefix}_expected_error"] = s.expected_error
+        run.out[f"{prefix}_bound"] = pac_bayes_bound(s.expected_error, kl, run.m, o["delta"])
+        run.out[f"{prefix}_evaluations"] = s.evaluations
+        if s.saturated:
+            run.warnings.append(f"{prefix}: sigma reached the search's upper end without the threshold being hit")
+
+
+def _two_layer(run: _Run) -> None:
+    """For a two-layer ReLU net ``V relu(U x)``: the capacity bound of Neyshabur et al. (2019), of order
+    ``||V||_F (||U - U0||_F + ||U0||_2) / (gamma sqrt(m))`` up to logs, its unit-wise ingredients and the
+    capacity terms it is compared with (:func:`~geomopt.measures.two_layer.two_layer_measures`; needs
+    ``init_model``)."""
+    try:
+        if run.init_model is None:
+            raise MeasureError("needs init_model (unit-wise distances to initialization)")
+        result = two_layer_measures(run.model, run.init_model.to(run.device), run.batches,
+                                    margin_q=run.options["margin_quantile"], delta=run.options["delta"])
+        run.out.update({k: v for k, v in result.items() if k not in ("margin", "num_params")})
+        run.out.setdefault("margin", result["margin"])
+    except MeasureError as exc:
+        run.skip("two_layer", exc)
+
+
+def _hessian(run: _Run) -> None:
+    """``hessian_top_eigenvalue`` lambda_max(H) (Lanczos) and ``hessian_trace`` tr(H) (Hutch++) of the training
+    loss's Hessian, and their magnitude-normalized forms (:func:`~geomopt.measures.hessian.hessian_measures`)."""
+    run.out.update(hessian_measures(run.model, run.batches, loss_fn=run.loss_fn,
+                                    max_examples=run.options["hessian_examples"], seed=run.options["seed"]))
+    if not run.out["hessian_converged"]:
+        run.warnings.append("hessian: a Lanczos or Hutchinson estimate stopped before its tolerance")
+
+
+@dataclass(frozen=True)
+class MeasureStep:
+    """One step of :func:`compute`: ``fn`` adds its numbers to the run, and runs when any group in ``for_groups``
+    was asked for (the group itself and the groups that use its numbers)."""
+
+    fn: Callable[[_Run], None]
+    for_groups: frozenset[str]
+
+
+def _step(fn: Callable[[_Run], None], *groups: str) -> MeasureStep:
+    return MeasureStep(fn, frozenset(groups))
+
+
+#: Every step of :func:`compute` in the order it runs (the order of the result's keys). The steps named by a
+#: group are :data:`MEASURES`; the others compute ingredients several groups share.
+STEPS: dict[str, MeasureStep] = {
+    "margin": _step(_margin, "margin", "bounds"),
+    "training_loss": _step(_training_loss, "margin", "sharpness", "flatness"),
+    "dist_init": _step(_distance_to_init, *GROUPS),
+    "fold": _step(_fold, "norms", "path", "bounds"),
+    "norms": _step(_norms, "norms", "bounds"),
+    "path": _step(_path, "path"),
+    "bounds": _step(_bounds, "bounds"),
+    "sharpness": _step(_sharpness, "sharpness"),
+    "flatness": _step(_flatness, "flatness"),
+    "two_layer": _step(_two_layer, "two_layer"),
+    "hessian": _step(_hessian, "hessian"),
+}
+#: The registry of measure groups: group name -> the function that computes it (its docstring states the formula).
+MEASURES: dict[str, Callable[[_Run], None]] = {name: STEPS[name].fn for name in GROUPS}
+
+
 def compute(model: nn.Module, train_loader: DataLoader | Sequence[tuple[Tensor, Tensor]],
             init_model: nn.Module | None = None, measures: str | Sequence[str] = "all",
             margin_quantile: float = 0.05, *,
@@ -121,6 +338,9 @@ def compute(model: nn.Module, train_loader: DataLoader | Sequence[tuple[Tensor, 
             delta: float = 0.05, hessian_examples: int | None = 1000, spectral_method: str = "auto", seed: int = 0,
             progress: bool = False) -> dict[str, Any]:
     """Compute the generalization measures of a trained classifier.
+
+    Each group is one function of the registry :data:`MEASURES`; :data:`STEPS` runs them (and the ingredients
+    they share) in a fixed order.
 
     Args:
         model: the trained network (outputs ``(batch, classes)`` logits). Not modified.
@@ -152,11 +372,12 @@ def compute(model: nn.Module, train_loader: DataLoader | Sequence[tuple[Tensor, 
         ValueError: bad options, empty data, or a NaN/inf parameter (named).
     """
     groups, explicit = _groups(measures)
-    _check_options(margin_quantile=margin_quantile, sharpness_alpha=sharpness_alpha, sharpness_steps=sharpness_steps,
+    options = dict(margin_quantile=margin_quantile, sharpness_alpha=sharpness_alpha, sharpness_steps=sharpness_steps,
                    sharpness_restarts=sharpness_restarts, sharpness_examples=sharpness_examples,
                    flatness_threshold=flatness_threshold, flatness_samples=flatness_samples,
                    flatness_examples=flatness_examples, magnitude_eps=magnitude_eps, delta=delta,
                    hessian_examples=hessian_examples, seed=seed)
+    _check_options(**options)
     if flatness_metric not in ("loss", "error"):
         raise ValueError(f"measures: flatness_metric must be 'loss' or 'error', got {flatness_metric!r}")
     check_finite_parameters(model, "generalization measures")
@@ -164,118 +385,28 @@ def compute(model: nn.Module, train_loader: DataLoader | Sequence[tuple[Tensor, 
         check_finite_parameters(init_model, "generalization measures (init_model)")
     model = model.to(device)
     batches = _batches(train_loader, None)
-    m = sum(len(y) for _, y in batches)
-    x0 = batches[0][0].to(device)
-    input_shape = tuple(input_shape) if input_shape is not None else tuple(x0.shape[1:])
-    out: dict[str, Any] = {"num_examples": m, "num_params": sum(p.numel() for p in model.parameters())}
-    warnings: list[str] = []
-    settings = {"margin_quantile": margin_quantile, "sharpness_alpha": sharpness_alpha,
-                "sharpness_steps": sharpness_steps, "sharpness_restarts": sharpness_restarts,
-                "flatness_threshold": flatness_threshold, "flatness_samples": flatness_samples,
-                "flatness_metric": flatness_metric, "magnitude_eps": magnitude_eps, "delta": delta, "seed": seed,
-                "hessian_examples": hessian_examples,
-                "measures": groups}
-
-    def skip(group: str, exc: Exception) -> None:
-        if explicit:
-            raise MeasureError(f"measure group '{group}': {exc}") from exc
-        warnings.append(f"{group}: skipped: {exc}")
-
-    need_margin = any(g in groups for g in ("margin", "bounds"))
-    gamma = float("nan")
-    if need_margin:
-        ms = margins(model, batches, device)
-        gamma = quantile(ms, margin_quantile)
-        out["margin"] = gamma
-        out["margin_min"] = float(ms.min())
-        out["margin_median"] = float(ms.median())
-        if gamma <= 0:
-            warnings.append(f"the {margin_quantile:g}-quantile training margin is {gamma:.4g} <= 0 (more than a "
-                            f"{margin_quantile:g} fraction of training points misclassified or on the boundary): "
-                            "margin-normalized measures are NaN")
-    objective = DatasetObjective(model, batches, loss_fn, device)
-    params = objective.params()
-    if any(g in groups for g in ("margin", "sharpness", "flatness")):
-        out["train_loss"], out["train_error"], _ = objective(params)
-    init_params = None
-    if init_model is not None:
-        init_params = {k: v.detach().to(device) for k, v in init_model.named_parameters()}
-        if set(init_params) != set(params) or any(init_params[k].shape != params[k].shape for k in params):
-            raise ValueError("init_model does not have the same parameters (names and shapes) as model")
-        out["dist_init"] = math.sqrt(sum(float(((params[k] - init_params[k]).double() ** 2).sum()) for k in params))
-
-    folded = folded_init = rows = None
-    if any(g in groups for g in ("norms", "path", "bounds")):
-        try:
-            folded = fold_batchnorm(model) if has_batchnorm(model) else model
-            folded_init = None
-            if init_model is not None:
-                folded_init = fold_batchnorm(init_model.to(device)) if has_batchnorm(init_model) else init_model
-        except MeasureError as exc:
-            skip("norms", exc)
-    if folded is not None and any(g in groups for g in ("norms", "bounds")):
-        layers = weighted_layers(folded, x0)
-        init_layers = weighted_layers(folded_init, x0) if folded_init is not None else None
-        rows = layer_norms(layers, init_layers, spectral_method)
-        out.update(norm_measures(rows))
-        out["layers"] = rows
-    if folded is not None and "path" in groups:
-        try:
-            shape = getattr(model, "input_shape", None) or input_shape
-            out["l1_path"] = float(path_norm(folded, 1.0, shape)) ** 2
-            out["l2_path"] = float(path_norm(folded, 2.0, shape)) ** 2
-        except UnsupportedModuleError as exc:
-            skip("path", exc)
-    if "bounds" in groups and rows is not None:
-        out.update(_bounds(out, rows, gamma, batches, m, delta, input_shape))
-
-    bar_total = (sharpness_steps * sharpness_restarts if "sharpness" in groups else 0)
-    bar = tqdm(total=bar_total, disable=not progress or bar_total == 0, desc="sharpness", leave=False)
-    if "sharpness" in groups:
-        obj = objective if sharpness_examples is None else DatasetObjective(
-            model, _batches(batches, sharpness_examples), loss_fn, device)
-        res = worst_case_sharpness(obj, params, alpha=sharpness_alpha, steps=sharpness_steps,
-                                   restarts=sharpness_restarts, seed=seed, progress=bar)
-        out["sharpness"] = res.sharpness
-        out["sharpness_max_loss"] = res.max_loss
-    bar.close()
-    if "flatness" in groups:
-        obj = objective if flatness_examples is None else DatasetObjective(
-            model, _batches(batches, flatness_examples), loss_fn, device)
-        for mode, prefix in (("isotropic", "pacbayes"), ("magnitude", "pacbayes_mag")):
-            if progress:
-                print(f"PAC-Bayes flatness ({mode}) ...", flush=True)
-            s = search_sigma(obj, params, threshold=flatness_threshold, mode=mode, samples=flatness_samples,
-                             seed=seed, eps=magnitude_eps, metric=flatness_metric)
-            kl = kl_term(params, init_params, s.sigma, mode, magnitude_eps)
-            out[f"{prefix}_sigma"] = s.sigma
-            out[f"{prefix}_flatness"] = 1.0 / s.sigma ** 2
-            out[f"{prefix}_kl"] = kl
-            out[f"{prefix}_expected_error"] = s.expected_error
-            out[f"{prefix}_bound"] = pac_bayes_bound(s.expected_error, kl, m, delta)
-            out[f"{prefix}_evaluations"] = s.evaluations
-            if s.saturated:
-                warnings.append(f"{prefix}: sigma reached the search's upper end without the threshold being hit")
-    if "two_layer" in groups:
-        try:
-            if init_model is None:
-                raise MeasureError("needs init_model (unit-wise distances to initialization)")
-            result = two_layer_measures(model, init_model.to(device), batches, margin_q=margin_quantile, delta=delta)
-            out.update({k: v for k, v in result.items() if k not in ("margin", "num_params")})
-            out.setdefault("margin", result["margin"])
-        except MeasureError as exc:
-            skip("two_layer", exc)
-    if "hessian" in groups:
-        out.update(hessian_measures(model, batches, loss_fn=loss_fn, max_examples=hessian_examples, seed=seed))
-        if not out["hessian_converged"]:
-            warnings.append("hessian: a Lanczos or Hutchinson estimate stopped before its tolerance")
-    out["warnings"] = warnings
-    out["settings"] = settings
-    return out
+    shape = tuple(input_shape) if input_shape is not None else tuple(batches[0][0].shape[1:])
+    run = _Run(model, batches, init_model, loss_fn, device, shape, explicit=explicit,
+               options={**options, "flatness_metric": flatness_metric, "spectral_method": spectral_method,
+                        "progress": progress})
+    run.out.update(num_examples=run.m, num_params=sum(p.numel() for p in model.parameters()))
+    for step in STEPS.values():
+        if step.for_groups.intersection(groups):
+            step.fn(run)
+    run.out["warnings"] = run.warnings
+    run.out["settings"] = {"margin_quantile": margin_quantile, "sharpness_alpha": sharpness_alpha,
+                           "sharpness_steps": sharpness_steps, "sharpness_restarts": sharpness_restarts,
+                           "flatness_threshold": flatness_threshold, "flatness_samples": flatness_samples,
+                           "flatness_metric": flatness_metric, "magnitude_eps": magnitude_eps, "delta": delta,
+                           "seed": seed, "hessian_examples": hessian_examples, "measures": groups}
+    return run.out
 
 
-def _bounds(out: dict[str, Any], rows: list[dict[str, float]], gamma: float, batches, m: int, delta: float,
-            input_shape: Sequence[int]) -> dict[str, float]:
+def _bound_values(out: dict[str, Any], rows: list[dict[str, float]], gamma: float, batches, m: int, delta: float,
+                  input_shape: Sequence[int]) -> dict[str, float]:
+    """The numbers of the ``bounds`` group from the norm measures in ``out``, the per-layer ``rows``, the margin
+    ``gamma`` and the data (``R`` = :func:`~geomopt.measures.norms.bartlett_log_r`, width W, depth d, ``m``
+    examples, ``||X||_F`` and ``B = max ||x||``)."""
     res: dict[str, float] = {}
     log_g2 = 2 * math.log(gamma) if gamma > 0 else float("nan")
 
