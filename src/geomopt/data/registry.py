@@ -65,6 +65,26 @@ DATASETS: tuple[str, ...] = tuple(_LOADERS)
 SEQUENCE_DATASETS: tuple[str, ...] = tuple(_SEQUENCE_LOADERS)
 
 
+def _check_arguments(name: str, seed: int, train_size: int | None, label_noise: float, seq_len: int | None) -> None:
+    """Raise ValueError naming what is wrong with :func:`load_dataset`'s arguments (before anything is loaded)."""
+    if name not in _LOADERS and name not in _SEQUENCE_LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; valid names are: {', '.join(DATASETS)} "
+                         f"(sequences: {', '.join(SEQUENCE_DATASETS)})")
+    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1):
+        raise ValueError(f"seq_len must be a positive integer or None, got {seq_len!r}")
+    if seq_len is not None and name not in _SEQUENCE_LOADERS:
+        raise ValueError(f"dataset {name!r} is not a sequence dataset and takes no seq_len; sequence datasets: "
+                         f"{', '.join(_SEQUENCE_LOADERS)}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not (isinstance(label_noise, (int, float)) and math.isfinite(label_noise) and 0 <= label_noise <= 1):
+        raise ValueError(f"label_noise must be a fraction in [0, 1], got {label_noise!r}")
+    if train_size is not None and (
+        isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1
+    ):
+        raise ValueError(f"train_size must be a positive integer or None, got {train_size!r}")
+
+
 def load_dataset(
     name: str,
     *,
@@ -111,23 +131,7 @@ def load_dataset(
             directory for a dataset that needs one.
         DataFormatError: A data file is missing or malformed.
     """
-    if name not in _LOADERS and name not in _SEQUENCE_LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; valid names are: {', '.join(DATASETS)} "
-                         f"(sequences: {', '.join(SEQUENCE_DATASETS)})")
-    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1):
-        raise ValueError(f"seq_len must be a positive integer or None, got {seq_len!r}")
-    if seq_len is not None and name not in _SEQUENCE_LOADERS:
-        raise ValueError(f"dataset {name!r} is not a sequence dataset and takes no seq_len; sequence datasets: "
-                         f"{', '.join(_SEQUENCE_LOADERS)}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if not (isinstance(label_noise, (int, float)) and math.isfinite(label_noise) and 0 <= label_noise <= 1):
-        raise ValueError(f"label_noise must be a fraction in [0, 1], got {label_noise!r}")
-    if train_size is not None and (
-        isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1
-    ):
-        raise ValueError(f"train_size must be a positive integer or None, got {train_size!r}")
-
+    _check_arguments(name, seed, train_size, label_noise, seq_len)
     if name in _SEQUENCE_LOADERS:
         bundle = _SEQUENCE_LOADERS[name](data_dir, seed, cache_dir, seq_len, train_size)
         if name not in _VARIABLE_LENGTH and seq_len is not None and seq_len != bundle.input_shape[0]:

@@ -333,6 +333,40 @@ def run_factorized(objective: Objective, factors: Sequence[Tensor], *, lr: float
             ``U = 0`` when ``symmetric``).
     """
     factors = [f.clone() for f in factors]
+    _check_factors(factors, symmetric)
+    _check_run("run_factorized", steps, log_every)
+    check_number("run_factorized", "rel_step", rel_step, low=0, low_open=True)
+    if tol is not None:  # a negative tol is never reached: a silent run to `steps`
+        check_number("run_factorized", "tol", tol, low=0)
+    check_int("run_factorized", "track_sv", track_sv, low=0)
+    if reference is not None:
+        check_tensor("run_factorized", "reference", reference, ndim=(2, 3))
+    history = _History(reference, track_sv, factors[0].dtype, factors[0].device)
+    state = _State.start(objective, factors, symmetric, lr)
+    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
+    step = 0
+    while True:
+        if tol is not None:
+            done = state.active & (state.loss <= tol)
+            state.converged |= done
+            state.active &= ~done
+        if step % log_every == 0 or step == steps or not state.active.any():
+            history.record(step, state.loss, state.W, state.time)
+        if step >= steps or not state.active.any():
+            break
+        state.step(objective, adaptive, rel_step)
+        step += 1
+        bar.update(1)
+    bar.close()
+    return FactorizedResult(factors=state.factors, W=state.W, steps=torch.tensor(history.steps),
+                            history=history.stacked(), steps_taken=state.taken, converged=state.converged,
+                            diverged=state.diverged, final_loss=state.loss,
+                            meta={"symmetric": symmetric, "adaptive": adaptive})
+
+
+def _check_factors(factors: list[Tensor], symmetric: bool) -> None:
+    """Raise ValueError for factors that are not ``(B, d_out, d_in)`` with one B, hold NaN/inf, or start a run at
+    the saddle where every factor gradient vanishes (two or more zero factors; ``U = 0`` when ``symmetric``)."""
     if not factors or any(f.dim() != 3 or f.shape[0] != factors[0].shape[0] for f in factors):
         raise ValueError("run_factorized: factors must be a non-empty list of (B, d_out, d_in) tensors with one B; "
                          f"got shapes {[tuple(f.shape) for f in factors]}")
@@ -346,100 +380,118 @@ def run_factorized(objective: Objective, factors: Sequence[Tensor], *, lr: float
         raise ValueError(f"run_factorized: run(s) {stuck.nonzero().flatten().tolist()} start at a saddle: with "
                          f"{'U = 0' if symmetric else 'two or more zero factors'} every factor gradient is zero and "
                          "gradient descent never moves (alpha = 0 at depth >= 2); use alpha > 0")
-    _check_run("run_factorized", steps, log_every)
-    check_number("run_factorized", "rel_step", rel_step, low=0, low_open=True)
-    if tol is not None:  # a negative tol is never reached: a silent run to `steps`
-        check_number("run_factorized", "tol", tol, low=0)
-    check_int("run_factorized", "track_sv", track_sv, low=0)
-    if reference is not None:
-        check_tensor("run_factorized", "reference", reference, ndim=(2, 3))
-    B, dtype, device = factors[0].shape[0], factors[0].dtype, factors[0].device
 
-    def forward(factors: list[Tensor]) -> tuple[Tensor, list[Tensor] | None]:
-        if symmetric:
-            return end_to_end(factors, True), None
-        prefix = prefix_products(factors)
-        return prefix[-1], prefix
 
-    W, prefix = forward(factors)
-    if tuple(W.shape[1:]) != tuple(objective.shape):
-        raise ValueError(f"run_factorized: the factors give {tuple(W.shape[1:])} matrices, the objective expects "
-                         f"{tuple(objective.shape)}")
-    cap = _as_batch(lr, B, "lr", dtype, device)
-    lr_max = cap.clone()
-    if reference is not None:
-        reference = reference.to(dtype=dtype, device=device)
-        ref_norm = torch.linalg.matrix_norm(reference).clamp(min=torch.finfo(dtype).tiny)
-    active = torch.ones(B, dtype=torch.bool, device=device)
-    converged = torch.zeros_like(active)
-    diverged = torch.zeros_like(active)
-    taken = torch.zeros(B, dtype=torch.long, device=device)
-    time = torch.zeros(B, dtype=dtype, device=device)
-    prev_loss = torch.full((B,), math.inf, dtype=dtype, device=device)
-    logs: dict[str, list[Tensor]] = {k: [] for k in ("loss", "time", "nuclear", "erank", "dist", "sv")}
-    logged_steps: list[int] = []
+def _forward(factors: list[Tensor], symmetric: bool) -> tuple[Tensor, list[Tensor] | None]:
+    """The end-to-end matrices ``(B, n1, n2)`` and (not symmetric) the prefix products the gradients reuse."""
+    if symmetric:
+        return end_to_end(factors, True), None
+    prefix = prefix_products(factors)
+    return prefix[-1], prefix
 
-    def record(step: int, loss: Tensor, W: Tensor) -> None:
-        sv = torch.linalg.svdvals(W)
-        logged_steps.append(step)
-        logs["loss"].append(loss.clone())
-        logs["time"].append(time.clone())
-        logs["nuclear"].append(sv.sum(-1))
-        logs["erank"].append(effective_rank_from_sv(sv))
-        if reference is not None:
-            logs["dist"].append(torch.linalg.matrix_norm(W - reference) / ref_norm)
-        if track_sv:
-            logs["sv"].append(sv[:, :track_sv].clone())
 
-    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
-    step = 0
-    loss, G = objective.loss_and_grad(W)
-    bad = ~torch.isfinite(loss)
-    diverged |= bad
-    active &= ~bad
-    while True:
-        if tol is not None:
-            done = active & (loss <= tol)
-            converged |= done
-            active &= ~done
-        if step % log_every == 0 or step == steps or not active.any():
-            record(step, loss, W)
-        if step >= steps or not active.any():
-            break
-        grads = factor_grads(factors, G, symmetric, prefix)
-        eta = cap.clone()
+@dataclass
+class _State:
+    """The iterate of a batch of factorized runs: factors, ``W``, loss and gradient, which runs are still going
+    (``active``), their flags, steps taken, flow time and (adaptive) step caps."""
+
+    factors: list[Tensor]
+    prefix: list[Tensor] | None
+    W: Tensor
+    G: Tensor
+    loss: Tensor
+    symmetric: bool
+    cap: Tensor
+    lr_max: Tensor
+    active: Tensor
+    converged: Tensor
+    diverged: Tensor
+    taken: Tensor
+    time: Tensor
+    prev_loss: Tensor
+
+    @classmethod
+    def start(cls, objective: Objective, factors: list[Tensor], symmetric: bool,
+              lr: float | Sequence[float] | Tensor) -> "_State":
+        """The state at step 0 (a run whose initial loss is not finite starts diverged)."""
+        W, prefix = _forward(factors, symmetric)
+        if tuple(W.shape[1:]) != tuple(objective.shape):
+            raise ValueError(f"run_factorized: the factors give {tuple(W.shape[1:])} matrices, the objective expects "
+                             f"{tuple(objective.shape)}")
+        B, dtype, device = W.shape[0], factors[0].dtype, factors[0].device
+        lr = _as_batch(lr, B, "lr", dtype, device)
+        loss, G = objective.loss_and_grad(W)
+        bad = ~torch.isfinite(loss)
+        return cls(factors, prefix, W, G, loss, symmetric, cap=lr, lr_max=lr.clone(), active=~bad,
+                   converged=torch.zeros(B, dtype=torch.bool, device=device), diverged=bad,
+                   taken=torch.zeros(B, dtype=torch.long, device=device),
+                   time=torch.zeros(B, dtype=dtype, device=device),
+                   prev_loss=torch.full((B,), math.inf, dtype=dtype, device=device))
+
+    def step_sizes(self, grads: list[Tensor], adaptive: bool, rel_step: float) -> Tensor:
+        """eta ``(B,)``: the cap, or (adaptive) the cap halved for runs whose loss went up (else grown by 5% up to
+        lr), and at most ``rel_step / max_j ||grad_j||_F / ||W_j||_F``; 0 for runs that stopped."""
+        eta = self.cap.clone()
         if adaptive:
-            # the cap halves for runs whose loss went up; the step keeps relative factor changes <= rel_step
-            cap = torch.where(active & (loss > prev_loss), cap / 2, torch.minimum(cap * 1.05, lr_max))
+            self.cap = torch.where(self.active & (self.loss > self.prev_loss), self.cap / 2,
+                                   torch.minimum(self.cap * 1.05, self.lr_max))
             ratio = torch.stack([torch.linalg.matrix_norm(g) / torch.linalg.matrix_norm(f).clamp(min=1e-300)
-                                 for f, g in zip(factors, grads)]).amax(0)
-            eta = torch.minimum(cap, rel_step / ratio.clamp(min=1e-300))
-        eta = torch.where(active, eta, torch.zeros_like(eta))
+                                 for f, g in zip(self.factors, grads)]).amax(0)
+            eta = torch.minimum(self.cap, rel_step / ratio.clamp(min=1e-300))
+        return torch.where(self.active, eta, torch.zeros_like(eta))
+
+    def step(self, objective: Objective, adaptive: bool, rel_step: float) -> None:
+        """One gradient step ``W_j <- W_j - eta grad_j`` of the active runs; a run whose step leaves the finite
+        numbers is frozen at its last finite iterate and flagged diverged."""
+        grads = factor_grads(self.factors, self.G, self.symmetric, self.prefix)
+        eta = self.step_sizes(grads, adaptive, rel_step)
+        B = eta.shape[0]
         e = eta.view(B, 1, 1)
-        new_factors = [torch.where(active.view(B, 1, 1), f - e * g, f) for f, g in zip(factors, grads)]
-        new_W, new_prefix = forward(new_factors)
+        new_factors = [torch.where(self.active.view(B, 1, 1), f - e * g, f) for f, g in zip(self.factors, grads)]
+        new_W, new_prefix = _forward(new_factors, self.symmetric)
         new_loss, new_G = objective.loss_and_grad(new_W)
-        # a run whose step leaves the finite numbers is frozen at its last finite iterate
-        bad = active & ~(torch.isfinite(new_loss) & torch.isfinite(new_W).flatten(1).all(1))
-        diverged |= bad
-        moved = active & ~bad
+        bad = self.active & ~(torch.isfinite(new_loss) & torch.isfinite(new_W).flatten(1).all(1))
+        self.diverged |= bad
+        moved = self.active & ~bad
         m3 = moved.view(B, 1, 1)
-        factors = [torch.where(m3, a, b) for a, b in zip(new_factors, factors)]
-        if prefix is not None:
-            prefix = [torch.where(m3, a, b) for a, b in zip(new_prefix, prefix)]
-        W, G = torch.where(m3, new_W, W), torch.where(m3, new_G, G)
-        prev_loss = torch.where(moved, loss, prev_loss)
-        loss = torch.where(moved, new_loss, loss)
-        active = moved
-        time += torch.where(moved, eta, torch.zeros_like(eta))
-        taken += moved.long()
-        step += 1
-        bar.update(1)
-    bar.close()
-    history = {k: torch.stack(v) for k, v in logs.items() if v}
-    return FactorizedResult(factors=factors, W=W, steps=torch.tensor(logged_steps), history=history,
-                            steps_taken=taken, converged=converged, diverged=diverged, final_loss=loss,
-                            meta={"symmetric": symmetric, "adaptive": adaptive})
+        self.factors = [torch.where(m3, a, b) for a, b in zip(new_factors, self.factors)]
+        if self.prefix is not None:
+            self.prefix = [torch.where(m3, a, b) for a, b in zip(new_prefix, self.prefix)]
+        self.W, self.G = torch.where(m3, new_W, self.W), torch.where(m3, new_G, self.G)
+        self.prev_loss = torch.where(moved, self.loss, self.prev_loss)
+        self.loss = torch.where(moved, new_loss, self.loss)
+        self.active = moved
+        self.time += torch.where(moved, eta, torch.zeros_like(eta))
+        self.taken += moved.long()
+
+
+class _History:
+    """The trackers of :func:`run_factorized` at the logged steps: loss, flow time, nuclear norm, effective rank,
+    relative distance to ``reference`` and the top ``track_sv`` singular values."""
+
+    def __init__(self, reference: Tensor | None, track_sv: int, dtype, device):
+        self.reference, self.track_sv = reference, track_sv
+        if reference is not None:
+            self.reference = reference.to(dtype=dtype, device=device)
+            self.ref_norm = torch.linalg.matrix_norm(self.reference).clamp(min=torch.finfo(dtype).tiny)
+        self.logs: dict[str, list[Tensor]] = {k: [] for k in ("loss", "time", "nuclear", "erank", "dist", "sv")}
+        self.steps: list[int] = []
+
+    def record(self, step: int, loss: Tensor, W: Tensor, time: Tensor) -> None:
+        sv = torch.linalg.svdvals(W)
+        self.steps.append(step)
+        self.logs["loss"].append(loss.clone())
+        self.logs["time"].append(time.clone())
+        self.logs["nuclear"].append(sv.sum(-1))
+        self.logs["erank"].append(effective_rank_from_sv(sv))
+        if self.reference is not None:
+            self.logs["dist"].append(torch.linalg.matrix_norm(W - self.reference) / self.ref_norm)
+        if self.track_sv:
+            self.logs["sv"].append(sv[:, :self.track_sv].clone())
+
+    def stacked(self) -> dict[str, Tensor]:
+        """Each tracker as a ``(T, B)`` (``sv``: ``(T, B, k)``) tensor."""
+        return {k: torch.stack(v) for k, v in self.logs.items() if v}
 
 
 # ----------------------------------------------------------------------------- end-to-end dynamics

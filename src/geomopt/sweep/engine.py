@@ -92,16 +92,11 @@ def sweep_options(**options: Any) -> Iterator[None]:
         _DEFAULTS.reset(token)
 
 
-def run_sweep(trials: Sequence[Trial], *, backend: Any = None, workers: int | None = None,
-              max_retries: int | None = None, trial_timeout: float | None = None, desc: str = "sweep",
-              progress: bool = True, overwrite: bool = False, **backend_options: Any) -> list[TrialResult]:
-    """Run every unfinished trial; results in the order of ``trials``. A folder holding a different
-    training run is refused before anything starts, unless ``overwrite``.
-
-    ``backend``: "local" (default), "ray" or a backend object; ``backend_options`` go to
-    :func:`make_backend` (``address``, ``cpus_per_trial``, ``gpus_per_trial``). Defaults come from
-    :func:`sweep_options`.
-    """
+def _prepare(trials: Sequence[Trial], backend: Any, workers: int | None, max_retries: int | None,
+             trial_timeout: float | None, overwrite: bool, backend_options: dict[str, Any]) -> tuple[Any, int, float | None]:
+    """:func:`run_sweep`'s options with :func:`sweep_options`' defaults filled in and checked, the trials' folders
+    checked (distinct; no different run in one, unless ``overwrite``), and the backend made: ``(backend,
+    max_retries, trial_timeout)``."""
     defaults = _DEFAULTS.get()
     backend = backend if backend is not None else defaults.get("backend", "local")
     workers = workers or defaults.get("workers")
@@ -122,6 +117,21 @@ def run_sweep(trials: Sequence[Trial], *, backend: Any = None, workers: int | No
         backend = make_backend(backend, workers=workers, **backend_options)
         if getattr(backend, "in_process", False) and trial_timeout is not None:
             backend.in_process = False  # a timeout needs a process to kill
+    return backend, max_retries, trial_timeout
+
+
+def run_sweep(trials: Sequence[Trial], *, backend: Any = None, workers: int | None = None,
+              max_retries: int | None = None, trial_timeout: float | None = None, desc: str = "sweep",
+              progress: bool = True, overwrite: bool = False, **backend_options: Any) -> list[TrialResult]:
+    """Run every unfinished trial; results in the order of ``trials``. A folder holding a different
+    training run is refused before anything starts, unless ``overwrite``.
+
+    ``backend``: "local" (default), "ray" or a backend object; ``backend_options`` go to
+    :func:`make_backend` (``address``, ``cpus_per_trial``, ``gpus_per_trial``). Defaults come from
+    :func:`sweep_options`.
+    """
+    backend, max_retries, trial_timeout = _prepare(trials, backend, workers, max_retries, trial_timeout, overwrite,
+                                                   backend_options)
 
     results: list[TrialResult | None] = [None] * len(trials)
     todo: deque[int] = deque()
