@@ -27,7 +27,6 @@ START_HERE = """start here:
 `geomopt COMMAND --help` explains each command."""
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser: ``--version``, and each subcommand module's ``register``."""
     from geomopt import __version__
