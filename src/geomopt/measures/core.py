@@ -134,6 +134,10 @@ class _Run:
     folded: nn.Module | None = None
     folded_init: nn.Module | None = None
     rows: list[dict[str, float]] | None = None
+    m: int = field(init=False)  # the number of training examples
+    x0: Tensor = field(init=False)  # the first batch's inputs (the layers' shapes are traced on it)
+    objective: DatasetObjective = field(init=False)  # the training loss as a function of the parameters
+    params: dict[str, Tensor] = field(init=False)
 
     def __post_init__(self) -> None:
         self.m = sum(len(y) for _, y in self.batches)
