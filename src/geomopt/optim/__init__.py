@@ -6,12 +6,16 @@ from geomopt.optim.geometry import Block, Euclidean, Geometry
 from geomopt.optim.kfac import EKFAC, KFAC
 from geomopt.optim.kronecker_geometry import EigenKroneckerGeometry, KroneckerGeometry
 from geomopt.optim.mirror import MirrorDescent
+from geomopt.optim.muon import Muon
 from geomopt.optim.path_geometry import PathGeometry
 from geomopt.optim.path_sgd import PathSGD, first_step_ratio, path_sgd_
 from geomopt.optim.precond import EKFACPreconditioner, KFACPreconditioner, PathPreconditioner, Preconditioner
 from geomopt.optim.registry import OPTIMIZERS, build_optimizer
+from geomopt.optim.shampoo import Shampoo
+from geomopt.optim.soap import SOAP
 from geomopt.optim.steepest import SteepestDescent
 
-__all__ = ["KFAC", "EKFAC", "MirrorDescent", "SteepestDescent", "PathSGD", "first_step_ratio", "path_sgd_", "OPTIMIZERS",
-           "build_optimizer", "Geometry", "Block", "Euclidean", "KroneckerGeometry", "EigenKroneckerGeometry",
-           "PathGeometry", "Preconditioner", "KFACPreconditioner", "EKFACPreconditioner", "PathPreconditioner"]
+__all__ = ["KFAC", "EKFAC", "MirrorDescent", "Muon", "Shampoo", "SOAP", "SteepestDescent", "PathSGD", "first_step_ratio",
+           "path_sgd_", "OPTIMIZERS", "build_optimizer", "Geometry", "Block", "Euclidean", "KroneckerGeometry",
+           "EigenKroneckerGeometry", "PathGeometry", "Preconditioner", "KFACPreconditioner", "EKFACPreconditioner",
+           "PathPreconditioner"]

@@ -226,7 +226,8 @@ class TrainConfig:
                                       "(val_loss, val_acc) for choosing hyperparameters")
     label_noise: float = _field(0.0, "fraction of training labels redrawn at random (1.0: random labels)")
     optimizer: str = _field("sgd", "optimizer; path-sgd: Path-SGD (ReLU nets), kfac / ekfac: Kronecker-factored "
-                                   "natural gradient (see --damping ...)")
+                                   "natural gradient (see --damping ...), muon / shampoo / soap: their class "
+                                   "defaults (docs/optimizers.md)")
     lr: float = _field(0.05, "learning rate")
     momentum: float | None = _field(None, "momentum (None: 0.9 for --optimizer momentum, else 0)")
     weight_decay: float = _field(0.0, "L2 weight decay coefficient")

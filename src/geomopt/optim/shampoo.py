@@ -1,0 +1,183 @@
+"""Shampoo: Kronecker-factored preconditioning with gradient statistics (Gupta, Koren & Singer, "Shampoo:
+Preconditioned Stochastic Tensor Optimization", ICML 2018, Algorithm 1).
+
+For a matrix parameter ``W`` (a conv weight ``(out, in, kh, kw)`` is the matrix ``(out, in * kh * kw)``) with
+gradient ``G`` at step ``t``::
+
+    L <- beta2 L + w G G^T,   R <- beta2 R + w G^T G       (w = 1 - beta2, or 1 when beta2 = 1: the paper's sums)
+    D = (L + eps I)^{-1/4} G (R + eps I)^{-1/4}
+
+(the paper starts from ``L_0 = eps I``, ``R_0 = eps I``; ``eps I`` added at the root is the same for sums).
+A parameter with fewer than two dimensions takes diagonal AdaGrad, the one-dimensional case of the same
+rule: ``H <- beta2 H + w g^2``, ``D = g / sqrt(H + eps)``. The statistics are updated every ``update_freq``
+steps and the inverse roots recomputed every ``precondition_freq`` steps (steps 1, 1 + k, 1 + 2k, ...), from an
+eigendecomposition in float64. With ``grafting`` ``"sgd"`` or ``"adam"``, ``D`` is rescaled to the Frobenius
+norm of that method's direction (``G``, or ``G / (sqrt(v_hat) + graft_eps)`` with Adam's bias-corrected second
+moment ``v``, as Distributed Shampoo's Adam grafting; Agarwal et al. 2020, "Disentangling Adaptive Gradient
+Methods from Learning Rates"). Then, with decoupled weight decay and heavy-ball momentum::
+
+    B <- momentum B + D,   W <- (1 - lr wd) W - lr B
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from geomopt.checks import check_int, check_number
+
+__all__ = ["Shampoo", "GRAFTINGS", "kronecker_statistics_", "inverse_root", "shampoo_direction", "eigenbasis",
+           "check_gradients"]
+
+GRAFTINGS = ("none", "sgd", "adam")
+
+
+def kronecker_statistics_(left: torch.Tensor, right: torch.Tensor, g: torch.Tensor, beta: float) -> None:
+    """``left <- beta left + w g g^T``, ``right <- beta right + w g^T g`` in place (``w = 1 - beta``, or 1 when
+    ``beta == 1``: running sums). ``g``: ``(m, n)``; ``left``: ``(m, m)``; ``right``: ``(n, n)``."""
+    weight = 1.0 if beta == 1 else 1.0 - beta
+    left.mul_(beta).addmm_(g, g.mT, alpha=weight)
+    right.mul_(beta).addmm_(g.mT, g, alpha=weight)
+
+
+def eigenbasis(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(eigenvalues, eigenvectors)`` of the symmetric ``s`` (ascending), computed in float64, in ``s``'s dtype."""
+    evals, evecs = torch.linalg.eigh(s.double())
+    return evals.to(s.dtype), evecs.to(s.dtype)
+
+
+def inverse_root(s: torch.Tensor, eps: float, root: int) -> torch.Tensor:
+    """``(s + eps I)^{-1/root}`` of a positive semi-definite ``s`` (negative rounding in its eigenvalues is set to 0),
+    by an eigendecomposition in float64; returned in ``s``'s dtype."""
+    evals, evecs = torch.linalg.eigh(s.double())
+    scaled = evecs * (evals.clamp(min=0) + eps).pow(-1.0 / root)
+    return (scaled @ evecs.mT).to(s.dtype)
+
+
+def shampoo_direction(g: torch.Tensor, left_root: torch.Tensor, right_root: torch.Tensor) -> torch.Tensor:
+    """``L^{-1/4} G R^{-1/4}`` from the inverse roots (:func:`inverse_root`): the preconditioned ``(m, n)`` gradient."""
+    return left_root @ g @ right_root
+
+
+def check_gradients(optimizer: torch.optim.Optimizer, name: str) -> None:
+    """Refuse sparse, complex or non-finite gradients before any parameter changes."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if torch.is_complex(p) or p.grad.is_sparse:
+                raise RuntimeError(f"{name} does not support complex parameters or sparse gradients")
+            if not torch.isfinite(p.grad).all():
+                raise FloatingPointError(f"{name}: non-finite gradient in a tensor of shape {tuple(p.shape)}; "
+                                         f"no parameter was changed")
+
+
+def _check_group(group: dict, where: str) -> None:
+    check_number(where, "lr", group["lr"], low=0)
+    check_number(where, "momentum", group["momentum"], low=0, high=1, high_open=True)
+    check_number(where, "weight_decay", group["weight_decay"], low=0)
+    check_number(where, "beta2", group["beta2"], low=0, high=1, low_open=True)
+    check_number(where, "eps", group["eps"], low=0, low_open=True)
+    check_int(where, "update_freq", group["update_freq"], low=1)
+    check_int(where, "precondition_freq", group["precondition_freq"], low=1)
+    if group["grafting"] not in GRAFTINGS:
+        raise ValueError(f"{where}: grafting must be one of {GRAFTINGS}, got {group['grafting']!r}")
+    check_number(where, "graft_beta2", group["graft_beta2"], low=0, high=1, high_open=True)
+    check_number(where, "graft_eps", group["graft_eps"], low=0, low_open=True)
+
+
+class Shampoo(torch.optim.Optimizer):
+    """Shampoo with diagonal AdaGrad for non-matrix parameters, optional grafting, momentum and decoupled weight
+    decay (module docstring).
+
+    Args:
+        params: Parameters or parameter groups.
+        lr: Step size.
+        momentum: Heavy-ball momentum on the preconditioned (grafted) direction, in [0, 1).
+        weight_decay: Decoupled weight decay ``W <- (1 - lr wd) W``.
+        beta2: Decay of the statistics in (0, 1]; 1 sums them (the paper).
+        eps: Added to the statistics' eigenvalues before the inverse root (the paper's ``L_0 = eps I``).
+        update_freq: Update the statistics every this many steps.
+        precondition_freq: Recompute the inverse roots every this many steps.
+        grafting: ``"none"`` (the paper), ``"sgd"`` or ``"adam"``: the step takes that method's norm.
+        graft_beta2, graft_eps: Adam grafting's second-moment decay and epsilon.
+
+    Raises:
+        ValueError: an option out of range (at construction, when a group is added and at each step), or a
+            non-finite gradient at a step (no parameter is changed then).
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0,
+                 beta2: float = 1.0, eps: float = 1e-6, update_freq: int = 1, precondition_freq: int = 1,
+                 grafting: str = "none", graft_beta2: float = 0.999, graft_eps: float = 1e-8) -> None:
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "beta2": beta2, "eps": eps,
+                    "update_freq": update_freq, "precondition_freq": precondition_freq, "grafting": grafting,
+                    "graft_beta2": graft_beta2, "graft_eps": graft_eps}
+        _check_group(defaults, "Shampoo")
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        _check_group(self.param_groups[-1], f"Shampoo: param group {len(self.param_groups) - 1}")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One Shampoo step of every parameter with a gradient; ``closure`` re-evaluates the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for i, group in enumerate(self.param_groups):
+            _check_group(group, f"Shampoo: param group {i}")
+        check_gradients(self, "Shampoo")
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._step_one(p, group)
+        return loss
+
+    def _direction(self, p: torch.Tensor, group: dict, step: int) -> torch.Tensor:
+        state, g = self.state[p], p.grad
+        update, refresh = (step - 1) % group["update_freq"] == 0, (step - 1) % group["precondition_freq"] == 0
+        if p.dim() < 2:  # diagonal AdaGrad
+            if "diag" not in state:
+                state["diag"] = torch.zeros_like(p)
+            if update:
+                state["diag"].mul_(group["beta2"]).addcmul_(g, g, value=1.0 if group["beta2"] == 1 else 1 - group["beta2"])
+            return g / (state["diag"] + group["eps"]).sqrt()
+        matrix = g.reshape(g.shape[0], -1)
+        if "left" not in state:
+            state["left"] = matrix.new_zeros(matrix.shape[0], matrix.shape[0])
+            state["right"] = matrix.new_zeros(matrix.shape[1], matrix.shape[1])
+        if update:
+            kronecker_statistics_(state["left"], state["right"], matrix, group["beta2"])
+        if refresh or "left_root" not in state:
+            state["left_root"] = inverse_root(state["left"], group["eps"], 4)
+            state["right_root"] = inverse_root(state["right"], group["eps"], 4)
+        return shampoo_direction(matrix, state["left_root"], state["right_root"]).view_as(g)
+
+    def _graft(self, d: torch.Tensor, g: torch.Tensor, state: dict, group: dict, step: int) -> torch.Tensor:
+        if group["grafting"] == "none":
+            return d
+        if group["grafting"] == "sgd":
+            target = g
+        else:
+            if "graft_sq" not in state:
+                state["graft_sq"] = torch.zeros_like(g)
+            beta = group["graft_beta2"]
+            state["graft_sq"].mul_(beta).addcmul_(g, g, value=1 - beta)
+            target = g / ((state["graft_sq"] / (1 - beta ** step)).sqrt() + group["graft_eps"])
+        norm = torch.linalg.vector_norm(d)
+        return d * (torch.linalg.vector_norm(target) / norm) if norm > 0 else d
+
+    def _step_one(self, p: torch.Tensor, group: dict) -> None:
+        state = self.state[p]
+        state["step"] = step = state.get("step", 0) + 1
+        d = self._graft(self._direction(p, group, step), p.grad, state, group, step)
+        if group["momentum"]:
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            d = state["momentum_buffer"].mul_(group["momentum"]).add_(d)
+        p.mul_(1 - float(group["lr"]) * group["weight_decay"])
+        p.add_(d, alpha=-float(group["lr"]))

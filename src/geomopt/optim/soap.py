@@ -1,0 +1,134 @@
+"""SOAP: Adam in the eigenbasis of Shampoo's statistics (Vyas, Morwani, Zhao, Shapira, Brandfonbrener, Janson &
+Kakade, "SOAP: Improving and Stabilizing Shampoo using Adam", 2024, Algorithm 3); the descendant of EKFAC
+(George et al. 2018), whose eigenbasis comes from gradient statistics instead of the Fisher's factors.
+
+For a matrix parameter ``W`` (a conv weight ``(out, in, kh, kw)`` is the matrix ``(out, in * kh * kw)``) with
+gradient ``G`` at step ``t``::
+
+    L <- b L + (1 - b) G G^T,   R <- b R + (1 - b) G^T G          (b = shampoo_beta)
+    Q_L, Q_R <- eigenvectors of L, R                              (at steps 1, 1 + k, 1 + 2k, ...: k = precondition_freq)
+    M <- beta1 M + (1 - beta1) G                                  (first moment, in the parameter's basis)
+    G' = Q_L^T G Q_R,   M' = Q_L^T M Q_R
+    V <- beta2 V + (1 - beta2) G' * G'                            (second moment, in the eigenbasis)
+    N = Q_L [ (M' / (1 - beta1^t)) / (sqrt(V / (1 - beta2^t)) + eps) ] Q_R^T
+    W <- (1 - lr wd) W - lr N
+
+A parameter with fewer than two dimensions has the identity basis: it takes AdamW steps. Between refreshes
+``V`` carries over to the new basis, eigenvectors matched by the order of their eigenvalues (as in the
+paper's implementation). Differences from the authors' code: the statistics include the current gradient
+and the basis is refreshed before the step (their code updates it after the step and skips the first step's
+update), and each refresh is an exact eigendecomposition (float64 ``eigh``) where theirs is one power
+iteration with a QR decomposition warm-started at the previous basis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from geomopt.checks import WrongTypeError, check_int, check_number
+from geomopt.optim.shampoo import check_gradients, eigenbasis, kronecker_statistics_
+
+__all__ = ["SOAP", "soap_direction"]
+
+
+def soap_direction(m_hat: torch.Tensor, v_hat: torch.Tensor, q_left: torch.Tensor, q_right: torch.Tensor,
+                   eps: float) -> torch.Tensor:
+    """``N = Q_L [(Q_L^T M Q_R) / (sqrt(V) + eps)] Q_R^T``: Adam's direction from the bias-corrected first moment
+    ``m_hat`` ``(m, n)`` (parameter basis) and second moment ``v_hat`` ``(m, n)`` (eigenbasis)."""
+    return q_left @ ((q_left.mT @ m_hat @ q_right) / (v_hat.sqrt() + eps)) @ q_right.mT
+
+
+def _check_group(group: dict, where: str) -> None:
+    check_number(where, "lr", group["lr"], low=0)
+    betas = group["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise WrongTypeError(f"{where}: betas must be two numbers (beta1, beta2), got {betas!r}")
+    for i, b in enumerate(betas):
+        check_number(where, f"betas[{i}]", b, low=0, high=1, high_open=True)
+    if group["shampoo_beta"] is not None:
+        check_number(where, "shampoo_beta", group["shampoo_beta"], low=0, high=1, high_open=True)
+    check_number(where, "eps", group["eps"], low=0, low_open=True)
+    check_number(where, "weight_decay", group["weight_decay"], low=0)
+    check_int(where, "precondition_freq", group["precondition_freq"], low=1)
+
+
+class SOAP(torch.optim.Optimizer):
+    """SOAP (module docstring): AdamW in the eigenbasis of Shampoo's statistics, refreshed every
+    ``precondition_freq`` steps; AdamW on non-matrix parameters.
+
+    Args:
+        params: Parameters or parameter groups.
+        lr: Step size.
+        betas: Adam's ``(beta1, beta2)`` (the paper's default ``(0.95, 0.95)``).
+        shampoo_beta: Decay of the Kronecker statistics ``L``, ``R`` (None: ``beta2``).
+        eps: Added to ``sqrt(V)``.
+        weight_decay: Decoupled weight decay ``W <- (1 - lr wd) W``.
+        precondition_freq: Refresh the eigenbasis every this many steps (the paper's ``f``, default 10).
+
+    Raises:
+        ValueError: an option out of range (at construction, when a group is added and at each step), or a
+            non-finite gradient at a step (no parameter is changed then).
+    """
+
+    def __init__(self, params: Iterable, lr: float = 3e-3, betas: tuple[float, float] = (0.95, 0.95),
+                 shampoo_beta: float | None = None, eps: float = 1e-8, weight_decay: float = 0.01,
+                 precondition_freq: int = 10) -> None:
+        defaults = {"lr": lr, "betas": betas, "shampoo_beta": shampoo_beta, "eps": eps, "weight_decay": weight_decay,
+                    "precondition_freq": precondition_freq}
+        _check_group(defaults, "SOAP")
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        _check_group(self.param_groups[-1], f"SOAP: param group {len(self.param_groups) - 1}")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One SOAP step of every parameter with a gradient; ``closure`` re-evaluates the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for i, group in enumerate(self.param_groups):
+            _check_group(group, f"SOAP: param group {i}")
+        check_gradients(self, "SOAP")
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._step_one(p, group)
+        return loss
+
+    def _refresh(self, state: dict, g: torch.Tensor, group: dict, step: int) -> None:
+        if "left" not in state:
+            state["left"] = g.new_zeros(g.shape[0], g.shape[0])
+            state["right"] = g.new_zeros(g.shape[1], g.shape[1])
+        beta = group["betas"][1] if group["shampoo_beta"] is None else group["shampoo_beta"]
+        kronecker_statistics_(state["left"], state["right"], g, beta)
+        if (step - 1) % group["precondition_freq"] == 0:
+            state["q_left"] = eigenbasis(state["left"])[1]
+            state["q_right"] = eigenbasis(state["right"])[1]
+
+    def _step_one(self, p: torch.Tensor, group: dict) -> None:
+        state = self.state[p]
+        if "step" not in state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] = step = state["step"] + 1
+        beta1, beta2 = group["betas"]
+        g = p.grad if p.dim() < 2 else p.grad.reshape(p.shape[0], -1)
+        m, v = state["exp_avg"].view_as(g), state["exp_avg_sq"].view_as(g)
+        m.lerp_(g, 1 - beta1)
+        m_hat = m / (1 - beta1 ** step)
+        if p.dim() < 2:
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            direction = m_hat / ((v / (1 - beta2 ** step)).sqrt() + group["eps"])
+        else:
+            self._refresh(state, g, group, step)
+            rotated = state["q_left"].mT @ g @ state["q_right"]
+            v.mul_(beta2).addcmul_(rotated, rotated, value=1 - beta2)
+            direction = soap_direction(m_hat, v / (1 - beta2 ** step), state["q_left"], state["q_right"], group["eps"])
+        p.mul_(1 - float(group["lr"]) * group["weight_decay"])
+        p.add_(direction.view_as(p), alpha=-float(group["lr"]))
