@@ -99,7 +99,8 @@ class Shampoo(torch.optim.Optimizer):
         beta2: Decay of the statistics in (0, 1]; 1 sums them (the paper).
         eps: Added to the statistics' eigenvalues before the inverse root (the paper's ``L_0 = eps I``).
         update_freq: Update the statistics every this many steps.
-        precondition_freq: Recompute the inverse roots every this many steps.
+        precondition_freq: Recompute the inverse roots every this many steps (1: the paper's Algorithm 1; the
+            default 10 amortizes the eigendecompositions, as practical implementations do).
         grafting: ``"none"`` (the paper), ``"sgd"`` or ``"adam"``: the step takes that method's norm.
         graft_beta2, graft_eps: Adam grafting's second-moment decay and epsilon.
 
@@ -109,7 +110,7 @@ class Shampoo(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0,
-                 beta2: float = 1.0, eps: float = 1e-6, update_freq: int = 1, precondition_freq: int = 1,
+                 beta2: float = 1.0, eps: float = 1e-6, update_freq: int = 1, precondition_freq: int = 10,
                  grafting: str = "none", graft_beta2: float = 0.999, graft_eps: float = 1e-8) -> None:
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "beta2": beta2, "eps": eps,
                     "update_freq": update_freq, "precondition_freq": precondition_freq, "grafting": grafting,
