@@ -98,3 +98,28 @@ def test_state_round_trip_readiness_and_nonfinite():
 def test_invalid_options(make, match):
     with pytest.raises(ValueError, match=match):
         make([torch.zeros(2, 2, requires_grad=True)])
+
+
+@pytest.mark.parametrize("name", ["shampoo", "soap", "muon"])
+def test_as_a_preconditioner_in_front_of_sgd(name):
+    """Preconditioner(geometry) + torch.optim.SGD takes the optimizer's steps (the kfac-pytorch interface)."""
+    precond_module = pytest.importorskip("geomopt.optim.precond")
+    a, b = _pair(4)
+    if name == "shampoo":
+        geometry, opt_b = ShampooGeometry(a, eps=1e-3, precondition_freq=2), Shampoo(b, lr=0.05, eps=1e-3,
+                                                                                    precondition_freq=2)
+    elif name == "soap":
+        geometry, opt_b = EigenAdamGeometry(a, eps=1e-3), SOAP(b, lr=0.05, betas=(0.0, 0.95), eps=1e-3, weight_decay=0)
+    else:
+        a, b = a[:2], b[:2]
+        geometry, opt_b = SpectralGeometry(a, orthogonalize="svd"), Muon(b, lr=0.05, momentum=0.0, nesterov=False,
+                                                                        weight_decay=0.0, orthogonalize="svd")
+    precond, opt_a = precond_module.Preconditioner(geometry), torch.optim.SGD(a, lr=0.05)
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(5):
+        opt_a.zero_grad()
+        _loss(a, torch.randn(32, generator=gen, dtype=torch.float64)).backward()
+        precond.step()
+        opt_a.step()
+    _optimizer_steps(b, opt_b, 5, 4)
+    assert all(torch.allclose(p, q, rtol=0, atol=1e-12) for p, q in zip(a, b))
