@@ -56,6 +56,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_prune.py
 	$(PY) benchmarks/bench_sweep.py
 	$(PY) benchmarks/bench_curvature.py
+	$(PY) benchmarks/bench_heavyball.py
+	$(PY) benchmarks/bench_geometry.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache site
