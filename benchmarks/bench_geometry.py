@@ -14,8 +14,9 @@ Part 2 -- step cost. A step = zero_grad + forward + cross-entropy + backward + o
 the same model, each contender (at its selected rate) taking turns round by round, `--steps` steps a turn (a
 whole number of Shampoo's and SOAP's refresh cycles; rounds x steps = 100 holds one K-FAC/EKFAC inversion
 cycle), CPU seconds of this process (`time.process_time`, one torch thread); the ratio of the total times over
-all rounds to SGD's (amortized). The floor is `(SGD's step + the work the method cannot avoid) / SGD's step`, the work timed in the same
-process on random float32 inputs of the model's exact shapes and weighted by how often it runs:
+all rounds to SGD's (amortized). The floor is `(SGD's step + the work the method cannot avoid) / SGD's step`,
+the work timed in the same process on random float32 inputs of the model's exact shapes and weighted by how
+often it runs:
 - Path-SGD: the path scales, a forward and a backward matrix-vector product per layer with the squared weights;
 - K-FAC / EKFAC: the operations of `bench_kfac.floor_ops` (factors every 10 steps, inverses / eigendecompositions
   every 100, the preconditioning products; EKFAC's eigenbasis diagonal every step);

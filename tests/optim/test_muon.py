@@ -136,7 +136,7 @@ def test_state_dict_round_trip_deepcopy_pickle_and_torch_state():
     _run(mats, t, 2, torch.Generator().manual_seed(4))
     ours = [mats[0].detach().clone().requires_grad_()]
     o = Muon(ours, lr=0.9)
-    o.load_state_dict(copy.deepcopy(t.state_dict()))  # torch's state dict lacks orthogonalize, fallback, adamw_*: defaults
+    o.load_state_dict(copy.deepcopy(t.state_dict()))  # torch's lacks orthogonalize, fallback, adamw_*: defaults
     _run(mats, t, 2, torch.Generator().manual_seed(5))
     _run(ours, o, 2, torch.Generator().manual_seed(5))
     assert torch.equal(mats[0], ours[0])

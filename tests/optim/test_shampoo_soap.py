@@ -98,7 +98,8 @@ def _soap_reference(init, steps, seed, lr, betas, shampoo_beta, eps, weight_deca
             M = ms[i].reshape(G.shape)
             if g.dim() >= 2:
                 L, R = stats[i] if stats[i] is not None else (0.0, 0.0)
-                stats[i] = (shampoo_beta * L + (1 - shampoo_beta) * G @ G.T, shampoo_beta * R + (1 - shampoo_beta) * G.T @ G)
+                b = shampoo_beta
+                stats[i] = (b * L + (1 - b) * G @ G.T, b * R + (1 - b) * G.T @ G)
                 if (t - 1) % precondition_freq == 0:
                     bases[i] = (torch.linalg.eigh(stats[i][0])[1], torch.linalg.eigh(stats[i][1])[1])
                 QL, QR = bases[i]
@@ -145,7 +146,8 @@ def test_soap_equals_dense_reference(seed, betas, shampoo_beta, eps, weight_deca
               precondition_freq=precondition_freq)
     params = [w.clone().requires_grad_() for w in init]
     _run(params, SOAP(params, **kw), 7, seed)
-    reference = _soap_reference(init, 7, seed, **{**kw, "shampoo_beta": betas[1] if shampoo_beta is None else shampoo_beta})
+    kw["shampoo_beta"] = betas[1] if shampoo_beta is None else shampoo_beta  # the reference's explicit value
+    reference = _soap_reference(init, 7, seed, **kw)
     for p, r in zip(params, reference):
         assert torch.allclose(p, r, rtol=0, atol=1e-6 if eps < 1e-6 else 1e-12)
 

@@ -145,7 +145,8 @@ class Shampoo(torch.optim.Optimizer):
             if "diag" not in state:
                 state["diag"] = torch.zeros_like(p)
             if update:
-                state["diag"].mul_(group["beta2"]).addcmul_(g, g, value=1.0 if group["beta2"] == 1 else 1 - group["beta2"])
+                weight = 1.0 if group["beta2"] == 1 else 1 - group["beta2"]
+                state["diag"].mul_(group["beta2"]).addcmul_(g, g, value=weight)
             return g / (state["diag"] + group["eps"]).sqrt()
         matrix = g.reshape(g.shape[0], -1)
         if "left" not in state:

@@ -6,7 +6,7 @@ For a matrix parameter ``W`` (a conv weight ``(out, in, kh, kw)`` is the matrix 
 gradient ``G`` at step ``t``::
 
     L <- b L + (1 - b) G G^T,   R <- b R + (1 - b) G^T G          (b = shampoo_beta)
-    Q_L, Q_R <- eigenvectors of L, R                              (at steps 1, 1 + k, 1 + 2k, ...: k = precondition_freq)
+    Q_L, Q_R <- eigenvectors of L, R                  (at steps 1, 1 + k, 1 + 2k, ...: k = precondition_freq)
     M <- beta1 M + (1 - beta1) G                                  (first moment, in the parameter's basis)
     G' = Q_L^T G Q_R,   M' = Q_L^T M Q_R
     V <- beta2 V + (1 - beta2) G' * G'                            (second moment, in the eigenbasis)
