@@ -257,3 +257,19 @@ def test_registry_names():
     assert type(build_optimizer("soap", model, lr=0.1)) is SOAP
     with pytest.raises(ValueError, match="soap.*no momentum"):
         build_optimizer("soap", model, lr=0.1, momentum=0.9)
+
+
+@pytest.mark.parametrize("cls, key", [(Shampoo, "left"), (SOAP, "left")])
+def test_nonfinite_statistics_raise_before_any_change(cls, key):
+    """A statistic that overflowed is a FloatingPointError naming it (a divergence for `geomopt train`), and
+    no parameter moves, not even those stepped before it."""
+    first, second = torch.ones(2, 2, requires_grad=True), torch.ones(3, 2, requires_grad=True)
+    opt = cls([first, second], lr=0.1, **({"precondition_freq": 1}))
+    for p in (first, second):
+        p.grad = torch.randn(p.shape)
+    opt.step()
+    before = [first.detach().clone(), second.detach().clone()]
+    opt.state[second][key].fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match=r"\(3, 3\) gradient statistic holds NaN/inf.*no parameter"):
+        opt.step()
+    assert torch.equal(first, before[0]) and torch.equal(second, before[1])

@@ -14,7 +14,7 @@ steps and the inverse roots recomputed every ``precondition_freq`` steps (steps 
 eigendecomposition in float64. With ``grafting`` ``"sgd"`` or ``"adam"``, ``D`` is rescaled to the Frobenius
 norm of that method's direction (``G``, or ``G / (sqrt(v_hat) + graft_eps)`` with Adam's bias-corrected second
 moment ``v``, as Distributed Shampoo's Adam grafting; Agarwal et al. 2020, "Disentangling Adaptive Gradient
-Methods from Learning Rates"). Then, with decoupled weight decay and heavy-ball momentum::
+Methods from Learning Rates"); Adam grafting is the default, ``grafting="none"`` the paper's step. Then, with decoupled weight decay and heavy-ball momentum::
 
     B <- momentum B + D,   W <- (1 - lr wd) W - lr B
 """
@@ -41,16 +41,35 @@ def kronecker_statistics_(left: torch.Tensor, right: torch.Tensor, g: torch.Tens
     right.mul_(beta).addmm_(g.mT, g, alpha=weight)
 
 
+def _eigh64(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if not torch.isfinite(s).all():
+        raise FloatingPointError(f"a {tuple(s.shape)} gradient statistic holds NaN/inf (the gradients grew without "
+                                 f"bound: lower the learning rate)")
+    try:
+        return torch.linalg.eigh(s.double())
+    except torch.linalg.LinAlgError as exc:
+        raise FloatingPointError(f"the eigendecomposition of a {tuple(s.shape)} gradient statistic failed: {exc}") \
+            from exc
+
+
 def eigenbasis(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(eigenvalues, eigenvectors)`` of the symmetric ``s`` (ascending), computed in float64, in ``s``'s dtype."""
-    evals, evecs = torch.linalg.eigh(s.double())
+    """``(eigenvalues, eigenvectors)`` of the symmetric ``s`` (ascending), computed in float64, in ``s``'s dtype.
+
+    Raises:
+        FloatingPointError: ``s`` holds NaN/inf, or the decomposition fails to converge.
+    """
+    evals, evecs = _eigh64(s)
     return evals.to(s.dtype), evecs.to(s.dtype)
 
 
 def inverse_root(s: torch.Tensor, eps: float, root: int) -> torch.Tensor:
     """``(s + eps I)^{-1/root}`` of a positive semi-definite ``s`` (negative rounding in its eigenvalues is set to 0),
-    by an eigendecomposition in float64; returned in ``s``'s dtype."""
-    evals, evecs = torch.linalg.eigh(s.double())
+    by an eigendecomposition in float64; returned in ``s``'s dtype.
+
+    Raises:
+        FloatingPointError: ``s`` holds NaN/inf, or the decomposition fails to converge.
+    """
+    evals, evecs = _eigh64(s)
     scaled = evecs * (evals.clamp(min=0) + eps).pow(-1.0 / root)
     return (scaled @ evecs.mT).to(s.dtype)
 
@@ -101,17 +120,20 @@ class Shampoo(torch.optim.Optimizer):
         update_freq: Update the statistics every this many steps.
         precondition_freq: Recompute the inverse roots every this many steps (1: the paper's Algorithm 1; the
             default 10 amortizes the eigendecompositions, as practical implementations do).
-        grafting: ``"none"`` (the paper), ``"sgd"`` or ``"adam"``: the step takes that method's norm.
+        grafting: ``"adam"`` (default: the step takes Adam's norm, the common practice that keeps stale or
+            ill-conditioned roots from blowing a step up), ``"sgd"`` (the gradient's norm) or ``"none"`` (the
+            paper).
         graft_beta2, graft_eps: Adam grafting's second-moment decay and epsilon.
 
     Raises:
-        ValueError: an option out of range (at construction, when a group is added and at each step), or a
-            non-finite gradient at a step (no parameter is changed then).
+        ValueError: an option out of range (at construction, when a group is added and at each step).
+        FloatingPointError: a non-finite gradient or statistic, or a failed eigendecomposition, at a step (no
+            parameter is changed then).
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0,
                  beta2: float = 1.0, eps: float = 1e-6, update_freq: int = 1, precondition_freq: int = 10,
-                 grafting: str = "none", graft_beta2: float = 0.999, graft_eps: float = 1e-8) -> None:
+                 grafting: str = "adam", graft_beta2: float = 0.999, graft_eps: float = 1e-8) -> None:
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "beta2": beta2, "eps": eps,
                     "update_freq": update_freq, "precondition_freq": precondition_freq, "grafting": grafting,
                     "graft_beta2": graft_beta2, "graft_eps": graft_eps}
@@ -132,10 +154,14 @@ class Shampoo(torch.optim.Optimizer):
         for i, group in enumerate(self.param_groups):
             _check_group(group, f"Shampoo: param group {i}")
         check_gradients(self, "Shampoo")
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._step_one(p, group)
+        try:
+            updates = [(p, group, self._update(p, group)) for group in self.param_groups for p in group["params"]
+                       if p.grad is not None]
+        except FloatingPointError as exc:
+            raise FloatingPointError(f"Shampoo: {exc}; no parameter was changed") from exc
+        for p, group, d in updates:  # every direction is finite: now change the parameters
+            p.mul_(1 - float(group["lr"]) * group["weight_decay"])
+            p.add_(d, alpha=-float(group["lr"]))
         return loss
 
     def _direction(self, p: torch.Tensor, group: dict, step: int) -> torch.Tensor:
@@ -173,7 +199,8 @@ class Shampoo(torch.optim.Optimizer):
         norm = torch.linalg.vector_norm(d)
         return d * (torch.linalg.vector_norm(target) / norm) if norm > 0 else d
 
-    def _step_one(self, p: torch.Tensor, group: dict) -> None:
+    def _update(self, p: torch.Tensor, group: dict) -> torch.Tensor:
+        """The step direction of ``p`` (after grafting and momentum); the parameter is not changed."""
         state = self.state[p]
         state["step"] = step = state.get("step", 0) + 1
         d = self._graft(self._direction(p, group, step), p.grad, state, group, step)
@@ -181,5 +208,4 @@ class Shampoo(torch.optim.Optimizer):
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p)
             d = state["momentum_buffer"].mul_(group["momentum"]).add_(d)
-        p.mul_(1 - float(group["lr"]) * group["weight_decay"])
-        p.add_(d, alpha=-float(group["lr"]))
+        return d

@@ -68,8 +68,9 @@ class SOAP(torch.optim.Optimizer):
         precondition_freq: Refresh the eigenbasis every this many steps (the paper's ``f``, default 10).
 
     Raises:
-        ValueError: an option out of range (at construction, when a group is added and at each step), or a
-            non-finite gradient at a step (no parameter is changed then).
+        ValueError: an option out of range (at construction, when a group is added and at each step).
+        FloatingPointError: a non-finite gradient or statistic, or a failed eigendecomposition, at a step (no
+            parameter is changed then).
     """
 
     def __init__(self, params: Iterable, lr: float = 3e-3, betas: tuple[float, float] = (0.95, 0.95),
@@ -94,10 +95,14 @@ class SOAP(torch.optim.Optimizer):
         for i, group in enumerate(self.param_groups):
             _check_group(group, f"SOAP: param group {i}")
         check_gradients(self, "SOAP")
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._step_one(p, group)
+        try:
+            updates = [(p, group, self._direction(p, group)) for group in self.param_groups for p in group["params"]
+                       if p.grad is not None]
+        except FloatingPointError as exc:
+            raise FloatingPointError(f"SOAP: {exc}; no parameter was changed") from exc
+        for p, group, direction in updates:  # every eigenbasis was found: now change the parameters
+            p.mul_(1 - float(group["lr"]) * group["weight_decay"])
+            p.add_(direction.view_as(p), alpha=-float(group["lr"]))
         return loss
 
     def _refresh(self, state: dict, g: torch.Tensor, group: dict, step: int) -> None:
@@ -110,7 +115,8 @@ class SOAP(torch.optim.Optimizer):
             state["q_left"] = eigenbasis(state["left"])[1]
             state["q_right"] = eigenbasis(state["right"])[1]
 
-    def _step_one(self, p: torch.Tensor, group: dict) -> None:
+    def _direction(self, p: torch.Tensor, group: dict) -> torch.Tensor:
+        """Adam's direction of ``p`` in the eigenbasis, back in the parameter's basis; ``p`` is not changed."""
         state = self.state[p]
         if "step" not in state:
             state["step"] = 0
@@ -130,5 +136,4 @@ class SOAP(torch.optim.Optimizer):
             rotated = state["q_left"].mT @ g @ state["q_right"]
             v.mul_(beta2).addcmul_(rotated, rotated, value=1 - beta2)
             direction = soap_direction(m_hat, v / (1 - beta2 ** step), state["q_left"], state["q_right"], group["eps"])
-        p.mul_(1 - float(group["lr"]) * group["weight_decay"])
-        p.add_(direction.view_as(p), alpha=-float(group["lr"]))
+        return direction
