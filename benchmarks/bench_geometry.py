@@ -56,7 +56,7 @@ from machine import describe_machine  # noqa: E402
 
 OPTIMIZERS = ("sgd", "adam", "path-sgd", "kfac", "ekfac", "shampoo", "soap", "muon")
 GRIDS = {"sgd": (0.03, 0.1, 0.3), "adam": (3e-4, 1e-3, 3e-3), "path-sgd": (0.01, 0.03, 0.1),
-         "kfac": (0.01, 0.03, 0.1), "ekfac": (0.01, 0.03, 0.1), "shampoo": (0.01, 0.03, 0.1),
+         "kfac": (0.01, 0.03, 0.1), "ekfac": (0.01, 0.03, 0.1), "shampoo": (3e-4, 1e-3, 3e-3),
          "soap": (1e-3, 3e-3, 1e-2), "muon": (0.01, 0.03, 0.1)}
 MODELS = {"mlp": dict(model="mlp", widths=(256, 256)), "cnn": dict(model="cnn", widths=(16, 32))}
 
