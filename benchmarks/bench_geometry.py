@@ -6,9 +6,9 @@ training subset, never the test set) by the library's tuning machinery (:func:`g
 mean over seeds of the last epochs' validation loss, a grid extended once past an edge), every run through
 ``geomopt train``'s engine (`TrainConfig`, the registry's optimizer with its defaults). At the selected rate,
 means over the seeds: the training loss after each epoch, the validation loss and the test accuracy at the end,
-training seconds per epoch (wall clock, so the machine's load counts), and the training loss each method had
-reached when SGD's run ended (linear in time between epoch ends; "-" when the method took longer than SGD for
-its first epoch).
+seconds per epoch (wall clock, so the machine's load counts, and each epoch's evaluation on the training, validation
+and test sets), and the training loss each method had reached when SGD's run ended (linear in time between the
+evaluations at the start and at each epoch's end).
 
 Part 2 -- step cost. A step = zero_grad + forward + cross-entropy + backward + optimizer.step() on one batch of
 the same model, each contender (at its selected rate) taking turns round by round, `--steps` steps a turn (a
@@ -86,7 +86,7 @@ def training_table(args) -> dict[tuple[str, str], float]:
             t = tuned[m, o]
             chosen[m, o] = t.value
             per_epoch = [statistics.mean(c[e][1] for c in curves[o]) for e in range(1, args.epochs + 1)]
-            at_budget = [_loss_at(c, budget) for c in curves[o]] if budget else [None]
+            at_budget = [_loss_at(c, budget) for c in curves[o]] if budget is not None else [None]
             seconds = statistics.mean(float(summary["seconds"]) for _, _, summary in t.at())
             edge = "*" if t.selection.edge else " "
             print(f"  {o:<9} {t.value:>8.4g}{edge} {'':>11}" + " ".join(f"{v:>7.4f}" for v in per_epoch)
@@ -98,7 +98,7 @@ def training_table(args) -> dict[tuple[str, str], float]:
 
 
 def _loss_at(curve: list[tuple[float, float]], seconds: float) -> float | None:
-    """The training loss at ``seconds`` of a run, linear between its epoch ends; None before its first."""
+    """The training loss at ``seconds`` of a run, linear between its evaluations (the start, each epoch's end)."""
     for (t0, l0), (t1, l1) in zip(curve, curve[1:]):
         if t0 <= seconds <= t1:
             return l0 + (l1 - l0) * (seconds - t0) / max(t1 - t0, 1e-12)
