@@ -7,10 +7,7 @@ import copy
 import pytest
 import torch
 
-pytest.importorskip("geomopt.optim.geometry")
-
-from geomopt.optim import SOAP, Muon, Shampoo  # noqa: E402
-from geomopt.optim.matrix_geometry import EigenAdamGeometry, ShampooGeometry, SpectralGeometry  # noqa: E402
+from geomopt.optim import SOAP, EigenAdamGeometry, Muon, Preconditioner, Shampoo, ShampooGeometry, SpectralGeometry
 
 SHAPES = [(3, 4), (2, 2, 1, 3), (5,)]
 
@@ -104,7 +101,6 @@ def test_invalid_options(make, match):
 @pytest.mark.parametrize("name", ["shampoo", "soap", "muon"])
 def test_as_a_preconditioner_in_front_of_sgd(name):
     """Preconditioner(geometry) + torch.optim.SGD takes the optimizer's steps (the kfac-pytorch interface)."""
-    precond_module = pytest.importorskip("geomopt.optim.precond")
     a, b = _pair(4)
     if name == "shampoo":
         geometry, opt_b = ShampooGeometry(a, eps=1e-3, precondition_freq=2), Shampoo(b, lr=0.05, eps=1e-3,
@@ -115,7 +111,7 @@ def test_as_a_preconditioner_in_front_of_sgd(name):
         a, b = a[:2], b[:2]
         geometry, opt_b = SpectralGeometry(a, orthogonalize="svd"), Muon(b, lr=0.05, momentum=0.0, nesterov=False,
                                                                         weight_decay=0.0, orthogonalize="svd")
-    precond, opt_a = precond_module.Preconditioner(geometry), torch.optim.SGD(a, lr=0.05)
+    precond, opt_a = Preconditioner(geometry), torch.optim.SGD(a, lr=0.05)
     gen = torch.Generator().manual_seed(4)
     for _ in range(5):
         opt_a.zero_grad()

@@ -5,6 +5,7 @@ torch optimizer (:mod:`geomopt.optim.precond`)."""
 from geomopt.optim.geometry import Block, Euclidean, Geometry
 from geomopt.optim.kfac import EKFAC, KFAC
 from geomopt.optim.kronecker_geometry import EigenKroneckerGeometry, KroneckerGeometry
+from geomopt.optim.matrix_geometry import EigenAdamGeometry, ShampooGeometry, SpectralGeometry
 from geomopt.optim.mirror import MirrorDescent
 from geomopt.optim.muon import Muon
 from geomopt.optim.path_geometry import PathGeometry
@@ -17,5 +18,5 @@ from geomopt.optim.steepest import SteepestDescent
 
 __all__ = ["KFAC", "EKFAC", "MirrorDescent", "Muon", "Shampoo", "SOAP", "SteepestDescent", "PathSGD", "first_step_ratio",
            "path_sgd_", "OPTIMIZERS", "build_optimizer", "Geometry", "Block", "Euclidean", "KroneckerGeometry",
-           "EigenKroneckerGeometry", "PathGeometry", "Preconditioner", "KFACPreconditioner", "EKFACPreconditioner",
-           "PathPreconditioner"]
+           "EigenKroneckerGeometry", "PathGeometry", "ShampooGeometry", "EigenAdamGeometry", "SpectralGeometry",
+           "Preconditioner", "KFACPreconditioner", "EKFACPreconditioner", "PathPreconditioner"]
