@@ -28,7 +28,8 @@ def build_optimizer(name: str, model: nn.Module, *, lr: float, momentum: float |
     ``kfac``/``ekfac`` default 0.9 (the class's default); ``muon`` 0.95 (its Nesterov momentum, the class's
     default), its non-matrix parameters (biases) taking AdamW steps at ``lr``; ``shampoo`` 0 (heavy ball on the
     preconditioned direction; the class's other defaults); ``soap`` rejects it (Adam's betas are the class's
-    ``(0.95, 0.95)``). ``weight_decay`` is decoupled for ``muon``, ``shampoo`` and ``soap``. ``kronecker``: options of :class:`KFAC`/:class:`EKFAC`
+    ``(0.95, 0.95)``). ``weight_decay`` is decoupled for ``muon``, ``shampoo`` and ``soap``.
+    ``kronecker``: options of :class:`KFAC`/:class:`EKFAC`
     (``damping``, ``factor_decay``, ``update_freq``, ``inv_freq``, ``fisher``, ``kl_clip``,
     ``adaptive_damping``, ``adaptive_step``; ``diag_freq`` for ``ekfac`` only), for those two only.
     """

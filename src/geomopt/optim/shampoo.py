@@ -14,7 +14,8 @@ steps and the inverse roots recomputed every ``precondition_freq`` steps (steps 
 eigendecomposition in float64. With ``grafting`` ``"sgd"`` or ``"adam"``, ``D`` is rescaled to the Frobenius
 norm of that method's direction (``G``, or ``G / (sqrt(v_hat) + graft_eps)`` with Adam's bias-corrected second
 moment ``v``, as Distributed Shampoo's Adam grafting; Agarwal et al. 2020, "Disentangling Adaptive Gradient
-Methods from Learning Rates"); Adam grafting is the default, ``grafting="none"`` the paper's step. Then, with decoupled weight decay and heavy-ball momentum::
+Methods from Learning Rates"); Adam grafting is the default, ``grafting="none"`` the paper's step. Then, with
+decoupled weight decay and heavy-ball momentum::
 
     B <- momentum B + D,   W <- (1 - lr wd) W - lr B
 """
