@@ -90,6 +90,25 @@ class WeakHook:
         return (InertHook, ())
 
 
+class _Grads(list):
+    """A record's output gradients: a list its tensor hook can hold weakly."""
+    __slots__ = ("__weakref__",)
+
+
+def _grad_hook(grads: weakref.ref, handler: LayerHandler, module: nn.Module):
+    """The tensor hook appending each gradient into the output to ``grads``.
+
+    It holds the record's list only weakly: with ``keep_outputs`` the record holds the output, whose hook
+    would otherwise close a cycle (record -> output -> hook -> record) that Python's collector does not
+    break through a tensor's hooks, keeping every recorded batch and the model alive after the run.
+    """
+    def hook(grad: Tensor) -> None:
+        g = grads()
+        if g is not None:
+            g.append(handler.batched(module, grad.detach()))
+    return hook
+
+
 class Capture:
     """Hooks that record ``a`` and ``g`` of the given layers while :attr:`active` is true.
 
@@ -162,12 +181,10 @@ class Capture:
         if not self.active or not torch.is_grad_enabled():
             return
         x = handler.batched(module, inputs[0].detach())  # expanded (patches) only when asked: inputs()
-        record = {"x": x, "x_version": x._version, "a": None, "g": [], "batch": self._batch}
+        record = {"x": x, "x_version": x._version, "a": None, "g": _Grads(), "batch": self._batch}
         self._calls[name].append(record)
         if isinstance(output, Tensor) and output.requires_grad:
-            def grad_hook(grad: Tensor) -> None:
-                record["g"].append(handler.batched(module, grad.detach()))
-            output.register_hook(grad_hook)
+            output.register_hook(_grad_hook(weakref.ref(record["g"]), handler, module))
             if self.keep_outputs:
                 record["out"] = (output, output._version)
 
