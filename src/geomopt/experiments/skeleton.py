@@ -33,7 +33,8 @@ from geomopt.report import Section, run_warnings, write_section, write_tables
 from geomopt.sweep import Claim, band, write_claims
 from geomopt.train import read_metrics
 
-__all__ = ["Protocol", "Context", "Ran", "Report", "Experiment", "tuned_records", "selected", "seed_band", "chance_loss"]
+__all__ = ["Protocol", "Context", "Ran", "Report", "Experiment", "tuned_records", "planned_records", "epoch_records",
+           "selected", "seed_band", "chance_loss"]
 
 
 class Protocol:
@@ -155,20 +156,40 @@ def selected(tuned: Tuned, value: float, summary: Mapping[str, Any]) -> dict[str
     return {"chosen": chosen, "edge": tuned.selection.edge if chosen else None, "seconds": summary.get("seconds", 0.0)}
 
 
+def epoch_records(run_dir: Path, entry: Callable[[dict[str, Any]], dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run's curve: ``entry(record)`` for each ``kind == "epoch"`` record of its metrics, in order."""
+    return [entry(r) for r in read_metrics(run_dir) if r["kind"] == "epoch"]
+
+
 def tuned_records(exp: Any, tuned: Mapping[Hashable, Tuned], root: Path,
                   row: Callable[[Hashable, float, int, dict[str, Any], Tuned], dict[str, Any]],
                   epoch: Callable[[Hashable, dict[str, Any]], dict[str, Any]]) -> Records:
     """One row per run of every tuned problem and its per-epoch curve, in (problem, value, seed) order.
 
     ``row(key, value, seed, summary, tuned)`` gives a run's fields after its ``run`` id (the run folder relative
-    to ``root``); ``epoch(key, record)`` the curve's entry for each ``kind == "epoch"`` record of its metrics.
+    to ``root``); ``epoch(key, record)`` the curve's entry for each epoch record of its metrics.
     """
     rows, curves = [], {}
     for key, t in tuned.items():
         for (value, seed), (_, run_dir, summary) in sorted(t.runs.items()):
             run = str(Path(run_dir).relative_to(root))
             rows.append({"run": run, **row(key, value, seed, summary, t)})
-            curves[run] = [epoch(key, r) for r in read_metrics(run_dir) if r["kind"] == "epoch"]
+            curves[run] = epoch_records(run_dir, lambda r, key=key: epoch(key, r))
+    return Records(exp, rows, curves)
+
+
+def planned_records(exp: Any, planned: Sequence[tuple[Any, Path, dict[str, Any]]],
+                    summaries: Sequence[dict[str, Any]], root: Path,
+                    row: Callable[[dict[str, Any], Path], dict[str, Any]],
+                    curve: Callable[[Path], list[dict[str, Any]]]) -> Records:
+    """One row per planned run ``(config, run dir, key)`` with its summary (:func:`geomopt.sweep.run_all`'s, in
+    the same order): its ``run`` id (the folder relative to ``root``), the key's fields, then
+    ``row(summary, run dir)``; its curve is ``curve(run dir)``."""
+    rows, curves = [], {}
+    for (_, run_dir, key), summary in zip(planned, summaries):
+        run = str(Path(run_dir).relative_to(root))
+        rows.append({"run": run, **key, **row(summary, Path(run_dir))})
+        curves[run] = curve(Path(run_dir))
     return Records(exp, rows, curves)
 
 
