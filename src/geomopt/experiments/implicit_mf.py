@@ -339,7 +339,8 @@ def _report(ctx: Context, records: Records, ran: Ran) -> Report:
     """The alpha-sweep and 2 x 2 tables and figures, the protocol and its gates."""
     exp = ctx.exp
     paragraphs = [
-        f"Protocol ({ctx.tier} tier): PSD targets of rank {exp.rank} with ||X*||_F = n; sensing with symmetrized Gaussian "
+        f"Protocol ({ctx.tier} tier): PSD targets of rank {exp.rank} with ||X*||_F = n; sensing with symmetrized "
+        "Gaussian "
         f"measurements (entries N(0, 1/n^2); n = {exp.n}, m = {exp.m_sensing}), completion with symmetric observed "
         f"entries (n = {exp.n}, m = {exp.m_completion}), undersampled sensing (n = {exp.under_n}, m = {exp.under_m}); "
         f"X = U U^T, U(0) = sqrt(alpha) Q (X(0) = alpha I), alphas {list(exp.alphas)}; adaptive steps (relative "
