@@ -85,14 +85,13 @@ class Ran:
 
 @dataclass
 class Report:
-    """An experiment's section, less what the skeleton adds: ``tables`` (dicts with ``caption``, ``columns`` and
-    ``rows``; all go to ``table.csv``), ``figures`` (dicts with ``file``, already written, and ``caption``),
-    ``paragraphs`` and ``warnings``."""
+    """An experiment's section, less what the skeleton adds (title, citations, order, run warnings):
+    ``paragraphs``, ``tables`` (dicts with ``caption``, ``columns`` and ``rows``; all go to ``table.csv``) and
+    ``figures`` (dicts with ``file``, already written into the experiment's folder, and ``caption``)."""
 
     paragraphs: list[str]
     tables: list[dict[str, Any]] = field(default_factory=list)
     figures: list[dict[str, str]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -139,10 +138,9 @@ class Experiment:
         write_tables(ctx.root / "table.csv", *[(t["columns"], t["rows"]) for t in report.tables])
         write_claims(ctx.root, self.name, self.claims(exp), records, title=self.title, seeds=exp.seeds,
                      seconds=ran.seconds, tier=tier)
-        paragraphs, warnings = list(report.paragraphs), list(report.warnings)
+        paragraphs, warnings = list(report.paragraphs), []
         if self.describe is not None and self.unconverged_above is not None:
-            found, caveat = run_warnings(records.rows, self.describe, self.unconverged_above)
-            warnings += found
+            warnings, caveat = run_warnings(records.rows, self.describe, self.unconverged_above)
             paragraphs += [caveat] if caveat else []
         return write_section(ctx.root, Section(
             title=self.title, paragraphs=paragraphs, tables=report.tables, figures=report.figures, order=self.order,
