@@ -10,8 +10,8 @@ import pytest
 
 from geomopt.experiments import EXPERIMENTS
 from geomopt.experiments.records import Records, read_stored
-from geomopt.experiments.skeleton import (Experiment, Protocol, Ran, Report, planned_records, seed_band, selected,
-                                          tuned_records)
+from geomopt.experiments.skeleton import (Experiment, Protocol, Ran, Report, plan_grid, planned_records, seed_band,
+                                          selected, tuned_records)
 from geomopt.experiments.tuning import Tuned
 from geomopt.sweep import Claim, Selection, greater
 
@@ -151,3 +151,10 @@ def test_every_reproduction_is_declared_with_the_skeleton(name):
     assert issubclass(spec.config, Protocol) and spec.config.NAME == name
     assert isinstance(spec.config().replace({}), spec.config)
 
+
+
+def test_plan_grid_is_the_full_factorial_with_the_last_axis_fastest(tmp_path):
+    plan = plan_grid({"lr": (0.1, 0.3), "seed": (0, 1, 2)}, lambda lr, seed: (f"cfg {lr} {seed}", tmp_path / f"{seed}"))
+    assert [key for _, _, key in plan] == [{"lr": lr, "seed": s} for lr in (0.1, 0.3) for s in (0, 1, 2)]
+    assert plan[1][:2] == ("cfg 0.1 1", tmp_path / "1")
+    assert plan_grid({"lr": (), "seed": (0,)}, lambda lr, seed: ("", tmp_path)) == []

@@ -62,7 +62,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from geomopt.experiments.records import Records  # noqa: E402
 from geomopt.experiments.records import gate_failures as shared_gate  # noqa: E402
-from geomopt.experiments.skeleton import Context, Experiment, Protocol, Ran, Report, planned_records  # noqa: E402
+from geomopt.experiments.skeleton import (Context, Experiment, Protocol, Ran, Report, plan_grid,  # noqa: E402
+                                          planned_records)
 from geomopt.sweep import run_all  # noqa: E402
 from geomopt.sweep.claims import Claim, Outcome, RunGate, all_of, gated, greater, untestable  # noqa: E402
 from geomopt.sweep.stats import seed_stats  # noqa: E402
@@ -126,17 +127,13 @@ CONFIG = EdgeOfStabilityExperiment  # the config class (geomopt results check re
 
 
 def _configs(exp: EdgeOfStabilityExperiment, root: Path) -> list[tuple[TrainConfig, Path, dict[str, Any]]]:
-    jobs = []
-    for loss in exp.losses:
-        for lr in exp.lrs:
-            for seed in exp.seeds:
-                cfg = TrainConfig(model="mlp", widths=exp.widths, init=exp.init, data=exp.data, data_dir=exp.data_dir,
-                                  train_size=exp.train_size, optimizer="sgd", lr=lr, batch_size=exp.train_size,
-                                  epochs=exp.steps, seed=seed, track_sharpness=exp.track_every,
-                                  sharpness_examples=exp.train_size, loss=LOSSES[loss])
-                jobs.append((cfg, root / "runs" / loss / f"lr{lr:g}" / f"seed{seed}",
-                             {"loss": loss, "lr": lr, "seed": seed}))
-    return jobs
+    def make(loss: str, lr: float, seed: int) -> tuple[TrainConfig, Path]:
+        return (TrainConfig(model="mlp", widths=exp.widths, init=exp.init, data=exp.data, data_dir=exp.data_dir,
+                            train_size=exp.train_size, optimizer="sgd", lr=lr, batch_size=exp.train_size,
+                            epochs=exp.steps, seed=seed, track_sharpness=exp.track_every,
+                            sharpness_examples=exp.train_size, loss=LOSSES[loss]),
+                root / "runs" / loss / f"lr{lr:g}" / f"seed{seed}")
+    return plan_grid({"loss": exp.losses, "lr": exp.lrs, "seed": exp.seeds}, make)
 
 
 def trace(run_dir: Path) -> list[dict[str, Any]]:

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from geomopt.experiments.records import Records
-from geomopt.experiments.skeleton import Context, Experiment, Protocol, Ran, Report, epoch_records, planned_records
+from geomopt.experiments.skeleton import (Context, Experiment, Protocol, Ran, Report, epoch_records, plan_grid,
+                                          planned_records)
 from geomopt.measures.two_layer import BOUNDS
 from geomopt.report import plot_bands
 from geomopt.runs import MEASURES_FILE
@@ -105,18 +106,14 @@ CONFIG = OverparamExperiment  # the config class (geomopt results check rebuilds
 
 
 def _configs(exp: OverparamExperiment, root: Path) -> list[tuple[TrainConfig, Path, dict[str, Any]]]:
-    jobs = []
-    for data in exp.datasets:
-        for noise in exp.label_noises:
-            for width in exp.widths:
-                for seed in exp.seeds:
-                    cfg = TrainConfig(model="mlp", widths=(width,), data=data, data_dir=exp.data_dir,
-                                      train_size=exp.train_size, label_noise=noise, optimizer="momentum", lr=exp.lr,
-                                      momentum=exp.momentum, epochs=exp.epochs, batch_size=exp.batch_size, seed=seed,
-                                      target_train_loss=exp.target_train_loss)
-                    key = {"dataset": data, "label_noise": noise, "width": width, "seed": seed}
-                    jobs.append((cfg, root / "runs" / data / f"noise{noise:g}" / f"h{width}" / f"seed{seed}", key))
-    return jobs
+    def make(dataset: str, label_noise: float, width: int, seed: int) -> tuple[TrainConfig, Path]:
+        return (TrainConfig(model="mlp", widths=(width,), data=dataset, data_dir=exp.data_dir,
+                            train_size=exp.train_size, label_noise=label_noise, optimizer="momentum", lr=exp.lr,
+                            momentum=exp.momentum, epochs=exp.epochs, batch_size=exp.batch_size, seed=seed,
+                            target_train_loss=exp.target_train_loss),
+                root / "runs" / dataset / f"noise{label_noise:g}" / f"h{width}" / f"seed{seed}")
+    return plan_grid({"dataset": exp.datasets, "label_noise": exp.label_noises, "width": exp.widths,
+                      "seed": exp.seeds}, make)
 
 
 def _stopping(exp: OverparamExperiment) -> str:

@@ -20,6 +20,7 @@ experiment says how to name a run).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,8 +34,8 @@ from geomopt.report import Section, run_warnings, write_section, write_tables
 from geomopt.sweep import Claim, band, write_claims
 from geomopt.train import read_metrics
 
-__all__ = ["Protocol", "Context", "Ran", "Report", "Experiment", "tuned_records", "planned_records", "epoch_records",
-           "selected", "seed_band", "chance_loss"]
+__all__ = ["Protocol", "Context", "Ran", "Report", "Experiment", "plan_grid", "tuned_records", "planned_records",
+           "epoch_records", "selected", "seed_band", "chance_loss"]
 
 
 class Protocol:
@@ -145,6 +146,18 @@ class Experiment:
         return write_section(ctx.root, Section(
             title=self.title, paragraphs=paragraphs, tables=report.tables, figures=report.figures, order=self.order,
             citations=list(self.citations), warnings=warnings))
+
+
+def plan_grid(axes: Mapping[str, Sequence[Any]],
+              make: Callable[..., tuple[Any, Path]]) -> list[tuple[Any, Path, dict[str, Any]]]:
+    """A full factorial grid of runs: for every combination of ``axes`` (field -> values; the last axis varies
+    fastest), ``(config, run dir, key)`` with ``config, run dir = make(**key)`` and ``key`` the combination, for
+    :func:`geomopt.sweep.run_all` and :func:`planned_records`."""
+    plan = []
+    for values in itertools.product(*axes.values()):
+        key = dict(zip(axes, values))
+        plan.append((*make(**key), key))
+    return plan
 
 
 def selected(tuned: Tuned, value: float, summary: Mapping[str, Any]) -> dict[str, Any]:
