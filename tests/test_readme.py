@@ -29,7 +29,8 @@ def test_readme_block_runs(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
     namespace: dict = {"__name__": f"readme_block_{index}"}
-    exec(compile(BLOCKS[index], f"README.md / docs python block {index}", "exec"), namespace)
+    # dont_inherit: the block runs as written, without this file's `from __future__ import annotations`
+    exec(compile(BLOCKS[index], f"README.md / docs python block {index}", "exec", dont_inherit=True), namespace)
     if "loss" in namespace:  # a training example: it must not have blown up
         assert math.isfinite(float(namespace["loss"])) and float(namespace["loss"]) < 2.0
 

@@ -1,5 +1,9 @@
-"""One module per reproduced paper; each exposes ``reproduce(out, *, tier, jobs, overrides, seeds, overwrite) -> section
-path``, its config dataclass and ``claims(exp)`` over its stored records.
+"""One module per reproduced paper, each declared with the experiment skeleton
+(:mod:`geomopt.experiments.skeleton`): its config dataclass ``CONFIG`` (a
+:class:`~geomopt.experiments.skeleton.Protocol`), ``claims(exp)`` over its stored records, ``EXPERIMENT``
+(the :class:`~geomopt.experiments.skeleton.Experiment` binding its runs, claims and report) and
+``reproduce = EXPERIMENT.reproduce`` (``reproduce(out, *, tier, jobs, overrides, seeds, overwrite) ->
+section path``).
 
 ``EXPERIMENTS`` maps each reproduction's name to its module, imported on first use (listing the names
 imports nothing, so the command line starts fast and one experiment's import cannot break another's).

@@ -33,13 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geomopt.experiments.config import configure, experiment_dir, merge_overrides
-from geomopt.experiments.records import Records, gate_failures, read_stored
-from geomopt.experiments.tuning import Problem, Tuned, compute_seconds, tune
-from geomopt.report import Section, plot_bands, run_warnings, write_section, write_tables
-from geomopt.sweep import (Claim, Grid, Outcome, RunGate, all_of, band, gated, greater, less, seed_stats, untestable,
-                           write_claims)
-from geomopt.train import TrainConfig, read_metrics
+from geomopt.experiments.records import Records, gate_failures
+from geomopt.experiments.skeleton import (Context, Experiment, Protocol, Ran, Report, chance_loss, seed_band, selected,
+                                          tuned_records)
+from geomopt.experiments.tuning import Problem, compute_seconds, tune
+from geomopt.report import plot_bands
+from geomopt.sweep import Claim, Grid, Outcome, RunGate, all_of, gated, greater, less, seed_stats, untestable
+from geomopt.train import TrainConfig
 
 NAME = "bn-lstm"
 CITATIONS = (
@@ -56,7 +56,7 @@ PUBLISHED = {  # test accuracy % (Cooijmans et al. 2016, table 1), bits per char
 
 
 @dataclass
-class BNLSTMExperiment:
+class BNLSTMExperiment(Protocol, name=NAME):
     """Plain-data configuration; every field can be set with ``--set key=value``."""
 
     datasets: tuple[str, ...] = ("seq-mnist", "seq-mnist-perm")
@@ -85,10 +85,6 @@ class BNLSTMExperiment:
         return cls(datasets=("rows-fashion-mnist",), models=("lstm", "bnlstm"), lrs=(1e-3, 3e-3, 1e-2),
                    max_extensions=1, epochs=15, train_size=10_000, seeds=(0, 1, 2))
 
-    def replace(self, overrides: dict[str, Any]) -> BNLSTMExperiment:
-        d = merge_overrides(self, overrides, NAME)
-        return BNLSTMExperiment(**d)
-
 
 CONFIG = BNLSTMExperiment  # the config class (geomopt results check rebuilds it from experiment.json)
 
@@ -114,35 +110,29 @@ def _final(data: str, summary: dict[str, Any]) -> float:
     return 100 * summary["test_acc"]
 
 
-def _records(exp: BNLSTMExperiment, tuned: dict[tuple[str, str], Tuned], root: Path) -> Records:
-    """One row per run (dataset, model, lr, seed, final number, selection) and its per-epoch numbers
-    (training loss, test error or bits per character)."""
-    rows, curves = [], {}
-    for (data, model), t in tuned.items():
-        for (lr, seed), (_, run_dir, s) in sorted(t.runs.items()):
-            run = str(Path(run_dir).relative_to(root))
-            rows.append({"run": run, "dataset": data, "model": model, "lr": lr, "seed": seed, "final": _final(data, s),
-                         "metric": "test bits/char" if data == "chars" else "test accuracy %",
-                         "val_loss": s.get("val_loss"), "train_loss": s["train_loss"],
-                         "diverged": bool(s.get("diverged", False)), "chosen": lr == t.value,
-                         "edge": t.selection.edge if lr == t.value else None, "seconds": s.get("seconds", 0.0)})
-            curves[run] = [{"epoch": r["epoch"], "train_loss": r["train_loss"],
-                            "test": r["test_loss"] / math.log(2) if data == "chars" else 1 - r["test_acc"]}
-                           for r in read_metrics(run_dir) if r["kind"] == "epoch"]
-    return Records(exp, rows, curves)
+def _run(ctx: Context) -> Ran:
+    """Every (dataset, model)'s learning rate tuned on validation accuracy over the seeds; one row per run
+    (final number, selection) with its per-epoch training loss and test error (or bits per character)."""
+    exp, root = ctx.exp, ctx.root
+    tuned = tune(_problems(exp, root), exp.seeds, jobs=ctx.jobs, desc=NAME, score="val_acc", minimize=False,
+                 overwrite=ctx.overwrite)
+
+    def row(key, lr, seed, s, t):
+        data, model = key
+        return {"dataset": data, "model": model, "lr": lr, "seed": seed, "final": _final(data, s),
+                "metric": "test bits/char" if data == "chars" else "test accuracy %",
+                "val_loss": s.get("val_loss"), "train_loss": s["train_loss"],
+                "diverged": bool(s.get("diverged", False)), **selected(t, lr, s)}
+
+    def epoch(key, r):
+        return {"epoch": r["epoch"], "train_loss": r["train_loss"],
+                "test": r["test_loss"] / math.log(2) if key[0] == "chars" else 1 - r["test_acc"]}
+    return Ran(tuned_records(exp, tuned, root, row, epoch), compute_seconds(tuned), tuned)
 
 
-def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrides: dict[str, Any] | None = None,
-              seeds: int | None = None, overwrite: bool = False) -> Path:
-    """Tune and train every (dataset, model) over seeds (skipping finished runs); write results, tables, figure,
-    claims and the report section. ``tier``: ``quick``, ``mid`` or ``full`` (see the module docstring)."""
-    exp = configure(BNLSTMExperiment, NAME, tier, overrides, seeds)
-    root = experiment_dir(out, NAME, exp)
-    tuned = tune(_problems(exp, root), exp.seeds, jobs=jobs, desc=NAME, score="val_acc", minimize=False,
-                 overwrite=overwrite)
-    _records(exp, tuned, root).write(root)
-    records = read_stored(root, exp)  # the claims are decided on what is stored, as `geomopt results check` does
-
+def _report(ctx: Context, records: Records, ran: Ran) -> Report:
+    """The final numbers beside the paper's, the test curves, the protocol."""
+    exp = ctx.exp
     table, panels = [], {}
     for data, model in dict.fromkeys((r["dataset"], r["model"]) for r in records.rows):
         rows = _chosen(records, data, model)
@@ -154,41 +144,31 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
                       stats.fmt(bounds=None if data == "chars" else (0, 100))
                       + (f" ({diverged} of {len(rows)} seeds DIVERGED)" if diverged else ""),
                       paper if paper is not None else "-"])
-        scale = 1 if data == "chars" else 100
-        curves = [[scale * v for v in records.curve(r["run"], "test")] for r in rows if not r["diverged"]]
+        curves = [records.curve(r["run"], "test") for r in rows if not r["diverged"]]
         if curves:
-            n = min(len(c) for c in curves)
-            panels.setdefault(data, {})[f"{model} (lr {rows[0]['lr']:g})"] = (list(range(n)),
-                                                                               *band([c[:n] for c in curves]))
+            panels.setdefault(data, {})[f"{model} (lr {rows[0]['lr']:g})"] = seed_band(
+                curves, scale=1 if data == "chars" else 100)
     columns = ["dataset", "model", "chosen lr", "metric", "ours: mean [95% interval]", "paper (Cooijmans et al. 2016)"]
-    write_tables(root / "table.csv", (columns, table))
-    plot_bands(panels, root / "test_curves.png", xlabel="epoch", ylabel="test error (%; bits/char for chars)",
+    plot_bands(panels, ctx.root / "test_curves.png", xlabel="epoch", ylabel="test error (%; bits/char for chars)",
                bounds=(0, math.inf))
-    write_claims(root, NAME, claims(exp), records, title=TITLE, seeds=exp.seeds, seconds=compute_seconds(tuned),
-                 tier=tier)
     paragraphs = [
-        f"Protocol ({tier} tier): {exp.hidden} hidden units, {exp.optimizer} with the learning rate chosen from "
+        f"Protocol ({ctx.tier} tier): {exp.hidden} hidden units, {exp.optimizer} with the learning rate chosen from "
         f"{list(exp.lrs)} on {100 * exp.val_fraction:g}% of the training set held out (highest mean over seeds of "
         f"each run's validation accuracy averaged over its last epochs, grid extended by up to {exp.max_extensions} "
         f"step(s) at an edge), batch {exp.batch_size}, {exp.epochs} epochs, gradient norm clipped at "
         f"{exp.max_grad_norm}; models {', '.join(exp.models)}; datasets "
-        f"{', '.join(dict.fromkeys(d for d, _ in tuned))}"
+        f"{', '.join(dict.fromkeys(d for d, _ in ran.state))}"
         + (f" ({exp.train_size} training examples)" if exp.train_size else "") + f"; seeds {list(exp.seeds)}. "
         "BN-LSTM: separate BN of W_h h and W_x x (gamma 0.1, no shift), BN of c_t, statistics per time step; BN-RNN: "
         "ReLU RNN with the same recurrent BN. The paper used RMSProp 1e-3; the paper's numbers are for MNIST "
         "(784 steps) and Penn Treebank.",
         f"Run-quality gate of every compared run: {GATE_TEXT}.",
     ]
-    warnings, caveat = run_warnings(records.rows, _describe_run, _unconverged_above)
-    paragraphs += [caveat] if caveat else []
-    section = Section(citations=list(CITATIONS), warnings=warnings, title=TITLE, paragraphs=paragraphs,
-                      tables=[{"caption": "Final test numbers at the chosen learning rate beside the paper's",
-                               "columns": columns, "rows": table}],
-                      figures=[{"file": "test_curves.png", "caption": "Test error (%; bits per character for "
-                                "chars) per epoch at the chosen learning rate: mean over seeds with its 95% "
-                                "interval."}],
-                      order=50)
-    return write_section(root, section)
+    return Report(paragraphs, tables=[{"caption": "Final test numbers at the chosen learning rate beside the paper's",
+                                       "columns": columns, "rows": table}],
+                  figures=[{"file": "test_curves.png", "caption": "Test error (%; bits per character for "
+                            "chars) per epoch at the chosen learning rate: mean over seeds with its 95% "
+                            "interval."}])
 
 
 # ----------------------------------------------------------------------------- gates and claims
@@ -245,4 +225,9 @@ def _describe_run(r: dict[str, Any]) -> str:
 
 
 def _unconverged_above(r: dict[str, Any]) -> float:
-    return math.inf if r["dataset"] == "chars" else math.log(10)  # chance level of 10 classes
+    return math.inf if r["dataset"] == "chars" else chance_loss(r)
+
+
+EXPERIMENT = Experiment(NAME, BNLSTMExperiment, TITLE, CITATIONS, order=50, run=_run, claims=claims, report=_report,
+                        describe=_describe_run, unconverged_above=_unconverged_above)
+reproduce = EXPERIMENT.reproduce

@@ -43,14 +43,13 @@ import torch
 
 from tqdm.auto import tqdm
 
-from geomopt.experiments.config import configure, experiment_dir, merge_overrides
-from geomopt.experiments.records import Records, read_stored
+from geomopt.experiments.records import Records
+from geomopt.experiments.skeleton import Context, Experiment, Protocol, Ran, Report
 from geomopt.implicit.deep_linear import RegressionObjective, run_scaled_gd, synthetic_regression
 from geomopt.implicit.factorized import init_factors, run_factorized
 from geomopt.implicit.lab import MatrixLabConfig, run_matrix_lab, torch_threads
-from geomopt.report import Section, plot_curves, write_section, write_tables
-from geomopt.sweep import (Claim, Grid, Outcome, all_of, equivalent, gated, less, seed_stats, select_grids,
-                           untestable, write_claims)
+from geomopt.report import plot_curves
+from geomopt.sweep import Claim, Grid, Outcome, all_of, equivalent, gated, less, seed_stats, select_grids, untestable
 
 NAME = "deep-mf"
 CITATIONS = (
@@ -75,7 +74,7 @@ REG_DROP = 0.5  # a selected regression run must end below this fraction of its 
 
 
 @dataclass
-class DeepMFExperiment:
+class DeepMFExperiment(Protocol, name=NAME):
     """Plain-data configuration; every field can be set with ``--set key=value``."""
 
     n: int = 100
@@ -117,10 +116,6 @@ class DeepMFExperiment:
         per seed with depth 1 and the convex baseline (8.6 s), under 30 minutes for 3 seeds; the regression
         (10 method-loss pairs, 5-7 step sizes each, 3 seeds, 20,000 steps) took 372 s of CPU."""
         return cls(ms=(2000,), steps=60000, seeds=(0, 1, 2), reg_seeds=(0, 1, 2))
-
-    def replace(self, overrides: dict[str, Any]) -> DeepMFExperiment:
-        d = merge_overrides(self, overrides, NAME)
-        return DeepMFExperiment(**d)
 
 
 CONFIG = DeepMFExperiment  # the config class (geomopt results check rebuilds it from experiment.json)
@@ -381,32 +376,26 @@ def _regression_records(exp: DeepMFExperiment, selections: dict, reg: dict, rows
                     curves[run] = [{"step": i * reg["log_every"], "loss": v} for i, v in enumerate(r["curve"])]
 
 
-def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrides: dict[str, Any] | None = None,
-              seeds: int | None = None, overwrite: bool = False) -> Path:
-    """Completion and regression runs, results.csv + curves.csv, tables, figures, claims, section.
-
-    ``seeds`` (``--seeds N``) sets the problem seeds and, unless ``reg_seeds`` is overridden, the regression
-    seeds. The lab recomputes every run (it keeps no run folders), so ``overwrite`` has nothing to refuse."""
-    exp = configure(DeepMFExperiment, NAME, tier, overrides, seeds, also_seeds=("reg_seeds",))
-    root = experiment_dir(out, NAME, exp)
+def _run(ctx: Context) -> Ran:
+    """The completion problems (with the first seed's figures) and the tuned l_p regressions. The lab recomputes
+    every run (it keeps no run folders), so ``overwrite`` has nothing to refuse."""
+    exp = ctx.exp
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, Any]]] = {}
     figures: list[dict[str, str]] = []
-    seconds = _completion(exp, root, rows, curves, figures)
+    seconds = _completion(exp, ctx.root, rows, curves, figures)
     t0 = time.perf_counter()
     selections, reg = _regression(exp)
     seconds += time.perf_counter() - t0
     _regression_records(exp, selections, reg, rows, curves)
-    Records(exp, rows, curves).write(root)
-    records = read_stored(root, exp)  # the claims are decided on what is stored, as `geomopt results check` does
+    return Ran(Records(exp, rows, curves), seconds, {"figures": figures, "selections": selections})
 
-    tables = [_completion_table(records), _regression_table(records, selections)]
-    figures.insert(0, _err_figure(records, root))
-    figures.append(_regression_figure(records, root))
-    write_tables(root / "table.csv", *[(t["columns"], t["rows"]) for t in tables])
-    write_claims(root, NAME, claims(exp), records, title=TITLE, seeds=exp.seeds, seconds=seconds, tier=tier)
+
+def _report(ctx: Context, records: Records, ran: Ran) -> Report:
+    """The completion and regression tables and figures, the protocol and its gates."""
+    exp = ctx.exp
     paragraphs = [
-        f"Protocol ({tier} tier): completion of a rank-{exp.rank} {exp.n} x {exp.n} matrix (W* = U V^T / sqrt(r), "
+        f"Protocol ({ctx.tier} tier): completion of a rank-{exp.rank} {exp.n} x {exp.n} matrix (W* = U V^T / sqrt(r), "
         f"||W*||_F = n) from m in {list(exp.ms)} uniformly observed entries; depths {list(exp.depths)} with every "
         f"layer n x n, Gaussian init (||W(0)||_F ~ alpha sqrt(n), alphas {list(exp.alphas)}), problem seeds "
         f"{list(exp.seeds)}, gradient descent with adaptive steps (relative factor change <= {exp.rel_step}), at most "
@@ -422,9 +411,9 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
         f"{REG_DROP:g} x its initial loss, with its lr inside the grid after extension. A claim resting on a run that "
         "fails a gate is 'untestable here', naming the run.",
     ]
-    section = Section(citations=list(CITATIONS), title=TITLE, paragraphs=paragraphs, tables=tables,
-                      figures=figures, order=41)
-    return write_section(root, section)
+    tables = [_completion_table(records), _regression_table(records, ran.state["selections"])]
+    figures = [_err_figure(records, ctx.root), *ran.state["figures"], _regression_figure(records, ctx.root)]
+    return Report(paragraphs, tables=tables, figures=figures)
 
 
 # ----------------------------------------------------------------------------- tables and figures
@@ -486,3 +475,9 @@ def _regression_figure(records: Records, root: Path) -> dict[str, str]:
     plot_curves(panels, root / "regression_loss.png", xlabel="step", ylabel="training loss", logy=True, ncols=2)
     return {"file": "regression_loss.png", "caption": "l4 and l2 regression, each method at its tuned step size "
                                                       f"(regression seed {seed})."}
+
+
+# ``--seeds N`` sets the problem seeds and, unless ``reg_seeds`` is overridden, the regression seeds
+EXPERIMENT = Experiment(NAME, DeepMFExperiment, TITLE, CITATIONS, order=41, run=_run, claims=claims, report=_report,
+                        also_seeds=("reg_seeds",))
+reproduce = EXPERIMENT.reproduce

@@ -60,13 +60,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from geomopt.experiments.config import configure, experiment_dir, merge_overrides  # noqa: E402
-from geomopt.experiments.records import Records, read_stored  # noqa: E402
+from geomopt.experiments.records import Records  # noqa: E402
 from geomopt.experiments.records import gate_failures as shared_gate  # noqa: E402
-from geomopt.report import Section, write_section, write_tables  # noqa: E402
+from geomopt.experiments.skeleton import (Context, Experiment, Protocol, Ran, Report, plan_grid,  # noqa: E402
+                                          planned_records)
 from geomopt.sweep import run_all  # noqa: E402
-from geomopt.sweep.claims import (Claim, Outcome, RunGate, all_of, gated, greater, untestable,  # noqa: E402
-                                  write_claims)
+from geomopt.sweep.claims import Claim, Outcome, RunGate, all_of, gated, greater, untestable  # noqa: E402
 from geomopt.sweep.stats import seed_stats  # noqa: E402
 from geomopt.train import TrainConfig, read_metrics  # noqa: E402
 
@@ -84,7 +83,7 @@ GATE_TEXT = ("finite training loss and sharpness; the full-batch training loss e
 
 
 @dataclass
-class EdgeOfStabilityExperiment:
+class EdgeOfStabilityExperiment(Protocol, name=NAME):
     """Plain-data configuration; every field can be set with ``--set key=value``."""
 
     data: str = "cifar10"
@@ -109,38 +108,32 @@ class EdgeOfStabilityExperiment:
         return cls(data="fashion-mnist", train_size=1000, widths=(200, 200), lrs=(0.1,), steps=400, track_every=10,
                    seeds=(0, 1, 2))
 
-    def replace(self, overrides: dict[str, Any]) -> EdgeOfStabilityExperiment:
-        exp = EdgeOfStabilityExperiment(**merge_overrides(self, overrides, NAME))
-        if not exp.lrs or any(lr <= 0 for lr in exp.lrs):
-            raise ValueError(f"{NAME}: lrs must be positive step sizes, got {list(exp.lrs)}")
-        bad = [loss for loss in exp.losses if loss not in LOSSES]
-        if bad or not exp.losses:
-            raise ValueError(f"{NAME}: losses must be among {list(LOSSES)}, got {list(exp.losses)}")
-        if len(exp.seeds) < 2:
-            raise ValueError(f"{NAME}: a verdict needs at least two seeds, got {list(exp.seeds)}")
-        if exp.steps < 2 * exp.track_every or exp.track_every < 1:
-            raise ValueError(f"{NAME}: need track_every >= 1 and steps >= 2 track_every, got steps={exp.steps}, "
-                             f"track_every={exp.track_every}")
-        if not 0 < exp.band < 1:
-            raise ValueError(f"{NAME}: need 0 < band < 1, got band={exp.band}")
-        return exp
+    def check(self) -> None:
+        if not self.lrs or any(lr <= 0 for lr in self.lrs):
+            raise ValueError(f"{NAME}: lrs must be positive step sizes, got {list(self.lrs)}")
+        bad = [loss for loss in self.losses if loss not in LOSSES]
+        if bad or not self.losses:
+            raise ValueError(f"{NAME}: losses must be among {list(LOSSES)}, got {list(self.losses)}")
+        if len(self.seeds) < 2:
+            raise ValueError(f"{NAME}: a verdict needs at least two seeds, got {list(self.seeds)}")
+        if self.steps < 2 * self.track_every or self.track_every < 1:
+            raise ValueError(f"{NAME}: need track_every >= 1 and steps >= 2 track_every, got steps={self.steps}, "
+                             f"track_every={self.track_every}")
+        if not 0 < self.band < 1:
+            raise ValueError(f"{NAME}: need 0 < band < 1, got band={self.band}")
 
 
 CONFIG = EdgeOfStabilityExperiment  # the config class (geomopt results check rebuilds it from experiment.json)
 
 
 def _configs(exp: EdgeOfStabilityExperiment, root: Path) -> list[tuple[TrainConfig, Path, dict[str, Any]]]:
-    jobs = []
-    for loss in exp.losses:
-        for lr in exp.lrs:
-            for seed in exp.seeds:
-                cfg = TrainConfig(model="mlp", widths=exp.widths, init=exp.init, data=exp.data, data_dir=exp.data_dir,
-                                  train_size=exp.train_size, optimizer="sgd", lr=lr, batch_size=exp.train_size,
-                                  epochs=exp.steps, seed=seed, track_sharpness=exp.track_every,
-                                  sharpness_examples=exp.train_size, loss=LOSSES[loss])
-                jobs.append((cfg, root / "runs" / loss / f"lr{lr:g}" / f"seed{seed}",
-                             {"loss": loss, "lr": lr, "seed": seed}))
-    return jobs
+    def make(loss: str, lr: float, seed: int) -> tuple[TrainConfig, Path]:
+        return (TrainConfig(model="mlp", widths=exp.widths, init=exp.init, data=exp.data, data_dir=exp.data_dir,
+                            train_size=exp.train_size, optimizer="sgd", lr=lr, batch_size=exp.train_size,
+                            epochs=exp.steps, seed=seed, track_sharpness=exp.track_every,
+                            sharpness_examples=exp.train_size, loss=LOSSES[loss]),
+                root / "runs" / loss / f"lr{lr:g}" / f"seed{seed}")
+    return plan_grid({"loss": exp.losses, "lr": exp.lrs, "seed": exp.seeds}, make)
 
 
 def trace(run_dir: Path) -> list[dict[str, Any]]:
@@ -176,15 +169,18 @@ def edge_statistics(curve: list[dict[str, Any]], lr: float, band: float) -> dict
     return out
 
 
-def _records(exp: EdgeOfStabilityExperiment, planned, summaries, root: Path) -> Records:
-    rows, curves = [], {}
-    for (_, run_dir, key), summary in zip(planned, summaries):
-        run = str(Path(run_dir).relative_to(root))
-        curves[run] = trace(run_dir)
-        rows.append({"run": run, **key, "diverged": bool(summary.get("diverged")),
-                     "final_loss": summary["train_loss"], "train_acc": summary["train_acc"],
-                     "test_acc": summary["test_acc"], "seconds": summary.get("seconds", 0.0)})
-    return Records(exp, rows, curves)
+def _run(ctx: Context) -> Ran:
+    """Every (loss, lr, seed) trained by full-batch GD with sharpness tracking (finished runs skipped); one row per
+    run with its loss and sharpness trace."""
+    planned = _configs(ctx.exp, ctx.root)
+    summaries = run_all([(c, o) for c, o, _ in planned], ctx.jobs, desc=NAME, overwrite=ctx.overwrite)
+
+    def row(summary, run_dir):
+        return {"diverged": bool(summary.get("diverged")), "final_loss": summary["train_loss"],
+                "train_acc": summary["train_acc"], "test_acc": summary["test_acc"],
+                "seconds": summary.get("seconds", 0.0)}
+    return Ran(planned_records(ctx.exp, planned, summaries, ctx.root, row, trace),
+               sum(float(s.get("seconds", 0.0)) for s in summaries))
 
 
 def run_statistics(records: Records, row: dict[str, Any]) -> dict[str, Any]:
@@ -332,24 +328,13 @@ def _table(records: Records) -> tuple[list[str], list[list[Any]]]:
     return columns, table
 
 
-def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrides: dict[str, Any] | None = None,
-              seeds: int | None = None, overwrite: bool = False) -> Path:
-    """Train every (loss, lr, seed) by full-batch GD with sharpness tracking (finished runs skipped); write
-    results.csv and curves.csv, the table, figure, claims (decided on the stored files) and the section.
-    ``tier``: ``quick``, ``mid`` or ``full`` (see the module docstring)."""
-    exp = configure(EdgeOfStabilityExperiment, NAME, tier, overrides, seeds)
-    root = experiment_dir(out, NAME, exp)
-    planned = _configs(exp, root)
-    summaries = run_all([(c, o) for c, o, _ in planned], jobs, desc=NAME, overwrite=overwrite)
-    _records(exp, planned, summaries, root).write(root)
-    records = read_stored(root, exp)  # the claims are decided on what is stored, as `geomopt results check` does
+def _report(ctx: Context, records: Records, ran: Ran) -> Report:
+    """The sharpness and loss table per loss and step size, the trajectories, the protocol."""
+    exp = ctx.exp
     columns, table = _table(records)
-    write_tables(root / "table.csv", (columns, table))
-    plot_trajectories(records, root / "sharpness.png")
-    seconds = sum(float(s.get("seconds", 0.0)) for s in summaries)
-    write_claims(root, NAME, claims(exp), records, title=TITLE, seeds=exp.seeds, seconds=seconds, tier=tier)
+    plot_trajectories(records, ctx.root / "sharpness.png")
     paragraphs = [
-        f"Protocol ({tier} tier): ReLU MLP {list(exp.widths)} ({exp.init} initialization) on {exp.train_size} "
+        f"Protocol ({ctx.tier} tier): ReLU MLP {list(exp.widths)} ({exp.init} initialization) on {exp.train_size} "
         f"{exp.data} training examples, full-batch gradient descent (no momentum) for {exp.steps} steps with the "
         f"loss(es) {', '.join(exp.losses)} (mse: 1/2 the squared distance to the one-hot label, mean over "
         f"examples) at lr in {list(exp.lrs)}, seeds {list(exp.seeds)}. Every {exp.track_every} steps the engine "
@@ -362,10 +347,14 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
         f"an overshoot above it does not count). Run-quality gate: {GATE_TEXT}; a run that never reaches 2/lr "
         "leaves the edge and loss claims untestable at its lr.",
     ]
-    section = Section(citations=list(CITATIONS), title=TITLE, paragraphs=paragraphs, tables=[
+    return Report(paragraphs, tables=[
         {"caption": "Sharpness and loss per loss and step size (mean [95% interval] over seeds; the window's numbers "
                     "over the seeds that reached 2/lr)", "columns": columns, "rows": table}], figures=[
         {"file": "sharpness.png", "caption": f"Top: top Hessian eigenvalue vs step with 2/lr dashed and its "
          f"+-{100 * exp.band:g}% band shaded; bottom: full-batch training loss (log scale). One line per seed "
-         f"({len(exp.seeds)} seeds)."}], order=40)
-    return write_section(root, section)
+         f"({len(exp.seeds)} seeds)."}])
+
+
+EXPERIMENT = Experiment(NAME, EdgeOfStabilityExperiment, TITLE, CITATIONS, order=40, run=_run, claims=claims,
+                        report=_report)
+reproduce = EXPERIMENT.reproduce

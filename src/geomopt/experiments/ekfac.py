@@ -49,14 +49,14 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from geomopt.data import load_dataset, make_loader
-from geomopt.experiments.config import configure, experiment_dir, merge_overrides
-from geomopt.experiments.records import Records, gate_failures, read_stored
+from geomopt.experiments.records import Records, gate_failures
+from geomopt.experiments.skeleton import Context, Experiment, Protocol, Ran, Report, tuned_records
 from geomopt.experiments.tuning import Problem, compute_seconds, smoothed_score, tune
 from geomopt.optim import EKFAC, KFAC, build_optimizer
-from geomopt.report import Section, plot_bands, run_warnings, write_section, write_tables
-from geomopt.sweep import Claim, Grid, Outcome, RunGate, band, gated, less, seed_stats, untestable, write_claims
+from geomopt.report import plot_bands
+from geomopt.sweep import Claim, Grid, Outcome, RunGate, band, gated, less, seed_stats, untestable
 from geomopt.sweep.select import extend
-from geomopt.train import NonFiniteLossError, fit, read_metrics
+from geomopt.train import NonFiniteLossError, fit
 from geomopt.train.checkpoint import write_json
 
 NAME = "ekfac"
@@ -73,7 +73,7 @@ CITATIONS = (
 
 
 @dataclass
-class EKFACExperiment:
+class EKFACExperiment(Protocol, name=NAME):
     """Plain-data configuration; every field can be set with ``--set key=value``."""
 
     dataset: str = "mnist"
@@ -106,15 +106,13 @@ class EKFACExperiment:
         return cls(dataset="fashion-mnist", widths=(256, 64, 16, 64, 256), epochs=6, train_size=10_000,
                    seeds=(0, 1, 2))
 
-    def replace(self, overrides: dict[str, Any]) -> EKFACExperiment:
-        d = merge_overrides(self, overrides, NAME)
-        unknown = [o for o in d["optimizers"] if o not in BASELINES + KRONECKER + ADAPTIVE]
+    def check(self) -> None:
+        unknown = [o for o in self.optimizers if o not in BASELINES + KRONECKER + ADAPTIVE]
         if unknown:
             raise ValueError(f"{NAME}: unknown optimizer(s) {unknown}; choose from {BASELINES + KRONECKER + ADAPTIVE}")
-        missing = [o for o in d["optimizers"] if o not in ADAPTIVE and o not in d["lrs"]]
+        missing = [o for o in self.optimizers if o not in ADAPTIVE and o not in self.lrs]
         if missing:
             raise ValueError(f"{NAME}: no learning-rate grid in `lrs` for optimizer(s) {missing}")
-        return EKFACExperiment(**d)
 
 
 CONFIG = EKFACExperiment  # the config class (geomopt results check rebuilds it from experiment.json)
@@ -270,23 +268,25 @@ def _tune_all(exp: EKFACExperiment, root: Path, jobs: int | None, overwrite: boo
     return chosen, choice, tuned
 
 
-def _records(exp: EKFACExperiment, tuned: dict, chosen: dict, dampings: dict, root: Path) -> Records:
-    """One row per run (optimizer, lr, damping, seed, final losses, seconds, selection: ``chosen``, the learning
-    rate's grid ``edge`` and the damping's ``damping_edge``) and its per-epoch training loss and wall-clock time."""
-    rows, curves = [], {}
-    for (opt, damping), t in tuned.items():
-        for (value, seed), (job, run_dir, s) in sorted(t.runs.items()):
-            run = str(Path(run_dir).relative_to(root))
-            picked = chosen.get(opt) is t and value == t.value
-            rows.append({"run": run, "optimizer": opt, "lr": job.spec["lr"], "damping": job.spec["damping"],
-                         "seed": seed, "train_loss": s["train_loss"], "val_loss": s.get("val_loss"),
-                         "test_loss": s["test_loss"], "seconds": s.get("seconds"),
-                         "diverged": bool(s.get("diverged", False)), "chosen": picked,
-                         "edge": t.selection.edge if picked and opt not in ADAPTIVE else None,
-                         "damping_edge": dampings[opt]["edge"] if picked and opt in KRONECKER else None})
-            curves[run] = [{"epoch": r["epoch"], "train_loss": r["train_loss"], "time": r["time"]}
-                           for r in read_metrics(run_dir) if r["kind"] == "epoch"]
-    return Records(exp, rows, curves)
+def _run(ctx: Context) -> Ran:
+    """Every optimizer tuned (learning rate, and the damping of fixed-damping K-FAC / EKFAC) over the seeds; one
+    row per run (optimizer, lr, damping, seed, final losses, seconds, selection: ``chosen``, the learning rate's
+    grid ``edge`` and the damping's ``damping_edge``) with its per-epoch training loss and wall-clock time."""
+    chosen, dampings, tuned = _tune_all(ctx.exp, ctx.root, ctx.jobs, ctx.overwrite)
+
+    def row(key, value, seed, s, t):
+        opt, damping = key
+        picked = chosen.get(opt) is t and value == t.value
+        adaptive = opt in ADAPTIVE  # its one-value grid is over the initial damping; its lr is automatic
+        return {"optimizer": opt, "lr": None if adaptive else value, "damping": value if adaptive else damping,
+                "seed": seed, "train_loss": s["train_loss"], "val_loss": s.get("val_loss"),
+                "test_loss": s["test_loss"], "seconds": s.get("seconds"), "diverged": bool(s.get("diverged", False)),
+                "chosen": picked, "edge": t.selection.edge if picked and not adaptive else None,
+                "damping_edge": dampings[opt]["edge"] if picked and opt in KRONECKER else None}
+
+    def epoch(key, r):
+        return {"epoch": r["epoch"], "train_loss": r["train_loss"], "time": r["time"]}
+    return Ran(tuned_records(ctx.exp, tuned, ctx.root, row, epoch), compute_seconds(tuned))
 
 
 def _chosen(records: Records, opt: str) -> list[dict[str, Any]]:
@@ -370,16 +370,9 @@ def claims(exp: EKFACExperiment) -> list[Claim]:
     return out
 
 
-def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrides: dict[str, Any] | None = None,
-              seeds: int | None = None, overwrite: bool = False) -> Path:
-    """Tune and run every optimizer over seeds (skipping finished runs); write results.csv, curves.csv,
-    table.csv, figures, claims.json and section.json. ``tier``: ``quick``, ``mid`` or ``full`` (module docstring)."""
-    exp = configure(EKFACExperiment, NAME, tier, overrides, seeds)
-    root = experiment_dir(out, NAME, exp)
-    chosen, dampings, tuned = _tune_all(exp, root, jobs, overwrite)
-    _records(exp, tuned, chosen, dampings, root).write(root)
-    records = read_stored(root, exp)  # the claims are decided on what is stored, as `geomopt results check` does
-
+def _report(ctx: Context, records: Records, ran: Ran) -> Report:
+    """Each optimizer at its selected setting (table), its training loss per epoch and per second, the protocol."""
+    exp = ctx.exp
     columns = ["optimizer", "chosen lr", "damping", "final train loss", "validation loss", "test loss",
                "seconds per run"]
     table_rows, by_epoch, by_second = [], {}, {}
@@ -402,20 +395,17 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
         label = opt if opt in ADAPTIVE else f"{opt} (lr {rows[0]['lr']:g})"
         by_epoch[label] = (list(range(n)), *band(losses))
         by_second[label] = ([statistics.median(col) for col in zip(*times)], *band(losses))  # robust to a straggler
-    write_tables(root / "table.csv", (columns, table_rows))
     figures = []
     for fname, panel, xlabel, what in [("train_loss_epochs.png", by_epoch, "epoch", "per epoch"),
                                        ("train_loss_seconds.png", by_second, "seconds (median over seeds)",
                                         "per wall-clock second")]:
-        plot_bands({f"{exp.dataset} autoencoder": panel}, root / fname, xlabel=xlabel, ylabel="training loss",
+        plot_bands({f"{exp.dataset} autoencoder": panel}, ctx.root / fname, xlabel=xlabel, ylabel="training loss",
                    logy=True)
         figures.append({"file": fname, "caption": f"Training loss {what}, each optimizer at its selected setting: "
                                                   f"mean over seeds {list(exp.seeds)} with its 95% interval."})
 
-    write_claims(root, NAME, claims(exp), records, title=TITLE, seeds=exp.seeds, seconds=compute_seconds(tuned),
-                 tier=tier)
     paragraphs = [
-        f"Protocol ({tier} tier): autoencoder {exp.dataset} {'-'.join(map(str, exp.widths))} (tanh, binary "
+        f"Protocol ({ctx.tier} tier): autoencoder {exp.dataset} {'-'.join(map(str, exp.widths))} (tanh, binary "
         "cross-entropy summed over pixels)" + (f", {exp.train_size} training images" if exp.train_size else "")
         + f", batch {exp.batch_size}, {exp.epochs} epochs, seeds {list(exp.seeds)}; learning rates from "
         f"{json.dumps({o: exp.lrs[o] for o in exp.optimizers if o in exp.lrs})} and fixed K-FAC/EKFAC dampings from "
@@ -431,15 +421,16 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
         "Paper: EKFAC optimizes the autoencoder faster than K-FAC per epoch and in wall-clock time, and both "
         "faster than SGD with momentum and Adam.",
     ]
-    warnings, caveat = run_warnings(records.rows, _describe_run, lambda r: math.inf)
-    paragraphs += [caveat] if caveat else []
-    section = Section(citations=list(CITATIONS), warnings=warnings, title=TITLE, paragraphs=paragraphs,
-                      tables=[{"caption": "Each optimizer at its selected setting: mean [95% interval] over seeds",
-                               "columns": columns, "rows": table_rows}], figures=figures, order=70)
-    return write_section(root, section)
+    return Report(paragraphs, tables=[{"caption": "Each optimizer at its selected setting: mean [95% interval] over "
+                                                  "seeds", "columns": columns, "rows": table_rows}], figures=figures)
 
 
 def _describe_run(r: dict[str, Any]) -> str:
     setting = "adaptive" if r["optimizer"] in ADAPTIVE else f"lr {r['lr']:g}"
     damping = f" damping {r['damping']:g}" if r.get("damping") is not None else ""
     return f"{r['optimizer']} {setting}{damping} seed {r['seed']}"
+
+
+EXPERIMENT = Experiment(NAME, EKFACExperiment, TITLE, CITATIONS, order=70, run=_run, claims=claims, report=_report,
+                        describe=_describe_run, unconverged_above=lambda r: math.inf)
+reproduce = EXPERIMENT.reproduce

@@ -54,16 +54,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geomopt.experiments.config import configure, experiment_dir, merge_overrides
-from geomopt.experiments.records import Records, read_stored
+from geomopt.experiments.records import Records
 from geomopt.experiments.records import gate_failures as shared_gate
+from geomopt.experiments.skeleton import Context, Experiment, Protocol, Ran, Report, epoch_records, planned_records
 from geomopt.experiments.zoo import CORRELATED, ZOO_KEY, correlate, measure_zoo
 from geomopt.measures.rank import bootstrap_kendall_draws, kendall_tau
+from geomopt.report import plot_bands
 from geomopt.runs import MEASURES_FILE
-from geomopt.report import Section, plot_bands, write_section
 from geomopt.sweep import Claim, Outcome, RunGate, all_of, band, gated, greater, less, run_all, seed_stats, untestable
-from geomopt.sweep import write_claims
-from geomopt.train import TrainConfig, read_metrics
+from geomopt.train import TrainConfig
 from geomopt.train.checkpoint import write_json
 
 NAME = "exploring-generalization"
@@ -95,7 +94,7 @@ MID_MEASURES = ("margin", "norms", "path", "bounds", "sharpness", "flatness")
 
 
 @dataclass
-class ExploringGeneralizationExperiment:
+class ExploringGeneralizationExperiment(Protocol, name=NAME):
     """Plain-data configuration; every field can be set with ``--set key=value``."""
 
     data: str = "mnist1d"
@@ -137,10 +136,6 @@ class ExploringGeneralizationExperiment:
                    measure={"sharpness_steps": 5, "sharpness_restarts": 1, "flatness_samples": 3,
                             "measures": list(MID_MEASURES)})
 
-    def replace(self, overrides: dict[str, Any]) -> ExploringGeneralizationExperiment:
-        d = merge_overrides(self, overrides, NAME)
-        return ExploringGeneralizationExperiment(**d)
-
 
 CONFIG = ExploringGeneralizationExperiment  # the config class (geomopt results check rebuilds it from experiment.json)
 
@@ -181,45 +176,47 @@ def _zoo_runs(exp, root: Path) -> list[tuple[TrainConfig, Path, dict[str, Any]]]
     return runs
 
 
-def _records(exp: ExploringGeneralizationExperiment, labels, zoo, summaries, root: Path) -> Records:
-    """One row per run (part, setting, seed, final numbers, every measure of measures.json) and its
+def _run(ctx: Context) -> Ran:
+    """Both parts trained for every seed (finished runs skipped), every network measured, each seed's zoo
+    correlated; one row per run (part, setting, seed, final numbers, every measure of measures.json) with its
     per-epoch training loss and error."""
-    rows, curves = [], {}
-    for (_, run_dir, hp), summary in zip(labels + zoo, summaries):
-        run = str(Path(run_dir).relative_to(root))
-        path = run_dir / MEASURES_FILE
-        res = json.loads(path.read_text()) if path.is_file() else {}
-        part = run.split("/")[0]
-        keys = [k for k, _ in PANEL_MEASURES if k != "test_error"] if part == "labels" else list(CORRELATED)
-        seed = hp["seed"] if part == "labels" else int(Path(run_dir).parent.name.removeprefix("seed"))
-        rows.append({"run": run, "part": part, **hp, "seed": seed, "diverged": bool(summary.get("diverged")),
-                     "train_loss": summary.get("train_loss"), "train_error": res.get("train_error", math.nan),
-                     "test_error": res.get("test_error", math.nan), "gap": res.get("gap", math.nan),
-                     **{k: res.get(k, math.nan) for k in keys}})
-        curves[run] = [{"epoch": r["epoch"], "train_loss": r["train_loss"], "train_err": 1 - r["train_acc"]}
-                       for r in read_metrics(run_dir) if r["kind"] == "epoch"]
-    return Records(exp, rows, curves)
-
-
-def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrides: dict[str, Any] | None = None,
-              seeds: int | None = None, overwrite: bool = False) -> Path:
-    """Train both parts for every seed (finished runs skipped), compute measures, write results.csv and
-    curves.csv, tables, figures, claims (decided on the stored files) and the section. ``tier``: ``quick``,
-    ``mid`` or ``full`` (see the module docstring)."""
-    exp = configure(ExploringGeneralizationExperiment, NAME, tier, overrides, seeds)
-    root = experiment_dir(out, NAME, exp)
+    exp, root = ctx.exp, ctx.root
     labels, zoo = _labels_runs(exp, root), _zoo_runs(exp, root)
     for _, run_dir, hp in labels + zoo:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / ZOO_KEY, hp)
-    summaries = run_all([(c, d) for c, d, _ in labels + zoo], jobs, desc=NAME, overwrite=overwrite)
-    seconds = sum(float(s.get("seconds", 0.0)) for s in summaries)
-    measure_zoo(root / "labels", workers=jobs, options=exp.measure)
+    summaries = run_all([(c, d) for c, d, _ in labels + zoo], ctx.jobs, desc=NAME, overwrite=ctx.overwrite)
+    measure_zoo(root / "labels", workers=ctx.jobs, options=exp.measure)
     for seed in exp.seeds:
-        measure_zoo(root / "zoo" / f"seed{seed}", workers=jobs, options=exp.measure)
-    _records(exp, labels, zoo, summaries, root).write(root)
-    records = read_stored(root, exp)  # the claims are decided on what is stored, as `geomopt results check` does
+        measure_zoo(root / "zoo" / f"seed{seed}", workers=ctx.jobs, options=exp.measure)
+    too_few = []  # (b) zoo rank correlations, one zoo per seed (correlation.csv per zoo with the granulated Kendall)
+    for seed in exp.seeds:
+        try:
+            correlate(root / "zoo" / f"seed{seed}", root / "zoo" / f"seed{seed}", min_train_acc=exp.min_train_acc)
+        except ValueError as exc:  # fewer than 2 models fitted: no correlation for this seed's zoo
+            too_few.append(f"seed {seed}: {exc}")
+    keyed = [(c, d, {"part": "labels", **hp}) for c, d, hp in labels] + [
+        (c, d, {"part": "zoo", **hp, "seed": int(Path(d).parent.name.removeprefix("seed"))}) for c, d, hp in zoo]
 
+    def row(summary, run_dir):
+        path = run_dir / MEASURES_FILE
+        res = json.loads(path.read_text()) if path.is_file() else {}
+        keys = [k for k, _ in PANEL_MEASURES if k != "test_error"] if run_dir.parent.name == "labels" else \
+            list(CORRELATED)
+        return {"diverged": bool(summary.get("diverged")), "train_loss": summary.get("train_loss"),
+                "train_error": res.get("train_error", math.nan), "test_error": res.get("test_error", math.nan),
+                "gap": res.get("gap", math.nan), **{k: res.get(k, math.nan) for k in keys}}
+
+    def curve(run_dir):
+        return epoch_records(run_dir, lambda r: {"epoch": r["epoch"], "train_loss": r["train_loss"],
+                                                 "train_err": 1 - r["train_acc"]})
+    return Ran(planned_records(exp, keyed, summaries, root, row, curve),
+               sum(float(s.get("seconds", 0.0)) for s in summaries), {"zoo_models": len(zoo), "too_few": too_few})
+
+
+def _report(ctx: Context, records: Records, ran: Ran) -> Report:
+    """Part (a)'s measures per label kind and size (table and figure), part (b)'s rank correlations, the protocol."""
+    exp, root, too_few = ctx.exp, ctx.root, ran.state["too_few"]
     # (a) true vs random labels, per seed
     panels: dict[str, dict[str, tuple[list[float], ...]]] = {}
     table = []
@@ -236,13 +233,6 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
                       for i, n in enumerate(xs)]
     plot_bands(panels, root / "labels.png", xlabel="training-set size", ylabel="measure", ncols=4)
 
-    # (b) zoo rank correlations, one zoo per seed (correlation.csv per zoo with the granulated Kendall)
-    too_few = []
-    for seed in exp.seeds:
-        try:
-            correlate(root / "zoo" / f"seed{seed}", root / "zoo" / f"seed{seed}", min_train_acc=exp.min_train_acc)
-        except ValueError as exc:  # fewer than 2 models fitted: no correlation for this seed's zoo
-            too_few.append(f"seed {seed}: {exc}")
     zoo_table = []
     for m in CORRELATED:
         taus = [zoo_tau(records, seed, m)[0] for seed in exp.seeds]
@@ -252,14 +242,14 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
                                                   "labels (Neyshabur et al. 2017, Fig. 1 protocol): mean over the "
                                                   "seeds where it is defined, with its 95% interval."}]
 
-    write_claims(root, NAME, claims(exp), records, title=TITLE, seeds=exp.seeds, seconds=seconds, tier=tier)
     kept = {seed: len(_fitted_zoo(records, seed)) for seed in exp.seeds}
     paragraphs = [
-        f"Protocol ({tier} tier) (a): MLP {'-'.join(map(str, exp.widths))} on {exp.data}, training sets of "
+        f"Protocol ({ctx.tier} tier) (a): MLP {'-'.join(map(str, exp.widths))} on {exp.data}, training sets of "
         f"{list(exp.sizes)} examples with true labels or all labels random (TrainConfig.label_noise = 1), SGD lr "
         f"{exp.lr} momentum {exp.momentum}, batch {exp.batch_size}, trained until the training cross-entropy is <= "
         f"{exp.target_train_loss} (at most {exp.epochs} epochs), seeds {list(exp.seeds)}. Margin = 5th percentile of "
-        f"the signed training margins. (b): per seed, {len(zoo) // len(exp.seeds)} MLPs on {exp.zoo_train_size} "
+        f"the signed training margins. (b): per seed, {ran.state['zoo_models'] // len(exp.seeds)} MLPs on "
+        f"{exp.zoo_train_size} "
         f"{exp.data} examples over width {list(exp.zoo_widths)}, depth {list(exp.zoo_depths)}, lr "
         f"{list(exp.zoo_lrs)}, batch {list(exp.zoo_batch_sizes)}, weight decay {list(exp.zoo_weight_decays)}, "
         f"dropout {list(exp.zoo_dropouts)}; models with training accuracy >= {exp.min_train_acc} (per seed: "
@@ -269,17 +259,14 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
         f"seed's zoo keeps at least {MIN_MODELS} fitted models. The zoo claims' intervals are hierarchical: "
         f"seeds and, within each, {BOOTSTRAP} bootstrap resamples of its models.",
     ]
-    section = Section(citations=list(CITATIONS), title=TITLE, paragraphs=paragraphs,
-                      tables=[{"caption": "Part (a): each measure per label kind and training-set size, mean [95% "
-                                          "interval] over seeds (undefined where the margin is not positive)",
-                               "columns": ["measure", "labels", "size", "value"], "rows": table}] + ([
-                              {"caption": "Part (b): Kendall tau-a with the generalization gap over each seed's "
-                                          "fitted zoo models, mean [95% interval] over the seeds' zoos, beside Jiang "
-                                          "et al.'s (approx.)",
-                               "columns": ["measure", "Kendall tau-a", "Jiang et al. tau"], "rows": zoo_table}]
-                                                                                            if zoo_table else []),
-                      figures=figures, order=50)
-    return write_section(root, section)
+    return Report(paragraphs, tables=[
+        {"caption": "Part (a): each measure per label kind and training-set size, mean [95% interval] over seeds "
+                    "(undefined where the margin is not positive)",
+         "columns": ["measure", "labels", "size", "value"], "rows": table}] + ([
+        {"caption": "Part (b): Kendall tau-a with the generalization gap over each seed's fitted zoo models, mean [95% "
+                    "interval] over the seeds' zoos, beside Jiang et al.'s (approx.)",
+         "columns": ["measure", "Kendall tau-a", "Jiang et al. tau"], "rows": zoo_table}] if zoo_table else []),
+        figures=figures)
 
 
 def _value(records: Records, labels: str, size: int, seed: int, key: str) -> float:
@@ -403,3 +390,8 @@ def claims(exp: ExploringGeneralizationExperiment) -> list[Claim]:
                   JIANG, "main Kendall-tau table", "Kendall tau about -0.5 (approx.)",
                   _tau("log_spectral_product", -1))]
     return out
+
+
+EXPERIMENT = Experiment(NAME, ExploringGeneralizationExperiment, TITLE, CITATIONS, order=50, run=_run, claims=claims,
+                        report=_report)
+reproduce = EXPERIMENT.reproduce

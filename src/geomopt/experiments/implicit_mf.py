@@ -45,11 +45,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from geomopt.experiments.config import configure, experiment_dir, merge_overrides
-from geomopt.experiments.records import Records, read_stored
+from geomopt.experiments.records import Records
+from geomopt.experiments.skeleton import Context, Experiment, Protocol, Ran, Report
 from geomopt.implicit.lab import NUC_EQUALS_TRUTH, MatrixLabConfig, NormsVsRankConfig, run_matrix_lab, run_norms_vs_rank
-from geomopt.report import Section, plot_curves, write_section, write_tables
-from geomopt.sweep import Claim, Outcome, all_of, gated, greater, less, seed_stats, untestable, write_claims
+from geomopt.report import plot_curves
+from geomopt.sweep import Claim, Outcome, all_of, gated, greater, less, seed_stats, untestable
 
 NAME = "implicit-mf"
 CITATIONS = (
@@ -65,7 +65,7 @@ FLOW_DET = -0.5  # a 2 x 2 run with det W at or below this crossed det W = 0 (le
 
 
 @dataclass
-class ImplicitMFExperiment:
+class ImplicitMFExperiment(Protocol, name=NAME):
     """Plain-data configuration; every field can be set with ``--set key=value``."""
 
     n: int = 50
@@ -107,10 +107,6 @@ class ImplicitMFExperiment:
         Gaussian measurements of 50 x 50): about 7.5 minutes per seed, about 23 minutes for 3 seeds, plus
         about a minute for the 2 x 2 example."""
         return cls(seeds=(0, 1, 2), rc_seeds=(0, 1, 2))
-
-    def replace(self, overrides: dict[str, Any]) -> ImplicitMFExperiment:
-        d = merge_overrides(self, overrides, NAME)
-        return ImplicitMFExperiment(**d)
 
     def problems(self) -> dict[str, tuple[str, int, int]]:
         """``{name: (kind, n, m)}``."""
@@ -328,27 +324,23 @@ def _norms_vs_rank(exp: ImplicitMFExperiment, rows: list, curves: dict) -> float
     return time.perf_counter() - t0
 
 
-def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrides: dict[str, Any] | None = None,
-              seeds: int | None = None, overwrite: bool = False) -> Path:
-    """The three problems and the 2 x 2 example; results.csv, curves.csv, table.csv, figures, claims, section.
-
-    ``seeds`` (``--seeds N``) sets the problem seeds and, unless ``rc_seeds`` is overridden, the 2 x 2 example's
-    seeds. The lab recomputes every run (it keeps no run folders), so ``overwrite`` has nothing to refuse."""
-    exp = configure(ImplicitMFExperiment, NAME, tier, overrides, seeds, also_seeds=("rc_seeds",))
-    root = experiment_dir(out, NAME, exp)
+def _run(ctx: Context) -> Ran:
+    """The three problems and the 2 x 2 example. The lab recomputes every run (it keeps no run folders), so
+    ``overwrite`` has nothing to refuse."""
+    exp = ctx.exp
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, Any]]] = {}
     seconds = sum(_problem(name, kind, n, m, exp, rows) for name, (kind, n, m) in exp.problems().items())
     seconds += _norms_vs_rank(exp, rows, curves)
-    Records(exp, rows, curves).write(root)
-    records = read_stored(root, exp)  # the claims are decided on what is stored, as `geomopt results check` does
+    return Ran(Records(exp, rows, curves), seconds)
 
-    tables = [_sweep_table(records), _rc_table(records)]
-    write_tables(root / "table.csv", *[(t["columns"], t["rows"]) for t in tables])
-    figures = [_sweep_figure(records, root), _rc_figure(records, root)]
-    write_claims(root, NAME, claims(exp), records, title=TITLE, seeds=exp.seeds, seconds=seconds, tier=tier)
+
+def _report(ctx: Context, records: Records, ran: Ran) -> Report:
+    """The alpha-sweep and 2 x 2 tables and figures, the protocol and its gates."""
+    exp = ctx.exp
     paragraphs = [
-        f"Protocol ({tier} tier): PSD targets of rank {exp.rank} with ||X*||_F = n; sensing with symmetrized Gaussian "
+        f"Protocol ({ctx.tier} tier): PSD targets of rank {exp.rank} with ||X*||_F = n; sensing with symmetrized "
+        "Gaussian "
         f"measurements (entries N(0, 1/n^2); n = {exp.n}, m = {exp.m_sensing}), completion with symmetric observed "
         f"entries (n = {exp.n}, m = {exp.m_completion}), undersampled sensing (n = {exp.under_n}, m = {exp.under_m}); "
         f"X = U U^T, U(0) = sqrt(alpha) Q (X(0) = alpha I), alphas {list(exp.alphas)}; adaptive steps (relative "
@@ -363,9 +355,8 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
         f"det W > {FLOW_DET:g} (not crossing det W = 0). A claim resting on a run that fails a gate is "
         "'untestable here', naming the run. The undersampled claims use only the seeds where X_nuc != X*.",
     ]
-    section = Section(citations=list(CITATIONS), title=TITLE, paragraphs=paragraphs, tables=tables, figures=figures,
-                      order=40)
-    return write_section(root, section)
+    return Report(paragraphs, tables=[_sweep_table(records), _rc_table(records)],
+                  figures=[_sweep_figure(records, ctx.root), _rc_figure(records, ctx.root)])
 
 
 # ----------------------------------------------------------------------------- tables and figures
@@ -432,3 +423,9 @@ def _rc_figure(records: Records, root: Path) -> dict[str, str]:
     plot_curves(panels, root / "norms_vs_rank.png", xlabel="log10 loss (1/2 sum r^2)", ylabel="", ncols=2)
     return {"file": "norms_vs_rank.png", "caption": "Razin & Cohen's 2 x 2 completion: nuclear norm and sigma2/sigma1 "
                                                     "against the loss, one line per run."}
+
+
+# ``--seeds N`` sets the problem seeds and, unless ``rc_seeds`` is overridden, the 2 x 2 example's seeds
+EXPERIMENT = Experiment(NAME, ImplicitMFExperiment, TITLE, CITATIONS, order=40, run=_run, claims=claims, report=_report,
+                        also_seeds=("rc_seeds",))
+reproduce = EXPERIMENT.reproduce

@@ -37,15 +37,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geomopt.experiments.config import configure, experiment_dir, merge_overrides
-from geomopt.experiments.records import Records, read_stored
-from geomopt.runs import MEASURES_FILE
+from geomopt.experiments.records import Records
+from geomopt.experiments.skeleton import (Context, Experiment, Protocol, Ran, Report, epoch_records, plan_grid,
+                                          planned_records)
 from geomopt.measures.two_layer import BOUNDS
-from geomopt.report import Section, plot_bands, write_section, write_tables
-from geomopt.sweep import Claim, Outcome, all_of, gated, greater, less, run_all, untestable, write_claims
+from geomopt.report import plot_bands
+from geomopt.runs import MEASURES_FILE
+from geomopt.sweep import Claim, Outcome, all_of, gated, greater, less, run_all, untestable
 from geomopt.sweep.stats import band, seed_stats
 from geomopt.sweep.trial import TrainJob
-from geomopt.train import TrainConfig, read_metrics
+from geomopt.train import TrainConfig
 
 NAME = "overparametrization"
 CITATIONS = (
@@ -65,7 +66,7 @@ BOUND_LABELS = {"vc_bound": "VC dimension", "l1max_bound": "l1,inf (Bartlett & M
 
 
 @dataclass
-class OverparamExperiment:
+class OverparamExperiment(Protocol, name=NAME):
     """Plain-data configuration; every field can be set with ``--set key=value``."""
 
     datasets: tuple[str, ...] = ("mnist", "cifar10")
@@ -92,34 +93,27 @@ class OverparamExperiment:
         return cls(datasets=("fashion-mnist",), widths=tuple(2 ** k for k in range(2, 12)), label_noises=(0.0, 0.2),
                    lr=0.05, epochs=150, train_size=1000, seeds=(0, 1, 2))
 
-    def replace(self, overrides: dict[str, Any]) -> OverparamExperiment:
-        d = merge_overrides(self, overrides, NAME)
-        exp = OverparamExperiment(**d)
-        if len(exp.widths) < 2 or sorted(exp.widths) != list(exp.widths) or exp.widths[0] < 1:
-            raise ValueError(f"{NAME}: widths must be at least two increasing positive ints, got {list(exp.widths)}")
-        if any(not 0 <= p < 1 for p in exp.label_noises):
-            raise ValueError(f"{NAME}: label_noises must lie in [0, 1), got {list(exp.label_noises)}")
-        if exp.target_train_loss is not None and exp.target_train_loss <= 0:
-            raise ValueError(f"{NAME}: target_train_loss must be positive, got {exp.target_train_loss}")
-        return exp
+    def check(self) -> None:
+        if len(self.widths) < 2 or sorted(self.widths) != list(self.widths) or self.widths[0] < 1:
+            raise ValueError(f"{NAME}: widths must be at least two increasing positive ints, got {list(self.widths)}")
+        if any(not 0 <= p < 1 for p in self.label_noises):
+            raise ValueError(f"{NAME}: label_noises must lie in [0, 1), got {list(self.label_noises)}")
+        if self.target_train_loss is not None and self.target_train_loss <= 0:
+            raise ValueError(f"{NAME}: target_train_loss must be positive, got {self.target_train_loss}")
 
 
 CONFIG = OverparamExperiment  # the config class (geomopt results check rebuilds it from experiment.json)
 
 
 def _configs(exp: OverparamExperiment, root: Path) -> list[tuple[TrainConfig, Path, dict[str, Any]]]:
-    jobs = []
-    for data in exp.datasets:
-        for noise in exp.label_noises:
-            for width in exp.widths:
-                for seed in exp.seeds:
-                    cfg = TrainConfig(model="mlp", widths=(width,), data=data, data_dir=exp.data_dir,
-                                      train_size=exp.train_size, label_noise=noise, optimizer="momentum", lr=exp.lr,
-                                      momentum=exp.momentum, epochs=exp.epochs, batch_size=exp.batch_size, seed=seed,
-                                      target_train_loss=exp.target_train_loss)
-                    key = {"dataset": data, "label_noise": noise, "width": width, "seed": seed}
-                    jobs.append((cfg, root / "runs" / data / f"noise{noise:g}" / f"h{width}" / f"seed{seed}", key))
-    return jobs
+    def make(dataset: str, label_noise: float, width: int, seed: int) -> tuple[TrainConfig, Path]:
+        return (TrainConfig(model="mlp", widths=(width,), data=dataset, data_dir=exp.data_dir,
+                            train_size=exp.train_size, label_noise=label_noise, optimizer="momentum", lr=exp.lr,
+                            momentum=exp.momentum, epochs=exp.epochs, batch_size=exp.batch_size, seed=seed,
+                            target_train_loss=exp.target_train_loss),
+                root / "runs" / dataset / f"noise{label_noise:g}" / f"h{width}" / f"seed{seed}")
+    return plan_grid({"dataset": exp.datasets, "label_noise": exp.label_noises, "width": exp.widths,
+                      "seed": exp.seeds}, make)
 
 
 def _stopping(exp: OverparamExperiment) -> str:
@@ -133,23 +127,28 @@ def _job(config: TrainConfig) -> TrainJob:
     return TrainJob(config, measures=MEASURE_OPTIONS)
 
 
-def _rows(exp: OverparamExperiment, planned, summaries, root: Path) -> Records:
-    """One row per run (setting, seed, final numbers, measures) and its per-epoch numbers."""
-    rows, curves = [], {}
-    for (_, run_dir, key), s in zip(planned, summaries):
+def _run(ctx: Context) -> Ran:
+    """Every (dataset, noise, width, seed) trained and measured on its worker (finished runs skipped); one row per
+    run (setting, seed, final numbers, measures) with its per-epoch numbers."""
+    planned = _configs(ctx.exp, ctx.root)
+    summaries = run_all([(_job(c), o) for c, o, _ in planned], ctx.jobs, desc=NAME, overwrite=ctx.overwrite)
+
+    def row(s, run_dir):
         diverged = bool(s.get("diverged", False))
-        run = str(Path(run_dir).relative_to(root))
-        row = {"run": run, **key, "train_err": 1 - s["train_acc"], "test_err": 1 - s["test_acc"],
-               "train_loss": s["train_loss"], "epochs": s.get("epochs"),
-               "reached_target": exp.target_train_loss is None or bool(s.get("reached_target")), "diverged": diverged,
-               "seconds": s.get("seconds", 0.0)}
+        out = {"train_err": 1 - s["train_acc"], "test_err": 1 - s["test_acc"], "train_loss": s["train_loss"],
+               "epochs": s.get("epochs"),
+               "reached_target": ctx.exp.target_train_loss is None or bool(s.get("reached_target")),
+               "diverged": diverged, "seconds": s.get("seconds", 0.0)}
         if not diverged:
-            stored = json.loads((Path(run_dir) / MEASURES_FILE).read_text())
-            row.update({k: stored[k] for k in MEASURED})
-        rows.append(row)
-        curves[run] = [{"epoch": r["epoch"], "train_loss": r["train_loss"], "train_err": 1 - r["train_acc"],
-                        "test_err": 1 - r["test_acc"]} for r in read_metrics(run_dir) if r["kind"] == "epoch"]
-    return Records(exp, rows, curves)
+            stored = json.loads((run_dir / MEASURES_FILE).read_text())
+            out.update({k: stored[k] for k in MEASURED})
+        return out
+
+    def curve(run_dir):
+        return epoch_records(run_dir, lambda r: {"epoch": r["epoch"], "train_loss": r["train_loss"],
+                                                 "train_err": 1 - r["train_acc"], "test_err": 1 - r["test_acc"]})
+    records = planned_records(ctx.exp, planned, summaries, ctx.root, row, curve)
+    return Ran(records, sum(float(r["seconds"]) for r in records.rows))
 
 
 def _converged(r: dict[str, Any]) -> bool:
@@ -326,17 +325,9 @@ def _figures(records: Records, root: Path) -> list[dict[str, str]]:
     return figures
 
 
-def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrides: dict[str, Any] | None = None,
-              seeds: int | None = None, overwrite: bool = False) -> Path:
-    """Train every (dataset, noise, width, seed), measure the runs, write results.csv + curves.csv, tables,
-    figures, claims and the section. ``tier``: ``quick``, ``mid`` or ``full`` (see the module docstring)."""
-    exp = configure(OverparamExperiment, NAME, tier, overrides, seeds)
-    root = experiment_dir(out, NAME, exp)
-    planned = _configs(exp, root)
-    summaries = run_all([(_job(c), o) for c, o, _ in planned], jobs, desc=NAME, overwrite=overwrite)
-    _rows(exp, planned, summaries, root).write(root)
-    records = read_stored(root, exp)  # the claims are decided on what is stored, as `geomopt results check` does
-
+def _report(ctx: Context, records: Records, ran: Ran) -> Report:
+    """The errors and capacity trends by width, their figures, the protocol."""
+    exp = ctx.exp
     error_columns = ["dataset", "label noise", "H", "train error %", "test error %", "reached loss target (seeds)"]
     error_rows = []
     for (data, noise), group in _groups(records).items():
@@ -345,13 +336,9 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
                                seed_stats([r["test_err"] for r in rs]).fmt(100, bounds=(0, 1)),
                                f"{sum(_converged(r) for r in rs)}/{len(rs)}"])
     trend_columns, trend_rows = _trend_table(records)
-    write_tables(root / "table.csv", (error_columns, error_rows), (trend_columns, trend_rows))
-    figures = _figures(records, root)
-    seconds = sum(float(r["seconds"]) for r in records.rows)
-    write_claims(root, NAME, claims(exp), records, title=TITLE, seeds=exp.seeds, seconds=seconds, tier=tier)
-
+    figures = _figures(records, ctx.root)
     paragraphs = [
-        f"Protocol ({tier} tier): x -> V relu(U x + b) + c, SGD lr {exp.lr:g} momentum {exp.momentum:g}, batch "
+        f"Protocol ({ctx.tier} tier): x -> V relu(U x + b) + c, SGD lr {exp.lr:g} momentum {exp.momentum:g}, batch "
         f"{exp.batch_size}, no weight decay or dropout; each run is {_stopping(exp)}. Widths {list(exp.widths)}, "
         f"datasets {list(exp.datasets)}" + (f" ({exp.train_size} training examples)" if exp.train_size else "")
         + f", label noise {list(exp.label_noises)}, seeds {list(exp.seeds)}. Bounds: geomopt.measures.two_layer, "
@@ -362,10 +349,12 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
         "compare the smallest width from which every run reached the loss target with the largest. Where no such "
         "pair of widths exists the claim is 'untestable here'.",
     ]
-    section = Section(citations=list(CITATIONS), title=TITLE, paragraphs=paragraphs, tables=[
+    return Report(paragraphs, tables=[
         {"caption": "Errors by width (mean [95% interval] over seeds, clipped to [0, 100] %)", "columns": error_columns,
          "rows": error_rows},
         {"caption": "Which capacity terms grow and which fall with H (runs that reached the loss target)",
-         "columns": trend_columns, "rows": trend_rows}], figures=figures, order=15)
-    return write_section(root, section)
+         "columns": trend_columns, "rows": trend_rows}], figures=figures)
 
+
+EXPERIMENT = Experiment(NAME, OverparamExperiment, TITLE, CITATIONS, order=15, run=_run, claims=claims, report=_report)
+reproduce = EXPERIMENT.reproduce

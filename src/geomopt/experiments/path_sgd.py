@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geomopt.experiments.config import configure, experiment_dir, merge_overrides
-from geomopt.experiments.tuning import Problem, Tuned, compute_seconds, tune
-from geomopt.report import Section, plot_bands, run_warnings, write_section, write_tables
-from geomopt.experiments.records import Records, gate_failures, read_stored
-from geomopt.sweep import Claim, Grid, Outcome, RunGate, all_of, band, gated, less, seed_stats, untestable, write_claims
-from geomopt.train import TrainConfig, read_metrics
+from geomopt.experiments.records import Records, gate_failures
+from geomopt.experiments.skeleton import (Context, Experiment, Protocol, Ran, Report, chance_loss, seed_band, selected,
+                                          tuned_records)
+from geomopt.experiments.tuning import Problem, compute_seconds, tune
+from geomopt.report import plot_bands
+from geomopt.sweep import Claim, Grid, Outcome, RunGate, all_of, gated, less, seed_stats, untestable
+from geomopt.train import TrainConfig
 
 NAME = "path-sgd"
 CITATIONS = (
@@ -44,7 +45,7 @@ BASELINES = ("sgd", "adagrad")  # the paper's comparisons (Adam, when run, is sh
 
 
 @dataclass
-class PathSGDExperiment:
+class PathSGDExperiment(Protocol, name=NAME):
     """Plain-data configuration of the experiment; every field can be set with ``--set key=value``."""
 
     datasets: tuple[str, ...] = ("mnist", "cifar10")
@@ -85,12 +86,10 @@ class PathSGDExperiment:
                        "path-sgd": [0.01, 0.03, 0.1],
                    }, seeds=(0, 1, 2))
 
-    def replace(self, overrides: dict[str, Any]) -> PathSGDExperiment:
-        d = merge_overrides(self, overrides, NAME)
-        missing = [o for o in d["optimizers"] if o not in d["lrs"]]
+    def check(self) -> None:
+        missing = [o for o in self.optimizers if o not in self.lrs]
         if missing:
             raise ValueError(f"{NAME}: no learning-rate grid in `lrs` for optimizer(s) {missing}")
-        return PathSGDExperiment(**d)
 
 
 CONFIG = PathSGDExperiment  # the config class (geomopt results check rebuilds it from experiment.json)
@@ -107,22 +106,28 @@ def _problems(exp: PathSGDExperiment, root: Path) -> dict[tuple[str, str, str], 
             for data in exp.datasets for init in exp.inits for opt in exp.optimizers}
 
 
-def _epochs(run_dir: Path, name: str) -> list[float]:
-    return [r[name] for r in read_metrics(run_dir) if r["kind"] == "epoch"]
+def _run(ctx: Context) -> Ran:
+    """Every (dataset, init, optimizer)'s learning rate tuned on validation accuracy over the seeds."""
+    exp, root = ctx.exp, ctx.root
+    tuned = tune(_problems(exp, root), exp.seeds, jobs=ctx.jobs, desc=NAME, score="val_acc", minimize=False,
+                 overwrite=ctx.overwrite)
+
+    def row(key, lr, seed, s, t):
+        data, init, opt = key
+        return {"dataset": data, "init": init, "optimizer": opt, "lr": lr, "seed": seed,
+                "train_loss": s["train_loss"], "val_loss": s.get("val_loss"), "train_err": 1 - s["train_acc"],
+                "val_err": 1 - s["val_acc"] if "val_acc" in s else None, "test_err": 1 - s["test_acc"],
+                "diverged": bool(s.get("diverged", False)), **selected(t, lr, s)}
+
+    def epoch(key, r):
+        return {"epoch": r["epoch"], "train_loss": r["train_loss"], "test_err": 1 - r["test_acc"],
+                **({"val_err": 1 - r["val_acc"]} if "val_acc" in r else {})}
+    return Ran(tuned_records(exp, tuned, root, row, epoch), compute_seconds(tuned), tuned)
 
 
-def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None,
-              overrides: dict[str, Any] | None = None, seeds: int | None = None, overwrite: bool = False) -> Path:
-    """Tune and run the grid over seeds (skipping finished runs); write results, tables, figures, claims
-    and the report section. ``tier``: ``quick``, ``mid`` or ``full`` (see the module docstring)."""
-    exp = configure(PathSGDExperiment, NAME, tier, overrides, seeds)
-    root = experiment_dir(out, NAME, exp)
-    tuned = tune(_problems(exp, root), exp.seeds, jobs=jobs, desc=NAME, score="val_acc", minimize=False,
-                 overwrite=overwrite)
-    records = _records(exp, tuned, root)
-    records.write(root)
-    records = read_stored(root, exp)  # the claims are decided on what is stored, as `geomopt results check` does
-
+def _report(ctx: Context, records: Records, ran: Ran) -> Report:
+    """The table of each optimizer at its chosen learning rate, the loss and error curves, the protocol."""
+    exp, tuned = ctx.exp, ran.state
     columns = ["dataset", "init", "optimizer", "chosen lr", "final train loss", "validation error %", "test error %"]
     table_rows = []
     for (data, init, opt), t in tuned.items():
@@ -133,8 +138,6 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None,
                            + (f" ({diverged} of {len(chosen)} seeds DIVERGED)" if diverged else ""),
                            seed_stats(val_err).fmt(100, bounds=(0, 1)) if None not in val_err else "diverged",
                            seed_stats([r["test_err"] for r in chosen]).fmt(100, bounds=(0, 1))])
-    write_tables(root / "table.csv", (columns, table_rows))
-
     figures = []
     for field_name, label, fname in [("train_loss", "training cross-entropy", "train_loss.png"),
                                      ("test_err", "test error (%)", "test_error.png")]:
@@ -142,21 +145,15 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None,
         for (data, init, opt), t in tuned.items():
             runs = [r["run"] for r in records.where(dataset=data, init=init, optimizer=opt, chosen=True)
                     if not r["diverged"]]
-            if not runs:
-                continue
-            curves = [records.curve(run, field_name) for run in runs]
-            n = min(len(c) for c in curves)
-            curves = [[100 * y for y in c[:n]] if field_name == "test_err" else c[:n] for c in curves]
-            panels.setdefault(f"{data}, {init} init", {})[f"{opt} (lr {t.value:g})"] = (list(range(n)), *band(curves))
-        plot_bands(panels, root / fname, xlabel="epoch", ylabel=label, logy=field_name == "train_loss",
+            if runs:
+                panels.setdefault(f"{data}, {init} init", {})[f"{opt} (lr {t.value:g})"] = seed_band(
+                    [records.curve(run, field_name) for run in runs], scale=100 if field_name == "test_err" else 1)
+        plot_bands(panels, ctx.root / fname, xlabel="epoch", ylabel=label, logy=field_name == "train_loss",
                    bounds=None if field_name == "train_loss" else (0, 100))
         figures.append({"file": fname, "caption": f"{label} per epoch, each optimizer at its chosen learning rate: "
                                                   f"mean over seeds {list(exp.seeds)} with its 95% interval."})
-
-    write_claims(root, NAME, claims(exp), records, title=TITLE, seeds=exp.seeds, seconds=compute_seconds(tuned),
-                 tier=tier)
     paragraphs = [
-        f"Protocol ({tier} tier): MLP {'-'.join(map(str, exp.widths))} hidden ReLU units, batch {exp.batch_size}, "
+        f"Protocol ({ctx.tier} tier): MLP {'-'.join(map(str, exp.widths))} hidden ReLU units, batch {exp.batch_size}, "
         f"{exp.epochs} epochs, datasets {', '.join(exp.datasets)}"
         + (f" ({exp.train_size} training examples)" if exp.train_size else "") + f", seeds {list(exp.seeds)}; "
         f"learning rate per optimizer chosen from "
@@ -167,30 +164,9 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None,
         "(incoming weights times c, outgoing divided by c, c log-uniform in [0.1, 10]): the same function, badly "
         f"scaled units. Run-quality gate of every compared run: {GATE_TEXT}.",
     ]
-    warnings, caveat = run_warnings(records.rows, _describe_run, _unconverged_above)
-    paragraphs += [caveat] if caveat else []
-    section = Section(citations=list(CITATIONS), warnings=warnings, title=TITLE, paragraphs=paragraphs,
-                      tables=[{"caption": "Each optimizer at its chosen learning rate: mean [95% interval] over seeds",
-                               "columns": columns, "rows": table_rows}], figures=figures, order=10)
-    return write_section(root, section)
-
-
-def _records(exp: PathSGDExperiment, tuned: dict[tuple[str, str, str], Tuned], root: Path) -> Records:
-    """One row per run (setting, seed, final numbers, selection) and its per-epoch numbers."""
-    rows, curves = [], {}
-    for (data, init, opt), t in tuned.items():
-        for (lr, seed), (_, run_dir, s) in sorted(t.runs.items()):
-            run = str(Path(run_dir).relative_to(root))
-            rows.append({"run": run, "dataset": data, "init": init, "optimizer": opt, "lr": lr, "seed": seed,
-                         "train_loss": s["train_loss"], "val_loss": s.get("val_loss"),
-                         "train_err": 1 - s["train_acc"], "val_err": 1 - s["val_acc"] if "val_acc" in s else None,
-                         "test_err": 1 - s["test_acc"], "diverged": bool(s.get("diverged", False)),
-                         "chosen": lr == t.value, "edge": t.selection.edge if lr == t.value else None,
-                         "seconds": s.get("seconds", 0.0)})
-            curves[run] = [{"epoch": r["epoch"], "train_loss": r["train_loss"], "test_err": 1 - r["test_acc"],
-                            **({"val_err": 1 - r["val_acc"]} if "val_acc" in r else {})}
-                           for r in read_metrics(run_dir) if r["kind"] == "epoch"]
-    return Records(exp, rows, curves)
+    return Report(paragraphs, tables=[{"caption": "Each optimizer at its chosen learning rate: mean [95% interval] "
+                                                  "over seeds", "columns": columns, "rows": table_rows}],
+                  figures=figures)
 
 
 def init_gaps(records: Records, opt: str) -> list[float]:
@@ -269,5 +245,6 @@ def _describe_run(r: dict[str, Any]) -> str:
     return f"{r['dataset']}, {r['init']} init, {r['optimizer']} lr {r['lr']:g} seed {r['seed']}"
 
 
-def _unconverged_above(r: dict[str, Any]) -> float:
-    return math.log(10)  # chance level of 10 classes
+EXPERIMENT = Experiment(NAME, PathSGDExperiment, TITLE, CITATIONS, order=10, run=_run, claims=claims, report=_report,
+                        describe=_describe_run, unconverged_above=chance_loss)
+reproduce = EXPERIMENT.reproduce

@@ -43,13 +43,13 @@ from pathlib import Path
 from typing import Any
 
 from geomopt.data.sequences import ADDING_BASELINE_MSE
-from geomopt.experiments.config import configure, experiment_dir, merge_overrides
-from geomopt.experiments.records import Records, read_stored
-from geomopt.experiments.tuning import Problem, Tuned, compute_seconds, tune
-from geomopt.report import Section, plot_bands, run_warnings, write_section, write_tables
-from geomopt.sweep import (Claim, Grid, Outcome, RunGate, all_of, band, equivalent, gated, less, seed_stats, untestable,
-                           write_claims)
-from geomopt.train import TrainConfig, read_metrics
+from geomopt.experiments.records import Records
+from geomopt.experiments.skeleton import (Context, Experiment, Protocol, Ran, Report, chance_loss, seed_band, selected,
+                                          tuned_records)
+from geomopt.experiments.tuning import Problem, compute_seconds, tune
+from geomopt.report import plot_bands
+from geomopt.sweep import Claim, Grid, Outcome, RunGate, all_of, equivalent, gated, less, seed_stats, untestable
+from geomopt.train import TrainConfig
 
 NAME = "path-sgd-rnn"
 CITATIONS = (
@@ -87,7 +87,7 @@ PAPER_SEQ_MNIST_ERR = {"rnn-path": "~3%", "rnn-path-k12": "not in the paper", "i
 
 
 @dataclass
-class PathSGDRNNExperiment:
+class PathSGDRNNExperiment(Protocol, name=NAME):
     """Plain-data configuration; every field can be set with ``--set key=value``."""
 
     lengths: tuple[int, ...] = (100, 400, 750)
@@ -122,17 +122,15 @@ class PathSGDRNNExperiment:
                    lrs={"rnn-path": list(grid), "irnn-sgd": list(grid)}, adding_train_size=40_000, adding_epochs=9,
                    seeds=(0, 1, 2))
 
-    def replace(self, overrides: dict[str, Any]) -> PathSGDRNNExperiment:
-        d = merge_overrides(self, overrides, NAME)
-        bad = [m for m in d["methods"] if m not in METHODS]
+    def check(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"{NAME}: unknown method(s) {bad}; choose from {sorted(METHODS)}")
-        missing = [m for m in d["methods"] if m not in d["lrs"]]
+        missing = [m for m in self.methods if m not in self.lrs]
         if missing:
             raise ValueError(f"{NAME}: no learning-rate grid in `lrs` for method(s) {missing}")
-        if any(t < 2 for t in d["lengths"]):
-            raise ValueError(f"{NAME}: adding-problem lengths must be >= 2, got {d['lengths']}")
-        return PathSGDRNNExperiment(**d)
+        if any(t < 2 for t in self.lengths):
+            raise ValueError(f"{NAME}: adding-problem lengths must be >= 2, got {self.lengths}")
 
 
 CONFIG = PathSGDRNNExperiment  # the config class (geomopt results check rebuilds it from experiment.json)
@@ -180,24 +178,6 @@ def _final(task: str, summary: dict[str, Any]) -> float:
     if summary.get("diverged"):
         return math.inf if task.startswith("adding") else 1.0
     return float(summary["test_loss"]) if task.startswith("adding") else 1.0 - float(summary["test_acc"])
-
-
-def _records(exp: PathSGDRNNExperiment, tuned: dict[tuple[str, str], Tuned], root: Path) -> Records:
-    """One row per run (task, method, lr, seed, final number, selection, restarts) and its per-epoch numbers."""
-    exp_rows, curves = [], {}
-    for (task, method), t in tuned.items():
-        for (lr, seed), (_, run_dir, s) in sorted(t.runs.items()):
-            run = str(Path(run_dir).relative_to(root))
-            adding = task.startswith("adding")
-            exp_rows.append({"run": run, "task": task, "method": method, "lr": lr, "seed": seed,
-                             "final": _final(task, s), "val_loss": s.get("val_loss"), "train_loss": s["train_loss"],
-                             "test_loss": s["test_loss"], "diverged": bool(s.get("diverged", False)),
-                             "restarts": s.get("restarts", 0), "chosen": lr == t.value,
-                             "edge": t.selection.edge if lr == t.value else None, "seconds": s.get("seconds", 0.0)})
-            curves[run] = [{"epoch": r["epoch"], "step": r["step"], "train_loss": r["train_loss"],
-                            "test": r["test_loss"] if adding else 1 - r["test_acc"]}
-                           for r in read_metrics(run_dir) if r["kind"] == "epoch"]
-    return Records(exp, exp_rows, curves)
 
 
 # ----------------------------------------------------------------------------- gates and claims
@@ -329,30 +309,39 @@ def claims(exp: PathSGDRNNExperiment) -> list[Claim]:
 
 # ----------------------------------------------------------------------------- run
 
-def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrides: dict[str, Any] | None = None,
-              seeds: int | None = None, overwrite: bool = False) -> Path:
-    """Tune and train every (task, method) over seeds (skipping finished runs); tables, figures, claims, section.
-    ``tier``: ``quick``, ``mid`` or ``full`` (see the module docstring)."""
-    exp = configure(PathSGDRNNExperiment, NAME, tier, overrides, seeds)
-    root = experiment_dir(out, NAME, exp)
+def _run(ctx: Context) -> Ran:
+    """Every (task, method)'s learning rate tuned over the seeds (the adding problem on the validation MSE, the
+    classification tasks on the validation accuracy: cross-entropy favours underfitting); a diverged IRNN + SGD
+    run restarts from a new initialization. One row per run (final number, selection, restarts) and its
+    per-epoch training loss and test MSE (or error)."""
+    exp, root = ctx.exp, ctx.root
     problems = _problems(exp, root)
     restarts = {k: exp.restarts for k in problems if k[1] == "irnn-sgd"}
     adding = {k: p for k, p in problems.items() if k[0].startswith("adding")}
     classify = {k: p for k, p in problems.items() if k not in adding}
-    # regression: the validation MSE; classification: the validation accuracy (cross-entropy favours underfitting)
-    tuned = tune(adding, exp.seeds, jobs=jobs, desc=NAME, overwrite=overwrite, restarts=restarts) if adding else {}
+    tuned = tune(adding, exp.seeds, jobs=ctx.jobs, desc=NAME, overwrite=ctx.overwrite,
+                 restarts=restarts) if adding else {}
     if classify:
-        tuned.update(tune(classify, exp.seeds, jobs=jobs, desc=NAME, overwrite=overwrite, restarts=restarts,
+        tuned.update(tune(classify, exp.seeds, jobs=ctx.jobs, desc=NAME, overwrite=ctx.overwrite, restarts=restarts,
                           score="val_acc", minimize=False))
-    _records(exp, tuned, root).write(root)
-    records = read_stored(root, exp)  # the claims are decided on what is stored, as `geomopt results check` does
 
-    tables = _tables(records, root)
-    figures = _figures(records, root)
-    write_claims(root, NAME, claims(exp), records, title=TITLE, seeds=exp.seeds, seconds=compute_seconds(tuned),
-                 tier=tier)
+    def row(key, lr, seed, s, t):
+        task, method = key
+        return {"task": task, "method": method, "lr": lr, "seed": seed, "final": _final(task, s),
+                "val_loss": s.get("val_loss"), "train_loss": s["train_loss"], "test_loss": s["test_loss"],
+                "diverged": bool(s.get("diverged", False)), "restarts": s.get("restarts", 0), **selected(t, lr, s)}
+
+    def epoch(key, r):
+        return {"epoch": r["epoch"], "step": r["step"], "train_loss": r["train_loss"],
+                "test": r["test_loss"] if key[0].startswith("adding") else 1 - r["test_acc"]}
+    return Ran(tuned_records(exp, tuned, root, row, epoch), compute_seconds(tuned), tuned)
+
+
+def _report(ctx: Context, records: Records, ran: Ran) -> Report:
+    """The adding and pixel-by-pixel tables and curves, the protocol beside the paper's claim."""
+    exp = ctx.exp
     paragraphs = [
-        f"Protocol ({tier} tier; Neyshabur et al. 2016 after Le et al. 2015): one-layer ReLU RNN with {exp.hidden} "
+        f"Protocol ({ctx.tier} tier; Neyshabur et al. 2016 after Le et al. 2015): one-layer ReLU RNN with {exp.hidden} "
         "hidden units (LSTM: the same number of cells; uRNN: the same number of complex units); IRNN and RNN-Path "
         "start from the identity recurrence with input and output "
         f"weights U[-0.01, 0.01] and zero biases; batch {exp.batch_size}; adding problem at T = {list(exp.lengths)} "
@@ -371,15 +360,11 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
         "Paper: " + PAPER_CLAIM,
         f"Run-quality gate: {GATE_TEXT}.",
     ]
-    warnings, caveat = run_warnings(records.rows, _describe_run, _unconverged_above)
-    paragraphs += [caveat] if caveat else []
-    section = Section(citations=list(CITATIONS), warnings=warnings, title=TITLE, paragraphs=paragraphs,
-                      tables=tables, figures=figures, order=20)
-    return write_section(root, section)
+    return Report(paragraphs, tables=_tables(records), figures=_figures(records, ctx.root))
 
 
-def _tables(records: Records, root: Path) -> list[dict[str, Any]]:
-    """The adding table (test MSE) and the pixel-by-pixel table (test error %), each written when it has rows."""
+def _tables(records: Records) -> list[dict[str, Any]]:
+    """The adding table (test MSE) and the pixel-by-pixel table (test error %), each when it has rows."""
     add_rows, seq_rows = [], []
     for task, method in dict.fromkeys((r["task"], r["method"]) for r in records.rows):
         chosen = _chosen(records, task, method)
@@ -400,7 +385,6 @@ def _tables(records: Records, root: Path) -> list[dict[str, Any]]:
         ("Adding problem, each method at its chosen learning rate (over seeds)", add_cols, add_rows),
         ("Pixel-by-pixel classification, each method at its chosen learning rate (over seeds)", seq_cols, seq_rows)]
         if rows]
-    write_tables(root / "table.csv", *[(cols, rows) for _, cols, rows in tables])
     return [{"caption": cap, "columns": cols, "rows": rows} for cap, cols, rows in tables]
 
 
@@ -411,11 +395,9 @@ def _figures(records: Records, root: Path) -> list[dict[str, str]]:
         chosen = [r for r in _chosen(records, task, method) if not r["diverged"]]
         if not chosen:
             continue
-        scale = 1 if task.startswith("adding") else 100
-        curves = [[scale * v for v in records.curve(r["run"], "test")] for r in chosen]
-        n = min(len(c) for c in curves)
-        steps = records.curve(chosen[0]["run"], "step")[:n]
-        panels.setdefault(task, {})[f"{method} (lr {chosen[0]['lr']:g})"] = (steps, *band([c[:n] for c in curves]))
+        panels.setdefault(task, {})[f"{method} (lr {chosen[0]['lr']:g})"] = seed_band(
+            [records.curve(r["run"], "test") for r in chosen], xs=records.curve(chosen[0]["run"], "step"),
+            scale=1 if task.startswith("adding") else 100)
     figures = []
     adding = {k: v for k, v in panels.items() if k.startswith("adding")}
     for lines in adding.values():
@@ -437,4 +419,9 @@ def _describe_run(r: dict[str, Any]) -> str:
 
 
 def _unconverged_above(r: dict[str, Any]) -> float:
-    return ADDING_BASELINE_MSE if r["task"].startswith("adding") else math.log(10)  # trivial / chance level
+    return ADDING_BASELINE_MSE if r["task"].startswith("adding") else chance_loss(r)  # trivial / chance level
+
+
+EXPERIMENT = Experiment(NAME, PathSGDRNNExperiment, TITLE, CITATIONS, order=20, run=_run, claims=claims,
+                        report=_report, describe=_describe_run, unconverged_above=_unconverged_above)
+reproduce = EXPERIMENT.reproduce

@@ -45,15 +45,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from geomopt.experiments.config import configure, experiment_dir, merge_overrides
-from geomopt.experiments.records import Records, read_stored
+from geomopt.experiments.records import Records
 from geomopt.experiments.records import gate_failures as shared_gate
+from geomopt.experiments.skeleton import Context, Experiment, Protocol, Ran, Report, selected, tuned_records
 from geomopt.experiments.tuning import Problem, Tuned, compute_seconds, tune
-from geomopt.runs import prune_run
-from geomopt.report import Section, write_section, write_tables
 from geomopt.figures import plt
-from geomopt.sweep import Claim, Grid, Outcome, RunGate, all_of, equivalent, gated, less, seed_stats, write_claims
-from geomopt.train import TrainConfig, read_metrics
+from geomopt.runs import prune_run
+from geomopt.sweep import Claim, Grid, Outcome, RunGate, all_of, equivalent, gated, less, seed_stats
+from geomopt.train import TrainConfig
 from geomopt.train.config import read_json
 
 NAME = "pruning"
@@ -71,7 +70,7 @@ GATE_TEXT = ("every dense network at the chosen learning rate finite, its final 
 
 
 @dataclass
-class PruningExperiment:
+class PruningExperiment(Protocol, name=NAME):
     """Plain-data configuration; every field can be set with ``--set key=value``."""
 
     datasets: tuple[str, ...] = ("mnist",)
@@ -101,10 +100,6 @@ class PruningExperiment:
         return cls(datasets=("fashion-mnist",), train_size=10000, train_epochs=10, sparsity=0.98, steps=(1, 14),
                    examples=1000, criteria=("mp", "lm", "qm", "obd"), finetune_epochs=2, seeds=(0, 1, 2))
 
-    def replace(self, overrides: dict[str, Any]) -> PruningExperiment:
-        d = merge_overrides(self, overrides, NAME)
-        return PruningExperiment(**d)
-
 
 CONFIG = PruningExperiment  # the config class (geomopt results check rebuilds it from experiment.json)
 
@@ -113,13 +108,10 @@ def _prune_dir(root: Path, data: str, lr: float, seed: int, criterion: str, step
     return root / "pruned" / data / f"lr{lr:g}" / f"seed{seed}" / f"{criterion}-k{steps}"
 
 
-def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrides: dict[str, Any] | None = None,
-              seeds: int | None = None, overwrite: bool = False) -> Path:
-    """Tune and train the dense networks (skipping finished ones), prune each with every criterion and
-    number of steps (skipping finished prunings), then write results.csv and curves.csv, the table, figure,
-    claims (decided on the stored files) and section. ``tier``: ``quick``, ``mid`` or ``full``."""
-    exp = configure(PruningExperiment, NAME, tier, overrides, seeds)
-    root = experiment_dir(out, NAME, exp)
+def _run(ctx: Context) -> Ran:
+    """Tune and train the dense networks (skipping finished ones), then prune each chosen one with every
+    criterion and number of steps (skipping finished prunings)."""
+    exp, root = ctx.exp, ctx.root
 
     def make(data: str):
         return lambda lr, seed: TrainConfig(model="mlp", widths=exp.widths, data=data, data_dir=exp.data_dir,
@@ -127,8 +119,8 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
                                             epochs=exp.train_epochs, batch_size=exp.batch_size, seed=seed,
                                             val_fraction=exp.val_fraction)
     tuned = tune({d: Problem(Grid(exp.lrs, max_steps=exp.max_extensions), make(d), root / "dense" / d)
-                  for d in exp.datasets}, exp.seeds, jobs=jobs, desc=f"{NAME}: dense", score="val_acc",
-                 minimize=False, overwrite=overwrite)
+                  for d in exp.datasets}, exp.seeds, jobs=ctx.jobs, desc=f"{NAME}: dense", score="val_acc",
+                 minimize=False, overwrite=ctx.overwrite)
     todo = [(d, s, c, k) for d in exp.datasets for s in exp.seeds for c in exp.criteria for k in exp.steps]
     for data, seed, criterion, steps in tqdm(todo, desc=f"{NAME}: prune"):
         lr = tuned[data].value
@@ -137,9 +129,13 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
             prune_run(tuned[data].runs[lr, seed][1], criterion=criterion, target_sparsity=exp.sparsity, steps=steps,
                       finetune_epochs=exp.finetune_epochs, n_examples=exp.examples, locality=exp.locality,
                       out=target, progress=False)
-    _records(exp, tuned, root).write(root)
-    records = read_stored(root, exp)  # the claims are decided on what is stored, as `geomopt results check` does
+    # the dense networks' seconds; pruning and fine-tuning time is not recorded
+    return Ran(_records(exp, tuned, root), compute_seconds(tuned), tuned)
 
+
+def _report(ctx: Context, records: Records, ran: Ran) -> Report:
+    """The table per criterion and number of steps, the predicted-vs-actual figure, the protocol."""
+    exp = ctx.exp
     columns = ["dataset", "criterion", "steps k", "train loss after pruning", "test acc % after pruning",
                "test acc % after fine-tuning", "dense test acc %"]
     table = []
@@ -151,13 +147,10 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
                               _fmt((r["pruned_test_acc"] for r in rs), 100),
                               _fmt((r["finetuned_test_acc"] for r in rs), 100),
                               _fmt((r["dense_test_acc"] for r in rs), 100)])
-    write_tables(root / "table.csv", (columns, table))
-    _figure(records, root / "predicted_vs_actual.png")
-    seconds = compute_seconds(tuned)  # the dense networks; pruning and fine-tuning time is not recorded
-    write_claims(root, NAME, claims(exp), records, title=TITLE, seeds=exp.seeds, seconds=seconds, tier=tier)
-    lrs = ", ".join(f"{d} {t.selection.note}" for d, t in tuned.items())
+    _figure(records, ctx.root / "predicted_vs_actual.png")
+    lrs = ", ".join(f"{d} {t.selection.note}" for d, t in ran.state.items())
     paragraphs = [
-        f"Protocol ({tier} tier): MLP {'-'.join(map(str, exp.widths))} trained with SGD ({exp.train_epochs} epochs"
+        f"Protocol ({ctx.tier} tier): MLP {'-'.join(map(str, exp.widths))} trained with SGD ({exp.train_epochs} epochs"
         + (f" on {exp.train_size} training examples" if exp.train_size else "") + ", learning rate "
         f"chosen on {100 * exp.val_fraction:g}% of the training set held out: {lrs}), pruned globally to "
         f"{100 * exp.sparsity:g}% of its Linear weights (biases kept) in k in {list(exp.steps)} steps, scores on "
@@ -165,28 +158,26 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
         f"epochs with the mask; datasets {', '.join(exp.datasets)}; seeds {list(exp.seeds)}. Run-quality gate: "
         f"{GATE_TEXT}. 'Similar' means within +-{SIMILAR:g} accuracy point (two one-sided tests).",
     ]
-    section = Section(citations=list(CITATIONS), title=TITLE, paragraphs=paragraphs,
-                      tables=[{"caption": "Mean [95% interval] over seeds", "columns": columns, "rows": table}],
-                      figures=[{"file": "predicted_vs_actual.png",
-                                "caption": "Loss change predicted by each loss model vs the actual change, one point "
-                                           "per pruning step (log-log of absolute values), all seeds."}], order=40)
-    return write_section(root, section)
+    return Report(paragraphs, tables=[{"caption": "Mean [95% interval] over seeds", "columns": columns, "rows": table}],
+                  figures=[{"file": "predicted_vs_actual.png",
+                            "caption": "Loss change predicted by each loss model vs the actual change, one point "
+                                       "per pruning step (log-log of absolute values), all seeds."}])
 
 
 def _records(exp: PruningExperiment, tuned: dict[str, Tuned], root: Path) -> Records:
     """Rows: every dense run (``part = dense``) and every pruning of the chosen dense networks (``part =
     pruned``); curves: the dense runs' per-epoch training loss, each pruning's per-step loss changes."""
     rows, curves = [], {}
+
+    def dense(data, lr, seed, s, t):
+        return {"part": "dense", "dataset": data, "lr": lr, "seed": seed, "train_loss": s["train_loss"],
+                "val_err": 1 - s["val_acc"] if "val_acc" in s else None, "test_err": 1 - s["test_acc"],
+                "diverged": bool(s.get("diverged", False)), **selected(t, lr, s)}
     for data, t in tuned.items():
-        for (lr, seed), (_, run_dir, s) in sorted(t.runs.items()):
-            run = str(Path(run_dir).relative_to(root))
-            rows.append({"run": run, "part": "dense", "dataset": data, "lr": lr, "seed": seed,
-                         "train_loss": s["train_loss"], "val_err": 1 - s["val_acc"] if "val_acc" in s else None,
-                         "test_err": 1 - s["test_acc"], "diverged": bool(s.get("diverged", False)),
-                         "chosen": lr == t.value, "edge": t.selection.edge if lr == t.value else None,
-                         "seconds": s.get("seconds", 0.0)})
-            curves[run] = [{"epoch": r["epoch"], "train_loss": r["train_loss"]}
-                           for r in read_metrics(run_dir) if r["kind"] == "epoch"]
+        runs = tuned_records(exp, {data: t}, root, dense, lambda _, r: {"epoch": r["epoch"],
+                                                                         "train_loss": r["train_loss"]})
+        rows += runs.rows
+        curves.update(runs.curves)
         for seed in exp.seeds:
             for criterion in exp.criteria:
                 for steps in exp.steps:
@@ -295,3 +286,7 @@ def _figure(records: Records, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+EXPERIMENT = Experiment(NAME, PruningExperiment, TITLE, CITATIONS, order=40, run=_run, claims=claims, report=_report)
+reproduce = EXPERIMENT.reproduce
