@@ -197,3 +197,10 @@ def test_check_finds_a_missing_or_extra_rung_and_readme_regenerates(filed, tmp_p
     (target / "README.md").write_text("# merged by hand\n")
     assert any("README.md is stale" in p and "results readme" in p for p in check(target))
     assert main(["results", "readme", str(target)]) == 0 and not check(target)
+
+
+def test_the_html_report_of_a_ladder_keeps_rungs_out_of_the_scoreboard(filed, tmp_path):
+    assert main(["report", "--results", str(filed / "results"), "--out", str(tmp_path / "rep")]) == 0
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "Scale ladder: path-sgd over epochs" in page and page.count('<section id="sec-path-sgd-quick-ladder') == 4
+    assert "Scoreboard" not in page  # the ledger holds only the ladder: its rungs are no scoreboard entries
