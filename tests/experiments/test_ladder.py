@@ -55,6 +55,7 @@ def test_trend_needs_the_extreme_rungs_intervals_apart_and_is_symmetric():
     assert down["direction"] == AWAY and down["slope_per_log_size"] < 0
     flat = decide_trend("w", [10, 100, 1000], [_rung(-1.0, 0.5), _rung(-0.8, 0.5), _rung(-0.6, 0.5)], SEEDS)
     assert flat["direction"] == NONE and "no trend detectable with 3 seeds" in flat["text"]
+    assert "intervals overlap" in flat["text"]
     shuffled = decide_trend("w", [1000, 10, 100], [_rung(0.2), _rung(-1.0), _rung(-0.5)], SEEDS)
     assert shuffled["direction"] == TOWARD
 
@@ -64,7 +65,8 @@ def test_trend_is_not_decided_by_one_seed_or_by_gated_rungs():
     large = {"verdict": "inconclusive", "mean": 0.0, "low": -0.2, "high": 0.2, "seeds": [0.1, 0.3, -0.4]}
     mid = _rung(-0.4)
     # the intervals are apart, but seed 2 moved down: paired by seed (same seeds) and unpaired alike, no trend
-    assert decide_trend("w", [1, 2, 3], [small, mid, large], SEEDS)["direction"] == NONE
+    one_seed = decide_trend("w", [1, 2, 3], [small, mid, large], SEEDS)
+    assert one_seed["direction"] == NONE and "not every seed moved the same way" in one_seed["text"]
     assert decide_trend("w", [1, 2, 3], [small, mid, large], [[0, 1, 2], [0, 1, 2], [3, 4, 5]])["direction"] == NONE
     gates = decide_trend("w", [1, 2, 3], [_rung(-1.0, verdict="untestable here"), _rung(0.5),
                                           _rung(2.0, verdict="untestable here")], SEEDS)

@@ -127,8 +127,11 @@ def decide_trend(field: str, values: Sequence[Any], rungs: Sequence[dict[str, An
         if _separated(rungs[first], rungs[last], paired, up) and (slope > 0) == up:
             return {"direction": direction, "slope_per_log_size": slope, "text": (
                 f"{direction} as {field} grows (95% intervals at {where} apart, every seed the same way)")}
-    return {"direction": NONE, "slope_per_log_size": slope, "text": (
-        f"no trend detectable with {n} seeds (at {where} the 95% intervals overlap or the seeds disagree)")}
+    a, b = rungs[first], rungs[last]
+    why = "the 95% intervals overlap" if a["high"] >= b["low"] and b["high"] >= a["low"] else \
+        "the intervals are apart but not every seed moved the same way"
+    return {"direction": NONE, "slope_per_log_size": slope,
+            "text": f"no trend detectable with {n} seeds (at {where} {why})"}
 
 
 def summarize(experiment: str, field: str, values: Sequence[Any], records: Sequence[dict[str, Any]],
