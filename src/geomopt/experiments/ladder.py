@@ -177,7 +177,8 @@ def write_summary(root: Path, ladder: dict[str, Any]) -> Path:
     figures, rows = [], []
     panels = _panels(ladder)
     if panels:
-        plot_bands(panels, Path(root) / "ladder.png", xlabel=f"{field} (log scale)",
+        product = ", the product of the entries" if any(isinstance(v, (list, tuple)) for v in ladder["values"]) else ""
+        plot_bands(panels, Path(root) / "ladder.png", xlabel=f"{field} (log scale{product})",
                    ylabel="effect on the claim's side", logx=True, ncols=3)
         figures.append({"file": "ladder.png", "caption": f"Each claim's effect (mean over seeds, 95% interval), "
                                                          f"signed so that above 0 is the claim's side, against {field}."})

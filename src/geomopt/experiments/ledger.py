@@ -216,7 +216,7 @@ def _ladder_lines(ledger: Path, root: Path, verdicts: dict[str, str] | None) -> 
              f"`{prov['command']}` · rungs {field} = {', '.join(json.dumps(v) for v in ladder['values'])} · seeds "
              f"{ladder['seeds'][0]} · {prov['compute_seconds'] / 60:.0f} min compute · commit {prov['commit'][:12]}", "",
              "Each cell: the verdict at that rung and the effect, mean [95% interval] over seeds, signed so that "
-             "above 0 is the claim's side. A trend is stated only when the 95% intervals of the smallest and the "
+             "above 0 is the claim's side, in the units the comparison stores (an error rate as a fraction, not in %). A trend is stated only when the 95% intervals of the smallest and the "
              "largest rung that pass the run-quality gates are apart and every seed moved the same way.", ""]
     if not shown:
         return lines + ["No claim of this ladder fails or is untestable at its tier; every rung is in `ladder.json`.", ""]
