@@ -4,7 +4,6 @@ every verdict from the stored raw numbers and catches hand edits, changed number
 from __future__ import annotations
 
 import csv
-import math
 import hashlib
 import json
 
@@ -89,41 +88,3 @@ def test_report_renders_the_ledger(ledger, tmp_path):
     assert main(["report", "--results", str(ledger), "--out", str(tmp_path / "rep")]) == 0
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "Scoreboard" in page and "quick tier" in page
-
-
-def test_scale_ladder_runs_every_rung_and_plots_the_trend(tmp_path, capsys):
-    argv = ["reproduce", "path-sgd", "--tier", "quick", "--out", str(tmp_path / "runs"), "--jobs", "1",
-            "--ladder", "epochs=[1, 2, 3]"]
-    for key, value in TINY.items():
-        if key != "epochs":
-            argv += ["--set", f"{key}={json.dumps(value)}"]
-    assert main(argv) == 0
-    root = tmp_path / "runs" / "path-sgd-ladder-epochs"
-    ladder = json.loads((root / "ladder.json").read_text())
-    assert ladder["values"] == [1, 2, 3] and (root / "ladder.png").is_file()
-    parts = ladder["claims"]["train-loss-balanced"]["parts"]
-    assert parts and all(len(p["mean"]) == 3 and "slope_per_log_size" in p for p in parts.values())
-    assert len(ladder["claims"]["invariant"]["verdicts"]) == 3
-    # each rung is filed into the ledger under its own folder, the ladder beside them; the check passes
-    assert main(["results", "add", str(tmp_path / "runs"), "--ledger", str(tmp_path / "results")]) == 0
-    entry = tmp_path / "results" / "path-sgd" / "quick"
-    assert {p.name for p in entry.iterdir()} >= {"ladder-epochs=1", "ladder-epochs=2", "ladder-epochs=3",
-                                                 "ladder-epochs"}
-    assert not check(tmp_path / "results")
-    with pytest.raises(SystemExit):
-        main(["reproduce", "path-sgd", "--ladder"])
-    assert main(["reproduce", "path-sgd", "--ladder", "epochs=[1, 2]", "--out", str(tmp_path / "x")]) == 2
-    assert "3 or more values" in capsys.readouterr().err
-
-
-def test_ladder_effects_and_trend():
-    from geomopt.experiments.ladder import effects, trend
-    from geomopt.sweep import all_of, greater, less
-    claim = {"numbers": less([1.0, 1.1], [2.0, 2.2]).numbers}
-    (mean, low, high), = effects(claim).values()
-    assert mean == pytest.approx(1.05) and low <= mean <= high  # signed: positive is the claim's side
-    parts = all_of({"a": less([1.0, 1.1], [2.0, 2.2]), "b": greater([1.0, 1.1], [2.0, 2.2])}).numbers
-    e = effects({"numbers": parts})
-    assert e["a"][0] > 0 > e["b"][0]
-    assert trend([1, 2, 4], [0.0, 1.0, 2.0]) == pytest.approx(1 / math.log(2))
-    assert math.isnan(trend([1], [1.0]))

@@ -145,7 +145,8 @@ figcaption{font-size:.9em;color:#555}.cite{font-style:italic;color:#444}
 
 def build_report(runs_dir: str | Path, out_dir: str | Path) -> Path:
     """Gather every ``section.json`` under ``runs_dir`` into ``out_dir/index.html`` (figures embedded),
-    opening with the scoreboard of every ``claims.json`` found there (each also shown in its section)."""
+    opening with the scoreboard of every ``claims.json`` found there (each also shown in its section; a
+    scale ladder's rungs are shown in their sections and the ladder's, not in the scoreboard)."""
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     try:
         found = find_json(runs_dir, SECTION, key="title", kind=str, what="section", exclude=out_dir,
@@ -160,9 +161,10 @@ def build_report(runs_dir: str | Path, out_dir: str | Path) -> Path:
     toc = "".join(f"<li><a href=\"#{anchor(d, runs_dir)}\">{html.escape(s['title'])}</a></li>" for s, d in found)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     body = "\n".join(_render(s, d, runs_dir, by_dir.get(d.resolve())) for s, d in found)
+    board = [(r, d) for r, d in records if not r.get("variant")]
     page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>geomopt report</title>"
             f"<style>{_STYLE}</style></head><body><h1>geomopt report</h1><p>Built {stamp} from "
-            f"{html.escape(str(runs_dir))}.</p>{scoreboard(records, runs_dir)}<ul>{toc}</ul>{body}</body></html>\n")
+            f"{html.escape(str(runs_dir))}.</p>{scoreboard(board, runs_dir)}<ul>{toc}</ul>{body}</body></html>\n")
     out = out_dir / "index.html"
     atomic_write_bytes(out, lambda f: f.write(page.encode()))
     return out
