@@ -51,17 +51,21 @@ __all__ = ["MarginResult", "norm_of", "dual_norm_of", "normalized_margin", "marg
 
 FEASIBILITY = 1e-7  # a solver's point must meet its constraints to this relative accuracy
 KKT_TOL = 1e-5  # min_bregman's point must meet the optimality condition to this relative accuracy
+CERTIFIED = 1e-5  # max_margin's point must be within this (relative) of the dual bound on the max margin
 
 
 @dataclass(frozen=True)
 class MarginResult:
-    """A max-margin separator: ``w`` with ``||w|| = 1`` in its norm, its ``margin`` gamma, solver and time."""
+    """A max-margin separator: ``w`` with ``||w|| = 1`` in its norm, its ``margin`` gamma (exact for ``w``), solver,
+    time, and ``certified_gap``: the relative distance to the dual bound (no separator has a margin above
+    ``margin * (1 + certified_gap)``)."""
 
     w: Tensor
     margin: float
     norm: str
     solver: str
     seconds: float
+    certified_gap: float = 0.0
 
 
 def _flat_or_matrix(w: Tensor, norm: str) -> Tensor:
@@ -130,19 +134,20 @@ def _cvx_norm(cp, w, norm: str):
     return cp.norm(w, {"l1": 1, "l2": 2, "linf": "inf"}[norm])
 
 
-def _solve(cp, problem, what: str, tight: bool = False) -> str:
-    """Solve with Clarabel (SCS if it is missing); ``tight``: gap and feasibility tolerances 1e-12, where an
-    ``optimal_inaccurate`` status is accepted because the caller checks the point itself. Returns the solver."""
+def _solve(cp, problem, what: str, tight: bool = False, checked: bool = False) -> str:
+    """Solve with Clarabel (SCS if it is missing); ``tight``: gap and feasibility tolerances 1e-12. With ``tight``
+    or ``checked`` an ``optimal_inaccurate`` status is accepted: the caller checks the point itself. Returns the
+    solver's name."""
     solver = "CLARABEL" if "CLARABEL" in cp.installed_solvers() else "SCS"
     options = ({"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12} if solver == "CLARABEL"
                else {"eps": 1e-12}) if tight else {}
-    with warnings.catch_warnings():  # "solution may be inaccurate": with ``tight`` the caller checks the point
-        if tight:
+    with warnings.catch_warnings():  # "solution may be inaccurate": the caller checks the point
+        if tight or checked:
             warnings.simplefilter("ignore", UserWarning)
         problem.solve(solver=solver, **options)
     if problem.status in ("infeasible", "infeasible_inaccurate"):
         raise ValueError(f"{what}: the problem is infeasible")
-    if problem.status not in (("optimal", "optimal_inaccurate") if tight else ("optimal",)):
+    if problem.status not in (("optimal", "optimal_inaccurate") if tight or checked else ("optimal",)):
         raise RuntimeError(f"{what} (cvxpy, {solver}): status {problem.status}")
     return f"cvxpy/{solver}"
 
@@ -156,9 +161,13 @@ def max_margin(x: Tensor, y: Tensor, norm: str) -> MarginResult:
         y: ``(n,)`` labels in {-1, +1}.
         norm: ``l1``, ``l2``, ``linf`` or ``spectral``.
 
+    The solver's point is checked independently: its margin is computed from it (exact for that point), and the
+    constraints' multipliers ``lam`` give the dual bound ``||sum_n lam_n y_n x_n||_* / sum_n lam_n`` that no
+    separator exceeds; the two must agree within ``CERTIFIED`` (relative).
+
     Raises:
         ValueError: bad shapes or labels, an unknown norm, or data that are not linearly separable.
-        RuntimeError: the solver did not reach an optimal status, or its point violates the margin constraints.
+        RuntimeError: the solver failed, or its point is not certified within ``CERTIFIED`` of the max margin.
     """
     x, y = _check_data("max_margin", x, y)
     if norm not in NORMS:
@@ -171,17 +180,36 @@ def max_margin(x: Tensor, y: Tensor, norm: str) -> MarginResult:
     w = cp.Variable(shape)
     feats = (y[:, None] * x.reshape(x.shape[0], -1)).numpy()
     flat = cp.vec(w, order="C") if norm == "spectral" else w
-    problem = cp.Problem(cp.Minimize(_cvx_norm(cp, w, norm)), [feats @ flat >= 1])
+    constraint = feats @ flat >= 1
+    problem = cp.Problem(cp.Minimize(_cvx_norm(cp, w, norm)), [constraint])
     try:
-        solver = _solve(cp, problem, f"max_margin ({norm})")
+        solver = _solve(cp, problem, f"max_margin ({norm})", checked=True)
     except ValueError:
         raise ValueError("max_margin: the data are not linearly separable (no w with y_n <w, x_n> >= 1)") from None
     wv = torch.as_tensor(w.value, dtype=torch.float64).reshape(x.shape[1:])
     size = float(norm_of(wv, norm))
     low = float((torch.as_tensor(feats) @ wv.reshape(-1)).min())
-    if low < 1 - FEASIBILITY * max(1.0, size):
-        raise RuntimeError(f"max_margin ({norm}): the solver's point has margin {low:.3g} < 1 (infeasible)")
-    return MarginResult(wv / size, low / size, norm, solver, time.perf_counter() - t0)
+    if low <= 0:
+        raise RuntimeError(f"max_margin ({norm}): the solver's point does not separate the data (margin {low:.3g})")
+    margin = low / size
+    gap = _certified_gap(feats, constraint.dual_value, x.shape[1:], norm, margin)
+    if gap > CERTIFIED:
+        raise RuntimeError(f"max_margin ({norm}): the solver's point is {gap:.2g} (relative) below the dual bound on "
+                           f"the max margin, above {CERTIFIED:g}")
+    return MarginResult(wv / size, margin, norm, solver, time.perf_counter() - t0, gap)
+
+
+def _certified_gap(feats, dual, shape, norm: str, margin: float) -> float:
+    """The relative gap between ``margin`` and the dual bound ``||sum_n lam_n y_n x_n||_* / sum_n lam_n`` (minimax:
+    every separator's margin is at most this for any ``lam >= 0``); inf without usable multipliers."""
+    if dual is None:
+        return math.inf
+    lam = torch.as_tensor(dual, dtype=torch.float64).reshape(-1).clamp(min=0)
+    if lam.sum() <= 0:
+        return math.inf
+    combo = (lam @ torch.as_tensor(feats)).reshape(shape)
+    bound = float(dual_norm_of(combo if norm == "spectral" else combo.reshape(-1), norm)) / float(lam.sum())
+    return (bound - margin) / margin
 
 
 def preconditioned_max_margin(x: Tensor, y: Tensor, d: Tensor) -> Tensor:
