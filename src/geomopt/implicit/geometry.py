@@ -31,6 +31,7 @@ converges in direction to ``argmin w^T D w s.t. y_n <w, x_n> >= 1`` (:func:`prec
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -134,11 +135,17 @@ def _cvx_norm(cp, w, norm: str):
     return cp.norm(w, {"l1": 1, "l2": 2, "linf": "inf"}[norm])
 
 
+@functools.lru_cache(maxsize=1)
+def _solver_name() -> str:
+    """Clarabel if installed, else SCS (``cvxpy.installed_solvers()`` costs about 0.1 s a call)."""
+    return "CLARABEL" if "CLARABEL" in _import_cvxpy().installed_solvers() else "SCS"
+
+
 def _solve(cp, problem, what: str, tight: bool = False, checked: bool = False) -> str:
     """Solve with Clarabel (SCS if it is missing); ``tight``: gap and feasibility tolerances 1e-12. With ``tight``
     or ``checked`` an ``optimal_inaccurate`` status is accepted: the caller checks the point itself. Returns the
     solver's name."""
-    solver = "CLARABEL" if "CLARABEL" in cp.installed_solvers() else "SCS"
+    solver = _solver_name()
     options = ({"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12} if solver == "CLARABEL"
                else {"eps": 1e-12}) if tight else {}
     with warnings.catch_warnings():  # "solution may be inaccurate": the caller checks the point
