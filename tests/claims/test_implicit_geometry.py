@@ -140,7 +140,8 @@ def test_adagrad_init_reaches_every_verdict():
     claim = BY_ID["adagrad-init"]
     assert claim.evaluate(adagrad_records())["verdict"] == HOLDS
     # both starts reach the same direction (within 0.01 deg) while the limits still drift by 0.5 deg
-    assert claim.evaluate(adagrad_records(angle=lambda d, s: 0.01, drift=lambda d, s: 0.5 + 0.1 * s))["verdict"] == FAILS
+    same = adagrad_records(angle=lambda d, s: 0.01, drift=lambda d, s: 0.5 + 0.1 * s)
+    assert claim.evaluate(same)["verdict"] == FAILS
     out = claim.evaluate(adagrad_records(angle=lambda d, s: [2.0, 0.2, 1.5][s], drift=lambda d, s: 0.5))
     assert out["verdict"] == INCONCLUSIVE and out["why"]
     out = claim.evaluate(adagrad_records(change=lambda d, start, s: 0.05 if (d, start) == ("digits", "random") else 0))

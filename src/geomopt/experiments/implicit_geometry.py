@@ -32,7 +32,8 @@ drop ``log L`` by at least ``SEPARATE`` below its value at ``w = 0`` and separat
 AdaGrad run must stay finite and its accumulator change by at most ``FREEZE`` (relative) over the second half.
 
 Tiers: ``quick``: n = 10, d = 30 regression; 40 synthetic points in R^{6 x 6}; 80 digits; 10,000 separable and
-5,000 AdaGrad steps; 3 seeds (minutes on one core). ``mid`` (:meth:`ImplicitGeometryExperiment.mid`): larger problems and 30,000 steps.
+5,000 AdaGrad steps; 3 seeds (minutes on one core). ``mid`` (:meth:`ImplicitGeometryExperiment.mid`): larger
+problems and 30,000 steps.
 ``full``: 5 seeds, 10^5 steps.
 """
 
@@ -53,8 +54,8 @@ from geomopt.implicit.geometry import (angle_degrees, bregman_kkt, max_margin, m
                                        run_separable, preconditioned_max_margin)
 from geomopt.optim import MirrorDescent, SteepestDescent
 from geomopt.report import Section, plot_curves, write_section, write_tables
-from geomopt.sweep import (FAILS, HOLDS, INCONCLUSIVE, Claim, Outcome, all_of, equivalent, gated, greater, less, seed_stats,
-                           untestable, write_claims)
+from geomopt.sweep import (FAILS, HOLDS, INCONCLUSIVE, Claim, Outcome, all_of, equivalent, gated, greater, less,
+                           seed_stats, untestable, write_claims)
 
 NAME = "implicit-geometry"
 PAPER = "Gunasekar, Lee, Soudry & Srebro 2018"
@@ -570,8 +571,9 @@ def _regression_table(records: Records) -> dict[str, Any]:
             bad = regression_failures(rows, exp.reg_tol)
             dist = seed_stats([max(r["dist_bregman"] for r in g) for g in groups if g]).fmt() if kind == "md" else ""
             spread = seed_stats([_spread(g, starts[s]) for g, s in zip(groups, exp.seeds) if g]).fmt()
-            table.append([f"{'mirror' if kind == 'md' else 'steepest'} {v}", len(rows), dist, spread,
-                          f"{sum(r['steps'] for r in rows) / max(len(rows), 1):.0f}", f"{len(rows) - len(bad)}/{len(rows)}"])
+            steps = sum(r["steps"] for r in rows) / max(len(rows), 1)
+            table.append([f"{'mirror' if kind == 'md' else 'steepest'} {v}", len(rows), dist, spread, f"{steps:.0f}",
+                          f"{len(rows) - len(bad)}/{len(rows)}"])
     return {"caption": "Regression: mean [95% interval] over seeds", "columns": columns, "rows": table}
 
 
@@ -584,8 +586,8 @@ def _separable_table(records: Records) -> dict[str, Any]:
             rows = records.where(part="separable", dataset=dataset, norm=norm)
             others = [min(records.where(part="separable", dataset=dataset, norm=m, seed=r["seed"])[0][f"gap_{norm}"]
                           for m in NORMS if m != norm) for r in rows]
-            table.append([dataset, norm, seed_stats([r["margin"] for r in
-                                                     records.where(part="max-margin", dataset=dataset, norm=norm)]).fmt(),
+            margins = [r["margin"] for r in records.where(part="max-margin", dataset=dataset, norm=norm)]
+            table.append([dataset, norm, seed_stats(margins).fmt(),
                           seed_stats([r[f"gap_{norm}"] for r in rows]).fmt(),
                           seed_stats([_early(records, r["run"])[f"gap_{norm}"] for r in rows]).fmt(),
                           seed_stats(others).fmt(), seed_stats([r["angle"] for r in rows]).fmt()])
