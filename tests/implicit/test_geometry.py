@@ -194,3 +194,28 @@ def test_norms_and_log_steps():
     assert steps == [1, 10, 100, 1000]
     assert normalized_margin(torch.zeros(2), torch.ones(1, 2), torch.ones(1), "l2") == -math.inf
     assert angle_degrees(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])) == pytest.approx(90.0)
+
+
+def test_factorized_sensing_takes_the_closed_form_step_and_stops_at_tol():
+    """One l2 steepest step on U is U - lr (G + G^T) U with G = A*(A(U U^T) - y) / m; a run stops at tol or at a
+    divergence."""
+    from geomopt.implicit.factorized import SensingObjective, _orthogonal
+    from geomopt.implicit.geometry import run_factorized_sensing
+    from geomopt.implicit.operators import GaussianSensing, random_psd
+    target = random_psd(5, 1, seed=0, fro_norm=1.0)
+    op = GaussianSensing(5, 5, 12, seed=1, symmetric=True)
+    objective = SensingObjective(op, op.forward(target))
+    u0 = math.sqrt(0.1) * _orthogonal(5, 5, torch.Generator().manual_seed(3))
+    grad_x = op.adjoint(op.forward(u0 @ u0.T) - op.forward(target)) / op.m
+    u1 = u0 - 0.2 * (grad_x + grad_x.T) @ u0
+    one = run_factorized_sensing(objective, lambda ps: SteepestDescent(ps, lr=0.2, norm="l2"), n=5, alpha=0.1,
+                                 steps=1, seed=3)
+    assert torch.allclose(one["X"], u1 @ u1.T, atol=1e-12) and one["steps"] == 1 and not one["diverged"]
+    run = run_factorized_sensing(objective, lambda ps: SteepestDescent(ps, lr=0.3, norm="l2"), n=5, alpha=0.1,
+                                 steps=2000, tol=0.1, seed=3)
+    assert run["loss_ratio"] <= 0.1 and 1 < run["steps"] < 2000  # one step leaves 0.24
+    bad = run_factorized_sensing(objective, lambda ps: SteepestDescent(ps, lr=1e6, norm="l2"), n=5, alpha=1.0,
+                                 steps=100)
+    assert bad["diverged"] and bad["steps"] < 100
+    with pytest.raises(ValueError, match="alpha"):
+        run_factorized_sensing(objective, lambda ps: SteepestDescent(ps, lr=0.1), n=5, alpha=0.0, steps=1)

@@ -48,7 +48,7 @@ from geomopt.optim.steepest import NORMS, SteepestDescent
 
 __all__ = ["MarginResult", "norm_of", "dual_norm_of", "normalized_margin", "margin_gaps", "angle_degrees",
            "max_margin", "preconditioned_max_margin", "min_bregman", "bregman_kkt", "run_regression",
-           "run_separable", "run_adagrad", "log_steps"]
+           "run_separable", "run_adagrad", "log_steps", "run_factorized_sensing"]
 
 FEASIBILITY = 1e-7  # a solver's point must meet its constraints to this relative accuracy
 KKT_TOL = 1e-5  # min_bregman's point must meet the optimality condition to this relative accuracy
@@ -424,3 +424,46 @@ def run_adagrad(x: Tensor, y: Tensor, w0: Tensor, *, lr: float, steps: int, eps:
             "accumulator_half": half.reshape(w0.shape), "loss": float(final), "loss0": loss0,
             "diverged": not (torch.isfinite(final) and torch.isfinite(w).all())}
 
+
+
+def run_factorized_sensing(objective, make_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer], *, n: int,
+                           alpha: float, steps: int, seed: int = 0, tol: float = 1e-10) -> dict:
+    """Symmetric matrix sensing ``X = U U^T`` (U ``n x n``, ``U(0) = sqrt(alpha) Q`` with Q a seeded orthogonal
+    matrix, so ``X(0) = alpha I``) trained by any optimizer on U: Gunasekar et al. 2017's small-start setting under
+    the geometries of Gunasekar et al. 2018 (``SteepestDescent`` under a norm, ``MirrorDescent``, Adam...).
+
+    Args:
+        objective: A :class:`geomopt.implicit.SensingObjective` (its ``loss(W)``).
+        make_optimizer: ``[U] -> optimizer``.
+        n, alpha, seed: The factor's size, the init scale, the seed of Q.
+        steps: At most this many steps; the run stops at loss ``tol`` x its value at ``X = 0``.
+
+    Returns:
+        ``{"X", "loss_ratio", "steps", "diverged"}``: the end-to-end matrix, its loss over the loss at ``X = 0``,
+        the steps taken, and whether the loss or an update became non-finite (``X`` is then the last finite one).
+    """
+    from geomopt.implicit.factorized import _orthogonal
+    check_int("run_factorized_sensing", "n", n, low=1)
+    check_number("run_factorized_sensing", "alpha", alpha, low=0, low_open=True)
+    check_int("run_factorized_sensing", "steps", steps, low=1)
+    zero = float(objective.loss(torch.zeros(n, n, dtype=torch.float64)))
+    u = (math.sqrt(alpha) * _orthogonal(n, n, torch.Generator().manual_seed(seed))).requires_grad_(True)
+    opt = make_optimizer([u])
+    done, diverged, last = 0, False, u.detach().clone()
+    for done in range(steps + 1):
+        loss = objective.loss(u @ u.T)
+        if not torch.isfinite(loss):
+            diverged = True
+            break
+        last = u.detach().clone()
+        if float(loss.detach()) <= tol * zero or done == steps:
+            break
+        opt.zero_grad()
+        loss.backward()
+        try:
+            opt.step()
+        except FloatingPointError:
+            diverged = True
+            break
+    x = last @ last.T
+    return {"X": x, "loss_ratio": float(objective.loss(x)) / zero, "steps": done, "diverged": diverged}
