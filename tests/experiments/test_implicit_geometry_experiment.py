@@ -50,3 +50,27 @@ def test_synthetic_set_has_its_planted_margin_and_digits_are_two_classes():
     assert not torch.equal(x, digits_pair((3, 8), 40, seed=2)[0])
     with pytest.raises(ValueError, match="digits_n = 5000"):
         digits_pair((3, 8), 5000, seed=0)
+
+
+def test_tables_and_figures_survive_a_diverged_run(tmp_path):
+    """A run that diverged before its first record (no curve, NaN numbers) and a regression limit at inf are
+    shown as non-finite, not a crash; the claims gate them."""
+    import math
+
+    from geomopt.experiments import implicit_geometry as ig
+    from geomopt.experiments.records import Records
+    from tests.claims.test_implicit_geometry import EXP, regression_rows, separable_records
+    sep = separable_records()
+    bad = sep.where(dataset="digits", norm="l1", seed=0)[0]
+    bad.update(diverged=True, log_loss=math.nan, gap_l1=math.nan, angle=math.nan)
+    del sep.curves[bad["run"]]
+    rows = regression_rows()
+    rows[-1].update(diverged=True, residual=math.inf, w=[math.inf] * EXP.reg_d)
+    margins = [{"run": f"mm/{d}/{n}/{s}", "part": "max-margin", "dataset": d, "norm": n, "seed": s, "margin": 0.5}
+               for d in ig.DATASETS for n in ig.NORMS for s in EXP.seeds]
+    records = Records(EXP, rows + sep.rows + margins, sep.curves)
+    table = ig._separable_table(records)
+    assert "(1 non-finite)" in table["rows"][4][3]  # digits l1: final gap
+    assert "(1 non-finite)" in ig._regression_table(records)["rows"][-1][3]
+    assert (tmp_path / ig._gap_figure(records, tmp_path)["file"]).is_file()
+    assert "digits l1 steepest descent, seed 0: diverged" in ig.CLAIMS[2].evaluate(records)["why"]

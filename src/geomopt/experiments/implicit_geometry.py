@@ -560,6 +560,13 @@ def _paragraphs(exp: ImplicitGeometryExperiment, tier: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- tables and figures
 
+def _stat(values: list[float]) -> str:
+    """``mean [95% interval]`` over the finite values, naming how many were not finite (a diverged run)."""
+    finite = [v for v in values if math.isfinite(v)]
+    text = seed_stats(finite).fmt() if finite else "n/a"
+    return text + (f" ({len(values) - len(finite)} non-finite)" if len(finite) < len(values) else "")
+
+
 def _regression_table(records: Records) -> dict[str, Any]:
     exp = records.exp
     starts = {s: regression_problem(exp, s)[2] for s in exp.seeds}
@@ -571,8 +578,8 @@ def _regression_table(records: Records) -> dict[str, Any]:
             rows = records.where(part=kind, **{key: v})
             groups = [records.where(part=kind, seed=s, **{key: v}) for s in exp.seeds]
             bad = regression_failures(rows, exp.reg_tol)
-            dist = seed_stats([max(r["dist_bregman"] for r in g) for g in groups if g]).fmt() if kind == "md" else ""
-            spread = seed_stats([_spread(g, starts[s]) for g, s in zip(groups, exp.seeds) if g]).fmt()
+            dist = _stat([max(r["dist_bregman"] for r in g) for g in groups if g]) if kind == "md" else ""
+            spread = _stat([_spread(g, starts[s]) for g, s in zip(groups, exp.seeds) if g])
             steps = sum(r["steps"] for r in rows) / max(len(rows), 1)
             table.append([f"{'mirror' if kind == 'md' else 'steepest'} {v}", len(rows), dist, spread, f"{steps:.0f}",
                           f"{len(rows) - len(bad)}/{len(rows)}"])
@@ -589,10 +596,9 @@ def _separable_table(records: Records) -> dict[str, Any]:
             others = [min(records.where(part="separable", dataset=dataset, norm=m, seed=r["seed"])[0][f"gap_{norm}"]
                           for m in NORMS if m != norm) for r in rows]
             margins = [r["margin"] for r in records.where(part="max-margin", dataset=dataset, norm=norm)]
-            table.append([dataset, norm, seed_stats(margins).fmt(),
-                          seed_stats([r[f"gap_{norm}"] for r in rows]).fmt(),
-                          seed_stats([_early(records, r["run"])[f"gap_{norm}"] for r in rows]).fmt(),
-                          seed_stats(others).fmt(), seed_stats([r["angle"] for r in rows]).fmt()])
+            table.append([dataset, norm, _stat(margins), _stat([r[f"gap_{norm}"] for r in rows]),
+                          _stat([_early(records, r["run"])[f"gap_{norm}"] for r in rows if records.curves.get(r["run"])]),
+                          _stat(others), _stat([r["angle"] for r in rows])])
     return {"caption": "Separable data: relative margin gaps 1 - margin / max margin, mean [95% interval] over seeds",
             "columns": columns, "rows": table}
 
