@@ -49,14 +49,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from geomopt.experiments.config import configure, experiment_dir, merge_overrides
-from geomopt.experiments.records import Records, read_stored
+from geomopt.experiments.records import Records
+from geomopt.experiments.skeleton import Context, Experiment, Protocol, Ran, Report
 from geomopt.implicit.geometry import (angle_degrees, bregman_kkt, max_margin, min_bregman, run_adagrad, run_regression,
                                        run_separable, preconditioned_max_margin)
 from geomopt.optim import MirrorDescent, SteepestDescent
-from geomopt.report import Section, plot_curves, write_section, write_tables
+from geomopt.report import plot_curves
 from geomopt.sweep import (FAILS, HOLDS, INCONCLUSIVE, Claim, Outcome, all_of, equivalent, gated, greater, less,
-                           seed_stats, untestable, write_claims)
+                           seed_stats, untestable)
 
 NAME = "implicit-geometry"
 PAPER = "Gunasekar, Lee, Soudry & Srebro 2018"
@@ -76,7 +76,7 @@ ADAGRAD_EPS = 1e-10
 
 
 @dataclass
-class ImplicitGeometryExperiment:
+class ImplicitGeometryExperiment(Protocol, name=NAME):
     """Plain-data configuration; every field can be set with ``--set key=value``."""
 
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -122,7 +122,7 @@ class ImplicitGeometryExperiment:
         12-17); every separable gap ended at 0.003-0.015 and falling."""
         return cls(seeds=(0, 1, 2), steps=30000, adagrad_steps=30000, reg_steps=50000)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         for spec in self.potentials:
             _potential(spec)
         bad = [n for n in self.sd_norms if n not in ("l1", "l2", "linf")]
@@ -130,9 +130,6 @@ class ImplicitGeometryExperiment:
             raise ValueError(f"{NAME}: sd_norms must be among l1, l2, linf (vector regression), got {bad}")
         if len(self.digits_classes) != 2 or len(set(self.digits_classes)) != 2:
             raise ValueError(f"{NAME}: digits_classes must be two different digits, got {list(self.digits_classes)}")
-
-    def replace(self, overrides: dict[str, Any]) -> ImplicitGeometryExperiment:
-        return ImplicitGeometryExperiment(**merge_overrides(self, overrides, NAME))
 
 
 CONFIG = ImplicitGeometryExperiment  # the config class (geomopt results check rebuilds it from experiment.json)
@@ -516,14 +513,10 @@ CLAIMS = [
 
 # ----------------------------------------------------------------------------- reproduce
 
-def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrides: dict[str, Any] | None = None,
-              seeds: int | None = None, overwrite: bool = False) -> Path:
-    """Regression, separable and AdaGrad runs; results.csv, curves.csv, table.csv, figures, claims, section.
-
-    The runs are small float64 problems on one process (``jobs`` is not used); nothing is kept between runs,
-    so ``overwrite`` has nothing to refuse."""
-    exp = configure(ImplicitGeometryExperiment, NAME, tier, overrides, seeds)
-    root = experiment_dir(out, NAME, exp)
+def _run(ctx: Context) -> Ran:
+    """Regression, separable and AdaGrad runs of every seed (small float64 problems on one process: ``jobs`` is not
+    used; nothing is kept between runs, so ``overwrite`` has nothing to refuse)."""
+    exp = ctx.exp
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, Any]]] = {}
     t0 = time.perf_counter()
@@ -532,16 +525,13 @@ def reproduce(out: Path, *, tier: str = "full", jobs: int | None = None, overrid
         for dataset in DATASETS:
             _separable(exp, dataset, seed, rows, curves)
             _adagrad(exp, dataset, seed, rows)
-    seconds = time.perf_counter() - t0
-    Records(exp, rows, curves).write(root)
-    records = read_stored(root, exp)  # the claims are decided on what is stored, as `geomopt results check` does
+    return Ran(Records(exp, rows, curves), time.perf_counter() - t0)
+
+
+def _report(ctx: Context, records: Records, ran: Ran) -> Report:
     tables = [_regression_table(records), _separable_table(records), _adagrad_table(records)]
-    write_tables(root / "table.csv", *[(t["columns"], t["rows"]) for t in tables])
-    figures = [_gap_figure(records, root), _angle_figure(records, root)]
-    write_claims(root, NAME, claims(exp), records, title=TITLE, seeds=exp.seeds, seconds=seconds, tier=tier)
-    section = Section(citations=list(CITATIONS), title=TITLE, paragraphs=_paragraphs(exp, tier), tables=tables,
-                      figures=figures, order=45)
-    return write_section(root, section)
+    figures = [_gap_figure(records, ctx.root), _angle_figure(records, ctx.root)]
+    return Report(_paragraphs(ctx.exp, ctx.tier), tables, figures)
 
 
 def _paragraphs(exp: ImplicitGeometryExperiment, tier: str) -> list[str]:
@@ -662,3 +652,8 @@ def _angle_figure(records: Records, root: Path) -> dict[str, str]:
     return {"file": "angles.png", "caption": "Angle between each geometry's iterate and its own norm's max-margin "
             "direction (from cvxpy), mean over seeds against log10 step; a non-unique max margin (l-infinity, "
             "spectral, l1) can leave it above 0."}
+
+
+EXPERIMENT = Experiment(NAME, ImplicitGeometryExperiment, TITLE, CITATIONS, order=45, run=_run, claims=claims,
+                        report=_report)
+reproduce = EXPERIMENT.reproduce
