@@ -122,13 +122,15 @@ def test_min_bregman_refuses_bad_input():
 
 
 @settings(max_examples=4, deadline=None)
-@given(st.sampled_from([("lp", 1.5), ("lp", 3.0), ("entropy", 2.0)]), st.sampled_from([0.3, 0.6]),
+@given(st.sampled_from([("lp", 1.25), ("lp", 1.5), ("entropy", 2.0)]), st.sampled_from([0.3, 0.6]),
        st.sampled_from([0.0, 0.5]), st.integers(0, 1000))
 def test_mirror_descent_limit_is_the_bregman_projection(potential_p, lr, momentum, seed):
-    """The paper's Sec. 2 result on small problems, against the dual root (not cvxpy): any step size, momentum."""
+    """The paper's Sec. 2 result on small problems, against the dual root (not cvxpy): any step size, momentum, for
+    strongly convex potentials (steps scaled by the l_p potential's modulus p - 1; 1/2 ||w||_3^2, not strongly
+    convex, can cycle at such steps)."""
     potential, p = potential_p
     x, y, w0 = _regression(seed)
-    smooth = float(torch.linalg.matrix_norm(x, ord=2)) ** 2
+    smooth = float(torch.linalg.matrix_norm(x, ord=2)) ** 2 / (p - 1 if potential == "lp" else 1.0)
     r = run_regression(x, y, w0, lambda ps: MirrorDescent(ps, lr=lr / smooth, potential=potential, p=p,
                                                           momentum=momentum), steps=20000, tol=1e-12)
     assert not r["diverged"] and r["residual"] <= 1e-12
