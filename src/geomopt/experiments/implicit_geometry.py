@@ -118,8 +118,8 @@ class ImplicitGeometryExperiment(Protocol, name=NAME):
         Why it tests the headline: with steps ``eta / (B^2 L)`` the margin gap falls about as 1/t (measured in
         the quick tier: 0.045 -> 0.014 from step 956 to 3,000 for l2 on the synthetic set), so 30,000 steps
         should put every norm's gap an order of magnitude below ``GAP`` and the curves span 4.5 decades of steps;
-        the regression and AdaGrad parts converge far earlier. Measured here: 9.5 min of CPU (54 min wall at load
-        12-17); every separable gap ended at 0.003-0.015 and falling."""
+        the regression and AdaGrad parts converge far earlier. Measured here: 7.2 min of CPU (19 min wall at load
+        10-15); every separable gap ended at 0.003-0.015 and falling."""
         return cls(seeds=(0, 1, 2), steps=30000, adagrad_steps=30000, reg_steps=50000)
 
     def check(self) -> None:
