@@ -18,7 +18,8 @@ from types import ModuleType
 _MODULES = {"path-sgd": "path_sgd", "ekfac": "ekfac", "path-sgd-rnn": "path_sgd_rnn", "pruning": "pruning",
             "exploring-generalization": "exploring_generalization", "implicit-mf": "implicit_mf",
             "deep-mf": "deep_mf", "bn-lstm": "bn_lstm", "overparametrization": "overparametrization",
-            "edge-of-stability": "edge_of_stability"}
+            "edge-of-stability": "edge_of_stability",
+            "implicit-geometry": "implicit_geometry"}
 
 
 class _Experiments(Mapping[str, ModuleType]):

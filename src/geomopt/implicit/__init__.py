@@ -11,6 +11,9 @@ overparameterization); Arora, Cohen, Golowich & Hu 2019 (deficiency margin).
 - ``spectral``: nuclear norm, effective rank (Roy & Vetterli 2007), distances.
 - ``nuclear``: :func:`min_nuclear_norm` (cvxpy SDP or ADMM on the operator).
 - ``deep_linear``: l_p regression objective, balancedness, deficiency margin.
+- ``geometry`` (imported on its own: it uses ``geomopt.optim``): the targets of a geometry's implicit bias on
+  linear models (Gunasekar, Lee, Soudry & Srebro 2018): max margins per norm, min Bregman divergence, AdaGrad's
+  frozen-preconditioner limit (cvxpy), and the runs that approach them.
 """
 
 from geomopt.implicit.deep_linear import (
