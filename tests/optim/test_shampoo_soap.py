@@ -164,19 +164,20 @@ def test_soap_rectangular_refreshed_each_step():
 
 def test_soap_first_step_is_adams_in_an_exact_eigenbasis_and_vectors_take_adamw():
     """One step from zero moments: Adam's first step is lr * sign-like G'/(|G'|+eps) rotated back; 1-d AdamW."""
-    w, b = torch.randn(3, 2), torch.randn(4)
+    gen = torch.Generator().manual_seed(5)
+    w, b = torch.randn(3, 2, generator=gen, dtype=torch.float64), torch.randn(4, generator=gen, dtype=torch.float64)
     pw, pb = w.clone().requires_grad_(), b.clone().requires_grad_()
     tw = b.clone().requires_grad_()
     opt = SOAP([pw, pb], lr=0.1, betas=(0.9, 0.99), eps=1e-3, weight_decay=0.0)
     ref = torch.optim.AdamW([tw], lr=0.1, betas=(0.9, 0.99), eps=1e-3, weight_decay=0.0)
-    g = torch.randn(3, 2)
-    pw.grad, pb.grad, tw.grad = g.clone(), torch.ones(4), torch.ones(4)
+    g = torch.randn(3, 2, generator=gen, dtype=torch.float64)
+    pw.grad, pb.grad, tw.grad = g.clone(), torch.ones_like(b), torch.ones_like(b)
     opt.step()
     ref.step()
     U, _, Vh = torch.linalg.svd(g)  # eigenvectors of G G^T and G^T G: G' = U^T G V is diagonal
     rotated = U.T @ g @ Vh.T
     expected = w - 0.1 * U @ (rotated / (rotated.abs() + 1e-3)) @ Vh
-    assert torch.allclose(pw, expected, atol=1e-9) and torch.equal(pb, tw)
+    assert torch.allclose(pw, expected, rtol=0, atol=1e-12) and torch.allclose(pb, tw, rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("s_eps", [(0.0, 1e-3), (1.0, 1e-6)])
