@@ -88,3 +88,21 @@ def test_report_renders_the_ledger(ledger, tmp_path):
     assert main(["report", "--results", str(ledger), "--out", str(tmp_path / "rep")]) == 0
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "Scoreboard" in page and "quick tier" in page
+
+
+def test_the_ledger_readme_opens_with_counts_per_tier_and_a_row_per_reproduction():
+    from pathlib import Path
+
+    from geomopt.experiments.ledger import _summary_lines
+
+    def record(exp, tier, verdicts):
+        return {"experiment": exp, "title": exp.upper(), "tier": tier,
+                "claims": [{"id": str(i), "verdict": v} for i, v in enumerate(verdicts)]}, Path(exp) / tier
+
+    lines = _summary_lines([record("a", "quick", ["holds", "fails"]), record("a", "mid", ["inconclusive"]),
+                            record("b", "mid", ["holds", "holds"])])
+    assert lines[0].startswith("- **mid**: 3 claims: 2 holds, 0 fails, 1 inconclusive")
+    assert lines[1].startswith("- **quick**: 2 claims: 1 holds, 1 fails")
+    assert "| reproduction | mid | quick |" in lines
+    assert "| A | 1 inconclusive | 1 holds, 1 fails |" in lines
+    assert "| B | 2 holds | not filed |" in lines
