@@ -107,7 +107,45 @@ def _check_group(group: dict, where: str) -> None:
     check_number(where, "graft_eps", group["graft_eps"], low=0, low_open=True)
 
 
-class Shampoo(torch.optim.Optimizer):
+class DirectionFirst(torch.optim.Optimizer):
+    """The step shared by Shampoo and SOAP: every parameter's direction ``d`` is computed (and found finite)
+    before any parameter changes, then decoupled weight decay and the step, ``w <- (1 - lr wd) w - lr d``.
+    A subclass names itself (``label``) and gives ``_check(group, where)`` and ``_update(p, group) -> d``."""
+
+    label = "DirectionFirst"
+
+    def _check(self, group: dict, where: str) -> None:
+        raise NotImplementedError
+
+    def _update(self, p: torch.Tensor, group: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        self._check(self.param_groups[-1], f"{self.label}: param group {len(self.param_groups) - 1}")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One step of every parameter with a gradient; ``closure`` re-evaluates the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for i, group in enumerate(self.param_groups):
+            self._check(group, f"{self.label}: param group {i}")
+        check_gradients(self, self.label)
+        try:
+            updates = [(p, group, self._update(p, group)) for group in self.param_groups for p in group["params"]
+                       if p.grad is not None]
+        except FloatingPointError as exc:
+            raise FloatingPointError(f"{self.label}: {exc}; no parameter was changed") from exc
+        for p, group, d in updates:  # every direction is finite: now change the parameters
+            p.mul_(1 - float(group["lr"]) * group["weight_decay"])
+            p.add_(d.view_as(p), alpha=-float(group["lr"]))
+        return loss
+
+
+class Shampoo(DirectionFirst):
     """Shampoo with diagonal AdaGrad for non-matrix parameters, optional grafting, momentum and decoupled weight
     decay (module docstring).
 
@@ -141,29 +179,10 @@ class Shampoo(torch.optim.Optimizer):
         _check_group(defaults, "Shampoo")
         super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
-        _check_group(self.param_groups[-1], f"Shampoo: param group {len(self.param_groups) - 1}")
+    label = "Shampoo"
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One Shampoo step of every parameter with a gradient; ``closure`` re-evaluates the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for i, group in enumerate(self.param_groups):
-            _check_group(group, f"Shampoo: param group {i}")
-        check_gradients(self, "Shampoo")
-        try:
-            updates = [(p, group, self._update(p, group)) for group in self.param_groups for p in group["params"]
-                       if p.grad is not None]
-        except FloatingPointError as exc:
-            raise FloatingPointError(f"Shampoo: {exc}; no parameter was changed") from exc
-        for p, group, d in updates:  # every direction is finite: now change the parameters
-            p.mul_(1 - float(group["lr"]) * group["weight_decay"])
-            p.add_(d, alpha=-float(group["lr"]))
-        return loss
+    def _check(self, group: dict, where: str) -> None:
+        _check_group(group, where)
 
     def _direction(self, p: torch.Tensor, group: dict, step: int) -> torch.Tensor:
         state, g = self.state[p], p.grad

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 import torch
 
 from geomopt.checks import WrongTypeError, check_int, check_number
-from geomopt.optim.shampoo import check_gradients, eigenbasis, kronecker_statistics_
+from geomopt.optim.shampoo import DirectionFirst, eigenbasis, kronecker_statistics_
 
 __all__ = ["SOAP", "soap_direction"]
 
@@ -54,7 +54,7 @@ def _check_group(group: dict, where: str) -> None:
     check_int(where, "precondition_freq", group["precondition_freq"], low=1)
 
 
-class SOAP(torch.optim.Optimizer):
+class SOAP(DirectionFirst):
     """SOAP (module docstring): AdamW in the eigenbasis of Shampoo's statistics, refreshed every
     ``precondition_freq`` steps; AdamW on non-matrix parameters.
 
@@ -81,29 +81,10 @@ class SOAP(torch.optim.Optimizer):
         _check_group(defaults, "SOAP")
         super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
-        _check_group(self.param_groups[-1], f"SOAP: param group {len(self.param_groups) - 1}")
+    label = "SOAP"
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One SOAP step of every parameter with a gradient; ``closure`` re-evaluates the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for i, group in enumerate(self.param_groups):
-            _check_group(group, f"SOAP: param group {i}")
-        check_gradients(self, "SOAP")
-        try:
-            updates = [(p, group, self._direction(p, group)) for group in self.param_groups for p in group["params"]
-                       if p.grad is not None]
-        except FloatingPointError as exc:
-            raise FloatingPointError(f"SOAP: {exc}; no parameter was changed") from exc
-        for p, group, direction in updates:  # every eigenbasis was found: now change the parameters
-            p.mul_(1 - float(group["lr"]) * group["weight_decay"])
-            p.add_(direction.view_as(p), alpha=-float(group["lr"]))
-        return loss
+    def _check(self, group: dict, where: str) -> None:
+        _check_group(group, where)
 
     def _refresh(self, state: dict, g: torch.Tensor, group: dict, step: int) -> None:
         if "left" not in state:
@@ -115,7 +96,7 @@ class SOAP(torch.optim.Optimizer):
             state["q_left"] = eigenbasis(state["left"])[1]
             state["q_right"] = eigenbasis(state["right"])[1]
 
-    def _direction(self, p: torch.Tensor, group: dict) -> torch.Tensor:
+    def _update(self, p: torch.Tensor, group: dict) -> torch.Tensor:
         """Adam's direction of ``p`` in the eigenbasis, back in the parameter's basis; ``p`` is not changed."""
         state = self.state[p]
         if "step" not in state:
