@@ -74,6 +74,19 @@ def check_number(where: str, key: str, value: Any, *, low: float | None = None, 
     return v
 
 
+def check_betas(where: str, key: str, value: Any) -> None:
+    """``value`` is two decay rates ``(beta1, beta2)``, each in [0, 1) (Adam's ``betas``).
+
+    Raises:
+        WrongTypeError: not a pair.
+        ValueError: a rate out of [0, 1) (named ``key[i]``).
+    """
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise WrongTypeError(f"{where}: {key} must be two numbers (beta1, beta2), got {value!r}")
+    for i, b in enumerate(value):
+        check_number(where, f"{key}[{i}]", b, low=0, high=1, high_open=True)
+
+
 def check_int(where: str, key: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
     """``int(value)`` for an integer (``numbers.Integral``, not a bool) within ``[low, high]``.
 

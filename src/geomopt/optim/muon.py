@@ -32,7 +32,7 @@ from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, DEFAULT_NS_STEPS,
     _zeropower_via_newtonschulz
 from torch.optim.adam import adam
 
-from geomopt.checks import WrongTypeError, check_int, check_number
+from geomopt.checks import WrongTypeError, check_betas, check_int, check_number
 from geomopt.optim.steepest import steepest_direction
 
 __all__ = ["Muon", "muon_direction", "ORTHOGONALIZE"]
@@ -75,11 +75,7 @@ def _check_group(group: dict, where: str) -> None:
             raise ValueError(f"{where}: {key} must be one of {allowed}, got {group[key]!r}")
     if group["adamw_lr"] is not None:
         check_number(where, "adamw_lr", group["adamw_lr"], low=0)
-    betas = group["adamw_betas"]
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise WrongTypeError(f"{where}: adamw_betas must be two numbers (beta1, beta2), got {betas!r}")
-    for i, b in enumerate(betas):
-        check_number(where, f"adamw_betas[{i}]", b, low=0, high=1, high_open=True)
+    check_betas(where, "adamw_betas", group["adamw_betas"])
     check_number(where, "adamw_eps", group["adamw_eps"], low=0, low_open=True)
     check_number(where, "adamw_weight_decay", group["adamw_weight_decay"], low=0)
     if group["fallback"] == "none":

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 
 import torch
 
-from geomopt.checks import WrongTypeError, check_int, check_number
+from geomopt.checks import check_betas, check_int, check_number
 from geomopt.optim.shampoo import DirectionFirst, eigenbasis, kronecker_statistics_
 
 __all__ = ["SOAP", "soap_direction"]
@@ -42,11 +42,7 @@ def soap_direction(m_hat: torch.Tensor, v_hat: torch.Tensor, q_left: torch.Tenso
 
 def _check_group(group: dict, where: str) -> None:
     check_number(where, "lr", group["lr"], low=0)
-    betas = group["betas"]
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise WrongTypeError(f"{where}: betas must be two numbers (beta1, beta2), got {betas!r}")
-    for i, b in enumerate(betas):
-        check_number(where, f"betas[{i}]", b, low=0, high=1, high_open=True)
+    check_betas(where, "betas", group["betas"])
     if group["shampoo_beta"] is not None:
         check_number(where, "shampoo_beta", group["shampoo_beta"], low=0, high=1, high_open=True)
     check_number(where, "eps", group["eps"], low=0, low_open=True)
