@@ -280,14 +280,13 @@ def _summary_lines(entries: list[tuple[dict[str, Any], Path]]) -> list[str]:
         counts = count_verdicts([c for r, _ in entries if _tier(r) == tier for c in r["claims"]])
         lines.append(f"- **{tier}**: {sum(counts.values())} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
     lines += ["", "| reproduction | " + " | ".join(tiers) + " |", "|---|" + "---|" * len(tiers)]
-    by_experiment: dict[str, dict[str, dict[str, int]]] = {}
+    by_experiment: dict[str, dict[str, str]] = {}
     for record, _ in entries:
-        by_experiment.setdefault(record["title"] if "title" in record else record["experiment"], {})[_tier(record)] = (
-            count_verdicts(record["claims"]))
+        counts = count_verdicts(record["claims"])
+        by_experiment.setdefault(record.get("title", record["experiment"]), {})[_tier(record)] = (
+            ", ".join(f"{n} {v}" for v, n in counts.items() if n) or "no claims")
     for title, per_tier in by_experiment.items():
-        cells = [", ".join(f"{n} {v}" for v, n in per_tier[t].items() if n) or "no claims" if t in per_tier else "not filed"
-                 for t in tiers]
-        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+        lines.append(f"| {title} | " + " | ".join(per_tier.get(t, "not filed") for t in tiers) + " |")
     return lines + [""]
 
 
