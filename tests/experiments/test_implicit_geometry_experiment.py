@@ -15,6 +15,7 @@ from tests.experiments.ledger_roundtrip import ledger_problems
 
 PNG = b"\x89PNG"
 TINY = {"reg_n": 4, "reg_d": 10, "potentials": ["lp:3"], "md_lrs": [0.6, 1.0], "momenta": [0.5],
+        "ng_lrs": [1.0, 0.5],
         "sd_lrs": [0.6, 1.0], "reg_steps": 1500, "synth_n": 12, "synth_side": 3, "digits_n": 30, "steps": 150,
         "points": 8, "adagrad_steps": 150}
 
@@ -28,12 +29,13 @@ def test_tiny_reproduction_writes_everything_and_gates_short_runs(tmp_path):
         assert (root / fig["file"]).read_bytes().startswith(PNG)
     rows = read_csv(root / "results.csv")
     parts = {r["part"] for r in rows}
-    assert parts == {"bregman", "md", "sd", "max-margin", "separable", "adagrad"}
+    assert parts == {"bregman", "md", "ng", "sd", "max-margin", "separable", "adagrad"}
+    assert {r["loss"] for r in rows if r["part"] == "separable"} == {"exponential", "logistic"}
     assert {r["seed"] for r in rows} == {0, 1}
     assert all(r["certified_gap"] < 1e-5 for r in rows if r["part"] == "max-margin")
     claims = {c["id"]: c for c in json.loads((root / "claims.json").read_text())["claims"]}
-    assert list(claims) == ["mirror-bregman", "step-size-dependence", "max-margin", "geometry-decides",
-                            "adagrad-init"]
+    assert list(claims) == ["mirror-bregman", "step-size-dependence", "natural-gradient", "max-margin",
+                            "geometry-decides", "adagrad-init"]
     assert all(c["seeds"] == [0, 1] for c in claims.values())
     assert claims["mirror-bregman"]["verdict"] == "holds"  # tiny problems converge to the Bregman projection
     # 150 steps leave the separable and AdaGrad runs short of their gates: untestable, never decided
@@ -61,7 +63,7 @@ def test_tables_and_figures_survive_a_diverged_run(tmp_path):
     from geomopt.experiments.records import Records
     from tests.claims.test_implicit_geometry import EXP, regression_rows, separable_records
     sep = separable_records()
-    bad = sep.where(dataset="digits", norm="l1", seed=0)[0]
+    bad = sep.where(dataset="digits", norm="l1", seed=0, loss="exponential")[0]
     bad.update(diverged=True, log_loss=math.nan, gap_l1=math.nan, angle=math.nan)
     del sep.curves[bad["run"]]
     rows = regression_rows()
@@ -70,7 +72,10 @@ def test_tables_and_figures_survive_a_diverged_run(tmp_path):
                for d in ig.DATASETS for n in ig.NORMS for s in EXP.seeds]
     records = Records(EXP, rows + sep.rows + margins, sep.curves)
     table = ig._separable_table(records)
-    assert "(1 non-finite)" in table["rows"][4][3]  # digits l1: final gap
+    assert table["rows"][4][:3] == ["exponential", "digits", "l1"] and "(1 non-finite)" in table["rows"][4][4]
     assert "(1 non-finite)" in ig._regression_table(records)["rows"][-1][3]
     assert (tmp_path / ig._gap_figure(records, tmp_path)["file"]).is_file()
-    assert "digits l1 steepest descent, seed 0: diverged" in ig.CLAIMS[2].evaluate(records)["why"]
+    max_margin_claim = next(c for c in ig.CLAIMS if c.id == "max-margin")
+    assert "digits l1 steepest descent on the exponential loss, seed 0: diverged" in \
+        max_margin_claim.evaluate(records)["why"]
+    assert (tmp_path / ig._natural_gradient_figure(records, tmp_path)["file"]).is_file()

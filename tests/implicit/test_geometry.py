@@ -15,7 +15,7 @@ from scipy.optimize import fsolve, minimize_scalar
 
 from geomopt.implicit.geometry import (angle_degrees, bregman_kkt, dual_norm_of, log_steps, margin_gaps, max_margin,
                                        min_bregman, norm_of, normalized_margin, preconditioned_max_margin,
-                                       run_adagrad, run_regression, run_separable)
+                                       run_adagrad, run_regression, run_separable, log_loss_terms)
 from geomopt.optim import MirrorDescent, SteepestDescent
 from geomopt.optim.mirror import inverse_mirror_map, mirror_map
 
@@ -163,6 +163,34 @@ def test_steepest_descent_on_separable_data_approaches_its_max_margin():
     assert r["curve"][-1]["log_loss"] < r["curve"][0]["log_loss"]
     l2 = run_separable(x, y, "l2", eta=1.0, steps=400, targets=gammas, reference=targets["l2"].w)
     assert l2["curve"][-1]["angle"] < 2.0
+
+
+def test_log_loss_terms_are_stable_and_match_the_losses():
+    m = torch.tensor([-5.0, 0.0, 3.0, 29.0, 31.0, 800.0], requires_grad=True)
+    logistic = log_loss_terms(m, "logistic")
+    exact = torch.log(torch.log1p(torch.exp(-m.detach()[:5])))
+    assert torch.allclose(logistic.detach()[:5], exact, rtol=1e-12)
+    assert logistic.detach()[5] == -800.0  # log1p(e^-800) underflows; the tail is -m
+    logistic.sum().backward()
+    assert torch.isfinite(m.grad).all() and m.grad[5] == -1.0
+    assert torch.equal(log_loss_terms(m.detach(), "exponential"), -m.detach())
+    with pytest.raises(ValueError, match="loss must be one of"):
+        log_loss_terms(m, "hinge")
+
+
+def test_logistic_loss_also_reaches_the_max_margin():
+    """The logistic loss has an exponential tail: l2 steepest descent (gradient descent) on it approaches the
+    l2 max margin too, and its log L starts at log(n log 2)."""
+    x = torch.tensor([[2.0, 1.0], [-1.0, -2.0], [3.0, 0.5]])
+    y = torch.tensor([1.0, -1.0, 1.0])
+    target = max_margin(x, y, "l2")
+    r = run_separable(x, y, "l2", eta=1.0, steps=400, targets={"l2": target.margin}, reference=target.w, points=10,
+                      loss="logistic")
+    gaps = [c["gap_l2"] for c in r["curve"]]
+    assert not r["diverged"] and gaps[-1] < 0.05 and gaps[-1] < gaps[0]
+    assert r["curve"][-1]["log_loss"] < math.log(3 * math.log(2)) - 3
+    with pytest.raises(ValueError, match="loss must be one of"):
+        run_separable(x, y, "l2", eta=1.0, steps=2, targets={}, reference=target.w, loss="square")
 
 
 def test_adagrad_matches_its_update_rule_and_freezes():

@@ -1,27 +1,30 @@
 """Reproduction: the optimization geometry decides the implicit bias (Gunasekar, Lee, Soudry & Srebro, ICML 2018).
 
-Regression (the paper's Sec. 2): underdetermined ``X w = y`` (``X`` n x d Gaussian with entries N(0, 1/d),
-``y = X w*`` with ``w*`` uniform in [0.5, 1.5], the same positive start ``w0`` for every method), squared
-loss, float64. Mirror descent (:class:`geomopt.optim.MirrorDescent`) with each potential at every step size
-and momentum against ``argmin_{Xw = y} D_psi(w, w0)`` solved by cvxpy (:func:`geomopt.implicit.geometry.min_bregman`,
-checked against its optimality condition); steepest descent (:class:`geomopt.optim.SteepestDescent`, l1 and
-l-infinity, unnormalized) from the same start at several step sizes. Step sizes are multiples of ``1/||X||_2^2``
-(times ``p - 1`` for ``1/2 ||w||_p^2``, strongly convex for p in (1, 2]) for mirror descent and of ``1/beta`` for
-steepest descent, with ``beta`` the smoothness of the loss in that norm
-(``max_i (X^T X)_ii`` for l1, its bound ``sum_ij |X^T X|_ij`` for l-infinity). Runs stop at relative residual
-``reg_tol``.
+Regression (the paper's losses with a unique finite root): underdetermined ``X w = y`` (``X`` n x d Gaussian with
+entries N(0, 1/d), ``y = X w*`` with ``w*`` uniform in [0.5, 1.5], the same positive start ``w0`` for every method),
+squared loss, float64. Mirror descent (:class:`geomopt.optim.MirrorDescent`) with each potential at every step size
+and momentum against ``argmin_{Xw = y} D_psi(w, w0)`` solved by cvxpy
+(:func:`geomopt.implicit.geometry.min_bregman`, checked against its optimality condition); natural gradient descent
+in the same potential's Hessian metric (:class:`geomopt.optim.NaturalGradient`) at step sizes ``ng_lrs`` on the same
+scale, whose limit should approach the same solution only as the step goes to 0 (first order in the step); steepest
+descent (:class:`geomopt.optim.SteepestDescent`, l1 and l-infinity, unnormalized) from the same start at several
+step sizes. Step sizes are multiples of ``1/||X||_2^2`` (times ``p - 1`` for ``1/2 ||w||_p^2``, strongly convex for
+p in (1, 2]) for mirror descent and of ``1/beta`` for steepest descent, with ``beta`` the smoothness of the loss in
+that norm (``max_i (X^T X)_ii`` for l1, its bound ``sum_ij |X^T X|_ij`` for l-infinity). Runs stop at relative
+residual ``reg_tol``.
 
-Separable classification (Sec. 3): a synthetic set with a planted l2 margin (``x ~ N(0, I)`` in R^{side x side},
-kept when ``|<u, x>| >= synth_margin`` for a random unit ``u``, ``y = sign <u, x>``) and two classes of the 8 x 8
-digits (pixels in [0, 1], ``digits_n`` examples drawn per seed); the linear model ``<W, X_n>`` on the image as a
-matrix (spectral) or a vector (l1, l2, l-infinity). Steepest descent w.r.t. each norm on the exponential loss with
-steps ``eta / (B^2 L(w_t))`` from ``w = 0`` (:func:`geomopt.implicit.geometry.run_separable`); each norm's
-max-margin separator by cvxpy (LP, SOCP, SDP). Per recorded step: every norm's relative margin gap
-``1 - margin(w_t) / gamma`` and the angle to the run's own max-margin direction. The claims use the gap, not the
-angle: the l1, l-infinity and spectral max-margin separators need not be unique (the digits' always-zero pixels
-leave l-infinity free coordinates), so the angle need not vanish while the margin converges.
+Separable classification (its strictly monotone losses): a synthetic set with a planted l2 margin (``x ~ N(0, I)``
+in R^{side x side}, kept when ``|<u, x>| >= synth_margin`` for a random unit ``u``, ``y = sign <u, x>``) and two
+classes of the 8 x 8 digits (pixels in [0, 1], ``digits_n`` examples drawn per seed); the linear model ``<W, X_n>``
+on the image as a matrix (spectral) or a vector (l1, l2, l-infinity). Steepest descent w.r.t. each norm on the
+exponential and the logistic loss with steps ``eta / (B^2 L(w_t))`` from ``w = 0``
+(:func:`geomopt.implicit.geometry.run_separable`); each norm's max-margin separator by cvxpy (LP, SOCP, SDP). Per
+recorded step: every norm's relative margin gap ``1 - margin(w_t) / gamma`` and the angle to the run's own
+max-margin direction. The claims use the gap, not the angle: the l1, l-infinity and spectral max-margin separators
+need not be unique (the digits' always-zero pixels leave l-infinity free coordinates), so the angle need not vanish
+while the margin converges.
 
-AdaGrad (Sec. 3): ``torch.optim.Adagrad`` (``adagrad_lr``) on the exponential loss from ``w = 0`` and from a
+AdaGrad (the same part): ``torch.optim.Adagrad`` (``adagrad_lr``) on the exponential loss from ``w = 0`` and from a
 random start of l2 norm about ``adagrad_scale``; each run's limit direction is the max margin of its frozen
 preconditioner (:func:`geomopt.implicit.geometry.preconditioned_max_margin` on ``sqrt(G_T)``). The claim compares
 the angle between the two starts' limits with the drift of each limit between ``T/2`` and ``T`` (how far the
@@ -51,9 +54,9 @@ from tqdm.auto import tqdm
 
 from geomopt.experiments.records import Records
 from geomopt.experiments.skeleton import Context, Experiment, Protocol, Ran, Report
-from geomopt.implicit.geometry import (angle_degrees, bregman_kkt, max_margin, min_bregman, run_adagrad, run_regression,
-                                       run_separable, preconditioned_max_margin)
-from geomopt.optim import MirrorDescent, SteepestDescent
+from geomopt.implicit.geometry import (LOSSES, angle_degrees, bregman_kkt, max_margin, min_bregman, run_adagrad,
+                                       run_regression, run_separable, preconditioned_max_margin)
+from geomopt.optim import MirrorDescent, NaturalGradient, SteepestDescent
 from geomopt.report import plot_curves
 from geomopt.sweep import (FAILS, HOLDS, INCONCLUSIVE, Claim, Outcome, all_of, equivalent, gated, greater, less,
                            seed_stats, untestable)
@@ -73,6 +76,8 @@ FLOOR = 1e-9  # gaps and spreads are compared in decades (log10), floored here (
 SEPARATE = math.log(100.0)  # a separable run must drop log L by at least this (the loss by 100x)
 FREEZE = 0.01  # an AdaGrad run's accumulator may change by at most this (relative) over its second half
 ADAGRAD_EPS = 1e-10
+NG_ABOVE = 1.0  # natural gradient's limit at its largest step: this many decades farther than mirror descent's
+NG_ORDER = 0.5  # and its distance falls this many decades per decade of step, at least (first order: 1)
 
 
 @dataclass
@@ -87,6 +92,7 @@ class ImplicitGeometryExperiment(Protocol, name=NAME):
     momenta: tuple[float, ...] = (0.0, 0.5)
     sd_norms: tuple[str, ...] = ("l1", "linf")
     sd_lrs: tuple[float, ...] = (0.1, 0.3, 1.0)  # x 1 / beta (the loss's smoothness in the norm)
+    ng_lrs: tuple[float, ...] = (0.8, 0.25, 0.08)  # natural gradient, scaled as md_lrs; the largest first
     reg_steps: int = 100000
     reg_tol: float = 1e-10
     synth_n: int = 60
@@ -94,6 +100,7 @@ class ImplicitGeometryExperiment(Protocol, name=NAME):
     synth_margin: float = 0.3
     digits_classes: tuple[int, ...] = (3, 8)
     digits_n: int = 200
+    losses: tuple[str, ...] = LOSSES
     eta: float = 1.0
     steps: int = 100000
     points: int = 40
@@ -125,6 +132,11 @@ class ImplicitGeometryExperiment(Protocol, name=NAME):
     def check(self) -> None:
         for spec in self.potentials:
             _potential(spec)
+        if list(self.ng_lrs) != sorted(self.ng_lrs, reverse=True) or len(self.ng_lrs) < 2:
+            raise ValueError(f"{NAME}: ng_lrs must be 2 or more step sizes, largest first, got {list(self.ng_lrs)}")
+        bad_losses = [loss for loss in self.losses if loss not in LOSSES]
+        if bad_losses or not self.losses:
+            raise ValueError(f"{NAME}: losses must be among {LOSSES}, got {list(self.losses)}")
         bad = [n for n in self.sd_norms if n not in ("l1", "l2", "linf")]
         if bad:
             raise ValueError(f"{NAME}: sd_norms must be among l1, l2, linf (vector regression), got {bad}")
@@ -207,7 +219,8 @@ def _relative(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> float:
 
 
 def _regression(exp: ImplicitGeometryExperiment, seed: int, rows: list[dict[str, Any]]) -> None:
-    """Mirror descent at every potential, lr and momentum; steepest descent at every norm and lr; one seed."""
+    """Mirror descent at every potential, lr and momentum, natural gradient at every potential and lr; steepest
+    descent at every norm and lr; one seed."""
     x, y, w0 = regression_problem(exp, seed)
     smooth = float(torch.linalg.matrix_norm(x, ord=2)) ** 2
     for spec in exp.potentials:
@@ -226,6 +239,13 @@ def _regression(exp: ImplicitGeometryExperiment, seed: int, rows: list[dict[str,
                              "lr": lr, "momentum": m, "seed": seed, "residual": r["residual"], "steps": r["steps"],
                              "diverged": r["diverged"], "dist_bregman": _relative(r["w"], wb, wb - w0),
                              "kkt": bregman_kkt(x, r["w"], w0, potential, p), "w": r["w"].tolist()})
+        for lr in exp.ng_lrs:
+            def natural(ps, lr=lr * _modulus(potential, p) / smooth):
+                return NaturalGradient(ps, lr=lr, potential=potential, p=p)
+            r = run_regression(x, y, w0, natural, steps=exp.reg_steps, tol=exp.reg_tol)
+            rows.append({"run": f"ng/{spec}/lr{lr:g}/seed{seed}", "part": "ng", "potential": spec, "lr": lr,
+                         "seed": seed, "residual": r["residual"], "steps": r["steps"], "diverged": r["diverged"],
+                         "dist_bregman": _relative(r["w"], wb, wb - w0), "w": r["w"].tolist()})
     gram = x.T @ x
     for norm in exp.sd_norms:
         beta = {"l1": float(gram.diagonal().max()), "l2": smooth, "linf": float(gram.abs().sum())}[norm]
@@ -237,8 +257,13 @@ def _regression(exp: ImplicitGeometryExperiment, seed: int, rows: list[dict[str,
                          "w": r["w"].tolist()})
 
 
+def _log_loss0(loss: str, n: int) -> float:
+    """``log L(0)``: ``log n`` for the exponential loss, ``log(n log 2)`` for the logistic."""
+    return math.log(n) if loss == "exponential" else math.log(n * math.log(2.0))
+
+
 def _separable(exp: ImplicitGeometryExperiment, dataset: str, seed: int, rows: list, curves: dict) -> None:
-    """Every norm's max margin and steepest descent run on one data set and seed."""
+    """Every norm's max margin, and steepest descent runs of every norm and loss, on one data set and seed."""
     x, y = separable_data(exp, dataset, seed)
     targets = {}
     for norm in NORMS:
@@ -248,17 +273,18 @@ def _separable(exp: ImplicitGeometryExperiment, dataset: str, seed: int, rows: l
                      "norm": norm, "seed": seed, "margin": mm.margin, "certified_gap": mm.certified_gap,
                      "solver": mm.solver, "seconds": mm.seconds})
     gammas = {n: t.margin for n, t in targets.items()}
-    for norm in NORMS:
-        run = f"sep/{dataset}/{norm}/seed{seed}"
-        t0 = time.perf_counter()
-        r = run_separable(x, y, norm, eta=exp.eta, steps=exp.steps, targets=gammas, reference=targets[norm].w,
-                          points=exp.points)
-        last = r["curve"][-1] if r["curve"] else {}
-        rows.append({"run": run, "part": "separable", "dataset": dataset, "norm": norm, "seed": seed,
-                     "steps": exp.steps, "diverged": r["diverged"], "log_loss0": math.log(len(y)),
-                     **{k: last.get(k, math.nan) for k in ("log_loss", "angle", *(f"gap_{n}" for n in NORMS))},
-                     "seconds": time.perf_counter() - t0})
-        curves[run] = r["curve"]
+    for loss in exp.losses:
+        for norm in NORMS:
+            run = f"sep/{loss}/{dataset}/{norm}/seed{seed}"
+            t0 = time.perf_counter()
+            r = run_separable(x, y, norm, eta=exp.eta, steps=exp.steps, targets=gammas, reference=targets[norm].w,
+                              points=exp.points, loss=loss)
+            last = r["curve"][-1] if r["curve"] else {}
+            rows.append({"run": run, "part": "separable", "loss": loss, "dataset": dataset, "norm": norm, "seed": seed,
+                         "steps": exp.steps, "diverged": r["diverged"], "log_loss0": _log_loss0(loss, len(y)),
+                         **{k: last.get(k, math.nan) for k in ("log_loss", "angle", *(f"gap_{n}" for n in NORMS))},
+                         "seconds": time.perf_counter() - t0})
+            curves[run] = r["curve"]
 
 
 def _adagrad(exp: ImplicitGeometryExperiment, dataset: str, seed: int, rows: list) -> None:
@@ -282,11 +308,14 @@ def _adagrad(exp: ImplicitGeometryExperiment, dataset: str, seed: int, rows: lis
 
 # ----------------------------------------------------------------------------- gates
 
+METHODS = {"md": "mirror descent", "ng": "natural gradient", "sd": "steepest descent"}
+
+
 def regression_failures(rows: list[dict[str, Any]], tol: float) -> list[str]:
     """Diverged regression runs, and runs that ended above relative residual ``100 * tol``."""
     out = []
     for r in rows:
-        name = f"{r['part']} {r.get('potential') or r.get('norm')} lr {r['lr']:g}" + \
+        name = f"{METHODS[r['part']]} {r.get('potential') or r.get('norm')} lr {r['lr']:g}" + \
             (f" momentum {r['momentum']:g}" if r["part"] == "md" else "") + f", seed {r['seed']}"
         if r["diverged"] or not math.isfinite(r["residual"]):
             out.append(f"{name}: diverged")
@@ -300,7 +329,7 @@ def separable_failures(rows: list[dict[str, Any]]) -> list[str]:
     """Separable runs that diverged, did not drop log L by ``SEPARATE``, or do not separate the data."""
     out = []
     for r in rows:
-        name = f"{r['dataset']} {r['norm']} steepest descent, seed {r['seed']}"
+        name = f"{r['dataset']} {r['norm']} steepest descent on the {r['loss']} loss, seed {r['seed']}"
         if r["diverged"] or not math.isfinite(r["log_loss"]):
             out.append(f"{name}: diverged")
         elif r["log_loss"] > r["log_loss0"] - SEPARATE:
@@ -390,6 +419,40 @@ def _test_step_size(records: Records) -> Outcome:
     return all_of(parts)
 
 
+def _distance_at(rows: list[dict[str, Any]], lr: float) -> float:
+    return next(r["dist_bregman"] for r in rows if math.isclose(r["lr"], lr, rel_tol=1e-12))
+
+
+def _test_natural_gradient(records: Records) -> Outcome:
+    """Per potential: natural gradient's limit at the largest step is ``NG_ABOVE`` decades farther from the Bregman
+    projection than mirror descent's farthest (same seed), and the distance falls by at least ``NG_ORDER`` decades
+    per decade of step from the largest to the smallest step."""
+    exp, seeds = records.exp, tuple(records.exp.seeds)
+    step_decades = math.log10(exp.ng_lrs[-1] / exp.ng_lrs[0])  # negative: the steps fall
+    parts = {}
+    for spec in exp.potentials:
+        ng = _by_seed(records, seeds, part="ng", potential=spec)
+        md = _by_seed(records, seeds, part="md", potential=spec)
+        if ng is None or md is None:
+            parts[spec] = _not_run(f"natural gradient and mirror descent with {spec}")
+            continue
+        failures = regression_failures([r for g in ng + md for r in g], exp.reg_tol)
+        if failures:
+            parts[spec] = _not_compared(failures)
+            continue
+        largest = _decades([_distance_at(g, exp.ng_lrs[0]) for g in ng])
+        smallest = _decades([_distance_at(g, exp.ng_lrs[-1]) for g in ng])
+        mirror = _decades([max(r["dist_bregman"] for r in g) for g in md])
+        parts[f"{spec} finite step"] = greater(
+            largest, [m + NG_ABOVE for m in mirror], digits=2, label=f"log10 natural gradient's distance at lr "
+            f"{exp.ng_lrs[0]:g} - log10 mirror descent's largest - {NG_ABOVE:g}")
+        parts[f"{spec} small step"] = less(
+            [a - b for a, b in zip(smallest, largest)], NG_ORDER * step_decades, digits=2,
+            label=f"decades the distance falls from lr {exp.ng_lrs[0]:g} to {exp.ng_lrs[-1]:g} - {NG_ORDER:g} x the "
+            "step's")
+    return all_of(parts)
+
+
 def _early(records: Records, run: str, fraction: float = 0.1) -> dict[str, Any]:
     """The recorded step of ``run`` nearest (on a log scale) to ``fraction`` of its steps."""
     recs = records.curves.get(run) or []
@@ -399,8 +462,8 @@ def _early(records: Records, run: str, fraction: float = 0.1) -> dict[str, Any]:
     return min(recs, key=lambda c: abs(math.log(c["step"]) - target))
 
 
-def _separable_groups(records: Records, dataset: str, norm: str) -> tuple[list[dict], list[str]] | None:
-    groups = _by_seed(records, tuple(records.exp.seeds), part="separable", dataset=dataset, norm=norm)
+def _separable_groups(records: Records, dataset: str, norm: str, loss: str) -> tuple[list[dict], list[str]] | None:
+    groups = _by_seed(records, tuple(records.exp.seeds), part="separable", dataset=dataset, norm=norm, loss=loss)
     if groups is None:
         return None
     rows = [g[0] for g in groups]
@@ -423,38 +486,38 @@ def _gap_parts(final: list[float], early: list[float]) -> tuple[Outcome, Outcome
 
 def _test_max_margin(records: Records) -> Outcome:
     parts = {}
-    for dataset in DATASETS:
-        for norm in NORMS:
-            found = _separable_groups(records, dataset, norm)
-            key = f"{dataset} {norm}"
-            if found is None:
-                parts[key] = _not_run(f"{key} steepest descent")
-                continue
-            rows, failures = found
-            if failures:
-                parts[key] = _not_compared(failures)
-                continue
-            parts[f"{key} gap"], parts[f"{key} falling"] = _gap_parts(
-                [r[f"gap_{norm}"] for r in rows], [_early(records, r["run"])[f"gap_{norm}"] for r in rows])
+    for loss, dataset, norm in ((lo, d, n) for lo in records.exp.losses for d in DATASETS for n in NORMS):
+        found = _separable_groups(records, dataset, norm, loss)
+        key = f"{loss} {dataset} {norm}"
+        if found is None:
+            parts[key] = _not_run(f"{key} steepest descent")
+            continue
+        rows, failures = found
+        if failures:
+            parts[key] = _not_compared(failures)
+            continue
+        parts[f"{key} gap"], parts[f"{key} falling"] = _gap_parts(
+            [r[f"gap_{norm}"] for r in rows], [_early(records, r["run"])[f"gap_{norm}"] for r in rows])
     return all_of(parts)
 
 
 def _test_geometry_decides(records: Records) -> Outcome:
     parts = {}
-    for dataset in DATASETS:
-        found = {n: _separable_groups(records, dataset, n) for n in NORMS}
+    for loss, dataset in ((lo, d) for lo in records.exp.losses for d in DATASETS):
+        key = f"{loss} {dataset}"
+        found = {n: _separable_groups(records, dataset, n, loss) for n in NORMS}
         if any(f is None for f in found.values()):
-            parts[dataset] = _not_run(f"{dataset} steepest descent")
+            parts[key] = _not_run(f"{key} steepest descent")
             continue
         failures = [f for rows, fs in found.values() for f in fs]
         if failures:
-            parts[dataset] = _not_compared(failures)
+            parts[key] = _not_compared(failures)
             continue
         for norm in NORMS:
             own = _decades([r[f"gap_{norm}"] for r in found[norm][0]])
             others = _decades([min(found[m][0][i][f"gap_{norm}"] for m in NORMS if m != norm) for i in range(len(own))])
-            parts[f"{dataset} {norm}"] = less(own, others, label=f"log10 {norm} gap of the {norm} run - log10 least of "
-                                              "the other runs", digits=2)
+            parts[f"{key} {norm}"] = less(own, others, label=f"log10 {norm} gap of the {norm} run - log10 least of "
+                                          "the other runs", digits=2)
     return all_of(parts)
 
 
@@ -486,26 +549,37 @@ CLAIMS = [
     Claim("mirror-bregman", "Mirror descent on underdetermined linear regression converges to the zero-loss solution "
           "closest to the start in its potential's Bregman divergence, whatever the step size and momentum: every "
           f"run's limit is within {BREGMAN_MARGIN:g} (relative) of argmin D_psi(w, w0) s.t. Xw = y solved by cvxpy.",
-          PAPER, "Sec. 2 (mirror descent)", "a theorem: the limit is the Bregman projection of w0 for any step sizes "
-          "that converge, also with momentum (Fig. 1a shows one limit for several step sizes and momenta)",
+          PAPER, "regression part (mirror descent); Fig. 1a", "a theorem: the limit is the Bregman projection of w0 "
+          "for any step sizes that converge, with momentum taken in the mirror space (Fig. 1a, Example 2: momentum in "
+          "the primal space instead moves the limit)",
           _test_bregman),
     Claim("step-size-dependence", "Steepest descent w.r.t. a non-Euclidean norm on squared loss can reach step-size-"
           "dependent global minima (l1 and l-infinity limits from one start at different step sizes differ by more "
           f"than {SPREAD:g} relative), while mirror descent's limit does not (spread below {SPREAD:g}).", PAPER,
-          "Sec. 2 (natural gradient and steepest descent), Fig. 1b-c",
-          "constructed examples: natural gradient and l_{4/3} steepest descent reach different solutions at "
-          "different step sizes (plots, no number)", _test_step_size),
-    Claim("max-margin", "On separable data with the exponential loss, steepest descent w.r.t. the l1, l2, l-infinity "
-          "and (matrix parameter) spectral norm converges in direction to that norm's max-margin separator: the "
-          f"relative margin gap ends below {GAP:g} and is falling (synthetic data and two digit classes).", PAPER,
-          "Sec. 3 (steepest descent)", "a theorem: the normalized margin converges to the norm's max margin "
-          "(no number)", _test_max_margin),
+          "regression part (steepest descent); Fig. 1c",
+          "a constructed example: steepest descent w.r.t. an l_p norm reaches different global minima at different "
+          "step sizes, even where 1/2 ||.||_p^2 is smooth and strongly convex (plots, no number)", _test_step_size),
+    Claim("natural-gradient", "Natural gradient descent in a potential's Hessian metric, "
+          "w <- w - lr [grad^2 psi(w)]^-1 g, has mirror descent's continuous-time flow but reaches its limit only "
+          f"as the step goes to 0: at the largest step its limit is over 10^{NG_ABOVE:g} x farther from "
+          f"argmin D_psi(w, w0) s.t. Xw = y than any mirror-descent run's, and the distance falls at least "
+          f"{NG_ORDER:g} decade per decade of step.",
+          PAPER, "regression part (natural gradient descent, Example 3); Fig. 1b", "natural gradient descent "
+          "reduces to mirror descent only in the infinitesimal-step limit; at different step sizes it converges to "
+          "different global minima (plots, no number)",
+          _test_natural_gradient),
+    Claim("max-margin", "On separable data with the exponential (and the logistic) loss, steepest descent w.r.t. the "
+          "l1, l2, l-infinity and (matrix parameter) spectral norm converges in direction to that norm's max-margin "
+          f"separator: the relative margin gap ends below {GAP:g} and is falling (synthetic data and two digit "
+          "classes).", PAPER, "separable-classification part (steepest descent)", "a theorem for the exponential "
+          "loss: the normalized margin converges to the norm's max margin (no number); the logistic loss, also "
+          "exponentially tailed, is run here too", _test_max_margin),
     Claim("geometry-decides", "The geometry decides which max margin: in each norm, the run of that norm's steepest "
-          "descent has a smaller margin gap than every other geometry's run.", PAPER, "Sec. 3",
+          "descent has a smaller margin gap than every other geometry's run.", PAPER, "separable-classification part",
           "implied by the theorem (each norm reaches its own max margin)", _test_geometry_decides),
     Claim("adagrad-init", "AdaGrad's limit on separable data can depend on the initialization: from w = 0 and from a "
           "random start the frozen preconditioners' max-margin directions differ by more than their own drift "
-          "over the second half of the run.", PAPER, "Sec. 3 (AdaGrad)",
+          "over the second half of the run.", PAPER, "separable-classification part (AdaGrad)",
           "the limit direction of AdaGrad depends on the initialization and step size (a constructed example)",
           _test_adagrad),
 ]
@@ -530,7 +604,8 @@ def _run(ctx: Context) -> Ran:
 
 def _report(ctx: Context, records: Records, ran: Ran) -> Report:
     tables = [_regression_table(records), _separable_table(records), _adagrad_table(records)]
-    figures = [_gap_figure(records, ctx.root), _angle_figure(records, ctx.root)]
+    figures = [_gap_figure(records, ctx.root), _angle_figure(records, ctx.root),
+               _natural_gradient_figure(records, ctx.root)]
     return Report(_paragraphs(ctx.exp, ctx.tier), tables, figures)
 
 
@@ -539,15 +614,17 @@ def _paragraphs(exp: ImplicitGeometryExperiment, tier: str) -> list[str]:
         f"Protocol ({tier} tier), seeds {list(exp.seeds)}. Regression: X {exp.reg_n} x {exp.reg_d} with N(0, 1/d) "
         f"entries, y = X w*, w* and the start w0 uniform in [0.5, 1.5]; mirror descent with potentials "
         f"{list(exp.potentials)} at lr {list(exp.md_lrs)} x (p - 1) / ||X||_2^2 ('lp:p', p <= 2; 1 / ||X||_2^2 for "
-        f"the entropy) and momenta {list(exp.momenta)}; steepest "
+        f"the entropy) and momenta {list(exp.momenta)}; natural gradient in each potential's Hessian metric at lr "
+        f"{list(exp.ng_lrs)} on the same scale; steepest "
         f"descent ({list(exp.sd_norms)}, unnormalized) at lr {list(exp.sd_lrs)} / beta (beta: the loss's smoothness "
         f"in the norm); each run until relative residual {exp.reg_tol:g} or {exp.reg_steps} steps; "
         "argmin D_psi(w, w0) s.t. Xw = y by cvxpy (Clarabel at tolerance 1e-12, its point checked against the "
         "optimality condition).",
         f"Separable: {exp.synth_n} synthetic {exp.synth_side} x {exp.synth_side} matrices with planted l2 margin "
         f"{exp.synth_margin:g}, and {exp.digits_n} digits of classes {list(exp.digits_classes)} (8 x 8); steepest "
-        f"descent w.r.t. l1, l2, l-infinity (the image as a vector) and spectral (as a matrix) on the exponential "
-        f"loss from w = 0 with steps {exp.eta:g} / (B^2 L(w_t)), B = max_n ||x_n||_*, for {exp.steps} steps; each "
+        f"descent w.r.t. l1, l2, l-infinity (the image as a vector) and spectral (as a matrix) on the "
+        f"{' and '.join(exp.losses)} loss from w = 0 with steps {exp.eta:g} / (B^2 L(w_t)), B = max_n ||x_n||_*, "
+        f"for {exp.steps} steps; each "
         "norm's max margin by cvxpy (LP, SOCP, SDP). AdaGrad (lr "
         f"{exp.adagrad_lr:g}, {exp.adagrad_steps} steps) from w = 0 and from a random start of l2 norm about "
         f"{exp.adagrad_scale:g}; its limit: the max margin of the frozen preconditioner sqrt(G_T) (cvxpy QP).",
@@ -574,32 +651,32 @@ def _regression_table(records: Records) -> dict[str, Any]:
     columns = ["method", "runs", "||w - w_B|| / ||w_B - w0|| (largest)", "limit spread over lrs",
                "steps (mean)", "runs converged"]
     table = []
-    for kind, key, values in (("md", "potential", exp.potentials), ("sd", "norm", exp.sd_norms)):
+    for kind, key, values in (("md", "potential", exp.potentials), ("ng", "potential", exp.potentials),
+                              ("sd", "norm", exp.sd_norms)):
         for v in values:
             rows = records.where(part=kind, **{key: v})
             groups = [records.where(part=kind, seed=s, **{key: v}) for s in exp.seeds]
             bad = regression_failures(rows, exp.reg_tol)
-            dist = _stat([max(r["dist_bregman"] for r in g) for g in groups if g]) if kind == "md" else ""
+            dist = _stat([max(r["dist_bregman"] for r in g) for g in groups if g]) if kind != "sd" else ""
             spread = _stat([_spread(g, starts[s]) for g, s in zip(groups, exp.seeds) if g])
             steps = sum(r["steps"] for r in rows) / max(len(rows), 1)
-            table.append([f"{'mirror' if kind == 'md' else 'steepest'} {v}", len(rows), dist, spread, f"{steps:.0f}",
+            table.append([f"{METHODS[kind]} {v}", len(rows), dist, spread, f"{steps:.0f}",
                           f"{len(rows) - len(bad)}/{len(rows)}"])
     return {"caption": "Regression: mean [95% interval] over seeds", "columns": columns, "rows": table}
 
 
 def _separable_table(records: Records) -> dict[str, Any]:
-    columns = ["data", "norm", "max margin", "final gap (own norm)", "gap at a tenth of the steps",
+    columns = ["loss", "data", "norm", "max margin", "final gap (own norm)", "gap at a tenth of the steps",
                "least gap of the other runs (this norm)", "angle to the max-margin direction (deg)"]
     table = []
-    for dataset in DATASETS:
-        for norm in NORMS:
-            rows = records.where(part="separable", dataset=dataset, norm=norm)
-            others = [min(records.where(part="separable", dataset=dataset, norm=m, seed=r["seed"])[0][f"gap_{norm}"]
-                          for m in NORMS if m != norm) for r in rows]
-            margins = [r["margin"] for r in records.where(part="max-margin", dataset=dataset, norm=norm)]
-            early = [_early(records, r["run"])[f"gap_{norm}"] for r in rows if records.curves.get(r["run"])]
-            table.append([dataset, norm, _stat(margins), _stat([r[f"gap_{norm}"] for r in rows]), _stat(early),
-                          _stat(others), _stat([r["angle"] for r in rows])])
+    for loss, dataset, norm in ((lo, d, n) for lo in records.exp.losses for d in DATASETS for n in NORMS):
+        rows = records.where(part="separable", dataset=dataset, norm=norm, loss=loss)
+        others = [min(records.where(part="separable", dataset=dataset, norm=m, seed=r["seed"], loss=loss)[0]
+                      [f"gap_{norm}"] for m in NORMS if m != norm) for r in rows]
+        margins = [r["margin"] for r in records.where(part="max-margin", dataset=dataset, norm=norm)]
+        early = [_early(records, r["run"])[f"gap_{norm}"] for r in rows if records.curves.get(r["run"])]
+        table.append([loss, dataset, norm, _stat(margins), _stat([r[f"gap_{norm}"] for r in rows]), _stat(early),
+                      _stat(others), _stat([r["angle"] for r in rows])])
     return {"caption": "Separable data: relative margin gaps 1 - margin / max margin, mean [95% interval] over seeds",
             "columns": columns, "rows": table}
 
@@ -633,20 +710,40 @@ def _mean_curve(records: Records, rows: list[dict[str, Any]], field: str, log: b
 
 def _gap_figure(records: Records, root: Path) -> dict[str, str]:
     panels: dict[str, dict] = {}
-    for dataset in DATASETS:
-        for norm in NORMS:
-            panels[f"{dataset}: gap in the {norm} norm"] = {
-                f"{m} steepest descent": _mean_curve(records, records.where(part="separable", dataset=dataset, norm=m),
-                                                     f"gap_{norm}", True) for m in NORMS}
+    for loss, dataset, norm in ((lo, d, n) for lo in records.exp.losses for d in DATASETS for n in NORMS):
+        rows = {m: records.where(part="separable", dataset=dataset, norm=m, loss=loss) for m in NORMS}
+        panels[f"{loss}, {dataset}: {norm} gap"] = {
+            f"{m} steepest descent": _mean_curve(records, rows[m], f"gap_{norm}", True) for m in NORMS}
     plot_curves(panels, root / "margin_gaps.png", xlabel="log10 step", ylabel="log10 |margin gap|", ncols=4)
     return {"file": "margin_gaps.png", "caption": "Relative margin gap 1 - margin / max margin in each norm (one panel "
-            "per norm and data set), for every geometry's run; mean of log10 |gap| over seeds against log10 step. "
-            "The run of the panel's own norm should fall fastest."}
+            "per loss, data set and norm), for every geometry's run; mean of log10 |gap| over seeds against log10 "
+            "step. The run of the panel's own norm should fall fastest."}
+
+
+def _natural_gradient_figure(records: Records, root: Path) -> dict[str, str]:
+    exp = records.exp
+    panels: dict[str, dict] = {}
+    for spec in exp.potentials:
+        lines = {}
+        for kind, lrs in (("ng", exp.ng_lrs), ("md", exp.md_lrs)):
+            rows = [r for r in records.where(part=kind, potential=spec) if r.get("momentum", 0.0) == 0.0]
+            xs = sorted(lrs)
+            ys = [sum(_decades([r["dist_bregman"] for r in rows if math.isclose(r["lr"], lr)])) /
+                  max(1, sum(math.isclose(r["lr"], lr) for r in rows)) for lr in xs]
+            lines[METHODS[kind]] = ([math.log10(x) for x in xs], ys)
+        panels[spec] = lines
+    plot_curves(panels, root / "natural_gradient.png", xlabel="log10 step (x its scale)",
+                ylabel="log10 ||w - w_B|| / ||w_B - w0||", ncols=len(panels))
+    return {"file": "natural_gradient.png", "caption": "Distance of each limit from the Bregman projection of the "
+            "start (cvxpy) against the step size, mean of log10 over seeds (floored at 1e-9, about the solver's "
+            "accuracy): natural gradient approaches it as the step goes to 0 (slope 1: first order), mirror descent (no "
+            "momentum) is on it at every step."}
 
 
 def _angle_figure(records: Records, root: Path) -> dict[str, str]:
-    panels = {f"{dataset}": {norm: _mean_curve(records, records.where(part="separable", dataset=dataset, norm=norm),
-                                               "angle", False) for norm in NORMS} for dataset in DATASETS}
+    panels = {f"{loss}, {dataset}": {norm: _mean_curve(records, records.where(part="separable", dataset=dataset,
+                                                                             norm=norm, loss=loss), "angle", False)
+                                     for norm in NORMS} for loss in records.exp.losses for dataset in DATASETS}
     plot_curves(panels, root / "angles.png", xlabel="log10 step", ylabel="angle to its max-margin direction (deg)",
                 ncols=2)
     return {"file": "angles.png", "caption": "Angle between each geometry's iterate and its own norm's max-margin "

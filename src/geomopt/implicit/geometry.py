@@ -2,7 +2,7 @@
 and the runs that approach them (Gunasekar, Lee, Soudry & Srebro, "Characterizing Implicit Bias in Terms of
 Optimization Geometry", ICML 2018).
 
-**Regression** (underdetermined ``X w = y``, squared loss; the paper's Sec. 2). Mirror descent with a
+**Regression** (underdetermined ``X w = y``, squared loss; the paper's losses with a unique finite root). Mirror descent with a
 potential ``psi`` keeps ``grad psi(w_t) - grad psi(w_0)`` in the row space of ``X`` (every gradient is
 ``X^T r``), so a zero-loss limit satisfies the optimality conditions of
 
@@ -11,7 +11,7 @@ potential ``psi`` keeps ``grad psi(w_t) - grad psi(w_0)`` in the row space of ``
 whatever the step size and momentum (:func:`min_bregman` solves it; :func:`bregman_kkt` checks it).
 Steepest descent under a non-Euclidean norm has no such invariant: its limit can move with the step size.
 
-**Separable classification** (the paper's Sec. 3). For a norm ``||.||`` the max-margin separator is
+**Separable classification** (the paper's strictly monotone losses). For a norm ``||.||`` the max-margin separator is
 
     w_N = argmax_{||w|| <= 1} min_n y_n <w, x_n>,   gamma_N = its margin  (= 1 / min{||w|| : y_n <w, x_n> >= 1}),
 
@@ -20,10 +20,12 @@ an LP for l1 and l-infinity, an SOCP for l2 and an SDP for the spectral norm of 
 exponential loss ``L(w) = sum_n exp(-y_n <w, x_n>)`` with steps ``eta_t = eta / (B^2 L(w_t))``,
 ``B = max_n ||x_n||_*``, is steepest descent with step ``eta / B^2`` on ``log L`` (whose gradient is
 ``grad L / L``, a softmax-weighted average of ``-y_n x_n``, stable at any scale): :func:`run_separable`.
+The logistic loss ``sum_n log(1 + exp(-y_n <w, x_n>))`` is run the same way (steps ``eta / (B^2 L)`` on it, as
+steepest descent on its ``log L``); its tail is exponential, the case the paper's theorem covers.
 Its normalized margin ``min_n y_n <w_t, x_n> / ||w_t||`` tends to ``gamma_N``; the relative gap
 ``1 - margin / gamma_N`` (:func:`margin_gaps`) measures how far it is.
 
-**AdaGrad** (Sec. 3): on separable data the accumulated squared gradients converge (the gradients vanish),
+**AdaGrad** (the same part): on separable data the accumulated squared gradients converge (the gradients vanish),
 so AdaGrad ends as gradient descent preconditioned by the frozen ``D = diag(sqrt(G_inf) + eps)``; that
 converges in direction to ``argmin w^T D w s.t. y_n <w, x_n> >= 1`` (:func:`preconditioned_max_margin`), and
 ``G_inf`` depends on the start.
@@ -48,7 +50,7 @@ from geomopt.optim.steepest import NORMS, SteepestDescent
 
 __all__ = ["MarginResult", "norm_of", "dual_norm_of", "normalized_margin", "margin_gaps", "angle_degrees",
            "max_margin", "preconditioned_max_margin", "min_bregman", "bregman_kkt", "run_regression",
-           "run_separable", "run_adagrad", "log_steps", "run_factorized_sensing"]
+           "run_separable", "run_adagrad", "log_steps", "run_factorized_sensing", "LOSSES", "log_loss_terms"]
 
 FEASIBILITY = 1e-7  # a solver's point must meet its constraints to this relative accuracy
 KKT_TOL = 1e-5  # min_bregman's point must meet the optimality condition to this relative accuracy
@@ -346,11 +348,31 @@ def log_steps(steps: int, points: int) -> list[int]:
     return sorted({max(1, round(steps ** (i / (points - 1)))) for i in range(points)} | {steps})
 
 
+LOSSES = ("exponential", "logistic")
+_LOGISTIC_TAIL = 30.0  # log(log(1 + e^-m)) = -m - e^-m / 2 + ...: beyond this margin it is -m to 1e-13
+
+
+def log_loss_terms(margins: Tensor, loss: str) -> Tensor:
+    """``log l(m_n)`` per example for the exponential (``-m``) or logistic (``log log(1 + e^-m)``) loss, stable
+    at any margin (the logistic one is ``-m`` beyond margin 30, where the difference is below 1e-13); ``log L``
+    is their ``logsumexp``.
+
+    Raises:
+        ValueError: an unknown loss.
+    """
+    if loss == "exponential":
+        return -margins
+    if loss != "logistic":
+        raise ValueError(f"log_loss_terms: loss must be one of {LOSSES}, got {loss!r}")
+    near = torch.log(torch.nn.functional.softplus(-margins.clamp(max=_LOGISTIC_TAIL)))
+    return torch.where(margins > _LOGISTIC_TAIL, -margins, near)
+
+
 def run_separable(x: Tensor, y: Tensor, norm: str, *, eta: float, steps: int, targets: dict[str, float],
-                  reference: Tensor, points: int = 60, normalized: bool = False) -> dict:
-    """Steepest descent w.r.t. ``norm`` on the exponential loss of the linear model ``<w, x_n>`` from ``w = 0``,
-    with steps ``eta / (B^2 L(w_t))`` (module docstring), i.e. :class:`SteepestDescent` with ``lr = eta / B^2``
-    on ``log L``; float64.
+                  reference: Tensor, points: int = 60, normalized: bool = False, loss: str = "exponential") -> dict:
+    """Steepest descent w.r.t. ``norm`` on the exponential or logistic loss of the linear model ``<w, x_n>`` from
+    ``w = 0``, with steps ``eta / (B^2 L(w_t))`` (module docstring), i.e. :class:`SteepestDescent` with
+    ``lr = eta / B^2`` on ``log L``; float64.
 
     Args:
         x: ``(n, *shape)`` examples (the parameter has ``shape``; ``spectral`` needs a matrix).
@@ -361,6 +383,7 @@ def run_separable(x: Tensor, y: Tensor, norm: str, *, eta: float, steps: int, ta
         targets: norm -> its max margin gamma (:func:`max_margin`); the curve records every norm's gap.
         reference: The max-margin direction of ``norm`` (the curve records the angle to it).
         points: About this many log-spaced steps are recorded.
+        loss: ``"exponential"`` or ``"logistic"`` (:func:`log_loss_terms`).
 
     Returns:
         ``{"w", "curve", "diverged"}``; ``curve``: one record per recorded step with ``step``, ``log_loss``
@@ -369,6 +392,8 @@ def run_separable(x: Tensor, y: Tensor, norm: str, *, eta: float, steps: int, ta
     x, y = _check_data("run_separable", x, y)
     check_number("run_separable", "eta", eta, low=0, low_open=True)
     check_int("run_separable", "steps", steps, low=1)
+    if loss not in LOSSES:
+        raise ValueError(f"run_separable: loss must be one of {LOSSES}, got {loss!r}")
     shape = x.shape[1:]
     bound = max(float(dual_norm_of(xn if norm == "spectral" else xn.reshape(-1), norm)) for xn in x)
     w = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
@@ -377,7 +402,7 @@ def run_separable(x: Tensor, y: Tensor, norm: str, *, eta: float, steps: int, ta
     record, curve = set(log_steps(steps, points)), []
     for t in range(1, steps + 1):
         opt.zero_grad()
-        log_loss = torch.logsumexp(-(signed @ w.reshape(-1)), 0)
+        log_loss = torch.logsumexp(log_loss_terms(signed @ w.reshape(-1), loss), 0)
         log_loss.backward()
         try:
             opt.step()
@@ -386,7 +411,8 @@ def run_separable(x: Tensor, y: Tensor, norm: str, *, eta: float, steps: int, ta
         if t in record:
             wd = w.detach()
             gaps = margin_gaps(wd, x, y, targets)
-            curve.append({"step": t, "log_loss": float(torch.logsumexp(-(signed @ wd.reshape(-1)), 0)),
+            log_l = float(torch.logsumexp(log_loss_terms(signed @ wd.reshape(-1), loss), 0))
+            curve.append({"step": t, "log_loss": log_l,
                           **{f"gap_{n}": g for n, g in gaps.items()}, "angle": angle_degrees(wd, reference)})
     return {"w": w.detach().clone(), "curve": curve, "diverged": not torch.isfinite(w).all().item()}
 

@@ -8,6 +8,7 @@ from geomopt.optim.kronecker_geometry import EigenKroneckerGeometry, KroneckerGe
 from geomopt.optim.matrix_geometry import EigenAdamGeometry, ShampooGeometry, SpectralGeometry
 from geomopt.optim.mirror import MirrorDescent
 from geomopt.optim.muon import Muon
+from geomopt.optim.natural import NaturalGradient, PotentialGeometry
 from geomopt.optim.path_geometry import PathGeometry
 from geomopt.optim.path_sgd import PathSGD, first_step_ratio, path_sgd_
 from geomopt.optim.precond import EKFACPreconditioner, KFACPreconditioner, PathPreconditioner, Preconditioner
@@ -16,7 +17,8 @@ from geomopt.optim.shampoo import Shampoo
 from geomopt.optim.soap import SOAP
 from geomopt.optim.steepest import SteepestDescent
 
-__all__ = ["KFAC", "EKFAC", "MirrorDescent", "Muon", "Shampoo", "SOAP", "SteepestDescent", "PathSGD", "first_step_ratio",
-           "path_sgd_", "OPTIMIZERS", "build_optimizer", "Geometry", "Block", "Euclidean", "KroneckerGeometry",
-           "EigenKroneckerGeometry", "PathGeometry", "ShampooGeometry", "EigenAdamGeometry", "SpectralGeometry",
-           "Preconditioner", "KFACPreconditioner", "EKFACPreconditioner", "PathPreconditioner"]
+__all__ = ["KFAC", "EKFAC", "MirrorDescent", "Muon", "NaturalGradient", "Shampoo", "SOAP", "SteepestDescent",
+           "PathSGD", "first_step_ratio", "path_sgd_", "OPTIMIZERS", "build_optimizer", "Geometry", "Block",
+           "Euclidean", "KroneckerGeometry", "EigenKroneckerGeometry", "PathGeometry", "ShampooGeometry",
+           "EigenAdamGeometry", "SpectralGeometry", "PotentialGeometry", "Preconditioner", "KFACPreconditioner",
+           "EKFACPreconditioner", "PathPreconditioner"]

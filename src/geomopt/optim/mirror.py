@@ -1,6 +1,6 @@
 """Mirror descent with a strongly convex potential (Nemirovski & Yudin 1983; Beck & Teboulle 2003), the
 geometry whose implicit bias Gunasekar, Lee, Soudry & Srebro characterize ("Characterizing Implicit Bias in
-Terms of Optimization Geometry", ICML 2018, Sec. 2): on underdetermined linear regression it converges to
+Terms of Optimization Geometry", ICML 2018, the regression part): on underdetermined linear regression it converges to
 the zero-loss solution closest to the start in the potential's Bregman divergence,
 ``argmin_{Xw = y} D_psi(w, w_0)``, whatever the step size and momentum.
 

@@ -1,5 +1,5 @@
 """Steepest descent with respect to a norm (Gunasekar, Lee, Soudry & Srebro, "Characterizing Implicit Bias in
-Terms of Optimization Geometry", ICML 2018, Sec. 4).
+Terms of Optimization Geometry", ICML 2018: Fig. 1c on regression, the max-margin theorem on separable data).
 
 For a norm ``||.||`` with dual norm ``||g||_* = max_{||u|| <= 1} <g, u>``, the unnormalized steepest
 descent step is
