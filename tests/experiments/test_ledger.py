@@ -106,3 +106,22 @@ def test_the_ledger_readme_opens_with_counts_per_tier_and_a_row_per_reproduction
     assert "| reproduction | mid | quick |" in lines
     assert "| A | 1 inconclusive | 1 holds, 1 fails |" in lines
     assert "| B | 2 holds | not filed |" in lines
+
+
+def test_provenance_sums_the_wall_time_of_a_resumed_reproduction(tmp_path):
+    """A reproduction interrupted and resumed in the same folder: its provenance lists both invocations and its
+    wall time is their sum; a file from before invocations were listed counts as one invocation."""
+    from geomopt.experiments.ledger import _wall_text, write_provenance
+    (tmp_path / PROVENANCE).write_text(json.dumps({"command": "geomopt reproduce x", "commit": "abc", "date": "d",
+                                                   "wall_seconds": 600.0, "machine": "m"}))
+    assert _wall_text(json.loads((tmp_path / PROVENANCE).read_text())) == "10 min wall (last invocation)"
+    write_provenance(tmp_path, ["reproduce", "x"], 0.0, 1200.0)
+    write_provenance(tmp_path, ["reproduce", "x"], 10.0, 3.0)
+    prov = json.loads((tmp_path / PROVENANCE).read_text())
+    assert [i["wall_seconds"] for i in prov["invocations"]] == [600.0, 1200.0, 3.0]
+    assert prov["wall_seconds"] == 1803.0 and prov["invocations"][0]["commit"] == "abc"
+    assert _wall_text(prov) == "30 min wall over 3 invocations"
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    write_provenance(fresh, ["reproduce", "x"], 0.0, 90.0)
+    assert _wall_text(json.loads((fresh / PROVENANCE).read_text())) == "2 min wall"

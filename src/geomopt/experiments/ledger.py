@@ -63,16 +63,46 @@ def _commit() -> str:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+INVOCATION_KEYS = ("command", "commit", "date", "wall_seconds")
+
+
+def _earlier_invocations(path: Path) -> list[dict[str, Any]]:
+    """The invocations recorded in an earlier ``provenance.json`` of the same folder (whose finished runs the sweep
+    engine's resume kept); a file from before invocations were listed counts as one."""
+    if not path.is_file():
+        return []
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    return list(earlier.get("invocations") or [{k: earlier[k] for k in INVOCATION_KEYS if k in earlier}])
+
+
 def write_provenance(directory: str | Path, argv: list[str], started: float, wall_seconds: float) -> Path:
-    """``directory/provenance.json`` for the reproduction just written there by ``geomopt`` + ``argv``."""
+    """``directory/provenance.json`` for the reproduction just written there by ``geomopt`` + ``argv``: this
+    invocation's command, commit, date and wall time, appended to the invocations an earlier ``provenance.json``
+    there lists (a reproduction resumed across interruptions); ``wall_seconds`` is their sum."""
     import torch
-    record = {"command": "geomopt " + " ".join(argv), "commit": _commit(),
-              "date": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(timespec="seconds"),
-              "wall_seconds": round(float(wall_seconds), 1), "machine": describe_machine(),
-              "torch": torch.__version__, "python": platform.python_version()}
     path = Path(directory) / PROVENANCE
+    this = {"command": "geomopt " + " ".join(argv), "commit": _commit(),
+            "date": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(timespec="seconds"),
+            "wall_seconds": round(float(wall_seconds), 1)}
+    invocations = _earlier_invocations(path) + [this]
+    record = {**this, "wall_seconds": round(sum(float(i.get("wall_seconds", 0.0)) for i in invocations), 1),
+              "invocations": invocations, "machine": describe_machine(), "torch": torch.__version__,
+              "python": platform.python_version()}
     write_json(path, record)
     return path
+
+
+def _wall_text(prov: dict[str, Any]) -> str:
+    """``N min wall`` (summed over the invocations of a resumed reproduction; an entry from before they were
+    listed says that its number is the last invocation's)."""
+    minutes = f"{prov['wall_seconds'] / 60:.0f} min wall"
+    invocations = prov.get("invocations")
+    if invocations is None:
+        return minutes + " (last invocation)"
+    return minutes + (f" over {len(invocations)} invocations" if len(invocations) > 1 else "")
 
 
 def _sha256(path: Path) -> str:
@@ -234,7 +264,7 @@ def _entry_lines(ledger: Path, record: dict[str, Any], directory: Path) -> list[
     prov = json.loads((directory / PROVENANCE).read_text())
     rel = directory.relative_to(ledger).as_posix()
     lines = [f"## {record['title']} — {rel}", "",
-             f"`{prov['command']}` · seeds {record['seeds']} · {prov['wall_seconds'] / 60:.0f} min wall, "
+             f"`{prov['command']}` · seeds {record['seeds']} · {_wall_text(prov)}, "
              f"{record['seconds'] / 60:.0f} min compute · commit {prov['commit'][:12]} · {prov['machine']}", "",
              "| verdict | claim | the paper | we measured | why / what would decide it |",
              "|---|---|---|---|---|"]
