@@ -3,7 +3,8 @@ MLP and one CNN (Fashion-MNIST, or the embedded digits with ``--quick``).
 
 Part 1 -- training. Each (model, optimizer) has its learning rate selected on a validation split (10% of the
 training subset, never the test set) by the library's tuning machinery (:func:`geomopt.experiments.tuning.tune`:
-mean over seeds of the last epochs' validation loss, a grid extended once past an edge), every run through
+mean over seeds of the last epochs' validation loss, a grid extended past a winning edge up to
+--max-extensions times, default once), every run through
 ``geomopt train``'s engine (`TrainConfig`, the registry's optimizer with its defaults). At the selected rate,
 means over the seeds: the training loss after each epoch, the validation loss and the test accuracy at the end,
 seconds per epoch (wall clock, so the machine's load counts, and each epoch's evaluation on the training, validation
@@ -68,7 +69,7 @@ def config(args, model: str, optimizer: str, lr: float, seed: int) -> TrainConfi
 
 def training_table(args) -> dict[tuple[str, str], float]:
     """Part 1: tune every (model, optimizer), print its row; the selected learning rates."""
-    problems = {(m, o): Problem(Grid(GRIDS[o], max_steps=1),
+    problems = {(m, o): Problem(Grid(GRIDS[o], max_steps=args.max_extensions),
                                 lambda lr, seed, m=m, o=o: config(args, m, o, lr, seed), Path(args.out) / m / o)
                 for m in args.models for o in args.optimizers}
     tuned = tune(problems, args.seeds, jobs=args.jobs, desc="bench_geometry")
@@ -214,6 +215,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs-bench-geometry")
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument("--max-extensions", type=int, default=1,
+                        help="times the lr grid may be extended past an edge that wins (default 1)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="digits (embedded), one seed, 2 epochs")
