@@ -726,11 +726,11 @@ def _natural_gradient_figure(records: Records, root: Path) -> dict[str, str]:
     for spec in exp.potentials:
         lines = {}
         for kind, lrs in (("ng", exp.ng_lrs), ("md", exp.md_lrs)):
-            rows = [r for r in records.where(part=kind, potential=spec) if r.get("momentum", 0.0) == 0.0]
-            xs = sorted(lrs)
-            ys = [sum(_decades([r["dist_bregman"] for r in rows if math.isclose(r["lr"], lr)])) /
-                  max(1, sum(math.isclose(r["lr"], lr) for r in rows)) for lr in xs]
-            lines[METHODS[kind]] = ([math.log10(x) for x in xs], ys)
+            rows = [r for r in records.where(part=kind, potential=spec) if not r.get("momentum")]
+            points = [(lr, _decades([r["dist_bregman"] for r in rows if math.isclose(r["lr"], lr)]))
+                      for lr in sorted(lrs)]
+            points = [(math.log10(lr), sum(d) / len(d)) for lr, d in points if d]
+            lines[METHODS[kind]] = ([x for x, _ in points], [y for _, y in points])
         panels[spec] = lines
     plot_curves(panels, root / "natural_gradient.png", xlabel="log10 step (x its scale)",
                 ylabel="log10 ||w - w_B|| / ||w_B - w0||", ncols=len(panels))
