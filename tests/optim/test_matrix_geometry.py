@@ -45,19 +45,24 @@ def _optimizer_steps(params, opt, steps, seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_shampoo_geometry_is_shampoo(seed):
+@pytest.mark.parametrize("max_dim", [None, 3, 2])  # 3: one-sided factors; 2: (3, 4) takes diagonal AdaGrad
+def test_shampoo_geometry_is_shampoo(seed, max_dim):
     a, b = _pair(seed)
-    _geometry_steps(a, ShampooGeometry(a, beta2=0.9, eps=1e-3, update_freq=2, precondition_freq=3), 0.05, 6, seed)
+    _geometry_steps(a, ShampooGeometry(a, beta2=0.9, eps=1e-3, update_freq=2, precondition_freq=3, max_dim=max_dim),
+                    0.05, 6, seed)
     _optimizer_steps(b, Shampoo(b, lr=0.05, beta2=0.9, eps=1e-3, update_freq=2, precondition_freq=3,
-                                        grafting="none"), 6, seed)
+                                grafting="none", max_dim=max_dim), 6, seed)
     assert all(torch.allclose(p, q, rtol=0, atol=1e-12) for p, q in zip(a, b))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_eigen_adam_geometry_is_soap_without_first_moment(seed):
+@pytest.mark.parametrize("max_dim", [None, 3, 2])
+def test_eigen_adam_geometry_is_soap_without_first_moment(seed, max_dim):
     a, b = _pair(seed)
-    _geometry_steps(a, EigenAdamGeometry(a, beta2=0.9, eps=1e-3, precondition_freq=2), 0.01, 6, seed)
-    _optimizer_steps(b, SOAP(b, lr=0.01, betas=(0.0, 0.9), eps=1e-3, weight_decay=0.0, precondition_freq=2), 6, seed)
+    _geometry_steps(a, EigenAdamGeometry(a, beta2=0.9, eps=1e-3, precondition_freq=2, max_dim=max_dim), 0.01, 6,
+                    seed)
+    _optimizer_steps(b, SOAP(b, lr=0.01, betas=(0.0, 0.9), eps=1e-3, weight_decay=0.0, precondition_freq=2,
+                             max_dim=max_dim), 6, seed)
     assert all(torch.allclose(p, q, rtol=0, atol=1e-12) for p, q in zip(a, b))
 
 

@@ -35,8 +35,9 @@ from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, DEFAULT_NS_STEPS,
 from geomopt.checks import check_int, check_number
 from geomopt.optim.geometry import Block, Geometry
 from geomopt.optim.muon import ADJUST_LR, ORTHOGONALIZE, muon_direction
-from geomopt.optim.shampoo import eigenbasis, inverse_root, kronecker_statistics_, shampoo_direction
-from geomopt.optim.soap import soap_direction
+from geomopt.optim.shampoo import (check_max_dim, eigenbasis, inverse_root, kept_sides, kronecker_factors,
+                                   kronecker_statistics_, shampoo_direction)
+from geomopt.optim.soap import rotate, soap_direction
 
 __all__ = ["ShampooGeometry", "EigenAdamGeometry", "SpectralGeometry"]
 
@@ -65,13 +66,17 @@ class ShampooGeometry(Geometry):
         beta2: Decay of the statistics in (0, 1]; 1 sums them (the paper).
         eps: Added to the statistics' eigenvalues before the inverse roots.
         update_freq, precondition_freq: Statistics / inverse roots every this many steps.
+        max_dim: Sides longer than this get no factor (:class:`geomopt.optim.Shampoo`'s); None: no cap.
     """
 
     name = "Shampoo"
 
     def __init__(self, params: Sequence[Tensor], names: dict[Tensor, str] | None = None, *, beta2: float = 1.0,
-                 eps: float = 1e-6, update_freq: int = 1, precondition_freq: int = 10) -> None:
+                 eps: float = 1e-6, update_freq: int = 1, precondition_freq: int = 10,
+                 max_dim: int | None = None) -> None:
         super().__init__(params, names)
+        check_max_dim(self.name, max_dim)
+        self.max_dim = max_dim
         self.beta2 = check_number(self.name, "beta2", beta2, low=0, high=1, low_open=True)
         self.eps = check_number(self.name, "eps", eps, low=0, low_open=True)
         self.update_freq = check_int(self.name, "update_freq", update_freq, low=1)
@@ -81,21 +86,23 @@ class ShampooGeometry(Geometry):
         weight = 1.0 if self.beta2 == 1 else 1.0 - self.beta2
         for p in _grads(self, groups):
             state = self.state[p]
-            if p.dim() < 2:
+            if not any(self._kept(p)):  # diagonal AdaGrad
                 if "shampoo_diag" not in state:
                     state["shampoo_diag"] = torch.zeros_like(p)
                 if step % self.update_freq == 0:
                     state["shampoo_diag"].mul_(self.beta2).addcmul_(p.grad, p.grad, value=weight)
                 continue
             g = _matrix(p.grad)
-            if "shampoo_left" not in state:
-                state["shampoo_left"] = g.new_zeros(g.shape[0], g.shape[0])
-                state["shampoo_right"] = g.new_zeros(g.shape[1], g.shape[1])
+            left, right = kronecker_factors(state, "shampoo_", g, self._kept(p))
             if step % self.update_freq == 0:
-                kronecker_statistics_(state["shampoo_left"], state["shampoo_right"], g, self.beta2)
+                kronecker_statistics_(left, right, g, self.beta2)
             if step % self.precondition_freq == 0 or "shampoo_left_root" not in state:
-                state["shampoo_left_root"] = inverse_root(state["shampoo_left"], self.eps, 4)
-                state["shampoo_right_root"] = inverse_root(state["shampoo_right"], self.eps, 4)
+                root = 4 if all(self._kept(p)) else 2
+                state["shampoo_left_root"] = inverse_root(left, self.eps, root) if left is not None else None
+                state["shampoo_right_root"] = inverse_root(right, self.eps, root) if right is not None else None
+
+    def _kept(self, p: Tensor) -> tuple[bool, bool]:
+        return kept_sides(_matrix(p).shape, self.max_dim) if p.dim() >= 2 else (False, False)
 
     def ready(self, block: Block) -> bool:
         state = self.state.get(block.key, {})
@@ -105,7 +112,7 @@ class ShampooGeometry(Geometry):
         if not self.ready(block):
             return None
         state = self.state[block.key]
-        if grad.dim() < 2:
+        if not any(self._kept(block.key)):
             return grad / (state["shampoo_diag"] + self.eps).sqrt()
         return shampoo_direction(_matrix(grad), state["shampoo_left_root"], state["shampoo_right_root"]).view_as(grad)
 
@@ -120,13 +127,17 @@ class EigenAdamGeometry(Geometry):
         shampoo_beta: Decay of the statistics ``L``, ``R`` (None: ``beta2``).
         eps: Added to ``sqrt(V_hat)``.
         precondition_freq: Refresh the eigenbases every this many steps.
+        max_dim: Sides longer than this keep the identity basis (:class:`geomopt.optim.SOAP`'s); None: no cap.
     """
 
     name = "SOAP"
 
     def __init__(self, params: Sequence[Tensor], names: dict[Tensor, str] | None = None, *, beta2: float = 0.95,
-                 shampoo_beta: float | None = None, eps: float = 1e-8, precondition_freq: int = 10) -> None:
+                 shampoo_beta: float | None = None, eps: float = 1e-8, precondition_freq: int = 10,
+                 max_dim: int | None = None) -> None:
         super().__init__(params, names)
+        check_max_dim(self.name, max_dim)
+        self.max_dim = max_dim
         self.beta2 = check_number(self.name, "beta2", beta2, low=0, high=1, high_open=True)
         self.shampoo_beta = self.beta2 if shampoo_beta is None else check_number(
             self.name, "shampoo_beta", shampoo_beta, low=0, high=1, high_open=True)
@@ -142,14 +153,12 @@ class EigenAdamGeometry(Geometry):
             g = p.grad
             if p.dim() >= 2:
                 g = _matrix(g)
-                if "soap_left" not in state:
-                    state["soap_left"] = g.new_zeros(g.shape[0], g.shape[0])
-                    state["soap_right"] = g.new_zeros(g.shape[1], g.shape[1])
-                kronecker_statistics_(state["soap_left"], state["soap_right"], g, self.shampoo_beta)
+                left, right = kronecker_factors(state, "soap_", g, kept_sides(g.shape, self.max_dim))
+                kronecker_statistics_(left, right, g, self.shampoo_beta)
                 if step % self.precondition_freq == 0 or "soap_q_left" not in state:
-                    state["soap_q_left"] = eigenbasis(state["soap_left"])[1]
-                    state["soap_q_right"] = eigenbasis(state["soap_right"])[1]
-                g = state["soap_q_left"].mT @ g @ state["soap_q_right"]
+                    state["soap_q_left"] = eigenbasis(left)[1] if left is not None else None
+                    state["soap_q_right"] = eigenbasis(right)[1] if right is not None else None
+                g = rotate(g, state["soap_q_left"], state["soap_q_right"])
             state["soap_sq"].view_as(g).mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
 
     def ready(self, block: Block) -> bool:

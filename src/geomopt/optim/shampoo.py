@@ -18,6 +18,12 @@ Methods from Learning Rates"); Adam grafting is the default, ``grafting="none"``
 decoupled weight decay and heavy-ball momentum::
 
     B <- momentum B + D,   W <- (1 - lr wd) W - lr B
+
+``max_dim`` caps the factors' size (their eigendecompositions cost the cube of it): a side longer than
+``max_dim`` gets no statistic, and the kept side takes the one-sided step ``(L + eps I)^{-1/2} G`` (or
+``G (R + eps I)^{-1/2}``: the root of a one-factor Kronecker approximation); with both sides longer, the
+matrix takes the diagonal AdaGrad step. A classifier head ``Linear(1568, 10)`` with ``max_dim = 1024`` keeps its
+10 x 10 factor only.
 """
 
 from __future__ import annotations
@@ -29,17 +35,28 @@ import torch
 from geomopt.checks import check_int, check_number
 
 __all__ = ["Shampoo", "GRAFTINGS", "kronecker_statistics_", "inverse_root", "shampoo_direction", "eigenbasis",
-           "check_gradients"]
+           "check_gradients", "kept_sides"]
 
 GRAFTINGS = ("none", "sgd", "adam")
 
 
-def kronecker_statistics_(left: torch.Tensor, right: torch.Tensor, g: torch.Tensor, beta: float) -> None:
+def kept_sides(shape: tuple[int, ...], max_dim: int | None) -> tuple[bool, bool]:
+    """Which sides of an ``(m, n)`` matrix get a Kronecker factor: those of length at most ``max_dim`` (both
+    when it is None)."""
+    if max_dim is None:
+        return True, True
+    return shape[0] <= max_dim, shape[1] <= max_dim
+
+
+def kronecker_statistics_(left: torch.Tensor | None, right: torch.Tensor | None, g: torch.Tensor, beta: float) -> None:
     """``left <- beta left + w g g^T``, ``right <- beta right + w g^T g`` in place (``w = 1 - beta``, or 1 when
-    ``beta == 1``: running sums). ``g``: ``(m, n)``; ``left``: ``(m, m)``; ``right``: ``(n, n)``."""
+    ``beta == 1``: running sums). ``g``: ``(m, n)``; ``left``: ``(m, m)``; ``right``: ``(n, n)``; a side given
+    as None (not kept, :func:`kept_sides`) is skipped."""
     weight = 1.0 if beta == 1 else 1.0 - beta
-    left.mul_(beta).addmm_(g, g.mT, alpha=weight)
-    right.mul_(beta).addmm_(g.mT, g, alpha=weight)
+    if left is not None:
+        left.mul_(beta).addmm_(g, g.mT, alpha=weight)
+    if right is not None:
+        right.mul_(beta).addmm_(g.mT, g, alpha=weight)
 
 
 def _eigh64(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,9 +92,25 @@ def inverse_root(s: torch.Tensor, eps: float, root: int) -> torch.Tensor:
     return (scaled @ evecs.mT).to(s.dtype)
 
 
-def shampoo_direction(g: torch.Tensor, left_root: torch.Tensor, right_root: torch.Tensor) -> torch.Tensor:
-    """``L^{-1/4} G R^{-1/4}`` from the inverse roots (:func:`inverse_root`): the preconditioned ``(m, n)`` gradient."""
-    return left_root @ g @ right_root
+def shampoo_direction(g: torch.Tensor, left_root: torch.Tensor | None, right_root: torch.Tensor | None
+                      ) -> torch.Tensor:
+    """``L^{-1/4} G R^{-1/4}`` from the inverse roots (:func:`inverse_root`): the preconditioned ``(m, n)`` gradient;
+    a side whose root is None is not multiplied (the one-sided step, module docstring)."""
+    if left_root is not None:
+        g = left_root @ g
+    return g @ right_root if right_root is not None else g
+
+
+def kronecker_factors(state: dict, prefix: str, g: torch.Tensor, keep: tuple[bool, bool]
+                      ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The statistics ``state[prefix + "left"]``, ``state[prefix + "right"]`` of the kept sides of the ``(m, n)``
+    gradient ``g`` (created at zero on first use); None for a side not kept."""
+    out = []
+    for side, n, kept in (("left", g.shape[0], keep[0]), ("right", g.shape[1], keep[1])):
+        if kept and prefix + side not in state:
+            state[prefix + side] = g.new_zeros(n, n)
+        out.append(state[prefix + side] if kept else None)
+    return out[0], out[1]
 
 
 def check_gradients(optimizer: torch.optim.Optimizer, name: str) -> None:
@@ -105,6 +138,13 @@ def _check_group(group: dict, where: str) -> None:
         raise ValueError(f"{where}: grafting must be one of {GRAFTINGS}, got {group['grafting']!r}")
     check_number(where, "graft_beta2", group["graft_beta2"], low=0, high=1, high_open=True)
     check_number(where, "graft_eps", group["graft_eps"], low=0, low_open=True)
+    check_max_dim(where, group.get("max_dim"))
+
+
+def check_max_dim(where: str, max_dim: int | None) -> None:
+    """``max_dim`` is None or an integer >= 1."""
+    if max_dim is not None:
+        check_int(where, "max_dim", max_dim, low=1)
 
 
 class DirectionFirst(torch.optim.Optimizer):
@@ -163,6 +203,7 @@ class Shampoo(DirectionFirst):
             ill-conditioned roots from blowing a step up), ``"sgd"`` (the gradient's norm) or ``"none"`` (the
             paper).
         graft_beta2, graft_eps: Adam grafting's second-moment decay and epsilon.
+        max_dim: Sides longer than this get no Kronecker factor (module docstring); None: no cap.
 
     Raises:
         ValueError: an option out of range (at construction, when a group is added and at each step).
@@ -172,10 +213,11 @@ class Shampoo(DirectionFirst):
 
     def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0,
                  beta2: float = 1.0, eps: float = 1e-6, update_freq: int = 1, precondition_freq: int = 10,
-                 grafting: str = "adam", graft_beta2: float = 0.999, graft_eps: float = 1e-8) -> None:
+                 grafting: str = "adam", graft_beta2: float = 0.999, graft_eps: float = 1e-8,
+                 max_dim: int | None = None) -> None:
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "beta2": beta2, "eps": eps,
                     "update_freq": update_freq, "precondition_freq": precondition_freq, "grafting": grafting,
-                    "graft_beta2": graft_beta2, "graft_eps": graft_eps}
+                    "graft_beta2": graft_beta2, "graft_eps": graft_eps, "max_dim": max_dim}
         _check_group(defaults, "Shampoo")
         super().__init__(params, defaults)
 
@@ -187,22 +229,22 @@ class Shampoo(DirectionFirst):
     def _direction(self, p: torch.Tensor, group: dict, step: int) -> torch.Tensor:
         state, g = self.state[p], p.grad
         update, refresh = (step - 1) % group["update_freq"] == 0, (step - 1) % group["precondition_freq"] == 0
-        if p.dim() < 2:  # diagonal AdaGrad
+        matrix = g.reshape(g.shape[0], -1) if p.dim() >= 2 else None
+        keep = kept_sides(matrix.shape, group.get("max_dim")) if matrix is not None else (False, False)
+        if not any(keep):  # diagonal AdaGrad: a vector, or a matrix with both sides over max_dim
             if "diag" not in state:
                 state["diag"] = torch.zeros_like(p)
             if update:
                 weight = 1.0 if group["beta2"] == 1 else 1 - group["beta2"]
                 state["diag"].mul_(group["beta2"]).addcmul_(g, g, value=weight)
             return g / (state["diag"] + group["eps"]).sqrt()
-        matrix = g.reshape(g.shape[0], -1)
-        if "left" not in state:
-            state["left"] = matrix.new_zeros(matrix.shape[0], matrix.shape[0])
-            state["right"] = matrix.new_zeros(matrix.shape[1], matrix.shape[1])
+        left, right = kronecker_factors(state, "", matrix, keep)
         if update:
-            kronecker_statistics_(state["left"], state["right"], matrix, group["beta2"])
-        if refresh or "left_root" not in state:
-            state["left_root"] = inverse_root(state["left"], group["eps"], 4)
-            state["right_root"] = inverse_root(state["right"], group["eps"], 4)
+            kronecker_statistics_(left, right, matrix, group["beta2"])
+        if refresh or "left_root" not in state or state.get("kept") != keep:
+            state["kept"], root = keep, 4 if all(keep) else 2
+            state["left_root"] = inverse_root(left, group["eps"], root) if left is not None else None
+            state["right_root"] = inverse_root(right, group["eps"], root) if right is not None else None
         return shampoo_direction(matrix, state["left_root"], state["right_root"]).view_as(g)
 
     def _graft(self, d: torch.Tensor, g: torch.Tensor, state: dict, group: dict, step: int) -> torch.Tensor:

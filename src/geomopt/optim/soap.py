@@ -19,6 +19,9 @@ paper's implementation). Differences from the authors' code: the statistics incl
 and the basis is refreshed before the step (their code updates it after the step and skips the first step's
 update), and each refresh is an exact eigendecomposition (float64 ``eigh``) where theirs is one power
 iteration with a QR decomposition warm-started at the previous basis.
+
+``max_dim`` caps the factors' size as the authors' ``max_precond_dim`` does: a side longer than it keeps the
+identity basis (no statistic, no rotation on that side), so a matrix with both sides longer takes AdamW steps.
 """
 
 from __future__ import annotations
@@ -28,16 +31,29 @@ from collections.abc import Iterable
 import torch
 
 from geomopt.checks import check_betas, check_int, check_number
-from geomopt.optim.shampoo import DirectionFirst, eigenbasis, kronecker_statistics_
+from geomopt.optim.shampoo import (DirectionFirst, check_max_dim, eigenbasis, kept_sides, kronecker_factors,
+                                   kronecker_statistics_)
 
-__all__ = ["SOAP", "soap_direction"]
+__all__ = ["SOAP", "soap_direction", "rotate"]
 
 
-def soap_direction(m_hat: torch.Tensor, v_hat: torch.Tensor, q_left: torch.Tensor, q_right: torch.Tensor,
-                   eps: float) -> torch.Tensor:
+def rotate(x: torch.Tensor, q_left: torch.Tensor | None, q_right: torch.Tensor | None, back: bool = False
+           ) -> torch.Tensor:
+    """``Q_L^T X Q_R`` into the eigenbasis (``back``: ``Q_L X Q_R^T`` out of it); a basis given as None is the
+    identity."""
+    if q_left is not None:
+        x = (q_left if back else q_left.mT) @ x
+    if q_right is not None:
+        x = x @ (q_right.mT if back else q_right)
+    return x
+
+
+def soap_direction(m_hat: torch.Tensor, v_hat: torch.Tensor, q_left: torch.Tensor | None,
+                   q_right: torch.Tensor | None, eps: float) -> torch.Tensor:
     """``N = Q_L [(Q_L^T M Q_R) / (sqrt(V) + eps)] Q_R^T``: Adam's direction from the bias-corrected first moment
-    ``m_hat`` ``(m, n)`` (parameter basis) and second moment ``v_hat`` ``(m, n)`` (eigenbasis)."""
-    return q_left @ ((q_left.mT @ m_hat @ q_right) / (v_hat.sqrt() + eps)) @ q_right.mT
+    ``m_hat`` ``(m, n)`` (parameter basis) and second moment ``v_hat`` ``(m, n)`` (eigenbasis); a basis given as
+    None is the identity."""
+    return rotate(rotate(m_hat, q_left, q_right) / (v_hat.sqrt() + eps), q_left, q_right, back=True)
 
 
 def _check_group(group: dict, where: str) -> None:
@@ -48,6 +64,7 @@ def _check_group(group: dict, where: str) -> None:
     check_number(where, "eps", group["eps"], low=0, low_open=True)
     check_number(where, "weight_decay", group["weight_decay"], low=0)
     check_int(where, "precondition_freq", group["precondition_freq"], low=1)
+    check_max_dim(where, group.get("max_dim"))
 
 
 class SOAP(DirectionFirst):
@@ -62,6 +79,7 @@ class SOAP(DirectionFirst):
         eps: Added to ``sqrt(V)``.
         weight_decay: Decoupled weight decay ``W <- (1 - lr wd) W``.
         precondition_freq: Refresh the eigenbasis every this many steps (the paper's ``f``, default 10).
+        max_dim: Sides longer than this keep the identity basis (module docstring); None: no cap.
 
     Raises:
         ValueError: an option out of range (at construction, when a group is added and at each step).
@@ -71,9 +89,9 @@ class SOAP(DirectionFirst):
 
     def __init__(self, params: Iterable, lr: float = 3e-3, betas: tuple[float, float] = (0.95, 0.95),
                  shampoo_beta: float | None = None, eps: float = 1e-8, weight_decay: float = 0.01,
-                 precondition_freq: int = 10) -> None:
+                 precondition_freq: int = 10, max_dim: int | None = None) -> None:
         defaults = {"lr": lr, "betas": betas, "shampoo_beta": shampoo_beta, "eps": eps, "weight_decay": weight_decay,
-                    "precondition_freq": precondition_freq}
+                    "precondition_freq": precondition_freq, "max_dim": max_dim}
         _check_group(defaults, "SOAP")
         super().__init__(params, defaults)
 
@@ -83,14 +101,14 @@ class SOAP(DirectionFirst):
         _check_group(group, where)
 
     def _refresh(self, state: dict, g: torch.Tensor, group: dict, step: int) -> None:
-        if "left" not in state:
-            state["left"] = g.new_zeros(g.shape[0], g.shape[0])
-            state["right"] = g.new_zeros(g.shape[1], g.shape[1])
+        keep = kept_sides(g.shape, group.get("max_dim"))
+        left, right = kronecker_factors(state, "", g, keep)
         beta = group["betas"][1] if group["shampoo_beta"] is None else group["shampoo_beta"]
-        kronecker_statistics_(state["left"], state["right"], g, beta)
-        if (step - 1) % group["precondition_freq"] == 0:
-            state["q_left"] = eigenbasis(state["left"])[1]
-            state["q_right"] = eigenbasis(state["right"])[1]
+        kronecker_statistics_(left, right, g, beta)
+        if (step - 1) % group["precondition_freq"] == 0 or state.get("kept") != keep:
+            state["kept"] = keep
+            state["q_left"] = eigenbasis(left)[1] if left is not None else None
+            state["q_right"] = eigenbasis(right)[1] if right is not None else None
 
     def _update(self, p: torch.Tensor, group: dict) -> torch.Tensor:
         """Adam's direction of ``p`` in the eigenbasis, back in the parameter's basis; ``p`` is not changed."""
@@ -110,7 +128,7 @@ class SOAP(DirectionFirst):
             direction = m_hat / ((v / (1 - beta2 ** step)).sqrt() + group["eps"])
         else:
             self._refresh(state, g, group, step)
-            rotated = state["q_left"].mT @ g @ state["q_right"]
+            rotated = rotate(g, state["q_left"], state["q_right"])
             v.mul_(beta2).addcmul_(rotated, rotated, value=1 - beta2)
             direction = soap_direction(m_hat, v / (1 - beta2 ** step), state["q_left"], state["q_right"], group["eps"])
         return direction
