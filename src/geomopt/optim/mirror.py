@@ -27,7 +27,8 @@ import torch
 
 from geomopt.checks import check_number
 
-__all__ = ["POTENTIALS", "MirrorDescent", "mirror_map", "inverse_mirror_map", "bregman"]
+__all__ = ["POTENTIALS", "MirrorDescent", "PotentialStep", "check_options", "mirror_map", "inverse_mirror_map",
+           "bregman"]
 
 POTENTIALS = ("lp", "entropy", "hypentropy")
 
@@ -76,7 +77,8 @@ def bregman(w: torch.Tensor, v: torch.Tensor, potential: str, p: float = 2.0, be
             - (mirror_map(v, potential, p, beta) * (w - v)).sum())
 
 
-def _check(lr, potential, p, beta, momentum, where: str = "MirrorDescent") -> None:
+def check_options(lr, potential, p, beta, momentum, where: str) -> None:
+    """The options of a potential's optimizer (:class:`MirrorDescent`, :class:`geomopt.optim.NaturalGradient`)."""
     check_number(where, "lr", lr, low=0)
     if potential not in POTENTIALS:
         raise ValueError(f"{where}: potential must be one of {POTENTIALS}, got {potential!r}")
@@ -85,7 +87,56 @@ def _check(lr, potential, p, beta, momentum, where: str = "MirrorDescent") -> No
     check_number(where, "momentum", momentum, low=0, high=1, high_open=True)
 
 
-class MirrorDescent(torch.optim.Optimizer):
+class PotentialStep(torch.optim.Optimizer):
+    """The step shared by the optimizers of a potential: each param group is one vector ``w`` (its tensors
+    concatenated); every group's new point is computed by :meth:`_move` and found finite before any parameter
+    changes. Subclasses name themselves (``label``) and give ``_move(w, g, group, state) -> (w_new, remember)``;
+    ``remember`` is stored in the group's state once every group has moved."""
+
+    label = "PotentialStep"
+
+    def __init__(self, params: Iterable, lr: float = 0.01, potential: str = "lp", p: float = 2.0, beta: float = 1.0,
+                 momentum: float = 0.0) -> None:
+        check_options(lr, potential, p, beta, momentum, self.label)
+        super().__init__(params, {"lr": lr, "potential": potential, "p": p, "beta": beta, "momentum": momentum})
+
+    def add_param_group(self, param_group: dict) -> None:
+        m = {**self.defaults, **param_group}
+        check_options(m["lr"], m["potential"], m["p"], m["beta"], m["momentum"], self.label)
+        super().add_param_group(param_group)
+
+    def _move(self, w: torch.Tensor, g: torch.Tensor, group: dict, state: dict) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        new = []
+        for i, group in enumerate(self.param_groups):
+            check_options(group["lr"], group["potential"], group["p"], group["beta"], group["momentum"],
+                          f"{self.label}: param group {i}")
+            params = [q for q in group["params"] if q.grad is not None]
+            if not params:
+                continue
+            w = torch.cat([q.reshape(-1) for q in params])
+            g = torch.cat([q.grad.reshape(-1) for q in params])
+            if not torch.isfinite(g).all():
+                raise FloatingPointError(f"{self.label}: non-finite gradient; no parameter was changed")
+            state = self.state[params[0]]
+            new.append((params, state, *self._move(w, g, group, state)))
+        for params, state, w_new, remember in new:
+            state.update(remember)
+            i = 0
+            for q in params:
+                q.copy_(w_new[i:i + q.numel()].reshape(q.shape))
+                i += q.numel()
+        return loss
+
+
+class MirrorDescent(PotentialStep):
     """Mirror descent with the ``lp``, ``entropy`` or ``hypentropy`` potential (module docstring).
 
     Args:
@@ -102,52 +153,18 @@ class MirrorDescent(torch.optim.Optimizer):
         FloatingPointError: a non-finite gradient or update (no parameter is changed then).
     """
 
-    def __init__(self, params: Iterable, lr: float = 0.01, potential: str = "lp", p: float = 2.0, beta: float = 1.0,
-                 momentum: float = 0.0) -> None:
-        _check(lr, potential, p, beta, momentum)
-        super().__init__(params, {"lr": lr, "potential": potential, "p": p, "beta": beta, "momentum": momentum})
+    label = "MirrorDescent"
 
-    def add_param_group(self, param_group: dict) -> None:
-        m = {**self.defaults, **param_group}
-        _check(m["lr"], m["potential"], m["p"], m["beta"], m["momentum"])
-        super().add_param_group(param_group)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        new = []
-        for i, group in enumerate(self.param_groups):
-            _check(group["lr"], group["potential"], group["p"], group["beta"], group["momentum"],
-                   f"MirrorDescent: param group {i}")
-            params = [q for q in group["params"] if q.grad is not None]
-            if not params:
-                continue
-            opts = {"potential": group["potential"], "p": group["p"], "beta": group["beta"]}
-            w = torch.cat([q.reshape(-1) for q in params])
-            g = torch.cat([q.grad.reshape(-1) for q in params])
-            if not torch.isfinite(g).all():
-                raise FloatingPointError("MirrorDescent: non-finite gradient; no parameter was changed")
-            if group["potential"] == "entropy" and not (w > 0).all():
-                raise ValueError("MirrorDescent: the entropy potential needs positive weights")
-            theta = mirror_map(w, **opts)
-            step = -group["lr"] * g
-            state = self.state[params[0]]
-            if group["momentum"]:
-                prev = state.get("mirror_step")
-                if prev is not None and prev.shape == step.shape:
-                    step = step + group["momentum"] * prev
-            w_new = inverse_mirror_map(theta + step, **opts)
-            if not torch.isfinite(w_new).all():
-                raise FloatingPointError(f"MirrorDescent: the {group['potential']} update is non-finite (lr "
-                                         f"{group['lr']:g} too large?); no parameter was changed")
-            new.append((params, w_new, state, step))
-        for params, w_new, state, step in new:
-            state["mirror_step"] = step
-            i = 0
-            for q in params:
-                q.copy_(w_new[i:i + q.numel()].reshape(q.shape))
-                i += q.numel()
-        return loss
+    def _move(self, w: torch.Tensor, g: torch.Tensor, group: dict, state: dict) -> tuple[torch.Tensor, dict]:
+        opts = {"potential": group["potential"], "p": group["p"], "beta": group["beta"]}
+        if group["potential"] == "entropy" and not (w > 0).all():
+            raise ValueError("MirrorDescent: the entropy potential needs positive weights")
+        step = -group["lr"] * g
+        prev = state.get("mirror_step")
+        if group["momentum"] and prev is not None and prev.shape == step.shape:
+            step = step + group["momentum"] * prev
+        w_new = inverse_mirror_map(mirror_map(w, **opts) + step, **opts)
+        if not torch.isfinite(w_new).all():
+            raise FloatingPointError(f"MirrorDescent: the {group['potential']} update is non-finite (lr "
+                                     f"{group['lr']:g} too large?); no parameter was changed")
+        return w_new, {"mirror_step": step}

@@ -24,15 +24,14 @@ The metric solves, for the potentials of :mod:`geomopt.optim.mirror` on the vect
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from geomopt.checks import check_number
 from geomopt.optim.geometry import Block, Geometry
-from geomopt.optim.mirror import POTENTIALS
+from geomopt.optim.mirror import POTENTIALS, PotentialStep, check_options
 
 __all__ = ["NaturalGradient", "PotentialGeometry", "metric_solve"]
 
@@ -65,16 +64,7 @@ def metric_solve(w: Tensor, g: Tensor, potential: str, p: float = 2.0, beta: flo
     return diagonal - (2 - p) / ((p - 1) * norm ** 2) * torch.dot(w, g) * w
 
 
-def _check(lr, potential, p, beta, momentum, where: str) -> None:
-    check_number(where, "lr", lr, low=0)
-    if potential not in POTENTIALS:
-        raise ValueError(f"{where}: potential must be one of {POTENTIALS}, got {potential!r}")
-    check_number(where, "p", p, low=1, low_open=True)
-    check_number(where, "beta", beta, low=0, low_open=True)
-    check_number(where, "momentum", momentum, low=0, high=1, high_open=True)
-
-
-class NaturalGradient(torch.optim.Optimizer):
+class NaturalGradient(PotentialStep):
     """Natural gradient descent in the Hessian metric of the ``lp``, ``entropy`` or ``hypentropy`` potential
     (module docstring), with heavy-ball momentum on the step: ``d_t = m d_{t-1} + [grad^2 psi(w_t)]^{-1} g_t``,
     ``w_{t+1} = w_t - lr d_t``.
@@ -91,49 +81,17 @@ class NaturalGradient(torch.optim.Optimizer):
         FloatingPointError: a non-finite gradient or direction (no parameter is changed then).
     """
 
-    def __init__(self, params: Iterable, lr: float = 0.01, potential: str = "lp", p: float = 2.0, beta: float = 1.0,
-                 momentum: float = 0.0) -> None:
-        _check(lr, potential, p, beta, momentum, "NaturalGradient")
-        super().__init__(params, {"lr": lr, "potential": potential, "p": p, "beta": beta, "momentum": momentum})
+    label = "NaturalGradient"
 
-    def add_param_group(self, param_group: dict) -> None:
-        m = {**self.defaults, **param_group}
-        _check(m["lr"], m["potential"], m["p"], m["beta"], m["momentum"], "NaturalGradient")
-        super().add_param_group(param_group)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        updates = []
-        for i, group in enumerate(self.param_groups):
-            _check(group["lr"], group["potential"], group["p"], group["beta"], group["momentum"],
-                   f"NaturalGradient: param group {i}")
-            params = [q for q in group["params"] if q.grad is not None]
-            if not params:
-                continue
-            w = torch.cat([q.reshape(-1) for q in params])
-            g = torch.cat([q.grad.reshape(-1) for q in params])
-            if not torch.isfinite(g).all():
-                raise FloatingPointError("NaturalGradient: non-finite gradient; no parameter was changed")
-            d = metric_solve(w, g, group["potential"], group["p"], group["beta"])
-            state = self.state[params[0]]
-            prev = state.get("direction")
-            if group["momentum"] and prev is not None and prev.shape == d.shape:
-                d = d + group["momentum"] * prev
-            if not torch.isfinite(d).all():
-                raise FloatingPointError(f"NaturalGradient: the {group['potential']} direction is non-finite; no "
-                                         "parameter was changed")
-            updates.append((params, w - group["lr"] * d, state, d))
-        for params, w_new, state, d in updates:
-            state["direction"] = d
-            i = 0
-            for q in params:
-                q.copy_(w_new[i:i + q.numel()].reshape(q.shape))
-                i += q.numel()
-        return loss
+    def _move(self, w: Tensor, g: Tensor, group: dict, state: dict) -> tuple[Tensor, dict]:
+        d = metric_solve(w, g, group["potential"], group["p"], group["beta"])
+        prev = state.get("direction")
+        if group["momentum"] and prev is not None and prev.shape == d.shape:
+            d = d + group["momentum"] * prev
+        if not torch.isfinite(d).all():
+            raise FloatingPointError(f"NaturalGradient: the {group['potential']} direction is non-finite; no "
+                                     "parameter was changed")
+        return w - group["lr"] * d, {"direction": d}
 
 
 class PotentialGeometry(Geometry):
@@ -153,7 +111,7 @@ class PotentialGeometry(Geometry):
     def __init__(self, params: Sequence[Tensor], names: dict[Tensor, str] | None = None, *, potential: str = "lp",
                  p: float = 2.0, beta: float = 1.0) -> None:
         super().__init__(params, names)
-        _check(0.0, potential, p, beta, 0.0, "PotentialGeometry")
+        check_options(0.0, potential, p, beta, 0.0, "PotentialGeometry")
         self.potential, self.p, self.beta = potential, p, beta
 
     def direction(self, block: Block, grad: Tensor, group: dict[str, Any]) -> Tensor | None:
