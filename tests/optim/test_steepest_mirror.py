@@ -177,3 +177,25 @@ def test_mirror_descent_refuses_bad_input():
     with pytest.raises(FloatingPointError):
         opt.step()
     assert torch.equal(w.detach(), torch.tensor([1.0, -1.0]))
+
+
+@pytest.mark.parametrize("norm", ["l1", "l2", "linf", "spectral"])
+@pytest.mark.parametrize("normalized", [False, True])
+def test_steepest_geometry_in_front_of_sgd_is_steepest_descent(norm, normalized):
+    """One tensor per group: the plug-in geometry's direction times SGD's lr is SteepestDescent's step; a group of
+    two tensors is one vector for SteepestDescent, so the per-tensor geometry differs there (l1, linf)."""
+    from geomopt.optim import Preconditioner, SteepestGeometry
+    gen = torch.Generator().manual_seed(5)
+    start = torch.randn(4, 3, generator=gen)
+    a, b = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    opt = SteepestDescent([a], lr=0.05, norm=norm, normalized=normalized)
+    precond, sgd = Preconditioner(SteepestGeometry([b], norm=norm, normalized=normalized)), torch.optim.SGD([b], lr=0.05)
+    for _ in range(3):
+        g = torch.randn(4, 3, generator=gen)
+        a.grad, b.grad = g.clone(), g.clone()
+        opt.step()
+        precond.step()
+        sgd.step()
+    assert torch.allclose(a.detach(), b.detach(), rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match="SteepestGeometry: norm must be one of"):
+        SteepestGeometry([b], norm="l3")

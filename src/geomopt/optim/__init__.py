@@ -15,10 +15,10 @@ from geomopt.optim.precond import EKFACPreconditioner, KFACPreconditioner, PathP
 from geomopt.optim.registry import OPTIMIZERS, build_optimizer
 from geomopt.optim.shampoo import Shampoo
 from geomopt.optim.soap import SOAP
-from geomopt.optim.steepest import SteepestDescent
+from geomopt.optim.steepest import SteepestDescent, SteepestGeometry
 
 __all__ = ["KFAC", "EKFAC", "MirrorDescent", "Muon", "NaturalGradient", "Shampoo", "SOAP", "SteepestDescent",
            "PathSGD", "first_step_ratio", "path_sgd_", "OPTIMIZERS", "build_optimizer", "Geometry", "Block",
            "Euclidean", "KroneckerGeometry", "EigenKroneckerGeometry", "PathGeometry", "ShampooGeometry",
-           "EigenAdamGeometry", "SpectralGeometry", "PotentialGeometry", "Preconditioner", "KFACPreconditioner",
-           "EKFACPreconditioner", "PathPreconditioner"]
+           "EigenAdamGeometry", "SpectralGeometry", "PotentialGeometry", "SteepestGeometry", "Preconditioner",
+           "KFACPreconditioner", "EKFACPreconditioner", "PathPreconditioner"]

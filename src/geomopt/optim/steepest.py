@@ -22,13 +22,16 @@ norm is the largest of their spectral norms, whose dual is the sum of their nucl
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
+from torch import Tensor
 
 from geomopt.checks import check_number
+from geomopt.optim.geometry import Block, Geometry
 
-__all__ = ["NORMS", "SteepestDescent", "steepest_direction"]
+__all__ = ["NORMS", "SteepestDescent", "SteepestGeometry", "steepest_direction"]
 
 NORMS = ("l1", "l2", "linf", "spectral")
 
@@ -134,3 +137,31 @@ class SteepestDescent(torch.optim.Optimizer):
                     self.state[p]["momentum_buffer"] = g
                 p.sub_(scale * u)
         return loss
+
+
+class SteepestGeometry(Geometry):
+    """Steepest descent w.r.t. a norm as a plug-in :class:`Geometry`: each tensor's direction is
+    ``||g||_* u(g)`` (``normalized``: ``u(g)``) of :func:`steepest_direction`, the tensor taken alone (l1, l2,
+    l-infinity on it as a vector; spectral on it as a matrix). ``Preconditioner(SteepestGeometry(...))`` in front of
+    ``torch.optim.SGD`` takes :class:`SteepestDescent`'s steps for a group of one tensor (a group of several is
+    one vector there, so its l1 and l-infinity steps differ).
+
+    Args:
+        params: The parameters it preconditions.
+        names: ``{parameter: name}`` for messages.
+        norm: ``"l1"``, ``"l2"``, ``"linf"`` or ``"spectral"``.
+        normalized: Unit-norm directions.
+    """
+
+    name = "steepest descent"
+
+    def __init__(self, params: Sequence[Tensor], names: dict[Tensor, str] | None = None, *, norm: str = "l2",
+                 normalized: bool = False) -> None:
+        super().__init__(params, names)
+        if norm not in NORMS:
+            raise ValueError(f"SteepestGeometry: norm must be one of {NORMS}, got {norm!r}")
+        self.norm, self.normalized = norm, bool(normalized)
+
+    def direction(self, block: Block, grad: Tensor, group: dict[str, Any]) -> Tensor | None:
+        (unit,), dual = steepest_direction([grad], self.norm)
+        return unit if self.normalized else dual * unit
