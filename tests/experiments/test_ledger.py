@@ -90,22 +90,23 @@ def test_report_renders_the_ledger(ledger, tmp_path):
     assert "Scoreboard" in page and "quick tier" in page
 
 
-def test_the_ledger_readme_opens_with_counts_per_tier_and_a_row_per_reproduction():
-    from pathlib import Path
-
+def test_the_ledger_readme_opens_with_counts_per_tier_and_a_row_per_reproduction(tmp_path):
     from geomopt.experiments.ledger import _summary_lines
 
     def record(exp, tier, verdicts):
         return {"experiment": exp, "title": exp.upper(), "tier": tier,
-                "claims": [{"id": str(i), "verdict": v} for i, v in enumerate(verdicts)]}, Path(exp) / tier
+                "claims": [{"id": str(i), "verdict": v} for i, v in enumerate(verdicts)]}, tmp_path / exp / tier
 
+    ladder = tmp_path / "a" / "mid" / "ladder-widths"
+    ladder.mkdir(parents=True)
+    (ladder / "ladder.json").write_text(json.dumps({"field": "widths", "values": [[10], [20], [40]]}))
     lines = _summary_lines([record("a", "quick", ["holds", "fails"]), record("a", "mid", ["inconclusive"]),
                             record("b", "mid", ["holds", "holds"])])
     assert lines[0].startswith("- **mid**: 3 claims: 2 holds, 0 fails, 1 inconclusive")
     assert lines[1].startswith("- **quick**: 2 claims: 1 holds, 1 fails")
-    assert "| reproduction | mid | quick |" in lines
-    assert "| A | 1 inconclusive | 1 holds, 1 fails |" in lines
-    assert "| B | 2 holds | not filed |" in lines
+    assert "| reproduction | mid | quick | scale ladders |" in lines
+    assert "| A | 1 inconclusive | 1 holds, 1 fails | `widths` ([10], [20], [40]) at mid |" in lines
+    assert "| B | 2 holds | not filed | - |" in lines
 
 
 def test_provenance_sums_the_wall_time_of_a_resumed_reproduction(tmp_path):

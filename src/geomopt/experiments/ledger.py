@@ -309,15 +309,30 @@ def _summary_lines(entries: list[tuple[dict[str, Any], Path]]) -> list[str]:
     for tier in tiers:
         counts = count_verdicts([c for r, _ in entries if _tier(r) == tier for c in r["claims"]])
         lines.append(f"- **{tier}**: {sum(counts.values())} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
-    lines += ["", "| reproduction | " + " | ".join(tiers) + " |", "|---|" + "---|" * len(tiers)]
+    lines += ["", "| reproduction | " + " | ".join(tiers) + " | scale ladders |",
+              "|---|" + "---|" * (len(tiers) + 1)]
     by_experiment: dict[str, dict[str, str]] = {}
-    for record, _ in entries:
+    ladders: dict[str, list[str]] = {}
+    for record, directory in entries:
         counts = count_verdicts(record["claims"])
-        by_experiment.setdefault(record.get("title", record["experiment"]), {})[_tier(record)] = (
+        title = record.get("title", record["experiment"])
+        by_experiment.setdefault(title, {})[_tier(record)] = (
             ", ".join(f"{n} {v}" for v, n in counts.items() if n) or "no claims")
+        ladders.setdefault(title, []).extend(_ladder_names(directory, _tier(record)))
     for title, per_tier in by_experiment.items():
-        lines.append(f"| {title} | " + " | ".join(per_tier.get(t, "not filed") for t in tiers) + " |")
+        lines.append(f"| {title} | " + " | ".join(per_tier.get(t, "not filed") for t in tiers)
+                     + f" | {'; '.join(ladders[title]) or '-'} |")
     return lines + [""]
+
+
+def _ladder_names(directory: Path, tier: str) -> list[str]:
+    """``FIELD (v1, v2, v3) at TIER`` for every ladder filed under an entry's folder."""
+    out = []
+    for summary in sorted(Path(directory).glob(f"ladder-*/{LADDER_FILE}")):
+        ladder = json.loads(summary.read_text())
+        values = ", ".join(json.dumps(v).replace(" ", "") for v in ladder["values"])
+        out.append(f"`{ladder['field']}` ({values}) at {tier}")
+    return out
 
 
 def write_readme(ledger: str | Path) -> Path:
