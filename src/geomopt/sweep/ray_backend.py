@@ -123,6 +123,8 @@ class RayBackend:
         30 s): a session shut down with replies still in flight aborts the driver ("Tried to complete
         task that was not pending")."""
         refs, self._refs = list(self._refs), {}
+        if refs:  # a task whose reply is already in is left alone: cancelling it is the same race
+            refs = self._ray.wait(refs, num_returns=len(refs), timeout=0)[1]
         for ref in refs:
             self._ray.cancel(ref, force=True)
         if refs:
