@@ -2,16 +2,17 @@
 and the runs that approach them (Gunasekar, Lee, Soudry & Srebro, "Characterizing Implicit Bias in Terms of
 Optimization Geometry", ICML 2018).
 
-**Regression** (underdetermined ``X w = y``, squared loss; the paper's losses with a unique finite root). Mirror descent with a
-potential ``psi`` keeps ``grad psi(w_t) - grad psi(w_0)`` in the row space of ``X`` (every gradient is
-``X^T r``), so a zero-loss limit satisfies the optimality conditions of
+**Regression** (underdetermined ``X w = y``, squared loss; the paper's losses with a unique finite root).
+Mirror descent with a potential ``psi`` keeps ``grad psi(w_t) - grad psi(w_0)`` in the row space of ``X``
+(every gradient is ``X^T r``), so a zero-loss limit satisfies the optimality conditions of
 
     w_B = argmin_w D_psi(w, w_0)   s.t.   X w = y,   D_psi(w, v) = psi(w) - psi(v) - <grad psi(v), w - v>,
 
 whatever the step size and momentum (:func:`min_bregman` solves it; :func:`bregman_kkt` checks it).
 Steepest descent under a non-Euclidean norm has no such invariant: its limit can move with the step size.
 
-**Separable classification** (the paper's strictly monotone losses). For a norm ``||.||`` the max-margin separator is
+**Separable classification** (the paper's strictly monotone losses). For a norm ``||.||`` the max-margin
+separator is
 
     w_N = argmax_{||w|| <= 1} min_n y_n <w, x_n>,   gamma_N = its margin  (= 1 / min{||w|| : y_n <w, x_n> >= 1}),
 

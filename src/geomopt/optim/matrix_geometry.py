@@ -85,19 +85,19 @@ class ShampooGeometry(Geometry):
     def update(self, step: int, groups: Sequence[dict[str, Any]] = ()) -> None:
         weight = 1.0 if self.beta2 == 1 else 1.0 - self.beta2
         for p in _grads(self, groups):
-            state = self.state[p]
-            if not any(self._kept(p)):  # diagonal AdaGrad
+            state, keep = self.state[p], self._kept(p)
+            if not any(keep):  # diagonal AdaGrad
                 if "shampoo_diag" not in state:
                     state["shampoo_diag"] = torch.zeros_like(p)
                 if step % self.update_freq == 0:
                     state["shampoo_diag"].mul_(self.beta2).addcmul_(p.grad, p.grad, value=weight)
                 continue
             g = _matrix(p.grad)
-            left, right = kronecker_factors(state, "shampoo_", g, self._kept(p))
+            left, right = kronecker_factors(state, "shampoo_", g, keep)
             if step % self.update_freq == 0:
                 kronecker_statistics_(left, right, g, self.beta2)
             if step % self.precondition_freq == 0 or "shampoo_left_root" not in state:
-                root = 4 if all(self._kept(p)) else 2
+                root = 4 if all(keep) else 2
                 state["shampoo_left_root"] = inverse_root(left, self.eps, root) if left is not None else None
                 state["shampoo_right_root"] = inverse_root(right, self.eps, root) if right is not None else None
 
