@@ -6,10 +6,11 @@ import csv
 import json
 
 import pytest
+import torch
 
 from geomopt.experiments import EXPERIMENTS
 from geomopt.experiments.config import tier_config
-from geomopt.experiments.ekfac import EKFACExperiment, loss_at
+from geomopt.experiments.ekfac import EKFACExperiment, loss_at, loss_floor, reconstruction_loss
 from geomopt.sweep import VERDICTS
 from geomopt.train import read_metrics
 from tests.experiments.ledger_roundtrip import ledger_problems
@@ -60,3 +61,15 @@ def test_mid_tier_is_fashion_mnist_autoencoder():
     mid = tier_config(EKFACExperiment, "mid", "ekfac").replace({})
     assert (mid.dataset, mid.train_size, mid.widths[0], mid.seeds) == ("fashion-mnist", 10_000, 256, (0, 1, 2))
     assert set(mid.optimizers) == set(EKFACExperiment().optimizers) and mid.lrs == EKFACExperiment().lrs
+
+
+def test_loss_floor_is_the_least_reconstruction_loss():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(50, 3, 4, generator=g) * 0.98 + 0.01
+    floor = loss_floor(x)
+    # reached at sigmoid(logits) = x, in float64
+    assert abs(reconstruction_loss(torch.logit(x.double()).flatten(1), x.double()).item() - floor) < 1e-9
+    for _ in range(20):  # and no other logits go below it
+        logits = torch.logit(x.double()).flatten(1) + 0.3 * torch.randn(50, 12, generator=g, dtype=torch.float64)
+        assert reconstruction_loss(logits, x.double()).item() > floor
+    assert loss_floor((x > 0.5).float()) == 0.0  # binary images: no irreducible part

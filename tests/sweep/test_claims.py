@@ -126,6 +126,21 @@ def test_run_gate():
     assert RunGate().check([2.3, 1.0, 0.8, 0.6], "run") == ""
 
 
+def test_run_gate_judges_the_excess_over_a_loss_floor():
+    gate = RunGate(drop=0.5, rebound=0.5, plateau=0.05, window=2)
+    curve = [540.0, 320.0, 300.0, 299.0, 298.5]  # above half its start, but its excess over 250 fell 290 -> 48.5
+    assert "not converged" in gate.check(curve, "run") and gate.check(curve, "run", floor=250.0) == ""
+    assert gate.check(curve, "run", floor=0.0) == gate.check(curve, "run")
+    # relative to the excess, the same late rise is an instability and the same last fall is no plateau
+    assert "unstable" in RunGate().check([540.0, 200.0, 230.0], "run", floor=190.0)
+    assert RunGate().check([540.0, 200.0, 230.0], "run") == ""
+    assert "not plateaued" in RunGate(plateau=0.05, window=2).check([540.0, 300.0, 280.0, 270.0], "run", floor=250.0)
+    assert "above its floor 250" in gate.check([540.0, 500.0, 480.0], "run", floor=250.0)
+    for bad in (540.0, 600.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="loss floor"):
+            gate.check(curve, "run", floor=bad)
+
+
 def test_outcome_validates():
     with pytest.raises(ValueError, match="verdict"):
         Outcome("partly", "x")

@@ -113,15 +113,19 @@ def read_stored(directory: str | Path, exp: Any) -> Records:
 
 def gate_failures(records: Records, rows: Iterable[dict[str, Any]], gate: Any,
                   describe: Callable[[dict[str, Any]], str], edges: dict[str, str] | None = None,
-                  loss: str = "train_loss") -> list[str]:
+                  loss: str = "train_loss", floor: str | None = None) -> list[str]:
     """The run-quality gate's failures among ``rows`` (compared runs), each naming its run (``describe(row)``):
     a diverged run (``row["diverged"]``), a curve ``loss`` that fails ``gate`` (a
-    :class:`geomopt.sweep.RunGate`), and a selection still at its grid's edge after extension (``edges``:
-    row field -> what it selected, default ``{"edge": "lr"}``: the row's ``edge`` is ``"low"``/``"high"``)."""
+    :class:`geomopt.sweep.RunGate`; ``floor``: the row field holding the loss's irreducible part, which the gate
+    subtracts), and a selection still at its grid's edge after extension (``edges``: row field -> what it
+    selected, default ``{"edge": "lr"}``: the row's ``edge`` is ``"low"``/``"high"``)."""
     failures = []
     for r in rows:
         name = describe(r)
-        failures.append(f"{name}: diverged" if r["diverged"] else gate.check(records.curve(r["run"], loss), name))
+        if floor is not None and r.get(floor) in (None, ""):
+            raise ValueError(f"gate_failures: run {r['run']} has no {floor!r} (the loss floor the gate needs)")
+        f = 0.0 if floor is None else float(r[floor])
+        failures.append(f"{name}: diverged" if r["diverged"] else gate.check(records.curve(r["run"], loss), name, f))
         failures += [f"{name}: chosen {what} at the {r[k]} edge of its grid after extension"
                      for k, what in (edges or {"edge": "lr"}).items() if r.get(k)]
     return list(dict.fromkeys(f for f in failures if f))

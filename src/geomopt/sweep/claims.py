@@ -99,6 +99,11 @@ class RunGate:
     (``l_T <= drop * l_0``), it is stable at the end (``l_T <= (1 + rebound) * min_t l_t``: no blow-up
     or late oscillation decides the comparison) and, with ``plateau`` set, it plateaued (over the last
     ``window`` epochs the loss fell by at most ``plateau`` relatively: ``l_{T-window} - l_T <= plateau * l_{T-window}``).
+
+    A loss with an irreducible part ``f`` that no model can go below (e.g. the binary cross-entropy of
+    targets in ``(0, 1)``, whose minimum is the targets' entropy) is judged by its excess ``l_t - f``: each
+    criterion above with ``l_t - f`` in place of ``l_t`` (``check(..., floor=f)``; ``f = 0`` is the plain
+    rule). Without it, "half its start" can lie below what any run can reach.
     """
 
     drop: float = 0.5
@@ -106,22 +111,30 @@ class RunGate:
     plateau: float | None = None
     window: int = 3
 
-    def check(self, curve: Sequence[float], name: str) -> str:
-        """The reason ``curve`` fails the gate, naming the run ``name``; empty when it passes."""
+    def check(self, curve: Sequence[float], name: str, floor: float = 0.0) -> str:
+        """The reason ``curve`` fails the gate, naming the run ``name``; empty when it passes. ``floor``: the
+        loss's irreducible part (finite, below the curve's start)."""
         values = [float(v) for v in curve]
         if len(values) < 2:
             return f"{name}: fewer than 2 recorded values"
         if not all(math.isfinite(v) for v in values):
             return f"{name}: non-finite loss (diverged)"
-        first, last, best = values[0], values[-1], min(values)
+        floor = float(floor)
+        if not math.isfinite(floor) or floor >= values[0]:
+            raise ValueError(f"RunGate: the loss floor must be finite and below the curve's start {values[0]:.6g}, "
+                             f"got {floor!r} ({name})")
+        first, last, best = (v - floor for v in (values[0], values[-1], min(values)))
+        above = f" above its floor {floor:.4g}" if floor else ""
         if last > self.drop * first:
-            return f"{name}: not converged (training loss {last:.3g} > {self.drop:g} x its start {first:.3g})"
+            return (f"{name}: not converged (training loss{above} {last:.3g} > {self.drop:g} x its start{above} "
+                    f"{first:.3g})")
         if last > (1 + self.rebound) * best:
-            return f"{name}: unstable (final training loss {last:.3g} > {1 + self.rebound:g} x its best {best:.3g})"
+            return (f"{name}: unstable (final training loss{above} {last:.3g} > {1 + self.rebound:g} x its best "
+                    f"{best:.3g})")
         if self.plateau is not None and len(values) > self.window:
-            before = values[-1 - self.window]
+            before = values[-1 - self.window] - floor
             if before - last > self.plateau * before:
-                return (f"{name}: not plateaued (loss fell {100 * (before - last) / before:.3g}% over the last "
+                return (f"{name}: not plateaued (loss{above} fell {100 * (before - last) / before:.3g}% over the last "
                         f"{self.window} epochs, more than {100 * self.plateau:g}%)")
         return ""
 
