@@ -284,8 +284,8 @@ def _tune_all(exp: EKFACExperiment, root: Path, jobs: int | None, overwrite: boo
 def _run(ctx: Context) -> Ran:
     """Every optimizer tuned (learning rate, and the damping of fixed-damping K-FAC / EKFAC) over the seeds; one
     row per run (optimizer, lr, damping, seed, final losses, the training loss's floor :func:`loss_floor`,
-    seconds, selection: ``chosen``, the learning rate's
-    grid ``edge`` and the damping's ``damping_edge``) with its per-epoch training loss and wall-clock time."""
+    seconds, selection: ``chosen``, the learning rate's grid ``edge`` and the damping's ``damping_edge``) with
+    its per-epoch training loss and wall-clock time."""
     chosen, dampings, tuned = _tune_all(ctx.exp, ctx.root, ctx.jobs, ctx.overwrite)
     # every run of a seed trains on the same images (the split depends on the seed only)
     floors = {seed: loss_floor(_bundle(_spec(ctx.exp, "adam", None, None, seed))[0].tensors[0])
@@ -296,8 +296,8 @@ def _run(ctx: Context) -> Ran:
         picked = chosen.get(opt) is t and value == t.value
         adaptive = opt in ADAPTIVE  # its one-value grid is over the initial damping; its lr is automatic
         return {"optimizer": opt, "lr": None if adaptive else value, "damping": value if adaptive else damping,
-                "seed": seed, "train_loss": s["train_loss"], "loss_floor": floors[seed], "val_loss": s.get("val_loss"),
-                "test_loss": s["test_loss"], "seconds": s.get("seconds"), "diverged": bool(s.get("diverged", False)),
+                "seed": seed, "train_loss": s["train_loss"], "loss_floor": floors[seed],
+                "val_loss": s.get("val_loss"), "test_loss": s["test_loss"], "seconds": s.get("seconds"), "diverged": bool(s.get("diverged", False)),
                 "chosen": picked, "edge": t.selection.edge if picked and not adaptive else None,
                 "damping_edge": dampings[opt]["edge"] if picked and opt in KRONECKER else None}
 
@@ -340,9 +340,9 @@ def _per_second(records: Records, a: list[dict[str, Any]], b: list[dict[str, Any
 
 GATE = RunGate(drop=0.5, rebound=0.5)
 GATE_TEXT = ("finite, final training loss at most half its value before training (it learned) and at most 1.5x its "
-             "best (stable at the end), both measured above the loss's floor (the training images' entropy, "
-             "which no model goes below: about a third of the start on Fashion-MNIST), the selected learning rate and (fixed-damping K-FAC / EKFAC) damping not at "
-             "an edge of their grids after extension")
+             "best (stable at the end), both measured above the loss's floor (the training images' entropy, which "
+             "no model goes below: about a third of the start on Fashion-MNIST), the selected learning rate and "
+             "(fixed-damping K-FAC / EKFAC) damping not at an edge of their grids after extension")
 EDGES = {"edge": "lr", "damping_edge": "damping"}  # row fields of a selection at its grid's edge
 
 
