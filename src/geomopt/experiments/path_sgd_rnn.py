@@ -18,19 +18,21 @@ Tasks: the adding problem at T = 100, 400, 750 (test MSE against the trivial 0.1
 pixel-by-pixel sequential MNIST-1D (and sequential MNIST from local IDX files with
 ``--set data_dir=...``), all through the sweep engine.
 
-Tiers: ``quick``: the adding problem at T = 20 (1,000 steps per run), 3 seeds, RNN-Path (kappa1 and
-kappa1 + kappa2), IRNN + SGD and IRNN + Adam (minutes). ``mid``: the adding problem at T = 50 with 40,000
-training sequences, 9 epochs (about 20,000 steps of batch 16), RNN-Path (kappa1) against IRNN + SGD, both from
-the learning rates {3e-4, 1e-3, 3e-3} (one extension step at an edge; in timed runs at T = 50 RNN-Path with
-3e-3 and above stopped moving, its output stuck at 0), 3 seeds. Its cost, from timed runs here: about 4.7 ms
-of one core per step at T = 50 (evaluation included), so about 2 minutes per run and 18 runs (plus any
-extension or IRNN restart) in about 45 minutes with ``--jobs 1``. Why T = 50: it is the largest length
-whose trivial plateau the budget can hope to get past (in 5,400 steps at lr 1e-3 both methods were still at
-test MSE 0.15-0.16 at T = 50; at T = 100 RNN-Path sat at the trivial 0.167 after 1,800 steps), and long enough
-that the IRNN's exploding/vanishing products matter (the paper: IRNN + SGD fails from T = 100 on); a length
-where neither method leaves the plateau is reported untestable, not as a failure. kappa2 (its step costs
-``O(T n^3)`` more) is not run in the mid tier (the quick tier tests it). ``full``: the paper's lengths
-100, 400 and 750 and sequential MNIST-1D (MNIST with ``data_dir``), every method, 5 seeds.
+Tiers: ``quick``: the adding problem at T = 20 (1,000 steps per run), 3 seeds, RNN-Path (kappa1 and kappa1 +
+kappa2), IRNN + SGD and IRNN + Adam (minutes). ``mid``: the adding problem at T = 50 with 40,000 training
+sequences, 9 epochs (about 20,000 steps of batch 16), RNN-Path (kappa1) against IRNN + SGD, both from the
+learning rates {3e-4, 1e-3, 3e-3} (up to three extension steps at an edge: in the ledger's ladder over T, at T
+= 10 and 20 both methods' selections sat at the edge after one, and at T = 10 both were best at 0.027;
+in timed runs at T = 50 RNN-Path with 3e-3 and above stopped moving, its output stuck at
+0), 3 seeds. Its cost: about 4.7 ms of one core per step at T = 50 on an idle core (evaluation included), so
+about 2 minutes per run and 18 runs (plus any extension or IRNN restart) in about 45 minutes with ``--jobs
+1``; the ledger's run, beside another job on 2 cores, took 99 minutes (runs of 3.5-8 minutes). Why T = 50: it
+is the largest length whose trivial plateau the budget can hope to get past (in 5,400 steps at lr 1e-3 both
+methods were still at test MSE 0.15-0.16 at T = 50; at T = 100 RNN-Path sat at the trivial 0.167 after 1,800
+steps), and long enough that the IRNN's exploding/vanishing products matter (the paper: IRNN + SGD fails from
+T = 100 on); a length where neither method leaves the plateau is reported untestable, not as a failure. kappa2
+(its step costs ``O(T n^3)`` more) is not run in the mid tier (the quick tier tests it). ``full``: the paper's
+lengths 100, 400 and 750 and sequential MNIST-1D (MNIST with ``data_dir``), every method, 5 seeds.
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ class PathSGDRNNExperiment(Protocol, name=NAME):
         grid = [3e-4, 1e-3, 3e-3]
         return cls(lengths=(50,), sequential=(), methods=("rnn-path", "irnn-sgd"),
                    lrs={"rnn-path": list(grid), "irnn-sgd": list(grid)}, adding_train_size=40_000, adding_epochs=9,
-                   seeds=(0, 1, 2))
+                   max_extensions=3, seeds=(0, 1, 2))
 
     def check(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
