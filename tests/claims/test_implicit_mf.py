@@ -99,8 +99,9 @@ def rc(nuclear_end, ratio, *, det=lambda i, s: 1e-4, reached=True, diverged=()) 
     return Records(EXP, rows, curves)
 
 
-def test_norms_vs_rank_reaches_every_verdict_on_its_own_seeds():
-    claim = BY_ID["norms-vs-rank"]
+@pytest.mark.parametrize("claim_id", ["norms-vs-rank", "norms-vs-rank-gaussian"])
+def test_norms_vs_rank_reaches_every_verdict_on_its_own_seeds(claim_id):
+    claim = BY_ID[claim_id]
     out = claim.evaluate(rc(lambda s: 60.0 + s, lambda s: 1e-5 * (1 + s)), seeds=EXP.seeds)
     assert out["verdict"] == HOLDS and out["seeds"] == [5, 6, 7]
     # norms fall back and the rank stays 2 (a finite solution): fails
@@ -110,11 +111,24 @@ def test_norms_vs_rank_reaches_every_verdict_on_its_own_seeds():
 
 
 @pytest.mark.parametrize("bad, phrase", [({"det": lambda i, s: -1.0 if s == 6 else 1e-4}, "crossed det W = 0"),
+                                         ({"det": lambda i, s: -1e-6 if s == 6 else 1e-4}, "crossed det W = 0"),
                                          ({"reached": False}, "never reached 0.01"),
-                                         ({"diverged": {("balanced", 7)}}, "diverged")])
+                                         ({"diverged": {("balanced", 7), ("gaussian", 7)}}, "diverged")])
 def test_norms_vs_rank_gates(bad, phrase):
-    out = BY_ID["norms-vs-rank"].evaluate(rc(lambda s: 60.0, lambda s: 1e-5, **bad))
-    assert out["verdict"] == UNTESTABLE and phrase in out["why"]
+    for claim_id in ("norms-vs-rank", "norms-vs-rank-gaussian"):
+        out = BY_ID[claim_id].evaluate(rc(lambda s: 60.0, lambda s: 1e-5, **bad))
+        assert out["verdict"] == UNTESTABLE and phrase in out["why"]
+
+
+def test_each_init_is_judged_on_its_own_runs():
+    # the Gaussian runs cross det W = 0 (as exact gradient flow from that init does): only its claim is untestable
+    crossed = rc(lambda s: 60.0 + s, lambda s: 1e-5, det=lambda i, s: -0.9 if i == "gaussian" else 1e-6)
+    assert BY_ID["norms-vs-rank"].evaluate(crossed)["verdict"] == HOLDS
+    out = BY_ID["norms-vs-rank-gaussian"].evaluate(crossed)
+    assert out["verdict"] == UNTESTABLE and "gaussian" in out["why"] and "balanced" not in out["why"]
+    only_balanced = Records(EXP, [r for r in crossed.rows if r["init"] == "balanced"], crossed.curves)
+    out = BY_ID["norms-vs-rank-gaussian"].evaluate(only_balanced)
+    assert out["verdict"] == UNTESTABLE and "no 2 x 2 run from the gaussian init" in out["why"]
 
 
 def test_rank_one_threshold_is_below_every_finite_solution():

@@ -111,7 +111,7 @@ def test_implicit_mf_tiny_outputs_and_claims(tmp_path):
     assert rows[-1][-1] == "X_nuc = X* in 0/2 seeds" and rows[2][-1] == "X_nuc = X* in 2/2 seeds"
     claims = json.loads((root / "claims.json").read_text())
     assert [c["id"] for c in claims["claims"]] == ["nuclear-well-sampled", "nuclear-undersampled",
-                                                   "low-rank-undersampled", "norms-vs-rank"]
+                                                   "low-rank-undersampled", "norms-vs-rank", "norms-vs-rank-gaussian"]
     assert claims["seeds"] == [0, 1] and claims["tier"] == "quick"
     # --seeds reaches the 2 x 2 example's seeds too, and every claim records the seeds it rests on
     assert sorted({(r["init"], r["seed"]) for r in _csv_typed(root) if r["part"] == "2x2"}) == [
