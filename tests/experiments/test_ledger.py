@@ -10,7 +10,7 @@ import json
 import pytest
 
 from geomopt.cli import main
-from geomopt.experiments.ledger import PROVENANCE, check
+from geomopt.experiments.ledger import PROVENANCE, check, redecide
 
 TINY = {"datasets": ["digits"], "widths": [16], "epochs": 2, "optimizers": ["sgd", "path-sgd"],
         "inits": ["kaiming", "unbalanced"], "lrs": {"sgd": [0.1], "path-sgd": [0.1]}, "seeds": [0, 1]}
@@ -126,3 +126,42 @@ def test_provenance_sums_the_wall_time_of_a_resumed_reproduction(tmp_path):
     fresh.mkdir()
     write_provenance(fresh, ["reproduce", "x"], 0.0, 90.0)
     assert _wall_text(json.loads((fresh / PROVENANCE).read_text())) == "2 min wall"
+
+
+def _file_under_other_rules(entry):
+    """Rewrite a stored claim as older rules might have decided it (another verdict and why), hash included."""
+    record = json.loads((entry / "claims.json").read_text())
+    claim = record["claims"][0]
+    claim["verdict"] = "fails" if claim["verdict"] != "fails" else "holds"
+    claim["why"] = "decided by older rules"
+    (entry / "claims.json").write_text(json.dumps(record, indent=2))
+    prov = json.loads((entry / PROVENANCE).read_text())
+    prov["files"]["claims.json"] = hashlib.sha256((entry / "claims.json").read_bytes()).hexdigest()
+    (entry / PROVENANCE).write_text(json.dumps(prov))
+    return claim["id"]
+
+
+def test_redecide_decides_stored_claims_anew_without_running(ledger, tmp_path, capsys):
+    target, entry = _copy(ledger, tmp_path)
+    raw = {n: (entry / n).read_bytes() for n in ("results.csv", "curves.csv")}
+    claim_id = _file_under_other_rules(entry)
+    assert any(claim_id in p for p in check(target))
+    assert main(["results", "redecide", str(target)]) == 0
+    assert f"path-sgd/quick: {claim_id} (" in capsys.readouterr().out
+    assert check(target) == []
+    assert {n: (entry / n).read_bytes() for n in raw} == raw  # the raw numbers are untouched
+    note = json.loads((entry / PROVENANCE).read_text())["redecided"][-1]
+    assert note["commit"] and note["date"] and note["claims"][0].startswith(claim_id)
+    assert redecide(target) == []  # nothing left to change
+
+
+def test_redecide_refuses_numbers_edited_by_hand(ledger, tmp_path, capsys):
+    target, entry = _copy(ledger, tmp_path)
+    _file_under_other_rules(entry)
+    stored = (entry / "claims.json").read_bytes()
+    (entry / "results.csv").write_text((entry / "results.csv").read_text().replace("0.", "1.", 1))
+    with pytest.raises(ValueError, match="results.csv: differs from the hash"):
+        redecide(target)
+    assert (entry / "claims.json").read_bytes() == stored
+    assert main(["results", "redecide", str(target)]) == 1
+    assert "refusing" in capsys.readouterr().err

@@ -426,6 +426,54 @@ def check(ledger: str | Path = "results") -> list[str]:
     return problems
 
 
+def redecide(ledger: str | Path = "results") -> list[str]:
+    """Decide every filed claim anew from its stored raw numbers with the current claim logic, for when the rules
+    change: no run is repeated. Each entry whose claims differ gets a new ``claims.json``, its hash in
+    ``provenance.json`` and a ``redecided`` note there (commit, date, the claims that changed, each with its old
+    and new verdict); every ladder's summary is rebuilt from its rungs and ``README.md`` regenerated. Returns the
+    changes, one line each (``where: claim (old -> new)``).
+
+    Raises:
+        FileNotFoundError: ``ledger`` is not a folder.
+        ValueError: an entry whose raw numbers differ from their hashes (edited by hand: nothing is rewritten), or
+            that the current code cannot read.
+    """
+    ledger = Path(ledger)
+    if not ledger.is_dir():
+        raise FileNotFoundError(f"results redecide: no ledger folder {ledger}")
+    entries = _all_entries(ledger)
+    edited = [p for _, d in entries for p in _edited(ledger, d) if not p.split(": ")[0].endswith("/" + CLAIMS_FILE)]
+    if edited:
+        raise ValueError("results redecide: refusing to decide from numbers that differ from their hashes:\n  "
+                         + "\n  ".join(edited))
+    changes = []
+    for record, directory in entries:
+        where = directory.relative_to(ledger).as_posix()
+        try:
+            fresh = _recompute(record, directory)
+        except Exception as exc:  # noqa: BLE001  (name the entry the current code cannot read)
+            raise ValueError(f"results redecide: {where}: cannot recompute its claims: {type(exc).__name__}: {exc}") \
+                from exc
+        old = {c["id"]: c for c in record["claims"]}
+        changed = [f"{c['id']} ({old[c['id']]['verdict'] if c['id'] in old else 'new'} -> {c['verdict']})"
+                   for c in fresh if c["id"] not in old or _normalized(old[c["id"]]) != _normalized(c)]
+        changed += [f"{i} ({old[i]['verdict']} -> no longer a claim)" for i in old if i not in {c["id"] for c in fresh}]
+        if not changed:
+            continue
+        write_json(directory / CLAIMS_FILE, {**record, "claims": fresh})
+        prov = json.loads((directory / PROVENANCE).read_text())
+        prov["files"][CLAIMS_FILE] = _sha256(directory / CLAIMS_FILE)
+        prov.setdefault("redecided", []).append({"commit": _commit(), "claims": changed, "date": datetime.datetime.now(
+            datetime.timezone.utc).isoformat(timespec="seconds")})
+        write_json(directory / PROVENANCE, prov)
+        changes += [f"{where}: {c}" for c in changed]
+    for root in _ladders(ledger):
+        info = json.loads((root / LADDER_FILE).read_text())
+        file_ladder(ledger, info["experiment"], info["tier"], info["field"], info["values"])
+    write_readme(ledger)
+    return changes
+
+
 def main_check(ledger: str | Path) -> int:
     """``geomopt results check``: print the problems (or a one-line summary); exit code 1 when any."""
     problems = check(ledger)
