@@ -14,11 +14,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _panels(panels: Mapping[str, Mapping[str, Any]], path: str | Path, draw: Callable[[Any, str, Any], None], *,
-            xlabel: str, ylabel: str, logx: bool, logy: bool, ncols: int, legend_size: int) -> Path:
+            xlabel: str, ylabel: str, logx: bool, logy: bool, ncols: int, legend_size: int,
+            xticks: Sequence[float] | None = None, hline: float | None = None) -> Path:
     """One subplot per panel; ``draw(ax, label, line)`` draws each line. Saved as PNG.
 
     Panels are 5.4 x 4.2 inches, titles wrap to the panel's width, and each panel's legend sits below its
-    axes (never over the data)."""
+    axes (never over the data). ``xticks``: the only x ticks, labelled with their values (e.g. a ladder's
+    rungs on a log axis); ``hline``: a dashed reference line at that y (e.g. 0, where an effect changes side)."""
     import textwrap
     path = Path(path)
     n = max(len(panels), 1)
@@ -36,6 +38,11 @@ def _panels(panels: Mapping[str, Mapping[str, Any]], path: str | Path, draw: Cal
             ax.set_xscale("log", base=2)
         if logy:
             ax.set_yscale("log")
+        if xticks is not None:
+            ax.set_xticks(list(xticks), [f"{int(x):,}" if float(x).is_integer() else f"{x:g}" for x in xticks])
+            ax.minorticks_off()
+        if hline is not None:
+            ax.axhline(hline, color="0.35", linestyle="--", linewidth=1)
         ax.grid(alpha=0.3)
         if lines:
             ax.legend(fontsize=max(legend_size, 8), loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
@@ -61,10 +68,12 @@ def plot_curves(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequenc
 def plot_bands(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float],
                                                       Sequence[float]]]], path: str | Path, *,
                xlabel: str, ylabel: str, logx: bool = False, logy: bool = False, ncols: int = 4,
-               bounds: tuple[float, float] | None = None) -> Path:
+               bounds: tuple[float, float] | None = None, xticks: Sequence[float] | None = None,
+               hline: float | None = None) -> Path:
     """Like :func:`plot_curves` with a shaded band per line: ``panels[title][label] = (xs, mean, low, high)``
     (e.g. the mean over seeds and its 95% interval from :func:`geomopt.sweep.stats.band`). Saved as PNG.
     ``bounds``: the quantity's range (e.g. ``(0, 100)`` for an error in %): bands are clipped to it.
+    ``xticks`` and ``hline``: as in :func:`_panels`.
 
     Non-finite bounds (a diverged seed) leave a gap in the band; on a log axis a lower bound at or below 0
     is drawn at a tenth of the mean.
@@ -82,4 +91,4 @@ def plot_bands(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence
         (drawn,) = ax.plot(xs, mean, label=label, linewidth=1.5, marker="o", markersize=2.5)
         ax.fill_between(xs, low, high, color=drawn.get_color(), alpha=0.2, linewidth=0)
     return _panels(panels, path, draw, xlabel=xlabel, ylabel=ylabel, logx=logx, logy=logy, ncols=ncols,
-                   legend_size=7)
+                   legend_size=7, xticks=xticks, hline=hline)

@@ -178,10 +178,12 @@ def write_summary(root: Path, ladder: dict[str, Any]) -> Path:
     panels = _panels(ladder)
     if panels:
         product = ", the product of the entries" if any(isinstance(v, (list, tuple)) for v in ladder["values"]) else ""
+        sizes = sorted({x for lines in panels.values() for xs, *_ in lines.values() for x in xs})
         plot_bands(panels, Path(root) / "ladder.png", xlabel=f"{field} (log scale{product})",
-                   ylabel="effect on the claim's side", logx=True, ncols=3)
+                   ylabel="effect on the claim's side", logx=True, ncols=3, xticks=sizes, hline=0.0)
         figures.append({"file": "ladder.png", "caption": f"Each claim's effect (mean over seeds, 95% interval), "
-                                                         f"signed so that above 0 is the claim's side, against {field}."})
+                                                         f"signed so that above 0 (the dashed line) is the claim's "
+                                                         f"side, against {field}."})
     for cid, entry in ladder["claims"].items():
         for part, p in entry["parts"].items():
             rows.append([cid, part or "-", " / ".join(r["verdict"] for r in p["rungs"]),
