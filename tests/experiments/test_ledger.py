@@ -165,3 +165,21 @@ def test_redecide_refuses_numbers_edited_by_hand(ledger, tmp_path, capsys):
     assert (entry / "claims.json").read_bytes() == stored
     assert main(["results", "redecide", str(target)]) == 1
     assert "refusing" in capsys.readouterr().err
+
+
+def test_redecide_writes_nothing_when_an_entry_cannot_be_read(ledger, tmp_path):
+    import shutil
+    target, entry = _copy(ledger, tmp_path)
+    claim_id = _file_under_other_rules(entry)
+    stored = (entry / "claims.json").read_bytes()
+    broken = target / "path-sgd" / "zz-copy"  # decided after the entry above
+    shutil.copytree(entry, broken)
+    config = json.loads((broken / "experiment.json").read_text())
+    config["no_such_field"] = 1
+    (broken / "experiment.json").write_text(json.dumps(config))
+    prov = json.loads((broken / PROVENANCE).read_text())
+    prov["files"]["experiment.json"] = hashlib.sha256((broken / "experiment.json").read_bytes()).hexdigest()
+    (broken / PROVENANCE).write_text(json.dumps(prov))
+    with pytest.raises(ValueError, match="zz-copy: cannot recompute"):
+        redecide(target)
+    assert (entry / "claims.json").read_bytes() == stored and any(claim_id in p for p in check(target))

@@ -50,12 +50,13 @@ def describe_machine() -> str:
 
 
 def _commit() -> str:
-    """The geomopt checkout's commit (``+dirty`` with uncommitted changes), or ``unknown`` outside a checkout."""
+    """The geomopt checkout's commit (``+dirty`` with uncommitted changes to the package's code; a results
+    ledger being filed is not code), or ``unknown`` outside a checkout."""
     here = Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", str(here.parent)],
+                               cwd=here, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     if head.returncode:
@@ -447,7 +448,7 @@ def redecide(ledger: str | Path = "results") -> list[str]:
     if edited:
         raise ValueError("results redecide: refusing to decide from numbers that differ from their hashes:\n  "
                          + "\n  ".join(edited))
-    changes = []
+    decided = []  # every entry is decided before any file is written: an entry that cannot be read changes nothing
     for record, directory in entries:
         where = directory.relative_to(ledger).as_posix()
         try:
@@ -459,15 +460,17 @@ def redecide(ledger: str | Path = "results") -> list[str]:
         changed = [f"{c['id']} ({old[c['id']]['verdict'] if c['id'] in old else 'new'} -> {c['verdict']})"
                    for c in fresh if c["id"] not in old or _normalized(old[c["id"]]) != _normalized(c)]
         changed += [f"{i} ({old[i]['verdict']} -> no longer a claim)" for i in old if i not in {c["id"] for c in fresh}]
-        if not changed:
-            continue
+        if changed:
+            decided.append((record, directory, fresh, changed))
+    changes = []
+    for record, directory, fresh, changed in decided:
         write_json(directory / CLAIMS_FILE, {**record, "claims": fresh})
         prov = json.loads((directory / PROVENANCE).read_text())
         prov["files"][CLAIMS_FILE] = _sha256(directory / CLAIMS_FILE)
         prov.setdefault("redecided", []).append({"commit": _commit(), "claims": changed, "date": datetime.datetime.now(
             datetime.timezone.utc).isoformat(timespec="seconds")})
         write_json(directory / PROVENANCE, prov)
-        changes += [f"{where}: {c}" for c in changed]
+        changes += [f"{directory.relative_to(ledger).as_posix()}: {c}" for c in changed]
     for root in _ladders(ledger):
         info = json.loads((root / LADDER_FILE).read_text())
         file_ladder(ledger, info["experiment"], info["tier"], info["field"], info["values"])
