@@ -35,7 +35,7 @@ from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, DEFAULT_NS_STEPS,
 from geomopt.checks import check_int, check_number
 from geomopt.optim.geometry import Block, Geometry
 from geomopt.optim.muon import ADJUST_LR, ORTHOGONALIZE, muon_direction
-from geomopt.optim.shampoo import (check_max_dim, eigenbasis, inverse_root, kept_sides, kronecker_factors,
+from geomopt.optim.shampoo import (check_max_dim, kept_sides, kronecker_bases, kronecker_factors, kronecker_roots,
                                    kronecker_statistics_, shampoo_direction)
 from geomopt.optim.soap import rotate, soap_direction
 
@@ -97,9 +97,7 @@ class ShampooGeometry(Geometry):
             if step % self.update_freq == 0:
                 kronecker_statistics_(left, right, g, self.beta2)
             if step % self.precondition_freq == 0 or "shampoo_left_root" not in state:
-                root = 4 if all(keep) else 2
-                state["shampoo_left_root"] = inverse_root(left, self.eps, root) if left is not None else None
-                state["shampoo_right_root"] = inverse_root(right, self.eps, root) if right is not None else None
+                state["shampoo_left_root"], state["shampoo_right_root"] = kronecker_roots(left, right, self.eps)
 
     def _kept(self, p: Tensor) -> tuple[bool, bool]:
         return kept_sides(_matrix(p).shape, self.max_dim) if p.dim() >= 2 else (False, False)
@@ -156,8 +154,7 @@ class EigenAdamGeometry(Geometry):
                 left, right = kronecker_factors(state, "soap_", g, kept_sides(g.shape, self.max_dim))
                 kronecker_statistics_(left, right, g, self.shampoo_beta)
                 if step % self.precondition_freq == 0 or "soap_q_left" not in state:
-                    state["soap_q_left"] = eigenbasis(left)[1] if left is not None else None
-                    state["soap_q_right"] = eigenbasis(right)[1] if right is not None else None
+                    state["soap_q_left"], state["soap_q_right"] = kronecker_bases(left, right)
                 g = rotate(g, state["soap_q_left"], state["soap_q_right"])
             state["soap_sq"].view_as(g).mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
 

@@ -108,6 +108,15 @@ class PotentialStep(torch.optim.Optimizer):
     def _move(self, w: torch.Tensor, g: torch.Tensor, group: dict, state: dict) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
+    @staticmethod
+    def _heavy_ball(x: torch.Tensor, group: dict, state: dict, key: str) -> torch.Tensor:
+        """``x + momentum * state[key]`` (the previous step), or ``x`` without momentum or a previous step of
+        ``x``'s shape."""
+        prev = state.get(key)
+        if group["momentum"] and prev is not None and prev.shape == x.shape:
+            return x + group["momentum"] * prev
+        return x
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -159,10 +168,7 @@ class MirrorDescent(PotentialStep):
         opts = {"potential": group["potential"], "p": group["p"], "beta": group["beta"]}
         if group["potential"] == "entropy" and not (w > 0).all():
             raise ValueError("MirrorDescent: the entropy potential needs positive weights")
-        step = -group["lr"] * g
-        prev = state.get("mirror_step")
-        if group["momentum"] and prev is not None and prev.shape == step.shape:
-            step = step + group["momentum"] * prev
+        step = self._heavy_ball(-group["lr"] * g, group, state, "mirror_step")
         w_new = inverse_mirror_map(mirror_map(w, **opts) + step, **opts)
         if not torch.isfinite(w_new).all():
             raise FloatingPointError(f"MirrorDescent: the {group['potential']} update is non-finite (lr "

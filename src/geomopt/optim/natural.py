@@ -84,10 +84,8 @@ class NaturalGradient(PotentialStep):
     label = "NaturalGradient"
 
     def _move(self, w: Tensor, g: Tensor, group: dict, state: dict) -> tuple[Tensor, dict]:
-        d = metric_solve(w, g, group["potential"], group["p"], group["beta"])
-        prev = state.get("direction")
-        if group["momentum"] and prev is not None and prev.shape == d.shape:
-            d = d + group["momentum"] * prev
+        d = self._heavy_ball(metric_solve(w, g, group["potential"], group["p"], group["beta"]), group, state,
+                             "direction")
         if not torch.isfinite(d).all():
             raise FloatingPointError(f"NaturalGradient: the {group['potential']} direction is non-finite; no "
                                      "parameter was changed")

@@ -35,7 +35,7 @@ import torch
 from geomopt.checks import check_int, check_number
 
 __all__ = ["Shampoo", "GRAFTINGS", "kronecker_statistics_", "inverse_root", "shampoo_direction", "eigenbasis",
-           "check_gradients", "kept_sides"]
+           "check_gradients", "kept_sides", "kronecker_roots", "kronecker_bases"]
 
 GRAFTINGS = ("none", "sgd", "adam")
 
@@ -90,6 +90,20 @@ def inverse_root(s: torch.Tensor, eps: float, root: int) -> torch.Tensor:
     evals, evecs = _eigh64(s)
     scaled = evecs * (evals.clamp(min=0) + eps).pow(-1.0 / root)
     return (scaled @ evecs.mT).to(s.dtype)
+
+
+def kronecker_roots(left: torch.Tensor | None, right: torch.Tensor | None, eps: float
+                    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The inverse roots of the kept factors (:func:`kronecker_factors`): ``(L + eps I)^{-1/4}``, ``(R + eps I)^{-1/4}``
+    with both sides kept, ``-1/2`` for the one kept side (the one-sided step, module docstring); None stays None."""
+    root = 4 if left is not None and right is not None else 2
+    return tuple(inverse_root(s, eps, root) if s is not None else None for s in (left, right))  # type: ignore
+
+
+def kronecker_bases(left: torch.Tensor | None, right: torch.Tensor | None
+                    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The eigenbases (:func:`eigenbasis`) of the kept factors; None (the identity basis) stays None."""
+    return tuple(eigenbasis(s)[1] if s is not None else None for s in (left, right))  # type: ignore
 
 
 def shampoo_direction(g: torch.Tensor, left_root: torch.Tensor | None, right_root: torch.Tensor | None
@@ -242,9 +256,8 @@ class Shampoo(DirectionFirst):
         if update:
             kronecker_statistics_(left, right, matrix, group["beta2"])
         if refresh or "left_root" not in state or state.get("kept") != keep:
-            state["kept"], root = keep, 4 if all(keep) else 2
-            state["left_root"] = inverse_root(left, group["eps"], root) if left is not None else None
-            state["right_root"] = inverse_root(right, group["eps"], root) if right is not None else None
+            state["kept"] = keep
+            state["left_root"], state["right_root"] = kronecker_roots(left, right, group["eps"])
         return shampoo_direction(matrix, state["left_root"], state["right_root"]).view_as(g)
 
     def _graft(self, d: torch.Tensor, g: torch.Tensor, state: dict, group: dict, step: int) -> torch.Tensor:

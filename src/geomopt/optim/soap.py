@@ -31,7 +31,7 @@ from collections.abc import Iterable
 import torch
 
 from geomopt.checks import check_betas, check_int, check_number
-from geomopt.optim.shampoo import (DirectionFirst, check_max_dim, eigenbasis, kept_sides, kronecker_factors,
+from geomopt.optim.shampoo import (DirectionFirst, check_max_dim, kept_sides, kronecker_bases, kronecker_factors,
                                    kronecker_statistics_)
 
 __all__ = ["SOAP", "soap_direction", "rotate"]
@@ -107,8 +107,7 @@ class SOAP(DirectionFirst):
         kronecker_statistics_(left, right, g, beta)
         if (step - 1) % group["precondition_freq"] == 0 or state.get("kept") != keep:
             state["kept"] = keep
-            state["q_left"] = eigenbasis(left)[1] if left is not None else None
-            state["q_right"] = eigenbasis(right)[1] if right is not None else None
+            state["q_left"], state["q_right"] = kronecker_bases(left, right)
 
     def _update(self, p: torch.Tensor, group: dict) -> torch.Tensor:
         """Adam's direction of ``p`` in the eigenbasis, back in the parameter's basis; ``p`` is not changed."""
